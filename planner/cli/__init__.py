@@ -1,0 +1,61 @@
+"""The ``moe-planner`` command line.
+
+One module per subcommand (``plan_cmd``, ``trace_cmd``, ``schema_cmd`` …); this module only
+assembles them and turns the project's errors into exit codes: bad input exits 2 with one line
+on stderr, an infeasible problem exits 1 naming the binding constraint. Logs go to stderr;
+``--json`` output goes to stdout.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from planner.errors import InfeasibleError, InputError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="moe-planner")
+def cli() -> None:
+    """Plan Mixture-of-Experts deployments: placement, parallelism and expert caching."""
+
+
+def _register() -> None:
+    from planner.cli.plan_cmd import plan
+    from planner.cli.schema_cmd import schema
+    from planner.cli.trace_cmd import trace
+
+    for cmd in (plan, schema, trace):
+        cli.add_command(cmd)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point (pip's wrapper calls ``sys.exit(main())``).
+
+    Runs the CLI and maps project errors to exit codes; returns the exit code.
+    """
+    try:
+        cli.main(args=argv, prog_name="moe-planner", standalone_mode=False)
+    except InputError as e:
+        click.echo(f"error: {e}", err=True)
+        return 2
+    except InfeasibleError as e:
+        click.echo(f"infeasible: {e}", err=True)
+        return 1
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
