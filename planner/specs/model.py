@@ -51,10 +51,21 @@ class AttentionSpec(Spec):
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
             )
+        if self.kind in ("mha", "mla") and self.num_kv_heads != self.num_heads:
+            raise ValueError(
+                f"num_kv_heads ({self.num_kv_heads}) must equal num_heads ({self.num_heads}) "
+                f"when kind is '{self.kind}' (use 'gqa' for fewer key/value heads)"
+            )
         if self.kind == "mla":
             for name in ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
                 if getattr(self, name) is None:
                     raise ValueError(f"{name} is required when kind is 'mla'")
+            assert self.qk_nope_head_dim is not None and self.qk_rope_head_dim is not None
+            if self.head_dim != self.qk_nope_head_dim + self.qk_rope_head_dim:
+                raise ValueError(
+                    f"head_dim ({self.head_dim}) must equal qk_nope_head_dim + qk_rope_head_dim "
+                    f"({self.qk_nope_head_dim} + {self.qk_rope_head_dim}) when kind is 'mla'"
+                )
         return self
 
     def params_per_layer(self, hidden: int) -> int:
@@ -95,6 +106,10 @@ class ModelSpec(Spec):
     num_layers: int = Field(gt=0, description="Transformer layers, dense ones included (num_hidden_layers)")
     first_k_dense: int = Field(default=0, ge=0, description="Leading layers with a dense FFN instead of experts (first_k_dense_replace)")
     moe_layer_freq: int = Field(default=1, gt=0, description="After the dense-first layers, every moe_layer_freq-th layer is an MoE layer")
+    extra_dense_layers: tuple[int, ...] = Field(
+        default=(),
+        description="Further layers (0-based indices) with a dense FFN although the first_k_dense/moe_layer_freq pattern makes them MoE (Qwen mlp_only_layers)",
+    )
     dense_intermediate_size: int = Field(default=0, ge=0, description="FFN width of the dense layers (intermediate_size); 0 if the model has none")
     num_experts: int = Field(gt=0, description="Routed experts per MoE layer (n_routed_experts / num_experts / num_local_experts)")
     top_k: int = Field(gt=0, description="Experts each token is routed to (num_experts_per_tok)")
@@ -120,8 +135,24 @@ class ModelSpec(Spec):
             raise ValueError(
                 f"first_k_dense ({self.first_k_dense}) must be < num_layers ({self.num_layers}): the model needs an MoE layer"
             )
-        if self.first_k_dense > 0 and self.dense_intermediate_size == 0:
-            raise ValueError("dense_intermediate_size must be > 0 when first_k_dense > 0")
+        bad = [i for i in self.extra_dense_layers if not 0 <= i < self.num_layers]
+        if bad:
+            raise ValueError(
+                f"extra_dense_layers must be layer indices in [0, {self.num_layers}) (got {bad[0]})"
+            )
+        if len(set(self.extra_dense_layers)) != len(self.extra_dense_layers):
+            raise ValueError("extra_dense_layers must not repeat a layer index")
+        if not self.moe_layer_indices:
+            raise ValueError(
+                "the model needs at least one MoE layer: first_k_dense, moe_layer_freq and "
+                "extra_dense_layers make every layer dense"
+            )
+        if self.num_dense_layers > 0 and self.dense_intermediate_size == 0:
+            raise ValueError(
+                f"dense_intermediate_size must be > 0: the model has {self.num_dense_layers} dense layer(s)"
+            )
+        if self.shared_expert_intermediate_size > 0 and self.num_shared_experts == 0:
+            raise ValueError("num_shared_experts must be > 0 when shared_expert_intermediate_size is set")
         if (self.n_group is None) != (self.topk_group is None):
             raise ValueError("n_group and topk_group must be given together")
         if self.n_group is not None and self.topk_group is not None:
@@ -141,10 +172,11 @@ class ModelSpec(Spec):
     @property
     def moe_layer_indices(self) -> list[int]:
         """Indices (0-based, among all layers) of the MoE layers."""
+        extra = set(self.extra_dense_layers)
         return [
             i
             for i in range(self.first_k_dense, self.num_layers)
-            if (i - self.first_k_dense) % self.moe_layer_freq == 0
+            if (i - self.first_k_dense) % self.moe_layer_freq == 0 and i not in extra
         ]
 
     @property

@@ -1,0 +1,373 @@
+"""Python API: ``planner.plan(...)`` and friends (DESIGN.md, "Python API").
+
+The CLI is a thin shell over these functions: everything ``moe-planner plan`` can do, a trainer
+can do from Python with the same arguments.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _pkg_version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from planner.specs.hardware import HardwareProfile, load_hardware
+from planner.specs.model_io import load_model
+from pydantic import ValidationError
+
+from planner.cost.memory import GIB, weights_per_gpu_bytes
+from planner.errors import InfeasibleError, InputError
+from planner.simulate import SimResult, simulate_placement
+from planner.solve import baselines
+from planner.solve.degrees import resolve_degrees
+from planner.specs.base import format_validation_error
+from planner.specs.cluster import ClusterSpec
+from planner.specs.model import ModelSpec
+from planner.specs.plan import (
+    LayerPrediction,
+    Parallel,
+    Placement,
+    Plan,
+    Predicted,
+    Provenance,
+    SolverReport,
+)
+from planner.specs.workload import Workload
+from planner.traces import Trace, check_against_model, default_trace_path, load_trace, synth_trace
+
+BASELINES = ("contiguous", "round-robin", "eplb")
+DEFAULT_MODEL = "qwen3-30b-a3b"
+DEFAULT_HARDWARE = "h100-sxm"
+
+
+def version() -> str:
+    try:
+        return _pkg_version("moe-planner")
+    except PackageNotFoundError:  # running from a source tree without install
+        return "0+unknown"
+
+
+def resolve_model(model: str | ModelSpec) -> ModelSpec:
+    return model if isinstance(model, ModelSpec) else load_model(model)
+
+
+def resolve_hardware(hardware: str | HardwareProfile) -> HardwareProfile:
+    return hardware if isinstance(hardware, HardwareProfile) else load_hardware(hardware)
+
+
+def resolve_trace(trace: str | Path | Trace | None, model: ModelSpec, seed: int) -> tuple[Trace, str]:
+    """The trace to plan from and a label for provenance."""
+    if trace is None:
+        path = default_trace_path(model.name)
+        if path is not None:
+            t = load_trace(path)
+            label = f"shipped:{path.name}"
+        else:
+            t = synth_trace(model, num_tokens=8192, tokens_per_step=512, seed=seed)
+            label = f"synthetic(seed={seed})"
+    elif isinstance(trace, str | Path):
+        t = load_trace(trace)
+        label = Path(trace).name
+    else:
+        t = trace
+        label = "in-memory"
+    if not getattr(t, "has_tokens", True):
+        raise InputError(
+            f"{label}: counts-only trace; plan needs per-token routing (topk_ids) to score communication"
+        )
+    check_against_model(t, model, label)
+    return t, label
+
+
+def _hash_inputs(parts: dict[str, Any], trace: Trace) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(parts, sort_keys=True, default=str).encode())
+    for arr in (trace.topk_ids, trace.step):
+        a = np.ascontiguousarray(arr)
+        h.update(str(a.shape).encode())
+        h.update(a.astype(np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _simulate(
+    phy2log: np.ndarray, trace: Trace, model: ModelSpec, hw: HardwareProfile, cluster: ClusterSpec,
+    par: Parallel, dispatch: str,
+) -> SimResult:
+    slots = phy2log.shape[1] // par.ep
+    return simulate_placement(
+        phy2log,
+        slots,
+        trace.topk_ids,
+        trace.step,
+        trace.source_ranks(par.ep),
+        hw=hw,
+        hidden=model.hidden_size,
+        ffn=model.expert_intermediate_size // par.etp,
+        dtype=model.expert_dtype,
+        num_experts=model.num_experts,
+        gpus_per_node=min(cluster.gpus_per_node, par.ep),
+        dispatch=dispatch,
+    )
+
+
+def summarize(sim: SimResult, evaluated_on: str, memory_gib: float) -> Predicted:
+    """Predicted figures of a simulation (means over steps; percentiles of the per-step sum)."""
+    layer_ms = sim.layer_ms_SL
+    step_ms = sim.step_ms_S
+    per_layer = [
+        LayerPrediction(
+            layer=i,
+            compute_ms=float(sim.compute_ms_SL[:, i].mean()),
+            comm_ms=float(sim.comm_ms_SL[:, i].mean()),
+            total_ms=float(layer_ms[:, i].mean()),
+            imbalance=float(sim.imbalance_SL[:, i].mean()),
+        )
+        for i in range(layer_ms.shape[1])
+    ]
+    return Predicted(
+        evaluated_on=evaluated_on,
+        moe_time_per_step_ms=float(step_ms.mean()),
+        moe_time_p50_ms=float(np.percentile(step_ms, 50)),
+        moe_time_p99_ms=float(np.percentile(step_ms, 99)),
+        moe_layer_ms=float(layer_ms.mean()),
+        compute_ms=float(sim.compute_ms_SL.mean()),
+        comm_ms=float(sim.comm_ms_SL.mean()),
+        imbalance=float(sim.imbalance_SL.mean()),
+        intra_node_bytes_per_step=float(sim.intra_bytes_SL.sum(1).mean()),
+        inter_node_bytes_per_step=float(sim.inter_bytes_SL.sum(1).mean()),
+        tokens_per_step=float(sim.tokens_S.mean()),
+        memory_per_gpu_gib=memory_gib,
+        per_layer=per_layer,
+    )
+
+
+def baseline_placement(
+    name: str, weight_LE: np.ndarray, model: ModelSpec, cluster: ClusterSpec, par: Parallel, redundant: int
+) -> np.ndarray:
+    """``phy2log`` [L, E + R] of a named baseline."""
+    L, E = weight_LE.shape
+    if name in ("contiguous", "round-robin") and redundant:
+        raise InputError(
+            f"--baseline {name} places no redundant experts (got --redundant-experts {redundant}); use --baseline eplb"
+        )
+    if name == "contiguous":
+        return baselines.contiguous(L, E, par.ep)
+    if name == "round-robin":
+        return baselines.round_robin(L, E, par.ep)
+    if name == "eplb":
+        nodes = max(1, par.ep // cluster.gpus_per_node) if par.ep >= cluster.gpus_per_node else 1
+        groups = model.n_group or 1
+        return baselines.eplb(weight_LE, E + redundant, groups, nodes, par.ep)
+    raise InputError(f"--baseline must be one of {', '.join(BASELINES)} (got {name!r})")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Validated inputs of one planning run (what ``--dry-run`` reports)."""
+
+    model: ModelSpec
+    hardware: HardwareProfile
+    cluster: ClusterSpec
+    workload: Workload
+    parallel: Parallel
+    trace: Trace
+    trace_label: str
+    plan_trace: Trace
+    eval_trace: Trace
+    evaluated_on: str
+    redundant_experts: int
+    baseline: str | None
+    dispatch: str
+    time_limit: float
+    seed: int
+    options: dict[str, Any]
+
+    @property
+    def slots_per_gpu(self) -> int:
+        return (self.model.num_experts + self.redundant_experts) // self.parallel.ep
+
+    def size(self) -> dict[str, Any]:
+        """Problem size, as ``--dry-run`` prints it."""
+        m, par = self.model, self.parallel
+        return {
+            "model": m.name,
+            "moe_layers": m.num_moe_layers,
+            "experts": m.num_experts,
+            "top_k": m.top_k,
+            "gpus": self.cluster.num_gpus,
+            "parallel": par.model_dump(),
+            "physical_slots": m.num_experts + self.redundant_experts,
+            "slots_per_gpu": self.slots_per_gpu,
+            "trace": self.trace_label,
+            "trace_tokens": self.trace.num_tokens,
+            "trace_steps": self.trace.num_steps,
+            "planning_steps": self.plan_trace.num_steps,
+            "held_out_steps": self.eval_trace.num_steps if self.eval_trace is not self.plan_trace else 0,
+            "candidates": [self.baseline] if self.baseline else self.candidate_names(),
+        }
+
+    def candidate_names(self) -> list[str]:
+        return [b for b in BASELINES if not (self.redundant_experts and b != "eplb")]
+
+
+def prepare(
+    model: str | ModelSpec = DEFAULT_MODEL,
+    hardware: str | HardwareProfile = DEFAULT_HARDWARE,
+    *,
+    nodes: int = 1,
+    gpus_per_node: int = 8,
+    mode: str = "decode",
+    trace: str | Path | Trace | None = None,
+    ep: int | None = None,
+    tp: int | None = None,
+    pp: int | None = None,
+    dp: int | None = None,
+    etp: int | None = None,
+    vpp: int | None = None,
+    micro_batch: int | None = None,
+    global_batch: int | None = None,
+    seq_len: int = 4096,
+    redundant_experts: int = 0,
+    gpu_memory_gb: float | None = None,
+    baseline: str | None = None,
+    dispatch: str = "even",
+    time_limit: float = 60.0,
+    seed: int = 0,
+    train_fraction: float = 0.75,
+) -> Problem:
+    """Load and check every input of a planning run; raises :class:`InputError` on bad input."""
+    if time_limit <= 0:
+        raise InputError(f"--time-limit must be > 0 seconds (got {time_limit})")
+    if not 0 < train_fraction <= 1:
+        raise InputError(f"train_fraction must be in (0, 1] (got {train_fraction})")
+    if dispatch not in ("even", "local-first"):
+        raise InputError(f"--dispatch must be 'even' or 'local-first' (got {dispatch!r})")
+    if baseline is not None and baseline not in BASELINES:
+        raise InputError(f"--baseline must be one of {', '.join(BASELINES)} (got {baseline!r})")
+    if nodes <= 0 or gpus_per_node <= 0:
+        raise InputError(f"--nodes and --gpus-per-node must be > 0 (got {nodes}, {gpus_per_node})")
+    m = resolve_model(model)
+    hw = resolve_hardware(hardware)
+    cluster = ClusterSpec(hardware=hw.name, num_nodes=nodes, gpus_per_node=gpus_per_node)
+    try:
+        workload = Workload(
+            mode=mode, seq_len=seq_len, micro_batch=micro_batch, global_batch=global_batch,
+            gpu_memory_gb=gpu_memory_gb,
+        )
+    except ValidationError as e:
+        raise InputError(format_validation_error("workload", e)) from None
+    if mode == "offload":
+        raise InputError("--mode offload is not implemented yet in this version (see the offload issue)")
+    par = resolve_degrees(m, cluster, ep=ep, tp=tp, pp=pp, dp=dp, etp=etp, vpp=vpp, redundant=redundant_experts)
+    if baseline in ("contiguous", "round-robin") and redundant_experts:
+        raise InputError(
+            f"--baseline {baseline} places no redundant experts (got --redundant-experts {redundant_experts}); "
+            "use --baseline eplb"
+        )
+    tr, trace_label = resolve_trace(trace, m, seed)
+    if tr.num_steps >= 2:
+        plan_tr, eval_tr = tr.split(train_fraction)
+        if eval_tr.num_steps == 0:
+            plan_tr, eval_tr = tr.split(1 - 1 / tr.num_steps)
+        evaluated_on = (
+            f"held-out steps: the last {eval_tr.num_steps} of {tr.num_steps} (planned on the first {plan_tr.num_steps})"
+        )
+    else:
+        plan_tr = eval_tr = tr
+        evaluated_on = "the planning step itself (the trace has one step: no held-out data)"
+    options = {
+        "ep": ep, "tp": tp, "pp": pp, "dp": dp, "etp": etp, "vpp": vpp,
+        "redundant_experts": redundant_experts, "baseline": baseline, "dispatch": dispatch,
+        "seed": seed, "train_fraction": train_fraction,
+    }
+    return Problem(
+        model=m, hardware=hw, cluster=cluster, workload=workload, parallel=par, trace=tr,
+        trace_label=trace_label, plan_trace=plan_tr, eval_trace=eval_tr, evaluated_on=evaluated_on,
+        redundant_experts=redundant_experts, baseline=baseline, dispatch=dispatch,
+        time_limit=time_limit, seed=seed, options=options,
+    )
+
+
+def solve(problem: Problem) -> Plan:
+    """Place experts for a prepared problem and score the placement on held-out steps.
+
+    With a baseline the named baseline is returned; otherwise every baseline is scored on the
+    planning steps and the best is kept (``solver.name = 'best-baseline'``, status
+    ``heuristic``, no bound) until the ILP placement replaces this step.
+    """
+    t0 = time.perf_counter()
+    pr = problem
+    m, hw, cluster, par = pr.model, pr.hardware, pr.cluster, pr.parallel
+    slots = pr.slots_per_gpu
+    mem = weights_per_gpu_bytes(m, slots, par.tp, par.pp, par.etp)
+    cap = hw.hbm_gib * GIB
+    if mem > cap:
+        raise InfeasibleError(
+            f"weights need {mem / GIB:.1f} GiB per GPU ({slots} expert slots × {m.num_moe_layers} MoE layers"
+            f" × {m.expert_bytes / 1e6:.1f} MB / etp {par.etp} + non-expert {m.non_expert_bytes / GIB:.1f} GiB"
+            f" / (tp {par.tp} × pp {par.pp})), {hw.name} has {hw.hbm_gib:.1f} GiB; raise ep, tp or pp, or add GPUs"
+        )
+    weight_LE = pr.plan_trace.counts().astype(np.float64)
+    names = [pr.baseline] if pr.baseline else pr.candidate_names()
+    candidates: dict[str, float] = {}
+    placements: dict[str, np.ndarray] = {}
+    for name in names:
+        p2l = baseline_placement(name, weight_LE, m, cluster, par, pr.redundant_experts)
+        placements[name] = p2l
+        if pr.baseline is None:
+            sim = _simulate(p2l, pr.plan_trace, m, hw, cluster, par, pr.dispatch)
+            candidates[name] = float(sim.step_ms_S.mean())
+    best = pr.baseline or min(names, key=lambda n: (candidates[n], names.index(n)))
+    p2l = placements[best]
+    sim = _simulate(p2l, pr.eval_trace, m, hw, cluster, par, pr.dispatch)
+    predicted = summarize(sim, pr.evaluated_on, mem / GIB)
+    elapsed = round(time.perf_counter() - t0, 3)
+    if pr.baseline is None:
+        solver = SolverReport(
+            name="best-baseline", status="heuristic", objective=candidates[best], bound=None, gap=None,
+            time_s=elapsed, candidates=candidates,
+        )
+    else:
+        solver = SolverReport(name=pr.baseline, status="baseline", objective=None, time_s=elapsed)
+    inputs = {
+        "model": m.model_dump(mode="json"),
+        "hardware": hw.model_dump(mode="json"),
+        "cluster": cluster.model_dump(mode="json"),
+        "workload": pr.workload.model_dump(mode="json"),
+        "options": pr.options,
+    }
+    provenance = Provenance(
+        version=version(),
+        seed=pr.seed,
+        input_hash=_hash_inputs(inputs, pr.trace),
+        created=_dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+        trace=pr.trace_label,
+    )
+    return Plan(
+        model=m,
+        cluster=cluster,
+        workload=pr.workload,
+        parallel=par,
+        placement=Placement(slots_per_gpu=slots, physical_to_logical=p2l.tolist()),
+        dispatch=pr.dispatch,
+        predicted=predicted,
+        solver=solver,
+        provenance=provenance,
+    )
+
+
+def plan(model: str | ModelSpec = DEFAULT_MODEL, hardware: str | HardwareProfile = DEFAULT_HARDWARE, **kwargs: Any) -> Plan:
+    """Plan expert placement for ``model`` on ``nodes × gpus_per_node`` GPUs of ``hardware``.
+
+    Takes the keyword arguments of :func:`prepare` (the ``moe-planner plan`` options with
+    underscores). The trace (a path, a :class:`~planner.traces.Trace`, or ``None`` for the
+    model's shipped or a synthetic trace) is split by steps: the first ``train_fraction`` is
+    planned on, the rest is held out and scores the plan (``plan.predicted``).
+    """
+    return solve(prepare(model, hardware, **kwargs))

@@ -1,0 +1,170 @@
+"""Trace-driven simulator: replay routing through a placement, step by step.
+
+For every step of a trace and every MoE layer it computes where each token's top-k experts are
+served (dispatch policy over replicas), the tokens each GPU's expert slots receive, the bytes
+dispatch and combine move inside and between nodes, and the predicted layer time:
+
+    compute_g  = Σ_slots on g  expert_ffn_ms(tokens of slot)      (planner.cost.compute)
+    layer_ms   = max_g compute_g + exposed dispatch/combine time    (planner.cost.comm)
+
+Replica choice (deterministic, so plans and scores are reproducible):
+
+- ``even``: the (token t, choice j) pair goes to replica ``(t·k + j) mod c_e`` of its expert
+  ``e`` (``c_e`` replicas): tokens spread evenly over replicas, as engines do at random.
+- ``local-first``: a replica on the token's own GPU when there is one, else as ``even``.
+
+Tokens start on EP rank ``source_rank`` (the trace's, or each step's tokens in equal contiguous
+blocks). Shapes: ``S`` steps, ``L`` MoE layers, ``T`` tokens, ``k`` top-k, ``E`` experts,
+``P`` physical slots, ``G`` EP ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from planner.cost.compute import expert_ffn_ms
+
+from planner.cost.comm import dispatch_combine_ms
+from planner.errors import InputError
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """Per-step, per-layer figures of one simulation (arrays ``[S, L]`` unless noted)."""
+
+    compute_ms_SL: np.ndarray
+    comm_ms_SL: np.ndarray
+    imbalance_SL: np.ndarray
+    intra_bytes_SL: np.ndarray
+    inter_bytes_SL: np.ndarray
+    gpu_tokens_SLG: np.ndarray
+    tokens_S: np.ndarray
+
+    @property
+    def layer_ms_SL(self) -> np.ndarray:
+        return self.compute_ms_SL + self.comm_ms_SL
+
+    @property
+    def step_ms_S(self) -> np.ndarray:
+        """Summed MoE-layer time of each step."""
+        return self.layer_ms_SL.sum(axis=1)
+
+
+def choose_slots(
+    ids_Tk: np.ndarray,
+    src_T: np.ndarray,
+    phy2log_P: np.ndarray,
+    slots_per_gpu: int,
+    num_experts: int,
+    dispatch: str,
+) -> np.ndarray:
+    """Physical slot serving each (token, choice) pair of one layer: ``slot_Tk``."""
+    P = phy2log_P.shape[0]
+    G = P // slots_per_gpu
+    T, k = ids_Tk.shape
+    cnt_E = np.bincount(phy2log_P, minlength=num_experts)
+    if (cnt_E == 0).any():
+        raise InputError(f"placement misses expert {int(np.argmin(cnt_E))}: every expert needs a slot")
+    # replica table: log2phy_ER[e, r] = r-th slot holding e
+    order = np.argsort(phy2log_P, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(cnt_E)[:-1]])
+    rep = (np.arange(T)[:, None] * k + np.arange(k)[None, :]) % cnt_E[ids_Tk]
+    slot_Tk = order[starts[ids_Tk] + rep]
+    if dispatch == "local-first":
+        # slot of expert e on GPU g, or -1
+        local_EG = np.full((num_experts, G), -1, dtype=np.int64)
+        gpu_P = np.arange(P) // slots_per_gpu
+        local_EG[phy2log_P[::-1], gpu_P[::-1]] = np.arange(P)[::-1]  # first slot wins
+        local = local_EG[ids_Tk, src_T[:, None]]
+        slot_Tk = np.where(local >= 0, local, slot_Tk)
+    elif dispatch != "even":
+        raise InputError(f"dispatch must be 'even' or 'local-first' (got {dispatch!r})")
+    return slot_Tk
+
+
+def simulate_placement(
+    phy2log_LP: np.ndarray,
+    slots_per_gpu: int,
+    topk_ids_LTk: np.ndarray,
+    step_T: np.ndarray,
+    src_T: np.ndarray,
+    *,
+    hw,
+    hidden: int,
+    ffn: int,
+    dtype: str,
+    num_experts: int,
+    gpus_per_node: int,
+    dispatch: str = "even",
+    act_bytes: float = 2.0,
+) -> SimResult:
+    """Replay ``topk_ids_LTk`` through the placement; see the module docstring."""
+    phy2log_LP = np.asarray(phy2log_LP, dtype=np.int64)
+    L, P = phy2log_LP.shape
+    G = P // slots_per_gpu
+    _, step_idx_T = np.unique(step_T, return_inverse=True)
+    S = int(step_idx_T.max()) + 1 if step_idx_T.size else 0
+    tokens_S = np.bincount(step_idx_T, minlength=S).astype(np.float64)
+    gpu_node = np.arange(G) // gpus_per_node
+    src_T = np.asarray(src_T, dtype=np.int64)
+    src_node_T = gpu_node[src_T]
+    token_bytes = hidden * act_bytes
+
+    compute = np.zeros((S, L))
+    comm = np.zeros((S, L))
+    imbalance = np.zeros((S, L))
+    intra = np.zeros((S, L))
+    inter = np.zeros((S, L))
+    gpu_tokens = np.zeros((S, L, G))
+    for l in range(L):
+        ids = topk_ids_LTk[l]
+        k = ids.shape[1]
+        slot = choose_slots(ids, src_T, phy2log_LP[l], slots_per_gpu, num_experts, dispatch)
+        # --- compute: tokens per slot per step -> time per GPU
+        flat = (step_idx_T[:, None] * P + slot).reshape(-1)
+        slot_tokens_SP = np.bincount(flat, minlength=S * P).reshape(S, P)
+        t_SP = expert_ffn_ms(hw, hidden, ffn, dtype, slot_tokens_SP.reshape(-1)).reshape(S, P)
+        t_SG = t_SP.reshape(S, G, slots_per_gpu).sum(-1)
+        tok_SG = slot_tokens_SP.reshape(S, G, slots_per_gpu).sum(-1)
+        compute[:, l] = t_SG.max(axis=1)
+        mean = tok_SG.mean(axis=1)
+        imbalance[:, l] = np.where(mean > 0, tok_SG.max(axis=1) / np.where(mean > 0, mean, 1), 1.0)
+        gpu_tokens[:, l] = tok_SG
+        # --- traffic: one copy per distinct destination GPU (intra) / node (inter)
+        dest = np.sort(slot // slots_per_gpu, axis=1)
+        first = np.ones_like(dest, dtype=bool)
+        first[:, 1:] = dest[:, 1:] != dest[:, :-1]
+        dnode = gpu_node[dest]
+        same_node = dnode == src_node_T[:, None]
+        intra_mask = first & same_node & (dest != src_T[:, None])
+        # inter-node copies: once per distinct remote node; the receiving GPU is the lowest
+        # destination GPU on that node (its NIC takes the copy, NVLink forwards it: DeepEP's path)
+        nd_sorted = np.sort(np.where(same_node, -1, dest), axis=1)
+        nd_node = np.where(nd_sorted >= 0, gpu_node[nd_sorted], -1)
+        nd_first = np.ones_like(nd_sorted, dtype=bool)
+        nd_first[:, 1:] = nd_node[:, 1:] != nd_node[:, :-1]
+        nd_mask = nd_first & (nd_sorted >= 0)
+        # per-GPU send and receive counts per step
+        sidx = np.repeat(step_idx_T, k)
+        send_idx = step_idx_T * G + src_T
+        intra_send = np.bincount(send_idx, weights=intra_mask.sum(1), minlength=S * G)
+        intra_recv = np.bincount((sidx * G + dest.reshape(-1))[intra_mask.reshape(-1)], minlength=S * G)
+        inter_send = np.bincount(send_idx, weights=nd_mask.sum(1), minlength=S * G)
+        inter_recv = np.bincount((sidx * G + nd_sorted.reshape(-1))[nd_mask.reshape(-1)], minlength=S * G)
+        shape = (S, G)
+        i_s = intra_send.reshape(shape) * token_bytes
+        i_r = intra_recv.reshape(shape) * token_bytes
+        x_s = inter_send.reshape(shape) * token_bytes
+        x_r = inter_recv.reshape(shape) * token_bytes
+        comm[:, l] = dispatch_combine_ms(
+            i_s, i_r, x_s, x_r,
+            nvlink_gbps=hw.nvlink.bandwidth_gbps,
+            nvlink_latency_us=hw.nvlink.latency_us,
+            nic_gbps=hw.nic.bandwidth_gbps,
+            nic_latency_us=hw.nic.latency_us,
+            overlap=hw.comm_overlap,
+        )
+        intra[:, l] = 2 * i_s.sum(1)
+        inter[:, l] = 2 * x_s.sum(1)
+    return SimResult(compute, comm, imbalance, intra, inter, gpu_tokens, tokens_S)

@@ -1,0 +1,191 @@
+"""Plan: the planner's answer, written as ``plan.json`` (contract in DESIGN.md).
+
+A plan carries everything needed to check and reproduce it: the full model spec, the cluster,
+the workload, the parallel degrees, the placement (``physical_to_logical``), the dispatch policy,
+optional offload cache, the predicted figures, the solver's report and provenance.
+
+Placement convention (shared with DeepSeek EPLB and SGLang): physical slot ``p`` of a layer lives
+on EP rank ``p // slots_per_gpu``; EP ranks are numbered node by node.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from planner.errors import InputError
+from planner.io import atomic_write_text
+from planner.specs.base import Spec, parse, read_mapping
+from planner.specs.cluster import ClusterSpec
+from planner.specs.model import ModelSpec
+from planner.specs.workload import Workload
+
+SCHEMA_VERSION = "1"
+
+
+class Parallel(Spec):
+    """Parallel degrees. Attention uses DP×TP×PP = GPUs; experts use EP×ETP×EDP = DP×TP."""
+
+    dp: int = Field(gt=0, description="Data-parallel degree (attention data parallelism when serving)")
+    tp: int = Field(gt=0, description="Tensor-parallel degree of attention and dense layers")
+    pp: int = Field(gt=0, description="Pipeline-parallel degree")
+    ep: int = Field(gt=0, description="Expert-parallel degree: GPUs that split the experts of a layer")
+    etp: int = Field(default=1, gt=0, description="Tensor-parallel degree inside each expert")
+    vpp: int = Field(default=1, gt=0, description="Virtual pipeline stages per pipeline rank")
+    cp: int = Field(default=1, gt=0, description="Context-parallel degree")
+
+
+class Placement(Spec):
+    """Which logical expert each physical slot holds, per MoE layer."""
+
+    slots_per_gpu: int = Field(gt=0, description="Physical expert slots on each EP rank (same on every rank)")
+    physical_to_logical: list[list[int]] = Field(
+        description="[num_moe_layers][ep × slots_per_gpu] logical expert id in each physical slot; slot p is on EP rank p // slots_per_gpu"
+    )
+
+
+class Prefetch(Spec):
+    """Offload mode: experts fetched ahead for the next layer."""
+
+    count: int = Field(ge=0, description="Experts of the next layer fetched ahead per layer")
+    predictor: str = Field(description="How they are chosen (e.g. 'cross-layer-transition', 'frequency')")
+
+
+class CachePlan(Spec):
+    """Offload mode: which experts stay in GPU memory and how the rest is cached."""
+
+    budget_bytes: int = Field(ge=0, description="GPU memory given to experts, in bytes")
+    resident: list[list[int]] = Field(description="[num_moe_layers][...] expert ids pinned in GPU memory per layer")
+    dynamic_slots: list[int] = Field(description="[num_moe_layers] further cache slots per layer for experts not pinned")
+    policy: Literal["lru", "lfu"] = Field(default="lru", description="Replacement policy of the dynamic slots")
+    prefetch: Prefetch | None = Field(default=None, description="Next-layer prefetch, if any")
+
+
+class LayerPrediction(Spec):
+    """Predicted figures for one MoE layer, averaged over the evaluated steps."""
+
+    layer: int = Field(ge=0, description="MoE layer index (0-based among MoE layers)")
+    compute_ms: float = Field(ge=0, description="Expert compute of the slowest GPU, ms")
+    comm_ms: float = Field(ge=0, description="Dispatch plus combine communication not hidden by compute, ms")
+    total_ms: float = Field(ge=0, description="Predicted MoE-layer time (mean over steps of the per-step maximum), ms")
+    imbalance: float = Field(ge=0, description="Max over GPUs of routed tokens divided by the mean")
+
+
+class Predicted(Spec):
+    """What the cost model predicts for the plan on the evaluated trace steps."""
+
+    evaluated_on: str = Field(description="Which trace steps the figures come from (held-out steps when the trace has several)")
+    moe_time_per_step_ms: float = Field(ge=0, description="Sum over MoE layers of the layer time, mean over steps, ms")
+    moe_time_p50_ms: float = Field(ge=0, description="Median over steps of the summed MoE-layer time, ms")
+    moe_time_p99_ms: float = Field(ge=0, description="99th percentile over steps of the summed MoE-layer time, ms")
+    moe_layer_ms: float = Field(ge=0, description="Mean MoE-layer time (per layer, per step), ms")
+    compute_ms: float = Field(ge=0, description="Mean per-layer expert compute of the slowest GPU, ms")
+    comm_ms: float = Field(ge=0, description="Mean per-layer exposed dispatch+combine time, ms")
+    imbalance: float = Field(ge=0, description="Mean over layers and steps of max/mean GPU tokens")
+    intra_node_bytes_per_step: float = Field(ge=0, description="Dispatch+combine bytes over NVLink per step, all layers")
+    inter_node_bytes_per_step: float = Field(ge=0, description="Dispatch+combine bytes between nodes per step, all layers")
+    tokens_per_step: float = Field(ge=0, description="Tokens in one evaluated step (mean)")
+    memory_per_gpu_gib: float = Field(ge=0, description="Weights per GPU (experts of its slots plus its share of the rest), GiB")
+    per_layer: list[LayerPrediction] = Field(description="Per-MoE-layer breakdown")
+    tokens_per_s: float | None = Field(default=None, description="Train mode: tokens per second (later issues)")
+    tflops_per_gpu: float | None = Field(default=None, description="Train mode: model FLOPs per step / step time / GPUs (later issues)")
+
+
+class SolverReport(Spec):
+    """How the plan was found."""
+
+    name: str = Field(description="Solver or baseline that produced the placement")
+    status: str = Field(description="optimal, feasible, time_limit, heuristic or baseline")
+    objective: float | None = Field(default=None, description="Objective value on the planning steps (predicted MoE ms per step)")
+    bound: float | None = Field(default=None, description="Lower bound on the objective (None: the method gives none)")
+    gap: float | None = Field(default=None, description="(objective - bound) / objective; None without a bound")
+    time_s: float = Field(ge=0, description="Wall time of the solve in seconds (not part of the input hash)")
+    candidates: dict[str, float] = Field(
+        default_factory=dict, description="Objective of every candidate the solver compared, by name"
+    )
+
+
+class Provenance(Spec):
+    """Where the plan came from."""
+
+    version: str = Field(description="moe-planner version")
+    seed: int = Field(description="Random seed")
+    input_hash: str = Field(description="sha256 of the canonical inputs (model, cluster, workload, hardware, trace, options)")
+    created: str = Field(description="Creation time, UTC ISO 8601")
+    trace: str | None = Field(default=None, description="Trace the plan was made from (file name or 'synthetic')")
+
+
+class Plan(Spec):
+    """A deployment plan for one MoE model on one cluster."""
+
+    schema_version: Literal["1"] = Field(default=SCHEMA_VERSION, description="Plan file format version")
+    model: ModelSpec = Field(description="The model the plan is for")
+    cluster: ClusterSpec = Field(description="The cluster the plan is for")
+    workload: Workload = Field(description="Mode and batch shape")
+    parallel: Parallel = Field(description="Parallel degrees")
+    placement: Placement = Field(description="Expert placement per MoE layer")
+    dispatch: Literal["even", "local-first"] = Field(default="even", description="How a token picks among replicas of its expert")
+    cache: CachePlan | None = Field(default=None, description="Offload mode: GPU expert cache")
+    predicted: Predicted | None = Field(default=None, description="Predicted figures")
+    solver: SolverReport = Field(description="Solver report")
+    provenance: Provenance = Field(description="Provenance")
+
+    @model_validator(mode="after")
+    def _check(self) -> Plan:
+        m, par, pl = self.model, self.parallel, self.placement
+        n_gpus = self.cluster.num_gpus
+        if par.dp * par.tp * par.pp * par.cp != n_gpus:
+            raise ValueError(
+                f"parallel: dp × tp × pp × cp ({par.dp} × {par.tp} × {par.pp} × {par.cp}) must equal the cluster's GPUs ({n_gpus})"
+            )
+        if (n_gpus // par.pp) % (par.ep * par.etp):
+            raise ValueError(
+                f"parallel: ep × etp ({par.ep} × {par.etp}) must divide the GPUs of a pipeline stage ({n_gpus // par.pp})"
+            )
+        p2l = pl.physical_to_logical
+        if len(p2l) != m.num_moe_layers:
+            raise ValueError(
+                f"placement.physical_to_logical has {len(p2l)} layers, model {m.name} has {m.num_moe_layers} MoE layers"
+            )
+        want = par.ep * pl.slots_per_gpu
+        for i, row in enumerate(p2l):
+            if len(row) != want:
+                raise ValueError(
+                    f"placement.physical_to_logical[{i}] has {len(row)} slots, ep × slots_per_gpu is {want}"
+                )
+            bad = [e for e in row if not 0 <= e < m.num_experts]
+            if bad:
+                raise ValueError(
+                    f"placement.physical_to_logical[{i}] holds expert {bad[0]}, ids must be in [0, {m.num_experts})"
+                )
+            missing = set(range(m.num_experts)) - set(row)
+            if missing:
+                raise ValueError(
+                    f"placement.physical_to_logical[{i}] misses expert {min(missing)}: every expert needs a slot in every layer"
+                )
+        if self.cache is not None:
+            if len(self.cache.resident) != m.num_moe_layers or len(self.cache.dynamic_slots) != m.num_moe_layers:
+                raise ValueError(f"cache.resident and cache.dynamic_slots need {m.num_moe_layers} layers")
+        return self
+
+    # ---- files ---------------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        """Canonical JSON text (stable key order, so the same plan gives the same bytes)."""
+        return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=False) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically (temporary file, then rename)."""
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        p = Path(path)
+        data = read_mapping(p)
+        version = data.get("schema_version")
+        if version is not None and version != SCHEMA_VERSION:
+            raise InputError(f"{p.name}: schema_version must be '{SCHEMA_VERSION}' (got {version!r})")
+        return parse(cls, data, p.name)

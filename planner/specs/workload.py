@@ -1,0 +1,34 @@
+"""Workload: what the deployment runs (training, prefill, decode or offloaded decode)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from planner.specs.base import Spec
+
+Mode = Literal["train", "prefill", "decode", "offload"]
+
+
+class Workload(Spec):
+    """Mode and batch shape of the deployment."""
+
+    mode: Mode = Field(default="decode", description="train, prefill, decode, or offload (experts in host memory)")
+    seq_len: int = Field(default=4096, gt=0, description="Sequence length in tokens")
+    micro_batch: int | None = Field(default=None, gt=0, description="Micro-batch size in sequences (train); None: searched")
+    global_batch: int | None = Field(default=None, gt=0, description="Global batch size in sequences (train)")
+    tokens_per_step: int | None = Field(
+        default=None, gt=0, description="Tokens in one step across the cluster when the trace does not mark steps"
+    )
+    gpu_memory_gb: float | None = Field(default=None, gt=0, description="GPU memory budget in GB for offload mode")
+
+    @model_validator(mode="after")
+    def _check(self) -> Workload:
+        if self.mode == "offload" and self.gpu_memory_gb is None:
+            raise ValueError("gpu_memory_gb is required when mode is 'offload'")
+        if self.global_batch is not None and self.micro_batch is not None and self.global_batch % self.micro_batch:
+            raise ValueError(
+                f"global_batch ({self.global_batch}) must be a multiple of micro_batch ({self.micro_batch})"
+            )
+        return self

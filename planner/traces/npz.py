@@ -1,0 +1,223 @@
+"""Reading and writing routing traces; the ``.npz`` layouts.
+
+Per-token trace (DESIGN.md "Routing trace (.npz)"):
+
+==================  ======================  ===============================================
+key                 shape                   meaning
+==================  ======================  ===============================================
+``topk_ids``        int [L, T, k]           logical expert ids per MoE layer and token
+``topk_weights``    float [L, T, k]         optional gate weights (finite, >= 0)
+``step``            int [T]                 optional, non-decreasing step of each token
+``source_rank``     int [T]                 optional data-parallel rank a token starts on
+``num_experts``     int scalar              experts per layer E (ids lie in [0, E))
+``model``           str scalar              optional model name
+==================  ======================  ===============================================
+
+Counts-only trace (what ``moe-planner trace convert`` writes from SGLang ``logical_count``):
+
+==================  ======================  ===============================================
+``counts``          int [S, L, E]           tokens routed to expert e at MoE layer l, step s
+``num_experts``     int scalar              optional; must equal E
+``model``           str scalar              optional model name
+==================  ======================  ===============================================
+
+A file holds ``topk_ids`` or ``counts``, never both; any other key is an error naming it.
+:func:`save_trace` stores ids, counts, steps and ranks in the smallest unsigned integer dtype
+that holds them (uint8 for up to 256 experts) with ``np.savez_compressed``; weights keep their
+float dtype (cast to float16 before saving for a compact file).
+
+``num_experts`` missing from a per-token file: taken from the ``model`` passed to
+:func:`load_trace` when there is one, otherwise inferred as max id + 1 with a warning (the
+true E may be larger if the highest experts were never chosen).
+
+``.json`` and ``.pt`` files are SGLang ``logical_count`` statistics (:mod:`planner.traces.sglang`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zipfile
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from planner.errors import InputError
+from planner.io import atomic_write_bytes
+from planner.traces.trace import CountsTrace, Trace, check_against_model
+
+if TYPE_CHECKING:
+    from planner.specs.model import ModelSpec
+
+log = logging.getLogger(__name__)
+
+TOKEN_KEYS = ("topk_ids", "topk_weights", "step", "source_rank", "num_experts", "model")
+COUNTS_KEYS = ("counts", "num_experts", "model")
+
+
+def _smallest_uint(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in the smallest dtype that holds it (unsigned when it has no negatives)."""
+    if arr.size == 0:
+        return arr.astype(np.uint8)
+    lo, hi = int(arr.min()), int(arr.max())
+    kinds = (np.uint8, np.uint16, np.uint32, np.uint64) if lo >= 0 else (np.int8, np.int16, np.int32, np.int64)
+    for dt in kinds:
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return arr.astype(dt)
+    return arr.astype(np.int64)  # pragma: no cover - values beyond int64 cannot occur
+
+
+def _id_dtype(num_experts: int) -> type[np.unsignedinteger]:
+    """Smallest unsigned dtype holding ids in [0, num_experts)."""
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if num_experts - 1 <= np.iinfo(dt).max:
+            return dt
+    return np.uint64  # pragma: no cover
+
+
+def _scalar(arrays: dict[str, np.ndarray], key: str, name: str) -> np.ndarray | None:
+    if key not in arrays:
+        return None
+    v = arrays[key]
+    if v.ndim != 0:
+        raise InputError(f"{name}: {key} must be a scalar, got an array of shape {v.shape}")
+    return v
+
+
+def _read_npz(p: Path) -> dict[str, np.ndarray]:
+    name = p.name
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):  # pragma: no cover - np.load of .npy returns an array
+                raise InputError(f"{name}: not an .npz archive")
+            return {k: z[k] for k in z.files}
+    except InputError:
+        raise
+    except AttributeError:
+        # np.load returned a bare array (a .npy file): it has no context-manager protocol
+        raise InputError(f"{name}: holds a single .npy array, not an .npz archive of named arrays") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+        reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        if len(reason) > 100:
+            reason = reason[:97] + "..."
+        raise InputError(f"{name}: not a readable .npz file ({reason})") from None
+
+
+def load_trace(
+    path: str | Path,
+    *,
+    model: ModelSpec | None = None,
+    tokens_per_step: int | None = None,
+) -> Trace | CountsTrace:
+    """Read a trace: ``.npz`` (layouts in the module docstring), or SGLang ``logical_count``
+    in ``.json`` / ``.pt`` (a :class:`CountsTrace`).
+
+    ``model``: fills ``num_experts`` and ``model`` when the file lacks them, drops SGLang's
+    dense-layer rows, and the trace is checked against it (:func:`check_against_model`).
+    ``tokens_per_step``: step size for a per-token file without a ``step`` array (absent too:
+    the whole file is one step).
+    """
+    p = Path(path)
+    name = p.name
+    suffix = p.suffix.lower()
+    if suffix in (".json", ".pt"):
+        from planner.traces.sglang import load_logical_count
+
+        trace: Trace | CountsTrace = load_logical_count(p, model)
+        if model is not None:
+            check_against_model(trace, model, name)
+        return trace
+    if suffix != ".npz":
+        raise InputError(f"{name}: unknown trace format '{p.suffix}' (expected .npz, or SGLang .json / .pt)")
+    if not p.is_file():
+        raise InputError(f"{path}: no such file")
+    arrays = _read_npz(p)
+
+    has_ids, has_counts = "topk_ids" in arrays, "counts" in arrays
+    if has_ids and has_counts:
+        raise InputError(f"{name}: holds both topk_ids and counts; a trace is one or the other")
+    if not has_ids and not has_counts:
+        raise InputError(
+            f"{name}: missing topk_ids (a per-token trace) or counts (a counts-only trace); "
+            f"found {', '.join(sorted(arrays)) or 'no arrays'}"
+        )
+    allowed = TOKEN_KEYS if has_ids else COUNTS_KEYS
+    unknown = sorted(set(arrays) - set(allowed))
+    if unknown:
+        raise InputError(f"{name}: unknown keys {', '.join(unknown)} (allowed: {', '.join(allowed)})")
+
+    ne = _scalar(arrays, "num_experts", name)
+    if ne is not None and not np.issubdtype(ne.dtype, np.integer):
+        raise InputError(f"{name}: num_experts must be an integer, got dtype {ne.dtype}")
+    mn = _scalar(arrays, "model", name)
+    if mn is not None and mn.dtype.kind != "U":
+        raise InputError(f"{name}: model must be a string, got dtype {mn.dtype}")
+    model_name = str(mn) if mn is not None else (model.name if model is not None else None)
+    num_experts = int(ne) if ne is not None else None
+
+    if has_counts:
+        trace = CountsTrace(arrays["counts"], num_experts, model=model_name, source=name)
+    else:
+        ids = arrays["topk_ids"]
+        if num_experts is None:
+            if model is not None:
+                num_experts = model.num_experts
+            elif ids.size and np.issubdtype(ids.dtype, np.integer):
+                num_experts = int(ids.max()) + 1
+                log.warning(
+                    "%s: no num_experts in the file; assuming %d (max id + 1) - pass the model to be sure",
+                    name,
+                    num_experts,
+                )
+            else:
+                num_experts = 1  # the Trace constructor reports the real problem
+        trace = Trace(
+            ids,
+            num_experts,
+            topk_weights=arrays.get("topk_weights"),
+            step=arrays.get("step"),
+            source_rank=arrays.get("source_rank"),
+            model=model_name,
+            tokens_per_step=tokens_per_step,
+            source=name,
+        )
+    if model is not None:
+        check_against_model(trace, model, name)
+    return trace
+
+
+def trace_arrays(trace: Trace | CountsTrace) -> dict[str, np.ndarray]:
+    """The arrays :func:`save_trace` writes, in their compact dtypes."""
+    out: dict[str, np.ndarray] = {}
+    if isinstance(trace, Trace):
+        out["topk_ids"] = trace.topk_ids.astype(_id_dtype(trace.num_experts))
+        if trace.topk_weights is not None:
+            out["topk_weights"] = trace.topk_weights
+        out["step"] = _smallest_uint(trace.step)
+        if trace.source_rank is not None:
+            out["source_rank"] = _smallest_uint(trace.source_rank)
+    elif isinstance(trace, CountsTrace):
+        out["counts"] = _smallest_uint(trace.counts_per_step())
+    else:
+        raise TypeError(f"save_trace needs a Trace or CountsTrace, got {type(trace).__name__}")
+    out["num_experts"] = np.array(trace.num_experts, dtype=np.int64)
+    if trace.model is not None:
+        out["model"] = np.array(trace.model)
+    return out
+
+
+def save_trace(trace: Trace | CountsTrace, path: str | Path) -> None:
+    """Write ``trace`` to ``path`` (``.npz``) atomically: a failed write leaves no partial file.
+
+    Does not check for an existing file; callers that must not overwrite use
+    :func:`planner.io.check_writable` first.
+    """
+    p = Path(path)
+    if p.suffix.lower() != ".npz":
+        raise InputError(f"{p.name}: traces are written as .npz (got '{p.suffix or 'no suffix'}')")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **trace_arrays(trace))
+    atomic_write_bytes(p, buf.getvalue())

@@ -1,0 +1,374 @@
+"""In-memory routing traces: which experts each token chose at each MoE layer.
+
+Two kinds, told apart by ``has_tokens``:
+
+- :class:`Trace` — per-token routing (``topk_ids`` [L, T, k]); every statistic is available.
+- :class:`CountsTrace` — per-step expert counts only (``counts_per_step`` [S, L, E]), as engines
+  such as SGLang record them. Per-token statistics (cross-layer transitions, co-activation,
+  dispatch traffic) cannot be computed from it: code that needs them checks ``has_tokens`` and
+  says so.
+
+Legend: L = MoE layers, T = tokens, k = top_k, E = experts per layer, S = steps, R = ranks.
+
+Both are validated at construction; a violation raises :class:`~planner.errors.InputError`
+with one line naming the source, the array and the rule, e.g.
+``trace.npz: topk_ids values must be in [0, 64) (found 70 at layer 2)``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from planner.errors import InputError
+
+if TYPE_CHECKING:
+    from planner.specs.model import ModelSpec
+
+StepSelector = slice | np.ndarray | list[int] | list[bool]
+
+
+def _require_int(arr: np.ndarray, name: str, source: str) -> None:
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"{source}: {name} must hold integers, got dtype {arr.dtype}")
+
+
+def _step_mask(selector: StepSelector, num_steps: int, source: str) -> np.ndarray:
+    """Boolean mask [S] from a slice, a boolean mask [S] or integer step positions."""
+    mask = np.zeros(num_steps, dtype=bool)
+    if isinstance(selector, slice):
+        mask[selector] = True
+        return mask
+    sel = np.asarray(selector)
+    if sel.dtype == bool:
+        if sel.shape != (num_steps,):
+            raise InputError(f"{source}: step mask must have shape ({num_steps},), got {sel.shape}")
+        return sel.copy()
+    if not np.issubdtype(sel.dtype, np.integer) or sel.ndim != 1:
+        raise InputError(f"{source}: select_steps takes a slice, a boolean mask or step positions")
+    if sel.size and (sel.min() < -num_steps or sel.max() >= num_steps):
+        raise InputError(f"{source}: step positions must be in [0, {num_steps})")
+    mask[sel] = True
+    return mask
+
+
+def _split_count(num_steps: int, train_fraction: float, source: str) -> int:
+    """How many leading steps go to the planning part of a split."""
+    if not 0.0 < train_fraction < 1.0:
+        raise InputError(f"{source}: train_fraction must be in (0, 1), got {train_fraction}")
+    if num_steps < 2:
+        raise InputError(
+            f"{source}: cannot split a trace of {num_steps} step into planning and held-out "
+            "parts (needs >= 2 steps; give a step array or --tokens-per-step)"
+        )
+    return int(min(max(round(num_steps * train_fraction), 1), num_steps - 1))
+
+
+class Trace:
+    """Per-token routing of T tokens through L MoE layers.
+
+    Arrays (shape suffix in brackets):
+
+    - ``topk_ids`` int32 [L, T, k]: logical expert ids token t chose at MoE layer l; token t is
+      the same token in every layer. Stored as int32 whatever the input's integer dtype.
+    - ``topk_weights`` float [L, T, k] or None: gate weights, finite and >= 0.
+    - ``step`` int64 [T]: step (batch) each token belongs to, non-decreasing. If not given:
+      blocks of ``tokens_per_step`` tokens, or one single step when that is None too.
+    - ``source_rank`` int64 [T] or None: data-parallel rank a token starts on (>= 0).
+
+    ``num_experts`` is E (ids lie in [0, E)); ``model`` an optional model name; ``source``
+    the file or label used in error messages.
+    """
+
+    has_tokens = True
+
+    def __init__(
+        self,
+        topk_ids: np.ndarray,
+        num_experts: int,
+        *,
+        topk_weights: np.ndarray | None = None,
+        step: np.ndarray | None = None,
+        source_rank: np.ndarray | None = None,
+        model: str | None = None,
+        tokens_per_step: int | None = None,
+        source: str = "trace",
+    ) -> None:
+        self.source = source
+        ids = np.asarray(topk_ids)
+        if ids.ndim != 3:
+            raise InputError(f"{source}: topk_ids must have shape [layers, tokens, top_k], got {ids.shape}")
+        _require_int(ids, "topk_ids", source)
+        L, T, k = ids.shape
+        if L == 0 or T == 0 or k == 0:
+            raise InputError(f"{source}: topk_ids must have at least one layer, token and choice, got shape {ids.shape}")
+        num_experts = int(num_experts)
+        if num_experts <= 0:
+            raise InputError(f"{source}: num_experts must be > 0 (got {num_experts})")
+        if k > num_experts:
+            raise InputError(f"{source}: top_k ({k}) must be <= num_experts ({num_experts})")
+        bad = (ids < 0) | (ids >= num_experts)
+        if bad.any():
+            layer = int(np.argmax(bad.reshape(L, -1).any(axis=1)))
+            value = int(ids[layer][bad[layer]][0])
+            raise InputError(
+                f"{source}: topk_ids values must be in [0, {num_experts}) (found {value} at layer {layer})"
+            )
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        if k > 1:
+            srt = np.sort(ids, axis=-1)
+            dup = srt[..., 1:] == srt[..., :-1]
+            if dup.any():
+                layer, token, j = (int(x[0]) for x in np.nonzero(dup))
+                raise InputError(
+                    f"{source}: topk_ids must not repeat an expert in one token's top-k "
+                    f"(expert {int(srt[layer, token, j])} twice for token {token} at layer {layer})"
+                )
+        self.topk_ids = ids
+        self.num_experts = num_experts
+        self.model = None if model is None else str(model)
+
+        if topk_weights is not None:
+            w = np.asarray(topk_weights)
+            if w.shape != ids.shape:
+                raise InputError(f"{source}: topk_weights must have the shape of topk_ids {ids.shape}, got {w.shape}")
+            if not np.issubdtype(w.dtype, np.floating):
+                raise InputError(f"{source}: topk_weights must hold floats, got dtype {w.dtype}")
+            if not np.isfinite(w).all():
+                layer = int(np.argmax(~np.isfinite(w).reshape(L, -1).all(axis=1)))
+                raise InputError(f"{source}: topk_weights must be finite (found NaN or inf at layer {layer})")
+            if (w < 0).any():
+                layer = int(np.argmax((w < 0).reshape(L, -1).any(axis=1)))
+                value = float(w[layer][w[layer] < 0][0])
+                raise InputError(f"{source}: topk_weights must be >= 0 (found {value:g} at layer {layer})")
+            w = np.ascontiguousarray(w)
+        self.topk_weights = w if topk_weights is not None else None
+
+        if step is None:
+            if tokens_per_step is None:
+                step = np.zeros(T, dtype=np.int64)
+            else:
+                if int(tokens_per_step) <= 0:
+                    raise InputError(f"{source}: tokens_per_step must be > 0 (got {tokens_per_step})")
+                step = np.arange(T, dtype=np.int64) // int(tokens_per_step)
+        st = np.asarray(step)
+        if st.shape != (T,):
+            raise InputError(f"{source}: step must have shape [tokens] = ({T},), got {st.shape}")
+        _require_int(st, "step", source)
+        st = st.astype(np.int64)
+        if T > 1:
+            dec = np.diff(st) < 0
+            if dec.any():
+                i = int(np.argmax(dec))
+                raise InputError(
+                    f"{source}: step must be non-decreasing (token {i + 1} has step {int(st[i + 1])} "
+                    f"after step {int(st[i])})"
+                )
+        self.step = st
+
+        if source_rank is not None:
+            r = np.asarray(source_rank)
+            if r.shape != (T,):
+                raise InputError(f"{source}: source_rank must have shape [tokens] = ({T},), got {r.shape}")
+            _require_int(r, "source_rank", source)
+            if (r < 0).any():
+                i = int(np.argmax(r < 0))
+                raise InputError(f"{source}: source_rank must be >= 0 (found {int(r[i])} at token {i})")
+            r = r.astype(np.int64)
+        self.source_rank = r if source_rank is not None else None
+
+        # Steps are contiguous runs of equal values (step is non-decreasing).
+        self._steps, self._step_pos = np.unique(self.step, return_inverse=True)
+
+    # ---- shape --------------------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        return self.topk_ids.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.topk_ids.shape[1]
+
+    @property
+    def top_k(self) -> int:
+        return self.topk_ids.shape[2]
+
+    @property
+    def num_steps(self) -> int:
+        return int(self._steps.size)
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Distinct step ids [S], ascending."""
+        return self._steps
+
+    @property
+    def step_index(self) -> np.ndarray:
+        """Position (0..S-1) of each token's step [T]."""
+        return self._step_pos
+
+    def __repr__(self) -> str:
+        return (
+            f"Trace(model={self.model!r}, layers={self.num_layers}, tokens={self.num_tokens}, "
+            f"top_k={self.top_k}, experts={self.num_experts}, steps={self.num_steps})"
+        )
+
+    # ---- selections ---------------------------------------------------------------------
+
+    def _take_tokens(self, token_mask: np.ndarray) -> Trace:
+        if not token_mask.any():
+            raise InputError(f"{self.source}: the step selection holds no tokens")
+        return Trace(
+            self.topk_ids[:, token_mask],
+            self.num_experts,
+            topk_weights=None if self.topk_weights is None else self.topk_weights[:, token_mask],
+            step=self.step[token_mask],
+            source_rank=None if self.source_rank is None else self.source_rank[token_mask],
+            model=self.model,
+            source=self.source,
+        )
+
+    def select_steps(self, selector: StepSelector) -> Trace:
+        """The tokens of some steps: ``selector`` is a slice or integer positions over the S
+        steps, or a boolean mask [S]. Step ids are kept."""
+        mask = _step_mask(selector, self.num_steps, self.source)
+        return self._take_tokens(mask[self._step_pos])
+
+    def split(self, train_fraction: float = 0.5) -> tuple[Trace, Trace]:
+        """(first steps, later held-out steps): plan on the first part, evaluate on the second.
+
+        The first part holds ``round(S * train_fraction)`` steps, at least one and at most S-1.
+        """
+        n = _split_count(self.num_steps, train_fraction, self.source)
+        return self.select_steps(slice(0, n)), self.select_steps(slice(n, None))
+
+    # ---- counts -------------------------------------------------------------------------
+
+    def counts(self) -> np.ndarray:
+        """Tokens routed to each expert: int64 [L, E]."""
+        L, E = self.num_layers, self.num_experts
+        flat = (self.topk_ids + (np.arange(L, dtype=np.int64) * E)[:, None, None]).ravel()
+        return np.bincount(flat, minlength=L * E).reshape(L, E)
+
+    def counts_per_step(self) -> np.ndarray:
+        """Tokens routed to each expert in each step: int64 [S, L, E]."""
+        S, L, E = self.num_steps, self.num_layers, self.num_experts
+        base = self._step_pos.astype(np.int64)[None, :, None] * (L * E) + (
+            np.arange(L, dtype=np.int64) * E
+        )[:, None, None]
+        flat = (base + self.topk_ids).ravel()
+        return np.bincount(flat, minlength=S * L * E).reshape(S, L, E)
+
+    def source_ranks(self, num_ranks: int) -> np.ndarray:
+        """The data-parallel rank each token starts on: int64 [T].
+
+        The trace's own ``source_rank`` when it has one (each must be < ``num_ranks``);
+        otherwise each step's tokens are spread over the ranks in order, in equal contiguous
+        blocks (block sizes differ by at most one token).
+        """
+        if num_ranks <= 0:
+            raise InputError(f"{self.source}: num_ranks must be > 0 (got {num_ranks})")
+        if self.source_rank is not None:
+            top = int(self.source_rank.max())
+            if top >= num_ranks:
+                raise InputError(
+                    f"{self.source}: source_rank values must be < the number of data-parallel "
+                    f"ranks {num_ranks} (found {top})"
+                )
+            return self.source_rank
+        starts = np.searchsorted(self.step, self._steps, side="left")
+        sizes = np.diff(np.append(starts, self.num_tokens))
+        pos = np.arange(self.num_tokens, dtype=np.int64) - np.repeat(starts, sizes)
+        return pos * num_ranks // np.repeat(sizes, sizes)
+
+
+class CountsTrace:
+    """Counts-only routing statistics: ``counts_per_step`` int64 [S, L, E] (tokens routed to
+    expert e at MoE layer l in step s). No per-token data: ``has_tokens`` is False."""
+
+    has_tokens = False
+
+    def __init__(
+        self,
+        counts_per_step: np.ndarray,
+        num_experts: int | None = None,
+        *,
+        model: str | None = None,
+        source: str = "trace",
+    ) -> None:
+        self.source = source
+        c = np.asarray(counts_per_step)
+        if c.ndim != 3:
+            raise InputError(f"{source}: counts must have shape [steps, layers, experts], got {c.shape}")
+        _require_int(c, "counts", source)
+        S, L, E = c.shape
+        if S == 0 or L == 0 or E == 0:
+            raise InputError(f"{source}: counts must have at least one step, layer and expert, got shape {c.shape}")
+        if num_experts is not None and int(num_experts) != E:
+            raise InputError(f"{source}: counts has {E} experts per layer but num_experts is {int(num_experts)}")
+        if (c < 0).any():
+            layer = int(np.argmax((c < 0).any(axis=(0, 2))))
+            raise InputError(f"{source}: counts must be >= 0 (found {int(c[:, layer].min())} at layer {layer})")
+        self._counts = np.ascontiguousarray(c, dtype=np.int64)
+        self.num_experts = E
+        self.model = None if model is None else str(model)
+
+    @property
+    def num_layers(self) -> int:
+        return self._counts.shape[1]
+
+    @property
+    def num_steps(self) -> int:
+        return self._counts.shape[0]
+
+    @property
+    def steps(self) -> np.ndarray:
+        return np.arange(self.num_steps)
+
+    def __repr__(self) -> str:
+        return (
+            f"CountsTrace(model={self.model!r}, steps={self.num_steps}, layers={self.num_layers}, "
+            f"experts={self.num_experts})"
+        )
+
+    def counts(self) -> np.ndarray:
+        """Tokens routed to each expert over all steps: int64 [L, E]."""
+        return self._counts.sum(axis=0)
+
+    def counts_per_step(self) -> np.ndarray:
+        """int64 [S, L, E] (a copy)."""
+        return self._counts.copy()
+
+    def select_steps(self, selector: StepSelector) -> CountsTrace:
+        mask = _step_mask(selector, self.num_steps, self.source)
+        if not mask.any():
+            raise InputError(f"{self.source}: the step selection holds no steps")
+        return CountsTrace(self._counts[mask], model=self.model, source=self.source)
+
+    def split(self, train_fraction: float = 0.5) -> tuple[CountsTrace, CountsTrace]:
+        """(first steps, later held-out steps), as :meth:`Trace.split`."""
+        n = _split_count(self.num_steps, train_fraction, self.source)
+        return self.select_steps(slice(0, n)), self.select_steps(slice(n, None))
+
+
+def check_against_model(trace: Trace | CountsTrace, model: ModelSpec, source: str | None = None) -> None:
+    """Check that ``trace`` fits ``model``: MoE layers, experts per layer and (for per-token
+    traces) top_k. Raises :class:`InputError` naming both numbers."""
+    src = source or trace.source
+    if trace.num_layers != model.num_moe_layers:
+        raise InputError(
+            f"{src}: trace has {trace.num_layers} MoE layers but model {model.name} has "
+            f"{model.num_moe_layers}"
+        )
+    if trace.num_experts != model.num_experts:
+        raise InputError(
+            f"{src}: trace has {trace.num_experts} experts per layer but model {model.name} has "
+            f"{model.num_experts}"
+        )
+    if trace.has_tokens and trace.top_k != model.top_k:  # type: ignore[union-attr]
+        raise InputError(
+            f"{src}: trace has top_k {trace.top_k} but model {model.name} "  # type: ignore[union-attr]
+            f"routes each token to {model.top_k} experts"
+        )
