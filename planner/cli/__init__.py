@@ -50,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 1
+    except click.UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        click.echo(f"error: {e.format_message()}{hint}".replace("\n", " "), err=True)
+        return 2
     except click.ClickException as e:
-        e.show()
+        click.echo(f"error: {e.format_message()}".replace("\n", " "), err=True)
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code

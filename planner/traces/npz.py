@@ -90,15 +90,13 @@ def _scalar(arrays: dict[str, np.ndarray], key: str, name: str) -> np.ndarray | 
 def _read_npz(p: Path) -> dict[str, np.ndarray]:
     name = p.name
     try:
-        with np.load(p, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):  # pragma: no cover - np.load of .npy returns an array
-                raise InputError(f"{name}: not an .npz archive")
+        z = np.load(p, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise InputError(f"{name}: holds a single .npy array, not an .npz archive of named arrays")
+        with z:
             return {k: z[k] for k in z.files}
     except InputError:
         raise
-    except AttributeError:
-        # np.load returned a bare array (a .npy file): it has no context-manager protocol
-        raise InputError(f"{name}: holds a single .npy array, not an .npz archive of named arrays") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
         reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         if len(reason) > 100:

@@ -1,0 +1,1 @@
+"""Shipped hardware profiles (JSON data with provenance), one file per GPU kind."""

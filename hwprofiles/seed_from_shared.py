@@ -1,0 +1,234 @@
+"""Build a hardware profile from a shared measurement file, so the seeding is reproducible.
+
+Usage, from the repository root::
+
+    python hwprofiles/seed_from_shared.py ../shared/data/h100/expert_ffn_bf16.json hwprofiles/h100-sxm.json
+    python hwprofiles/seed_from_shared.py ../shared/data/h200/expert_ffn_bf16.json hwprofiles/h200-sxm.json
+
+What comes from the measurement file (``expert_ffn_bf16.json``: ``device``, ``ceilings``,
+``rows``, ``what``, ``measured``):
+
+- ``hbm_usable_gib`` (``device.mem_gib``), ``num_sms``, ``l2_mb``;
+- ``hbm_bandwidth_gbps`` (``ceilings.d2d_GBps_rw``);
+- the PCIe curves (``ceilings.{h2d_pinned,d2h_pinned,h2d_pageable}_<N>MB_GBps``; N MB is taken
+  as N·2**20 bytes);
+- ``expert_ffn_tables``: ALL rows, one table per (d, f) shape. Two models with the same shape
+  (DeepSeek-V2-Lite and Qwen1.5-MoE-A2.7B are both 2048×1408) are merged by keeping, per token
+  count and per column, the smaller figure: each figure is already the minimum over runs, the
+  reproducible statistic on shared GPUs (FACTS.md §2);
+- the provenance (device name, torch, CUDA from torch's ``+cuXYZ`` tag, date, method).
+
+Everything else (datasheet capacity and peaks, interconnect figures from FACTS.md §3) sits in
+:data:`DATASHEET` below, keyed by the GPU kind found in the device name. The profile is validated
+against :class:`planner.specs.hardware.HardwareProfile` before it is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+try:
+    from planner.specs.base import parse
+    from planner.specs.hardware import HardwareProfile
+except ModuleNotFoundError:  # running from a source tree without install
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from planner.specs.base import parse
+    from planner.specs.hardware import HardwareProfile
+
+_H100_SOURCES = (
+    "NVIDIA H100 Tensor Core GPU datasheet (H100 SXM: 80 GB, 3.35 TB/s, bf16 1979 TFLOP/s with sparsity = 989 dense, "
+    "fp8 3958 sparse = 1979 dense, NVLink 900 GB/s); FACTS.md §3 (nccl-tests issues #212, #267, #290)"
+)
+
+#: Figures the measurement file does not hold, per GPU kind (matched in the device name).
+DATASHEET: dict[str, dict[str, Any]] = {
+    "H100": {
+        "name": "h100-sxm",
+        "description": "NVIDIA H100 SXM5 80GB HBM3 in an 8-GPU HGX board (NVLink 4 / NVSwitch, 400 Gb/s NDR per GPU, PCIe Gen5 host link)",
+        "hbm_gib": 80.0,
+        "hbm_datasheet_gbps": 3350.0,
+        "peak_tflops": {"bf16": 989.4, "fp16": 989.4, "fp8": 1978.9, "tf32": 494.7},
+        "nvlink": {"bandwidth_gbps": 370.0, "latency_us": 10.0, "gpus_per_domain": 8},
+        "nic": {"bandwidth_gbps": 48.0, "latency_us": 20.0},
+        "copy_latency_us": 7.0,
+        "gemm_note": "bf16 8192^3 GEMM measured {gemm:.0f} TFLOP/s in this file (798 in another run on the same kind of machine, FACTS.md §2) against 989 dense on the datasheet",
+        "sources": _H100_SOURCES,
+    },
+    "H200": {
+        "name": "h200-sxm",
+        "description": "NVIDIA H200 SXM 141GB HBM3e in an 8-GPU HGX board (NVLink 4 / NVSwitch, 400 Gb/s NDR per GPU, PCIe Gen5 host link)",
+        "hbm_gib": 141.0,
+        "hbm_datasheet_gbps": 4800.0,
+        "peak_tflops": {"bf16": 989.4, "fp16": 989.4, "fp8": 1978.9, "tf32": 494.7},
+        "nvlink": {"bandwidth_gbps": 370.0, "latency_us": 10.0, "gpus_per_domain": 8},
+        "nic": {"bandwidth_gbps": 48.0, "latency_us": 20.0},
+        "copy_latency_us": 7.0,
+        "gemm_note": "bf16 8192^3 GEMM measured {gemm:.0f} TFLOP/s in this file against 989 dense on the datasheet (same GH100 compute as H100)",
+        "sources": (
+            "NVIDIA H200 Tensor Core GPU datasheet (H200 SXM: 141 GB HBM3e, 4.8 TB/s, compute as H100 SXM, NVLink 900 GB/s); "
+            "NVLink/NIC figures as H100 (same NVLink 4 / NDR fabric), FACTS.md §3"
+        ),
+    },
+}
+
+_CEILING_RE = re.compile(r"^(h2d_pinned|d2h_pinned|h2d_pageable)_(\d+)MB_GBps$")
+
+
+def _kind(device_name: str) -> str:
+    for kind in DATASHEET:
+        if kind in device_name.upper():
+            return kind
+    raise SystemExit(f"no datasheet figures for device {device_name!r}; known kinds: {', '.join(DATASHEET)}")
+
+
+def _cuda_from_torch(torch_version: str) -> str | None:
+    m = re.search(r"\+cu(\d+)(\d)$", torch_version)
+    return f"{int(m.group(1))}.{m.group(2)}" if m else None
+
+
+def _source_name(path: Path) -> str:
+    parts = path.resolve().parts
+    return "/".join(parts[parts.index("shared"):]) if "shared" in parts else path.name
+
+
+def _tables(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+    by_shape: dict[tuple[int, int], dict[int, dict[str, float]]] = defaultdict(dict)
+    models: dict[tuple[int, int], list[str]] = defaultdict(list)
+    for r in rows:
+        key = (int(r["d"]), int(r["f"]))
+        if r["model"] not in models[key]:
+            models[key].append(r["model"])
+        cur = by_shape[key].setdefault(int(r["M"]), {})
+        for col in ("ffn_ms", "w13_ms", "w2_ms"):
+            if col in r:
+                cur[col] = min(cur.get(col, float("inf")), float(r[col]))
+    tables = []
+    for (d, f), per_m in by_shape.items():
+        tokens = sorted(per_m)
+        names = models[(d, f)]
+        how = (
+            f"rows of model {names[0]}"
+            if len(names) == 1
+            else f"rows of models {', '.join(names)} (same shape; per token count the smaller figure)"
+        )
+        table: dict[str, Any] = {"d": d, "f": f, "dtype": "bf16", "tokens": tokens}
+        for col in ("ffn_ms", "w13_ms", "w2_ms"):
+            if all(col in per_m[m] for m in tokens):
+                table[col] = [round(per_m[m][col], 6) for m in tokens]
+        table["source"] = f"{source}: {how}"
+        tables.append(table)
+    return tables
+
+
+def _curves(ceilings: dict[str, float]) -> dict[str, list[dict[str, float]]]:
+    curves: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for key, value in ceilings.items():
+        m = _CEILING_RE.match(key)
+        if m:
+            curves[m.group(1)].append({"bytes": int(m.group(2)) << 20, "gbps": round(float(value), 2)})
+    return {k: sorted(v, key=lambda p: p["bytes"]) for k, v in curves.items()}
+
+
+def build_profile(measurement: dict[str, Any], source: str) -> dict[str, Any]:
+    """The profile mapping: datasheet figures of the device kind plus everything measured."""
+    dev = measurement["device"]
+    ceil = measurement["ceilings"]
+    ds = DATASHEET[_kind(dev["name"])]
+    curves = _curves(ceil)
+    hbm = round(float(ceil["d2d_GBps_rw"]), 1)
+    gemm = float(ceil.get("gemm_bf16_TFLOPs", 0.0))
+    pageable = curves.get("h2d_pageable")
+    measured_list = (
+        f"hbm_usable_gib ({dev['mem_gib']:.2f}, torch total_memory), num_sms, l2_mb (device properties); "
+        f"hbm_bandwidth_gbps ({hbm:g}, device-to-device copy, read+write); pcie curves (pinned/pageable copies of "
+        "1 MB to 1 GB, N MB read as N*2^20 bytes); expert_ffn_tables (all rows)"
+    )
+    datasheet_list = (
+        f"hbm_gib, hbm_datasheet_gbps, peak_tflops (dense). From FACTS.md §2-3: nvlink.bandwidth_gbps "
+        f"{ds['nvlink']['bandwidth_gbps']:g} (NCCL all-to-all busbw in an 8-GPU node), nvlink.latency_us "
+        f"{ds['nvlink']['latency_us']:g} and nic.latency_us {ds['nic']['latency_us']:g} (alpha-beta model), "
+        f"nic.bandwidth_gbps {ds['nic']['bandwidth_gbps']:g} (one 400 Gb/s NDR NIC per GPU), "
+        f"pcie.copy_latency_us {ds['copy_latency_us']:g} (about 7 µs per copy, measured on H100)"
+    )
+    notes = (
+        f"Measured: {measured_list}. Datasheet or FACTS.md: {datasheet_list}. "
+        + ds["gemm_note"].format(gemm=gemm)
+        + ". Driver version not recorded by the measurement. Times under ~0.05 ms jitter by tens of percent "
+        "on shared virtualized GPUs; each table figure is the minimum of 4 runs."
+    )
+    return {
+        "name": ds["name"],
+        "description": ds["description"],
+        "hbm_gib": ds["hbm_gib"],
+        "hbm_usable_gib": round(float(dev["mem_gib"]), 2),
+        "hbm_bandwidth_gbps": hbm,
+        "hbm_datasheet_gbps": ds["hbm_datasheet_gbps"],
+        "num_sms": int(dev["sms"]),
+        "l2_mb": float(dev["l2_mb"]),
+        "peak_tflops": ds["peak_tflops"],
+        "nvlink": ds["nvlink"],
+        "nic": ds["nic"],
+        "pcie": {
+            "h2d_pinned": curves["h2d_pinned"],
+            "d2h_pinned": curves["d2h_pinned"],
+            **({"h2d_pageable": pageable} if pageable else {}),
+            "copy_latency_us": ds["copy_latency_us"],
+        },
+        "comm_overlap": 0.0,
+        "expert_ffn_tables": _tables(measurement["rows"], source),
+        "measured": {
+            "status": "mixed",
+            "device": dev["name"],
+            "driver": None,
+            "torch": dev.get("torch"),
+            "cuda": _cuda_from_torch(dev.get("torch", "")),
+            "date": measurement["measured"],
+            "method": measurement["what"],
+            "source": f"{source}; {ds['sources']}",
+            "notes": notes,
+        },
+    }
+
+
+def dumps(obj: Any, indent: int = 0) -> str:
+    """JSON with lists of numbers and small flat objects kept on one line (readable diffs)."""
+    pad, inner = "  " * indent, "  " * (indent + 1)
+
+    def flat(x: Any) -> bool:
+        return not isinstance(x, dict | list)
+
+    if isinstance(obj, dict):
+        if all(flat(v) for v in obj.values()) and len(json.dumps(obj)) <= 90:
+            return json.dumps(obj, ensure_ascii=False)
+        items = [f"{inner}{json.dumps(k)}: {dumps(v, indent + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(obj, list):
+        if all(flat(v) for v in obj):
+            return json.dumps(obj, ensure_ascii=False)
+        items = [f"{inner}{dumps(v, indent + 1)}" for v in obj]
+        return "[\n" + ",\n".join(items) + f"\n{pad}]"
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("measurement", type=Path, help="shared measurement file (expert_ffn_bf16.json)")
+    ap.add_argument("out", type=Path, help="profile to write (hwprofiles/NAME.json)")
+    args = ap.parse_args(argv)
+    data = json.loads(args.measurement.read_text(encoding="utf-8"))
+    profile = build_profile(data, _source_name(args.measurement))
+    parse(HardwareProfile, profile, args.out.name)  # validate before writing
+    args.out.write_text(dumps(profile) + "\n", encoding="utf-8")
+    n = sum(len(t["tokens"]) for t in profile["expert_ffn_tables"])
+    print(f"wrote {args.out}: {len(profile['expert_ffn_tables'])} tables, {n} points", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

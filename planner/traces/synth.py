@@ -1,0 +1,229 @@
+"""Synthetic routing traces with the structure real MoE routing shows.
+
+Each property is one parameter, reproducible from ``seed``:
+
+- ``skew`` — per-layer expert popularity. Layer l has Zipf exponent
+  ``s_l = skew · exp(0.35 · N(0, 1))`` (so layers differ) over a random ranking of its experts
+  (which experts are hot differs by layer): log-popularity ``-s_l · log(1 + rank)``.
+- ``affinity`` — cross-layer affinity. Each layer l has a random permutation
+  ``next_l: E -> E`` (an expert's preferred successor); each of a token's k experts at layer l
+  is followed at layer l+1 by its successor with probability ``affinity``.
+- ``coactivation`` — experts come in clusters of ``cluster_size`` (within a routing group when
+  groups exist). Each token draws a N(0, coactivation²) preference per cluster that is added
+  to the logits of all the cluster's experts, so picking one raises the chance of its partners.
+- ``drift`` — popularity moves over steps: a Gaussian random walk on the log-popularity whose
+  total standard deviation from the first to the last step is ``drift``.
+- ``rank_mix`` — data-parallel ranks see different inputs. There are ``num_domains`` input
+  domains with their own log-popularity offsets (N(0, 1) per layer and expert); each token
+  belongs to one domain, drawn from its rank's mixture for that step:
+  ``(1 - rank_mix) · uniform + rank_mix · Dirichlet(0.3)``, drawn afresh each step
+  (sequences are reassigned to ranks every step, FACTS.md §6). ``rank_mix = 0``: every rank
+  sees the same mixture.
+- ``n_group`` / ``topk_group`` — group-limited routing (DeepSeek): a token first keeps the
+  ``topk_group`` groups with the highest best score, then picks its k experts inside them.
+
+Sampling: a token's k experts at a layer are drawn without replacement with probability
+proportional to exp(logit) (Plackett-Luce), vectorized over tokens as the top k of
+``logit - log(Exp(1))`` (the Gumbel-top-k trick); experts forced by affinity get a large
+bonus so they are kept. Gate weights are the softmax of the selected experts' perturbed
+scores (positive, summing to 1 per token), and each token's ids are ordered by descending
+weight, as a router's ``topk`` returns them.
+
+Tokens of a step are laid out rank by rank in equal contiguous blocks (the default of
+:meth:`planner.traces.Trace.source_ranks`) and ``source_rank`` is stored explicitly.
+
+The structure (popularity, successors, clusters, domains) depends only on the seed and the
+model shape, not on the number of tokens: a longer trace with the same seed has the same
+experts hot.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from planner.errors import InputError
+from planner.traces.trace import Trace
+
+if TYPE_CHECKING:
+    from planner.specs.model import ModelSpec
+
+#: Logit bonus that makes an affinity-forced expert win its top-k slot (perturbed scores are
+#: O(10), so anything above BOOST / 2 was boosted).
+_BOOST = np.float32(1.0e4)
+#: Spread of the per-layer Zipf exponent around ``skew`` (log-normal sigma).
+_SKEW_SPREAD = 0.35
+#: Dirichlet concentration of a rank's domain mixture at rank_mix = 1 (small: 1-2 domains).
+_RANK_DIRICHLET = 0.3
+
+
+def _pick(name: str, given: int | None, from_model: int | None) -> int | None:
+    if given is not None and from_model is not None and int(given) != int(from_model):
+        raise InputError(f"synth: {name} {given} conflicts with the model's {from_model}")
+    return given if given is not None else from_model
+
+
+def _check_range(name: str, value: float, lo: float, hi: float | None = None) -> float:
+    v = float(value)
+    if not np.isfinite(v) or v < lo or (hi is not None and v > hi):
+        rule = f"in [{lo:g}, {hi:g}]" if hi is not None else f">= {lo:g}"
+        raise InputError(f"synth: {name} must be {rule} (got {value})")
+    return v
+
+
+def _clusters(rng: np.random.Generator, E: int, size: int, groups: int) -> np.ndarray:
+    """Cluster id of each expert [E]: random clusters of ``size`` inside each of ``groups``."""
+    epg = E // groups
+    per_group = -(-epg // size)
+    out = np.empty(E, dtype=np.int64)
+    for g in range(groups):
+        perm = rng.permutation(epg)
+        out[g * epg + perm] = g * per_group + np.arange(epg) // size
+    return out
+
+
+def synth_trace(
+    model: ModelSpec | None = None,
+    *,
+    num_layers: int | None = None,
+    num_experts: int | None = None,
+    top_k: int | None = None,
+    num_tokens: int = 8192,
+    tokens_per_step: int = 512,
+    num_ranks: int = 8,
+    skew: float = 0.8,
+    affinity: float = 0.5,
+    coactivation: float = 1.0,
+    drift: float = 0.3,
+    rank_mix: float = 0.5,
+    n_group: int | None = None,
+    topk_group: int | None = None,
+    num_domains: int = 8,
+    cluster_size: int | None = None,
+    weights: bool = True,
+    model_name: str | None = None,
+    seed: int = 0,
+) -> Trace:
+    """A synthetic per-token :class:`Trace` (properties and parameters: module docstring).
+
+    ``model`` fills ``num_layers`` (its MoE layers), ``num_experts``, ``top_k``, ``n_group``,
+    ``topk_group`` and the name; explicit values must agree with it. ``cluster_size`` defaults
+    to max(2, top_k // 2). ``weights=False`` leaves ``topk_weights`` out.
+    """
+    # ---- shape ------------------------------------------------------------------------
+    m_layers = model.num_moe_layers if model is not None else None
+    L = _pick("num_layers", num_layers, m_layers)
+    E = _pick("num_experts", num_experts, model.num_experts if model is not None else None)
+    k = _pick("top_k", top_k, model.top_k if model is not None else None)
+    if n_group is None and topk_group is None and model is not None:
+        n_group, topk_group = model.n_group, model.topk_group
+    if L is None or E is None or k is None:
+        raise InputError("synth: give a model or all of num_layers, num_experts and top_k")
+    L, E, k = int(L), int(E), int(k)
+    for name, v in (("num_layers", L), ("num_experts", E), ("top_k", k), ("num_tokens", num_tokens),
+                    ("tokens_per_step", tokens_per_step), ("num_ranks", num_ranks), ("num_domains", num_domains)):
+        if int(v) <= 0:
+            raise InputError(f"synth: {name} must be > 0 (got {v})")
+    if k > E:
+        raise InputError(f"synth: top_k ({k}) must be <= num_experts ({E})")
+    if (n_group is None) != (topk_group is None):
+        raise InputError("synth: n_group and topk_group must be given together")
+    G = int(n_group) if n_group is not None else 1
+    TG = int(topk_group) if topk_group is not None else 1
+    if n_group is not None:
+        if G <= 0 or TG <= 0 or E % G:
+            raise InputError(f"synth: n_group ({G}) must be > 0 and divide num_experts ({E})")
+        if TG > G:
+            raise InputError(f"synth: topk_group ({TG}) must be <= n_group ({G})")
+        if k > TG * (E // G):
+            raise InputError(f"synth: top_k ({k}) must be <= topk_group × experts per group ({TG} × {E // G})")
+    skew = _check_range("skew", skew, 0.0)
+    affinity = _check_range("affinity", affinity, 0.0, 1.0)
+    coactivation = _check_range("coactivation", coactivation, 0.0)
+    drift = _check_range("drift", drift, 0.0)
+    rank_mix = _check_range("rank_mix", rank_mix, 0.0, 1.0)
+    cs = int(cluster_size) if cluster_size is not None else max(2, k // 2)
+    if cs <= 0:
+        raise InputError(f"synth: cluster_size must be > 0 (got {cluster_size})")
+    T, tps, R, D = int(num_tokens), int(tokens_per_step), int(num_ranks), int(num_domains)
+    S = -(-T // tps)
+    epg = E // G
+
+    ss = np.random.SeedSequence(int(seed))
+    s_struct, s_drift, s_mix, s_tok = (np.random.default_rng(s) for s in ss.spawn(4))
+
+    # ---- structure (seed and shape only) ----------------------------------------------
+    exponent_L = skew * np.exp(_SKEW_SPREAD * s_struct.standard_normal(L))
+    rank_LE = np.argsort(s_struct.random((L, E)), axis=1).argsort(axis=1)  # random ranking per layer
+    logpop_LE = -exponent_L[:, None] * np.log1p(rank_LE)
+    domain_DLE = s_struct.standard_normal((D, L, E))
+    next_LE = np.argsort(s_struct.random((max(L - 1, 1), E)), axis=1)  # successor permutations
+    cluster_LE = np.stack([_clusters(s_struct, E, min(cs, epg), G) for _ in range(L)])
+    C = int(cluster_LE.max()) + 1
+
+    # ---- drift over steps: random walk with total std `drift` --------------------------
+    inc_SLE = s_drift.standard_normal((S, L, E)) * (drift / np.sqrt(max(S - 1, 1)))
+    inc_SLE[0] = 0.0
+    walk_SLE = np.cumsum(inc_SLE, axis=0)
+
+    # ---- tokens: step, rank, domain ----------------------------------------------------
+    step_T = np.arange(T, dtype=np.int64) // tps
+    starts = np.arange(S) * tps
+    sizes = np.minimum(starts + tps, T) - starts
+    pos_T = np.arange(T) - starts[step_T]
+    rank_T = pos_T * R // sizes[step_T]
+    mix_SRD = (1.0 - rank_mix) / D + rank_mix * s_mix.dirichlet(np.full(D, _RANK_DIRICHLET), size=(S, R))
+    cum_SRD = np.cumsum(mix_SRD, axis=-1)
+    u_T = s_tok.random(T)
+    domain_T = np.minimum((u_T[:, None] > cum_SRD[step_T, rank_T]).sum(axis=1), D - 1)
+    table_index_T = step_T * D + domain_T
+
+    ids_LTk = np.empty((L, T, k), dtype=np.int32)
+    w_LTk = np.empty((L, T, k), dtype=np.float32) if weights else None
+    rows_T = np.arange(T)[:, None]
+    prev: np.ndarray | None = None
+    for layer in range(L):
+        # logits [T, E] = popularity at the token's step + its domain's offsets
+        table = (logpop_LE[layer] + walk_SLE[:, layer])[:, None, :] + domain_DLE[None, :, layer, :]
+        logits = table.reshape(S * D, E).astype(np.float32)[table_index_T]
+        if coactivation > 0.0:
+            pref_TC = s_tok.standard_normal((T, C), dtype=np.float32) * np.float32(coactivation)
+            logits += pref_TC[:, cluster_LE[layer]]
+        # Gumbel-top-k: logit - log(Exp(1)) is logit + Gumbel noise
+        noise = s_tok.standard_exponential((T, E), dtype=np.float32)
+        np.maximum(noise, np.float32(1e-30), out=noise)  # float32 draws can be exactly 0
+        score = logits - np.log(noise, out=noise)
+        if prev is not None and affinity > 0.0:
+            follow = s_tok.random((T, k)) < affinity
+            target = next_LE[layer - 1][prev]
+            r, c = np.nonzero(follow)
+            score[r, target[r, c]] += _BOOST
+        if G > 1 and TG < G:
+            group_TG = score.reshape(T, G, epg).max(axis=2)
+            keep = np.argpartition(group_TG, G - TG, axis=1)[:, G - TG :]
+            allowed = np.zeros((T, G), dtype=bool)
+            allowed[rows_T, keep] = True
+            score = np.where(np.repeat(allowed, epg, axis=1), score, -np.inf)
+        top = np.argpartition(score, E - k, axis=1)[:, E - k :]
+        val = np.take_along_axis(score, top, axis=1)
+        val = np.where(val > _BOOST / 2, val - _BOOST, val)
+        order = np.argsort(-val, axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        ids_LTk[layer] = top
+        if w_LTk is not None:
+            val = np.take_along_axis(val, order, axis=1)
+            e = np.exp(val - val[:, :1])
+            w_LTk[layer] = e / e.sum(axis=1, keepdims=True)
+        prev = top
+
+    name = model_name if model_name is not None else (model.name if model is not None else None)
+    return Trace(
+        ids_LTk,
+        E,
+        topk_weights=w_LTk,
+        step=step_T,
+        source_rank=rank_T,
+        model=name,
+        source="synth",
+    )

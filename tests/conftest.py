@@ -1,0 +1,25 @@
+"""Shared fixtures: small models built by hand, so tests do not depend on presets."""
+
+import pytest
+
+from planner.specs.model import AttentionSpec, ModelSpec
+
+
+def make_model(**over) -> ModelSpec:
+    fields = dict(
+        name="tiny-moe",
+        hidden_size=64,
+        num_layers=3,
+        num_experts=8,
+        top_k=2,
+        expert_intermediate_size=32,
+        attention=AttentionSpec(kind="gqa", num_heads=4, num_kv_heads=2, head_dim=16),
+        vocab_size=100,
+    )
+    fields.update(over)
+    return ModelSpec(**fields)
+
+
+@pytest.fixture
+def tiny_model() -> ModelSpec:
+    return make_model()
