@@ -1,8 +1,255 @@
-"""``moe-planner trace synth|convert|stats`` (placeholder until the traces work lands)."""
+"""``moe-planner trace synth|convert|stats``: make, convert and summarise routing traces.
+
+- ``synth`` writes a synthetic per-token trace (:func:`planner.traces.synth_trace`) for a model
+  (``--model``) or a bare shape (``--layers --experts --top-k``).
+- ``convert`` reads any trace the planner accepts (``.npz``, SGLang ``logical_count`` in
+  ``.json`` / ``.pt``) and writes it as ``.npz`` (counts-only input gives a counts-only file).
+- ``stats`` prints a per-layer table (imbalance, entropy, cross-layer predictability,
+  co-activation), or the :func:`planner.traces.trace_stats` dict with ``--json``.
+
+Bad input raises :class:`~planner.errors.InputError` (one line, exit 2, printed by
+:func:`planner.cli.main`); existing outputs are kept unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
+
+from planner.errors import InputError
+
+if TYPE_CHECKING:
+    from planner.specs.model import ModelSpec
+
+
+def _synth_defaults() -> dict[str, Any]:
+    from planner.traces.synth import synth_trace
+
+    return {n: p.default for n, p in inspect.signature(synth_trace).parameters.items()}
+
+
+_D = _synth_defaults()
+
+
+def _load_model(arg: str | None) -> ModelSpec | None:
+    if arg is None:
+        return None
+    try:
+        from planner.specs.model_io import load_model
+    except ImportError:  # pragma: no cover - model_io ships with the package
+        raise InputError("--model: model loading (planner.specs.model_io) is not available") from None
+    return load_model(arg)
+
+
+def _check_out(out: str, force: bool) -> Path:
+    from planner.io import check_writable
+
+    p = Path(out)
+    if p.suffix.lower() != ".npz":
+        raise InputError(f"--out {out}: traces are written as .npz")
+    check_writable(p, force)
+    return p
+
+
+def _describe(trace: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "kind": "tokens" if trace.has_tokens else "counts",
+        "model": trace.model,
+        "num_layers": trace.num_layers,
+        "num_experts": trace.num_experts,
+        "num_steps": trace.num_steps,
+    }
+    if trace.has_tokens:
+        d["top_k"] = trace.top_k
+        d["num_tokens"] = trace.num_tokens
+        d["has_weights"] = trace.topk_weights is not None
+        d["num_ranks"] = None if trace.source_rank is None else int(trace.source_rank.max()) + 1
+    return d
+
+
+def _summary_line(d: dict[str, Any]) -> str:
+    who = f"model {d['model']}, " if d.get("model") else ""
+    if d["kind"] == "counts":
+        return (
+            f"{who}counts-only, {d['num_layers']} MoE layers × {d['num_experts']} experts, "
+            f"{d['num_steps']} step{'s' if d['num_steps'] != 1 else ''}"
+        )
+    ranks = f", {d['num_ranks']} ranks" if d.get("num_ranks") else ""
+    return (
+        f"{who}{d['num_layers']} MoE layers × {d['num_tokens']} tokens × top-{d['top_k']} "
+        f"of {d['num_experts']} experts, {d['num_steps']} step{'s' if d['num_steps'] != 1 else ''}{ranks}"
+    )
+
+
+def _size(path: Path) -> str:
+    n = path.stat().st_size
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
 @click.group()
 def trace() -> None:
     """Make, convert and summarise routing traces."""
+
+
+@trace.command("synth")
+@click.option("--model", "model_arg", metavar="NAME|FILE", help="Model preset name or file (config.json / spec.yaml).")
+@click.option("--layers", type=int, help="MoE layers (without --model).")
+@click.option("--experts", type=int, help="Routed experts per layer (without --model).")
+@click.option("--top-k", "top_k", type=int, help="Experts per token (without --model).")
+@click.option("--n-group", type=int, help="Expert groups for group-limited routing (default: the model's).")
+@click.option("--topk-group", type=int, help="Groups a token may use (with --n-group).")
+@click.option("--tokens", type=int, default=_D["num_tokens"], show_default=True, help="Tokens in the trace.")
+@click.option("--tokens-per-step", type=int, default=_D["tokens_per_step"], show_default=True, help="Tokens per step (batch).")
+@click.option("--ranks", type=int, default=_D["num_ranks"], show_default=True, help="Data-parallel ranks the tokens come from.")
+@click.option("--seed", type=int, default=_D["seed"], show_default=True, help="Random seed (same seed, same trace).")
+@click.option("--skew", type=float, default=_D["skew"], show_default=True, help="Zipf exponent of expert popularity (varies by layer around it).")
+@click.option("--affinity", type=float, default=_D["affinity"], show_default=True, help="Probability an expert is followed by its preferred next-layer expert, in [0, 1].")
+@click.option("--coactivation", type=float, default=_D["coactivation"], show_default=True, help="Strength of expert clusters chosen together (0: none).")
+@click.option("--drift", type=float, default=_D["drift"], show_default=True, help="Change of log-popularity from first to last step (std).")
+@click.option("--rank-mix", type=float, default=_D["rank_mix"], show_default=True, help="How different the ranks' input mixes are, in [0, 1].")
+@click.option("--no-weights", is_flag=True, help="Leave gate weights out (smaller file).")
+@click.option("--out", required=True, metavar="FILE.npz", help="Output trace file.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def synth(
+    model_arg: str | None,
+    layers: int | None,
+    experts: int | None,
+    top_k: int | None,
+    n_group: int | None,
+    topk_group: int | None,
+    tokens: int,
+    tokens_per_step: int,
+    ranks: int,
+    seed: int,
+    skew: float,
+    affinity: float,
+    coactivation: float,
+    drift: float,
+    rank_mix: float,
+    no_weights: bool,
+    out: str,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Write a synthetic routing trace with realistic structure (skew, cross-layer affinity,
+    co-activation, drift, per-rank input mixes)."""
+    from planner.traces import save_trace, synth_trace
+
+    if model_arg is None and None in (layers, experts, top_k):
+        raise InputError("trace synth: give --model, or all of --layers, --experts and --top-k")
+    path = _check_out(out, force)
+    model = _load_model(model_arg)
+    tr = synth_trace(
+        model,
+        num_layers=layers,
+        num_experts=experts,
+        top_k=top_k,
+        num_tokens=tokens,
+        tokens_per_step=tokens_per_step,
+        num_ranks=ranks,
+        skew=skew,
+        affinity=affinity,
+        coactivation=coactivation,
+        drift=drift,
+        rank_mix=rank_mix,
+        n_group=n_group,
+        topk_group=topk_group,
+        weights=not no_weights,
+        seed=seed,
+    )
+    save_trace(tr, path)
+    d = _describe(tr) | {"out": str(path), "bytes": path.stat().st_size, "seed": seed}
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+    else:
+        click.echo(f"wrote {path} ({_size(path)}): {_summary_line(d)}, seed {seed}")
+
+
+@trace.command("convert")
+@click.argument("src", metavar="IN")
+@click.option("--out", required=True, metavar="FILE.npz", help="Output trace file.")
+@click.option("--model", "model_arg", metavar="NAME|FILE", help="Model: fills missing fields, drops SGLang dense-layer rows, checks the shape.")
+@click.option("--tokens-per-step", type=int, help="Step size for a per-token file without a step array.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def convert(src: str, out: str, model_arg: str | None, tokens_per_step: int | None, force: bool, as_json: bool) -> None:
+    """Convert a trace (.npz, or SGLang logical_count .json / .pt) to the planner's .npz."""
+    from planner.traces import load_trace, save_trace
+
+    path = _check_out(out, force)
+    model = _load_model(model_arg)
+    tr = load_trace(src, model=model, tokens_per_step=tokens_per_step)
+    save_trace(tr, path)
+    d = _describe(tr) | {"source": src, "out": str(path), "bytes": path.stat().st_size}
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+    else:
+        click.echo(f"wrote {path} ({_size(path)}): {_summary_line(d)}")
+
+
+def _fmt(x: float | None, spec: str, width: int) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:{width}{spec}}"
+
+
+def _table(name: str, s: dict[str, Any]) -> str:
+    d = {k: s[k] for k in ("kind", "model", "num_layers", "num_experts", "num_steps", "top_k", "num_tokens", "num_ranks")}
+    lines = [f"{name}: {_summary_line(d)}"]
+    cols = [
+        ("imbalance", "imbalance", ".2f", 9),
+        ("step_imbalance", "step-imb", ".2f", 8),
+        ("entropy", "entropy", ".3f", 7),
+    ]
+    if s["summary"]["cross_layer"] is not None:
+        cols += [("next_top1", "next-top1", ".3f", 9), ("next_mi_bits", "mi-bits", ".3f", 7)]
+    if s["summary"]["coactivation"] is not None:
+        cols += [("top_pair_lift", "pair-lift", ".2f", 9)]
+    lines.append("layer  " + "  ".join(f"{h:>{w}}" for _, h, _, w in cols))
+    for row in s["layers"]:
+        lines.append(f"{row['layer']:>5}  " + "  ".join(_fmt(row.get(k), f, w) for k, _, f, w in cols))
+    sm = s["summary"]
+    lines.append(
+        f"imbalance (max/mean expert load): mean {_fmt(sm['imbalance_mean'], '.2f', 0)}, "
+        f"max {_fmt(sm['imbalance_max'], '.2f', 0)}; per step {_fmt(sm['step_imbalance_mean'], '.2f', 0)}; "
+        f"normalized entropy: mean {_fmt(sm['entropy_mean'], '.3f', 0)}, min {_fmt(sm['entropy_min'], '.3f', 0)}"
+    )
+    cl = sm["cross_layer"]
+    if cl is not None:
+        lines.append(
+            f"cross-layer: next-layer expert predicted from the most frequent transition "
+            f"{100 * cl['next_top1']:.1f}% of the time (most-popular baseline "
+            f"{100 * cl['next_top1_baseline']:.1f}%), mutual information {cl['next_mi_bits']:.3f} bits"
+        )
+    ca = sm["coactivation"]
+    if ca is not None:
+        lines.append(
+            f"co-activation: top {ca['top_pairs']} pairs by lift: mean lift {ca['top_pair_lift']:.2f}, "
+            f"{100 * ca['top_pair_share']:.1f}% of token pairs ({100 * ca['top_pair_share_uniform']:.1f}% "
+            "of all pairs)"
+        )
+    label = {"cross_layer": "cross-layer", "coactivation": "co-activation"}
+    for what, why in s["unavailable"].items():
+        lines.append(f"{label.get(what, what)}: unavailable ({why})")
+    return "\n".join(lines)
+
+
+@trace.command("stats")
+@click.argument("file", metavar="FILE")
+@click.option("--model", "model_arg", metavar="NAME|FILE", help="Check the trace against a model (and drop SGLang dense-layer rows).")
+@click.option("--tokens-per-step", type=int, help="Step size for a per-token file without a step array.")
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON on stdout.")
+def stats(file: str, model_arg: str | None, tokens_per_step: int | None, as_json: bool) -> None:
+    """Summarise a trace: per-layer imbalance, entropy, cross-layer predictability, co-activation."""
+    from planner.traces import load_trace, trace_stats
+
+    model = _load_model(model_arg)
+    tr = load_trace(file, model=model, tokens_per_step=tokens_per_step)
+    s = trace_stats(tr)
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+    else:
+        click.echo(_table(Path(file).name, s))

@@ -6,13 +6,16 @@ indices) are properties computed from the fields, never stored.
 
 Legend: h = hidden_size, f = expert_intermediate_size, E = num_experts, k = top_k.
 Expert parameters = 3·h·f (gate, up and down projections; SwiGLU).
+
+Integer and boolean fields are strict: ``"4096"``, ``4096.0`` or ``true`` where an integer goes
+is an error, not a silent conversion (a quoted or mistyped number in a spec file is a mistake).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, StrictInt, model_validator
 
 from planner.specs.base import Spec
 
@@ -30,20 +33,25 @@ DTYPE_BYTES: dict[str, float] = {
 }
 
 
+#: Upper bound on ``num_layers``: far above any real model (the largest have ~100-200 layers), and
+#: keeps per-layer lists (``moe_layer_indices``) and arrays sized by layers bounded.
+MAX_LAYERS = 4096
+
+
 class AttentionSpec(Spec):
     """The attention block of a layer (used for non-expert weights, FLOPs and the KV cache)."""
 
     kind: Literal["mha", "gqa", "mla"] = Field(
         description="mha/gqa: standard (grouped-query) attention; mla: DeepSeek multi-head latent attention"
     )
-    num_heads: int = Field(gt=0, description="Query heads (num_attention_heads)")
-    num_kv_heads: int = Field(gt=0, description="Key/value heads (num_key_value_heads); equals num_heads for mha and mla")
-    head_dim: int = Field(gt=0, description="Per-head dimension of q/k/v (for mla: qk_nope_head_dim + qk_rope_head_dim)")
-    q_lora_rank: int | None = Field(default=None, ge=0, description="MLA: rank of the query down-projection (None: no query compression)")
-    kv_lora_rank: int | None = Field(default=None, gt=0, description="MLA: rank of the compressed KV latent")
-    qk_rope_head_dim: int | None = Field(default=None, gt=0, description="MLA: rotary part of the q/k head dimension")
-    qk_nope_head_dim: int | None = Field(default=None, gt=0, description="MLA: non-rotary part of the q/k head dimension")
-    v_head_dim: int | None = Field(default=None, gt=0, description="MLA: value head dimension")
+    num_heads: StrictInt = Field(gt=0, description="Query heads (num_attention_heads)")
+    num_kv_heads: StrictInt = Field(gt=0, description="Key/value heads (num_key_value_heads); equals num_heads for mha and mla")
+    head_dim: StrictInt = Field(gt=0, description="Per-head dimension of q/k/v (for mla: qk_nope_head_dim + qk_rope_head_dim)")
+    q_lora_rank: StrictInt | None = Field(default=None, ge=0, description="MLA: rank of the query down-projection (None: no query compression)")
+    kv_lora_rank: StrictInt | None = Field(default=None, gt=0, description="MLA: rank of the compressed KV latent")
+    qk_rope_head_dim: StrictInt | None = Field(default=None, gt=0, description="MLA: rotary part of the q/k head dimension")
+    qk_nope_head_dim: StrictInt | None = Field(default=None, gt=0, description="MLA: non-rotary part of the q/k head dimension")
+    v_head_dim: StrictInt | None = Field(default=None, gt=0, description="MLA: value head dimension")
 
     @model_validator(mode="after")
     def _check(self) -> AttentionSpec:
@@ -102,28 +110,30 @@ class ModelSpec(Spec):
         default="custom",
         description="Architecture family: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, olmoe, gpt_oss, dbrx or custom",
     )
-    hidden_size: int = Field(gt=0, description="Model width h (hidden_size / d_model)")
-    num_layers: int = Field(gt=0, description="Transformer layers, dense ones included (num_hidden_layers)")
-    first_k_dense: int = Field(default=0, ge=0, description="Leading layers with a dense FFN instead of experts (first_k_dense_replace)")
-    moe_layer_freq: int = Field(default=1, gt=0, description="After the dense-first layers, every moe_layer_freq-th layer is an MoE layer")
-    extra_dense_layers: tuple[int, ...] = Field(
+    hidden_size: StrictInt = Field(gt=0, description="Model width h (hidden_size / d_model)")
+    num_layers: StrictInt = Field(
+        gt=0, le=MAX_LAYERS, description=f"Transformer layers, dense ones included (num_hidden_layers); at most {MAX_LAYERS}"
+    )
+    first_k_dense: StrictInt = Field(default=0, ge=0, description="Leading layers with a dense FFN instead of experts (first_k_dense_replace)")
+    moe_layer_freq: StrictInt = Field(default=1, gt=0, description="After the dense-first layers, every moe_layer_freq-th layer is an MoE layer")
+    extra_dense_layers: tuple[StrictInt, ...] = Field(
         default=(),
         description="Further layers (0-based indices) with a dense FFN although the first_k_dense/moe_layer_freq pattern makes them MoE (Qwen mlp_only_layers)",
     )
-    dense_intermediate_size: int = Field(default=0, ge=0, description="FFN width of the dense layers (intermediate_size); 0 if the model has none")
-    num_experts: int = Field(gt=0, description="Routed experts per MoE layer (n_routed_experts / num_experts / num_local_experts)")
-    top_k: int = Field(gt=0, description="Experts each token is routed to (num_experts_per_tok)")
-    expert_intermediate_size: int = Field(gt=0, description="FFN width f of one routed expert (moe_intermediate_size)")
-    num_shared_experts: int = Field(default=0, ge=0, description="Shared experts every token passes through (n_shared_experts)")
-    shared_expert_intermediate_size: int = Field(
+    dense_intermediate_size: StrictInt = Field(default=0, ge=0, description="FFN width of the dense layers (intermediate_size); 0 if the model has none")
+    num_experts: StrictInt = Field(gt=0, description="Routed experts per MoE layer (n_routed_experts / num_experts / num_local_experts)")
+    top_k: StrictInt = Field(gt=0, description="Experts each token is routed to (num_experts_per_tok)")
+    expert_intermediate_size: StrictInt = Field(gt=0, description="FFN width f of one routed expert (moe_intermediate_size)")
+    num_shared_experts: StrictInt = Field(default=0, ge=0, description="Shared experts every token passes through (n_shared_experts)")
+    shared_expert_intermediate_size: StrictInt = Field(
         default=0, ge=0, description="Total FFN width of the shared experts together (0: num_shared_experts × expert_intermediate_size)"
     )
-    n_group: int | None = Field(default=None, gt=0, description="Expert groups for group-limited routing (DeepSeek n_group); None: no groups")
-    topk_group: int | None = Field(default=None, gt=0, description="Groups a token may pick experts from (DeepSeek topk_group)")
+    n_group: StrictInt | None = Field(default=None, gt=0, description="Expert groups for group-limited routing (DeepSeek n_group); None: no groups")
+    topk_group: StrictInt | None = Field(default=None, gt=0, description="Groups a token may pick experts from (DeepSeek topk_group)")
     scoring: Literal["softmax", "sigmoid"] = Field(default="softmax", description="Router score function")
     attention: AttentionSpec = Field(description="Attention block shape")
-    vocab_size: int = Field(gt=0, description="Vocabulary size (embedding and output head)")
-    tie_embeddings: bool = Field(default=False, description="Whether the output head shares the embedding matrix")
+    vocab_size: StrictInt = Field(gt=0, description="Vocabulary size (embedding and output head)")
+    tie_embeddings: StrictBool = Field(default=False, description="Whether the output head shares the embedding matrix")
     weight_dtype: Dtype = Field(default="bf16", description="Dtype of non-expert weights")
     expert_dtype: Dtype = Field(default="bf16", description="Dtype of routed-expert weights (e.g. fp8 for DeepSeek-V3, mxfp4 for gpt-oss)")
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from planner.errors import InputError
 from planner.specs.base import parse, read_mapping
-from planner.specs.model import ModelSpec
+from planner.specs.model import MAX_LAYERS, ModelSpec
 
 _PRESET_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
 
@@ -124,8 +124,10 @@ class _HF:
             v = int(v)
         return v
 
-    def integer(self, key: str, *, minimum: int = 1, default: Any = _MISSING) -> int:
-        """An integer field >= ``minimum``; required unless ``default`` is given."""
+    def integer(
+        self, key: str, *, minimum: int = 1, maximum: int | None = None, default: Any = _MISSING
+    ) -> int:
+        """An integer field in [``minimum``, ``maximum``]; required unless ``default`` is given."""
         v = self._raw(key, required=default is _MISSING)
         if v is _MISSING:
             return default
@@ -133,7 +135,13 @@ class _HF:
         if n < minimum:
             rule = "must be > 0" if minimum == 1 else f"must be >= {minimum}"
             raise self.fail(key, f"{rule} (got {n})")
+        if maximum is not None and n > maximum:
+            raise self.fail(key, f"must be <= {maximum} (got {n})")
         return n
+
+    def layers(self, key: str) -> int:
+        """A layer count (at most :data:`~planner.specs.model.MAX_LAYERS`)."""
+        return self.integer(key, maximum=MAX_LAYERS)
 
     def opt_int(self, key: str, *, minimum: int = 1) -> int | None:
         """An optional integer field >= ``minimum``; absent or null gives None."""
@@ -244,12 +252,23 @@ def _dtypes(hf: _HF) -> dict[str, str]:
 # ---- attention -------------------------------------------------------------------------------
 
 
-def _std_attention(hf: _HF, hidden: int, hidden_key: str, heads_key: str = "num_attention_heads",
-                   kv_key: str = "num_key_value_heads", kv: _HF | None = None) -> dict[str, Any]:
-    """Multi-head or grouped-query attention; ``head_dim`` defaults to hidden / heads."""
+def _std_attention(
+    hf: _HF,
+    hidden: int,
+    hidden_key: str,
+    heads_key: str = "num_attention_heads",
+    kv_key: str = "num_key_value_heads",
+    kv: _HF | None = None,
+    kv_default: int | None = None,
+) -> dict[str, Any]:
+    """Multi-head or grouped-query attention.
+
+    Key/value heads default to ``kv_default``, else to the query heads (the HF convention for a
+    missing ``num_key_value_heads``); ``head_dim`` defaults to hidden / heads.
+    """
     heads = hf.integer(heads_key)
     kv_hf = kv or hf
-    kv_heads = kv_hf.integer(kv_key, default=heads)
+    kv_heads = kv_hf.integer(kv_key, default=kv_default or heads)
     if heads % kv_heads:
         raise InputError(
             f"{hf.source}: {hf.name(heads_key)} ({heads}) must be a multiple of "
@@ -294,7 +313,7 @@ def _mla_attention(hf: _HF) -> dict[str, Any]:
 # ---- routing ---------------------------------------------------------------------------------
 
 
-def _routing(hf: _HF, experts_key: str, experts: int, topk_key: str, top_k: int) -> None:
+def _check_top_k(hf: _HF, experts_key: str, experts: int, topk_key: str, top_k: int) -> None:
     if top_k > experts:
         raise InputError(
             f"{hf.source}: {hf.name(topk_key)} ({top_k}) must be <= {hf.name(experts_key)} ({experts})"
@@ -338,10 +357,10 @@ def _from_mixtral_like(hf: _HF, experts_key: str) -> dict[str, Any]:
     hidden = hf.integer("hidden_size")
     experts = hf.integer(experts_key)
     top_k = hf.integer("num_experts_per_tok")
-    _routing(hf, experts_key, experts, "num_experts_per_tok", top_k)
+    _check_top_k(hf, experts_key, experts, "num_experts_per_tok", top_k)
     return {
         "hidden_size": hidden,
-        "num_layers": hf.integer("num_hidden_layers"),
+        "num_layers": hf.layers("num_hidden_layers"),
         "num_experts": experts,
         "top_k": top_k,
         "expert_intermediate_size": hf.integer("intermediate_size"),
@@ -362,10 +381,10 @@ def _from_olmoe(hf: _HF) -> dict[str, Any]:
 def _from_qwen(hf: _HF) -> dict[str, Any]:
     """Qwen2-MoE / Qwen3-MoE: ``decoder_sparse_step`` and ``mlp_only_layers`` pick dense layers."""
     hidden = hf.integer("hidden_size")
-    n_layers = hf.integer("num_hidden_layers")
+    n_layers = hf.layers("num_hidden_layers")
     experts = hf.integer("num_experts")
     top_k = hf.integer("num_experts_per_tok")
-    _routing(hf, "num_experts", experts, "num_experts_per_tok", top_k)
+    _check_top_k(hf, "num_experts", experts, "num_experts_per_tok", top_k)
     step = hf.integer("decoder_sparse_step", default=1)
     mlp_only = hf.int_list("mlp_only_layers")
     for i, layer in enumerate(mlp_only):
@@ -411,10 +430,10 @@ def _from_deepseek(hf: _HF) -> dict[str, Any]:
     """DeepSeek-V2, DeepSeek-V3 and Kimi-K2 (which keeps DeepSeek-V3's field names)."""
     v2 = hf.model_type == "deepseek_v2"
     hidden = hf.integer("hidden_size")
-    n_layers = hf.integer("num_hidden_layers")
+    n_layers = hf.layers("num_hidden_layers")
     experts = hf.integer("n_routed_experts")
     top_k = hf.integer("num_experts_per_tok")
-    _routing(hf, "n_routed_experts", experts, "num_experts_per_tok", top_k)
+    _check_top_k(hf, "n_routed_experts", experts, "num_experts_per_tok", top_k)
     first_k = hf.integer("first_k_dense_replace", minimum=0, default=0)
     freq = hf.integer("moe_layer_freq", default=1)
     # HF modeling code: layer i is MoE iff i >= first_k_dense_replace and i % moe_layer_freq == 0,
@@ -469,10 +488,10 @@ def _from_gpt_oss(hf: _HF) -> dict[str, Any]:
     top_k = a if a is not None else b
     assert top_k is not None
     topk_key = "experts_per_token" if a is not None else "num_experts_per_tok"
-    _routing(hf, "num_local_experts", experts, topk_key, top_k)
+    _check_top_k(hf, "num_local_experts", experts, topk_key, top_k)
     return {
         "hidden_size": hidden,
-        "num_layers": hf.integer("num_hidden_layers"),
+        "num_layers": hf.layers("num_hidden_layers"),
         "num_experts": experts,
         "top_k": top_k,
         "expert_intermediate_size": hf.integer("intermediate_size"),
@@ -489,14 +508,17 @@ def _from_dbrx(hf: _HF) -> dict[str, Any]:
     attn = hf.sub("attn_config")
     experts = ffn.integer("moe_num_experts")
     top_k = ffn.integer("moe_top_k")
-    _routing(ffn, "moe_num_experts", experts, "moe_top_k", top_k)
+    _check_top_k(ffn, "moe_num_experts", experts, "moe_top_k", top_k)
     return {
         "hidden_size": hidden,
-        "num_layers": hf.integer("n_layers"),
+        "num_layers": hf.layers("n_layers"),
         "num_experts": experts,
         "top_k": top_k,
         "expert_intermediate_size": ffn.integer("ffn_hidden_size"),
-        "attention": _std_attention(hf, hidden, "d_model", heads_key="n_heads", kv_key="kv_n_heads", kv=attn),
+        # DbrxAttentionConfig's default is kv_n_heads = 1 (multi-query attention).
+        "attention": _std_attention(
+            hf, hidden, "d_model", heads_key="n_heads", kv_key="kv_n_heads", kv=attn, kv_default=1
+        ),
         "family": "dbrx",
         **_common(hf),
     }

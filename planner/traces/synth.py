@@ -6,15 +6,20 @@ Each property is one parameter, reproducible from ``seed``:
   ``s_l = skew · exp(0.35 · N(0, 1))`` (so layers differ) over a random ranking of its experts
   (which experts are hot differs by layer): log-popularity ``-s_l · log(1 + rank)``.
 - ``affinity`` — cross-layer affinity. Each layer l has a random permutation
-  ``next_l: E -> E`` (an expert's preferred successor); each of a token's k experts at layer l
-  is followed at layer l+1 by its successor with probability ``affinity``.
+  ``next_l: E -> E`` (an expert's preferred successor, mapping co-activation clusters onto
+  clusters); each of a token's k experts at layer l is followed at layer l+1 by its successor
+  with probability ``affinity``.
 - ``coactivation`` — experts come in clusters of ``cluster_size`` (within a routing group when
-  groups exist). Each token draws a N(0, coactivation²) preference per cluster that is added
-  to the logits of all the cluster's experts, so picking one raises the chance of its partners.
+  groups exist). Each token has a preference of standard deviation ``coactivation`` per
+  cluster, added to the logits of all the cluster's experts, so picking one raises the chance
+  of its partners. With affinity, a token's preferences at layer l+1 are
+  ``affinity · (its layer-l preferences, moved through the cluster map) + sqrt(1 - affinity²) ·
+  fresh`` so that the experts it picks freely agree with those it follows.
 - ``drift`` — popularity moves over steps: a Gaussian random walk on the log-popularity whose
   total standard deviation from the first to the last step is ``drift``.
 - ``rank_mix`` — data-parallel ranks see different inputs. There are ``num_domains`` input
-  domains with their own log-popularity offsets (N(0, 1) per layer and expert); each token
+  domains with their own log-popularity offsets (N(0, domain_spread²) per layer and expert,
+  centred so that an even mix of domains has the layer's Zipf popularity); each token
   belongs to one domain, drawn from its rank's mixture for that step:
   ``(1 - rank_mix) · uniform + rank_mix · Dirichlet(0.3)``, drawn afresh each step
   (sequences are reassigned to ranks every step, FACTS.md §6). ``rank_mix = 0``: every rank
@@ -24,8 +29,8 @@ Each property is one parameter, reproducible from ``seed``:
 
 Sampling: a token's k experts at a layer are drawn without replacement with probability
 proportional to exp(logit) (Plackett-Luce), vectorized over tokens as the top k of
-``logit - log(Exp(1))`` (the Gumbel-top-k trick); experts forced by affinity get a large
-bonus so they are kept. Gate weights are the softmax of the selected experts' perturbed
+``logit + Gumbel noise`` (the Gumbel-top-k trick, noise ``-log(-log U)``); experts forced by
+affinity get a large bonus so they are kept. Gate weights are the softmax of the selected experts' perturbed
 scores (positive, summing to 1 per token), and each token's ids are ordered by descending
 weight, as a router's ``topk`` returns them.
 
@@ -72,15 +77,34 @@ def _check_range(name: str, value: float, lo: float, hi: float | None = None) ->
     return v
 
 
-def _clusters(rng: np.random.Generator, E: int, size: int, groups: int) -> np.ndarray:
-    """Cluster id of each expert [E]: random clusters of ``size`` inside each of ``groups``."""
-    epg = E // groups
-    per_group = -(-epg // size)
-    out = np.empty(E, dtype=np.int64)
-    for g in range(groups):
-        perm = rng.permutation(epg)
-        out[g * epg + perm] = g * per_group + np.arange(epg) // size
-    return out
+def _topk_desc(score_TE: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` of each row of float32 [T, E], in descending order: (ids [T, k], scores [T, k]).
+
+    Fast path: map each float to an order-preserving int32, overwrite its lowest
+    ceil(log2 E) bits with the column index and sort the rows (a SIMD sort is several times
+    faster than argpartition + argsort). The returned scores lose those low mantissa bits
+    (relative error < 2**-10 for E <= 4096), and exact ties break by index.
+    """
+    T, E = score_TE.shape
+    bits = max(1, int(E - 1).bit_length())
+    if bits > 12:
+        top = np.argpartition(score_TE, E - k, axis=1)[:, E - k :]
+        val = np.take_along_axis(score_TE, top, axis=1)
+        order = np.argsort(-val, axis=1)
+        return np.take_along_axis(top, order, axis=1), np.take_along_axis(val, order, axis=1)
+    b = np.ascontiguousarray(score_TE, dtype=np.float32).view(np.int32)
+    key = b >> 31  # -1 for negative floats, 0 otherwise
+    key &= np.int32(0x7FFFFFFF)
+    key ^= b  # negative floats: flip magnitude bits so that int order = float order
+    key &= np.int32(~((1 << bits) - 1))
+    key |= np.arange(E, dtype=np.int32)
+    top = np.sort(key, axis=1)[:, : E - k - 1 : -1]  # largest k, descending
+    ids = top & np.int32((1 << bits) - 1)
+    top &= np.int32(~((1 << bits) - 1))
+    m = top >> 31
+    m &= np.int32(0x7FFFFFFF)
+    top ^= m
+    return ids, top.view(np.float32)
 
 
 def synth_trace(
@@ -92,14 +116,15 @@ def synth_trace(
     num_tokens: int = 8192,
     tokens_per_step: int = 512,
     num_ranks: int = 8,
-    skew: float = 0.8,
+    skew: float = 0.4,
     affinity: float = 0.5,
-    coactivation: float = 1.0,
+    coactivation: float = 2.0,
     drift: float = 0.3,
     rank_mix: float = 0.5,
     n_group: int | None = None,
     topk_group: int | None = None,
     num_domains: int = 8,
+    domain_spread: float = 1.0,
     cluster_size: int | None = None,
     weights: bool = True,
     model_name: str | None = None,
@@ -109,7 +134,9 @@ def synth_trace(
 
     ``model`` fills ``num_layers`` (its MoE layers), ``num_experts``, ``top_k``, ``n_group``,
     ``topk_group`` and the name; explicit values must agree with it. ``cluster_size`` defaults
-    to max(2, top_k // 2). ``weights=False`` leaves ``topk_weights`` out.
+    to the largest divisor of the experts per group that is <= max(2, top_k // 2).
+    ``weights=False`` leaves ``topk_weights`` out; ``model_name`` names a trace made without
+    a model.
     """
     # ---- shape ------------------------------------------------------------------------
     m_layers = model.num_moe_layers if model is not None else None
@@ -143,24 +170,47 @@ def synth_trace(
     coactivation = _check_range("coactivation", coactivation, 0.0)
     drift = _check_range("drift", drift, 0.0)
     rank_mix = _check_range("rank_mix", rank_mix, 0.0, 1.0)
-    cs = int(cluster_size) if cluster_size is not None else max(2, k // 2)
-    if cs <= 0:
-        raise InputError(f"synth: cluster_size must be > 0 (got {cluster_size})")
+    domain_spread = _check_range("domain_spread", domain_spread, 0.0)
     T, tps, R, D = int(num_tokens), int(tokens_per_step), int(num_ranks), int(num_domains)
     S = -(-T // tps)
     epg = E // G
+    if cluster_size is None:
+        target = min(max(2, k // 2), epg)
+        cs = max(d for d in range(1, target + 1) if epg % d == 0)
+    else:
+        cs = int(cluster_size)
+        if not 0 < cs <= epg:
+            raise InputError(f"synth: cluster_size must be in [1, {epg}] (got {cluster_size})")
 
     ss = np.random.SeedSequence(int(seed))
     s_struct, s_drift, s_mix, s_tok = (np.random.default_rng(s) for s in ss.spawn(4))
 
     # ---- structure (seed and shape only) ----------------------------------------------
+    # Experts are generated in an internal order in which each cluster is a contiguous block
+    # of `cs` ids inside its group (so a token's cluster preferences add by broadcasting);
+    # relabel_LE maps internal ids to the published ids, shuffling within each group.
+    relabel_LE = np.stack(
+        [np.concatenate([g * epg + s_struct.permutation(epg) for g in range(G)]) for _ in range(L)]
+    )
     exponent_L = skew * np.exp(_SKEW_SPREAD * s_struct.standard_normal(L))
-    rank_LE = np.argsort(s_struct.random((L, E)), axis=1).argsort(axis=1)  # random ranking per layer
+    rank_LE = np.argsort(s_struct.random((L, E)), axis=1)  # popularity rank of each expert
     logpop_LE = -exponent_L[:, None] * np.log1p(rank_LE)
-    domain_DLE = s_struct.standard_normal((D, L, E))
-    next_LE = np.argsort(s_struct.random((max(L - 1, 1), E)), axis=1)  # successor permutations
-    cluster_LE = np.stack([_clusters(s_struct, E, min(cs, epg), G) for _ in range(L)])
-    C = int(cluster_LE.max()) + 1
+    # domain offsets, centred so that an even mix of domains keeps the popularity exp(logpop)
+    domain_DLE = domain_spread * s_struct.standard_normal((D, L, E))
+    domain_DLE -= np.log(np.exp(domain_DLE).mean(axis=0, keepdims=True))
+    cpg = -(-epg // cs)  # clusters per group
+    C = G * cpg
+    cluster_E = (np.arange(E) // epg) * cpg + (np.arange(E) % epg) // cs
+    contiguous = epg % cs == 0
+    # successor permutations next_LE[l]: layer l -> l+1. With equal clusters they map whole
+    # clusters onto clusters, so experts co-selected at l have co-selected successors.
+    if contiguous:
+        cnext_LC = np.stack([s_struct.permutation(C) for _ in range(max(L - 1, 1))])
+        next_LE = np.stack(
+            [(cnext_LC[i][:, None] * cs + s_struct.permutation(cs)[None, :]).ravel() for i in range(max(L - 1, 1))]
+        )
+    else:
+        next_LE = np.argsort(s_struct.random((max(L - 1, 1), E)), axis=1)
 
     # ---- drift over steps: random walk with total std `drift` --------------------------
     inc_SLE = s_drift.standard_normal((S, L, E)) * (drift / np.sqrt(max(S - 1, 1)))
@@ -183,37 +233,55 @@ def synth_trace(
     w_LTk = np.empty((L, T, k), dtype=np.float32) if weights else None
     rows_T = np.arange(T)[:, None]
     prev: np.ndarray | None = None
+    pref_TC: np.ndarray | None = None
     for layer in range(L):
         # logits [T, E] = popularity at the token's step + its domain's offsets
         table = (logpop_LE[layer] + walk_SLE[:, layer])[:, None, :] + domain_DLE[None, :, layer, :]
         logits = table.reshape(S * D, E).astype(np.float32)[table_index_T]
         if coactivation > 0.0:
-            pref_TC = s_tok.standard_normal((T, C), dtype=np.float32) * np.float32(coactivation)
-            logits += pref_TC[:, cluster_LE[layer]]
-        # Gumbel-top-k: logit - log(Exp(1)) is logit + Gumbel noise
-        noise = s_tok.standard_exponential((T, E), dtype=np.float32)
-        np.maximum(noise, np.float32(1e-30), out=noise)  # float32 draws can be exactly 0
-        score = logits - np.log(noise, out=noise)
+            # one preference per (token, cluster), std `coactivation`: fresh uniform noise,
+            # mixed with the previous layer's preferences carried through the cluster map
+            fresh = s_tok.random((T, C), dtype=np.float32)
+            fresh -= np.float32(0.5)
+            fresh *= np.float32(coactivation * np.sqrt(12.0))
+            if pref_TC is not None and contiguous and affinity > 0.0:
+                carried = np.empty_like(pref_TC)
+                carried[:, cnext_LC[layer - 1]] = pref_TC
+                fresh *= np.float32(np.sqrt(1.0 - affinity**2))
+                fresh += np.float32(affinity) * carried
+            pref_TC = fresh
+            if contiguous:
+                logits.reshape(T, C, cs)[...] += pref_TC[:, :, None]
+            else:
+                logits += np.take(pref_TC, cluster_E, axis=1)
+        # Gumbel-top-k: logit - log(-log U) is logit + Gumbel noise (U = 0 gives -inf: never picked)
+        u = s_tok.random((T, E), dtype=np.float32)
+        with np.errstate(divide="ignore"):
+            np.log(u, out=u)
+            np.negative(u, out=u)
+            np.log(u, out=u)
+        score = np.subtract(logits, u, out=logits)
         if prev is not None and affinity > 0.0:
             follow = s_tok.random((T, k)) < affinity
             target = next_LE[layer - 1][prev]
-            r, c = np.nonzero(follow)
-            score[r, target[r, c]] += _BOOST
+            flat = (rows_T * E + target)[follow]  # distinct within a token: next_LE is a permutation
+            score.reshape(-1)[flat] += _BOOST
         if G > 1 and TG < G:
             group_TG = score.reshape(T, G, epg).max(axis=2)
             keep = np.argpartition(group_TG, G - TG, axis=1)[:, G - TG :]
             allowed = np.zeros((T, G), dtype=bool)
             allowed[rows_T, keep] = True
-            score = np.where(np.repeat(allowed, epg, axis=1), score, -np.inf)
-        top = np.argpartition(score, E - k, axis=1)[:, E - k :]
-        val = np.take_along_axis(score, top, axis=1)
-        val = np.where(val > _BOOST / 2, val - _BOOST, val)
-        order = np.argsort(-val, axis=1)
-        top = np.take_along_axis(top, order, axis=1)
-        ids_LTk[layer] = top
-        if w_LTk is not None:
+            score[~np.repeat(allowed, epg, axis=1)] = -np.inf
+        top, val = _topk_desc(score, k)
+        boosted = val > _BOOST / 2
+        if boosted.any():  # forced experts sorted first; order by the token's own scores
+            val = np.where(boosted, val - _BOOST, val)
+            order = np.argsort(-val, axis=1, kind="stable")
+            top = np.take_along_axis(top, order, axis=1)
             val = np.take_along_axis(val, order, axis=1)
-            e = np.exp(val - val[:, :1])
+        ids_LTk[layer] = relabel_LE[layer][top]
+        if w_LTk is not None:
+            e = np.exp(val - val.max(axis=1, keepdims=True))
             w_LTk[layer] = e / e.sum(axis=1, keepdims=True)
         prev = top
 

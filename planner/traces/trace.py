@@ -129,6 +129,7 @@ class Trace:
         self.num_experts = num_experts
         self.model = None if model is None else str(model)
 
+        self.topk_weights: np.ndarray | None = None
         if topk_weights is not None:
             w = np.asarray(topk_weights)
             if w.shape != ids.shape:
@@ -142,8 +143,7 @@ class Trace:
                 layer = int(np.argmax((w < 0).reshape(L, -1).any(axis=1)))
                 value = float(w[layer][w[layer] < 0][0])
                 raise InputError(f"{source}: topk_weights must be >= 0 (found {value:g} at layer {layer})")
-            w = np.ascontiguousarray(w)
-        self.topk_weights = w if topk_weights is not None else None
+            self.topk_weights = np.ascontiguousarray(w)
 
         if step is None:
             if tokens_per_step is None:
@@ -167,6 +167,7 @@ class Trace:
                 )
         self.step = st
 
+        self.source_rank: np.ndarray | None = None
         if source_rank is not None:
             r = np.asarray(source_rank)
             if r.shape != (T,):
@@ -175,8 +176,7 @@ class Trace:
             if (r < 0).any():
                 i = int(np.argmax(r < 0))
                 raise InputError(f"{source}: source_rank must be >= 0 (found {int(r[i])} at token {i})")
-            r = r.astype(np.int64)
-        self.source_rank = r if source_rank is not None else None
+            self.source_rank = r.astype(np.int64)
 
         # Steps are contiguous runs of equal values (step is non-decreasing).
         self._steps, self._step_pos = np.unique(self.step, return_inverse=True)
@@ -369,6 +369,5 @@ def check_against_model(trace: Trace | CountsTrace, model: ModelSpec, source: st
         )
     if trace.has_tokens and trace.top_k != model.top_k:  # type: ignore[union-attr]
         raise InputError(
-            f"{src}: trace has top_k {trace.top_k} but model {model.name} "  # type: ignore[union-attr]
-            f"routes each token to {model.top_k} experts"
+            f"{src}: trace has top_k {trace.top_k} but model {model.name} has top_k {model.top_k}"  # type: ignore[union-attr]
         )

@@ -1,0 +1,56 @@
+"""moe-planner: plan Mixture-of-Experts deployments from a calibrated cost model and routing traces.
+
+The Python API (DESIGN.md): ``plan``, ``load_model``, ``load_hardware``, ``load_trace``,
+``synth_trace``, ``trace_stats``, ``Plan``. Names are imported lazily so that ``import planner``
+stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "Plan",
+    "ModelSpec",
+    "HardwareProfile",
+    "InputError",
+    "InfeasibleError",
+    "plan",
+    "prepare",
+    "solve",
+    "load_model",
+    "load_hardware",
+    "load_trace",
+    "save_trace",
+    "synth_trace",
+    "trace_stats",
+]
+
+_WHERE = {
+    "Plan": "planner.specs.plan",
+    "ModelSpec": "planner.specs.model",
+    "HardwareProfile": "planner.specs.hardware",
+    "InputError": "planner.errors",
+    "InfeasibleError": "planner.errors",
+    "plan": "planner.api",
+    "prepare": "planner.api",
+    "solve": "planner.api",
+    "load_model": "planner.specs.model_io",
+    "load_hardware": "planner.specs.hardware",
+    "load_trace": "planner.traces",
+    "save_trace": "planner.traces",
+    "synth_trace": "planner.traces",
+    "trace_stats": "planner.traces",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'planner' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,58 @@
+"""Regenerate the shipped synthetic routing traces in this folder.
+
+    python planner/data/traces/make_default.py            # writes next to this script
+    python planner/data/traces/make_default.py --out DIR
+
+Each trace is ``synth_trace`` at its default structure parameters for a model preset:
+16 steps × 512 tokens over 8 data-parallel ranks, seed 0, without gate weights (ids in
+router order; the planner uses ids, steps and ranks only). Equivalent CLI, per model:
+
+    moe-planner trace synth --model qwen3-30b-a3b --tokens 8192 --tokens-per-step 512 \\
+        --ranks 8 --seed 0 --no-weights --out planner/data/traces/qwen3-30b-a3b.npz --force
+
+``qwen3-30b-a3b`` (48 MoE layers, 128 experts, top-8) is the embedded default of
+``moe-planner plan``; ``mixtral-8x7b`` (32 layers, 8 experts, top-2) and ``deepseek-v2-lite``
+(26 MoE layers, 64 experts, top-6) are smaller companions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODELS = ("qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite")
+STEPS, TOKENS_PER_STEP, RANKS, SEED = 16, 512, 8, 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        import planner.traces  # noqa: F401
+    except ImportError:  # run from a source checkout without installing
+        sys.path.insert(0, str(HERE.parents[2]))
+    from planner.specs.model_io import load_model
+    from planner.traces import save_trace, synth_trace
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=HERE, help="output folder (default: this folder)")
+    args = ap.parse_args(argv)
+    for name in MODELS:
+        model = load_model(name)
+        tr = synth_trace(
+            model,
+            num_tokens=STEPS * TOKENS_PER_STEP,
+            tokens_per_step=TOKENS_PER_STEP,
+            num_ranks=RANKS,
+            weights=False,
+            seed=SEED,
+        )
+        path = args.out / f"{name}.npz"
+        save_trace(tr, path)
+        path.chmod(0o644)  # atomic writes create 0600 temporaries; shipped data is world-readable
+        print(f"{path}: {tr.num_layers} layers × {tr.num_tokens} tokens × top-{tr.top_k}, {path.stat().st_size / 1e6:.2f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+import json
+
+import pytest
+
+from planner.cli import main
+from planner.specs.plan import Plan
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_default_plan_prints_a_table(capsys):
+    code, out, err = run(capsys, "plan")
+    assert code == 0, err
+    assert "moe-planner plan: qwen3-30b-a3b on 1 × 8 h100-sxm (decode)" in out
+    assert "ep 8" in out and "16 per GPU" in out
+    assert "held-out steps" in out
+    assert "MoE layer" in out
+
+
+def test_json_is_a_valid_plan_and_out_writes_it(tmp_path, capsys):
+    code, out, err = run(capsys, "plan", "--model", "mixtral-8x7b", "--json", "--out", str(tmp_path))
+    assert code == 0, err
+    plan = Plan.model_validate(json.loads(out))
+    assert plan.model.name == "mixtral-8x7b"
+    assert plan.parallel.ep == 8 and plan.placement.slots_per_gpu == 1
+    assert Plan.load(tmp_path / "plan.json") == plan
+    # the baselines were compared on the planning steps, the plan scored on held-out steps
+    assert set(plan.solver.candidates) == {"contiguous", "round-robin", "eplb"}
+    assert plan.solver.objective == min(plan.solver.candidates.values())
+    assert plan.predicted.evaluated_on.startswith("held-out")
+
+
+def test_out_refuses_to_overwrite_without_force(tmp_path, capsys):
+    assert run(capsys, "plan", "--model", "mixtral-8x7b", "--out", str(tmp_path))[0] == 0
+    before = (tmp_path / "plan.json").read_text()
+    code, out, err = run(capsys, "plan", "--model", "mixtral-8x7b", "--seed", "3", "--out", str(tmp_path))
+    assert code == 2 and "already exists (pass --force to overwrite)" in err
+    assert (tmp_path / "plan.json").read_text() == before
+    assert run(capsys, "plan", "--model", "mixtral-8x7b", "--out", str(tmp_path), "--force")[0] == 0
+
+
+def test_same_seed_same_plan_apart_from_time(capsys):
+    def strip(text):
+        d = json.loads(text)
+        d["provenance"].pop("created")
+        d["solver"].pop("time_s")
+        return d
+
+    a = run(capsys, "plan", "--model", "deepseek-v2-lite", "--json", "--seed", "5")[1]
+    b = run(capsys, "plan", "--model", "deepseek-v2-lite", "--json", "--seed", "5")[1]
+    assert strip(a) == strip(b)
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--ep", "3"], 2, "--ep × --etp (3 × 1) must divide the 8 GPUs"),
+        (["--model", "nope"], 2, "unknown model 'nope'"),
+        (["--hardware", "nope"], 2, "nope"),
+        (["--mode", "fly"], 2, "Invalid value for '--mode'"),
+        (["--baseline", "contiguous", "--redundant-experts", "8"], 2, "places no redundant experts"),
+        (["--mode", "offload", "--gpu-memory-gb", "20"], 2, "not implemented yet"),
+        (["--mode", "offload"], 2, "gpu_memory_gb is required"),
+        (["--time-limit", "0"], 2, "--time-limit must be > 0"),
+        (["--trace", "/no/such/trace.npz"], 2, "trace.npz"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, code, message):
+    got, out, err = run(capsys, "plan", *args, "--out", str(tmp_path / "o"))
+    assert got == code
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_infeasible_names_the_binding_constraint(tmp_path, capsys):
+    code, out, err = run(capsys, "plan", "--model", "deepseek-v3", "--out", str(tmp_path / "o"))
+    assert code == 1
+    assert "GiB per GPU" in err and "h100-sxm has 80.0 GiB" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_solves_nothing(tmp_path, capsys):
+    code, out, err = run(capsys, "plan", "--model", "deepseek-v2-lite", "--redundant-experts", "8", "--dry-run",
+                         "--json", "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    size = json.loads(out)
+    assert size["physical_slots"] == 72 and size["slots_per_gpu"] == 9 and size["moe_layers"] == 26
+    assert size["candidates"] == ["eplb"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_schema_command(capsys):
+    code, out, _ = run(capsys, "schema", "plan")
+    assert code == 0
+    s = json.loads(out)
+    assert "physical_to_logical" in json.dumps(s) and s["title"] == "Plan"

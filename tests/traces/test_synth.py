@@ -1,0 +1,172 @@
+"""synth_trace: determinism, shapes, and each routing property it promises."""
+
+import time
+
+import numpy as np
+import pytest
+
+from planner.errors import InputError
+from planner.traces import synth_trace, trace_stats
+from planner.traces.synth import _topk_desc
+from tests.conftest import make_model
+
+SMALL = dict(num_layers=4, num_experts=32, top_k=4)
+
+
+def tv(p: np.ndarray, q: np.ndarray) -> float:
+    """Total-variation distance of two count vectors' distributions."""
+    return 0.5 * float(np.abs(p / p.sum() - q / q.sum()).sum())
+
+
+def test_deterministic_per_seed():
+    a = synth_trace(**SMALL, num_tokens=512, tokens_per_step=128, seed=7)
+    b = synth_trace(**SMALL, num_tokens=512, tokens_per_step=128, seed=7)
+    c = synth_trace(**SMALL, num_tokens=512, tokens_per_step=128, seed=8)
+    assert np.array_equal(a.topk_ids, b.topk_ids)
+    assert np.array_equal(a.topk_weights, b.topk_weights)
+    assert np.array_equal(a.source_rank, b.source_rank)
+    assert not np.array_equal(a.topk_ids, c.topk_ids)
+
+
+def test_shape_steps_ranks_and_weights():
+    t = synth_trace(**SMALL, num_tokens=1000, tokens_per_step=300, num_ranks=3, seed=0)
+    assert (t.num_layers, t.num_tokens, t.top_k, t.num_experts) == (4, 1000, 4, 32)
+    assert t.num_steps == 4 and np.bincount(t.step).tolist() == [300, 300, 300, 100]
+    # tokens of a step come rank by rank, in equal contiguous blocks (the default layout)
+    assert np.array_equal(t.source_rank, Trace_default_ranks(t, 3))
+    w = t.topk_weights
+    assert w.dtype == np.float32 and (w > 0).all()
+    assert np.allclose(w.sum(axis=-1), 1.0, atol=1e-5)
+    assert (np.diff(w, axis=-1) <= 1e-6).all()  # ids in router order: descending weight
+    assert synth_trace(**SMALL, num_tokens=64, weights=False).topk_weights is None
+
+
+def Trace_default_ranks(t, ranks):
+    from planner.traces import Trace
+
+    return Trace(t.topk_ids, t.num_experts, step=t.step).source_ranks(ranks)
+
+
+def test_model_fills_shape_and_name():
+    model = make_model(num_layers=5, first_k_dense=1, dense_intermediate_size=64, num_experts=16, top_k=3)
+    t = synth_trace(model, num_tokens=64, tokens_per_step=32)
+    assert (t.num_layers, t.num_experts, t.top_k, t.model) == (4, 16, 3, "tiny-moe")
+    with pytest.raises(InputError, match="synth: num_experts 8 conflicts with the model's 16"):
+        synth_trace(model, num_experts=8)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(num_layers=2, num_experts=8), "synth: give a model or all of num_layers, num_experts and top_k"),
+        (dict(**SMALL, affinity=1.5), r"synth: affinity must be in \[0, 1\] \(got 1.5\)"),
+        (dict(**SMALL, skew=-1), r"synth: skew must be >= 0 \(got -1\)"),
+        (dict(**SMALL, rank_mix=2), r"synth: rank_mix must be in \[0, 1\]"),
+        (dict(**SMALL, num_tokens=0), r"synth: num_tokens must be > 0 \(got 0\)"),
+        (dict(num_layers=2, num_experts=4, top_k=5), r"synth: top_k \(5\) must be <= num_experts \(4\)"),
+        (dict(**SMALL, n_group=5, topk_group=1), r"n_group \(5\) must be > 0 and divide num_experts \(32\)"),
+        (dict(**SMALL, n_group=16, topk_group=1), r"top_k \(4\) must be <= topk_group × experts per group \(1 × 2\)"),
+        (dict(**SMALL, n_group=8), "n_group and topk_group must be given together"),
+    ],
+)
+def test_bad_parameters(kw, message):
+    with pytest.raises(InputError, match=message):
+        synth_trace(**kw)
+
+
+def test_topk_helper_matches_argsort():
+    rng = np.random.default_rng(0)
+    score = rng.standard_normal((200, 64)).astype(np.float32) * 5
+    score[0, :3] = -np.inf
+    ids, val = _topk_desc(score, 6)
+    ref = np.argsort(-score, axis=1, kind="stable")[:, :6]
+    assert np.array_equal(ids, ref)
+    assert np.allclose(val, np.take_along_axis(score, ref, axis=1), rtol=1e-3)
+
+
+# ---- routing properties ----------------------------------------------------------------------
+
+
+def test_skew_differs_by_layer():
+    kw = dict(num_layers=8, num_experts=64, top_k=4, num_tokens=8192, tokens_per_step=1024, affinity=0.0,
+              coactivation=0.0, drift=0.0, rank_mix=0.0, seed=3)
+    skewed = trace_stats(synth_trace(**kw, skew=1.0))
+    flat = trace_stats(synth_trace(**kw, skew=0.0, domain_spread=0.0))
+    ent = np.array([row["entropy"] for row in skewed["layers"]])
+    flat_ent = np.array([row["entropy"] for row in flat["layers"]])
+    assert flat_ent.min() > 0.995  # no skew: near uniform
+    assert ent.max() < 0.99
+    assert np.ptp(ent) > 10 * np.ptp(flat_ent)  # the exponent differs by layer
+    # and which experts are hot differs by layer
+    counts = synth_trace(**kw, skew=1.0).counts()
+    assert len(set(counts.argmax(axis=1).tolist())) >= 5
+
+
+def test_affinity_raises_cross_layer_predictability():
+    kw = dict(**SMALL, num_tokens=4096, tokens_per_step=1024, seed=2)
+    none = trace_stats(synth_trace(**kw, affinity=0.0))["summary"]["cross_layer"]
+    strong = trace_stats(synth_trace(**kw, affinity=0.8))["summary"]["cross_layer"]
+    assert strong["next_top1"] > none["next_top1"] + 0.3
+    assert strong["next_mi_bits"] > 2 * none["next_mi_bits"]
+    assert none["next_top1"] < none["next_top1_baseline"] + 0.1  # no affinity: popularity only
+
+
+def test_coactivation_raises_pair_lift():
+    kw = dict(num_layers=3, num_experts=64, top_k=8, num_tokens=8192, tokens_per_step=1024, seed=4)
+    none = trace_stats(synth_trace(**kw, coactivation=0.0))["summary"]["coactivation"]
+    strong = trace_stats(synth_trace(**kw, coactivation=3.0))["summary"]["coactivation"]
+    assert strong["top_pair_lift"] > none["top_pair_lift"] + 1.0
+    assert strong["top_pair_share"] > 2 * none["top_pair_share"]
+    assert strong["top_pair_share"] > 3 * strong["top_pair_share_uniform"]
+
+
+def test_drift_moves_popularity_between_first_and_last_steps():
+    kw = dict(**SMALL, num_tokens=16 * 1024, tokens_per_step=1024, rank_mix=0.0, seed=5)
+
+    def first_last_tv(drift):
+        c = synth_trace(**kw, drift=drift).counts_per_step()  # [S, L, E]
+        first, last = c[:2].sum(axis=0), c[-2:].sum(axis=0)
+        return np.mean([tv(first[layer], last[layer]) for layer in range(c.shape[1])])
+
+    assert first_last_tv(2.0) > 3 * first_last_tv(0.0)
+
+
+def test_rank_mix_makes_ranks_differ():
+    kw = dict(**SMALL, num_tokens=8 * 2048, tokens_per_step=2048, num_ranks=4, drift=0.0, seed=6)
+
+    def rank_tv(rank_mix):
+        t = synth_trace(**kw, rank_mix=rank_mix)
+        out = []
+        for s in range(t.num_steps):
+            in_step = t.step == s
+            for layer in range(t.num_layers):
+                step_counts = np.bincount(t.topk_ids[layer, in_step].ravel(), minlength=t.num_experts)
+                for r in range(4):
+                    mine = in_step & (t.source_rank == r)
+                    c = np.bincount(t.topk_ids[layer, mine].ravel(), minlength=t.num_experts)
+                    out.append(tv(c, step_counts))
+        return float(np.mean(out))
+
+    assert rank_tv(1.0) > 2 * rank_tv(0.0)
+
+
+def test_group_limited_routing():
+    model = make_model(num_layers=3, num_experts=64, top_k=6, n_group=8, topk_group=2)
+    t = synth_trace(model, num_tokens=2048, tokens_per_step=512, seed=0)
+    groups = t.topk_ids // 8  # 8 experts per group
+    used = np.array([[len(set(row)) for row in layer] for layer in groups.tolist()])
+    assert used.max() <= 2
+    free = synth_trace(num_layers=3, num_experts=64, top_k=6, num_tokens=2048, seed=0) .topk_ids // 8
+    assert max(len(set(row)) for row in free[0].tolist()) > 2  # without the limit tokens spread wider
+
+
+@pytest.mark.slow
+def test_default_size_is_fast():
+    model = make_model(num_layers=48, num_experts=128, top_k=8)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        t = synth_trace(model, num_tokens=8192, tokens_per_step=512, seed=0)
+        best = min(best, time.perf_counter() - t0)
+    assert t.topk_ids.shape == (48, 8192, 8)
+    assert best < 2.0, f"synth_trace took {best:.2f} s for 48 × 8192 × top-8"
