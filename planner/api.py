@@ -17,18 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from planner.specs.hardware import HardwareProfile, load_hardware
-from planner.specs.model_io import load_model
 from pydantic import ValidationError
 
 from planner.cost.memory import GIB, weights_per_gpu_bytes
 from planner.errors import InfeasibleError, InputError
-from planner.simulate import SimResult, simulate_placement
+from planner.simulate import SimResult, combine_groups, simulate_placement
 from planner.solve import baselines
 from planner.solve.degrees import resolve_degrees
 from planner.specs.base import format_validation_error
 from planner.specs.cluster import ClusterSpec
+from planner.specs.hardware import HardwareProfile, load_hardware
 from planner.specs.model import ModelSpec
+from planner.specs.model_io import load_model
 from planner.specs.plan import (
     LayerPrediction,
     Parallel,
@@ -61,7 +61,9 @@ def resolve_hardware(hardware: str | HardwareProfile) -> HardwareProfile:
     return hardware if isinstance(hardware, HardwareProfile) else load_hardware(hardware)
 
 
-def resolve_trace(trace: str | Path | Trace | None, model: ModelSpec, seed: int) -> tuple[Trace, str]:
+def resolve_trace(
+    trace: str | Path | Trace | None, model: ModelSpec, seed: int, tokens_per_step: int | None = None
+) -> tuple[Trace, str]:
     """The trace to plan from and a label for provenance."""
     if trace is None:
         path = default_trace_path(model.name)
@@ -72,7 +74,7 @@ def resolve_trace(trace: str | Path | Trace | None, model: ModelSpec, seed: int)
             t = synth_trace(model, num_tokens=8192, tokens_per_step=512, seed=seed)
             label = f"synthetic(seed={seed})"
     elif isinstance(trace, str | Path):
-        t = load_trace(trace)
+        t = load_trace(trace, model=model, tokens_per_step=tokens_per_step)
         label = Path(trace).name
     else:
         t = trace
@@ -95,25 +97,72 @@ def _hash_inputs(parts: dict[str, Any], trace: Trace) -> str:
     return h.hexdigest()
 
 
+def stage_source_gpus(trace: Trace, num_gpus: int) -> np.ndarray:
+    """GPU (of a pipeline stage's ``num_gpus``) each token starts on: int64 [T].
+
+    A trace recorded on R data-parallel ranks is replayed on ``num_gpus`` GPUs: recorded rank
+    ``r`` owns GPUs ``[r·n/R, (r+1)·n/R)`` when ``n >= R`` (its tokens of a step spread over
+    them in contiguous blocks), or shares GPU ``r·n // R`` with its neighbours when ``n < R``.
+    Traces without ranks spread each step's tokens over the GPUs in contiguous blocks.
+    """
+    if trace.source_rank is None:
+        return trace.source_ranks(num_gpus)
+    r_T = trace.source_rank.astype(np.int64)
+    recorded = int(r_T.max()) + 1
+    if recorded >= num_gpus:
+        return r_T * num_gpus // recorded
+    lo = r_T * num_gpus // recorded
+    width = (r_T + 1) * num_gpus // recorded - lo
+    _, step_idx = np.unique(trace.step, return_inverse=True)
+    key = step_idx * recorded + r_T
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    start = np.searchsorted(sorted_key, sorted_key, side="left")
+    size = np.searchsorted(sorted_key, sorted_key, side="right") - start
+    pos = np.empty_like(r_T)
+    pos[order] = np.arange(r_T.size) - start
+    size_T = np.empty_like(r_T)
+    size_T[order] = size
+    return lo + pos * width // size_T
+
+
 def _simulate(
     phy2log: np.ndarray, trace: Trace, model: ModelSpec, hw: HardwareProfile, cluster: ClusterSpec,
     par: Parallel, dispatch: str,
 ) -> SimResult:
+    """Simulate every expert-data-parallel group of EP ranks on the tokens that start in it.
+
+    A pipeline stage's GPUs form ``edp = GPUs / (ep · etp)`` groups of ``ep`` EP ranks; a token
+    starting on stage GPU ``g`` is dispatched inside group ``g // (ep · etp)`` from EP rank
+    ``(g mod (ep · etp)) // etp``.
+    """
     slots = phy2log.shape[1] // par.ep
-    return simulate_placement(
-        phy2log,
-        slots,
-        trace.topk_ids,
-        trace.step,
-        trace.source_ranks(par.ep),
-        hw=hw,
-        hidden=model.hidden_size,
-        ffn=model.expert_intermediate_size // par.etp,
-        dtype=model.expert_dtype,
-        num_experts=model.num_experts,
-        gpus_per_node=min(cluster.gpus_per_node, par.ep),
-        dispatch=dispatch,
-    )
+    stage_gpus = cluster.num_gpus // par.pp
+    group_size = par.ep * par.etp
+    gpu_T = stage_source_gpus(trace, stage_gpus)
+    _, step_idx = np.unique(trace.step, return_inverse=True)
+    num_steps = int(step_idx.max()) + 1
+    results = []
+    for grp in range(stage_gpus // group_size):
+        mask = gpu_T // group_size == grp
+        results.append(
+            simulate_placement(
+                phy2log,
+                slots,
+                trace.topk_ids[:, mask],
+                step_idx[mask],
+                (gpu_T[mask] % group_size) // par.etp,
+                hw=hw,
+                hidden=model.hidden_size,
+                ffn=model.expert_intermediate_size // par.etp,
+                dtype=model.expert_dtype,
+                num_experts=model.num_experts,
+                gpus_per_node=max(1, min(cluster.gpus_per_node, group_size) // par.etp),
+                dispatch=dispatch,
+                num_steps=num_steps,
+            )
+        )
+    return combine_groups(results)
 
 
 def summarize(sim: SimResult, evaluated_on: str, memory_gib: float) -> Predicted:
@@ -233,6 +282,7 @@ def prepare(
     micro_batch: int | None = None,
     global_batch: int | None = None,
     seq_len: int = 4096,
+    tokens_per_step: int | None = None,
     redundant_experts: int = 0,
     gpu_memory_gb: float | None = None,
     baseline: str | None = None,
@@ -258,7 +308,7 @@ def prepare(
     try:
         workload = Workload(
             mode=mode, seq_len=seq_len, micro_batch=micro_batch, global_batch=global_batch,
-            gpu_memory_gb=gpu_memory_gb,
+            tokens_per_step=tokens_per_step, gpu_memory_gb=gpu_memory_gb,
         )
     except ValidationError as e:
         raise InputError(format_validation_error("workload", e)) from None
@@ -270,7 +320,7 @@ def prepare(
             f"--baseline {baseline} places no redundant experts (got --redundant-experts {redundant_experts}); "
             "use --baseline eplb"
         )
-    tr, trace_label = resolve_trace(trace, m, seed)
+    tr, trace_label = resolve_trace(trace, m, seed, tokens_per_step)
     if tr.num_steps >= 2:
         plan_tr, eval_tr = tr.split(train_fraction)
         if eval_tr.num_steps == 0:

@@ -23,9 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from planner.cost.compute import expert_ffn_ms
 
 from planner.cost.comm import dispatch_combine_ms
+from planner.cost.compute import expert_ffn_ms
 from planner.errors import InputError
 
 
@@ -98,13 +98,22 @@ def simulate_placement(
     gpus_per_node: int,
     dispatch: str = "even",
     act_bytes: float = 2.0,
+    num_steps: int | None = None,
 ) -> SimResult:
-    """Replay ``topk_ids_LTk`` through the placement; see the module docstring."""
+    """Replay ``topk_ids_LTk`` through the placement; see the module docstring.
+
+    ``step_T`` holds step ids; with ``num_steps`` it must already be step indices in
+    ``[0, num_steps)`` (so several token subsets of one trace line up step by step).
+    """
     phy2log_LP = np.asarray(phy2log_LP, dtype=np.int64)
     L, P = phy2log_LP.shape
     G = P // slots_per_gpu
-    _, step_idx_T = np.unique(step_T, return_inverse=True)
-    S = int(step_idx_T.max()) + 1 if step_idx_T.size else 0
+    if num_steps is None:
+        _, step_idx_T = np.unique(step_T, return_inverse=True)
+        S = int(step_idx_T.max()) + 1 if step_idx_T.size else 0
+    else:
+        step_idx_T = np.asarray(step_T, dtype=np.int64)
+        S = num_steps
     tokens_S = np.bincount(step_idx_T, minlength=S).astype(np.float64)
     gpu_node = np.arange(G) // gpus_per_node
     src_T = np.asarray(src_T, dtype=np.int64)
@@ -168,3 +177,24 @@ def simulate_placement(
         intra[:, l] = 2 * i_s.sum(1)
         inter[:, l] = 2 * x_s.sum(1)
     return SimResult(compute, comm, imbalance, intra, inter, gpu_tokens, tokens_S)
+
+
+def combine_groups(results: list[SimResult]) -> SimResult:
+    """Expert-data-parallel groups run side by side: times and imbalance take the worst group,
+    bytes and tokens add up, per-rank tokens add up rank by rank."""
+    first = results[0]
+    if len(results) == 1:
+        return first
+
+    def stack(name: str) -> np.ndarray:
+        return np.stack([getattr(r, name) for r in results])
+
+    return SimResult(
+        compute_ms_SL=stack("compute_ms_SL").max(0),
+        comm_ms_SL=stack("comm_ms_SL").max(0),
+        imbalance_SL=stack("imbalance_SL").max(0),
+        intra_bytes_SL=stack("intra_bytes_SL").sum(0),
+        inter_bytes_SL=stack("inter_bytes_SL").sum(0),
+        gpu_tokens_SLG=stack("gpu_tokens_SLG").sum(0),
+        tokens_S=stack("tokens_S").sum(0),
+    )

@@ -23,7 +23,6 @@ def cli() -> None:
 
 def _register() -> None:
     from planner.cli.plan_cmd import plan
-
     from planner.cli.schema_cmd import schema
     from planner.cli.trace_cmd import trace
 

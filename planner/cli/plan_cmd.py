@@ -70,6 +70,7 @@ def render_plan(plan) -> str:
 @click.option("--micro-batch", type=int, default=None, help="Micro-batch size (sequences)")
 @click.option("--global-batch", type=int, default=None, help="Global batch size (sequences)")
 @click.option("--seq-len", type=int, default=4096, show_default=True, help="Sequence length")
+@click.option("--tokens-per-step", type=int, default=None, help="Tokens per step when the trace has no step array")
 @click.option("--redundant-experts", type=int, default=0, show_default=True, help="Extra physical expert slots for replicas")
 @click.option("--gpu-memory-gb", type=float, default=None, help="GPU memory budget (offload mode)")
 @click.option("--baseline", type=click.Choice(["contiguous", "round-robin", "eplb"]), default=None, help="Produce this baseline plan instead of solving")

@@ -8,9 +8,8 @@ import click
 
 
 def _schemas() -> dict:
-    from planner.specs.hardware import HardwareProfile
-
     from planner.specs.cluster import ClusterSpec
+    from planner.specs.hardware import HardwareProfile
     from planner.specs.model import ModelSpec
     from planner.specs.plan import Plan
     from planner.specs.workload import Workload

@@ -295,7 +295,8 @@ def _mla_attention(hf: _HF) -> dict[str, Any]:
     heads = hf.integer("num_attention_heads")
     nope = hf.integer("qk_nope_head_dim")
     rope = hf.integer("qk_rope_head_dim")
-    q_lora = hf.opt_int("q_lora_rank")
+    # null (HF) or 0 (DeepSeek's own inference configs) both mean: no query compression.
+    q_lora = hf.opt_int("q_lora_rank", minimum=0) or None
     return {
         "kind": "mla",
         "num_heads": heads,

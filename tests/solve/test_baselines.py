@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from planner.errors import InputError
-from planner.solve.baselines import balanced_packing, contiguous, eplb, logical_maps, replicate, round_robin
+from planner.solve.baselines import (
+    balanced_packing,
+    contiguous,
+    eplb,
+    logical_maps,
+    replicate,
+    round_robin,
+)
 
 # loads of 8 experts; sorted: e0 90, e4 50, e5 50, e1 10, e2 10, e3 10, e6 5, e7 5
 W = np.array([[90, 10, 10, 10, 50, 50, 5, 5]], dtype=float)

@@ -156,6 +156,15 @@ def test_deepseek_v3_scoring_default_is_sigmoid_and_v2_softmax():
     assert imp(v2).scoring == "softmax"
 
 
+def test_q_lora_rank_null_or_zero_means_no_query_compression():
+    cfg = hf("deepseek-v2-lite")
+    assert imp(cfg).attention.q_lora_rank is None
+    cfg["q_lora_rank"] = 0
+    assert imp(cfg).attention.q_lora_rank is None
+    cfg["q_lora_rank"] = -1
+    assert err(cfg) == "config.json: q_lora_rank must be >= 0 (got -1)"
+
+
 def test_one_group_means_no_groups():
     cfg = hf("deepseek-v3")
     cfg.update(n_group=1, topk_group=1)
