@@ -39,7 +39,15 @@ from planner.specs.plan import (
     SolverReport,
 )
 from planner.specs.workload import Workload
-from planner.traces import Trace, check_against_model, default_trace_path, load_trace, synth_trace
+from planner.traces import (
+    CountsTrace,
+    Trace,
+    check_against_model,
+    default_trace_path,
+    load_trace,
+    synth_trace,
+)
+from planner.traces.expand import CAVEAT, tokens_from_counts
 
 BASELINES = ("contiguous", "round-robin", "eplb")
 DEFAULT_MODEL = "qwen3-30b-a3b"
@@ -62,9 +70,10 @@ def resolve_hardware(hardware: str | HardwareProfile) -> HardwareProfile:
 
 
 def resolve_trace(
-    trace: str | Path | Trace | None, model: ModelSpec, seed: int, tokens_per_step: int | None = None
-) -> tuple[Trace, str]:
-    """The trace to plan from and a label for provenance."""
+    trace: str | Path | Trace | CountsTrace | None, model: ModelSpec, seed: int, tokens_per_step: int | None = None
+) -> tuple[Trace, str, np.ndarray | None]:
+    """The trace to plan from, a label for provenance, and for counts-only traces the recorded
+    counts [S, L, E] (the per-token trace is then sampled from them)."""
     if trace is None:
         path = default_trace_path(model.name)
         if path is not None:
@@ -79,12 +88,11 @@ def resolve_trace(
     else:
         t = trace
         label = "in-memory"
-    if not getattr(t, "has_tokens", True):
-        raise InputError(
-            f"{label}: counts-only trace; plan needs per-token routing (topk_ids) to score communication"
-        )
     check_against_model(t, model, label)
-    return t, label
+    if not t.has_tokens:
+        counts = t.counts_per_step()
+        return tokens_from_counts(t, model.top_k, seed), f"{label} (counts only)", counts
+    return t, label, None
 
 
 def _hash_inputs(parts: dict[str, Any], trace: Trace) -> str:
@@ -165,7 +173,7 @@ def _simulate(
     return combine_groups(results)
 
 
-def summarize(sim: SimResult, evaluated_on: str, memory_gib: float) -> Predicted:
+def summarize(sim: SimResult, evaluated_on: str, memory_gib: float, notes: list[str] | None = None) -> Predicted:
     """Predicted figures of a simulation (means over steps; percentiles of the per-step sum)."""
     layer_ms = sim.layer_ms_SL
     step_ms = sim.step_ms_S
@@ -193,6 +201,7 @@ def summarize(sim: SimResult, evaluated_on: str, memory_gib: float) -> Predicted
         tokens_per_step=float(sim.tokens_S.mean()),
         memory_per_gpu_gib=memory_gib,
         per_layer=per_layer,
+        notes=notes or [],
     )
 
 
@@ -228,6 +237,7 @@ class Problem:
     trace: Trace
     trace_label: str
     plan_trace: Trace
+    plan_counts_LE: np.ndarray
     eval_trace: Trace
     evaluated_on: str
     redundant_experts: int
@@ -320,7 +330,7 @@ def prepare(
             f"--baseline {baseline} places no redundant experts (got --redundant-experts {redundant_experts}); "
             "use --baseline eplb"
         )
-    tr, trace_label = resolve_trace(trace, m, seed, tokens_per_step)
+    tr, trace_label, recorded_counts = resolve_trace(trace, m, seed, tokens_per_step)
     if tr.num_steps >= 2:
         plan_tr, eval_tr = tr.split(train_fraction)
         if eval_tr.num_steps == 0:
@@ -331,6 +341,10 @@ def prepare(
     else:
         plan_tr = eval_tr = tr
         evaluated_on = "the planning step itself (the trace has one step: no held-out data)"
+    if recorded_counts is not None:  # balance on what was recorded, not on the samples
+        plan_counts = recorded_counts[plan_tr.steps].sum(axis=0)
+    else:
+        plan_counts = plan_tr.counts()
     options = {
         "ep": ep, "tp": tp, "pp": pp, "dp": dp, "etp": etp, "vpp": vpp,
         "redundant_experts": redundant_experts, "baseline": baseline, "dispatch": dispatch,
@@ -338,7 +352,7 @@ def prepare(
     }
     return Problem(
         model=m, hardware=hw, cluster=cluster, workload=workload, parallel=par, trace=tr,
-        trace_label=trace_label, plan_trace=plan_tr, eval_trace=eval_tr, evaluated_on=evaluated_on,
+        trace_label=trace_label, plan_trace=plan_tr, plan_counts_LE=plan_counts, eval_trace=eval_tr, evaluated_on=evaluated_on,
         redundant_experts=redundant_experts, baseline=baseline, dispatch=dispatch,
         time_limit=time_limit, seed=seed, options=options,
     )
@@ -356,14 +370,14 @@ def solve(problem: Problem) -> Plan:
     m, hw, cluster, par = pr.model, pr.hardware, pr.cluster, pr.parallel
     slots = pr.slots_per_gpu
     mem = weights_per_gpu_bytes(m, slots, par.tp, par.pp, par.etp)
-    cap = hw.hbm_gib * GIB
+    cap = hw.hbm_bytes
     if mem > cap:
         raise InfeasibleError(
             f"weights need {mem / GIB:.1f} GiB per GPU ({slots} expert slots × {m.num_moe_layers} MoE layers"
             f" × {m.expert_bytes / 1e6:.1f} MB / etp {par.etp} + non-expert {m.non_expert_bytes / GIB:.1f} GiB"
-            f" / (tp {par.tp} × pp {par.pp})), {hw.name} has {hw.hbm_gib:.1f} GiB; raise ep, tp or pp, or add GPUs"
+            f" / (tp {par.tp} × pp {par.pp})), {hw.name} has {cap / GIB:.1f} GiB; raise ep, tp or pp, or add GPUs"
         )
-    weight_LE = pr.plan_trace.counts().astype(np.float64)
+    weight_LE = pr.plan_counts_LE.astype(np.float64)
     names = [pr.baseline] if pr.baseline else pr.candidate_names()
     candidates: dict[str, float] = {}
     placements: dict[str, np.ndarray] = {}
@@ -376,7 +390,8 @@ def solve(problem: Problem) -> Plan:
     best = pr.baseline or min(names, key=lambda n: (candidates[n], names.index(n)))
     p2l = placements[best]
     sim = _simulate(p2l, pr.eval_trace, m, hw, cluster, par, pr.dispatch)
-    predicted = summarize(sim, pr.evaluated_on, mem / GIB)
+    notes = [CAVEAT] if pr.trace_label.endswith("(counts only)") else []
+    predicted = summarize(sim, pr.evaluated_on, mem / GIB, notes)
     elapsed = round(time.perf_counter() - t0, 3)
     if pr.baseline is None:
         solver = SolverReport(

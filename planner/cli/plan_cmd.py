@@ -51,6 +51,7 @@ def render_plan(plan) -> str:
             f" inter-node {_fmt_bytes(pred.inter_node_bytes_per_step)}",
             f"  weights per GPU: {pred.memory_per_gpu_gib:.2f} GiB",
         ]
+        lines += [f"  note: {n}" for n in pred.notes]
     return "\n".join(lines)
 
 

@@ -90,6 +90,7 @@ class Predicted(Spec):
     tokens_per_step: float = Field(ge=0, description="Tokens in one evaluated step (mean)")
     memory_per_gpu_gib: float = Field(ge=0, description="Weights per GPU (experts of its slots plus its share of the rest), GiB")
     per_layer: list[LayerPrediction] = Field(description="Per-MoE-layer breakdown")
+    notes: list[str] = Field(default_factory=list, description="Caveats that qualify these figures")
     tokens_per_s: float | None = Field(default=None, description="Train mode: tokens per second (later issues)")
     tflops_per_gpu: float | None = Field(default=None, description="Train mode: model FLOPs per step / step time / GPUs (later issues)")
 

@@ -80,7 +80,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, code, message):
 def test_infeasible_names_the_binding_constraint(tmp_path, capsys):
     code, out, err = run(capsys, "plan", "--model", "deepseek-v3", "--out", str(tmp_path / "o"))
     assert code == 1
-    assert "GiB per GPU" in err and "h100-sxm has 80.0 GiB" in err
+    assert "GiB per GPU" in err and "h100-sxm has 79.2 GiB" in err
     assert not (tmp_path / "o").exists()
 
 
@@ -99,3 +99,24 @@ def test_schema_command(capsys):
     assert code == 0
     s = json.loads(out)
     assert "physical_to_logical" in json.dumps(s) and s["title"] == "Plan"
+
+
+def test_counts_only_trace_is_planned_with_a_caveat(tmp_path, capsys):
+    import numpy as np
+
+    counts = np.random.default_rng(0).integers(0, 50, size=(6, 32, 8))
+    f = tmp_path / "logical_count.json"
+    f.write_text(json.dumps({"logical_count": counts.tolist()}))
+    code, out, err = run(capsys, "plan", "--model", "mixtral-8x7b", "--trace", str(f), "--json",
+                         "--baseline", "eplb", "--redundant-experts", "8")
+    assert code == 0, err
+    plan = Plan.model_validate(json.loads(out))
+    assert plan.provenance.trace == "logical_count.json (counts only)"
+    assert any("counts-only trace" in n for n in plan.predicted.notes)
+    # EPLB is fed the real counts of the planning steps (the first 4 of 6), not the samples
+    assert "planned on the first 4" in plan.predicted.evaluated_on
+    from planner.solve.baselines import replicate
+
+    _, want = replicate(counts[:4].sum(0).astype(float), 16)
+    got = np.stack([np.bincount(row, minlength=8) for row in plan.placement.physical_to_logical])
+    assert (got == want).all()
