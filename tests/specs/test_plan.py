@@ -63,7 +63,9 @@ def test_malformed_json(tmp_path):
         Plan.load(f)
 
 
-def test_every_field_has_a_description():
+@pytest.mark.parametrize("root", ["Plan", "HardwareProfile", "ModelSpec", "Workload", "ClusterSpec"])
+def test_every_field_has_a_description(root):
+    import planner
     from planner.specs.base import Spec
 
     def walk(cls, seen):
@@ -77,4 +79,4 @@ def test_every_field_has_a_description():
                 if isinstance(sub, type) and issubclass(sub, Spec):
                     walk(sub, seen)
 
-    walk(Plan, set())
+    walk(getattr(planner, root) if hasattr(planner, root) else {"Workload": Workload, "ClusterSpec": ClusterSpec}[root], set())
