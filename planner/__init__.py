@@ -24,6 +24,7 @@ __all__ = [
     "save_trace",
     "synth_trace",
     "trace_stats",
+    "export",
 ]
 
 _WHERE = {
@@ -41,6 +42,7 @@ _WHERE = {
     "save_trace": "planner.traces",
     "synth_trace": "planner.traces",
     "trace_stats": "planner.traces",
+    "export": "planner.export",
 }
 
 

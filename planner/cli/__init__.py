@@ -22,11 +22,14 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from planner.cli.check_cmd import check
+    from planner.cli.export_cmd import export
     from planner.cli.plan_cmd import plan
     from planner.cli.schema_cmd import schema
     from planner.cli.trace_cmd import trace
+    from planner.cli.validate_cmd import validate
 
-    for cmd in (plan, schema, trace):
+    for cmd in (plan, schema, trace, validate, export, check):
         cli.add_command(cmd)
 
 

@@ -1,0 +1,91 @@
+"""``moe-planner validate``: execute each EP rank's share of a plan and report predicted vs measured.
+
+A thin shell over :func:`planner.validate.validate` (what runs and how it is compared is
+documented there). Needs torch (``pip install 'moe-planner[torch]'``); without it, or with
+``--device cuda`` where torch sees no GPU, it exits 2 with one line. Progress goes to stderr;
+``--json`` prints the report on stdout; ``--out FILE`` writes it (refusing to overwrite without
+``--force``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from planner.io import atomic_write_text, check_writable
+
+
+def _argv(ctx: click.Context) -> list[str]:
+    """The options this run was given, as a command line (for the report's provenance)."""
+    out: list[str] = []
+    for p in ctx.command.params:
+        v = ctx.params.get(p.name)
+        if v is None or v is False or v == () or (p.default is not None and v == p.default):
+            continue
+        flag = p.opts[0]
+        if v is True:
+            out.append(flag)
+        elif isinstance(v, tuple):
+            for item in v:
+                out += [flag, str(item)]
+        else:
+            out += [flag, str(v)]
+    return out
+
+
+@click.command()
+@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="plan.json to validate")
+@click.option("--trace", "trace_path", default=None, type=click.Path(dir_okay=False),
+              help="Routing trace to replay (default: the plan's own trace, its held-out steps)")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+              help="Where to execute (default: cuda when torch sees a GPU, else cpu)")
+@click.option("--steps", type=int, default=None, help="Evaluate only the first N evaluated steps")
+@click.option("--layers", type=int, default=None, help="Evaluate N MoE layers evenly spaced (default: all)")
+@click.option("--max-tokens", type=int, default=None, help="Cap every expert slot's rows at N (small CPU runs)")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["auto", "grouped", "loop", "padded"]),
+              help="Expert-FFN backend(s) to measure; repeat for several (default: auto)")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per run")
+@click.option("--reps", type=int, default=10, show_default=True, help="Timed calls per run (median kept)")
+@click.option("--runs", type=int, default=3, show_default=True, help="Runs per figure (minimum kept)")
+@click.option("--eager", is_flag=True, help="Time eager calls (host gaps count) instead of GPU time alone")
+@click.option("--budget-s", type=float, default=None, help="Stop measuring after this many seconds (report says how far it got)")
+@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False), help="Write the JSON report here")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout")
+def validate(plan_path, trace_path, device, steps, layers, max_tokens, backends, warmup, reps, runs, eager,
+             budget_s, out_path, force, as_json) -> None:
+    """Execute the real MoE layers a plan implies (one EP rank at a time) and compare with the prediction."""
+    from planner.specs.plan import Plan
+    from planner.validate import TimingOptions, load_kernels, render
+    from planner.validate import validate as run_validate
+
+    if out_path is not None:
+        check_writable(out_path, force)
+    plan = Plan.load(plan_path)
+    load_kernels()
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    report = run_validate(
+        plan,
+        trace=trace_path,
+        device=device,
+        steps=steps,
+        layers=layers,
+        max_tokens=max_tokens,
+        backends=tuple(backends) or ("auto",),
+        timing=TimingOptions(warmup=warmup, reps=reps, runs=runs, lead=not eager),
+        budget_s=budget_s,
+        argv=_argv(click.get_current_context()),
+        progress=lambda msg: click.echo(msg, err=True),
+    )
+    text = json.dumps(report, indent=1) + "\n"
+    if out_path is not None:
+        atomic_write_text(out_path, text)
+        click.echo(f"wrote {out_path}", err=True)
+    if as_json:
+        click.echo(text, nl=False)
+    else:
+        click.echo(render(report))
