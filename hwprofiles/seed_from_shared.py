@@ -2,7 +2,8 @@
 
 Usage, from the repository root::
 
-    python hwprofiles/seed_from_shared.py ../shared/data/h100/expert_ffn_bf16.json hwprofiles/h100-sxm.json
+    python hwprofiles/seed_from_shared.py ../shared/data/h100/expert_ffn_bf16.json hwprofiles/h100-sxm.json \
+        --extra hwprofiles/measurements/h100-sxm-2026-11-23.json
     python hwprofiles/seed_from_shared.py ../shared/data/h200/expert_ffn_bf16.json hwprofiles/h200-sxm.json
 
 What comes from the measurement file (``expert_ffn_bf16.json``: ``device``, ``ceilings``,
@@ -17,6 +18,13 @@ What comes from the measurement file (``expert_ffn_bf16.json``: ``device``, ``ce
   count and per column, the smaller figure: each figure is already the minimum over runs, the
   reproducible statistic on shared GPUs (FACTS.md §2);
 - the provenance (device name, torch, CUDA from torch's ``+cuXYZ`` tag, date, method).
+
+``--extra FILE`` (a measurement of this project, ``hwprofiles/measurements/*.json``, with sections
+``expert_ffn_bf16`` / ``expert_ffn_fp8`` holding ``rows`` of ``d, f, M, dtype, ffn_ms, w13_ms,
+w2_ms, models``) adds a table for every (d, f, dtype) shape that the shared file does not hold
+(the shared file's tables are kept as they are); each added table's ``source`` names the file and
+its models, and the profile's provenance names the file and its method. Nothing else is taken
+from it.
 
 Everything else (datasheet capacity and peaks, interconnect figures from FACTS.md §3) sits in
 :data:`DATASHEET` below, keyed by the GPU kind found in the device name. The profile is validated
@@ -97,6 +105,11 @@ def _source_name(path: Path) -> str:
     return "/".join(parts[parts.index("shared"):]) if "shared" in parts else path.name
 
 
+def _extra_name(path: Path) -> str:
+    parts = path.resolve().parts
+    return "/".join(parts[parts.index("hwprofiles"):]) if "hwprofiles" in parts else path.name
+
+
 def _tables(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
     by_shape: dict[tuple[int, int], dict[int, dict[str, float]]] = defaultdict(dict)
     models: dict[tuple[int, int], list[str]] = defaultdict(list)
@@ -126,6 +139,28 @@ def _tables(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
     return tables
 
 
+def _extra_tables(extra: dict[str, Any], source: str, have: set[tuple[int, int, str]]) -> list[dict[str, Any]]:
+    """Tables of ``extra`` (a project measurement file) for shapes not in ``have``, by dtype."""
+    tables = []
+    for section in ("expert_ffn_bf16", "expert_ffn_fp8"):
+        rows = (extra.get(section) or {}).get("rows") or []
+        by_shape: dict[tuple[int, int, str], list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            by_shape[(int(r["d"]), int(r["f"]), str(r["dtype"]))].append(r)
+        for (d, f, dtype), rs in by_shape.items():
+            if (d, f, dtype) in have:
+                continue
+            rs = sorted(rs, key=lambda r: int(r["M"]))
+            models = rs[0].get("models") or [rs[0].get("model", "?")]
+            table: dict[str, Any] = {"d": d, "f": f, "dtype": dtype, "tokens": [int(r["M"]) for r in rs]}
+            for col in ("ffn_ms", "w13_ms", "w2_ms"):
+                if all(col in r for r in rs):
+                    table[col] = [round(float(r[col]), 6) for r in rs]
+            table["source"] = f"{source}: {section} rows of {', '.join(models)}"
+            tables.append(table)
+    return tables
+
+
 def _curves(ceilings: dict[str, float]) -> dict[str, list[dict[str, float]]]:
     curves: dict[str, list[dict[str, float]]] = defaultdict(list)
     for key, value in ceilings.items():
@@ -135,8 +170,14 @@ def _curves(ceilings: dict[str, float]) -> dict[str, list[dict[str, float]]]:
     return {k: sorted(v, key=lambda p: p["bytes"]) for k, v in curves.items()}
 
 
-def build_profile(measurement: dict[str, Any], source: str) -> dict[str, Any]:
-    """The profile mapping: datasheet figures of the device kind plus everything measured."""
+def build_profile(
+    measurement: dict[str, Any], source: str, extras: list[tuple[dict[str, Any], str]] | None = None
+) -> dict[str, Any]:
+    """The profile mapping: datasheet figures of the device kind plus everything measured.
+
+    ``extras``: (project measurement file, its name) pairs whose tables of shapes not in
+    ``measurement`` are appended (module docstring).
+    """
     dev = measurement["device"]
     ceil = measurement["ceilings"]
     ds = DATASHEET[_kind(dev["name"])]
@@ -156,11 +197,25 @@ def build_profile(measurement: dict[str, Any], source: str) -> dict[str, Any]:
         f"nic.bandwidth_gbps {ds['nic']['bandwidth_gbps']:g} (one 400 Gb/s NDR NIC per GPU), "
         f"pcie.copy_latency_us {ds['copy_latency_us']:g} (about 7 µs per copy, measured on H100)"
     )
+    tables = _tables(measurement["rows"], source)
+    extra_note, extra_source = "", ""
+    for extra, extra_name in extras or []:
+        have = {(t["d"], t["f"], t["dtype"]) for t in tables}
+        added = _extra_tables(extra, extra_name, have)
+        tables += added
+        prov = extra.get("provenance", {})
+        extra_note += (
+            f" Further expert_ffn_tables ({len(added)}: shapes and dtypes the shared file lacks) from {extra_name}, "
+            f"measured {extra.get('measured', '?')} on {prov.get('device', '?')} (driver {prov.get('driver_version', '?')}, "
+            f"torch {prov.get('torch', '?')}); method: {extra.get('method', '?')}"
+        )
+        extra_source += f"; {extra_name}"
     notes = (
         f"Measured: {measured_list}. Datasheet or FACTS.md: {datasheet_list}. "
         + ds["gemm_note"].format(gemm=gemm)
         + ". Driver version not recorded by the measurement. Times under ~0.05 ms jitter by tens of percent "
         "on shared virtualized GPUs; each table figure is the minimum of 4 runs."
+        + extra_note
     )
     return {
         "name": ds["name"],
@@ -181,7 +236,7 @@ def build_profile(measurement: dict[str, Any], source: str) -> dict[str, Any]:
             "copy_latency_us": ds["copy_latency_us"],
         },
         "comm_overlap": 0.0,
-        "expert_ffn_tables": _tables(measurement["rows"], source),
+        "expert_ffn_tables": tables,
         "measured": {
             "status": "mixed",
             "device": dev["name"],
@@ -190,7 +245,7 @@ def build_profile(measurement: dict[str, Any], source: str) -> dict[str, Any]:
             "cuda": _cuda_from_torch(dev.get("torch", "")),
             "date": measurement["measured"],
             "method": measurement["what"],
-            "source": f"{source}; {ds['sources']}",
+            "source": f"{source}{extra_source}; {ds['sources']}",
             "notes": notes,
         },
     }
@@ -220,9 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("measurement", type=Path, help="shared measurement file (expert_ffn_bf16.json)")
     ap.add_argument("out", type=Path, help="profile to write (hwprofiles/NAME.json)")
+    ap.add_argument(
+        "--extra", type=Path, action="append", default=[],
+        help="project measurement file (hwprofiles/measurements/*.json) adding tables of further shapes/dtypes",
+    )
     args = ap.parse_args(argv)
     data = json.loads(args.measurement.read_text(encoding="utf-8"))
-    profile = build_profile(data, _source_name(args.measurement))
+    extras = [(json.loads(p.read_text(encoding="utf-8")), _extra_name(p)) for p in args.extra]
+    profile = build_profile(data, _source_name(args.measurement), extras)
     parse(HardwareProfile, profile, args.out.name)  # validate before writing
     args.out.write_text(dumps(profile) + "\n", encoding="utf-8")
     n = sum(len(t["tokens"]) for t in profile["expert_ffn_tables"])

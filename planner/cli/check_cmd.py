@@ -7,6 +7,12 @@ import json
 import click
 
 
+class ProblemsFound(click.ClickException):
+    """The plan was read but is inconsistent: exit 1 (the CLI wrapper prints the message)."""
+
+    exit_code = 1
+
+
 @click.command("check")
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="Plan file (plan.json)")
 @click.option("--model", default=None, help="Check against this model (preset, config.json or spec) instead of the plan's own")
@@ -26,8 +32,7 @@ def check(plan_path: str, model: str | None, hardware: str | None, as_json: bool
     elif problems:
         for p in problems:
             click.echo(p)
-        click.echo(f"{plan_path}: {len(problems)} problem(s)", err=True)
     else:
         click.echo(f"{plan_path}: OK")
     if problems:
-        raise click.exceptions.Exit(1)
+        raise ProblemsFound(f"{plan_path}: {len(problems)} problem(s) found")

@@ -1,67 +1,84 @@
-"""Compute cost of routed experts: one expert's FFN time, and one GPU's time for its local experts.
+"""Compute cost of routed experts: one expert's FFN time against its token count, and a GPU's.
 
-Legend: M = tokens routed to one expert, h = hidden size, f = expert FFN width,
-G = GPUs, E = local experts per GPU. Shapes are name suffixes: ``tokens_GE`` is [G, E].
+Legend: M = tokens routed to one expert, h = hidden size, f = expert FFN width, B_w = bytes per
+weight of the dtype, G = GPUs, E = local experts per GPU. Shapes are name suffixes: ``tokens_GE``
+is [G, E]. Times in ms.
 
-One expert's FFN is three kernels (as measured, FACTS.md §2):
-``x[M,h] @ W13[h,2f]`` (gate and up fused), ``SiLU(gate)·up``, ``a[M,f] @ W2[f,h]``.
+One expert's FFN is three kernels (as measured, FACTS.md §2): ``x[M,h] @ W13[h,2f]`` (gate and up
+fused), ``SiLU(gate)·up``, ``a[M,f] @ W2[f,h]``. Every prediction is a curve t(M) on the integer
+grid M = 0..m_max (:class:`FfnCurve`), made non-decreasing by a running maximum (more tokens never
+cost less: small-M figures jitter by tens of percent on shared GPUs), M = 0 costs 0 (the expert is
+not run), 0 < M < 1 costs t(1), and beyond m_max the time grows linearly from the last point's
+time per token (the FLOP-bound regime). How the curve is made depends on what the profile holds.
 
-1. Measured table (preferred; FACTS.md §6: "interpolate measured tables rather than trusting a
-   roofline"). When the profile holds a table for exactly (h, f, dtype):
+1. **Measured shape** (the profile has a table for exactly (h, f, dtype)) — interpolation against
+   a per-shape soft roofline (FACTS.md §6: "interpolate measured tables rather than trusting a
+   roofline"; the roofline supplies the *shape* between points, the table the level)::
 
-   - the table's times are made non-decreasing in M by a running maximum (small-M figures jitter
-     by tens of percent; more tokens never cost less);
-   - between measured points, log-log linear interpolation: log t is linear in log M;
-   - below the first point, the first point's time (weight-bound floor);
-   - beyond the last point, linear in M from the last point's time per token
-     (t = t_last · M / M_last: the FLOP-bound regime);
-   - M = 0 costs 0 (the expert is not run).
+       b(M) = c0 + sqrt(tw² + (k·M)²)                 c0, tw, k >= 0 fitted to this table
+       ρ_i  = ln(t_i / b(m_i))                        at each measured m_i
+       t(M) = b(M) · exp(ρ(M)),  ρ linear in ln M between measured points (held flat outside)
 
-2. Roofline fallback (no table for the shape), with tile and wave quantization::
+   ``c0`` is the shape's fixed cost (kernel launches and tails), ``tw`` its weight-streaming time
+   and ``k`` its time per token once FLOP-bound; the 2-norm is a soft maximum of the two regimes.
+   The fit minimises Σ ((b − t)/t)² over the table by a grid over c0 with a closed-form
+   non-negative least-squares solve for (tw², k²) at each c0 (numpy only). The curve passes
+   through every (monotone) table point exactly. Why: the measured curves are convex in log-log
+   (flat, then a knee, then linear in M), so plain log-log interpolation between points runs
+   below them; the fitted knee bends the interpolation the way the kernels do. Measured with
+   ``benchmarks/cost_model.py`` (leave one interior point out of each table, predict it from the
+   rest): see the numbers in that script's output and the README table.
 
-       flops_q = Σ_gemm min over tile shapes (bm, bn) of Q(bm, bn)
-                 tiles = ⌈M/bm⌉·⌈N/bn⌉
-                 Q = ⌈tiles/SMs⌉·SMs·bm·bn·K·2   if tiles >= SMs   (wave quantization)
-                 Q = tiles·bm·bn·K·2             otherwise          (tile quantization only)
-       bytes   = 3·h·f·B_w + M·(2h + 6f)·2
-       t       = max(flops_q / (peak · efficiency), bytes / hbm_bandwidth) + overhead
+2. **Unmeasured shape** — a device model fitted on all the profile's tables, corrected by the
+   residuals of the nearest measured shapes::
 
-   with the GEMMs (N, K) = (2f, h) and (h, f), tile shapes 64×128, 128×128, 128×256, 256×128 (the
-   library picks the shape that wastes least: cuBLAS/CUTLASS heuristics), B_w the weight dtype's
-   bytes (:data:`planner.specs.model.DTYPE_BYTES`) and activations in 2-byte bf16: x read once,
-   the gate/up output written and read, the activation written and read, the output written.
-   A grid smaller than one wave is assumed to fill the machine by split-K / stream-K, hence no
-   wave penalty there. ``overhead`` is a fixed cost per expert (three kernel launches and
-   their tails); it is what keeps a small expert at ~0.021 ms from 1 to 512 tokens where its
-   weights alone would take 0.003 ms (FACTS.md §2).
+       GEMMs g = (N, K) ∈ {(2f, h), (h, f)}
+       tw_g    = N·K·B_w / (η_w · BW)                 weights streamed once (BW: hbm_bandwidth_gbps)
+       tc_g(M) = Q_g(M) / (η_c · peak(dtype))         quantized FLOPs, see below
+       a(M)    = 10·M·f / BW                          SiLU·mul traffic: 5 bf16 passes over M×f
+       D(M)    = c + Σ_g (tw_g^p + tc_g(M)^p)^(1/p) + e·a(M)
 
-   ``efficiency`` and ``overhead`` are fitted to the profile's own measured tables (a grid search
-   minimising the mean |log(predicted / measured)| over every table point; see
-   :func:`roofline_fit`). On the shipped profiles (2026-11-23 tables, 7 shapes × 15 token counts,
-   105 points), as |predicted / measured − 1|:
+       t(M) = D(M) · exp(Σ_j w_j ρ_j(M))
 
-   - h100-sxm: efficiency 0.64 of the 989 TFLOP/s datasheet peak (≈ 633 TFLOP/s for the whole
-     FFN, against 697 measured for one large GEMM), overhead 0.020 ms; mean 6.3%, 90th
-     percentile 12.5%, worst 17.5% (at 256 tokens, where the GEMMs leave the weight-bound
-     regime). Fitted on six shapes and scored on the seventh (an honest "unmeasured shape"
-     test): mean 6.8%, worst 17.5%;
-   - h200-sxm: efficiency 0.64, overhead 0.0195 ms; mean 6.5%, 90th percentile 11.7%, worst 34%
-     (Mixtral at 128 tokens, a measured point 43% above its neighbours). The H100 fallback values
-     on the H200 tables: mean 6.7%, worst 34%.
+   ``ρ_j(M) = ln(t_j(M) / D_j(M))`` is the residual of measured shape j (interpolated in ln M,
+   flat outside its table), over the three measured shapes nearest in (ln h, ln f), of the
+   same dtype when the profile has one, weighted by inverse squared distance. The residual carries
+   what a device-wide model cannot know about a shape family (cuBLAS kernel choice, split-K).
 
-   A profile without tables uses :data:`FALLBACK_EFFICIENCY` and :data:`FALLBACK_OVERHEAD_MS`,
-   the H100 fit, as documented generic defaults (not device figures).
+   Quantized FLOPs (FACTS.md §6, tile and wave quantization)::
 
-Without ``overhead``, the best pure roofline (efficiency 0.54) predicts small experts at small M
-7-9× too fast (predicted/measured down to 0.14 on H100, 0.11 on H200), which is why it is part
-of the model (FACTS.md §5: pure rooflines are not enough).
+       Q_g = min over tile shapes (bm, bn) of Q(bm, bn)
+             tiles = ⌈M/bm⌉·⌈N/bn⌉
+             Q = ⌈tiles/SMs⌉·SMs·bm·bn·K·2   if tiles >= SMs   (wave quantization)
+             Q = tiles·bm·bn·K·2             otherwise          (a grid under one wave fills the
+                                                                 machine by split-K / stream-K)
+
+   with tile shapes 64×128, 128×128, 128×256, 256×128 (the library picks the shape that wastes
+   least: cuBLAS/CUTLASS heuristics). ``η_w`` = :data:`STREAM_EFFICIENCY` (0.9 of the measured
+   copy bandwidth) is a prior, not a fit: the largest measured stream (Mixtral's 235 MB gate/up
+   weights at M <= 64 on H100: 92.4 µs, 2.54 TB/s = 0.85 of the 3.00 TB/s copy, 0.9 once the
+   fixed cost is taken off) shows what big expert GEMMs reach, and a fit on small experts alone
+   cannot (their time is mostly fixed cost; fitting η_w too put Mixtral 25% slow when it was left
+   out). ``c``, ``e`` (non-negative least squares, closed form), ``η_c`` and ``p`` (grid) are
+   fitted per profile (and per dtype when it has >= 3 tables of that dtype) minimising
+   Σ ((D − t)/t)². Scored by leaving one shape out in ``benchmarks/cost_model.py``.
+
+3. **No tables at all** — ``D(M)`` alone with :data:`FALLBACK_FIT`, the H100 fit, as documented
+   generic defaults (not device figures).
+
+The constants of 1-3 are fitted once per profile object and cached, as are the curves; a curve
+is a dense ``[m_max + 1]`` array, so :func:`expert_ffn_ms` is one interpolation and the plan
+evaluator (:mod:`planner.cost.evaluate`) one gather.
+
+A GPU's expert time (:func:`grouped_experts_ms`) is the sum over its local experts, each run as
+its own FFN (the measured kernels); the straggler GPU decides a layer.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -70,14 +87,17 @@ from planner.errors import InputError
 from planner.specs.hardware import ExpertFfnTable, HardwareProfile
 from planner.specs.model import DTYPE_BYTES
 
-#: Fraction of the datasheet dense peak a profile without tables is assumed to reach (H100 fit).
-FALLBACK_EFFICIENCY = 0.64
-#: Fixed cost per expert FFN (three kernels) for a profile without tables, ms (H100 fit).
-FALLBACK_OVERHEAD_MS = 0.020
-#: Bytes per activation element in the roofline (activations in bf16).
+#: Bytes per activation element (activations in bf16).
 ACTIVATION_BYTES = 2.0
-#: GEMM tile shapes (bm, bn) the roofline may pick from.
+#: GEMM tile shapes (bm, bn) the quantized-FLOP count may pick from.
 TILE_SHAPES: tuple[tuple[int, int], ...] = ((64, 128), (128, 128), (128, 256), (256, 128))
+#: Fraction of the measured copy bandwidth at which expert GEMMs stream their weights (prior;
+#: see the module docstring, part 2).
+STREAM_EFFICIENCY = 0.9
+#: Measured shapes whose residuals correct an unmeasured one.
+NEIGHBOURS = 3
+#: Token grid of curves for shapes without a table when the profile has none (M = 0..16384).
+DEFAULT_GRID_TOKENS = 16384
 
 # Which peak_tflops entry a weight dtype computes at, in order of preference.
 _PEAK_KEYS: dict[str, tuple[str, ...]] = {
@@ -89,9 +109,11 @@ _PEAK_KEYS: dict[str, tuple[str, ...]] = {
     "int4": ("bf16",),  # weight-only quantisation: bf16 math
 }
 
-# Grid of the efficiency/overhead fit.
-_EFF_GRID = np.round(np.arange(0.30, 1.0001, 0.01), 2)
-_OVERHEAD_GRID_MS = np.round(np.arange(0.0, 0.0501, 0.0005), 4)
+# Grids of the device-model fit (compute efficiency and soft-max exponent).
+_ETA_GRID = np.round(np.arange(0.30, 1.2001, 0.01), 2)
+_P_GRID = np.array([1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0])
+# Grid of the per-shape fixed cost c0, as fractions of the table's smallest time.
+_C0_FRACTIONS = np.linspace(0.0, 0.98, 50)
 
 
 def dtype_bytes(dtype: str) -> float:
@@ -123,28 +145,53 @@ def _tokens(tokens: ArrayLike) -> np.ndarray:
     return m
 
 
-# ---- 1. measured tables ----------------------------------------------------------------------
+def _check_shape(hidden: int, ffn: int) -> None:
+    if hidden <= 0 or ffn <= 0:
+        raise InputError(f"expert shape: hidden and ffn must be > 0 (got hidden={hidden}, ffn={ffn})")
 
 
-def table_ffn_ms(table: ExpertFfnTable, tokens: ArrayLike) -> np.ndarray:
-    """Interpolated time (ms) of one expert FFN from a measured ``table``, same shape as ``tokens``."""
-    m = _tokens(tokens)
-    t_pts = np.asarray(table.tokens, dtype=np.float64)
-    y_pts = np.maximum.accumulate(np.asarray(table.ffn_ms, dtype=np.float64))
-    out = np.zeros_like(m)
-    pos = m > 0
-    mp = m[pos]
-    inside = np.exp(np.interp(np.log(np.clip(mp, t_pts[0], t_pts[-1])), np.log(t_pts), np.log(y_pts)))
-    beyond = y_pts[-1] * mp / t_pts[-1]
-    out[pos] = np.where(mp > t_pts[-1], beyond, inside)
-    return out
+def _nnls2(x1: np.ndarray, x2: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """min over a, b >= 0 of Σ_i (a·x1 + b·x2 − z)², vectorized over leading axes (last = i).
+
+    Returns (a, b, objective). Closed form: the unconstrained solution when feasible, else the
+    best of the boundary solutions (a = 0, b = 0, both 0).
+    """
+    s11 = (x1 * x1).sum(-1)
+    s22 = (x2 * x2).sum(-1)
+    s12 = (x1 * x2).sum(-1)
+    s1z = (x1 * z).sum(-1)
+    s2z = (x2 * z).sum(-1)
+    szz = (z * z).sum(-1)
+    det = s11 * s22 - s12 * s12
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_u = np.where(det > 0, (s22 * s1z - s12 * s2z) / det, -1.0)
+        b_u = np.where(det > 0, (s11 * s2z - s12 * s1z) / det, -1.0)
+        a_only = np.where(s11 > 0, np.maximum(s1z / s11, 0.0), 0.0)
+        b_only = np.where(s22 > 0, np.maximum(s2z / s22, 0.0), 0.0)
+
+    def obj(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return szz - 2 * a * s1z - 2 * b * s2z + a * a * s11 + b * b * s22 + 2 * a * b * s12
+
+    cands = [
+        (a_u, b_u, np.where((a_u >= 0) & (b_u >= 0), obj(a_u, b_u), np.inf)),
+        (a_only, np.zeros_like(a_only), obj(a_only, 0.0)),
+        (np.zeros_like(b_only), b_only, obj(0.0, b_only)),
+    ]
+    best_a, best_b, best_o = cands[0]
+    for a, b, o in cands[1:]:
+        better = o < best_o
+        best_a = np.where(better, a, best_a)
+        best_b = np.where(better, b, best_b)
+        best_o = np.where(better, o, best_o)
+    return best_a, best_b, best_o
 
 
-# ---- 2. roofline -----------------------------------------------------------------------------
+# ---- quantized FLOPs and the device model ----------------------------------------------------
 
 
-def _gemm_flops_q(m: np.ndarray, n: int, k: int, sms: int) -> np.ndarray:
-    """Tile- and wave-quantized FLOPs of m×k @ k×n, the least wasteful tile shape per entry."""
+def gemm_flops_q(m: np.ndarray, n: int, k: int, sms: int) -> np.ndarray:
+    """Tile- and wave-quantized FLOPs of ``m×k @ k×n``, the least wasteful tile shape per entry."""
+    m = np.asarray(m, dtype=np.float64)
     best = np.full(m.shape, np.inf)
     for bm, bn in TILE_SHAPES:
         tiles = np.ceil(m / bm) * math.ceil(n / bn)
@@ -154,103 +201,282 @@ def _gemm_flops_q(m: np.ndarray, n: int, k: int, sms: int) -> np.ndarray:
     return best
 
 
-def _roofline_parts(
+@dataclass(frozen=True)
+class DeviceFit:
+    """Constants of the device model D(M) (module docstring, part 2) and how well it fits."""
+
+    compute_eff: float  #: η_c, fraction of the dtype's dense datasheet peak reached by the GEMMs
+    softmax_p: float  #: p, exponent of the soft maximum of weight streaming and compute
+    fixed_ms: float  #: c, fixed cost per expert FFN (launches, tails), ms
+    act_coef: float  #: e, multiplier of the SiLU·mul traffic time a(M)
+    stream_eff: float  #: η_w, fraction of hbm_bandwidth_gbps at which weights stream (a prior)
+    fitted: bool  #: False: no tables, generic fallback values
+    n_tables: int  #: tables the fit used
+    n_points: int  #: table points the fit used
+    mean_rel_error: float  #: mean |D / measured − 1| over those points (in-sample)
+
+
+#: Device-model constants for a profile without tables: the h100-sxm fit on its bf16 tables
+#: (rounded; generic defaults, documented in the module docstring, not device figures).
+FALLBACK_FIT = DeviceFit(
+    compute_eff=0.72, softmax_p=3.0, fixed_ms=0.012, act_coef=1.3, stream_eff=STREAM_EFFICIENCY,
+    fitted=False, n_tables=0, n_points=0, mean_rel_error=math.nan,
+)
+
+
+def _device_parts(
     hw: HardwareProfile, hidden: int, ffn: int, dtype: str, m: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(compute ms at efficiency 1, memory ms) of one expert FFN for each entry of ``m`` (> 0)."""
-    flops = _gemm_flops_q(m, 2 * ffn, hidden, hw.num_sms) + _gemm_flops_q(m, hidden, ffn, hw.num_sms)
-    compute_ms = flops / (peak_tflops(hw, dtype) * 1e12) * 1e3
-    nbytes = 3.0 * hidden * ffn * dtype_bytes(dtype) + m * (2 * hidden + 6 * ffn) * ACTIVATION_BYTES
-    memory_ms = nbytes / (hw.hbm_bandwidth_gbps * 1e9) * 1e3
-    return compute_ms, memory_ms
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tw [2] ms at η=1, tc [.., 2] ms at η=1, a [..] ms) of the device model for token counts m."""
+    bw = hw.hbm_bandwidth_gbps * 1e9
+    peak = peak_tflops(hw, dtype) * 1e12
+    bw_bytes = dtype_bytes(dtype)
+    gemms = ((2 * ffn, hidden), (hidden, ffn))
+    tw = np.array([n * k * bw_bytes / bw * 1e3 for n, k in gemms])
+    tc = np.stack([gemm_flops_q(m, n, k, hw.num_sms) / peak * 1e3 for n, k in gemms], axis=-1)
+    act = 5.0 * ACTIVATION_BYTES * m * ffn / bw * 1e3
+    return tw, tc, act
+
+
+def _device_eval(fit: DeviceFit, tw: np.ndarray, tc: np.ndarray, act: np.ndarray) -> np.ndarray:
+    p = fit.softmax_p
+    w = tw / fit.stream_eff
+    c = tc / fit.compute_eff
+    soft = ((w**p + c**p) ** (1.0 / p)).sum(axis=-1)
+    return fit.fixed_ms + soft + fit.act_coef * act
+
+
+def _fit_device(hw: HardwareProfile, tables: list[ExpertFfnTable]) -> DeviceFit:
+    """Fit (c, e, η_c, p) of the device model on ``tables`` (module docstring, part 2)."""
+    tw_P, tc_P, act_P, t_P = [], [], [], []
+    for t in tables:
+        m = np.asarray(t.tokens, dtype=np.float64)
+        tw, tc, act = _device_parts(hw, t.d, t.f, t.dtype, m)
+        tw_P.append(np.broadcast_to(tw, tc.shape))
+        tc_P.append(tc)
+        act_P.append(act)
+        t_P.append(np.maximum.accumulate(np.asarray(t.ffn_ms, dtype=np.float64)))
+    tw_all, tc_all = np.concatenate(tw_P), np.concatenate(tc_P)  # [N, 2]
+    act_all, t_all = np.concatenate(act_P), np.concatenate(t_P)  # [N]
+    p = _P_GRID[:, None, None, None]
+    w = (tw_all / STREAM_EFFICIENCY)[None, None]
+    c = tc_all[None, None] / _ETA_GRID[None, :, None, None]
+    soft_PEN = ((w**p + c**p) ** (1.0 / p)).sum(-1)  # [P, E, N]
+    # relative residual (c + e·a + soft − t)/t: linear in (c, e)
+    u = 1.0 / t_all
+    z = (t_all - soft_PEN) * u
+    x1 = np.broadcast_to(u, z.shape)
+    x2 = np.broadcast_to(act_all * u, z.shape)
+    c_PE, e_PE, obj_PE = _nnls2(x1, x2, z)
+    ip, ie = np.unravel_index(np.argmin(obj_PE), obj_PE.shape)
+    fit = DeviceFit(
+        compute_eff=float(_ETA_GRID[ie]), softmax_p=float(_P_GRID[ip]), fixed_ms=float(c_PE[ip, ie]),
+        act_coef=float(e_PE[ip, ie]), stream_eff=STREAM_EFFICIENCY, fitted=True,
+        n_tables=len(tables), n_points=int(t_all.size), mean_rel_error=math.nan,
+    )
+    pred = _device_eval(fit, tw_all, tc_all, act_all)
+    return DeviceFit(**{**fit.__dict__, "mean_rel_error": float(np.abs(pred / t_all - 1).mean())})
+
+
+# ---- per-shape soft roofline (measured shapes) -----------------------------------------------
 
 
 @dataclass(frozen=True)
-class RooflineFit:
-    """Roofline parameters for one profile and how well they reproduce its measured tables."""
+class ShapeFit:
+    """b(M) = c0 + sqrt(tw² + (k·M)²) of one measured table (module docstring, part 1)."""
 
-    efficiency: float  #: fraction of the dense datasheet peak reached by the GEMMs
-    overhead_ms: float  #: fixed cost per expert FFN, ms
-    fitted: bool  #: False: no tables, generic fallback values
-    n_points: int  #: table points the fit used
-    mean_rel_error: float  #: mean |predicted / measured − 1| over those points
-    p90_rel_error: float  #: 90th percentile of the same
-    max_rel_error: float  #: worst point
+    c0_ms: float
+    tw_ms: float
+    k_ms_per_token: float
 
-
-def roofline_fit(hw: HardwareProfile) -> RooflineFit:
-    """Efficiency and overhead that best reproduce ``hw``'s tables (fallbacks without tables)."""
-    key = tuple(
-        (t.d, t.f, t.dtype, tuple(t.tokens), tuple(t.ffn_ms), peak_tflops(hw, t.dtype))
-        for t in hw.expert_ffn_tables
-    )
-    return _fit(key, hw.num_sms, hw.hbm_bandwidth_gbps)
+    def __call__(self, m: np.ndarray) -> np.ndarray:
+        return self.c0_ms + np.sqrt(self.tw_ms**2 + (self.k_ms_per_token * m) ** 2)
 
 
-@lru_cache(maxsize=64)
-def _fit(
-    key: tuple[tuple[int, int, str, tuple[int, ...], tuple[float, ...], float], ...],
-    num_sms: int,
-    hbm_gbps: float,
-) -> RooflineFit:
-    if not key:
-        return RooflineFit(FALLBACK_EFFICIENCY, FALLBACK_OVERHEAD_MS, False, 0, math.nan, math.nan, math.nan)
-    comp, mem, meas = [], [], []
-    for d, f, _dtype, tokens, ffn_ms, peak in key:
-        m = np.asarray(tokens, dtype=np.float64)
-        flops = _gemm_flops_q(m, 2 * f, d, num_sms) + _gemm_flops_q(m, d, f, num_sms)
-        comp.append(flops / (peak * 1e12) * 1e3)
-        nbytes = 3.0 * d * f * DTYPE_BYTES[_dtype] + m * (2 * d + 6 * f) * ACTIVATION_BYTES
-        mem.append(nbytes / (hbm_gbps * 1e9) * 1e3)
-        meas.append(np.asarray(ffn_ms, dtype=np.float64))
-    comp_P, mem_P, meas_P = np.concatenate(comp), np.concatenate(mem), np.concatenate(meas)
-    # pred[e, o, p] = max(comp/eff, mem) + overhead
-    base_EP = np.maximum(comp_P[None, :] / _EFF_GRID[:, None], mem_P[None, :])
-    pred_EOP = base_EP[:, None, :] + _OVERHEAD_GRID_MS[None, :, None]
-    score_EO = np.abs(np.log(pred_EOP / meas_P)).mean(axis=2)
-    e, o = np.unravel_index(np.argmin(score_EO), score_EO.shape)
-    rel = np.abs(pred_EOP[e, o] / meas_P - 1.0)
-    return RooflineFit(
-        efficiency=float(_EFF_GRID[e]),
-        overhead_ms=float(_OVERHEAD_GRID_MS[o]),
-        fitted=True,
-        n_points=int(meas_P.size),
-        mean_rel_error=float(rel.mean()),
-        p90_rel_error=float(np.percentile(rel, 90)),
-        max_rel_error=float(rel.max()),
-    )
+def fit_shape(tokens: ArrayLike, ffn_ms: ArrayLike) -> ShapeFit:
+    """Fit the per-shape soft roofline to a (monotone) table: minimise Σ ((b − t)/t)² (numpy only)."""
+    m = np.asarray(tokens, dtype=np.float64)
+    t = np.asarray(ffn_ms, dtype=np.float64)
+    c0 = _C0_FRACTIONS[:, None] * t.min()  # [C, 1]
+    y = (t[None, :] - c0) ** 2  # (t − c0)² = tw² + k²·M²  (linear in tw², k²)
+    a, b, _ = _nnls2(np.broadcast_to(1.0 / y, y.shape), m[None, :] ** 2 / y, np.ones_like(y))
+    pred = c0 + np.sqrt(a[:, None] + b[:, None] * m[None, :] ** 2)
+    score = (np.log(np.maximum(pred, 1e-300) / t) ** 2).sum(-1)
+    i = int(np.argmin(score))
+    return ShapeFit(float(c0[i, 0]), float(math.sqrt(a[i])), float(math.sqrt(b[i])))
 
 
-def roofline_ffn_ms(
-    hw: HardwareProfile, hidden: int, ffn: int, dtype: str, tokens: ArrayLike, fit: RooflineFit | None = None
-) -> np.ndarray:
-    """Roofline time (ms) of one expert FFN for each token count (see the module docstring)."""
-    m = _tokens(tokens)
-    fit = fit or roofline_fit(hw)
-    out = np.zeros_like(m)
-    pos = m > 0
-    if np.any(pos):
-        compute_ms, memory_ms = _roofline_parts(hw, hidden, ffn, dtype, m[pos])
-        out[pos] = np.maximum(compute_ms / fit.efficiency, memory_ms) + fit.overhead_ms
-    return out
+def _residual_at(m_pts: np.ndarray, rho_pts: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """ρ interpolated linearly in ln M, flat outside [m_pts[0], m_pts[-1]]."""
+    if m_pts.size == 1:
+        return np.full(m.shape, rho_pts[0])
+    return np.interp(np.log(np.maximum(m, 1e-12)), np.log(m_pts), rho_pts)
+
+
+# ---- curves ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FfnCurve:
+    """One expert's FFN time on the integer token grid: ``ms_M[M]`` for M = 0..m_max.
+
+    ``ms_M[0] = 0`` and ``ms_M`` is non-decreasing; beyond ``m_max`` the time grows linearly from
+    the last point's time per token.
+    """
+
+    ms_M: np.ndarray
+    source: str  #: 'table' (measured shape), 'transfer' (unmeasured, residuals of measured shapes) or 'model'
+
+    @property
+    def m_max(self) -> int:
+        return self.ms_M.size - 1
+
+    def __call__(self, tokens: ArrayLike) -> np.ndarray:
+        """Time (ms) for each token count (same shape; fractional counts interpolate the grid)."""
+        m = _tokens(tokens)
+        m_max = self.m_max
+        if np.issubdtype(np.asarray(tokens).dtype, np.integer) and (m.size == 0 or m.max() <= m_max):
+            return self.ms_M[np.asarray(tokens, dtype=np.int64)]
+        inside = np.interp(np.clip(m, 1.0, m_max), np.arange(m_max + 1, dtype=np.float64), self.ms_M)
+        out = np.where(m > m_max, self.ms_M[-1] * m / m_max, inside)
+        return np.where(m > 0, out, 0.0)
+
+    def lookup(self, m_max: int) -> np.ndarray:
+        """The curve on M = 0..m_max as one array (the linear tail appended past ``self.m_max``):
+        ``lookup(n)[counts]`` is the time of integer ``counts`` up to n, one gather."""
+        if m_max <= self.m_max:
+            return self.ms_M[: m_max + 1]
+        tail = self.ms_M[-1] * np.arange(self.m_max + 1, m_max + 1, dtype=np.float64) / self.m_max
+        return np.concatenate([self.ms_M, tail])
+
+
+def _grid_curve(fn, m_max: int, source: str) -> FfnCurve:
+    grid = np.arange(1, m_max + 1, dtype=np.float64)
+    ms = np.maximum.accumulate(np.asarray(fn(grid), dtype=np.float64))
+    return FfnCurve(np.concatenate([[0.0], ms]), source)
+
+
+def table_curve(table: ExpertFfnTable) -> FfnCurve:
+    """The curve of a measured table (module docstring, part 1)."""
+    m_pts = np.asarray(table.tokens, dtype=np.float64)
+    t_pts = np.maximum.accumulate(np.asarray(table.ffn_ms, dtype=np.float64))
+    if m_pts.size >= 4:
+        base = fit_shape(m_pts, t_pts)
+    else:  # too few points to fit a knee: plain log-log interpolation (base ≡ 1)
+        def base(m):
+            return np.ones_like(m)
+    rho = np.log(t_pts / base(m_pts))
+    m_max = int(m_pts[-1])
+    return _grid_curve(lambda m: base(m) * np.exp(_residual_at(m_pts, rho, m)), m_max, "table")
+
+
+class _ProfileModel:
+    """Fits and curves of one profile object (built lazily, cached by :func:`_model`)."""
+
+    def __init__(self, hw: HardwareProfile) -> None:
+        self.hw = hw
+        self._fits: dict[str, DeviceFit] = {}
+        self._curves: dict[tuple[int, int, str], FfnCurve] = {}
+
+    def tables_for_dtype(self, dtype: str) -> list[ExpertFfnTable]:
+        same = [t for t in self.hw.expert_ffn_tables if t.dtype == dtype]
+        return same if same else list(self.hw.expert_ffn_tables)
+
+    def device_fit(self, dtype: str) -> DeviceFit:
+        if dtype not in self._fits:
+            tables = self.hw.expert_ffn_tables
+            same = [t for t in tables if t.dtype == dtype]
+            use = same if len(same) >= 3 else list(tables)
+            self._fits[dtype] = _fit_device(self.hw, use) if use else FALLBACK_FIT
+        return self._fits[dtype]
+
+    def curve(self, hidden: int, ffn: int, dtype: str) -> FfnCurve:
+        key = (hidden, ffn, dtype)
+        if key not in self._curves:
+            table = self.hw.table_for(hidden, ffn, dtype)
+            self._curves[key] = table_curve(table) if table is not None else self._model_curve(hidden, ffn, dtype)
+        return self._curves[key]
+
+    def _model_curve(self, hidden: int, ffn: int, dtype: str) -> FfnCurve:
+        hw = self.hw
+        fit = self.device_fit(dtype)
+        neighbours = self.tables_for_dtype(dtype)
+        m_max = max((t.tokens[-1] for t in neighbours), default=DEFAULT_GRID_TOKENS)
+
+        def device(d: int, f: int, dt: str, m: np.ndarray) -> np.ndarray:
+            return _device_eval(fit, *_device_parts(hw, d, f, dt, m))
+
+        if not neighbours:
+            return _grid_curve(lambda m: device(hidden, ffn, dtype, m), m_max, "model")
+        dist = np.array([math.hypot(math.log(t.d / hidden), math.log(t.f / ffn)) for t in neighbours])
+        order = np.argsort(dist, kind="stable")[:NEIGHBOURS]
+        w = (dist[order] + 1e-3) ** -2.0
+        w = w / w.sum()
+        resid = []
+        for j in order:
+            t = neighbours[j]
+            m_pts = np.asarray(t.tokens, dtype=np.float64)
+            t_pts = np.maximum.accumulate(np.asarray(t.ffn_ms, dtype=np.float64))
+            resid.append((m_pts, np.log(t_pts / device(t.d, t.f, t.dtype, m_pts))))
+
+        def predict(m: np.ndarray) -> np.ndarray:
+            rho = sum(wj * _residual_at(mp, rp, m) for wj, (mp, rp) in zip(w, resid, strict=True))
+            return device(hidden, ffn, dtype, m) * np.exp(rho)
+
+        return _grid_curve(predict, m_max, "transfer")
+
+
+_MODELS: OrderedDict[int, _ProfileModel] = OrderedDict()
+_MODELS_MAX = 32
+
+
+def _model(hw: HardwareProfile) -> _ProfileModel:
+    """The cached fits and curves of ``hw`` (profiles are immutable; keyed by object identity,
+    the object kept alive by the cache so that its id is not reused)."""
+    pm = _MODELS.get(id(hw))
+    if pm is None or pm.hw is not hw:
+        pm = _ProfileModel(hw)
+        _MODELS[id(hw)] = pm
+        while len(_MODELS) > _MODELS_MAX:
+            _MODELS.popitem(last=False)
+    else:
+        _MODELS.move_to_end(id(hw))
+    return pm
 
 
 # ---- public entry points ---------------------------------------------------------------------
+
+
+def device_fit(hw: HardwareProfile, dtype: str = "bf16") -> DeviceFit:
+    """Constants of the device model of ``hw`` for ``dtype`` (fallbacks without tables)."""
+    dtype_bytes(dtype)
+    return _model(hw).device_fit(dtype)
+
+
+def device_model_ms(hw: HardwareProfile, hidden: int, ffn: int, dtype: str, tokens: ArrayLike) -> np.ndarray:
+    """D(M): the device model alone (no table, no residual correction), ms, same shape as tokens."""
+    _check_shape(hidden, ffn)
+    m = _tokens(tokens)
+    fit = device_fit(hw, dtype)
+    out = _device_eval(fit, *_device_parts(hw, hidden, ffn, dtype, np.maximum(m, 1.0)))
+    return np.where(m > 0, out, 0.0)
+
+
+def ffn_curve(hw: HardwareProfile, hidden: int, ffn: int, dtype: str) -> FfnCurve:
+    """The cached :class:`FfnCurve` of one expert of shape (hidden, ffn) in ``dtype`` on ``hw``."""
+    _check_shape(hidden, ffn)
+    dtype_bytes(dtype)
+    peak_tflops(hw, dtype)
+    return _model(hw).curve(int(hidden), int(ffn), dtype)
 
 
 def expert_ffn_ms(hw: HardwareProfile, hidden: int, ffn: int, dtype: str, tokens: ArrayLike) -> np.ndarray:
     """Time (ms) of ONE expert's FFN at each token count in ``tokens`` (same shape; 0 tokens → 0).
 
     Interpolates the profile's measured table for exactly (hidden, ffn, dtype) when there is one,
-    else falls back to the fitted roofline.
+    else the device model corrected by the nearest measured shapes (module docstring).
     """
-    if hidden <= 0 or ffn <= 0:
-        raise InputError(f"expert shape: hidden and ffn must be > 0 (got hidden={hidden}, ffn={ffn})")
-    dtype_bytes(dtype)
-    table = hw.table_for(hidden, ffn, dtype)
-    if table is not None:
-        return table_ffn_ms(table, tokens)
-    return roofline_ffn_ms(hw, hidden, ffn, dtype, tokens)
+    return ffn_curve(hw, hidden, ffn, dtype)(tokens)
 
 
 def grouped_experts_ms(
@@ -258,10 +484,10 @@ def grouped_experts_ms(
 ) -> np.ndarray:
     """Time (ms) of each GPU's local experts: Σ_e expert_ffn_ms(tokens[g, e]) → [G].
 
-    Experts run one after another (a loop of per-expert kernels, as measured); an expert with 0
+    Experts run one after another (per-expert FFN kernels, as measured); an expert with 0
     tokens costs nothing.
     """
     tokens_GE = np.asarray(tokens_per_expert_GE)
     if tokens_GE.ndim != 2:
-        raise ValueError(f"tokens_per_expert_GE must be 2-D [G, E_local] (got shape {tokens_GE.shape})")
+        raise InputError(f"tokens_per_expert_GE must be 2-D [G, E_local] (got shape {tokens_GE.shape})")
     return expert_ffn_ms(hw, hidden, ffn, dtype, tokens_GE).sum(axis=1)

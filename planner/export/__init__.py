@@ -21,11 +21,18 @@ the file is then written atomically (temporary file, rename) and never overwrite
 one unless ``force``. :func:`import_placement` reads any of these files back as the placement it
 encodes (``phy2log`` [MoE layers, P] and the slots per GPU), so an export can be checked by a
 round trip.
+
+``planner.export`` names both this package and its :func:`export` function (DESIGN.md: the API
+offers ``planner.export(plan, to=...)``). Once the package is imported, Python binds the name on
+``planner`` to the package, so the package itself is made callable: calling it calls
+:func:`export`, whichever of the two ``planner.export`` resolves to.
 """
 
 from __future__ import annotations
 
 import shlex
+import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,8 +146,10 @@ def export(
         suffix = path.suffix.lower()
         if suffix not in fmt.suffixes:
             raise InputError(
-                f"{path.name}: {fmt.what} files end in {' or '.join(fmt.suffixes)} (got {suffix or 'no suffix'!r})"
+                f"{path.name}: --to {to} writes {' or '.join(fmt.suffixes)} files (got {suffix or 'no suffix'!r})"
             )
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder; --out takes a file name")
         check_writable(path, force)
     payload = fmt.build(p)
     result = ExportResult(
@@ -153,7 +162,10 @@ def export(
     )
     if path is not None:
         data = fmt.dumps(payload, path)  # everything encoded before the first byte is written
-        atomic_write_bytes(path, data)
+        try:
+            atomic_write_bytes(path, data)
+        except OSError as e:
+            raise InputError(f"{path}: cannot write ({e.strerror or e.__class__.__name__})") from None
     return result
 
 
@@ -180,3 +192,13 @@ def import_placement(
 
         spec = model if isinstance(model, ModelSpec) else load_model(model)
     return f.load(path, model=spec, ep=ep)
+
+
+class _CallableModule(types.ModuleType):
+    """This package, callable as :func:`export` (see the module docstring)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ExportResult:
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

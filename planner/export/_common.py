@@ -178,6 +178,8 @@ def check_consistent(
 def read_maps(
     raw: dict[str, Any], source: str, names: tuple[str, str, str], model: ModelSpec | None, ep: int | None
 ) -> tuple[np.ndarray, int | None]:
+    """``phy2log`` [L, P] and the slots per GPU from a file of three maps named ``names``
+    (physical→logical, logical→physical, replica count): exactly those keys, consistent."""
     missing = [k for k in names if k not in raw]
     if missing:
         raise InputError(f"{source}: missing {missing[0]!r} (expects {', '.join(names)})")

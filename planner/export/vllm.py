@@ -189,7 +189,7 @@ def load_ascend(path: str | Path, *, model: ModelSpec | None = None, ep: int | N
         n = len(layers) if isinstance(layers, list) else type(layers).__name__
         raise InputError(f"{src}: layer_list must be a list of moe_layer_count ({count}) layers (got {n})")
     rows: list[list[int]] = []
-    G = S = None
+    G = S = prev_id = None
     for l, layer in enumerate(layers):
         where = f"{src}: layer_list[{l}]"
         if not isinstance(layer, dict):
@@ -197,8 +197,12 @@ def load_ascend(path: str | Path, *, model: ModelSpec | None = None, ep: int | N
         for key in ("layer_id", "device_count", "device_list"):
             if key not in layer:
                 raise InputError(f"{where}.{key} is required")
-        if layer["layer_id"] != l:
-            raise InputError(f"{where}.layer_id must be {l} (layers in MoE-layer order; got {layer['layer_id']!r})")
+        lid = layer["layer_id"]
+        if not isinstance(lid, int) or isinstance(lid, bool) or (prev_id is not None and lid <= prev_id):
+            raise InputError(
+                f"{where}.layer_id must be an integer above the previous layer's (layers in MoE-layer order; got {lid!r})"
+            )
+        prev_id = lid
         devices = layer["device_list"]
         if not isinstance(devices, list) or layer["device_count"] != len(devices) or not devices:
             raise InputError(f"{where}.device_list must list device_count ({layer['device_count']!r}) devices")

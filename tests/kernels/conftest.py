@@ -1,8 +1,7 @@
-"""Kernel tests need torch; without it every test here is skipped (torch is an optional extra)."""
+"""Fixtures for the kernel tests. Each test module starts with ``pytest.importorskip("torch")``:
+torch is an optional extra, and without it these tests are skipped."""
 
 import pytest
-
-pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="session")
