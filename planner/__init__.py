@@ -42,7 +42,7 @@ _WHERE = {
     "save_trace": "planner.traces",
     "synth_trace": "planner.traces",
     "trace_stats": "planner.traces",
-    "export": "planner.export",
+    "export": "planner.exports",
 }
 
 

@@ -438,6 +438,12 @@ def validate(
         },
         "shape": {"hidden": m.hidden_size, "ffn": ffn, "etp": par.etp, "slots_per_rank": P,
                   "dtype_executed": exec_dtype, "dtype_plan": m.expert_dtype},
+        "prediction": {
+            "model": "planner.cost.compute.expert_ffn_ms summed over each rank's slots",
+            "hardware_profile": hw.name,
+            "profile_measured": getattr(getattr(hw, "measured", None), "date", None),
+            "measured_table_for_shape": hw.table_for(m.hidden_size, ffn, exec_dtype) is not None,
+        },
         "device": provenance(device, argv),
         "method": {
             "timing": timing_mod.method(device, warmup=timing.warmup, reps=timing.reps, runs=timing.runs,

@@ -1,30 +1,101 @@
-"""Communication time of expert-parallel dispatch and combine (first, simple model).
+"""Communication cost: expert-parallel dispatch/combine traffic and time, and collectives.
 
-Hierarchical alpha-beta model (FACTS.md §3):
+Legend: T tokens of one step, k = top-k, G GPUs of an expert-parallel group (numbered node by
+node: GPU g is on node g // n, n = GPUs per node), S slots per GPU. Bytes, GB/s (1e9 B/s), µs
+for latencies, ms for times. Shapes are name suffixes (``traffic_GG`` is [source, destination]).
 
-    t_link = α_link + max_g max(send_g, recv_g) / BW_link        (0 when no byte moves)
-    t_dispatch = max(t_nvlink, t_nic)                              (the two paths run together)
-    t_combine  = t_dispatch                                        (same bytes, reversed)
-    exposed    = (t_dispatch + t_combine) · (1 − overlap)
+**Traffic matrix** (:func:`dispatch_traffic`) of one MoE layer and step, from the physical slot
+that serves each (token, choice) pair and the GPU each token starts on. What a token costs
+depends on the dispatcher (FACTS.md §3-4):
 
-``send_g`` / ``recv_g`` are the bytes GPU ``g`` sends / receives on that path, so the bottleneck
-GPU decides. ``BW`` is the achievable per-GPU bandwidth of the profile (NCCL all-to-all bus
-bandwidth inside a node, about one NIC per GPU between nodes); α the per-message latency
-(≈ 10 µs inside a node, ≈ 20 µs between nodes). ``overlap`` is the profile's ``comm_overlap``.
+- ``pairs``: every (token, expert) pair is sent on its own (Megatron's ``alltoall`` dispatcher
+  permutes tokens per expert);
+- ``gpu``: once per distinct destination GPU (a de-duplicated all-to-all);
+- ``deepep``: once per destination GPU inside the source node (NVLink), and once per destination
+  *node* outside it: the copy crosses the network to the GPU of the same local rank on that node
+  (``rdma_GG``) and is forwarded over that node's NVLink to each further destination GPU there
+  (``nvlink_GG``; DeepEP normal kernels).
 
-Bytes counting (DeepEP's rule): a token is sent once per destination GPU inside its node and
-once per destination node outside it, whatever number of its top-k experts live there.
+A token already on its destination GPU moves nothing. Combine moves the same bytes back
+(transposed matrices).
+
+**Time** — hierarchical alpha-beta model (FACTS.md §3), the bottleneck GPU decides::
+
+    t_link  = α_link + max_g max(send_g, recv_g) / BW_link        (0 when no byte moves)
+    t_phase = max(t_nvlink, t_nic)                                  (the two paths run together)
+    exposed = (t_dispatch + t_combine) · (1 − overlap)
+
+``send_g`` / ``recv_g`` are the bytes GPU ``g`` sends / receives on that path (row / column sums
+of the matrices). ``BW`` is the profile's achievable per-GPU bandwidth (``nvlink.bandwidth_gbps``:
+NCCL all-to-all bus bandwidth inside a node, ~370 GB/s on H100; ``nic.bandwidth_gbps``: about
+one NIC per GPU between nodes, ~48 GB/s), α the per-message latency (≈ 10 µs inside a node,
+≈ 20 µs between nodes), ``overlap`` the profile's ``comm_overlap``.
+
+**Collectives** (nccl-tests bus-bandwidth factors, FACTS.md §3), for a group of n GPUs and
+``nbytes`` the size of the whole buffer (all-reduce: the buffer reduced; all-gather: the
+gathered output; reduce-scatter: the input; all-to-all: what one GPU holds)::
+
+    all-reduce      t = α + nbytes · 2(n−1)/n / busBW
+    all-gather      t = α + nbytes ·  (n−1)/n / busBW
+    reduce-scatter  t = α + nbytes ·  (n−1)/n / busBW
+    all-to-all      t = α + nbytes ·  (n−1)/n / busBW
+    p2p (send/recv) t = α + nbytes / BW
+
+A group that fits in one NVLink domain uses the NVLink figures; a group spanning nodes is
+limited by the NICs (:func:`group_link`). Used for TP (all-reduce / reduce-scatter + all-gather of
+activations), DP (gradient all-reduce or reduce-scatter + all-gather), PP (p2p of activations).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from numpy.typing import ArrayLike
+
+from planner.errors import InputError
+from planner.specs.hardware import HardwareProfile
+
+DISPATCHERS = ("pairs", "gpu", "deepep")
+
+
+# ---- links -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    """One kind of link: achievable bandwidth per GPU per direction and per-message latency."""
+
+    bandwidth_gbps: float
+    latency_us: float
+
+
+def nvlink(hw: HardwareProfile) -> Link:
+    return Link(hw.nvlink.bandwidth_gbps, hw.nvlink.latency_us)
+
+
+def nic(hw: HardwareProfile) -> Link:
+    return Link(hw.nic.bandwidth_gbps, hw.nic.latency_us)
+
+
+def group_link(hw: HardwareProfile, group_size: int, gpus_per_node: int, stride: int = 1) -> Link:
+    """The link that limits a collective over ``group_size`` GPUs ``stride`` apart: NVLink when
+    the group stays inside one node (and one NVLink domain), else the NIC."""
+    if group_size <= 0 or gpus_per_node <= 0 or stride <= 0:
+        raise InputError(
+            f"group_size, gpus_per_node and stride must be > 0 (got {group_size}, {gpus_per_node}, {stride})"
+        )
+    span = (group_size - 1) * stride + 1  # GPUs from the group's first to its last (aligned groups)
+    return nvlink(hw) if span <= min(gpus_per_node, hw.nvlink.gpus_per_domain) else nic(hw)
+
+
+# ---- alpha-beta ------------------------------------------------------------------------------
 
 
 def link_time_ms(send_G: np.ndarray, recv_G: np.ndarray, bandwidth_gbps: float, latency_us: float) -> np.ndarray:
     """Time of one all-to-all phase on one kind of link; arrays ``[..., G]`` → ``[...]`` in ms.
 
-    ``bandwidth_gbps`` is GB/s (1e9 bytes per second).
+    ``bandwidth_gbps`` is GB/s (1e9 bytes per second). 0 when no GPU sends or receives a byte.
     """
     send_G = np.asarray(send_G, dtype=np.float64)
     recv_G = np.asarray(recv_G, dtype=np.float64)
@@ -50,3 +121,172 @@ def dispatch_combine_ms(
     t_nic = link_time_ms(inter_send_G, inter_recv_G, nic_gbps, nic_latency_us)
     dispatch = np.maximum(t_nvl, t_nic)
     return 2.0 * dispatch * (1.0 - overlap)
+
+
+# ---- traffic matrices ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Dispatch bytes of one layer and step: ``nvlink_GG`` and ``rdma_GG`` are [source GPU,
+    destination GPU]; combine is the transpose."""
+
+    nvlink_GG: np.ndarray
+    rdma_GG: np.ndarray
+
+    @property
+    def total_bytes(self) -> float:
+        return float(self.nvlink_GG.sum() + self.rdma_GG.sum())
+
+    def time_ms(self, hw: HardwareProfile, overlap: float | None = None) -> float:
+        """Exposed dispatch + combine time (module docstring)."""
+        ov = hw.comm_overlap if overlap is None else overlap
+        return float(
+            dispatch_combine_ms(
+                self.nvlink_GG.sum(1), self.nvlink_GG.sum(0), self.rdma_GG.sum(1), self.rdma_GG.sum(0),
+                nvlink_gbps=hw.nvlink.bandwidth_gbps, nvlink_latency_us=hw.nvlink.latency_us,
+                nic_gbps=hw.nic.bandwidth_gbps, nic_latency_us=hw.nic.latency_us, overlap=ov,
+            )
+        )
+
+
+def dispatch_traffic(
+    slot_Tk: ArrayLike,
+    src_T: ArrayLike,
+    *,
+    slots_per_gpu: int,
+    num_gpus: int,
+    gpus_per_node: int,
+    bytes_per_token: float,
+    dispatcher: str = "deepep",
+) -> Traffic:
+    """Dispatch traffic matrices of one layer and step (module docstring).
+
+    ``slot_Tk``: physical slot serving each (token, choice) pair (e.g.
+    :func:`planner.simulate.choose_slots`); ``src_T``: GPU each token starts on.
+    """
+    if dispatcher not in DISPATCHERS:
+        raise InputError(f"dispatcher must be one of {', '.join(DISPATCHERS)} (got {dispatcher!r})")
+    if num_gpus <= 0 or slots_per_gpu <= 0 or gpus_per_node <= 0:
+        raise InputError(
+            f"num_gpus, slots_per_gpu and gpus_per_node must be > 0 (got {num_gpus}, {slots_per_gpu}, {gpus_per_node})"
+        )
+    slot = np.asarray(slot_Tk, dtype=np.int64)
+    src = np.asarray(src_T, dtype=np.int64)
+    if slot.ndim != 2 or src.shape != (slot.shape[0],):
+        raise InputError(f"slot_Tk must be [T, k] and src_T [T] (got {slot.shape} and {src.shape})")
+    G, n = num_gpus, min(gpus_per_node, num_gpus)
+    if slot.size and (slot.min() < 0 or slot.max() >= G * slots_per_gpu):
+        raise InputError(f"slot_Tk: slots must be in [0, {G * slots_per_gpu}) (got {slot.min()}..{slot.max()})")
+    if src.size and (src.min() < 0 or src.max() >= G):
+        raise InputError(f"src_T: GPUs must be in [0, {G}) (got {src.min()}..{src.max()})")
+    T, k = slot.shape
+    dest = slot // slots_per_gpu  # [T, k]
+    srcb = np.broadcast_to(src[:, None], dest.shape)
+    if dispatcher == "pairs":
+        mask = dest != srcb
+    else:  # first occurrence of each destination GPU per token
+        d_sorted = np.sort(dest, axis=1)
+        first = np.ones_like(d_sorted, dtype=bool)
+        first[:, 1:] = d_sorted[:, 1:] != d_sorted[:, :-1]
+        dest = d_sorted
+        mask = first & (dest != srcb)
+    node = np.arange(G) // n
+    nvl = np.zeros((G, G))
+    rdma = np.zeros((G, G))
+    same_node = node[dest] == node[srcb]
+    if dispatcher != "deepep":
+        np.add.at(nvl, (srcb[mask & same_node], dest[mask & same_node]), bytes_per_token)
+        np.add.at(rdma, (srcb[mask & ~same_node], dest[mask & ~same_node]), bytes_per_token)
+        return Traffic(nvl, rdma)
+    # DeepEP: inside the node, once per destination GPU
+    intra = mask & same_node
+    np.add.at(nvl, (srcb[intra], dest[intra]), bytes_per_token)
+    # outside: once per destination node, to the GPU of the source's local rank on that node ...
+    remote = mask & ~same_node
+    dnode = np.where(remote, node[dest], -1)
+    dn_sorted = np.sort(dnode, axis=1)
+    nfirst = np.ones_like(dn_sorted, dtype=bool)
+    nfirst[:, 1:] = dn_sorted[:, 1:] != dn_sorted[:, :-1]
+    nmask = nfirst & (dn_sorted >= 0)
+    relay = dn_sorted * n + (srcb % n)  # [T, k] GPU receiving the RDMA copy
+    np.add.at(rdma, (srcb[nmask], relay[nmask]), bytes_per_token)
+    # ... which forwards it over NVLink to each further destination GPU on that node
+    relay_of_dest = node[dest] * n + (srcb % n)
+    fwd = remote & (dest != relay_of_dest)
+    np.add.at(nvl, (relay_of_dest[fwd], dest[fwd]), bytes_per_token)
+    return Traffic(nvl, rdma)
+
+
+def uniform_remote_fractions(num_experts: int, top_k: int, num_gpus: int, gpus_per_node: int) -> dict[str, float]:
+    """Expected copies per token under uniform routing (top-k of E without replacement, experts
+    contiguous and evenly spread over G GPUs, n per node), for a token starting on some GPU.
+
+    Returns ``pairs_intra``/``pairs_inter`` (pairs to other GPUs of the node / other nodes),
+    ``gpu_intra``/``gpu_inter`` (distinct destination GPUs) and ``node_inter`` (distinct other
+    nodes). ``P(a group of e experts gets none of the token's k) = C(E−e, k) / C(E, k)``.
+    """
+    E, k, G = num_experts, top_k, num_gpus
+    n = min(gpus_per_node, G)
+    if E <= 0 or k <= 0 or k > E or G <= 0 or n <= 0:
+        raise InputError(f"need 0 < top_k <= num_experts and num_gpus, gpus_per_node > 0 (got E={E}, k={k}, G={G}, n={n})")
+
+    def p_none(e: float) -> float:
+        # C(E−e, k) / C(E, k) = Π_{i<k} (E − e − i) / (E − i), with real e
+        p = 1.0
+        for i in range(k):
+            p *= max(E - e - i, 0.0) / (E - i)
+        return p
+
+    e_gpu = E / G
+    e_node = E * n / G
+    hit_gpu = 1.0 - p_none(e_gpu)
+    hit_node = 1.0 - p_none(e_node)
+    return {
+        "pairs_intra": k * (n - 1) / G,
+        "pairs_inter": k * (G - n) / G,
+        "gpu_intra": (n - 1) * hit_gpu,
+        "gpu_inter": (G - n) * hit_gpu,
+        "node_inter": (G // n - 1) * hit_node if G >= n else 0.0,
+    }
+
+
+# ---- collectives -----------------------------------------------------------------------------
+
+_BUS_FACTOR = {
+    "all_reduce": lambda n: 2.0 * (n - 1) / n,
+    "all_gather": lambda n: (n - 1) / n,
+    "reduce_scatter": lambda n: (n - 1) / n,
+    "all_to_all": lambda n: (n - 1) / n,
+}
+
+
+def collective_ms(kind: str, nbytes: ArrayLike, group_size: int, link: Link) -> np.ndarray:
+    """Time (ms) of one NCCL collective over ``group_size`` GPUs (module docstring); 0 for a
+    group of one GPU or an empty buffer."""
+    if kind not in _BUS_FACTOR:
+        raise InputError(f"collective must be one of {', '.join(_BUS_FACTOR)} (got {kind!r})")
+    if group_size <= 0:
+        raise InputError(f"group_size must be > 0 (got {group_size})")
+    b = np.asarray(nbytes, dtype=np.float64)
+    if b.size and b.min() < 0:
+        raise InputError(f"nbytes must be >= 0 (got {b.min():g})")
+    if group_size == 1:
+        return np.zeros_like(b)
+    t = link.latency_us * 1e-3 + b * _BUS_FACTOR[kind](group_size) / (link.bandwidth_gbps * 1e9) * 1e3
+    return np.where(b > 0, t, 0.0)
+
+
+def p2p_ms(nbytes: ArrayLike, link: Link) -> np.ndarray:
+    """Time (ms) of one point-to-point send of ``nbytes`` (pipeline stages); 0 bytes → 0."""
+    b = np.asarray(nbytes, dtype=np.float64)
+    if b.size and b.min() < 0:
+        raise InputError(f"nbytes must be >= 0 (got {b.min():g})")
+    return np.where(b > 0, link.latency_us * 1e-3 + b / (link.bandwidth_gbps * 1e9) * 1e3, 0.0)
+
+
+def exposed_ms(comm_ms: ArrayLike, overlap: float) -> np.ndarray:
+    """Communication time left after hiding a fraction ``overlap`` behind compute."""
+    if not 0.0 <= overlap <= 1.0:
+        raise InputError(f"overlap must be in [0, 1] (got {overlap})")
+    return np.asarray(comm_ms, dtype=np.float64) * (1.0 - overlap)

@@ -17,7 +17,8 @@ time per token (the FLOP-bound regime). How the curve is made depends on what th
 
        b(M) = c0 + sqrt(tw² + (k·M)²)                 c0, tw, k >= 0 fitted to this table
        ρ_i  = ln(t_i / b(m_i))                        at each measured m_i
-       t(M) = b(M) · exp(ρ(M)),  ρ linear in ln M between measured points (held flat outside)
+       t(M) = b(M) · exp(ρ(M)),  ρ linear in ln M between measured points
+       t(M) = t(m_0) below the first measured point m_0 (the weight-bound floor)
 
    ``c0`` is the shape's fixed cost (kernel launches and tails), ``tw`` its weight-streaming time
    and ``k`` its time per token once FLOP-bound; the 2-norm is a soft maximum of the two regimes.
@@ -367,7 +368,12 @@ def table_curve(table: ExpertFfnTable) -> FfnCurve:
             return np.ones_like(m)
     rho = np.log(t_pts / base(m_pts))
     m_max = int(m_pts[-1])
-    return _grid_curve(lambda m: base(m) * np.exp(_residual_at(m_pts, rho, m)), m_max, "table")
+
+    def predict(m: np.ndarray) -> np.ndarray:
+        m = np.maximum(m, m_pts[0])  # below the first point: the first point's time
+        return base(m) * np.exp(_residual_at(m_pts, rho, m))
+
+    return _grid_curve(predict, m_max, "table")
 
 
 class _ProfileModel:

@@ -1,20 +1,72 @@
-"""Memory per GPU (first, simple model: weights only).
+"""Memory per GPU, for training and for inference (bytes; GIB = 2**30).
 
-    experts_g   = slots_per_gpu · expert_bytes · (MoE layers of the stage) / etp
-    non_expert  = non-expert weights / (tp · pp)
-    weights_g   = experts_g + non_expert
+Legend: h hidden, f expert FFN width, f_sh shared-expert width, f_d dense FFN width, k top-k,
+a attention heads, V vocabulary, s sequence length, b micro-batch (sequences), L_st layers of a
+pipeline stage (⌈layers / pp⌉), L_moe MoE layers of a stage (⌈MoE layers / pp⌉), S slots per GPU
+(experts incl. redundant replicas), tp/pp/dp/ep/etp/vpp the parallel degrees.
 
-Training state (gradients, optimizer), activations and the KV cache come with the cost-model
-issue; the plan table labels this figure "weights".
+**Weights** (every mode)::
+
+    experts_g    = S · 3·h·f · B_expert · L_moe / etp          (replicas count: a slot is a copy)
+    non_expert_g = non-expert parameters · B_weight / (tp · pp)
+    weights_g    = experts_g + non_expert_g                      (:func:`weights_per_gpu_bytes`)
+
+**Training** (Megatron-LM mixed precision with Adam; FACTS.md §6): bytes per parameter are
+2 (bf16 weight) + 4 (fp32 gradient) + 12 (fp32 master weight, Adam m and v) = 18 with a plain
+optimizer; the distributed optimizer shards the 12 optimizer bytes over the data-parallel group:
+6 + 12 / dp. Expert parameters shard theirs over the expert-data-parallel group
+``edp = dp · tp / (ep · etp)`` (the GPUs of a stage that hold the same experts), non-expert
+parameters over ``dp``. Weights count once per parameter (``weights_g`` above, in bf16).
+
+Activations per layer and micro-batch, with sequence parallelism (Korthikanti et al. 2022,
+"Reducing Activation Recomputation in Large Transformer Models", Table 2; FACTS.md §6)::
+
+    selective recompute:  s·b·h·(18 + 4·f_eff/h) / tp
+    no recompute:         the same + 5·a·s²·b / tp               (attention scores kept)
+    full recompute:       2·s·b·h / tp                           (the layer input only)
+
+with ``f_eff = f_d`` for a dense layer and ``f_eff = k·f + f_sh + (k−1)·h/2`` for an MoE layer (each
+token's k expert activations, the shared expert, and k−1 extra copies of its 2h-byte input in the
+permuted dispatch buffer). A 1F1B pipeline's first stage holds ``min(pp, micro-batches)``
+micro-batches of its L_st layers in flight, times ``1 + (pp − 1)/(pp · vpp)`` when interleaved
+(Narayanan et al. 2021).
+
+**Inference**::
+
+    kv_g   = kv_tokens · L_st · kv_bytes_per_token_per_layer / tp_kv
+             (GQA/MHA: 2·kv_heads·head_dim·B per token and layer, each TP rank keeping
+              ⌈kv_heads/tp⌉ heads; MLA: (kv_lora_rank + qk_rope_head_dim)·B, divided by tp as in
+              FACTS.md §6)
+    act_g  = T · B_act · (2h + (a + 2·kv_heads)·head_dim/tp + 2·k·h + 3·k·f/etp)   (one layer at a time)
+    disp_g = 2 · T · k · h · B_act                                      (dispatch send + receive buffers)
+
+where ``kv_tokens`` are the tokens whose KV cache this GPU holds (its data-parallel rank's
+sequences × context), ``T`` the tokens of one forward pass on this GPU, B_act = 2 (bf16).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
+from typing import Literal
 
-from planner.specs.model import ModelSpec
+from planner.errors import InputError
+from planner.specs.model import DTYPE_BYTES, ModelSpec
 
 GIB = 1024**3
+#: Bytes per activation element (bf16).
+ACT_BYTES = 2
+#: Training bytes per parameter besides the bf16 weight: fp32 gradient, then optimizer states.
+GRAD_BYTES = 4
+OPTIMIZER_BYTES = 12
+
+Recompute = Literal["none", "selective", "full"]
+
+
+def _positive(**kw: int) -> None:
+    for name, v in kw.items():
+        if v <= 0:
+            raise InputError(f"{name} must be > 0 (got {v})")
 
 
 def weights_per_gpu_bytes(model: ModelSpec, slots_per_gpu: int, tp: int, pp: int, etp: int) -> float:
@@ -22,3 +74,136 @@ def weights_per_gpu_bytes(model: ModelSpec, slots_per_gpu: int, tp: int, pp: int
     moe_layers_per_stage = math.ceil(model.num_moe_layers / pp)
     experts = slots_per_gpu * model.expert_bytes * moe_layers_per_stage / etp
     return experts + model.non_expert_bytes / (tp * pp)
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes per GPU by kind (absent kinds are 0)."""
+
+    weights: float
+    gradients: float = 0.0
+    optimizer: float = 0.0
+    activations: float = 0.0
+    kv_cache: float = 0.0
+    dispatch_buffers: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return sum(asdict(self).values())
+
+    @property
+    def total_gib(self) -> float:
+        return self.total / GIB
+
+    def as_gib(self) -> dict[str, float]:
+        d = {k: v / GIB for k, v in asdict(self).items()}
+        d["total"] = self.total_gib
+        return d
+
+
+def activation_bytes_per_layer(
+    model: ModelSpec, seq_len: int, micro_batch: int, tp: int, recompute: Recompute = "selective", moe: bool = True
+) -> float:
+    """Activation bytes one layer keeps for backward, per micro-batch (module docstring)."""
+    _positive(seq_len=seq_len, micro_batch=micro_batch, tp=tp)
+    s, b, h = seq_len, micro_batch, model.hidden_size
+    if recompute == "full":
+        return 2.0 * s * b * h / tp
+    if recompute not in ("none", "selective"):
+        raise InputError(f"recompute must be 'none', 'selective' or 'full' (got {recompute!r})")
+    if moe:
+        f_eff = model.top_k * model.expert_intermediate_size + model.shared_ffn_size + (model.top_k - 1) * h / 2
+    else:
+        f_eff = model.dense_intermediate_size
+    per = s * b * h * (18.0 + 4.0 * f_eff / h) / tp
+    if recompute == "none":
+        per += 5.0 * model.attention.num_heads * s * s * b / tp
+    return per
+
+
+def training_memory(
+    model: ModelSpec,
+    *,
+    slots_per_gpu: int,
+    tp: int = 1,
+    pp: int = 1,
+    dp: int = 1,
+    ep: int = 1,
+    etp: int = 1,
+    vpp: int = 1,
+    seq_len: int,
+    micro_batch: int,
+    num_microbatches: int | None = None,
+    distributed_optimizer: bool = True,
+    recompute: Recompute = "selective",
+) -> MemoryBreakdown:
+    """Bytes per GPU of the first pipeline stage (the fullest) in Megatron-style training."""
+    _positive(slots_per_gpu=slots_per_gpu, tp=tp, pp=pp, dp=dp, ep=ep, etp=etp, vpp=vpp)
+    if (dp * tp) % (ep * etp):
+        raise InputError(f"ep × etp ({ep} × {etp}) must divide dp × tp ({dp} × {tp}): experts shard inside a stage")
+    edp = dp * tp // (ep * etp)
+    moe_per_stage = math.ceil(model.num_moe_layers / pp)
+    layers_per_stage = math.ceil(model.num_layers / pp)
+    dense_per_stage = max(0, layers_per_stage - moe_per_stage)
+    expert_params = slots_per_gpu * model.expert_params * moe_per_stage / etp
+    other_params = model.non_expert_params / (tp * pp)
+    weights = weights_per_gpu_bytes(model, slots_per_gpu, tp, pp, etp)
+    grads = GRAD_BYTES * (expert_params + other_params)
+    if distributed_optimizer:
+        optim = OPTIMIZER_BYTES * (expert_params / edp + other_params / dp)
+    else:
+        optim = OPTIMIZER_BYTES * (expert_params + other_params)
+    per_mb = moe_per_stage * activation_bytes_per_layer(model, seq_len, micro_batch, tp, recompute, moe=True)
+    if dense_per_stage:
+        per_mb += dense_per_stage * activation_bytes_per_layer(model, seq_len, micro_batch, tp, recompute, moe=False)
+    in_flight = float(pp if num_microbatches is None else max(1, min(pp, num_microbatches)))
+    if vpp > 1:
+        in_flight *= 1.0 + (pp - 1) / (pp * vpp)
+    return MemoryBreakdown(weights=weights, gradients=grads, optimizer=optim, activations=per_mb * in_flight)
+
+
+def kv_bytes_per_token(model: ModelSpec, tp: int = 1, pp: int = 1, kv_dtype: str = "bf16") -> float:
+    """KV-cache bytes one token adds on one GPU (its stage's layers, its TP share)."""
+    _positive(tp=tp, pp=pp)
+    try:
+        b = DTYPE_BYTES[kv_dtype]
+    except KeyError:
+        raise InputError(f"kv_dtype: unknown dtype {kv_dtype!r}; known: {', '.join(DTYPE_BYTES)}") from None
+    att = model.attention
+    layers = math.ceil(model.num_layers / pp)
+    if att.kind == "mla":
+        return layers * att.kv_bytes_per_token_per_layer(b) / tp
+    heads = math.ceil(att.num_kv_heads / tp)  # a TP rank keeps at least one KV head
+    return layers * 2 * heads * att.head_dim * b
+
+
+def inference_memory(
+    model: ModelSpec,
+    *,
+    slots_per_gpu: int,
+    tp: int = 1,
+    pp: int = 1,
+    etp: int = 1,
+    kv_tokens: int = 0,
+    batch_tokens: int = 0,
+    kv_dtype: str = "bf16",
+) -> MemoryBreakdown:
+    """Bytes per GPU when serving: weights (replicas included), KV cache of ``kv_tokens``,
+    activations and dispatch buffers of a forward pass of ``batch_tokens`` tokens."""
+    _positive(slots_per_gpu=slots_per_gpu, tp=tp, pp=pp, etp=etp)
+    if kv_tokens < 0 or batch_tokens < 0:
+        raise InputError(f"kv_tokens and batch_tokens must be >= 0 (got {kv_tokens}, {batch_tokens})")
+    att, h, k = model.attention, model.hidden_size, model.top_k
+    kv = kv_tokens * kv_bytes_per_token(model, tp, pp, kv_dtype)
+    per_tok = (
+        2 * h
+        + (att.num_heads + 2 * att.num_kv_heads) * att.head_dim / tp
+        + 2 * k * h
+        + 3 * k * model.expert_intermediate_size / etp
+    )
+    act = batch_tokens * ACT_BYTES * per_tok
+    disp = 2.0 * batch_tokens * k * h * ACT_BYTES
+    return MemoryBreakdown(
+        weights=weights_per_gpu_bytes(model, slots_per_gpu, tp, pp, etp),
+        activations=act, kv_cache=kv, dispatch_buffers=disp,
+    )

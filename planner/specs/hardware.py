@@ -97,6 +97,13 @@ class PcieSpec(Spec):
         default=None, description="Host-to-device copies from pageable host memory, by increasing size (None: not measured)"
     )
     copy_latency_us: float = Field(ge=0, allow_inf_nan=False, description="Fixed cost of one copy (launch and setup), µs")
+    copy_compute_overlap: float = Field(
+        default=0.0, ge=0, le=1, allow_inf_nan=False,
+        description=(
+            "Fraction of the shorter of a side-stream copy and concurrent compute that is hidden: "
+            "t = max(copy, compute) + (1 − overlap) · min(copy, compute); 0: serial (unknown), 1: perfect"
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PcieSpec:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from planner.errors import InputError
-from planner.export import export, import_placement
+from planner.exports import export, import_placement
 
 
 def test_shapes_dtypes_and_padding_as_rebalance_experts_returns(plan_replicas, tmp_path):

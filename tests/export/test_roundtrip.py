@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from planner.errors import InputError
-from planner.export import FORMATS, export, import_placement
-from planner.export._common import phy2log_of
+from planner.exports import FORMATS, export, import_placement
+from planner.exports._common import phy2log_of
 
 NO_TORCH = [("sglang", ".json"), ("vllm", ".npz"), ("vllm-ascend", ".json"), ("eplb", ".npz"),
             ("megatron", ".json"), ("megatron", ".txt")]
@@ -122,14 +122,13 @@ def test_export_accepts_a_plan_file(plan_perm, tmp_path):
     assert np.array_equal(r.payload["phy2log"], phy2log_of(plan_perm))
 
 
-def test_planner_export_is_callable_before_and_after_the_package_is_imported(plan_perm, tmp_path):
+def test_planner_export_is_the_function_before_and_after_the_package_is_imported(plan_perm, tmp_path):
     import subprocess
     import sys
 
     import planner
+    import planner.exports  # noqa: F401  (binding the package must not shadow the function)
 
-    # `planner.export` may resolve to the function (lazy lookup) or to the package (once
-    # imported): both must export
     r = planner.export(plan_perm, to="eplb", out=tmp_path / "a.npz")
     assert np.array_equal(r.payload["phy2log"], phy2log_of(plan_perm))
     assert planner.export(plan_perm, to="megatron").payload["permutation"]["perm"] == plan_perm.placement.physical_to_logical

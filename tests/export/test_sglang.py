@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from planner.errors import InputError
-from planner.export import export, import_placement, sglang
-from planner.export._common import phy2log_of
+from planner.exports import export, import_placement, sglang
+from planner.exports._common import phy2log_of
 from tests.conftest import make_model
 
 

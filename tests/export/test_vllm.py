@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from planner.errors import InputError
-from planner.export import export, import_placement
-from planner.export._common import logical_to_physical, phy2log_of
+from planner.exports import export, import_placement
+from planner.exports._common import logical_to_physical, phy2log_of
 
 
 def test_matches_the_example_in_vllms_eplb_state_docstring():

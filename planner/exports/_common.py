@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from planner.errors import InputError
-from planner.export import _files
+from planner.exports import _files
 
 if TYPE_CHECKING:
     from planner.specs.model import ModelSpec

@@ -1,6 +1,6 @@
 """Bytes in and out for the export formats: JSON, ``.npz`` and (optional torch) ``.pt``.
 
-Every writer here returns the file's bytes; :func:`planner.export.export` writes them with
+Every writer here returns the file's bytes; :func:`planner.exports.export` writes them with
 :func:`planner.io.atomic_write_bytes` only after the whole payload has been built and encoded,
 so a run that fails leaves no file behind. Readers turn every failure into one
 :class:`~planner.errors.InputError` line naming the file.

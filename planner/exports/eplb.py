@@ -10,7 +10,7 @@ num_gpus)`` returns (FACTS.md §4):
 ==============  ==================================  ============================================
 
 with ``maxlogcnt = logcnt.max()`` (vLLM's copy pads to ``num_redundant + 1`` instead; see
-:mod:`planner.export.vllm`). Slot ``s`` lives on GPU ``s // (num_replicas / num_gpus)``, GPUs
+:mod:`planner.exports.vllm`). Slot ``s`` lives on GPU ``s // (num_replicas / num_gpus)``, GPUs
 numbered node by node — the planner's convention, so ``phy2log`` is the plan's placement as is.
 EPLB fills ``log2phy[l, e, r]`` by replica rank ``r``; a plan does not record which copy was
 "first", so replicas are listed here in increasing slot order (one of the orders EPLB can
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from planner.export import _files
-from planner.export._common import ImportedPlacement, phy2log_of, read_maps
+from planner.exports import _files
+from planner.exports._common import ImportedPlacement, phy2log_of, read_maps
 from planner.solve.baselines import logical_maps
 
 if TYPE_CHECKING:

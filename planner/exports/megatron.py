@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from planner.errors import InputError
-from planner.export import _files
-from planner.export._common import ImportedPlacement, phy2log_of, redundant_of
+from planner.exports import _files
+from planner.exports._common import ImportedPlacement, phy2log_of, redundant_of
 
 if TYPE_CHECKING:
     from planner.specs.model import ModelSpec

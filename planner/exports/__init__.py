@@ -5,15 +5,15 @@
 ===============  ======================  ========================================================
 ``sglang``       ``.json`` / ``.pt``     ``--init-expert-location``: ``physical_to_logical_map``
                                          [num_hidden_layers, P], dense layers included
-                                         (:mod:`~planner.export.sglang`)
+                                         (:mod:`~planner.exports.sglang`)
 ``vllm``         ``.pt`` / ``.npz``      ``EplbState`` tensors over MoE layers
-                                         (:mod:`~planner.export.vllm`)
+                                         (:mod:`~planner.exports.vllm`)
 ``vllm-ascend``  ``.json``               ``{"moe_layer_count", "layer_list": [...]}`` expert map
-                                         (:mod:`~planner.export.vllm`)
+                                         (:mod:`~planner.exports.vllm`)
 ``eplb``         ``.pt`` / ``.npz``      ``phy2log``, ``log2phy``, ``logcnt`` as DeepSeek EPLB
-                                         returns them (:mod:`~planner.export.eplb`)
+                                         returns them (:mod:`~planner.exports.eplb`)
 ``megatron``     ``.json`` / ``.txt``    parallelism arguments and the expert permutation
-                                         (:mod:`~planner.export.megatron`)
+                                         (:mod:`~planner.exports.megatron`)
 ===============  ======================  ========================================================
 
 :func:`export` builds the whole payload and encodes it in memory before anything is written;
@@ -22,25 +22,21 @@ one unless ``force``. :func:`import_placement` reads any of these files back as 
 encodes (``phy2log`` [MoE layers, P] and the slots per GPU), so an export can be checked by a
 round trip.
 
-``planner.export`` names both this package and its :func:`export` function (DESIGN.md: the API
-offers ``planner.export(plan, to=...)``). Once the package is imported, Python binds the name on
-``planner`` to the package, so the package itself is made callable: calling it calls
-:func:`export`, whichever of the two ``planner.export`` resolves to.
+The package is named ``exports`` so that ``planner.export`` stays the function (DESIGN.md's
+API: ``planner.export(plan, to=...)``) even after this package is imported.
 """
 
 from __future__ import annotations
 
 import shlex
-import sys
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from planner.errors import InputError
-from planner.export import eplb, megatron, sglang, vllm
-from planner.export._common import ImportedPlacement
+from planner.exports import eplb, megatron, sglang, vllm
+from planner.exports._common import ImportedPlacement
 from planner.io import atomic_write_bytes, check_writable
 
 if TYPE_CHECKING:
@@ -192,13 +188,3 @@ def import_placement(
 
         spec = model if isinstance(model, ModelSpec) else load_model(model)
     return f.load(path, model=spec, ep=ep)
-
-
-class _CallableModule(types.ModuleType):
-    """This package, callable as :func:`export` (see the module docstring)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> ExportResult:
-        return export(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

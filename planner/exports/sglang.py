@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from planner.errors import InputError
-from planner.export import _files
-from planner.export._common import (
+from planner.exports import _files
+from planner.exports._common import (
     ImportedPlacement,
     check_phy2log,
     moe_rows,

@@ -1,0 +1,201 @@
+"""Compute cost of the rest of a layer: router, permute/unpermute and combine, attention, dense
+FFN and shared experts, and training (forward + backward).
+
+Legend: T tokens on the GPU, h hidden, E routed experts, k top-k, a query heads, kv KV heads,
+d_h head dim, s sequence length, c context length (decode), b sequences, B_act = 2 (bf16
+activations), B_w bytes per weight. Times in ms. Every kernel is priced with the device model of
+:mod:`planner.cost.compute` (its fitted constants for the profile):
+
+- **one GEMM** ``[M, K] @ [K, N]`` (router, attention projections)::
+
+      t = c/4 + (tw^p + tc^p)^(1/p),   tw = (N·K·B_w + M·(N+K)·B_act) / (η_w·BW),   tc = Q(M,N,K) / (η_c·peak)
+
+  with ``c``, ``p``, ``η_c`` of the device fit (``c`` is the fixed cost of an expert FFN's four
+  kernels — two GEMMs, SiLU, multiply — so one kernel pays a quarter of it), ``η_w`` =
+  :data:`~planner.cost.compute.STREAM_EFFICIENCY` and ``Q`` the tile/wave-quantized FLOPs;
+- **a memory-bound pass** of ``n`` bytes (permute, combine, softmax/top-k): ``t = c/4 + n / (η_m·BW)``
+  with η_m = :data:`MEMORY_OP_EFFICIENCY`;
+- **an FFN** of width f over M tokens (dense layer, shared experts) is an expert FFN of that
+  shape: :func:`planner.cost.compute.expert_ffn_ms` (the profile's table when measured).
+
+Formulas (FACTS.md §1-2, §6)::
+
+    router      GEMM [T, h] @ [h, E], then softmax/top-k over T·E fp32 scores (read + write)
+    permute     T·h·B_act read + T·k·h·B_act written (each token copied once per chosen expert)
+    combine     T·k·h·B_act read + T·h·B_act written (weighted sum of the k expert outputs)
+    attention, prefill (per layer, b sequences of s tokens, causal, flash attention):
+                projections: GEMMs of the attention weights over b·s tokens
+                core: 2·b·s²·a·d_h FLOPs (QKᵀ and PV, half the square), reads/writes q, k, v, o
+    attention, decode (one new token per sequence, c tokens of context each):
+                projections over b tokens; core: 4·b·c·a·d_h FLOPs, reads the KV cache
+                b·c·kv_bytes_per_token_per_layer (FACTS.md §6)
+    training    forward + backward ≈ 3 × forward (backward computes input and weight gradients)
+
+The projections of MLA (DeepSeek) are the model's attention parameters as GEMMs of the same
+total size; the core uses ``num_heads`` and ``head_dim`` (q/k) as for standard attention.
+
+:data:`MEMORY_OP_EFFICIENCY` (0.5) is an assumption for engine kernels (fused gather/scatter):
+FACTS.md §2 measured far less for a plain-torch reference layer (index_select/index_add permute and
+combine of DeepSeek-V3 shapes at 16384 tokens cost ~17 ms over a 16.6 ms GEMM floor, about 0.08 of
+the copy bandwidth); pass ``efficiency`` to price such a layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.cost.compute import (
+    STREAM_EFFICIENCY,
+    device_fit,
+    dtype_bytes,
+    expert_ffn_ms,
+    gemm_flops_q,
+    peak_tflops,
+)
+from planner.errors import InputError
+from planner.specs.hardware import HardwareProfile
+from planner.specs.model import DTYPE_BYTES, ModelSpec
+
+#: Fraction of the copy bandwidth reached by permute / combine / softmax passes (assumption for
+#: fused engine kernels; see the module docstring).
+MEMORY_OP_EFFICIENCY = 0.5
+#: Backward over forward FLOPs (input and weight gradients): training step ≈ (1 + 2) × forward.
+BACKWARD_FACTOR = 2.0
+ACT_BYTES = 2.0
+#: Kernels of an expert FFN whose fixed cost the device fit's ``fixed_ms`` covers.
+_FFN_KERNELS = 4
+
+
+def _kernel_fixed_ms(hw: HardwareProfile, dtype: str) -> float:
+    return device_fit(hw, dtype).fixed_ms / _FFN_KERNELS
+
+
+def gemm_ms(hw: HardwareProfile, m: float, n: int, k: int, dtype: str = "bf16") -> float:
+    """Time (ms) of one GEMM ``[m, k] @ [k, n]`` with ``dtype`` weights (module docstring); 0 if m = 0."""
+    if m < 0 or n <= 0 or k <= 0:
+        raise InputError(f"GEMM sizes must be m >= 0, n > 0, k > 0 (got m={m}, n={n}, k={k})")
+    if m == 0:
+        return 0.0
+    fit = device_fit(hw, dtype)
+    bw = hw.hbm_bandwidth_gbps * 1e9
+    tw = (n * k * dtype_bytes(dtype) + m * (n + k) * ACT_BYTES) / (STREAM_EFFICIENCY * bw) * 1e3
+    tc = float(gemm_flops_q(np.array([float(m)]), n, k, hw.num_sms)[0]) / (fit.compute_eff * peak_tflops(hw, dtype) * 1e12) * 1e3
+    p = fit.softmax_p
+    return fit.fixed_ms / _FFN_KERNELS + float((tw**p + tc**p) ** (1.0 / p))
+
+
+def memory_pass_ms(hw: HardwareProfile, nbytes: float, efficiency: float = MEMORY_OP_EFFICIENCY) -> float:
+    """Time (ms) of a memory-bound kernel moving ``nbytes`` (read + written); 0 bytes → 0."""
+    if nbytes < 0:
+        raise InputError(f"nbytes must be >= 0 (got {nbytes:g})")
+    if not 0 < efficiency <= 1:
+        raise InputError(f"efficiency must be in (0, 1] (got {efficiency})")
+    if nbytes == 0:
+        return 0.0
+    return _kernel_fixed_ms(hw, "bf16") + nbytes / (efficiency * hw.hbm_bandwidth_gbps * 1e9) * 1e3
+
+
+def router_ms(hw: HardwareProfile, model: ModelSpec, tokens: float) -> float:
+    """Router of one MoE layer over ``tokens``: the gate GEMM and softmax/top-k over fp32 scores."""
+    if tokens <= 0:
+        return 0.0
+    gate = gemm_ms(hw, tokens, model.num_experts, model.hidden_size, model.weight_dtype)
+    return gate + memory_pass_ms(hw, 2 * 4.0 * tokens * model.num_experts)
+
+
+def permute_ms(hw: HardwareProfile, model: ModelSpec, tokens: float, efficiency: float = MEMORY_OP_EFFICIENCY) -> float:
+    """Copy each token once per chosen expert into expert order (before dispatch)."""
+    if tokens <= 0:
+        return 0.0
+    return memory_pass_ms(hw, tokens * (1 + model.top_k) * model.hidden_size * ACT_BYTES, efficiency)
+
+
+def combine_ms(hw: HardwareProfile, model: ModelSpec, tokens: float, efficiency: float = MEMORY_OP_EFFICIENCY) -> float:
+    """Unpermute and weighted sum of each token's k expert outputs (after combine)."""
+    return permute_ms(hw, model, tokens, efficiency)
+
+
+def shared_experts_ms(hw: HardwareProfile, model: ModelSpec, tokens: float, etp: int = 1) -> float:
+    """Shared experts of one MoE layer: an FFN of width ``shared_ffn_size / etp`` over all tokens."""
+    if model.shared_ffn_size == 0 or tokens <= 0:
+        return 0.0
+    return float(expert_ffn_ms(hw, model.hidden_size, max(1, model.shared_ffn_size // etp), model.weight_dtype, tokens))
+
+
+def dense_ffn_ms(hw: HardwareProfile, model: ModelSpec, tokens: float, tp: int = 1) -> float:
+    """The FFN of one dense layer (width ``dense_intermediate_size / tp``) over ``tokens``."""
+    if model.dense_intermediate_size == 0 or tokens <= 0:
+        return 0.0
+    return float(expert_ffn_ms(hw, model.hidden_size, max(1, model.dense_intermediate_size // tp), model.weight_dtype, tokens))
+
+
+@dataclass(frozen=True)
+class AttentionTime:
+    """One attention layer on one GPU, ms."""
+
+    projections_ms: float
+    core_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.projections_ms + self.core_ms
+
+
+def attention_ms(
+    hw: HardwareProfile,
+    model: ModelSpec,
+    *,
+    mode: str,
+    sequences: int,
+    seq_len: int = 0,
+    context: int = 0,
+    tp: int = 1,
+    kv_dtype: str = "bf16",
+) -> AttentionTime:
+    """Attention of one layer for ``sequences`` on one GPU (module docstring).
+
+    ``mode``: ``prefill`` (``seq_len`` new tokens each) or ``decode`` (one new token each,
+    ``context`` tokens of KV cache each). Heads and projections are split over ``tp``.
+    """
+    if mode not in ("prefill", "decode"):
+        raise InputError(f"mode must be 'prefill' or 'decode' (got {mode!r})")
+    if sequences < 0 or tp <= 0:
+        raise InputError(f"sequences must be >= 0 and tp > 0 (got {sequences}, {tp})")
+    if sequences == 0:
+        return AttentionTime(0.0, 0.0)
+    att, h = model.attention, model.hidden_size
+    if mode == "prefill" and seq_len <= 0:
+        raise InputError(f"seq_len must be > 0 for prefill (got {seq_len})")
+    if mode == "decode" and context < 0:
+        raise InputError(f"context must be >= 0 for decode (got {context})")
+    tokens = sequences * (seq_len if mode == "prefill" else 1)
+    # projections: the attention weights as one square-ish GEMM of the same size, split over tp
+    params = att.params_per_layer(h) / tp
+    proj = gemm_ms(hw, tokens, max(1, int(params // h)), h, model.weight_dtype)
+    heads = max(1, att.num_heads // tp)
+    fit = device_fit(hw, "bf16")
+    peak = fit.compute_eff * peak_tflops(hw, "bf16") * 1e12
+    bw = STREAM_EFFICIENCY * hw.hbm_bandwidth_gbps * 1e9
+    kv_b = DTYPE_BYTES.get(kv_dtype)
+    if kv_b is None:
+        raise InputError(f"kv_dtype: unknown dtype {kv_dtype!r}; known: {', '.join(DTYPE_BYTES)}")
+    if mode == "prefill":
+        flops = 2.0 * sequences * seq_len * seq_len * heads * att.head_dim
+        nbytes = tokens * (2 * heads + 2 * max(1, att.num_kv_heads // tp)) * att.head_dim * ACT_BYTES
+    else:
+        flops = 4.0 * sequences * context * heads * att.head_dim
+        kv_tok = att.kv_bytes_per_token_per_layer(kv_b)
+        kv_tok = kv_tok / tp if att.kind == "mla" else 2 * max(1, att.num_kv_heads // tp) * att.head_dim * kv_b
+        nbytes = sequences * context * kv_tok
+    p = fit.softmax_p
+    core = fit.fixed_ms / _FFN_KERNELS + ((flops / peak * 1e3) ** p + (nbytes / bw * 1e3) ** p) ** (1.0 / p)
+    return AttentionTime(proj, float(core))
+
+
+def training_ms(forward_ms: float) -> float:
+    """Forward + backward of a layer from its forward time (≈ 3×, module docstring)."""
+    if forward_ms < 0:
+        raise InputError(f"forward_ms must be >= 0 (got {forward_ms})")
+    return forward_ms * (1.0 + BACKWARD_FACTOR)
