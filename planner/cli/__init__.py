@@ -25,11 +25,12 @@ def _register() -> None:
     from planner.cli.check_cmd import check
     from planner.cli.export_cmd import export
     from planner.cli.plan_cmd import plan
+    from planner.cli.predict_cmd import predict
     from planner.cli.schema_cmd import schema
     from planner.cli.trace_cmd import trace
     from planner.cli.validate_cmd import validate
 
-    for cmd in (plan, schema, trace, validate, export, check):
+    for cmd in (plan, schema, trace, validate, export, check, predict):
         cli.add_command(cmd)
 
 

@@ -1,0 +1,109 @@
+"""Memory per GPU: a small configuration computed by hand, and the FACTS.md §6 rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.cost.memory import (
+    activation_bytes_per_layer,
+    inference_memory,
+    kv_bytes_per_token,
+    training_memory,
+    weights_per_gpu_bytes,
+)
+from planner.errors import InputError
+from planner.specs.model_io import load_model
+from tests.conftest import make_model
+
+# make_model(): h 64, 3 layers (all MoE), 8 experts, top-2, f 32, GQA 4 heads / 2 KV heads / d 16,
+# vocab 100, bf16. By hand:
+#   expert params      3·64·32                      = 6144
+#   embeddings         2·100·64                     = 12800
+#   attention / layer  q 64·4·16 + kv 2·64·2·16 + o 4·16·64 = 4096 + 4096 + 4096 = 12288 → ×3 = 36864
+#   routers            64·8 ·3                      = 1536
+#   non-expert         12800 + 36864 + 1536          = 51200
+EXPERT, NON_EXPERT = 6144, 51200
+
+
+def test_hand_computed_parameters():
+    m = make_model()
+    assert m.expert_params == EXPERT and m.non_expert_params == NON_EXPERT
+
+
+def test_training_memory_by_hand():
+    m = make_model()
+    # ep 2 over dp 2 (tp 1): 4 slots per GPU, 3 MoE layers; edp = dp·tp/(ep·etp) = 1
+    mem = training_memory(m, slots_per_gpu=4, dp=2, ep=2, seq_len=8, micro_batch=1)
+    experts = 4 * EXPERT * 3  # 73728 parameters on the GPU
+    assert mem.weights == 2 * (experts + NON_EXPERT)  # 249856 bytes
+    assert mem.gradients == 4 * (experts + NON_EXPERT)  # 499712
+    assert mem.optimizer == 12 * (experts / 1 + NON_EXPERT / 2)  # 884736 + 307200
+    # selective recompute: s·b·h·(18 + 4·f_eff/h), f_eff = k·f + f_sh + (k−1)·h/2 = 64 + 0 + 32 = 96
+    per_layer = 8 * 1 * 64 * (18 + 4 * 96 / 64)  # 12288
+    assert mem.activations == 3 * per_layer
+    assert mem.total == mem.weights + mem.gradients + mem.optimizer + mem.activations
+
+
+def test_eighteen_bytes_plain_and_six_plus_twelve_over_dp_distributed():
+    m = make_model()
+    params = 8 * EXPERT * 3 + NON_EXPERT  # ep 1: all 8 experts on every GPU
+    plain = training_memory(m, slots_per_gpu=8, dp=4, seq_len=8, micro_batch=1, distributed_optimizer=False)
+    assert (plain.weights + plain.gradients + plain.optimizer) / params == pytest.approx(18.0)
+    dist = training_memory(m, slots_per_gpu=8, dp=4, seq_len=8, micro_batch=1)
+    assert (dist.weights + dist.gradients + dist.optimizer) / params == pytest.approx(6 + 12 / 4)
+
+
+def test_recompute_and_pipeline_in_flight():
+    m = make_model()
+    sel = activation_bytes_per_layer(m, 8, 1, 1, "selective")
+    none = activation_bytes_per_layer(m, 8, 1, 1, "none")
+    full = activation_bytes_per_layer(m, 8, 1, 1, "full")
+    assert none - sel == 5 * 4 * 8 * 8 * 1  # 5·a·s²·b
+    assert full == 2 * 8 * 1 * 64
+    assert activation_bytes_per_layer(m, 8, 1, 2) == sel / 2  # sequence parallelism splits over tp
+    one = training_memory(m, slots_per_gpu=8, seq_len=8, micro_batch=1, pp=1).activations
+    # pp 3: one layer per stage, the first stage holds 3 micro-batches in flight
+    three = training_memory(m, slots_per_gpu=8, seq_len=8, micro_batch=1, pp=3).activations
+    assert three == pytest.approx(one / 3 * 3)
+    few = training_memory(m, slots_per_gpu=8, seq_len=8, micro_batch=1, pp=3, num_microbatches=2).activations
+    assert few == pytest.approx(one / 3 * 2)
+    inter = training_memory(m, slots_per_gpu=8, seq_len=8, micro_batch=1, pp=3, vpp=2).activations
+    assert inter == pytest.approx(three * (1 + 2 / 6))
+
+
+def test_weights_per_gpu_counts_replicas_and_splits():
+    m = make_model()
+    assert weights_per_gpu_bytes(m, 4, 1, 1, 1) == 2 * (4 * EXPERT * 3 + NON_EXPERT)
+    assert weights_per_gpu_bytes(m, 5, 1, 1, 1) - weights_per_gpu_bytes(m, 4, 1, 1, 1) == 2 * EXPERT * 3
+    assert weights_per_gpu_bytes(m, 4, 2, 1, 2) == 2 * (4 * EXPERT * 3 / 2 + NON_EXPERT / 2)
+
+
+def test_kv_cache_per_token():
+    m = make_model()
+    assert kv_bytes_per_token(m) == 3 * 2 * 2 * 16 * 2  # layers · 2 · kv_heads · d · bf16
+    assert kv_bytes_per_token(m, tp=2) == 3 * 2 * 1 * 16 * 2
+    assert kv_bytes_per_token(m, tp=4) == 3 * 2 * 1 * 16 * 2  # a TP rank keeps at least one KV head
+    v3 = load_model("deepseek-v3")
+    assert kv_bytes_per_token(v3) == 61 * (512 + 64) * 2  # MLA latent: FACTS.md §6
+    assert kv_bytes_per_token(v3, tp=8, kv_dtype="fp8") == 61 * (512 + 64) / 8
+
+
+def test_inference_memory_parts():
+    m = make_model()
+    mem = inference_memory(m, slots_per_gpu=4, kv_tokens=1000, batch_tokens=10)
+    assert mem.weights == weights_per_gpu_bytes(m, 4, 1, 1, 1)
+    assert mem.kv_cache == 1000 * kv_bytes_per_token(m)
+    assert mem.dispatch_buffers == 2 * 10 * 2 * 64 * 2
+    assert mem.activations == 10 * 2 * (2 * 64 + (4 + 4) * 16 + 2 * 2 * 64 + 3 * 2 * 32)
+    assert mem.gradients == mem.optimizer == 0
+    assert mem.as_gib()["total"] == pytest.approx(mem.total / 2**30)
+
+
+def test_bad_memory_input():
+    m = make_model()
+    with pytest.raises(InputError, match="ep × etp"):
+        training_memory(m, slots_per_gpu=4, dp=2, ep=4, seq_len=8, micro_batch=1)
+    with pytest.raises(InputError, match="recompute must be"):
+        activation_bytes_per_layer(m, 8, 1, 1, "some")
+    with pytest.raises(InputError, match=r"tp must be > 0 \(got 0\)"):
+        inference_memory(m, slots_per_gpu=4, tp=0)
