@@ -1,6 +1,6 @@
 """Accuracy and speed of the expert-FFN cost model, against simple baselines in the same run.
 
-    python benchmarks/cost_model.py            # prints the tables (takes ~20 s)
+    python benchmarks/cost_model.py            # prints the tables (takes ~10 s)
 
 1. **Between measured token counts** — leave one interior point out: for every table and every
    interior measured M (2 .. 8192), predict it from the other points of its table. The model
@@ -20,9 +20,12 @@
    reduced profile: device model + residuals of the nearest measured shapes), against a
    3-constant roofline ``overhead + max(Q/(η_c·peak), bytes/(η_w·BW))`` (tile/wave-quantized FLOPs
    Q, weights plus activations bytes) with its constants fitted on the same remaining tables.
-4. **Evaluator speed** — :class:`planner.cost.evaluate.MoeEvaluator` on DeepSeek-V3 (58 MoE
+4. **Grouped GEMM** — the ``grouped`` kernel model (one launch for a GPU's local experts) and the
+   sum of single-expert times, against ``torch._grouped_mm`` rows of the helper file.
+5. **Evaluator speed** — :class:`planner.cost.evaluate.MoeEvaluator` on DeepSeek-V3 (58 MoE
    layers, 256 experts + 64 redundant = 320 slots) on 64 GPUs (8 per node), one evaluation per
-   call on one core, random multinomial counts of 8192 tokens × 8 per GPU... per step.
+   call on one core (numpy's own threads as they come), counts: 65,536 (token, expert) pairs per
+   layer drawn uniformly over the 320 slots.
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from planner.cost.compute import expert_ffn_ms, gemm_flops_q, peak_tflops, table_curve  # noqa: E402
+from planner.cost.compute import (  # noqa: E402
+    expert_ffn_ms,
+    gemm_flops_q,
+    grouped_experts_ms,
+    peak_tflops,
+    table_curve,
+)
 from planner.cost.evaluate import MoeEvaluator  # noqa: E402
 from planner.specs.hardware import ExpertFfnTable, HardwareProfile, load_hardware  # noqa: E402
 from planner.specs.model import DTYPE_BYTES  # noqa: E402
@@ -142,26 +151,38 @@ def loo(tables: list[ExpertFfnTable]) -> tuple[float, float, int]:
 # ---- 2. unseen token counts ------------------------------------------------------------------
 
 
-def unseen(hw: HardwareProfile) -> dict[str, tuple[float, float, int]]:
+def unseen(h100: HardwareProfile) -> list[tuple[str, str, float, float, int]]:
+    """(points, baseline name, this model %, baseline %, n) on the held-out between-point file."""
     data = json.loads(BETWEEN_FILE.read_text())
-    groups: dict[str, list[tuple[float, float]]] = {}
+    helper = with_tables(h100, helper_tables("expert_ffn_bf16"))
+    roof = roofline3_fit(h100, list(h100.expert_ffn_tables))
+    groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
+
+    def add(key: tuple[str, str], ours: float, base: float, meas: float) -> None:
+        groups.setdefault(key, []).append((abs(ours / meas - 1), abs(base / meas - 1)))
+
     for r in data["rows"]:
         runs = sorted(r["runs_ms"])
         if len(runs) < 2 or runs[1] / runs[0] - 1 > CLEAN_TOL:
             continue
-        table = hw.table_for(r["d"], r["f"], "bf16")
-        if table is None:
-            continue
+        d, f, meas = r["d"], r["f"], r["ffn_ms"]
         m = np.array([float(r["M"])])
+        if r["phase"] == "mid-other-shapes":
+            add(("9 further shapes, unprofiled (from the 7 profiled shapes)", "3-constant roofline"),
+                expert_ffn_ms(h100, d, f, "bf16", m)[0], roof(d, f, "bf16", m)[0], meas)
+            add(("9 further shapes, profiled by the helper file's tables", "plain log-log"),
+                expert_ffn_ms(helper, d, f, "bf16", m)[0], loglog(helper.table_for(d, f, "bf16"), m)[0], meas)
+            continue
+        table = h100.table_for(d, f, "bf16")
+        ours = expert_ffn_ms(h100, d, f, "bf16", m)[0]
         if r["phase"] == "pow2-recheck":
-            key = "same M, other session (noise floor)"
-        elif r["phase"] == "mid-other-shapes":
-            key = "9 further shapes, M between powers of 2"
+            add(("7 profiled shapes, the same M (noise floor)", "plain log-log"), ours, loglog(table, m)[0], meas)
         else:
-            key = "7 seed shapes, M between powers of 2 and odd M"
-        ours = expert_ffn_ms(hw, r["d"], r["f"], "bf16", m)[0]
-        groups.setdefault(key, []).append((abs(ours / r["ffn_ms"] - 1), abs(loglog(table, m)[0] / r["ffn_ms"] - 1)))
-    return {k: (100 * float(np.mean([a for a, _ in v])), 100 * float(np.mean([b for _, b in v])), len(v)) for k, v in groups.items()}
+            add(("7 profiled shapes, M between powers of 2 and odd M", "plain log-log"), ours, loglog(table, m)[0], meas)
+    return [
+        (k, b, 100 * float(np.mean([x for x, _ in v])), 100 * float(np.mean([y for _, y in v])), len(v))
+        for (k, b), v in groups.items()
+    ]
 
 
 # ---- 3. leave one shape out ------------------------------------------------------------------
@@ -179,7 +200,23 @@ def loso(hw: HardwareProfile, tables: list[ExpertFfnTable]) -> tuple[float, floa
     return 100 * float(np.mean(ours)), 100 * float(max(ours)), 100 * float(np.mean(base)), 100 * float(max(base))
 
 
-# ---- 4. evaluator speed ----------------------------------------------------------------------
+# ---- 4. grouped GEMM ------------------------------------------------------------------------
+
+
+def grouped(hw: HardwareProfile) -> tuple[float, float, int]:
+    """Grouped model and summed single-expert times against the helper file's grouped_mm rows."""
+    rows = json.loads(HELPER_FILE.read_text())["grouped_mm"]["rows"]
+    ours, loop = [], []
+    for r in rows:
+        tokens_GE = np.full((1, r["E"]), r["M"])
+        g = grouped_experts_ms(hw, r["d"], r["f"], "bf16", tokens_GE, kernel="grouped")[0]
+        s = grouped_experts_ms(hw, r["d"], r["f"], "bf16", tokens_GE, kernel="loop")[0]
+        ours.append(abs(g / r["grouped_ffn_ms"] - 1))
+        loop.append(abs(s / r["grouped_ffn_ms"] - 1))
+    return 100 * float(np.mean(ours)), 100 * float(np.mean(loop)), len(rows)
+
+
+# ---- 5. evaluator speed ----------------------------------------------------------------------
 
 
 def evaluator_speed(hw: HardwareProfile) -> tuple[float, float]:
@@ -218,18 +255,22 @@ def main() -> None:
     for name, _, tables in sets:
         ours, base, n = loo(tables)
         print(f"| {name} | {n} | {ours:.2f}% | {base:.2f}% |")
-    print("\n## 2. Unseen token counts (h100-sxm profile tables against another session's measurements)\n")
-    print("| points | n | this model | plain log-log |")
+    print("\n## 2. Unseen token counts: another session's measurements (h100-sxm-between-2026-11-23.json)\n")
+    print("| points | n | this model | baseline |")
     print("|---|---|---|---|")
-    for key, (ours, base, n) in unseen(h100).items():
-        print(f"| {key} | {n} | {ours:.2f}% | {base:.2f}% |")
+    for key, base_name, ours, base, n in unseen(h100):
+        print(f"| {key} | {n} | {ours:.2f}% | {base:.2f}% ({base_name}) |")
     print("\n## 3. Unprofiled shape: leave one shape out (MAPE over its 15 points; mean / worst shape)\n")
     print("| tables | shapes | this model | 3-constant roofline |")
     print("|---|---|---|---|")
     for name, hw, tables in sets:
         o, ow, b, bw = loso(hw, tables)
         print(f"| {name} | {len(tables)} | {o:.2f}% / {ow:.1f}% | {b:.2f}% / {bw:.1f}% |")
-    print("\n## 4. Plan evaluator: DeepSeek-V3, 58 MoE layers × 320 slots, 64 GPUs, one core\n")
+    print("\n## 4. Grouped GEMM of E local experts (h100-sxm, against torch._grouped_mm in the helper file)\n")
+    g, s_, n = grouped(h100)
+    print(f"{n} rows (E = 8-32 experts × M = 16-1024 tokens): grouped model {g:.1f}% MAPE; "
+          f"sum of single-expert FFN times {s_:.1f}%")
+    print("\n## 5. Plan evaluator: DeepSeek-V3, 58 MoE layers × 320 slots, 64 GPUs, one core\n")
     checked, unchecked = evaluator_speed(h100)
     print(f"{checked:,.0f} evaluations/s with input checks, {unchecked:,.0f} without (best of 5 × 1000)")
 

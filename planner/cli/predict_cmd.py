@@ -49,6 +49,10 @@ def predict(model, hardware, tokens_per_expert, tokens, ep, gpus_per_node, etp, 
         raise InputError(f"--gpus-per-node must be > 0 (got {gpus_per_node})")
     m = load_model(model)
     if dtype is not None:
+        from planner.specs.model import DTYPE_BYTES
+
+        if dtype not in DTYPE_BYTES:
+            raise InputError(f"--dtype must be one of {', '.join(DTYPE_BYTES)} (got {dtype!r})")
         m = m.model_copy(update={"expert_dtype": dtype})
     hw = load_hardware(hardware)
     if m.expert_intermediate_size % etp:

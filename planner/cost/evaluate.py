@@ -6,12 +6,13 @@ DESIGN.md "Plan file"), B = a batch of candidate placements or steps.
 
 For counts ``c[l, p]`` (tokens routed to slot p of layer l in one step)::
 
-    compute[l, g] = Σ_{p on g} t(c[l, p])                         t: expert FFN curve (compute.py)
+    compute[l, g] = Σ_{p on g} t(c[l, p])                         t: expert FFN curve (compute.py);
+                                                                  kernel="grouped": c + Σ (D − c)
     tok[l, g]     = Σ_{p on g} c[l, p]
     recv_nvl[l,g] = tok[l, g] · (n − 1)/G · bytes_per_token        n = GPUs per node (the group's)
     recv_nic[l,g] = tok[l, g] · (G − n)/G · bytes_per_token
-    send_*[l]     = Σ_g tok[l, g] / G · (same fractions)           tokens start evenly on the GPUs
-    t_link[l]     = α + max(max_g recv[l, g], send[l]) / BW         (0 when no byte moves)
+    send[l]       = Σ_g tok[l, g] / G · (same fractions) <= max_g recv   tokens start evenly
+    t_link[l]     = α + max_g recv[l, g] / BW                       (0 when no byte moves)
     comm[l]       = 2 · max(t_nvl[l], t_nic[l]) · (1 − overlap)     dispatch + combine
     layer[l]      = max_g compute[l, g] + comm[l]
     total         = Σ_l layer[l]
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from planner.cost.compute import ACTIVATION_BYTES, ffn_curve
+from planner.cost.compute import ACTIVATION_BYTES, KERNELS, device_fit, ffn_curve, grouped_model_ms
 from planner.errors import InputError
 from planner.specs.hardware import HardwareProfile
 
@@ -111,6 +112,7 @@ class MoeEvaluator:
         max_tokens: int,
         act_bytes: float = ACTIVATION_BYTES,
         include_comm: bool = True,
+        kernel: str = "loop",
     ) -> None:
         if num_gpus <= 0 or slots_per_gpu <= 0 or gpus_per_node <= 0:
             raise InputError(
@@ -122,14 +124,28 @@ class MoeEvaluator:
         self.G, self.S = int(num_gpus), int(slots_per_gpu)
         self.n = min(int(gpus_per_node), self.G)
         self.max_tokens = int(max_tokens)
-        #: ms per token count, M = 0..max_tokens
-        self.table_M = np.ascontiguousarray(ffn_curve(hw, hidden, ffn, dtype).lookup(self.max_tokens))
+        if kernel not in KERNELS:
+            raise InputError(f"kernel must be one of {', '.join(KERNELS)} (got {kernel!r})")
+        #: ms per token count, M = 0..max_tokens (grouped: each expert's share of one launch)
+        if kernel == "loop":
+            self.table_M = np.ascontiguousarray(ffn_curve(hw, hidden, ffn, dtype).lookup(self.max_tokens))
+            self._launch_ms = 0.0
+        else:
+            grid = np.arange(self.max_tokens + 1, dtype=np.float64)
+            self.table_M = grouped_model_ms(hw, hidden, ffn, dtype, grid)
+            self._launch_ms = device_fit(hw, dtype).fixed_ms
         self.include_comm = include_comm
         self._ones = np.ones(self.S)
         bpt = hidden * act_bytes
-        self._nvl = (bpt * (self.n - 1) / self.G, hw.nvlink.bandwidth_gbps * 1e6, hw.nvlink.latency_us * 1e-3)
-        self._nic = (bpt * (self.G - self.n) / self.G, hw.nic.bandwidth_gbps * 1e6, hw.nic.latency_us * 1e-3)
+        # per link: (α ms, ms per token of the busiest GPU); a link carrying nothing costs nothing
+        links = []
+        for frac, link in (((self.n - 1) / self.G, hw.nvlink), ((self.G - self.n) / self.G, hw.nic)):
+            links.append((link.latency_us * 1e-3, bpt * frac / (link.bandwidth_gbps * 1e6)) if frac > 0 else (0.0, 0.0))
+        self._links = tuple(links)
         self._overlap = hw.comm_overlap
+        #: rows: time per token count (as ``table_M``) and the count itself, so one gather and one
+        #: reduction give both each GPU's time and its tokens
+        self._table2 = np.ascontiguousarray(np.stack([self.table_M, np.arange(self.max_tokens + 1, dtype=np.float64)]))
 
     def _check(self, counts: np.ndarray) -> np.ndarray:
         c = np.asarray(counts)
@@ -141,17 +157,14 @@ class MoeEvaluator:
             raise InputError(f"counts must be in [0, max_tokens={self.max_tokens}] (got {c.min()}..{c.max()})")
         return c
 
-    def _comm(self, tok_LG: np.ndarray) -> np.ndarray:
+    def _comm(self, worst_L: np.ndarray) -> np.ndarray:
+        """Exposed dispatch + combine from the busiest GPU's tokens of each layer (its receive
+        bounds every GPU's send, whose mean is Σ tok / G)."""
         if not self.include_comm or self.G == 1:
-            return np.zeros(tok_LG.shape[:-1])
-        worst = tok_LG.max(axis=-1)
-        mean = tok_LG.sum(axis=-1) / self.G
-        worst = np.maximum(worst, mean)  # receive of the busiest GPU vs every GPU's send
-        t = np.zeros_like(worst)
-        for frac, bw, alpha in (self._nvl, self._nic):
-            if frac > 0:
-                t = np.maximum(t, np.where(worst > 0, alpha + worst * frac / bw, 0.0))
-        return 2.0 * t * (1.0 - self._overlap)
+            return np.zeros(worst_L.shape)
+        (a1, b1), (a2, b2) = self._links
+        t = np.maximum(a1 + worst_L * b1, a2 + worst_L * b2)
+        return np.where(worst_L > 0, 2.0 * (1.0 - self._overlap) * t, 0.0)
 
     def _per_gpu(self, x: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
         # Σ over each GPU's S contiguous slots; a matrix-vector product is the fastest numpy
@@ -163,13 +176,19 @@ class MoeEvaluator:
         c = self._check(counts_LP) if check else np.asarray(counts_LP)
         t_LG = self._per_gpu(self.table_M.take(c), c.shape[:-1])
         tok_LG = self._per_gpu(c.astype(np.float64), c.shape[:-1])
-        return LayerTimes(t_LG, t_LG.max(axis=-1), self._comm(tok_LG))
+        if self._launch_ms:
+            t_LG = t_LG + np.where(tok_LG > 0, self._launch_ms, 0.0)
+        return LayerTimes(t_LG, t_LG.max(axis=-1), self._comm(tok_LG.max(axis=-1)))
 
     def __call__(self, counts_LP: ArrayLike, check: bool = True) -> float | np.ndarray:
         """Σ over layers of (straggler compute + communication), ms: a float for ``[L, P]``,
         an array ``[B]`` for a batch ``[B, L, P]``. ``check=False`` skips input checks (hot loops)."""
         c = self._check(counts_LP) if check else np.asarray(counts_LP)
-        total = self._per_gpu(self.table_M.take(c), c.shape[:-1]).max(axis=-1).sum(axis=-1)
-        if self.include_comm and self.G > 1:
-            total = total + self._comm(self._per_gpu(c.astype(np.float64), c.shape[:-1])).sum(axis=-1)
+        lead = c.shape[:-1]
+        # [2, ..., L, G] per-GPU time and tokens → [2, ..., L] of the busiest GPU
+        x = self._table2.take(c, axis=1).reshape(-1, self.S).dot(self._ones).reshape((2, *lead, self.G)).max(axis=-1)
+        worst = x[0]
+        if self._launch_ms:  # the straggler ran a launch unless the whole layer was empty
+            worst = worst + np.where(worst > 0, self._launch_ms, 0.0)
+        total = worst.sum(axis=-1) + self._comm(x[1]).sum(axis=-1)
         return float(total) if np.ndim(total) == 0 else total

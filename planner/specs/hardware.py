@@ -35,7 +35,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from planner.errors import InputError
-from planner.specs.base import Spec, parse, read_mapping
+from planner.specs.base import Spec, parse, read_mapping, show
 from planner.specs.model import Dtype
 
 #: Keys allowed in ``peak_tflops`` (tensor-core math formats; dense figures).
@@ -178,7 +178,7 @@ class Provenance(Spec):
     @classmethod
     def _date(cls, v: str) -> str:
         if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
-            raise ValueError(f"date must be YYYY-MM-DD (got {v!r})")
+            raise ValueError(f"date must be YYYY-MM-DD (got {show(v)})")
         return v
 
 
@@ -223,7 +223,7 @@ class HardwareProfile(Spec):
     @classmethod
     def _name(cls, v: str) -> str:
         if not _NAME_RE.match(v):
-            raise ValueError(f"name must be lower case letters, digits, '.', '_' or '-' (got {v!r})")
+            raise ValueError(f"name must be lower case letters, digits, '.', '_' or '-' (got {show(v)})")
         return v
 
     @model_validator(mode="after")

@@ -37,6 +37,11 @@ DTYPE_BYTES: dict[str, float] = {
 #: keeps per-layer lists (``moe_layer_indices``) and arrays sized by layers bounded.
 MAX_LAYERS = 4096
 
+#: Upper bound on ``num_experts``: far above any real model (the most today have a few hundred
+#: routed experts per layer), and keeps what is sized by experts bounded: per-layer id sets,
+#: [layers, experts] count tables, and trace ids stored as int32.
+MAX_EXPERTS = 65536
+
 
 class AttentionSpec(Spec):
     """The attention block of a layer (used for non-expert weights, FLOPs and the KV cache)."""
@@ -121,7 +126,10 @@ class ModelSpec(Spec):
         description="Further layers (0-based indices) with a dense FFN although the first_k_dense/moe_layer_freq pattern makes them MoE (Qwen mlp_only_layers)",
     )
     dense_intermediate_size: StrictInt = Field(default=0, ge=0, description="FFN width of the dense layers (intermediate_size); 0 if the model has none")
-    num_experts: StrictInt = Field(gt=0, description="Routed experts per MoE layer (n_routed_experts / num_experts / num_local_experts)")
+    num_experts: StrictInt = Field(
+        gt=0, le=MAX_EXPERTS,
+        description=f"Routed experts per MoE layer (n_routed_experts / num_experts / num_local_experts); at most {MAX_EXPERTS}",
+    )
     top_k: StrictInt = Field(gt=0, description="Experts each token is routed to (num_experts_per_tok)")
     expert_intermediate_size: StrictInt = Field(gt=0, description="FFN width f of one routed expert (moe_intermediate_size)")
     num_shared_experts: StrictInt = Field(default=0, ge=0, description="Shared experts every token passes through (n_shared_experts)")

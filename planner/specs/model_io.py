@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import InputError
-from planner.specs.base import parse, read_mapping
-from planner.specs.model import MAX_LAYERS, ModelSpec
+from planner.specs.base import parse, read_mapping, show
+from planner.specs.model import MAX_EXPERTS, MAX_LAYERS, ModelSpec
 
 _PRESET_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
 
@@ -77,7 +77,7 @@ def _type_name(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str | int | float):
-        return repr(v)
+        return show(v)
     return f"a {type(v).__name__}"
 
 
@@ -120,7 +120,7 @@ class _HF:
             raise self.fail(key, f"must be an integer (got {_type_name(v)})")
         if isinstance(v, float):
             if not v.is_integer():
-                raise self.fail(key, f"must be an integer (got {v!r})")
+                raise self.fail(key, f"must be an integer (got {show(v)})")
             v = int(v)
         return v
 
@@ -142,6 +142,10 @@ class _HF:
     def layers(self, key: str) -> int:
         """A layer count (at most :data:`~planner.specs.model.MAX_LAYERS`)."""
         return self.integer(key, maximum=MAX_LAYERS)
+
+    def experts(self, key: str) -> int:
+        """An expert count (at most :data:`~planner.specs.model.MAX_EXPERTS`)."""
+        return self.integer(key, maximum=MAX_EXPERTS)
 
     def opt_int(self, key: str, *, minimum: int = 1) -> int | None:
         """An optional integer field >= ``minimum``; absent or null gives None."""
@@ -169,7 +173,7 @@ class _HF:
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         v = self.string(key, default)
         if v not in choices:
-            raise self.fail(key, f"must be one of {', '.join(choices)} (got {v!r})")
+            raise self.fail(key, f"must be one of {', '.join(choices)} (got {show(v)})")
         return v
 
     def int_list(self, key: str) -> list[int]:
@@ -219,7 +223,7 @@ def _weight_dtype(hf: _HF) -> str:
     key = "torch_dtype" if hf.has("torch_dtype") else "dtype"
     v = hf.string(key, "bfloat16")
     if v not in _TORCH_DTYPES:
-        raise hf.fail(key, f"must be one of {', '.join(_TORCH_DTYPES)} (got {v!r})")
+        raise hf.fail(key, f"must be one of {', '.join(_TORCH_DTYPES)} (got {show(v)})")
     return _TORCH_DTYPES[v]
 
 
@@ -239,7 +243,7 @@ def _expert_dtype(hf: _HF, weight_dtype: str) -> str:
         raise q.fail("bits", f"must be 4 for quant_method {method} (got {bits}); other widths are not supported")
     raise q.fail(
         "quant_method",
-        f"'{method}' is not supported (supported: fp8, mxfp4, 4-bit gptq/awq); "
+        f"{show(method)} is not supported (supported: fp8, mxfp4, 4-bit gptq/awq); "
         "write a ModelSpec .yaml with expert_dtype instead",
     )
 
@@ -356,7 +360,7 @@ def _common(hf: _HF) -> dict[str, Any]:
 def _from_mixtral_like(hf: _HF, experts_key: str) -> dict[str, Any]:
     """Mixtral (``num_local_experts``) and OLMoE (``num_experts``): every layer MoE."""
     hidden = hf.integer("hidden_size")
-    experts = hf.integer(experts_key)
+    experts = hf.experts(experts_key)
     top_k = hf.integer("num_experts_per_tok")
     _check_top_k(hf, experts_key, experts, "num_experts_per_tok", top_k)
     return {
@@ -383,7 +387,7 @@ def _from_qwen(hf: _HF) -> dict[str, Any]:
     """Qwen2-MoE / Qwen3-MoE: ``decoder_sparse_step`` and ``mlp_only_layers`` pick dense layers."""
     hidden = hf.integer("hidden_size")
     n_layers = hf.layers("num_hidden_layers")
-    experts = hf.integer("num_experts")
+    experts = hf.experts("num_experts")
     top_k = hf.integer("num_experts_per_tok")
     _check_top_k(hf, "num_experts", experts, "num_experts_per_tok", top_k)
     step = hf.integer("decoder_sparse_step", default=1)
@@ -432,7 +436,7 @@ def _from_deepseek(hf: _HF) -> dict[str, Any]:
     v2 = hf.model_type == "deepseek_v2"
     hidden = hf.integer("hidden_size")
     n_layers = hf.layers("num_hidden_layers")
-    experts = hf.integer("n_routed_experts")
+    experts = hf.experts("n_routed_experts")
     top_k = hf.integer("num_experts_per_tok")
     _check_top_k(hf, "n_routed_experts", experts, "num_experts_per_tok", top_k)
     first_k = hf.integer("first_k_dense_replace", minimum=0, default=0)
@@ -475,7 +479,7 @@ def _from_deepseek(hf: _HF) -> dict[str, Any]:
 def _from_gpt_oss(hf: _HF) -> dict[str, Any]:
     """gpt-oss: ``num_local_experts``; top-k as ``experts_per_token`` and/or ``num_experts_per_tok``."""
     hidden = hf.integer("hidden_size")
-    experts = hf.integer("num_local_experts")
+    experts = hf.experts("num_local_experts")
     a = hf.opt_int("experts_per_token")
     b = hf.opt_int("num_experts_per_tok")
     if a is None and b is None:
@@ -507,7 +511,7 @@ def _from_dbrx(hf: _HF) -> dict[str, Any]:
     hidden = hf.integer("d_model")
     ffn = hf.sub("ffn_config")
     attn = hf.sub("attn_config")
-    experts = ffn.integer("moe_num_experts")
+    experts = ffn.experts("moe_num_experts")
     top_k = ffn.integer("moe_top_k")
     _check_top_k(ffn, "moe_num_experts", experts, "moe_top_k", top_k)
     return {

@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from planner.errors import InputError
 from planner.io import atomic_write_text
-from planner.specs.base import Spec, parse, read_mapping
+from planner.specs.base import Spec, parse, read_mapping, show
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
 from planner.specs.workload import Workload
@@ -188,5 +188,5 @@ class Plan(Spec):
         data = read_mapping(p)
         version = data.get("schema_version")
         if version is not None and version != SCHEMA_VERSION:
-            raise InputError(f"{p.name}: schema_version must be '{SCHEMA_VERSION}' (got {version!r})")
+            raise InputError(f"{p.name}: schema_version must be '{SCHEMA_VERSION}' (got {show(version)})")
         return parse(cls, data, p.name)

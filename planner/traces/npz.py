@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import zipfile
 import zlib
 from pathlib import Path
@@ -46,6 +47,8 @@ import numpy as np
 
 from planner.errors import InputError
 from planner.io import atomic_write_bytes
+from planner.specs.base import one_line, show
+from planner.specs.model import MAX_EXPERTS
 from planner.traces.trace import CountsTrace, Trace, check_against_model
 
 if TYPE_CHECKING:
@@ -87,21 +90,89 @@ def _scalar(arrays: dict[str, np.ndarray], key: str, name: str) -> np.ndarray | 
     return v
 
 
+_NPY_HEADERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _member_array(z: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, name: str) -> np.ndarray:
+    """One ``.npy`` member, its header checked against its size before any array is allocated.
+
+    A header may claim any shape: numpy would allocate that much before finding the data short
+    (a few bytes claiming terabytes end in MemoryError). Object arrays are refused unread
+    (reading them would unpickle).
+    """
+    with z.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+        except ValueError:
+            raise InputError(f"{name}: member {show(info.filename)} is not a .npy array") from None
+        read_header = _NPY_HEADERS.get(version)
+        if read_header is None:
+            raise InputError(f"{name}: {key}: .npy format version {version[0]}.{version[1]} is not supported")
+        shape, _fortran, dtype = read_header(f)
+        header_len = f.tell()
+    if dtype.hasobject:
+        raise InputError(f"{name}: {key} holds Python objects (dtype {dtype}); only numeric and string arrays are read")
+    need = math.prod(shape) * dtype.itemsize
+    have = info.file_size - header_len
+    if need != have:
+        raise InputError(
+            f"{name}: {key}: header says shape {shape} of {dtype} ({need} bytes) but the member holds {have} bytes"
+        )
+    with z.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
 def _read_npz(p: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file, by name; any flaw is one :class:`InputError` line."""
     name = p.name
     try:
-        z = np.load(p, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
+        with open(p, "rb") as fh:
+            magic = fh.read(len(np.lib.format.MAGIC_PREFIX))
+        if magic == np.lib.format.MAGIC_PREFIX:
             raise InputError(f"{name}: holds a single .npy array, not an .npz archive of named arrays")
-        with z:
-            return {k: z[k] for k in z.files}
+        with zipfile.ZipFile(p) as z:
+            members: dict[str, zipfile.ZipInfo] = {}
+            for info in z.infolist():
+                if info.is_dir():
+                    continue
+                if not info.filename.endswith(".npy"):
+                    raise InputError(f"{name}: member {show(info.filename)} is not a .npy array")
+                key = info.filename[: -len(".npy")]
+                if key in members:
+                    raise InputError(f"{name}: holds {show(key)} twice")
+                members[key] = info
+            _check_keys(sorted(members), name)
+            return {key: _member_array(z, info, key, name) for key, info in members.items()}
     except InputError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
-        reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        if len(reason) > 100:
-            reason = reason[:97] + "..."
+    except MemoryError:
+        raise InputError(f"{name}: too large to load into memory") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, KeyError,
+            NotImplementedError, RuntimeError) as e:
+        # RuntimeError: an encrypted member; NotImplementedError: an unknown compression method
+        reason = one_line(str(e).splitlines()[0] if str(e) else e.__class__.__name__, 100)
         raise InputError(f"{name}: not a readable .npz file ({reason})") from None
+
+
+def _check_keys(keys: list[str], name: str) -> None:
+    """A file holds ``topk_ids`` or ``counts`` (not both) and only the keys of its layout."""
+    has_ids, has_counts = "topk_ids" in keys, "counts" in keys
+    if has_ids and has_counts:
+        raise InputError(f"{name}: holds both topk_ids and counts; a trace is one or the other")
+    if not has_ids and not has_counts:
+        found = ", ".join(one_line(k, 40) for k in keys[:10]) + (", ..." if len(keys) > 10 else "")
+        raise InputError(
+            f"{name}: missing topk_ids (a per-token trace) or counts (a counts-only trace); "
+            f"found {found or 'no arrays'}"
+        )
+    allowed = TOKEN_KEYS if has_ids else COUNTS_KEYS
+    unknown = [k for k in keys if k not in allowed]
+    if unknown:
+        shown = ", ".join(one_line(k, 40) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise InputError(f"{name}: unknown keys {shown} (allowed: {', '.join(allowed)})")
 
 
 def load_trace(
@@ -130,25 +201,14 @@ def load_trace(
         return trace
     if suffix != ".npz":
         raise InputError(f"{name}: unknown trace format '{p.suffix}' (expected .npz, or SGLang .json / .pt)")
+    if p.is_dir():
+        raise InputError(f"{path}: is a folder, not a file")
     if not p.is_file():
         raise InputError(f"{path}: no such file")
     arrays = _read_npz(p)
 
-    has_ids, has_counts = "topk_ids" in arrays, "counts" in arrays
-    if has_ids and has_counts:
-        raise InputError(f"{name}: holds both topk_ids and counts; a trace is one or the other")
-    if not has_ids and not has_counts:
-        raise InputError(
-            f"{name}: missing topk_ids (a per-token trace) or counts (a counts-only trace); "
-            f"found {', '.join(sorted(arrays)) or 'no arrays'}"
-        )
-    allowed = TOKEN_KEYS if has_ids else COUNTS_KEYS
-    unknown = sorted(set(arrays) - set(allowed))
-    if unknown:
-        raise InputError(f"{name}: unknown keys {', '.join(unknown)} (allowed: {', '.join(allowed)})")
-
     ne = _scalar(arrays, "num_experts", name)
-    if ne is not None and not np.issubdtype(ne.dtype, np.integer):
+    if ne is not None and ne.dtype.kind not in "iu":
         raise InputError(f"{name}: num_experts must be an integer, got dtype {ne.dtype}")
     mn = _scalar(arrays, "model", name)
     if mn is not None and mn.dtype.kind != "U":
@@ -156,20 +216,23 @@ def load_trace(
     model_name = str(mn) if mn is not None else (model.name if model is not None else None)
     num_experts = int(ne) if ne is not None else None
 
-    if has_counts:
+    inferred = False
+    if "counts" in arrays:
         trace = CountsTrace(arrays["counts"], num_experts, model=model_name, source=name)
     else:
         ids = arrays["topk_ids"]
         if num_experts is None:
             if model is not None:
                 num_experts = model.num_experts
-            elif ids.size and np.issubdtype(ids.dtype, np.integer):
-                num_experts = int(ids.max()) + 1
-                log.warning(
-                    "%s: no num_experts in the file; assuming %d (max id + 1) - pass the model to be sure",
-                    name,
-                    num_experts,
-                )
+            elif ids.size and ids.dtype.kind in "iu":
+                top = int(ids.max())
+                if top >= MAX_EXPERTS:
+                    raise InputError(
+                        f"{name}: topk_ids values must be < {MAX_EXPERTS} (found {top}); "
+                        "no num_experts in the file"
+                    )
+                num_experts = max(top + 1, 1)
+                inferred = True
             else:
                 num_experts = 1  # the Trace constructor reports the real problem
         trace = Trace(
@@ -184,6 +247,12 @@ def load_trace(
         )
     if model is not None:
         check_against_model(trace, model, name)
+    if inferred:  # warned only for a trace that loads: a rejected file gets its one error line
+        log.warning(
+            "%s: no num_experts in the file; assuming %d (max id + 1) - pass the model to be sure",
+            name,
+            num_experts,
+        )
     return trace
 
 

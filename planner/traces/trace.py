@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from planner.errors import InputError
+from planner.specs.model import MAX_EXPERTS
 
 if TYPE_CHECKING:
     from planner.specs.model import ModelSpec
@@ -30,8 +31,23 @@ StepSelector = slice | np.ndarray | list[int] | list[bool]
 
 
 def _require_int(arr: np.ndarray, name: str, source: str) -> None:
-    if not np.issubdtype(arr.dtype, np.integer):
+    # dtype kinds i/u only: numpy files timedelta64 under np.integer, but its values are not ints
+    if arr.dtype.kind not in "iu":
         raise InputError(f"{source}: {name} must hold integers, got dtype {arr.dtype}")
+
+
+def _as_int64(arr: np.ndarray, name: str, source: str) -> np.ndarray:
+    """An integer array as int64; uint64 values above the int64 range are an error, not a wrap."""
+    _require_int(arr, name, source)
+    if arr.dtype == np.uint64 and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise InputError(f"{source}: {name} values must fit in int64 (found {int(arr.max())})")
+    return arr.astype(np.int64)
+
+
+def _check_num_experts(num_experts: int, source: str) -> None:
+    if not 0 < num_experts <= MAX_EXPERTS:
+        rule = "must be > 0" if num_experts <= 0 else f"must be <= {MAX_EXPERTS}"
+        raise InputError(f"{source}: num_experts {rule} (got {num_experts})")
 
 
 def _step_mask(selector: StepSelector, num_steps: int, source: str) -> np.ndarray:
@@ -104,8 +120,7 @@ class Trace:
         if L == 0 or T == 0 or k == 0:
             raise InputError(f"{source}: topk_ids must have at least one layer, token and choice, got shape {ids.shape}")
         num_experts = int(num_experts)
-        if num_experts <= 0:
-            raise InputError(f"{source}: num_experts must be > 0 (got {num_experts})")
+        _check_num_experts(num_experts, source)
         if k > num_experts:
             raise InputError(f"{source}: top_k ({k}) must be <= num_experts ({num_experts})")
         bad = (ids < 0) | (ids >= num_experts)
@@ -155,8 +170,7 @@ class Trace:
         st = np.asarray(step)
         if st.shape != (T,):
             raise InputError(f"{source}: step must have shape [tokens] = ({T},), got {st.shape}")
-        _require_int(st, "step", source)
-        st = st.astype(np.int64)
+        st = _as_int64(st, "step", source)
         if T > 1:
             dec = np.diff(st) < 0
             if dec.any():
@@ -172,11 +186,11 @@ class Trace:
             r = np.asarray(source_rank)
             if r.shape != (T,):
                 raise InputError(f"{source}: source_rank must have shape [tokens] = ({T},), got {r.shape}")
-            _require_int(r, "source_rank", source)
+            r = _as_int64(r, "source_rank", source)
             if (r < 0).any():
                 i = int(np.argmax(r < 0))
                 raise InputError(f"{source}: source_rank must be >= 0 (found {int(r[i])} at token {i})")
-            self.source_rank = r.astype(np.int64)
+            self.source_rank = r
 
         # Steps are contiguous runs of equal values (step is non-decreasing).
         self._steps, self._step_pos = np.unique(self.step, return_inverse=True)
@@ -308,10 +322,12 @@ class CountsTrace:
             raise InputError(f"{source}: counts must have at least one step, layer and expert, got shape {c.shape}")
         if num_experts is not None and int(num_experts) != E:
             raise InputError(f"{source}: counts has {E} experts per layer but num_experts is {int(num_experts)}")
+        _check_num_experts(E, source)
+        c = _as_int64(c, "counts", source)
         if (c < 0).any():
             layer = int(np.argmax((c < 0).any(axis=(0, 2))))
             raise InputError(f"{source}: counts must be >= 0 (found {int(c[:, layer].min())} at layer {layer})")
-        self._counts = np.ascontiguousarray(c, dtype=np.int64)
+        self._counts = np.ascontiguousarray(c)
         self.num_experts = E
         self.model = None if model is None else str(model)
 

@@ -61,3 +61,18 @@ def test_pageable_is_slower_and_may_be_missing():
 def test_negative_bytes():
     with pytest.raises(InputError, match=r">= 0 bytes \(got -1\)"):
         h2d_ms(H100, [10, -1])
+
+
+def test_copy_beside_compute():
+    from planner.cost.transfer import h2d_during_compute_ms, overlapped_ms
+
+    # FACTS.md §2: a 352 MB copy during GEMMs took 7.67 ms against 6.93 ideal and 13.43 serial
+    assert overlapped_ms(6.93, 6.50, 0.89) == pytest.approx(6.93 + 0.11 * 6.50)
+    assert overlapped_ms(6.93, 6.50, 0.89) == pytest.approx(7.67, rel=0.01)
+    np.testing.assert_allclose(overlapped_ms([1.0, 3.0], [2.0, 1.0], 0.0), [3.0, 4.0])  # serial
+    np.testing.assert_allclose(overlapped_ms([1.0, 3.0], [2.0, 1.0], 1.0), [2.0, 3.0])  # perfect
+    assert H100.pcie.copy_compute_overlap == 0.89
+    copy = h2d_ms(H100, 352e6)
+    assert h2d_during_compute_ms(H100, 352e6, 0.0) == pytest.approx(copy)
+    with pytest.raises(InputError, match="overlap must be in"):
+        overlapped_ms(1.0, 1.0, 2.0)
