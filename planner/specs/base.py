@@ -49,8 +49,8 @@ def one_line(text: str, limit: int = 200) -> str:
 
 def show(value: Any, limit: int = 60) -> str:
     """A short one-line ``repr`` of a user value, for error messages (never raises)."""
-    if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
-        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of {value.bit_length()} bits"  # no decimal digits: slow or refused
     try:
         text = _REPR.repr(value)
     except Exception:  # noqa: BLE001 - a hostile __repr__, or an int too long to print
@@ -127,7 +127,7 @@ def _check_tree(data: Any, name: str) -> None:
             stack.extend((item, (*path, key)) for key, item in items)
         elif isinstance(v, int) and not isinstance(v, bool) and not INT_MIN <= v <= INT_MAX:
             where = _loc(path) if path else "the top level"
-            raise InputError(f"{name}: {where}: {show(v)} does not fit in 64 bits")
+            raise InputError(f"{name}: {where}: {show(v)} is outside the signed 64-bit range")
 
 
 def parse_text(text: str, name: str, *, yaml_format: bool = False) -> Any:

@@ -223,10 +223,10 @@ def test_unmeasured_shape_is_device_model_times_neighbour_residuals():
 
 
 def test_unmeasured_h100_shape_between_its_neighbours():
-    # DeepSeek-V2 (5120 x 1536) sits between Qwen3-235B (4096 x 1536) and DeepSeek-V3 (7168 x 2048)
-    assert H100.table_for(5120, 1536, "bf16") is None
+    # an unmeasured 5120 x 1792 expert sits between Qwen3-235B (4096 x 1536) and DeepSeek-V3 (7168 x 2048)
+    assert H100.table_for(5120, 1792, "bf16") is None
     m = np.array([1.0, 64, 1024, 16384])
-    got = expert_ffn_ms(H100, 5120, 1536, "bf16", m)
+    got = expert_ffn_ms(H100, 5120, 1792, "bf16", m)
     lo = expert_ffn_ms(H100, 4096, 1536, "bf16", m)
     hi = expert_ffn_ms(H100, 7168, 2048, "bf16", m)
     assert np.all(lo < got) and np.all(got < hi)

@@ -73,7 +73,10 @@ def test_h100_provenance_and_figures():
     assert hw.nvlink.bandwidth_gbps == 370 and hw.nic.bandwidth_gbps == 48
     assert hw.pcie.copy_latency_us == 7
     shapes = {(t.d, t.f) for t in hw.expert_ffn_tables}
-    assert len(shapes) == 7 and (2048, 1408) in shapes and (4096, 14336) in shapes
+    # 7 shapes from the shared file, 9 more and fp8 of all 16 from the project's own measurement
+    assert len(shapes) == 16 and (2048, 1408) in shapes and (4096, 14336) in shapes and (7168, 18432) in shapes
+    assert len(hw.expert_ffn_tables) == 32
+    assert {t.dtype for t in hw.expert_ffn_tables} == {"bf16", "fp8"}
     assert all(len(t.tokens) == 15 and t.w13_ms and t.w2_ms for t in hw.expert_ffn_tables)
 
 
@@ -96,7 +99,13 @@ def test_seed_script_reproduces_shipped_profile(gpu, name):
     if not src.is_file():
         pytest.skip(f"{src} not available")
     seed = _load_seed_script()
-    built = seed.build_profile(json.loads(src.read_text(encoding="utf-8")), f"shared/data/{gpu}/expert_ffn_bf16.json")
+    extras = []
+    if gpu == "h100":
+        name_x = "hwprofiles/measurements/h100-sxm-2026-11-23.json"
+        extras = [(json.loads((REPO / name_x).read_text(encoding="utf-8")), seed._extra_name(REPO / name_x))]
+    built = seed.build_profile(
+        json.loads(src.read_text(encoding="utf-8")), f"shared/data/{gpu}/expert_ffn_bf16.json", extras
+    )
     shipped = json.loads((REPO / "hwprofiles" / f"{name}.json").read_text(encoding="utf-8"))
     assert built == shipped
     # every measured row is in a table (duplicate shapes merged by the minimum)
@@ -204,14 +213,14 @@ def test_duplicate_table_shape(tmp_path):
     data = _h100_dict()
     data["expert_ffn_tables"].append(copy.deepcopy(data["expert_ffn_tables"][0]))
     msg = _load_error(tmp_path, data)
-    assert "expert_ffn_tables[7] repeats the shape d=4096, f=14336" in msg
+    assert "expert_ffn_tables[32] repeats the shape d=4096, f=14336" in msg
 
 
 def test_datasheet_status_with_tables(tmp_path):
     data = _h100_dict()
     data["measured"]["status"] = "datasheet"
     msg = _load_error(tmp_path, data)
-    assert "'datasheet'" in msg and "7 measured" in msg
+    assert "'datasheet'" in msg and "32 measured" in msg
 
 
 def test_usable_memory_above_datasheet(tmp_path):
@@ -241,7 +250,7 @@ def test_yaml_profile(tmp_path):
     data["name"] = "my-h100"
     p.write_text(yaml.safe_dump(data), encoding="utf-8")
     hw = load_hardware(str(p))
-    assert hw.name == "my-h100" and len(hw.expert_ffn_tables) == 7
+    assert hw.name == "my-h100" and len(hw.expert_ffn_tables) == 32
 
 
 def test_profile_is_frozen():
