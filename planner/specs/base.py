@@ -161,14 +161,37 @@ def parse_text(text: str, name: str, *, yaml_format: bool = False) -> Any:
     return data
 
 
+def path_kind(path: Path) -> str | None:
+    """``"file"``, ``"dir"``, another kind (``"other"``), or None when nothing is there.
+
+    Never raises: a name too long for the file system, a NUL byte or a permission problem on
+    the way count as nothing there (``Path.is_file`` raises for some of these).
+    """
+    try:
+        if path.is_file():
+            return "file"
+        if path.is_dir():
+            return "dir"
+        return "other" if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
+def require_file(path: str | Path) -> Path:
+    """``path`` as a Path when it names a readable regular file; else a one-line InputError."""
+    p = Path(path)
+    kind = path_kind(p)
+    if kind == "dir":
+        raise InputError(f"{one_line(str(path), 300)}: is a folder, not a file")
+    if kind != "file":
+        raise InputError(f"{one_line(str(path), 300)}: no such file")
+    return p
+
+
 def read_mapping(path: str | Path) -> dict[str, Any]:
     """Read a JSON or YAML file into a dict, with one-line errors for unreadable or malformed files."""
-    p = Path(path)
+    p = require_file(path)
     name = p.name
-    if p.is_dir():
-        raise InputError(f"{path}: is a folder, not a file")
-    if not p.is_file():
-        raise InputError(f"{path}: no such file")
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

@@ -311,6 +311,6 @@ def load_hardware(arg: str | Path) -> HardwareProfile:
         return parse(HardwareProfile, read_mapping(shipped), shipped.name)
     known = ", ".join(HARDWARE_NAMES) or "(none found)"
     raise InputError(
-        f"hardware: unknown profile {text!r}; known profiles: {known} "
+        f"hardware: unknown profile {show(text)}; known profiles: {known} "
         "(or give a path to a .json/.yaml profile file)"
     )

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import InputError
-from planner.specs.base import parse, read_mapping, show
+from planner.specs.base import INT_MAX, INT_MIN, parse, path_kind, read_mapping, show
 from planner.specs.model import MAX_EXPERTS, MAX_LAYERS, ModelSpec
 
 _PRESET_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
@@ -52,7 +52,7 @@ def _unknown_model(name: str) -> InputError:
     hint = difflib.get_close_matches(name.lower(), PRESETS, n=1)
     did_you_mean = f"; did you mean '{hint[0]}'?" if hint else ""
     return InputError(
-        f"unknown model '{name}'; known presets: {', '.join(PRESETS)} "
+        f"unknown model {show(name)}; known presets: {', '.join(PRESETS)} "
         f"(or give a path to a config.json or a ModelSpec .yaml/.json file){did_you_mean}"
     )
 
@@ -122,6 +122,8 @@ class _HF:
             if not v.is_integer():
                 raise self.fail(key, f"must be an integer (got {show(v)})")
             v = int(v)
+        if not INT_MIN <= v <= INT_MAX:
+            raise self.fail(key, f"must fit in 64 bits (got {show(v)})")
         return v
 
     def integer(
@@ -590,8 +592,9 @@ def load_model(arg: str) -> ModelSpec:
     if arg.lower() in PRESETS:
         return load_preset(arg.lower())
     path = Path(arg)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
+    kind = path_kind(path)
+    if kind == "dir":
+        if path_kind(path / "config.json") != "file":
             raise InputError(f"{arg}: a folder without config.json (expected a Hugging Face model folder)")
         path = path / "config.json"
         source = str(path)
@@ -605,7 +608,7 @@ def load_model(arg: str) -> ModelSpec:
         return parse(ModelSpec, data, source)
     if suffix in (".yaml", ".yml"):
         return parse(ModelSpec, read_mapping(path), source)
-    if path.exists():
+    if kind is not None:
         raise InputError(f"{arg}: unsupported file type '{path.suffix}' (expected .json, .yaml or .yml)")
     if suffix or "/" in arg or "\\" in arg:
         raise InputError(f"{arg}: no such file")

@@ -47,7 +47,7 @@ import numpy as np
 
 from planner.errors import InputError
 from planner.io import atomic_write_bytes
-from planner.specs.base import one_line, show
+from planner.specs.base import one_line, require_file, show
 from planner.specs.model import MAX_EXPERTS
 from planner.traces.trace import CountsTrace, Trace, check_against_model
 
@@ -96,6 +96,10 @@ _NPY_HEADERS = {
 }
 
 
+def _unreadable(name: str, reason: str) -> InputError:
+    return InputError(f"{name}: not a readable .npz file ({one_line(reason, 120)})")
+
+
 def _member_array(z: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, name: str) -> np.ndarray:
     """One ``.npy`` member, its header checked against its size before any array is allocated.
 
@@ -107,20 +111,18 @@ def _member_array(z: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, name: str
         try:
             version = np.lib.format.read_magic(f)
         except ValueError:
-            raise InputError(f"{name}: member {show(info.filename)} is not a .npy array") from None
+            raise _unreadable(name, f"member {show(info.filename)} is not a .npy array") from None
         read_header = _NPY_HEADERS.get(version)
         if read_header is None:
-            raise InputError(f"{name}: {key}: .npy format version {version[0]}.{version[1]} is not supported")
+            raise _unreadable(name, f"{key}: .npy format version {version[0]}.{version[1]} is not supported")
         shape, _fortran, dtype = read_header(f)
         header_len = f.tell()
     if dtype.hasobject:
-        raise InputError(f"{name}: {key} holds Python objects (dtype {dtype}); only numeric and string arrays are read")
+        raise _unreadable(name, f"{key} holds Python objects (dtype {dtype}), which are never unpickled")
     need = math.prod(shape) * dtype.itemsize
     have = info.file_size - header_len
     if need != have:
-        raise InputError(
-            f"{name}: {key}: header says shape {shape} of {dtype} ({need} bytes) but the member holds {have} bytes"
-        )
+        raise _unreadable(name, f"{key}: its header says shape {shape} of {dtype}, {need} bytes, but it holds {have}")
     with z.open(info) as f:
         return np.lib.format.read_array(f, allow_pickle=False)
 
@@ -139,7 +141,7 @@ def _read_npz(p: Path) -> dict[str, np.ndarray]:
                 if info.is_dir():
                     continue
                 if not info.filename.endswith(".npy"):
-                    raise InputError(f"{name}: member {show(info.filename)} is not a .npy array")
+                    raise _unreadable(name, f"member {show(info.filename)} is not a .npy array")
                 key = info.filename[: -len(".npy")]
                 if key in members:
                     raise InputError(f"{name}: holds {show(key)} twice")
@@ -149,12 +151,11 @@ def _read_npz(p: Path) -> dict[str, np.ndarray]:
     except InputError:
         raise
     except MemoryError:
-        raise InputError(f"{name}: too large to load into memory") from None
+        raise _unreadable(name, "too large to load into memory") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, KeyError,
             NotImplementedError, RuntimeError) as e:
         # RuntimeError: an encrypted member; NotImplementedError: an unknown compression method
-        reason = one_line(str(e).splitlines()[0] if str(e) else e.__class__.__name__, 100)
-        raise InputError(f"{name}: not a readable .npz file ({reason})") from None
+        raise _unreadable(name, str(e).splitlines()[0] if str(e) else e.__class__.__name__) from None
 
 
 def _check_keys(keys: list[str], name: str) -> None:
@@ -201,10 +202,7 @@ def load_trace(
         return trace
     if suffix != ".npz":
         raise InputError(f"{name}: unknown trace format '{p.suffix}' (expected .npz, or SGLang .json / .pt)")
-    if p.is_dir():
-        raise InputError(f"{path}: is a folder, not a file")
-    if not p.is_file():
-        raise InputError(f"{path}: no such file")
+    require_file(p)
     arrays = _read_npz(p)
 
     ne = _scalar(arrays, "num_experts", name)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from planner.errors import InputError
-from planner.specs.base import one_line, parse_text
+from planner.specs.base import one_line, parse_text, require_file
 from planner.traces.trace import CountsTrace
 
 if TYPE_CHECKING:
@@ -151,10 +151,7 @@ def load_logical_count(path: str | Path, model: ModelSpec | None = None) -> Coun
     """
     p = Path(path)
     name = p.name
-    if p.is_dir():
-        raise InputError(f"{path}: is a folder, not a file")
-    if not p.is_file():
-        raise InputError(f"{path}: no such file")
+    require_file(p)
     data = _read_pt(p) if p.suffix.lower() == ".pt" else _read_json(p)
     if not isinstance(data, dict):
         raise InputError(f"{name}: expected a mapping with the key '{KEY}', got {type(data).__name__}")
