@@ -20,6 +20,7 @@ blocks). Shapes: ``S`` steps, ``L`` MoE layers, ``T`` tokens, ``k`` top-k, ``E``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,6 +106,45 @@ def simulate_placement(
     ``step_T`` holds step ids; with ``num_steps`` it must already be step indices in
     ``[0, num_steps)`` (so several token subsets of one trace line up step by step).
     """
+
+    def ffn_ms(tokens: np.ndarray) -> np.ndarray:
+        return expert_ffn_ms(hw, hidden, ffn, dtype, tokens)
+
+    def comm_ms(i_s, i_r, x_s, x_r) -> np.ndarray:
+        return dispatch_combine_ms(
+            i_s, i_r, x_s, x_r,
+            nvlink_gbps=hw.nvlink.bandwidth_gbps,
+            nvlink_latency_us=hw.nvlink.latency_us,
+            nic_gbps=hw.nic.bandwidth_gbps,
+            nic_latency_us=hw.nic.latency_us,
+            overlap=hw.comm_overlap,
+        )
+
+    return simulate_arrays(
+        phy2log_LP, slots_per_gpu, topk_ids_LTk, step_T, src_T, ffn_ms=ffn_ms, comm_ms=comm_ms,
+        token_bytes=hidden * act_bytes, num_experts=num_experts, gpus_per_node=gpus_per_node,
+        dispatch=dispatch, num_steps=num_steps,
+    )
+
+
+def simulate_arrays(
+    phy2log_LP: np.ndarray,
+    slots_per_gpu: int,
+    topk_ids_LTk: np.ndarray,
+    step_T: np.ndarray,
+    src_T: np.ndarray,
+    *,
+    ffn_ms: Callable[[np.ndarray], np.ndarray],
+    comm_ms: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+    token_bytes: float,
+    num_experts: int,
+    gpus_per_node: int,
+    dispatch: str = "even",
+    num_steps: int | None = None,
+) -> SimResult:
+    """The simulator's core with the cost model passed in: ``ffn_ms(tokens) -> ms`` of one expert
+    (any shape), ``comm_ms(intra_send, intra_recv, inter_send, inter_recv)`` per-GPU bytes
+    ``[S, G]`` -> exposed dispatch + combine ms ``[S]``, ``token_bytes`` bytes per token copy."""
     phy2log_LP = np.asarray(phy2log_LP, dtype=np.int64)
     L, P = phy2log_LP.shape
     G = P // slots_per_gpu
@@ -118,7 +158,6 @@ def simulate_placement(
     gpu_node = np.arange(G) // gpus_per_node
     src_T = np.asarray(src_T, dtype=np.int64)
     src_node_T = gpu_node[src_T]
-    token_bytes = hidden * act_bytes
 
     compute = np.zeros((S, L))
     comm = np.zeros((S, L))
@@ -133,7 +172,7 @@ def simulate_placement(
         # --- compute: tokens per slot per step -> time per GPU
         flat = (step_idx_T[:, None] * P + slot).reshape(-1)
         slot_tokens_SP = np.bincount(flat, minlength=S * P).reshape(S, P)
-        t_SP = expert_ffn_ms(hw, hidden, ffn, dtype, slot_tokens_SP.reshape(-1)).reshape(S, P)
+        t_SP = np.asarray(ffn_ms(slot_tokens_SP.reshape(-1)), dtype=np.float64).reshape(S, P)
         t_SG = t_SP.reshape(S, G, slots_per_gpu).sum(-1)
         tok_SG = slot_tokens_SP.reshape(S, G, slots_per_gpu).sum(-1)
         compute[:, l] = t_SG.max(axis=1)
@@ -166,14 +205,7 @@ def simulate_placement(
         i_r = intra_recv.reshape(shape) * token_bytes
         x_s = inter_send.reshape(shape) * token_bytes
         x_r = inter_recv.reshape(shape) * token_bytes
-        comm[:, l] = dispatch_combine_ms(
-            i_s, i_r, x_s, x_r,
-            nvlink_gbps=hw.nvlink.bandwidth_gbps,
-            nvlink_latency_us=hw.nvlink.latency_us,
-            nic_gbps=hw.nic.bandwidth_gbps,
-            nic_latency_us=hw.nic.latency_us,
-            overlap=hw.comm_overlap,
-        )
+        comm[:, l] = comm_ms(i_s, i_r, x_s, x_r)
         intra[:, l] = 2 * i_s.sum(1)
         inter[:, l] = 2 * x_s.sum(1)
     return SimResult(compute, comm, imbalance, intra, inter, gpu_tokens, tokens_S)

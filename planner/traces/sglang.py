@@ -95,10 +95,7 @@ def _to_counts(raw: Any, source: str) -> np.ndarray:
     except (ValueError, TypeError, OverflowError, RecursionError):
         arr = None
     if arr is None or arr.dtype == object:
-        raise InputError(
-            f"{source}: {KEY} must be a rectangular array of numbers that fit in 64 bits "
-            "(rows of unequal length, or a value that is not a number?)"
-        )
+        raise InputError(f"{source}: {KEY} must be a rectangular array of numbers (rows of unequal length?)")
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:

@@ -39,6 +39,9 @@ from planner.traces.trace import CountsTrace, Trace
 UNAVAILABLE_COUNTS = "counts-only trace: needs per-token routing (topk_ids)"
 #: Pairs whose expected count under independence is below this are too noisy to rank by lift.
 _MIN_EXPECTED = 5.0
+#: Pair statistics hold dense [E, E] tables (E² counts): above this many experts per layer
+#: (a table of 16.8M entries, far above real models) they are reported unavailable instead.
+MAX_PAIR_EXPERTS = 4096
 
 
 def _imbalance(c: np.ndarray) -> np.ndarray:
@@ -47,6 +50,26 @@ def _imbalance(c: np.ndarray) -> np.ndarray:
     mean = c.mean(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(mean > 0, c.max(axis=-1) / np.where(mean > 0, mean, 1.0), np.nan)
+
+
+def _step_imbalance_tokens(trace: Trace) -> np.ndarray:
+    """Per-step imbalance [S, L] of a per-token trace, without the dense [S, L, E] counts.
+
+    A small file can hold many steps of many experts (1000 one-token steps of 65536 experts
+    would be 2 GB of counts per layer); only the (step, layer, expert) triples that occur are
+    counted here, in memory proportional to the trace. Same figures as ``_imbalance`` of
+    ``counts_per_step()``: the mean over experts is the step's choices over E.
+    """
+    L, E, S = trace.num_layers, trace.num_experts, trace.num_steps
+    sl_LT = trace.step_index.astype(np.int64)[None, :] * L + np.arange(L, dtype=np.int64)[:, None]
+    codes = (sl_LT[:, :, None] * E + trace.topk_ids).ravel()
+    uniq, cnt = np.unique(codes, return_counts=True)
+    sl = uniq // E
+    top = np.zeros(S * L, dtype=np.int64)
+    np.maximum.at(top, sl, cnt)
+    mean = np.bincount(sl, weights=cnt, minlength=S * L) / E
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mean > 0, top / np.where(mean > 0, mean, 1.0), np.nan).reshape(S, L)
 
 
 def _entropy(c_LE: np.ndarray) -> np.ndarray:
@@ -138,11 +161,15 @@ def trace_stats(trace: Trace | CountsTrace) -> dict[str, Any]:
     layers; ``cross_layer`` / ``coactivation`` are None when unavailable) and ``unavailable``
     (statistic -> reason).
     """
-    counts_SLE = trace.counts_per_step()
-    counts_LE = counts_SLE.sum(axis=0)
+    if isinstance(trace, Trace):
+        counts_LE = trace.counts()
+        step_imb_SL = _step_imbalance_tokens(trace)
+    else:
+        counts_SLE = trace.counts_per_step()
+        counts_LE = counts_SLE.sum(axis=0)
+        step_imb_SL = _imbalance(counts_SLE)
     L = counts_LE.shape[0]
     imb = _imbalance(counts_LE)
-    step_imb_SL = _imbalance(counts_SLE)
     with np.errstate(invalid="ignore"):
         step_imb = np.array(
             [np.nanmean(col) if np.isfinite(col).any() else np.nan for col in step_imb_SL.T]
@@ -154,7 +181,10 @@ def trace_stats(trace: Trace | CountsTrace) -> dict[str, Any]:
     ]
     unavailable: dict[str, str] = {}
     cross = coact = None
-    if isinstance(trace, Trace):
+    if isinstance(trace, Trace) and trace.num_experts > MAX_PAIR_EXPERTS:
+        why = f"{trace.num_experts} experts per layer: pair statistics need E² counts (at most {MAX_PAIR_EXPERTS} experts)"
+        unavailable["cross_layer"] = unavailable["coactivation"] = why
+    elif isinstance(trace, Trace):
         if L >= 2:
             rows = _cross_layer(trace, counts_LE)
             for i, row in enumerate(rows):
