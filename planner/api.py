@@ -19,11 +19,13 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from planner.cost.compute import expert_ffn_ms
 from planner.cost.memory import GIB, weights_per_gpu_bytes
 from planner.errors import InfeasibleError, InputError
-from planner.simulate import SimResult, combine_groups, simulate_placement
+from planner.simulate import SimResult, check_relay, combine_groups, simulate_placement
 from planner.solve import baselines
 from planner.solve.degrees import resolve_degrees
+from planner.solve.placement import PlacementCost, PlacementInputs, solve_placement
 from planner.specs.base import format_validation_error
 from planner.specs.cluster import ClusterSpec
 from planner.specs.hardware import HardwareProfile, load_hardware
@@ -134,43 +136,100 @@ def stage_source_gpus(trace: Trace, num_gpus: int) -> np.ndarray:
     return lo + pos * width // size_T
 
 
-def _simulate(
-    phy2log: np.ndarray, trace: Trace, model: ModelSpec, hw: HardwareProfile, cluster: ClusterSpec,
-    par: Parallel, dispatch: str,
-) -> SimResult:
-    """Simulate every expert-data-parallel group of EP ranks on the tokens that start in it.
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where each token of a trace is dispatched from (one pipeline stage's EP groups).
 
-    A pipeline stage's GPUs form ``edp = GPUs / (ep · etp)`` groups of ``ep`` EP ranks; a token
-    starting on stage GPU ``g`` is dispatched inside group ``g // (ep · etp)`` from EP rank
-    ``(g mod (ep · etp)) // etp``.
+    ``group_T`` expert-data-parallel group, ``src_T`` EP rank inside the group, ``index_T``
+    position inside the group (the dispatch rule's token index), ``step_T`` step index in
+    ``[0, num_steps)``; ``gpus_per_node`` EP ranks per node as the simulator sees them.
     """
-    slots = phy2log.shape[1] // par.ep
+
+    group_T: np.ndarray
+    src_T: np.ndarray
+    index_T: np.ndarray
+    step_T: np.ndarray
+    num_steps: int
+    num_groups: int
+    gpus_per_node: int
+
+
+def token_layout(trace: Trace, cluster: ClusterSpec, par: Parallel) -> TokenLayout:
+    """A pipeline stage's GPUs form ``edp = GPUs / (ep · etp)`` groups of ``ep`` EP ranks; a token
+    starting on stage GPU ``g`` is dispatched inside group ``g // (ep · etp)`` from EP rank
+    ``(g mod (ep · etp)) // etp``."""
     stage_gpus = cluster.num_gpus // par.pp
     group_size = par.ep * par.etp
     gpu_T = stage_source_gpus(trace, stage_gpus)
     _, step_idx = np.unique(trace.step, return_inverse=True)
-    num_steps = int(step_idx.max()) + 1
+    group_T = gpu_T // group_size
+    order = np.argsort(group_T, kind="stable")
+    counts = np.bincount(group_T, minlength=stage_gpus // group_size)
+    index_T = np.empty_like(group_T)
+    index_T[order] = np.arange(group_T.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    return TokenLayout(
+        group_T=group_T, src_T=(gpu_T % group_size) // par.etp, index_T=index_T, step_T=step_idx.astype(np.int64),
+        num_steps=int(step_idx.max()) + 1, num_groups=stage_gpus // group_size,
+        gpus_per_node=max(1, min(cluster.gpus_per_node, group_size) // par.etp),
+    )
+
+
+def _simulate(
+    phy2log: np.ndarray, trace: Trace, model: ModelSpec, hw: HardwareProfile, cluster: ClusterSpec,
+    par: Parallel, dispatch: str, relay: str | None = None,
+) -> SimResult:
+    """Simulate every expert-data-parallel group of EP ranks on the tokens that start in it
+    (:func:`token_layout`); groups run side by side (:func:`planner.simulate.combine_groups`)."""
+    slots = phy2log.shape[1] // par.ep
+    lay = token_layout(trace, cluster, par)
     results = []
-    for grp in range(stage_gpus // group_size):
-        mask = gpu_T // group_size == grp
+    for grp in range(lay.num_groups):
+        mask = lay.group_T == grp
         results.append(
             simulate_placement(
                 phy2log,
                 slots,
                 trace.topk_ids[:, mask],
-                step_idx[mask],
-                (gpu_T[mask] % group_size) // par.etp,
+                lay.step_T[mask],
+                lay.src_T[mask],
                 hw=hw,
                 hidden=model.hidden_size,
                 ffn=model.expert_intermediate_size // par.etp,
                 dtype=model.expert_dtype,
                 num_experts=model.num_experts,
-                gpus_per_node=max(1, min(cluster.gpus_per_node, group_size) // par.etp),
+                gpus_per_node=lay.gpus_per_node,
                 dispatch=dispatch,
-                num_steps=num_steps,
+                num_steps=lay.num_steps,
+                relay=relay,
             )
         )
     return combine_groups(results)
+
+
+def placement_cost(model: ModelSpec, hw: HardwareProfile, par: Parallel) -> PlacementCost:
+    """The cost model the placement solver optimises (what :func:`_simulate` charges)."""
+    ffn = model.expert_intermediate_size // par.etp
+    return PlacementCost(
+        ffn_ms=lambda n: expert_ffn_ms(hw, model.hidden_size, ffn, model.expert_dtype, n),
+        token_bytes=model.hidden_size * 2.0,
+        nvlink_gbps=hw.nvlink.bandwidth_gbps, nvlink_latency_us=hw.nvlink.latency_us,
+        nic_gbps=hw.nic.bandwidth_gbps, nic_latency_us=hw.nic.latency_us,
+        overlap=hw.comm_overlap, expert_bytes=model.expert_bytes / par.etp,
+    )
+
+
+def placement_inputs(problem: Problem, relay: str | None = None) -> PlacementInputs:
+    """The placement problem (arrays) of a prepared problem's planning steps."""
+    pr = problem
+    m, par = pr.model, pr.parallel
+    lay = token_layout(pr.plan_trace, pr.cluster, par)
+    return PlacementInputs(
+        ids_LTk=pr.plan_trace.topk_ids, step_T=lay.step_T, src_T=lay.src_T, tok_index_T=lay.index_T,
+        num_steps=lay.num_steps, num_experts=m.num_experts, num_gpus=par.ep, gpus_per_node=lay.gpus_per_node,
+        slots_per_gpu=pr.slots_per_gpu, cost=placement_cost(m, pr.hardware, par), n_group=m.n_group,
+        topk_group=m.topk_group, dispatch=pr.dispatch, group_T=lay.group_T if lay.num_groups > 1 else None,
+        relay=check_relay(relay),
+    )
 
 
 def summarize(sim: SimResult, evaluated_on: str, memory_gib: float, notes: list[str] | None = None) -> Predicted:
@@ -358,12 +417,48 @@ def prepare(
     )
 
 
-def solve(problem: Problem) -> Plan:
+def previous_placement(previous: Plan | str | Path | np.ndarray, problem: Problem) -> np.ndarray:
+    """The previous plan's ``physical_to_logical`` [L, P], checked against ``problem``."""
+    m = problem.model
+    P = m.num_experts + problem.redundant_experts
+    if isinstance(previous, str | Path):
+        previous = Plan.load(previous)
+    if isinstance(previous, Plan):
+        if previous.model.num_experts != m.num_experts or previous.model.num_moe_layers != m.num_moe_layers:
+            raise InputError(
+                f"--previous: the previous plan is for {previous.model.name} ({previous.model.num_moe_layers} MoE layers "
+                f"× {previous.model.num_experts} experts), this problem has {m.num_moe_layers} × {m.num_experts}"
+            )
+        arr = np.asarray(previous.placement.physical_to_logical, dtype=np.int64)
+    else:
+        arr = np.asarray(previous, dtype=np.int64)
+    if arr.ndim != 2 or arr.shape != (m.num_moe_layers, P):
+        raise InputError(
+            f"--previous: the previous placement has shape {list(arr.shape)} [layers, slots], this problem needs "
+            f"[{m.num_moe_layers}, {P}] ({m.num_experts} experts + {problem.redundant_experts} redundant); "
+            "re-plan with the same --redundant-experts and EP size"
+        )
+    if arr.min() < 0 or arr.max() >= m.num_experts:
+        raise InputError(f"--previous: expert ids must be in [0, {m.num_experts})")
+    return arr
+
+
+def solve(
+    problem: Problem,
+    *,
+    previous: Plan | str | Path | np.ndarray | None = None,
+    migration_weight: float = 0.01,
+) -> Plan:
     """Place experts for a prepared problem and score the placement on held-out steps.
 
-    With a baseline the named baseline is returned; otherwise every baseline is scored on the
-    planning steps and the best is kept (``solver.name = 'best-baseline'``, status
-    ``heuristic``, no bound) until the ILP placement replaces this step.
+    With a baseline the named baseline is returned. Otherwise the placement solver
+    (:func:`planner.solve.placement.solve_placement`: stage-1 MILP, replicas, GPU assignment and
+    local search, within ``problem.time_limit`` seconds) places the experts; ``solver.candidates``
+    holds the planning-step objective of the solver's placement and of every baseline it was
+    compared with, and the plan keeps the best. ``previous`` (a plan, its path, or a
+    ``physical_to_logical`` array) adds a migration penalty: ``migration_weight`` × the time to
+    copy the moved experts' weights, per planning step (module docstring of
+    :mod:`planner.solve.placement`).
     """
     t0 = time.perf_counter()
     pr = problem
@@ -377,26 +472,40 @@ def solve(problem: Problem) -> Plan:
             f" × {m.expert_bytes / 1e6:.1f} MB / etp {par.etp} + non-expert {m.non_expert_bytes / GIB:.1f} GiB"
             f" / (tp {par.tp} × pp {par.pp})), {hw.name} has {cap / GIB:.1f} GiB; raise ep, tp or pp, or add GPUs"
         )
+    if migration_weight < 0:
+        raise InputError(f"migration_weight must be >= 0 (got {migration_weight})")
     weight_LE = pr.plan_counts_LE.astype(np.float64)
-    names = [pr.baseline] if pr.baseline else pr.candidate_names()
-    candidates: dict[str, float] = {}
-    placements: dict[str, np.ndarray] = {}
-    for name in names:
-        p2l = baseline_placement(name, weight_LE, m, cluster, par, pr.redundant_experts)
-        placements[name] = p2l
-        if pr.baseline is None:
-            sim = _simulate(p2l, pr.plan_trace, m, hw, cluster, par, pr.dispatch)
-            candidates[name] = float(sim.step_ms_S.mean())
-    best = pr.baseline or min(names, key=lambda n: (candidates[n], names.index(n)))
-    p2l = placements[best]
-    sim = _simulate(p2l, pr.eval_trace, m, hw, cluster, par, pr.dispatch)
     notes = [CAVEAT] if pr.trace_label.endswith("(counts only)") else []
+    if pr.baseline is not None:
+        p2l = baseline_placement(pr.baseline, weight_LE, m, cluster, par, pr.redundant_experts)
+    else:
+        prev = previous_placement(previous, pr) if previous is not None else None
+        extra = {
+            name: baseline_placement(name, weight_LE, m, cluster, par, pr.redundant_experts)
+            for name in pr.candidate_names() if name != "eplb"
+        }
+
+        def objective(phy2log: np.ndarray) -> float:
+            return float(_simulate(phy2log, pr.plan_trace, m, hw, cluster, par, pr.dispatch).step_ms_S.mean())
+
+        res = solve_placement(
+            placement_inputs(pr), time_limit=pr.time_limit, seed=pr.seed, previous_LP=prev,
+            migration_weight=migration_weight if prev is not None else 0.0, evaluate=objective,
+            extra_candidates=extra,
+        )
+        p2l = res.phy2log_LP
+        if res.chosen != "placement-ilp":
+            notes.append(
+                f"the solver's own placement scored {res.candidates['placement-ilp']:.3f} ms on the planning steps; "
+                f"the {res.chosen} placement ({res.objective:.3f} ms) was better and is kept"
+            )
+    sim = _simulate(p2l, pr.eval_trace, m, hw, cluster, par, pr.dispatch)
     predicted = summarize(sim, pr.evaluated_on, mem / GIB, notes)
     elapsed = round(time.perf_counter() - t0, 3)
     if pr.baseline is None:
         solver = SolverReport(
-            name="best-baseline", status="heuristic", objective=candidates[best], bound=None, gap=None,
-            time_s=elapsed, candidates=candidates,
+            name="placement-ilp", status=res.status, objective=res.objective, bound=res.bound, gap=res.gap,
+            time_s=round(res.time_s, 3), candidates=res.candidates,
         )
     else:
         solver = SolverReport(name=pr.baseline, status="baseline", objective=None, time_s=elapsed)
@@ -407,6 +516,9 @@ def solve(problem: Problem) -> Plan:
         "workload": pr.workload.model_dump(mode="json"),
         "options": pr.options,
     }
+    if pr.baseline is None and previous is not None:
+        inputs["previous"] = hashlib.sha256(np.ascontiguousarray(prev).tobytes()).hexdigest()
+        inputs["migration_weight"] = migration_weight
     provenance = Provenance(
         version=version(),
         seed=pr.seed,
@@ -431,8 +543,10 @@ def plan(model: str | ModelSpec = DEFAULT_MODEL, hardware: str | HardwareProfile
     """Plan expert placement for ``model`` on ``nodes × gpus_per_node`` GPUs of ``hardware``.
 
     Takes the keyword arguments of :func:`prepare` (the ``moe-planner plan`` options with
-    underscores). The trace (a path, a :class:`~planner.traces.Trace`, or ``None`` for the
-    model's shipped or a synthetic trace) is split by steps: the first ``train_fraction`` is
-    planned on, the rest is held out and scores the plan (``plan.predicted``).
+    underscores) plus ``previous`` and ``migration_weight`` of :func:`solve`. The trace (a path,
+    a :class:`~planner.traces.Trace`, or ``None`` for the model's shipped or a synthetic trace)
+    is split by steps: the first ``train_fraction`` is planned on, the rest is held out and
+    scores the plan (``plan.predicted``).
     """
-    return solve(prepare(model, hardware, **kwargs))
+    solve_kw = {k: kwargs.pop(k) for k in ("previous", "migration_weight") if k in kwargs}
+    return solve(prepare(model, hardware, **kwargs), **solve_kw)

@@ -13,6 +13,17 @@ Replica choice (deterministic, so plans and scores are reproducible):
   ``e`` (``c_e`` replicas): tokens spread evenly over replicas, as engines do at random.
 - ``local-first``: a replica on the token's own GPU when there is one, else as ``even``.
 
+Traffic (DeepEP's rule, FACTS.md §3): a token is sent once per distinct destination GPU of its
+own node (NVLink) and once per distinct remote node (NIC). Where the inter-node copy lands is
+the ``relay`` convention:
+
+- ``first-destination`` (default): the lowest-numbered GPU the token needs on that node takes it
+  (its NIC receives; forwarding to the node's other destinations is not counted);
+- ``same-rank``: DeepEP's normal kernels as :func:`planner.cost.comm.dispatch_traffic` models
+  them: the GPU with the source's local rank on that node takes the copy (so NIC receives spread
+  evenly whatever the placement) and forwards it over NVLink to each further destination GPU
+  there (counted as NVLink bytes).
+
 Tokens start on EP rank ``source_rank`` (the trace's, or each step's tokens in equal contiguous
 blocks). Shapes: ``S`` steps, ``L`` MoE layers, ``T`` tokens, ``k`` top-k, ``E`` experts,
 ``P`` physical slots, ``G`` EP ranks.
@@ -28,6 +39,19 @@ import numpy as np
 from planner.cost.comm import dispatch_combine_ms
 from planner.cost.compute import expert_ffn_ms
 from planner.errors import InputError
+
+
+#: Where an inter-node copy lands (see the module docstring).
+RELAYS = ("first-destination", "same-rank")
+#: The convention plans are scored with.
+DEFAULT_RELAY = "first-destination"
+
+
+def check_relay(relay: str | None) -> str:
+    relay = DEFAULT_RELAY if relay is None else relay
+    if relay not in RELAYS:
+        raise InputError(f"relay must be one of {', '.join(RELAYS)} (got {relay!r})")
+    return relay
 
 
 @dataclass(frozen=True)
@@ -100,6 +124,7 @@ def simulate_placement(
     dispatch: str = "even",
     act_bytes: float = 2.0,
     num_steps: int | None = None,
+    relay: str | None = None,
 ) -> SimResult:
     """Replay ``topk_ids_LTk`` through the placement; see the module docstring.
 
@@ -123,7 +148,7 @@ def simulate_placement(
     return simulate_arrays(
         phy2log_LP, slots_per_gpu, topk_ids_LTk, step_T, src_T, ffn_ms=ffn_ms, comm_ms=comm_ms,
         token_bytes=hidden * act_bytes, num_experts=num_experts, gpus_per_node=gpus_per_node,
-        dispatch=dispatch, num_steps=num_steps,
+        dispatch=dispatch, num_steps=num_steps, relay=relay,
     )
 
 
@@ -141,10 +166,13 @@ def simulate_arrays(
     gpus_per_node: int,
     dispatch: str = "even",
     num_steps: int | None = None,
+    relay: str | None = None,
 ) -> SimResult:
     """The simulator's core with the cost model passed in: ``ffn_ms(tokens) -> ms`` of one expert
     (any shape), ``comm_ms(intra_send, intra_recv, inter_send, inter_recv)`` per-GPU bytes
-    ``[S, G]`` -> exposed dispatch + combine ms ``[S]``, ``token_bytes`` bytes per token copy."""
+    ``[S, G]`` -> exposed dispatch + combine ms ``[S]``, ``token_bytes`` bytes per token copy,
+    ``relay`` where an inter-node copy lands (:data:`RELAYS`; default :data:`DEFAULT_RELAY`)."""
+    relay = check_relay(relay)
     phy2log_LP = np.asarray(phy2log_LP, dtype=np.int64)
     L, P = phy2log_LP.shape
     G = P // slots_per_gpu
@@ -186,8 +214,7 @@ def simulate_arrays(
         dnode = gpu_node[dest]
         same_node = dnode == src_node_T[:, None]
         intra_mask = first & same_node & (dest != src_T[:, None])
-        # inter-node copies: once per distinct remote node; the receiving GPU is the lowest
-        # destination GPU on that node (its NIC takes the copy, NVLink forwards it: DeepEP's path)
+        # inter-node copies: once per distinct remote node
         nd_sorted = np.sort(np.where(same_node, -1, dest), axis=1)
         nd_node = np.where(nd_sorted >= 0, gpu_node[nd_sorted], -1)
         nd_first = np.ones_like(nd_sorted, dtype=bool)
@@ -199,7 +226,19 @@ def simulate_arrays(
         intra_send = np.bincount(send_idx, weights=intra_mask.sum(1), minlength=S * G)
         intra_recv = np.bincount((sidx * G + dest.reshape(-1))[intra_mask.reshape(-1)], minlength=S * G)
         inter_send = np.bincount(send_idx, weights=nd_mask.sum(1), minlength=S * G)
-        inter_recv = np.bincount((sidx * G + nd_sorted.reshape(-1))[nd_mask.reshape(-1)], minlength=S * G)
+        if relay == "first-destination":
+            # the lowest destination GPU on that node takes the copy (no forwarding counted)
+            inter_recv = np.bincount((sidx * G + nd_sorted.reshape(-1))[nd_mask.reshape(-1)], minlength=S * G)
+        else:
+            # DeepEP (planner.cost.comm.dispatch_traffic): the GPU of the source's local rank on
+            # that node takes the copy and forwards it over NVLink to each further destination
+            relay_TK = nd_node * gpus_per_node + (src_T % gpus_per_node)[:, None]
+            inter_recv = np.bincount((sidx * G + relay_TK.reshape(-1))[nd_mask.reshape(-1)], minlength=S * G)
+            remote_first = first & ~same_node  # distinct remote destination GPUs
+            relay_of_dest = gpu_node[dest] * gpus_per_node + (src_T % gpus_per_node)[:, None]
+            fwd = (remote_first & (dest != relay_of_dest)).reshape(-1)
+            intra_send += np.bincount((sidx * G + relay_of_dest.reshape(-1))[fwd], minlength=S * G)
+            intra_recv += np.bincount((sidx * G + dest.reshape(-1))[fwd], minlength=S * G)
         shape = (S, G)
         i_s = intra_send.reshape(shape) * token_bytes
         i_r = intra_recv.reshape(shape) * token_bytes

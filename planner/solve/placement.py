@@ -73,8 +73,8 @@ by ``migration_weight`` = 1 / steps until the next re-plan). Linearised as the s
   its replicas (token ``t``'s ``j``-th choice goes to replica ``(t·k + j) mod r_e``);
   ``local-first`` serves a token on its own GPU's replica when there is one — the search models
   ``even`` and the final candidates are scored by the simulator under the plan's policy;
-- balance guard in the search: the mean over planning steps of each node's largest GPU token
-  load stays within ``balance_tolerance`` (1%) of the warm start's.
+- balance guard in the search: each node's largest GPU token load (mean over the planning
+  steps) stays within ``balance_tolerance`` (0.5%) of the warm start's (EPLB's packing).
 
 5. What is solved, exact or heuristic (decomposition)
 -----------------------------------------------------
@@ -144,9 +144,21 @@ log = logging.getLogger(__name__)
 #: Largest number of distinct slot assignments of one node that stage 3 enumerates exactly.
 EXHAUSTIVE_LIMIT = 3000
 #: Largest number of planning tokens the search keeps per layer (evenly strided subsample).
-SEARCH_MAX_TOKENS = 32768
-#: Rows below which the per-node search scores traffic step by step (exact mode).
+SEARCH_MAX_TOKENS = 16384
+#: Tokens using a node below which the per-node search scores traffic step by step (exact mode).
 EXACT_ROWS_LIMIT = 4096
+#: Smallest relative gain of the node objective for the swap search to take a move (smaller
+#: gains are noise on a held-out trace and only cost time).
+MIN_GAIN = 2e-5
+#: Array elements the search processes per second on one core (measured on a 2-core x86 VM);
+#: converts the search's time budget into a deterministic number of evaluations.
+ELEMENTS_PER_S = 5e7
+
+
+def search_seconds(instances: int, time_limit: float) -> float:
+    """Estimated seconds of local search: 2 s + 0.06 s per (layer, node) instance, at most half
+    the time limit (small problems stay fast: the default plan runs in a few seconds)."""
+    return min(0.5 * time_limit, 2.0 + 0.06 * instances)
 
 
 # ---- inputs and outputs ---------------------------------------------------------------------
@@ -219,6 +231,7 @@ class PlacementInputs:
     topk_group: int | None = None
     dispatch: str = "even"
     group_T: np.ndarray | None = None
+    relay: str = "first-destination"
 
     @property
     def token_groups(self) -> int:
@@ -672,7 +685,7 @@ class NodeSearch:
         w_nvl = np.maximum(isend.max(axis=2), irecv.max(axis=2)) * c.token_bytes
         t_nvl = np.where(w_nvl > 1e-9, c.nvlink.alpha_ms + w_nvl * c.nvlink.ms_per_byte, 0.0)
         comm = self.k2 * np.maximum(t_nic, t_nvl).mean(axis=1)
-        return compute + comm + mig, tok.max(axis=2).mean(axis=1)
+        return compute + comm + mig, tok.mean(axis=1).max(axis=1)
 
     def link_ms(self) -> tuple[float, float]:
         """Mean (t_nvlink, t_nic) of the current state, ms."""
@@ -694,6 +707,7 @@ class NodeSearch:
         comp, tok, recv, isend, irecv, rfirst = self._state(self.gpos[None, :])
         self.comp, self.tokl, self.recv, self.isend, self.irecv = comp[0], tok[0], recv[0], isend[0], irecv[0]
         self.rfirst = rfirst[0]
+        self._rows_cache = None
         val, bal = self._objective(comp, tok, recv, isend, irecv, self._mig_total(self.gpos[None, :]))
         self.value, self.balance = float(val[0]), float(bal[0])
 
@@ -712,6 +726,29 @@ class NodeSearch:
         off = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
         return rr[starts + off], cc[starts + off], seg
 
+    def _row_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Cached for the current positions: ``mex`` [remote rows, K] the lowest position of a
+        row's other items (without the item in that column), ``cnt`` [intra rows, g] items of a
+        row per position."""
+        if self._rows_cache is None:
+            g = self.g
+            ext = np.append(self.gpos, g)
+            mex = np.zeros((0, self.rsig.shape[1]), dtype=np.int64)
+            if self.rsig.size:
+                pos = ext[self.rsig]
+                rmin = self.rfirst[:, None]
+                cnt_min = (pos == rmin).sum(axis=1, keepdims=True)
+                second = np.where(pos > rmin, pos, g).min(axis=1, keepdims=True)
+                mex = np.where((pos == rmin) & (cnt_min == 1), second, rmin)
+            cnt = np.zeros((0, g))
+            if self.isig.size:
+                pos = ext[self.isig]
+                ni, K = pos.shape
+                cnt = np.bincount((np.arange(ni)[:, None] * (g + 1) + pos).ravel(), minlength=ni * (g + 1))
+                cnt = cnt.reshape(ni, g + 1)[:, :g].astype(np.float64)
+            self._rows_cache = (mex, cnt)
+        return self._rows_cache
+
     def _swap_tables(self, pstar: int, A: np.ndarray, B: np.ndarray):
         """Traffic after every swap (a in A at p*, b in B elsewhere): arrays [|A|, |B|, nT, g]."""
         g, nT, nl = self.g, self.nT, self.nl
@@ -721,7 +758,6 @@ class NodeSearch:
         idxB[B] = np.arange(nB)
         inA = np.zeros(nl + 1, dtype=bool)
         inA[A] = True
-        ext = np.append(self.gpos, g)
         q_all = np.arange(g)
 
         # remote rows: received at the lowest position a row needs
@@ -736,12 +772,9 @@ class NodeSearch:
         DRA[:, pstar] = 0.0
         DRB[np.arange(nB), :, posB] -= r1B
         DRB[:, :, pstar] += r1B
+        mex, cnt = self._row_stats()
         if self.rsig.size:
-            pos = ext[self.rsig]  # [rows, K]
             rmin = self.rfirst
-            cnt_min = (pos == rmin[:, None]).sum(axis=1)
-            second = np.where(pos > rmin[:, None], pos, g).min(axis=1)
-            mex = np.where((pos == rmin[:, None]) & (cnt_min[:, None] == 1), second[:, None], rmin[:, None])
             w, t = self.rw, self.rstep
             # a -> q for every q
             r, c, ai = self._entries(self.rptr, self.rrow, self.rcol, A)
@@ -801,11 +834,6 @@ class NodeSearch:
             DVB[ar, :, posB] -= tot[B] - i1[B, posB]
             DVB[:, :, pstar] += tot[B] - i1[B, pstar]
         if self.isig.size:
-            pos = ext[self.isig]
-            ni = pos.shape[0]
-            cnt = np.zeros((ni, g + 1))
-            np.add.at(cnt, (np.repeat(np.arange(ni), pos.shape[1]), pos.ravel()), 1.0)
-            cnt = cnt[:, :g]
             w, t, src = self.iw, self.istep, self.isrc
             r, c, ai = self._entries(self.iptr, self.irow, self.icol, A)
             if r.size:
@@ -890,15 +918,27 @@ class NodeSearch:
                                    irecv.reshape(M, self.nT, self.g), mig)
         val = self._feasible(val, bal)
         j = int(np.argmin(val))
+        jj = (j // nB, j % nB)
+        self._pending = (comp[j], tok[j], recv[jj], isend[jj], irecv[jj], float(val[j]), float(bal[j]))
         return float(val[j]), int(A[ia[j]]), int(B[ib[j]])
+
+    def _apply_swap(self, a: int, b: int) -> None:
+        """Take the swap the last :meth:`_swap_eval` found best (its arrays are kept)."""
+        self.gpos[a], self.gpos[b] = self.gpos[b], self.gpos[a]
+        self.comp, self.tokl, self.recv, self.isend, self.irecv, self.value, self.balance = (
+            x.copy() if isinstance(x, np.ndarray) else x for x in self._pending
+        )
+        if self.rsig.size:
+            self.rfirst = np.append(self.gpos, self.g)[self.rsig].min(axis=1)
+        self._rows_cache = None
 
     # -- search -------------------------------------------------------------------------------
 
     def _feasible(self, val: np.ndarray, bal: np.ndarray) -> np.ndarray:
         return np.where(bal <= self.cap * (1 + 1e-12) + 1e-9, val, np.inf)
 
-    def _improves(self, val: float) -> bool:
-        return val < self.value - 1e-12 * max(1.0, abs(self.value))
+    def _improves(self, val: float, rel: float = 1e-12) -> bool:
+        return val < self.value - rel * max(1e-12, abs(self.value))
 
     def exhaustive(self, all_gpos: np.ndarray, chunk: int = 512) -> None:
         """Score every assignment in ``all_gpos`` [M, nl] and keep the best within the balance cap."""
@@ -939,6 +979,16 @@ class NodeSearch:
         score = self.comp.mean(axis=0) + self.k2 * np.maximum(nic, nvl)
         return [int(p) for p in np.argsort(-score, kind="stable")]
 
+    def eval_elements(self) -> int:
+        """Array elements one neighbourhood evaluation touches (the work estimate)."""
+        per_pos = self.nl // self.g
+        rows = 3 * self.rsig.size + 10 * self.isig.size  # intra rows sort and scatter more
+        return int(rows + per_pos * (self.nl - per_pos) * (self.F.shape[1] + 3 * self.nT) * self.g + 1000)
+
+    def eval_budget(self, seconds: float) -> int:
+        """Neighbourhood evaluations that fit in ``seconds`` at :data:`ELEMENTS_PER_S`."""
+        return int(np.clip(seconds * ELEMENTS_PER_S / self.eval_elements(), 4, 400))
+
     def run(self, max_evals: int, deadline: float) -> int:
         """Best-improvement swap search: for the costliest GPU first, every swap of one of its
         items with an item elsewhere; take the best improving swap, else try the next GPU; when
@@ -947,6 +997,7 @@ class NodeSearch:
             return 0
         accepted = 0
         evals = 0
+        self.evals = 0
         self.position_pass()
         while evals < max_evals and time.perf_counter() < deadline:
             moved = False
@@ -955,16 +1006,18 @@ class NodeSearch:
                     break
                 evals += 1
                 val, a, b = self._swap_eval(pstar)
-                if self._improves(val):
-                    self.gpos[a], self.gpos[b] = self.gpos[b], self.gpos[a]
-                    self._recompute()
+                if self._improves(val, MIN_GAIN):
+                    self._apply_swap(a, b)
                     accepted += 1
+                    if accepted % 16 == 0:  # refresh from scratch now and then (rounding drift)
+                        self._recompute()
                     moved = True
                     break
             if not moved:
                 evals += 1
                 if not self.position_pass():
                     break
+        self.evals = evals
         return accepted
 
 
@@ -1001,11 +1054,17 @@ def _layer_items(items_by_node: list[np.ndarray], gpu_of_item: list[np.ndarray],
     return _Layer(item_exp, item_node, item_gpu, item_Tk)
 
 
-def _unique_rows(key_cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct rows of an int table and their counts."""
-    if key_cols.shape[0] == 0:
-        return key_cols, np.zeros(0)
-    u, c = np.unique(key_cols, axis=0, return_counts=True)
+def _unique_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of a non-negative int table and their counts (rows in lexicographic order)."""
+    if table.shape[0] == 0:
+        return table, np.zeros(0)
+    base = table.max(axis=0).astype(np.float64) + 1.0
+    if float(np.prod(base)) < 2.0**62:  # encode each row as one int64: a fast 1-D unique
+        mult = np.concatenate([np.cumprod(base[::-1])[::-1][1:], [1.0]]).astype(np.int64)
+        key = table.astype(np.int64) @ mult
+        uk, first, c = np.unique(key, return_index=True, return_counts=True)
+        return table[first], c.astype(np.float64)
+    u, c = np.unique(table, axis=0, return_counts=True)
     return u, c.astype(np.float64)
 
 
@@ -1016,8 +1075,9 @@ def build_node_search(
 ) -> tuple[NodeSearch, np.ndarray]:
     """The :class:`NodeSearch` of node ``v`` and the (layer) item ids of its items.
 
-    ``tok_SP`` / ``F_SP`` tokens and compute ms of every item per step, ``xsend_SG`` inter-node
-    copies each GPU sends per step, ``row_scale`` tokens each planning token stands for.
+    ``tok_SP`` / ``F_SP`` tokens and compute ms of every item per step, ``xsend_SG`` the
+    inter-node copies each GPU sends (and, under same-rank relay, receives) per step, which the
+    search cannot change; ``row_scale`` tokens each planning token stands for.
     ``exact``: score traffic step by step (None: when the node's tokens are few).
     """
     gpn = inp.gpus_per_node
@@ -1034,8 +1094,12 @@ def build_node_search(
     st = step_T if exact else np.zeros_like(step_T)
     scale = row_scale * (1.0 if exact else 1.0 / n_steps)
     src_node = src_T // gpn
-    src_pos = src_T % gpn
+    src_pos = src_T % gpn  # for a remote token under same-rank relay: the GPU that takes its copy
     rem = src_node != v
+    if inp.relay == "same-rank":
+        # the copy lands on the source's local rank here and is forwarded over NVLink: remote
+        # tokens count like tokens of this node starting on that GPU (their NIC part is fixed)
+        rem = np.zeros_like(rem)
     single = n_loc == 1
     one_item = li.min(axis=1)
     # single-item tokens -> weights per item
@@ -1063,9 +1127,11 @@ def build_node_search(
         istep=iu[:, 0] if iu.size else empty, iw=ic * scale,
         xsend_Tg=xs, cost=inp.cost, mig_ig=None if mig_P_g is None else mig_P_g[items],
     )
-    if inp.num_nodes > 1:
-        t_nvl, t_nic = ns.link_ms()
-        if t_nvl < 0.25 * t_nic:  # NVLink cannot become the binding link: skip its bookkeeping
+    t_nvl, t_nic = ns.link_ms()  # bandwidth parts, ms
+    if ns.isig.size or ns.i1tot.any():
+        # skip NVLink bookkeeping where it cannot matter: far below the NIC (which then binds),
+        # or its bandwidth part a few % of the compute (its latency does not depend on placement)
+        if (inp.num_nodes > 1 and t_nvl < 0.25 * t_nic) or ns.k2 * t_nvl < 0.05 * float(ns.comp.max(axis=1).mean()):
             ns.drop_intra()
     ns.cap = ns.balance * (1.0 + balance_tolerance)
     return ns, items
@@ -1197,7 +1263,7 @@ def solve_placement(
     migration_weight: float = 0.0,
     evaluate: Callable[[np.ndarray], float] | None = None,
     extra_candidates: dict[str, np.ndarray] | None = None,
-    balance_tolerance: float = 0.01,
+    balance_tolerance: float = 0.005,
     search_evals: int | None = None,
 ) -> PlacementResult:
     """Place experts for ``inp`` (module docstring); returns within ``time_limit`` seconds.
@@ -1206,7 +1272,9 @@ def solve_placement(
     :func:`planning_objective`, the simulator on ``inp``'s tokens); ``extra_candidates`` are
     further placements to compare (e.g. contiguous). ``previous_LP`` [L, P] with
     ``migration_weight`` > 0 adds the migration penalty. ``search_evals`` bounds the local
-    search per node (swap neighbourhoods scored; default: scaled to the problem size). ``seed``
+    search per node (swap neighbourhoods scored; default: :func:`search_seconds` of estimated
+    work, converted to a count from the problem's sizes — never from a clock, so the result is
+    reproducible). ``seed``
     is recorded for reproducibility: every stage is deterministic.
     """
     clock = _Clock(time_limit)
@@ -1344,26 +1412,35 @@ def solve_placement(
 
     # ---- stage 3 exhaustive / stage 4 local search, node by node
     exhaustive = count_assignments(per_node, gpn_eff, S) <= EXHAUSTIVE_LIMIT
-    if search_evals is None:
-        search_evals = int(np.clip(20000 // max(1, L * N_eff), 16, 400))
-    sinfo: dict[str, object] = {"exhaustive": exhaustive, "accepted": 0, "instances": 0,
-                                "search_evals": search_evals, "stopped_by_time": False}
+    instances = L * N_eff
+    search_s = search_seconds(instances, time_limit)
+    sinfo: dict[str, object] = {"exhaustive": exhaustive, "accepted": 0, "instances": 0, "evals": 0,
+                                "search_budget_s": round(search_s, 2), "stopped_by_time": False}
     new = np.empty((L, P), dtype=np.int64)
     inp_eff = _with_nodes(inp, gpn_eff)
     accepted = 0
     for l in range(L):
         lay = _layer_items(item_exp_rows[l], item_gpu_rows[l], ids_LTk[l], tok_index_T, E)
         # inter-node copies each GPU sends (fixed once the nodes are fixed)
+        xfix_SG = np.zeros((n_steps, G))
         if N_eff > 1:
             nd = np.sort((lay.item_gpu // gpn_eff)[lay.item_Tk], axis=1)
             fo = np.ones_like(nd, dtype=bool)
             fo[:, 1:] = nd[:, 1:] != nd[:, :-1]
-            nrem = (fo & (nd != (src_T // gpn_eff)[:, None])).sum(axis=1)
-        else:
-            nrem = np.zeros(src_T.size)
-        xsend_SG = np.bincount(step_T * G + src_T, weights=nrem * tscale, minlength=n_steps * G).reshape(n_steps, G)
-        tok_SP = np.bincount((step_T[:, None] * P + lay.item_Tk).ravel(), minlength=n_steps * P).reshape(n_steps, P)
-        tok_SP = tok_SP * tscale
+            copy = fo & (nd != (src_T // gpn_eff)[:, None])  # one NIC copy per distinct remote node
+            xfix_SG = np.bincount(step_T * G + src_T, weights=copy.sum(axis=1) * tscale,
+                                  minlength=n_steps * G).reshape(n_steps, G)
+            if inp.relay == "same-rank":  # received by the source's local rank there: fixed too
+                relay = nd * gpn_eff + (src_T % gpn_eff)[:, None]
+                key = (step_T[:, None] * G + relay)[copy]
+                xfix_SG = np.maximum(xfix_SG, np.bincount(key, minlength=n_steps * G).reshape(n_steps, G) * tscale)
+        # item loads from every planning token (the balance guard must not see sampling noise)
+        full_Tk = lay.item_Tk if stride == 1 else _layer_items(
+            item_exp_rows[l], item_gpu_rows[l], inp.ids_LTk[l].astype(np.int64), inp.tok_index_T, E
+        ).item_Tk
+        full_step = inp.step_T.astype(np.int64) if stride > 1 else step_T
+        tok_SP = np.bincount((full_step[:, None] * P + full_Tk).ravel(), minlength=n_steps * P).reshape(n_steps, P)
+        tok_SP = tok_SP / groups
         F_SP = np.asarray(inp.cost.ffn_ms(tok_SP.reshape(-1)), dtype=np.float64).reshape(n_steps, P)
         mig_P_g = None
         if mig_w > 0:
@@ -1374,14 +1451,16 @@ def solve_placement(
                 sinfo["stopped_by_time"] = True
                 break
             ns, its = build_node_search(
-                lay, v, inp_eff, step_T, src_T, n_steps, tok_SP, F_SP, xsend_SG, None, mig_P_g,
+                lay, v, inp_eff, step_T, src_T, n_steps, tok_SP, F_SP, xfix_SG, None, mig_P_g,
                 balance_tolerance, row_scale=tscale,
             )
             sinfo["instances"] = int(sinfo["instances"]) + 1
             if exhaustive:
                 ns.exhaustive(_all_assignments(ns.nl, ns.g, S))
             else:
-                accepted += ns.run(search_evals, deadline)
+                budget = search_evals if search_evals is not None else ns.eval_budget(search_s / instances)
+                accepted += ns.run(budget, deadline)
+                sinfo["evals"] = int(sinfo["evals"]) + ns.evals
             lay.item_gpu[its] = v * gpn_eff + ns.gpos
         new[l] = _phy2log_from_items(lay.item_exp, lay.item_gpu, G, S)
         if previous_LP is not None:
@@ -1444,7 +1523,7 @@ def planning_objective(phy2log_LP: np.ndarray, inp: PlacementInputs) -> float:
             phy2log_LP, inp.slots_per_gpu, inp.ids_LTk[:, m], inp.step_T[m], inp.src_T[m],
             ffn_ms=inp.cost.ffn_ms, comm_ms=inp.cost.comm_ms, token_bytes=inp.cost.token_bytes,
             num_experts=inp.num_experts, gpus_per_node=inp.gpus_per_node, dispatch=inp.dispatch,
-            num_steps=inp.num_steps,
+            num_steps=inp.num_steps, relay=inp.relay,
         ))
     return float(combine_groups(results).step_ms_S.mean())
 

@@ -71,7 +71,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
-            out += f"[{part}]"
+            out += f"[{part if part.bit_length() <= 64 else show(part)}]"
         else:
             out += ("." if out else "") + str(part)
     return one_line(out, 80) if out else "(root)"
@@ -111,23 +111,38 @@ def _check_tree(data: Any, name: str) -> None:
     """Reject nesting deeper than :data:`MAX_DEPTH` and integers outside 64 bits.
 
     Iterative, and each list or mapping is visited once: YAML aliases can share one node many
-    times (a "billion laughs" file) or make a node contain itself.
+    times (a "billion laughs" file) or make a node contain itself. Scalars are checked in
+    place, without building their path, so that large count arrays cost little next to parsing.
     """
     seen: set[int] = set()
-    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())] if isinstance(data, dict | list) else []
+
+    def too_big(v: Any, path: tuple[Any, ...], what: str = "") -> InputError:
+        where = _loc(path) if path else "the top level"
+        return InputError(f"{name}: {where}: {what}{show(v)} is outside the signed 64-bit range")
+
+    if isinstance(data, int) and not isinstance(data, bool) and not INT_MIN <= data <= INT_MAX:
+        raise too_big(data, ())
     while stack:
         v, path = stack.pop()
-        if isinstance(v, dict | list):
-            if id(v) in seen:
-                continue
-            seen.add(id(v))
-            if len(path) >= MAX_DEPTH:
-                raise InputError(f"{name}: nested more than {MAX_DEPTH} levels deep at {_loc(path[:8])}...")
-            items = v.items() if isinstance(v, dict) else enumerate(v)
-            stack.extend((item, (*path, key)) for key, item in items)
-        elif isinstance(v, int) and not isinstance(v, bool) and not INT_MIN <= v <= INT_MAX:
-            where = _loc(path) if path else "the top level"
-            raise InputError(f"{name}: {where}: {show(v)} is outside the signed 64-bit range")
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if len(path) >= MAX_DEPTH:
+            raise InputError(f"{name}: nested more than {MAX_DEPTH} levels deep at {_loc(path[:8])}...")
+        for key, item in v.items() if isinstance(v, dict) else enumerate(v):
+            if type(key) is not str and isinstance(key, int) and not INT_MIN <= key <= INT_MAX:
+                raise too_big(key, path, "key ")  # a YAML mapping key such as 0xffff…
+            kind = type(item)
+            if kind is int:
+                if not INT_MIN <= item <= INT_MAX:
+                    raise too_big(item, (*path, key))
+            elif kind is dict or kind is list:
+                stack.append((item, (*path, key)))
+            elif isinstance(item, int) and not isinstance(item, bool) and not INT_MIN <= item <= INT_MAX:
+                raise too_big(item, (*path, key))
+            elif isinstance(item, dict | list):
+                stack.append((item, (*path, key)))
 
 
 def parse_text(text: str, name: str, *, yaml_format: bool = False) -> Any:

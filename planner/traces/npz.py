@@ -122,7 +122,7 @@ def _member_array(z: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, name: str
     need = math.prod(shape) * dtype.itemsize
     have = info.file_size - header_len
     if need != have:
-        raise _unreadable(name, f"{key}: its header says shape {shape} of {dtype}, {need} bytes, but it holds {have}")
+        raise _unreadable(name, f"{key}: holds {have} bytes, but its header says shape {shape} of {dtype}, {need} bytes")
     with z.open(info) as f:
         return np.lib.format.read_array(f, allow_pickle=False)
 

@@ -26,6 +26,7 @@ Counts must be whole, non-negative numbers (floats with integral values are acce
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +65,9 @@ def _read_pt(path: Path) -> Any:
             "or save the counts as .json"
         ) from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error line says enough
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise InputError(f"{path.name}: not a readable torch file ({e.__class__.__name__})") from None
     if isinstance(obj, dict):

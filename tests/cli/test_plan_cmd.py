@@ -28,9 +28,11 @@ def test_json_is_a_valid_plan_and_out_writes_it(tmp_path, capsys):
     assert plan.model.name == "mixtral-8x7b"
     assert plan.parallel.ep == 8 and plan.placement.slots_per_gpu == 1
     assert Plan.load(tmp_path / "plan.json") == plan
-    # the baselines were compared on the planning steps, the plan scored on held-out steps
-    assert set(plan.solver.candidates) == {"contiguous", "round-robin", "eplb"}
+    # the solver's placement and the baselines were compared on the planning steps, the best
+    # kept, the plan scored on held-out steps
+    assert set(plan.solver.candidates) == {"placement-ilp", "contiguous", "round-robin", "eplb"}
     assert plan.solver.objective == min(plan.solver.candidates.values())
+    assert plan.solver.bound is not None and 0 <= plan.solver.gap < 1
     assert plan.predicted.evaluated_on.startswith("held-out")
 
 

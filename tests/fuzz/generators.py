@@ -135,6 +135,9 @@ FIELD_NAMES = [
     "parallel", "cache", "predicted", "solver", "provenance", "extra", "__proto__", "", "a.b", "x\ny",
 ]
 
+#: Mapping keys that are not strings (YAML keeps their type; JSON makes them strings).
+ODD_KEYS = [0, -1, 2**64, 10**300, None, 1.5, True, math.inf]
+
 nasty_scalars = st.one_of(
     st.none(),
     st.booleans(),
@@ -178,7 +181,7 @@ RAW_YAML = [
     "!!str 5", "!!float 1e400", "!!int 0x" + "f" * 40, "{? [a, b] : 1}", "[" * 5000 + "]" * 5000,
     "[&x [1,1,1,1,1,1,1,1,1], &y [*x,*x,*x,*x,*x,*x,*x,*x,*x], &z [*y,*y,*y,*y,*y,*y,*y,*y,*y],"
     " &w [*z,*z,*z,*z,*z,*z,*z,*z,*z], [*w,*w,*w,*w,*w,*w,*w,*w,*w]]",
-    "!<tag:yaml.org,2002:int> 12", "!custom 1", "%TAG", "'unterminated", "\"\\x\"", "[1, 2",
+    "!<tag:yaml.org,2002:int> 12", "{? 0x" + "f" * 5000 + " : 1}", "{? " + "9" * 5000 + " : 1}", "!custom 1", "%TAG", "'unterminated", "\"\\x\"", "[1, 2",
     "@reserved", "`backtick", "<<: 5", "{<<: *undefined}",
 ]
 #: Bytes spliced into a file's text.
@@ -256,7 +259,8 @@ def mutated_doc(draw: Any, doc: Any, raw: list[str]) -> tuple[Any, str | None, l
         elif op == "add":
             target = value if isinstance(value, dict) else (parent if isinstance(parent, dict) else doc)
             if isinstance(target, dict):
-                target[draw(st.sampled_from(FIELD_NAMES) | st.text(max_size=12))] = draw(nasty_values)
+                key = draw(st.sampled_from(FIELD_NAMES) | st.text(max_size=12) | st.sampled_from(ODD_KEYS))
+                target[key] = draw(nasty_values)
         elif op == "list":
             lst = value if isinstance(value, list) else None
             if lst is None:
