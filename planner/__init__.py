@@ -25,6 +25,8 @@ __all__ = [
     "synth_trace",
     "trace_stats",
     "export",
+    "simulate",
+    "rebalance",
 ]
 
 _WHERE = {
@@ -43,6 +45,8 @@ _WHERE = {
     "synth_trace": "planner.traces",
     "trace_stats": "planner.traces",
     "export": "planner.exports",
+    "simulate": "planner.api",
+    "rebalance": "planner.solve.rebalance",
 }
 
 

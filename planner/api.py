@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from planner.cost.compute import expert_ffn_ms
 from planner.cost.memory import GIB, weights_per_gpu_bytes
 from planner.errors import InfeasibleError, InputError
-from planner.simulate import SimResult, check_relay, combine_groups, simulate_placement
+from planner.simulate import SimResult, check_relay, combine_groups, describe, simulate_placement
 from planner.solve import baselines
 from planner.solve.degrees import resolve_degrees
 from planner.solve.placement import PlacementCost, PlacementInputs, solve_placement
@@ -476,6 +476,8 @@ def solve(
         raise InputError(f"migration_weight must be >= 0 (got {migration_weight})")
     weight_LE = pr.plan_counts_LE.astype(np.float64)
     notes = [CAVEAT] if pr.trace_label.endswith("(counts only)") else []
+    if pr.baseline is not None and previous is not None:
+        raise InputError(f"--previous re-plans with the solver; it has no effect with --baseline {pr.baseline}")
     if pr.baseline is not None:
         p2l = baseline_placement(pr.baseline, weight_LE, m, cluster, par, pr.redundant_experts)
     else:
@@ -550,3 +552,53 @@ def plan(model: str | ModelSpec = DEFAULT_MODEL, hardware: str | HardwareProfile
     """
     solve_kw = {k: kwargs.pop(k) for k in ("previous", "migration_weight") if k in kwargs}
     return solve(prepare(model, hardware, **kwargs), **solve_kw)
+
+
+@dataclass(frozen=True)
+class SimulationReport:
+    """A plan replayed through a trace, step by step (:func:`simulate`)."""
+
+    plan: Plan
+    trace_label: str
+    relay: str
+    result: SimResult  #: per-step, per-layer arrays
+    notes: tuple[str, ...] = ()
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready figures (:func:`planner.simulate.describe`) with what was simulated."""
+        p = self.plan
+        out = {
+            "model": p.model.name,
+            "cluster": f"{p.cluster.num_nodes} x {p.cluster.gpus_per_node} {p.cluster.hardware}",
+            "parallel": p.parallel.model_dump(),
+            "dispatch": p.dispatch,
+            "relay": self.relay,
+            "trace": self.trace_label,
+        }
+        out.update(describe(self.result))
+        out["notes"] = list(self.notes)
+        return out
+
+
+def simulate(
+    plan: Plan | str | Path,
+    trace: str | Path | Trace | CountsTrace,
+    *,
+    hardware: str | HardwareProfile | None = None,
+    tokens_per_step: int | None = None,
+    relay: str | None = None,
+) -> SimulationReport:
+    """Replay every step of ``trace`` through ``plan``'s placement (all steps: the trace is not
+    split). ``hardware`` defaults to the plan's profile by name; ``relay`` to
+    :data:`planner.simulate.DEFAULT_RELAY`. Offload plans (a ``cache``) are not simulated yet."""
+    p = Plan.load(plan) if isinstance(plan, str | Path) else plan
+    if p.cache is not None:
+        raise InputError("simulate: offload plans (with a cache) are not simulated yet in this version")
+    hw = resolve_hardware(hardware if hardware is not None else p.cluster.hardware)
+    relay = check_relay(relay)
+    tr, label, _counts = resolve_trace(trace, p.model, p.provenance.seed, tokens_per_step)
+    notes = (CAVEAT,) if label.endswith("(counts only)") else ()
+    p2l = np.asarray(p.placement.physical_to_logical, dtype=np.int64)
+    cluster = ClusterSpec(hardware=hw.name, num_nodes=p.cluster.num_nodes, gpus_per_node=p.cluster.gpus_per_node)
+    sim = _simulate(p2l, tr, p.model, hw, cluster, p.parallel, p.dispatch, relay=relay)
+    return SimulationReport(plan=p, trace_label=label, relay=relay, result=sim, notes=notes)

@@ -40,7 +40,6 @@ from planner.cost.comm import dispatch_combine_ms
 from planner.cost.compute import expert_ffn_ms
 from planner.errors import InputError
 
-
 #: Where an inter-node copy lands (see the module docstring).
 RELAYS = ("first-destination", "same-rank")
 #: The convention plans are scored with.
@@ -269,3 +268,42 @@ def combine_groups(results: list[SimResult]) -> SimResult:
         gpu_tokens_SLG=stack("gpu_tokens_SLG").sum(0),
         tokens_S=stack("tokens_S").sum(0),
     )
+
+
+def describe(sim: SimResult) -> dict:
+    """JSON-ready summary of a simulation: the per-step distribution of the summed MoE time,
+    and per MoE layer the time distribution over steps, imbalance, bytes and each GPU's mean
+    tokens per step (``gpu_tokens`` [G], EP ranks numbered node by node)."""
+    step_ms = sim.step_ms_S
+    layer_ms = sim.layer_ms_SL
+
+    def dist(x: np.ndarray) -> dict[str, float]:
+        return {"mean": float(x.mean()), "p50": float(np.percentile(x, 50)), "p99": float(np.percentile(x, 99))}
+
+    layers = []
+    for i in range(layer_ms.shape[1]):
+        tok_G = sim.gpu_tokens_SLG[:, i].mean(axis=0)
+        layers.append({
+            "layer": i,
+            "ms": dist(layer_ms[:, i]),
+            "compute_ms": float(sim.compute_ms_SL[:, i].mean()),
+            "comm_ms": float(sim.comm_ms_SL[:, i].mean()),
+            "imbalance": float(sim.imbalance_SL[:, i].mean()),
+            "intra_node_bytes_per_step": float(sim.intra_bytes_SL[:, i].mean()),
+            "inter_node_bytes_per_step": float(sim.inter_bytes_SL[:, i].mean()),
+            "busiest_gpu": int(np.argmax(tok_G)),
+            "gpu_tokens": [float(x) for x in tok_G],
+        })
+    return {
+        "steps": int(step_ms.size),
+        "tokens_per_step": float(sim.tokens_S.mean()),
+        "moe_time_per_step_ms": dist(step_ms),
+        "moe_layer_ms": dist(layer_ms.ravel()),
+        "compute_ms": float(sim.compute_ms_SL.mean()),
+        "comm_ms": float(sim.comm_ms_SL.mean()),
+        "imbalance": float(sim.imbalance_SL.mean()),
+        "imbalance_p99": float(np.percentile(sim.imbalance_SL, 99)),
+        "intra_node_bytes_per_step": float(sim.intra_bytes_SL.sum(1).mean()),
+        "inter_node_bytes_per_step": float(sim.inter_bytes_SL.sum(1).mean()),
+        "layers": layers,
+    }

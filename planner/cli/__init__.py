@@ -27,10 +27,11 @@ def _register() -> None:
     from planner.cli.plan_cmd import plan
     from planner.cli.predict_cmd import predict
     from planner.cli.schema_cmd import schema
+    from planner.cli.simulate_cmd import simulate
     from planner.cli.trace_cmd import trace
     from planner.cli.validate_cmd import validate
 
-    for cmd in (plan, schema, trace, validate, export, check, predict):
+    for cmd in (plan, schema, trace, validate, export, check, predict, simulate):
         cli.add_command(cmd)
 
 

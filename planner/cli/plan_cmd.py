@@ -76,13 +76,15 @@ def render_plan(plan) -> str:
 @click.option("--gpu-memory-gb", type=float, default=None, help="GPU memory budget (offload mode)")
 @click.option("--baseline", type=click.Choice(["contiguous", "round-robin", "eplb"]), default=None, help="Produce this baseline plan instead of solving")
 @click.option("--dispatch", type=click.Choice(["even", "local-first"]), default="even", show_default=True, help="How tokens pick among replicas")
+@click.option("--previous", "previous_path", default=None, type=click.Path(dir_okay=False),
+              help="Plan in service (plan.json): re-plan with a penalty per moved expert (migration-aware)")
 @click.option("--time-limit", type=float, default=60.0, show_default=True, help="Solver time limit in seconds")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Write OUT/plan.json")
 @click.option("--force", is_flag=True, help="Overwrite OUT/plan.json if it exists")
 @click.option("--dry-run", is_flag=True, help="Check the inputs and print the problem size; solve nothing")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan (or the dry-run report) as JSON on stdout")
-def plan(trace_path, out_dir, force, dry_run, as_json, model, hardware, **opts) -> None:
+def plan(trace_path, out_dir, force, dry_run, as_json, model, hardware, previous_path, **opts) -> None:
     """Plan expert placement (and, later, parallelism and caching) for an MoE deployment.
 
     With no arguments it plans the embedded default: Qwen3-30B-A3B on one 8-GPU H100 node,
@@ -103,7 +105,7 @@ def plan(trace_path, out_dir, force, dry_run, as_json, model, hardware, **opts) 
             for k, v in size.items():
                 click.echo(f"  {k:16} {v}")
         return
-    result = solve(problem)
+    result = solve(problem, previous=previous_path) if previous_path else solve(problem)
     if out_file is not None:
         result.save(out_file)
     if as_json:

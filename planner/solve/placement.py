@@ -15,114 +15,139 @@ What the simulator charges, per step ``s`` and layer (FACTS.md §3, §6)::
     t_link    = α_link + max_gpu max(send, recv)·B / BW_link      (0 when no byte moves)
 
 A token is sent once per distinct destination GPU of its own node (NVLink) and once per distinct
-remote node (NIC), received there by the lowest-numbered GPU it needs on that node (the
-simulator's relay convention). Tokens start on their source rank every layer (attention is data
-parallel), so traffic does not depend on where a token was served at the previous layer:
-cross-layer transitions (MoETuner, ExFlow) carry no weight in this objective and are not a
-term of the formulation (they matter to expert prefetch in offload mode, not here).
+remote node (NIC). Where the inter-node copy lands is the simulator's ``relay`` convention
+(:mod:`planner.simulate`): on the lowest-numbered GPU the token needs on that node
+(``first-destination``, the default: which GPU of a node comes first is then a placement
+decision), or on the GPU of the source's local rank with NVLink forwarding (``same-rank``,
+DeepEP's normal kernels as :func:`planner.cost.comm.dispatch_traffic` models them: NIC receives
+are then fixed by the node assignment, forwarding is NVLink traffic). Tokens start on their
+source rank at every layer (attention is data parallel), so traffic does not depend on where a
+token was served at the previous layer: cross-layer transitions (MoETuner, ExFlow) carry no
+weight in this objective and are not a term here (they matter to prefetch in offload mode).
 
-1. Variables (per layer; the reference formulation)
----------------------------------------------------
+The problem is decomposed into stages; the MILP of stage 1 is solved with PuLP, the others are
+exact combinatorial steps or a local search on the exact objective (section 5).
 
-- ``r_e ∈ {1, …, R + 1}`` replicas of expert ``e`` (integer);
+1. Variables
+------------
+
+Stage 1 MILP, per layer (only when the EP ranks span ``N > 1`` nodes):
+
 - ``x_{b,v} ∈ {0,1}``: block ``b`` on node ``v``. A block is a routing group when the model
   has group-limited routing whose groups divide over the nodes (DeepSeek ``n_group`` /
-  ``topk_group``: keeping groups node-aligned caps a token's destination nodes at
-  ``topk_group``), else a single expert;
-- ``y_{p,v} ∈ [0,1]``: both blocks of a co-activated pair ``p = (b, b')`` on node ``v``
-  (``y ≤ x_{b,v}``, ``y ≤ x_{b',v}``; the pair then costs one inter-node copy, not two);
-- ``a_{i,u} ∈ {0,1}``: replica item ``i = (e, j)`` (the ``j``-th replica of ``e``) on GPU ``u``;
-- ``z_node``, ``z_gpu`` ≥ 0: epigraph variables of the largest node / GPU load.
+  ``topk_group``: node-aligned groups cap a token's destination nodes at ``topk_group``), else
+  a single expert;
+- ``y_{p,v} ∈ [0,1]``: both blocks of a co-activated pair ``p = (b, b')`` on node ``v`` (such a
+  pair then costs a token one inter-node copy, not two); the ``4 · #blocks`` pairs that the most
+  planning tokens pick together;
+- ``z_node ≥ 0``: the largest node load (tokens per step).
+
+Later stages decide, per node: the replica count ``r_e ≥ 1`` of each of its experts (stage 2)
+and the GPU ``u_i`` of each replica item ``i = (e, j)`` (stage 3, 4).
 
 2. Warm start
 -------------
 
 DeepSeek EPLB (:func:`planner.solve.baselines.eplb`, hierarchical when the groups divide by the
-nodes) on the planning counts: its node assignment seeds stage 1 (given to HiGHS as the initial
-incumbent), its replica counts and GPU packing are what stages 2-3 start from, and its
-placement is a candidate the result must beat on the planning objective.
+nodes) on the planning counts: its node of each block is HiGHS's starting incumbent
+(``setSolution``) and the assignment the MILP's answer must beat; its placement is a candidate
+the result is compared with at the end.
 
 3. Objective
 ------------
 
-Minimise the planning-step MoE time ``Σ_layers mean_s (compute_s + comm_s)`` plus, when a previous
-placement is given, ``migration_weight · Σ moved replicas · expert_bytes / BW`` (``BW`` the NIC
-when the expert was not on the node before, else NVLink: the one-time copy, amortised per step
-by ``migration_weight`` = 1 / steps until the next re-plan). Linearised as the stage objectives:
+The planning objective is the simulator's predicted MoE time on the planning steps,
+``Σ_layers mean_s (compute_s + comm_s)``, plus, when a previous placement is given,
+``migration_weight · Σ moved copies · expert_bytes / BW`` (``BW``: the NIC when the node did not
+hold the expert before, else NVLink; ``migration_weight`` amortises the one-time copy over the
+steps until the next re-plan, e.g. 0.01 = 100 steps).
 
-- stage 1: ``λ_node · z_node + λ_copy · Σ_p C_p · (1 − Σ_v y_{p,v}) + Σ_{b,v} M_{b,v} x_{b,v}``
-  with ``C_p`` the tokens per step that pick both blocks of ``p``, ``λ_copy = 2(1−overlap)·B /
-  (BW_nic · g)`` (one inter-node copy, spread over a node's GPUs), ``λ_node = c₁ / g`` (``c₁`` the
-  slope of the expert-time curve at the mean slot load: compute cost of a token), ``M`` the
-  migration cost;
-- stage 2: the largest load per replica ``max_e w_e / r_e`` (even dispatch gives each replica
-  ``w_e / r_e``);
-- stage 3: ``z_gpu`` with GPU compute linearised as ``Σ_i (c₀ + c₁ · w_i) a_{i,u}`` (``c₀`` the
-  per-expert fixed cost of the curve);
-- local search (stage 4): the exact per-node objective below, on the planning tokens.
+Stage 1 minimises, in ms per step::
+
+    λ_node · z_node + λ_copy · Σ_p C_p · (1 − Σ_v y_{p,v}) + Σ_{b,v} M_{b,v} · x_{b,v}
+
+with ``C_p`` the planning tokens per step that pick both blocks of ``p``, ``λ_copy = 2(1 −
+overlap) · B · (ms per NIC byte) / g`` (one more inter-node copy, spread over a node's GPUs),
+``λ_node = c₁ / g`` (``c₁`` the slope of the expert-time curve at the mean slot load: a token's
+compute; :func:`curve_slope`), ``M_{b,v}`` the migration cost of block ``b`` on node ``v``.
 
 4. Constraints
 --------------
 
-- every expert at least once, the slot budget spent: ``r_e ≥ 1``, ``Σ_e r_e = P``;
-- equal slots per GPU (memory): ``Σ_i a_{i,u} = S`` for every GPU; every item on one GPU;
-- blocks: ``Σ_v x_{b,v} = 1``, equal experts per node ``Σ_b |b| x_{b,v} = E / N``, node slots
-  ``P / N`` (replicas stay on their expert's node: with even dispatch a replica on another node
-  adds that node to the tokens' destinations); node load ``Σ_b W_b x_{b,v} ≤ z_node``;
-- token share per replica set by the dispatch policy: ``even`` splits an expert's tokens over
-  its replicas (token ``t``'s ``j``-th choice goes to replica ``(t·k + j) mod r_e``);
-  ``local-first`` serves a token on its own GPU's replica when there is one — the search models
-  ``even`` and the final candidates are scored by the simulator under the plan's policy;
-- balance guard in the search: each node's largest GPU token load (mean over the planning
-  steps) stays within ``balance_tolerance`` (0.5%) of the warm start's (EPLB's packing).
+Stage 1::
 
-5. What is solved, exact or heuristic (decomposition)
------------------------------------------------------
+    Σ_v x_{b,v} = 1                          every block on one node
+    Σ_b |b| · x_{b,v} = E / N                equal experts per node (each node has P / N slots)
+    Σ_b W_b · x_{b,v} ≤ z_node               node load (W_b tokens per step of block b)
+    y_{p,v} ≤ x_{b,v},  y_{p,v} ≤ x_{b',v}   a pair shares node v only if both blocks are there
+    x_{0,v₀} = 1                             symmetry breaking (no migration term: nodes interchangeable)
 
-1. *Experts → nodes* (only when ``N > 1``): the stage-1 MILP per layer with PuLP + HiGHS
-   (CBC when HiGHS is unavailable), warm-started from EPLB, ``threads=1``, a node limit and a
-   share of the time limit. Exact for the linearised objective when HiGHS proves optimality
-   (always for node-aligned groups: ``n_group`` blocks); the pairwise co-activation term is a
-   heuristic stand-in for "distinct remote nodes per token", so its result is kept only when it
-   beats EPLB's node assignment on the exact expected copies and node loads of the planning
-   tokens.
-2. *Replica counts* inside each node: water-filling (give the next replica to the expert of
-   largest load per replica) — exact for ``min max_e w_e / r_e`` (EPLB's rule).
-3. *Replicas → GPUs* inside each node: exhaustive enumeration when a node has at most
-   :data:`EXHAUSTIVE_LIMIT` distinct assignments (exact for the exact per-node objective);
-   otherwise longest-processing-time packing (EPLB's, a heuristic).
-4. *Local search* on the exact per-node objective: swap two replicas between GPUs of a node, or
-   swap two GPUs' whole slot sets (positions matter: an inter-node copy lands on the lowest GPU
-   it needs), batches of candidates scored incrementally, best improving move taken; seeded
-   and bounded by a work budget, so the same inputs give the same placement (the time limit is
-   a safety stop only). Heuristic.
-5. The result and the candidates (EPLB, and contiguous / round-robin when ``R = 0``) are scored
-   with the planning objective (the simulator on the planning steps) and the best is returned,
-   so the plan is never worse than EPLB on the planning steps.
+Everywhere: every expert at least once per layer, every GPU exactly ``S`` slots (memory), all
+``P`` slots used; replicas stay on their expert's node (with even dispatch a replica on another
+node adds that node to its tokens' destinations). Token share per replica follows the dispatch
+policy: ``even`` sends token ``t``'s ``j``-th choice to replica ``(t·k + j) mod r_e`` (what the
+search models); ``local-first`` uses a replica on the token's own GPU when there is one (the
+candidates are scored by the simulator under the plan's policy). Balance guard in the search:
+each node's largest GPU token load (mean over the planning steps) stays within
+``balance_tolerance`` (0.5%) of EPLB's packing.
 
-Per-node objective of the search (exact copy of the simulator's charges for one node: compute and
-traffic of the node's GPUs; the layer's time takes the maximum over nodes, which the search
-approaches by lowering every node)::
+5. What is solved, exact or heuristic
+-------------------------------------
+
+1. *Experts → nodes* (``N > 1``): the stage-1 MILP per layer over routing-group blocks, HiGHS
+   through PuLP (CBC with a logged warning when highspy is missing), ``threads=1``, a node
+   limit, :data:`MILP_GAP`, at most 15% of the time limit in all. With one group per node every
+   bijection is optimal and no MILP is needed. Exact for its linear objective when HiGHS proves
+   optimality, but the pairwise term is a stand-in for "distinct remote nodes per token", so the
+   answer is kept only when it beats EPLB's node assignment on the exact expected copies and
+   node loads of the planning tokens. With single-expert blocks (no usable groups) the pairwise
+   MILP was slow (≈1 s per layer at 16 experts) and its node sets scored worse after the search
+   than EPLB's on our traces (top-k ≥ 4 touches most nodes whatever the pairs), so EPLB's
+   node sets are kept there.
+2. *Replica counts* inside each node: water-filling (the next replica to the expert of largest
+   load per replica) — exact for ``min max_e w_e / r_e`` (EPLB's rule).
+3. *Replicas → GPUs* inside each node: every assignment enumerated when a node has at most
+   :data:`EXHAUSTIVE_LIMIT` (exact for the per-node objective below), otherwise EPLB's
+   longest-processing-time packing (heuristic) followed by
+4. *local search* on the per-node objective: best-improvement swaps. For the node's costliest
+   GPU first, every swap of one of its replicas with a replica on another GPU is scored at once
+   from per-move tables (a swap is two moves plus a correction for the tokens that need both
+   replicas), the best improving swap (by at least :data:`MIN_GAIN`) is taken, else the next
+   GPU is tried; when no GPU has one, swaps of two GPUs' whole slot sets (positions matter under
+   ``first-destination``). Deterministic; a work budget of :func:`search_seconds` converted to a
+   number of evaluations from the problem's sizes (never from a clock), so the same inputs
+   give the same placement — the time limit is only a safety stop (status ``time_limit``).
+   Heuristic. Large traces are subsampled for the traffic part (:data:`SEARCH_MAX_TOKENS`);
+   loads always come from every planning token.
+5. The solver's placement and the candidates (EPLB; contiguous and round-robin when ``R = 0``;
+   the previous placement) are scored with the planning objective (the simulator) and the best
+   is returned: the plan is never worse than EPLB on the planning steps.
+
+Per-node objective (the simulator's charges restricted to one node's GPUs; the layer's time is
+the maximum over nodes, which the search approaches by lowering every node)::
 
     J_v = mean_s max_{u∈v} Σ_{i on u} f(n_si) + 2(1−overlap)·mean_s' max(t_nvl(s'), t_nic(s'))
           + Σ_i migration(i, u_i)
 
-with traffic per step (``s' = s``, exact mode for small problems) or averaged over the steps
-(``s'`` one mean step, large problems).
+with traffic scored per step (``s' = s``) when a node's planning tokens are few
+(:data:`EXACT_ROWS_LIMIT`) or for the mean step otherwise; NVLink terms are dropped where they
+cannot bind (below a quarter of the NIC time, or their bandwidth part under 5% of the
+compute). With a single node, no redundant slot, one expert-data-parallel group, even dispatch,
+no subsampling and per-step traffic, ``J`` is exactly the simulator's layer time; stage 3 then
+enumerates all assignments without the balance guard and the result is optimal for the
+planning objective (status ``optimal``, ``bound = objective``).
 
 6. Bound and gap
 ----------------
 
 ``bound`` is a lower bound valid for every placement with these slots, on the planning
-objective: per step and layer, compute ≥ the mean GPU time with each expert's tokens costed at
-``max(f(1), c_min · n)`` (``c_min = min_n f(n)/n``: splitting over replicas never costs less), and
-communication ≥ the latency plus the NVLink time of the copies every token needs because
-``k`` experts do not fit in ``S`` slots of one GPU (``⌈k/S⌉ − 1`` copies). It is exact for
-single-layer toy cases and loose where inter-node traffic dominates (no placement-independent
-argument bounds a token's destination nodes without solving the placement itself).
-``gap = (objective − bound) / objective``. When stage 3 is exhaustive on every node and there is a
-single node and no redundant slot (so stages 1-2 are trivial), the solution is optimal for the
-planning objective under even dispatch and ``bound = objective``.
+objective: per step, layer and expert-data-parallel group, compute ≥ the mean GPU time with
+each expert's tokens costed at ``max(f(1), c_min · n)`` (``c_min = min_n f(n)/n``: splitting over
+replicas never costs less), and communication ≥ the latency plus the NVLink time of the copies
+every token needs because ``k`` experts do not fit in ``S`` slots of one GPU (``⌈k/S⌉ − 1``). It
+is tight where compute dominates and loose where inter-node traffic does (no
+placement-independent argument bounds a token's destination nodes without solving the
+placement itself). ``gap = (objective − bound) / objective``.
 """
 
 from __future__ import annotations
@@ -141,8 +166,18 @@ from planner.solve import baselines
 
 log = logging.getLogger(__name__)
 
-#: Largest number of distinct slot assignments of one node that stage 3 enumerates exactly.
+#: Relative gap at which the stage-1 MILP stops (its answer is a candidate checked on the exact
+#: copies anyway); with the node limit it keeps the MILP from running into its time limit.
+MILP_GAP = 0.005
+_MILP_LOG = False
+#: Stage-1 MILPs are solved only up to this many variables each and in all (layers beyond are
+#: left with EPLB's node sets): decided from sizes, so results do not depend on machine speed.
+STAGE1_MAX_VARS = 1200
+STAGE1_TOTAL_VARS = 40000
+#: Largest number of distinct slot assignments of one node that stage 3 enumerates exactly, and
+#: the most array elements that enumeration may touch (else the local search runs).
 EXHAUSTIVE_LIMIT = 3000
+EXHAUSTIVE_WORK = 5e6
 #: Largest number of planning tokens the search keeps per layer (evenly strided subsample).
 SEARCH_MAX_TOKENS = 16384
 #: Tokens using a node below which the per-node search scores traffic step by step (exact mode).
@@ -342,6 +377,15 @@ def milp_solver_name() -> str:
     return "CBC"
 
 
+def _var(prob, name: str, low: float | None, up: float | None, cat: str = "Continuous"):
+    """A PuLP variable (``prob.add_variable`` where this PuLP has it: ``LpVariable`` is deprecated there)."""
+    import pulp
+
+    if hasattr(prob, "add_variable"):
+        return prob.add_variable(name, lowBound=low, upBound=up, cat=cat)
+    return pulp.LpVariable(name, lowBound=low, upBound=up, cat=cat)
+
+
 def _solve_milp(prob, time_limit: float, node_limit: int | None = None) -> tuple[str, float | None]:
     """Solve a PuLP problem whose variables carry warm-start values (``setInitialValue``).
 
@@ -352,9 +396,11 @@ def _solve_milp(prob, time_limit: float, node_limit: int | None = None) -> tuple
 
     time_limit = max(0.01, float(time_limit))
     if milp_solver_name() == "HiGHS":
-        solver = _WarmHiGHS(msg=False, timeLimit=time_limit, threads=1)
+        solver = _WarmHiGHS(msg=_MILP_LOG, timeLimit=time_limit, threads=1, gapRel=MILP_GAP)
         if node_limit is not None:
             solver.optionsDict["mip_max_nodes"] = int(node_limit)
+        # pseudo-costs without strong-branching reliability: ~3× faster here, same answers
+        solver.optionsDict["mip_pscost_minreliable"] = 0
         prob.solve(solver)
         h = prob.solverModel
         info = h.getInfo()
@@ -366,11 +412,11 @@ def _solve_milp(prob, time_limit: float, node_limit: int | None = None) -> tuple
         if status == highspy.HighsModelStatus.kOptimal:
             return "optimal", bound
         return ("feasible" if has_sol else "none"), bound
-    solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, warmStart=True, threads=1)
+    solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, warmStart=True, threads=1, gapRel=MILP_GAP)
     prob.solve(solver)
     st = pulp.LpStatus[prob.status]
-    if st == "Optimal":
-        return "optimal", pulp.value(prob.objective)
+    if st == "Optimal":  # the caller adds the objective's constant, as for HiGHS
+        return "optimal", float(pulp.value(prob.objective)) - float(prob.objective.constant)
     return ("feasible" if prob.sol_status in (1, 2) else "none"), None
 
 
@@ -390,6 +436,17 @@ def _warm_highs_class():
                 sol.value_valid = True
                 lp.solverModel.setSolution(sol)
             lp.solverModel.run()
+
+        def findSolutionValues(self, lp):  # noqa: N802 (PuLP's name)
+            try:
+                return super().findSolutionValues(lp)
+            except KeyError:  # a status PuLP does not map (e.g. the node limit): keep the incumbent
+                import pulp
+
+                values = list(lp.solverModel.getSolution().col_value)
+                for var in lp.variables():
+                    var.varValue = values[var.index]
+                return pulp.LpStatusOptimal, pulp.LpSolutionIntegerFeasible
 
     return WarmHiGHS
 
@@ -465,7 +522,7 @@ def stage1_layer(
     lam_copy: float,
     mig_BN: np.ndarray | None,
     time_limit: float,
-    node_limit: int = 2000,
+    node_limit: int = 200,
 ) -> tuple[np.ndarray, str, float | None, float | None]:
     """The stage-1 MILP of one layer (module docstring §1-4): blocks onto nodes.
 
@@ -479,9 +536,9 @@ def stage1_layer(
     per_node = int(size_B.sum()) // N
     prob = pulp.LpProblem("experts_to_nodes", pulp.LpMinimize)
     # 1. variables
-    x = [[pulp.LpVariable(f"x_{b}_{v}", cat="Binary") for v in range(N)] for b in range(B)]
-    y = [[pulp.LpVariable(f"y_{p}_{v}", lowBound=0, upBound=1) for v in range(N)] for p in range(len(c_K))]
-    z = pulp.LpVariable("z_node", lowBound=0)
+    x = [[_var(prob, f"x_{b}_{v}", 0, 1, "Binary") for v in range(N)] for b in range(B)]
+    y = [[_var(prob, f"y_{p}_{v}", 0, 1) for v in range(N)] for p in range(len(c_K))]
+    z = _var(prob, "z_node", 0, None)
     # 2. warm start: EPLB's node of each block
     for b in range(B):
         for v in range(N):
@@ -509,6 +566,8 @@ def stage1_layer(
     if mig_BN is None:  # nodes are interchangeable: pin block 0 (symmetry breaking)
         prob += x[0][int(warm_node_B[0])] == 1
     status, bound = _solve_milp(prob, time_limit, node_limit)
+    if bound is not None:  # the solver's bound leaves out the objective's constant term
+        bound += float(prob.objective.constant)
     if status == "none":
         return warm_node_B.copy(), status, None, bound
     node_B = np.array([int(np.argmax([x[b][v].varValue or 0 for v in range(N)])) for b in range(B)])
@@ -940,11 +999,14 @@ class NodeSearch:
     def _improves(self, val: float, rel: float = 1e-12) -> bool:
         return val < self.value - rel * max(1e-12, abs(self.value))
 
-    def exhaustive(self, all_gpos: np.ndarray, chunk: int = 512) -> None:
-        """Score every assignment in ``all_gpos`` [M, nl] and keep the best within the balance cap."""
-        best_val, best = self.value, None
+    def exhaustive(self, all_gpos: np.ndarray, chunk: int = 512, guard: bool = True) -> None:
+        """Score every assignment in ``all_gpos`` [M, nl] and keep the best (within the balance
+        cap when ``guard``)."""
+        best_val, best = (self.value if guard or self.balance <= self.cap else np.inf), None
         for c0 in range(0, len(all_gpos), chunk):
-            val = self._feasible(*self.evaluate(all_gpos[c0:c0 + chunk]))
+            val, bal = self.evaluate(all_gpos[c0:c0 + chunk])
+            if guard:
+                val = self._feasible(val, bal)
             j = int(np.argmin(val))
             if val[j] < best_val - 1e-12 * max(1.0, abs(best_val)):
                 best_val, best = float(val[j]), all_gpos[c0 + j]
@@ -978,6 +1040,10 @@ class NodeSearch:
         nvl = np.maximum(self.isend, self.irecv).mean(axis=0) * c.token_bytes * c.nvlink.ms_per_byte
         score = self.comp.mean(axis=0) + self.k2 * np.maximum(nic, nvl)
         return [int(p) for p in np.argsort(-score, kind="stable")]
+
+    def full_elements(self) -> int:
+        """Array elements one full evaluation of a candidate touches."""
+        return int(self.rsig.size + 4 * self.isig.size + self.nl * self.g * (self.F.shape[1] + 3 * self.nT) + 100)
 
     def eval_elements(self) -> int:
         """Array elements one neighbourhood evaluation touches (the work estimate)."""
@@ -1071,14 +1137,15 @@ def _unique_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def build_node_search(
     lay: _Layer, v: int, inp: PlacementInputs, step_T: np.ndarray, src_T: np.ndarray, n_steps: int,
     tok_SP: np.ndarray, F_SP: np.ndarray, xsend_SG: np.ndarray, exact: bool | None,
-    mig_P_g: np.ndarray | None, balance_tolerance: float, row_scale: float = 1.0,
+    mig_P_g: np.ndarray | None, balance_tolerance: float, row_scale: float = 1.0, keep_nvlink: bool = False,
 ) -> tuple[NodeSearch, np.ndarray]:
     """The :class:`NodeSearch` of node ``v`` and the (layer) item ids of its items.
 
     ``tok_SP`` / ``F_SP`` tokens and compute ms of every item per step, ``xsend_SG`` the
     inter-node copies each GPU sends (and, under same-rank relay, receives) per step, which the
     search cannot change; ``row_scale`` tokens each planning token stands for.
-    ``exact``: score traffic step by step (None: when the node's tokens are few).
+    ``exact``: score traffic step by step (None: when the node's tokens are few);
+    ``keep_nvlink``: never drop the NVLink terms (exact mode).
     """
     gpn = inp.gpus_per_node
     items = np.nonzero(lay.item_node == v)[0]
@@ -1128,7 +1195,7 @@ def build_node_search(
         xsend_Tg=xs, cost=inp.cost, mig_ig=None if mig_P_g is None else mig_P_g[items],
     )
     t_nvl, t_nic = ns.link_ms()  # bandwidth parts, ms
-    if ns.isig.size or ns.i1tot.any():
+    if (ns.isig.size or ns.i1tot.any()) and not keep_nvlink:
         # skip NVLink bookkeeping where it cannot matter: far below the NIC (which then binds),
         # or its bandwidth part a few % of the compute (its latency does not depend on placement)
         if (inp.num_nodes > 1 and t_nvl < 0.25 * t_nic) or ns.k2 * t_nvl < 0.05 * float(ns.comp.max(axis=1).mean()):
@@ -1140,31 +1207,34 @@ def build_node_search(
 # ---- lower bound ---------------------------------------------------------------------------
 
 
-def lower_bound(inp: PlacementInputs, max_tokens: float | None = None) -> float:
+def lower_bound(inp: PlacementInputs) -> float:
     """Placement-independent lower bound on the planning objective (module docstring §6)."""
     c = inp.cost
     L, E, G, S = inp.num_layers, inp.num_experts, inp.num_gpus, inp.slots_per_gpu
     n_steps = inp.num_steps
-    step = inp.step_T.astype(np.int64)
-    flat = ((step[None, :, None] * L + np.arange(L)[:, None, None]) * E + inp.ids_LTk).ravel()
-    n_SLE = np.bincount(flat, minlength=n_steps * L * E).reshape(n_steps, L, E) / inp.token_groups
-    top = max(1.0, float(n_SLE.max()) if max_tokens is None else max_tokens)
-    grid = np.unique(np.concatenate([np.geomspace(1.0, top, 256), [top]]))
-    f = np.asarray(c.ffn_ms(grid), dtype=np.float64)
-    c_min = float((f / grid).min())
-    f1 = float(np.asarray(c.ffn_ms(np.array([1.0])))[0])
-    h = np.where(n_SLE > 0, np.maximum(f1, c_min * n_SLE), 0.0)
-    compute_SL = h.sum(axis=2) / G
-    # copies every token needs: its k experts do not fit in S slots of one GPU
     k = inp.ids_LTk.shape[2]
-    need = max(0, math.ceil(k / S) - 1)
-    comm = 0.0
-    if need and G > 1:
-        per_gpu = np.bincount(step * G + inp.src_T.astype(np.int64), minlength=n_steps * G).reshape(n_steps, G)
-        worst = per_gpu.max(axis=1) * need * c.token_bytes / inp.token_groups
-        t = np.where(worst > 0, c.nvlink.alpha_ms + worst * min(c.nvlink.ms_per_byte, c.nic.ms_per_byte), 0.0)
-        comm = 2.0 * (1.0 - c.overlap) * float(t.mean()) * L
-    return float(compute_SL.sum(axis=1).mean() + comm)
+    group_T = np.zeros(inp.ids_LTk.shape[1], dtype=np.int64) if inp.group_T is None else inp.group_T
+    f1 = float(np.asarray(c.ffn_ms(np.array([1.0])))[0])
+    need = max(0, math.ceil(k / S) - 1)  # copies every token needs: k experts do not fit in S slots
+    per_group_SL = []
+    for grp in range(int(group_T.max()) + 1):
+        m = group_T == grp
+        step = inp.step_T[m].astype(np.int64)
+        ids = inp.ids_LTk[:, m].astype(np.int64)
+        flat = ((step[None, :, None] * L + np.arange(L)[:, None, None]) * E + ids).ravel()
+        n_SLE = np.bincount(flat, minlength=n_steps * L * E).reshape(n_steps, L, E).astype(np.float64)
+        top = max(1.0, float(n_SLE.max()))
+        grid = np.unique(np.concatenate([np.geomspace(1.0, top, 256), [top]]))
+        c_min = float((np.asarray(c.ffn_ms(grid), dtype=np.float64) / grid).min())
+        h = np.where(n_SLE > 0, np.maximum(f1, c_min * n_SLE), 0.0)
+        lb_SL = h.sum(axis=2) / G
+        if need and G > 1:
+            per_gpu = np.bincount(step * G + inp.src_T[m].astype(np.int64), minlength=n_steps * G).reshape(n_steps, G)
+            worst = per_gpu.max(axis=1) * need * c.token_bytes
+            t = np.where(worst > 0, c.nvlink.alpha_ms + worst * min(c.nvlink.ms_per_byte, c.nic.ms_per_byte), 0.0)
+            lb_SL = lb_SL + 2.0 * (1.0 - c.overlap) * t[:, None]
+        per_group_SL.append(lb_SL)
+    return float(np.max(per_group_SL, axis=0).sum(axis=1).mean())
 
 
 # ---- migration -----------------------------------------------------------------------------
@@ -1330,6 +1400,7 @@ def solve_placement(
         lam_copy = 2.0 * (1.0 - inp.cost.overlap) * inp.cost.token_bytes * inp.cost.nic.ms_per_byte / gpn / groups
         src_node_T = src_T // gpn
         budget1 = 0.15 * time_limit
+        milp_vars = 0
         for l in range(L):
             w_B = np.bincount(blocks, weights=weight_LE[l], minlength=nB)
             warm_node_E = _first_node_of_experts(warm[l], S, gpn, E)
@@ -1350,9 +1421,15 @@ def solve_placement(
                 s1["layers_solved"] = int(s1["layers_solved"]) + 1
                 s1["optimal"] = int(s1["optimal"]) + 1
                 continue
-            if clock.elapsed() > budget1 or time.perf_counter() > deadline:
-                continue
             pairs, cnt = _block_pairs(ids_LTk[l], blocks, nB, max_pairs=4 * nB)
+            size = (nB + len(cnt)) * N  # MILP variables: decided by sizes only (reproducible)
+            if nB == E or size > STAGE1_MAX_VARS or milp_vars + size > STAGE1_TOTAL_VARS:
+                s1["skipped"] = int(s1.get("skipped", 0)) + 1
+                continue
+            if clock.elapsed() > budget1 or time.perf_counter() > deadline:  # safety stop only
+                s1["time_limited"] = True
+                continue
+            milp_vars += size
             cnt = cnt * tscale / n_steps
             mig = None
             if mig_w > 0:
@@ -1362,7 +1439,7 @@ def solve_placement(
                 for v in range(N):
                     moved = np.bincount(blocks, weights=(prev_node_E != v).astype(float), minlength=nB)
                     mig[:, v] = moved * inp.cost.expert_bytes * inp.cost.nic.ms_per_byte * mig_w
-            per_layer = max(0.05, (budget1 - clock.elapsed()) / max(1, L - l))
+            per_layer = max(0.05, budget1 - clock.elapsed())
             nb, status, _obj, _bnd = stage1_layer(
                 w_B, size_B, pairs, cnt, N, warm_B, lam_node, lam_copy, mig, per_layer,
             )
@@ -1382,6 +1459,7 @@ def solve_placement(
                 s1["kept_eplb"] = int(s1["kept_eplb"]) + 1
     elif N > 1:
         s1["note"] = f"{E} experts or {P} slots do not split evenly over {N} nodes: EPLB's global placement is the start"
+    s1["time_s"] = round(clock.elapsed(), 3)
     stages["stage1"] = s1
     N_eff = N if use_nodes else 1
     gpn_eff = G // N_eff
@@ -1416,6 +1494,9 @@ def solve_placement(
     search_s = search_seconds(instances, time_limit)
     sinfo: dict[str, object] = {"exhaustive": exhaustive, "accepted": 0, "instances": 0, "evals": 0,
                                 "search_budget_s": round(search_s, 2), "stopped_by_time": False}
+    # the per-node objective is the simulator's layer time exactly in this setting
+    exact_setting = (N_eff == 1 and P == E and groups == 1 and stride == 1 and inp.dispatch == "even"
+                     and not mig_w)
     new = np.empty((L, P), dtype=np.int64)
     inp_eff = _with_nodes(inp, gpn_eff)
     accepted = 0
@@ -1451,12 +1532,17 @@ def solve_placement(
                 sinfo["stopped_by_time"] = True
                 break
             ns, its = build_node_search(
-                lay, v, inp_eff, step_T, src_T, n_steps, tok_SP, F_SP, xfix_SG, None, mig_P_g,
-                balance_tolerance, row_scale=tscale,
+                lay, v, inp_eff, step_T, src_T, n_steps, tok_SP, F_SP, xfix_SG,
+                True if (exhaustive and exact_setting) else None, mig_P_g, balance_tolerance, row_scale=tscale,
+                keep_nvlink=exhaustive and exact_setting,
             )
             sinfo["instances"] = int(sinfo["instances"]) + 1
+            n_all = count_assignments(ns.nl, ns.g, S)
+            if exhaustive and n_all * ns.full_elements() > EXHAUSTIVE_WORK:
+                exhaustive = False  # too many rows to score every assignment: search instead
+                sinfo["exhaustive"] = False
             if exhaustive:
-                ns.exhaustive(_all_assignments(ns.nl, ns.g, S))
+                ns.exhaustive(_all_assignments(ns.nl, ns.g, S), guard=not exact_setting)
             else:
                 budget = search_evals if search_evals is not None else ns.eval_budget(search_s / instances)
                 accepted += ns.run(budget, deadline)
@@ -1466,6 +1552,7 @@ def solve_placement(
         if previous_LP is not None:
             new[l] = keep_slots(new[l], previous_LP[l], S)
     sinfo["accepted"] = accepted
+    sinfo["time_s"] = round(clock.elapsed() - float(s1["time_s"]), 3)
     if time.perf_counter() > deadline:
         sinfo["stopped_by_time"] = True
     stages["search"] = sinfo
@@ -1484,7 +1571,8 @@ def solve_placement(
     chosen = min(candidates, key=lambda n: (candidates[n], list(candidates).index(n)))
     obj = candidates[chosen]
     bound = min(lower_bound(inp), obj)
-    optimal = exhaustive and N_eff == 1 and P == E and inp.dispatch == "even" and not mig_w and chosen == "placement-ilp"
+    optimal = (exhaustive and exact_setting and chosen == "placement-ilp" and not sinfo["stopped_by_time"]
+               and int(sinfo["instances"]) == L * N_eff)
     if optimal:
         bound = obj
     gap = max(0.0, (obj - bound) / obj) if obj > 0 else 0.0

@@ -46,14 +46,14 @@ def _check(case, capsys) -> None:
     assert outcome.kind != "crash", f"{describe(case)}\n{outcome.message}"
 
 
-@fuzz_settings(300)
+@fuzz_settings(400)
 @given(case=model_cases())
 def test_model_spec_files(case, capsys):
     """ModelSpec .yaml/.json files made from the shipped presets (load_model, plan --model)."""
     _check(case, capsys)
 
 
-@fuzz_settings(300)
+@fuzz_settings(400)
 @given(case=hf_cases())
 def test_hf_config_files(case, capsys):
     """Hugging Face config.json files and model folders made from real configs."""
@@ -67,7 +67,7 @@ def test_hardware_profiles(case, capsys):
     _check(case, capsys)
 
 
-@fuzz_settings(400)
+@fuzz_settings(500)
 @given(case=trace_cases())
 def test_npz_traces(case, capsys):
     """.npz traces: wrong shapes, dtypes, ids, lying headers, pickles, corrupt zips (trace stats)."""

@@ -445,3 +445,25 @@ def test_yaml_key_beyond_64_bits_was_a_value_error_in_the_message(tmp_path):
     """A 20,000-bit integer key reached the unknown-field message, whose str() raised ValueError."""
     p = _write(tmp_path / "spec.yaml", QWEN_SPEC.read_text() + "? 0x" + "f" * 5000 + "\n: 1\n")
     assert "spec.yaml: the top level: key an integer of 20000 bits is outside" in _error(load_model, str(p))
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "overwrite"])
+def test_interrupted_plan_write_leaves_no_partial_file(tmp_path, capsys, monkeypatch, existing):
+    import planner.io as pio
+
+    argv = ["plan", "--model", "mixtral-8x7b", "--baseline", "eplb", "--out", str(tmp_path)]
+    old = None
+    if existing:
+        assert main(argv) == 0
+        old = (tmp_path / "plan.json").read_bytes()
+
+    def interrupt(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pio.os, "fsync", interrupt)
+    assert main([*argv, "--seed", "5", "--force"]) == 1  # click turns the interrupt into Abort
+    assert capsys.readouterr().err.splitlines()[-1] == "aborted"
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == (["plan.json"] if existing else [])
+    if existing:
+        assert (tmp_path / "plan.json").read_bytes() == old

@@ -1,0 +1,255 @@
+"""Placement solver: exact optima worked out by hand, the swap tables against a full evaluation,
+the stage-1 MILP, validity, determinism, the time limit, migration and infeasibility.
+
+Hand cases use a linear expert time ``f(n) = 0.01·n`` ms (0 for no token) and links fast enough
+that communication is negligible unless a case says otherwise, so the optimum is a
+load-balancing (or co-location) argument one can check on paper.
+"""
+
+import numpy as np
+import pytest
+
+import planner
+from planner.errors import InfeasibleError, InputError
+from planner.solve.placement import (
+    NodeSearch,
+    PlacementCost,
+    PlacementInputs,
+    check_problem,
+    lower_bound,
+    milp_solver_name,
+    planning_objective,
+    solve_placement,
+    stage1_layer,
+)
+
+
+def linear_cost(nvlink_gbps=1e9, nvlink_us=0.0, nic_gbps=1e9, nic_us=0.0, expert_bytes=1e6):
+    return PlacementCost(
+        ffn_ms=lambda n: 0.01 * np.asarray(n, dtype=float), token_bytes=1000.0,
+        nvlink_gbps=nvlink_gbps, nvlink_latency_us=nvlink_us, nic_gbps=nic_gbps, nic_latency_us=nic_us,
+        expert_bytes=expert_bytes,
+    )
+
+
+def inputs(ids_LTk, src_T, *, num_experts, num_gpus, slots, gpus_per_node=None, cost=None, step_T=None, **kw):
+    ids = np.asarray(ids_LTk)
+    T = ids.shape[1]
+    step = np.zeros(T, dtype=np.int64) if step_T is None else np.asarray(step_T)
+    return PlacementInputs(
+        ids_LTk=ids, step_T=step, src_T=np.asarray(src_T), tok_index_T=np.arange(T), num_steps=int(step.max()) + 1,
+        num_experts=num_experts, num_gpus=num_gpus, gpus_per_node=gpus_per_node or num_gpus, slots_per_gpu=slots,
+        cost=cost or linear_cost(), **kw,
+    )
+
+
+def gpu_sets(row, slots):
+    return [sorted(row[i:i + slots]) for i in range(0, len(row), slots)]
+
+
+# ---- exact optima by hand ---------------------------------------------------------------------
+
+
+def test_four_experts_two_gpus_balance():
+    # top-1 loads per step: e0 4, e1 3, e2 2, e3 1 (10 tokens). Two GPUs of two slots: the
+    # balanced split is {e0, e3} | {e1, e2} = 5 | 5 tokens -> 0.05 ms per layer; any other split
+    # puts >= 6 on one GPU.
+    ids = np.array([0] * 4 + [1] * 3 + [2] * 2 + [3])[None, :, None]
+    res = solve_placement(inputs(ids, np.zeros(10, int), num_experts=4, num_gpus=2, slots=2))
+    sets = gpu_sets(res.phy2log_LP[0].tolist(), 2)
+    assert sorted(sets) == [[0, 3], [1, 2]]
+    assert res.objective == pytest.approx(0.05)
+    assert res.status == "optimal" and res.bound == res.objective and res.gap == 0.0
+
+
+def test_coactivated_pairs_share_a_gpu():
+    # top-2: four tokens on GPU0 pick {e0, e1}, four on GPU1 pick {e2, e3}. Every split has 8
+    # pairs per GPU (0.08 ms of compute); only {e0, e1} on GPU0 and {e2, e3} on GPU1 sends
+    # nothing, any other placement pays NVLink latency + bytes. The optimum is that one.
+    ids = np.array([[0, 1]] * 4 + [[2, 3]] * 4)[None]
+    src = np.array([0] * 4 + [1] * 4)
+    cost = linear_cost(nvlink_gbps=1.0, nvlink_us=10.0)
+    res = solve_placement(inputs(ids, src, num_experts=4, num_gpus=2, slots=2, cost=cost))
+    assert gpu_sets(res.phy2log_LP[0].tolist(), 2) == [[0, 1], [2, 3]]
+    assert res.objective == pytest.approx(0.08)
+    assert res.status == "optimal"
+
+
+def test_hot_expert_gets_the_redundant_slot():
+    # loads 6, 1, 1 on 2 GPUs × 2 slots (one redundant slot): e0 gets the replica (3 + 3), and
+    # {e0, e1} | {e0, e2} gives 4 | 4 tokens -> 0.04 ms; without the replica the best is 6 | 2.
+    ids = np.array([0] * 6 + [1, 2])[None, :, None]
+    res = solve_placement(inputs(ids, np.zeros(8, int), num_experts=3, num_gpus=2, slots=2))
+    row = res.phy2log_LP[0].tolist()
+    assert sorted(row) == [0, 0, 1, 2]
+    assert gpu_sets(row, 2) in ([[0, 1], [0, 2]], [[0, 2], [0, 1]])
+    assert res.objective == pytest.approx(0.04)
+    assert res.bound <= res.objective + 1e-12
+
+
+def test_lower_bound_is_below_every_placement():
+    rng = np.random.default_rng(0)
+    ids = np.stack([rng.choice(8, 2, replace=False) for _ in range(64)])[None]
+    inp = inputs(ids, rng.integers(0, 4, 64), num_experts=8, num_gpus=4, slots=2,
+                 cost=linear_cost(nvlink_gbps=1.0, nvlink_us=10.0))
+    lb = lower_bound(inp)
+    for _ in range(20):
+        p2l = rng.permutation(8)[None]
+        assert lb <= planning_objective(p2l, inp) + 1e-12
+
+
+# ---- the search's tables against a full evaluation ---------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_swap_tables_match_full_evaluation(seed):
+    rng = np.random.default_rng(seed)
+    cost = linear_cost(nvlink_gbps=100.0, nvlink_us=10.0, nic_gbps=10.0, nic_us=20.0)
+    g, S, nS, K = int(rng.integers(2, 5)), int(rng.integers(1, 4)), 3, 4
+    nl, nT = g * S, int(rng.choice([1, nS]))
+
+    def rows(n):
+        sig = np.full((n, K), nl)
+        for i in range(n):
+            m = rng.integers(2, min(K, nl) + 1)
+            sig[i, :m] = np.sort(rng.choice(nl, m, replace=False))
+        return sig
+
+    ns = NodeSearch(
+        rng.permutation(np.repeat(np.arange(g), S)), g, rng.random((nl, nS)), rng.random((nl, nS)),
+        rng.random((nl, nT)), rows(20), rng.integers(0, nT, 20), rng.random(20),
+        rng.random((nl, g, nT)), rows(15), rng.integers(0, g, 15), rng.integers(0, nT, 15), rng.random(15),
+        rng.random((nT, g)), cost,
+    )
+    for pstar in range(g):
+        A = np.nonzero(ns.gpos == pstar)[0]
+        B = np.nonzero(ns.gpos != pstar)[0]
+        recv, isend, irecv = ns._swap_tables(pstar, A, B)
+        for i, a in enumerate(A):
+            for j, b in enumerate(B):
+                gp = ns.gpos.copy()
+                gp[a], gp[b] = gp[b], gp[a]
+                full = ns._state(gp[None])
+                np.testing.assert_allclose(recv[i, j], full[2][0], atol=1e-9)
+                np.testing.assert_allclose(isend[i, j], full[3][0], atol=1e-9)
+                np.testing.assert_allclose(irecv[i, j], full[4][0], atol=1e-9)
+        val, a, b = ns._swap_eval(pstar)
+        if np.isfinite(val):
+            gp = ns.gpos.copy()
+            gp[a], gp[b] = gp[b], gp[a]
+            assert ns.evaluate(gp[None])[0][0] == pytest.approx(val)
+
+
+# ---- stage 1 --------------------------------------------------------------------------------------
+
+
+def test_stage1_milp_keeps_coactivated_blocks_together():
+    # 4 equal blocks on 2 nodes; 10 tokens pick both 0 and 1, 10 both 2 and 3, 1 both 0 and 2:
+    # {0, 1} | {2, 3} splits one token's pair, any other split at least ten.
+    assert milp_solver_name() == "HiGHS"
+    node_B, status, obj, bound = stage1_layer(
+        np.ones(4), np.ones(4, dtype=int), np.array([[0, 1], [2, 3], [0, 2]]), np.array([10.0, 10.0, 1.0]),
+        2, np.array([0, 1, 0, 1]), lam_node=1.0, lam_copy=1.0, mig_BN=None, time_limit=10.0,
+    )
+    assert node_B[0] == node_B[1] != node_B[2] == node_B[3]
+    assert status == "optimal" and obj == pytest.approx(2.0 + 1.0)
+
+
+# ---- validity, determinism, time limit -----------------------------------------------------------
+
+
+def _check_valid(plan):
+    m, pl = plan.model, plan.placement
+    p2l = np.asarray(pl.physical_to_logical)
+    assert p2l.shape == (m.num_moe_layers, plan.parallel.ep * pl.slots_per_gpu)
+    for row in p2l:
+        assert np.bincount(row, minlength=m.num_experts).min() >= 1
+
+
+@pytest.mark.parametrize(
+    "model, kw",
+    [
+        ("mixtral-8x7b", {"ep": 4, "etp": 2}),
+        ("deepseek-v2-lite", {"nodes": 2, "redundant_experts": 16}),
+        ("deepseek-v2-lite", {"nodes": 2, "redundant_experts": 16, "dispatch": "local-first"}),
+    ],
+)
+def test_plans_are_valid_and_never_worse_than_eplb(model, kw):
+    p = planner.plan(model, **kw)
+    _check_valid(p)
+    s = p.solver
+    assert s.name == "placement-ilp" and s.status in ("optimal", "feasible")
+    assert s.objective == min(s.candidates.values()) and s.objective <= s.candidates["eplb"]
+    assert s.bound is not None and s.bound <= s.objective and 0 <= s.gap < 1
+
+
+def _medium_inputs(seed=0, **kw):
+    rng = np.random.default_rng(seed)
+    L, T, E, k = 3, 600, 16, 4
+    pop = rng.random(E) ** 2 + 0.05
+    ids = np.stack([[rng.choice(E, k, replace=False, p=pop / pop.sum()) for _ in range(T)] for _ in range(L)])
+    cost = linear_cost(nvlink_gbps=50.0, nvlink_us=10.0, nic_gbps=5.0, nic_us=20.0)
+    return inputs(ids, rng.integers(0, 8, T), num_experts=E, num_gpus=8, slots=3, gpus_per_node=4,
+                  cost=cost, step_T=np.arange(T) // 150, **kw)
+
+
+def test_same_inputs_same_placement():
+    a = solve_placement(_medium_inputs(), seed=3)
+    b = solve_placement(_medium_inputs(), seed=3)
+    assert np.array_equal(a.phy2log_LP, b.phy2log_LP) and a.objective == b.objective
+    assert a.status == "feasible" and a.stages["search"]["accepted"] > 0
+
+
+def test_time_limit_is_respected():
+    # an effectively unbounded search budget: only the time limit can stop it
+    res = solve_placement(_medium_inputs(relay="first-destination"), time_limit=0.5, search_evals=10**6)
+    assert res.time_s <= 0.5
+    assert res.status in ("time_limit", "feasible")
+
+
+def test_plan_respects_time_limit():
+    p = planner.plan("deepseek-v2-lite", nodes=2, redundant_experts=16, time_limit=1.0)
+    assert p.solver.time_s <= 1.0
+    _check_valid(p)
+
+
+# ---- migration -------------------------------------------------------------------------------------
+
+
+def test_migration_weight_keeps_the_previous_placement():
+    inp = _medium_inputs()
+    first = solve_placement(inp)
+    prev = np.roll(first.phy2log_LP, 3, axis=1)  # a valid but different placement in service
+    stay = solve_placement(inp, previous_LP=prev, migration_weight=1e6)
+    assert np.array_equal(stay.phy2log_LP, prev) and stay.chosen == "previous"
+    free = solve_placement(inp, previous_LP=prev, migration_weight=0.0)
+    assert free.objective <= stay.candidates["previous"]
+
+
+def test_previous_plan_through_the_api(tmp_path):
+    p = planner.plan("mixtral-8x7b", ep=4, etp=2)
+    p.save(tmp_path / "plan.json")
+    again = planner.plan("mixtral-8x7b", ep=4, etp=2, previous=tmp_path / "plan.json", migration_weight=1e6)
+    assert again.placement == p.placement
+    with pytest.raises(InputError, match=r"previous placement has shape \[32, 8\].*needs \[32, 12\]"):
+        planner.plan("mixtral-8x7b", ep=4, etp=2, redundant_experts=4, previous=tmp_path / "plan.json")
+
+
+# ---- infeasible and bad input ------------------------------------------------------------------------
+
+
+def test_more_experts_than_slots_is_explained():
+    with pytest.raises(InfeasibleError, match=r"8 experts need at least 8 physical slots but there are 6 "
+                                               r"\(3 EP ranks × 2 slots\).*add 2 slots"):
+        check_problem(8, 6, 3, 8)
+    ids = np.zeros((1, 4, 1), dtype=int)
+    with pytest.raises(InfeasibleError, match="8 experts need"):
+        solve_placement(inputs(ids, np.zeros(4, int), num_experts=8, num_gpus=3, slots=2))
+
+
+def test_bad_previous_and_weight():
+    inp = _medium_inputs()
+    with pytest.raises(InputError, match=r"previous placement has shape"):
+        solve_placement(inp, previous_LP=np.zeros((3, 5), dtype=int))
+    with pytest.raises(InputError, match="migration_weight must be >= 0"):
+        solve_placement(inp, previous_LP=solve_placement(inp).phy2log_LP, migration_weight=-1)
