@@ -22,7 +22,14 @@ from pydantic import ValidationError
 from planner.cost.compute import expert_ffn_ms
 from planner.cost.memory import GIB, weights_per_gpu_bytes
 from planner.errors import InfeasibleError, InputError
-from planner.simulate import SimResult, check_relay, combine_groups, describe, simulate_placement
+from planner.simulate import (
+    DEFAULT_RELAY,
+    SimResult,
+    check_relay,
+    combine_groups,
+    describe,
+    simulate_placement,
+)
 from planner.solve import baselines
 from planner.solve.degrees import resolve_degrees
 from planner.solve.placement import PlacementCost, PlacementInputs, solve_placement
@@ -448,6 +455,7 @@ def solve(
     *,
     previous: Plan | str | Path | np.ndarray | None = None,
     migration_weight: float = 0.01,
+    relay: str | None = None,
 ) -> Plan:
     """Place experts for a prepared problem and score the placement on held-out steps.
 
@@ -458,9 +466,11 @@ def solve(
     compared with, and the plan keeps the best. ``previous`` (a plan, its path, or a
     ``physical_to_logical`` array) adds a migration penalty: ``migration_weight`` × the time to
     copy the moved experts' weights, per planning step (module docstring of
-    :mod:`planner.solve.placement`).
+    :mod:`planner.solve.placement`). ``relay``: the simulator's convention for where an
+    inter-node copy lands, for planning and scoring (default :data:`planner.simulate.DEFAULT_RELAY`).
     """
     t0 = time.perf_counter()
+    relay = check_relay(relay)
     pr = problem
     m, hw, cluster, par = pr.model, pr.hardware, pr.cluster, pr.parallel
     slots = pr.slots_per_gpu
@@ -488,10 +498,10 @@ def solve(
         }
 
         def objective(phy2log: np.ndarray) -> float:
-            return float(_simulate(phy2log, pr.plan_trace, m, hw, cluster, par, pr.dispatch).step_ms_S.mean())
+            return float(_simulate(phy2log, pr.plan_trace, m, hw, cluster, par, pr.dispatch, relay).step_ms_S.mean())
 
         res = solve_placement(
-            placement_inputs(pr), time_limit=pr.time_limit, seed=pr.seed, previous_LP=prev,
+            placement_inputs(pr, relay), time_limit=pr.time_limit, seed=pr.seed, previous_LP=prev,
             migration_weight=migration_weight if prev is not None else 0.0, evaluate=objective,
             extra_candidates=extra,
         )
@@ -501,7 +511,9 @@ def solve(
                 f"the solver's own placement scored {res.candidates['placement-ilp']:.3f} ms on the planning steps; "
                 f"the {res.chosen} placement ({res.objective:.3f} ms) was better and is kept"
             )
-    sim = _simulate(p2l, pr.eval_trace, m, hw, cluster, par, pr.dispatch)
+    sim = _simulate(p2l, pr.eval_trace, m, hw, cluster, par, pr.dispatch, relay)
+    if relay != DEFAULT_RELAY:
+        notes.append(f"traffic scored with the simulator's {relay!r} relay convention")
     predicted = summarize(sim, pr.evaluated_on, mem / GIB, notes)
     elapsed = round(time.perf_counter() - t0, 3)
     if pr.baseline is None:
@@ -545,12 +557,12 @@ def plan(model: str | ModelSpec = DEFAULT_MODEL, hardware: str | HardwareProfile
     """Plan expert placement for ``model`` on ``nodes × gpus_per_node`` GPUs of ``hardware``.
 
     Takes the keyword arguments of :func:`prepare` (the ``moe-planner plan`` options with
-    underscores) plus ``previous`` and ``migration_weight`` of :func:`solve`. The trace (a path,
+    underscores) plus ``previous``, ``migration_weight`` and ``relay`` of :func:`solve`. The trace (a path,
     a :class:`~planner.traces.Trace`, or ``None`` for the model's shipped or a synthetic trace)
     is split by steps: the first ``train_fraction`` is planned on, the rest is held out and
     scores the plan (``plan.predicted``).
     """
-    solve_kw = {k: kwargs.pop(k) for k in ("previous", "migration_weight") if k in kwargs}
+    solve_kw = {k: kwargs.pop(k) for k in ("previous", "migration_weight", "relay") if k in kwargs}
     return solve(prepare(model, hardware, **kwargs), **solve_kw)
 
 

@@ -31,6 +31,8 @@ blocks). Shapes: ``S`` steps, ``L`` MoE layers, ``T`` tokens, ``k`` top-k, ``E``
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -307,3 +309,16 @@ def describe(sim: SimResult) -> dict:
         "inter_node_bytes_per_step": float(sim.inter_bytes_SL.sum(1).mean()),
         "layers": layers,
     }
+
+
+class _CallableModule(types.ModuleType):
+    """``planner.simulate(plan, trace)`` is the API function (DESIGN.md) although
+    ``planner.simulate`` is also this module: calling the module calls :func:`planner.api.simulate`."""
+
+    def __call__(self, *args, **kwargs):
+        from planner.api import simulate as api_simulate
+
+        return api_simulate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

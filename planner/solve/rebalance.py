@@ -11,8 +11,9 @@ on 64 GPUs in a few milliseconds), and migration-aware:
    overlap; node and GPU labels do not change any GPU's load), and inside each GPU an expert
    that stays keeps its slot. Only the experts that really change GPU must be copied.
 3. **Keep or move, per layer** — a layer is re-placed only when the fresh placement lowers its
-   largest GPU load by more than ``migration_weight`` tokens per moved expert copy; otherwise
-   the previous layer is kept as it was.
+   largest GPU load by at least ``migration_weight`` tokens per moved expert copy (with weight 0:
+   unless the previous layer balances the fresh counts strictly better, as EPLB's greedy result
+   sometimes does not); otherwise the previous layer is kept as it was.
 
 Shapes: ``L`` layers, ``E`` logical experts, ``P = E + R`` physical slots, ``G`` GPUs of ``N``
 nodes (``g = G / N`` per node), ``S = P / G`` slots per GPU. Slot ``p`` lives on GPU ``p // S``,
@@ -185,5 +186,6 @@ def rebalance(
     S = P // num_gpus
     moved = moved_copies(new, prev, S)
     gain = gpu_loads(w, prev, num_gpus).max(axis=1) - gpu_loads(w, new, num_gpus).max(axis=1)
-    keep = (gain <= migration_weight * moved) & ~missing  # a previous layer missing an expert is never kept
+    # keep the previous layer when moving does not pay (a previous layer missing an expert never)
+    keep = (gain < migration_weight * moved) & ~missing
     return np.where(keep[:, None], prev, new)

@@ -230,7 +230,7 @@ def _retyped(draw: Any, v: Any) -> Any:
     elif isinstance(v, list):
         options += [tuple(v), {str(i): x for i, x in enumerate(v)}, v[:1], v * 3, [v]]
     elif isinstance(v, dict):
-        options += [list(v.values()), list(v), {k.upper(): x for k, x in v.items()}]
+        options += [list(v.values()), list(v), {str(k).upper(): x for k, x in v.items()}]
     return draw(st.sampled_from(options))
 
 

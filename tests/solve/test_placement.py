@@ -253,3 +253,22 @@ def test_bad_previous_and_weight():
         solve_placement(inp, previous_LP=np.zeros((3, 5), dtype=int))
     with pytest.raises(InputError, match="migration_weight must be >= 0"):
         solve_placement(inp, previous_LP=solve_placement(inp).phy2log_LP, migration_weight=-1)
+
+
+def test_groups_stay_node_aligned_with_the_milp():
+    # 4 routing groups of 4 experts on 2 nodes × 2 GPUs: the stage-1 MILP places whole groups
+    from planner.traces import synth_trace
+
+    tr = synth_trace(num_layers=2, num_experts=16, top_k=4, n_group=4, topk_group=2, num_tokens=1024,
+                     tokens_per_step=256, num_ranks=4, seed=1)
+    inp = PlacementInputs(
+        ids_LTk=tr.topk_ids, step_T=tr.step_index, src_T=tr.source_rank, tok_index_T=np.arange(1024), num_steps=4,
+        num_experts=16, num_gpus=4, gpus_per_node=2, slots_per_gpu=5,
+        cost=linear_cost(nvlink_gbps=50.0, nvlink_us=10.0, nic_gbps=5.0, nic_us=20.0), n_group=4, topk_group=2,
+    )
+    res = solve_placement(inp)
+    assert res.stages["stage1"]["layers_solved"] == 2 and res.stages["stage1"]["blocks"] == "groups"
+    for row in res.phy2log_LP:
+        for node in (row[:10], row[10:]):
+            groups = set(int(e) // 4 for e in node)
+            assert len(groups) == 2 and set(node.tolist()) == {e for g in groups for e in range(4 * g, 4 * g + 4)}
