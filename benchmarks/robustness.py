@@ -207,26 +207,41 @@ def check_determinism(args: list[str]) -> tuple[bool, str]:
 
 # ---- 6. memory -------------------------------------------------------------------------------
 
-_SYNTH = """
-import sys, resource, planner
-tr = planner.synth_trace(planner.load_model("deepseek-v3"), num_tokens=65536, seed=0)
-planner.save_trace(tr, sys.argv[1])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# Peak RSS in kB: VmHWM, the high-water mark of this process image (Linux), else ru_maxrss.
+# ru_maxrss alone can report the *parent's* size: Linux carries the RSS a process had when it
+# forked into the child's ru_maxrss, so a child of a big process never reads below it.
+_PEAK = """
+import resource
+def peak_kb():
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 """
 
-_PLAN = """
-import json, sys, resource, time
-import numpy as np
+_SYNTH = _PEAK + """
+import sys, planner
+tr = planner.synth_trace(planner.load_model("deepseek-v3"), num_tokens=65536, seed=0)
+planner.save_trace(tr, sys.argv[1])
+print(peak_kb())
+"""
+
+_PLAN = _PEAK + """
+import json, sys, time
 import planner, planner.api
-after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after_imports = peak_kb()
 t = time.perf_counter()
 p = planner.plan("deepseek-v3", nodes=8, gpus_per_node=8, redundant_experts=64, trace=sys.argv[1], baseline="eplb")
 wall = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = peak_kb()
+maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 tr = planner.load_trace(sys.argv[1])
 sizes = {"topk_ids int32 [L, T, k]": tr.topk_ids.nbytes,
          "topk_weights [L, T, k]": 0 if tr.topk_weights is None else tr.topk_weights.nbytes}
-print(json.dumps({"peak_kb": peak, "after_imports_kb": after_imports, "wall_s": wall, "sizes": sizes,
+print(json.dumps({"peak_kb": peak, "maxrss_kb": maxrss, "after_imports_kb": after_imports, "wall_s": wall, "sizes": sizes,
                   "ep": p.parallel.ep, "slots": p.placement.slots_per_gpu}))
 """
 
@@ -245,7 +260,8 @@ def check_rss() -> tuple[bool, list[str]]:
         f"trace: synthetic, 65,536 tokens × 58 MoE layers × top-8 of 256 experts, {size_mb:.0f} MB .npz "
         f"(synthesized in a separate process: {synth_s:.0f} s, peak {int(synth.stdout.split()[-1]) / 1024:.0f} MB)",
         f"planning (EPLB, 8 × 8 GPUs, ep {r['ep']}, {r['slots']} slots per GPU): {r['wall_s']:.1f} s wall, "
-        f"peak RSS {peak_mb:.0f} MB (interpreter and imports alone: {r['after_imports_kb'] / 1024:.0f} MB); "
+        f"peak RSS {peak_mb:.0f} MB (VmHWM; ru_maxrss {r['maxrss_kb'] / 1024:.0f} MB; interpreter and imports "
+        f"alone: {r['after_imports_kb'] / 1024:.0f} MB); "
         f"target < {RSS_TARGET_MB} MB -> {'ok' if peak_mb < RSS_TARGET_MB else 'ABOVE TARGET'}",
         "largest arrays held: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in r["sizes"].items()),
     ]

@@ -203,14 +203,22 @@ def require_file(path: str | Path) -> Path:
     return p
 
 
+def read_text(p: Path) -> str:
+    """A file's UTF-8 text; a one-line InputError naming the first bad byte, or the OS error."""
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        bad = e.object[e.start : e.start + 1].hex()
+        raise InputError(f"{p.name}: cannot read as UTF-8 text (byte 0x{bad} at offset {e.start})") from None
+    except OSError as e:
+        raise InputError(f"{p.name}: cannot read ({e.strerror or e.__class__.__name__})") from None
+
+
 def read_mapping(path: str | Path) -> dict[str, Any]:
     """Read a JSON or YAML file into a dict, with one-line errors for unreadable or malformed files."""
     p = require_file(path)
     name = p.name
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{name}: cannot read as UTF-8 text ({e.__class__.__name__})") from None
+    text = read_text(p)
     data = parse_text(text, name, yaml_format=p.suffix.lower() in (".yaml", ".yml"))
     if not isinstance(data, dict):
         raise InputError(f"{name}: expected a mapping of fields at the top level, got {type(data).__name__}")

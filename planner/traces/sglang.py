@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from planner.errors import InputError
-from planner.specs.base import one_line, parse_text, require_file
+from planner.specs.base import one_line, parse_text, read_text, require_file
 from planner.traces.trace import CountsTrace
 
 if TYPE_CHECKING:
@@ -49,11 +49,7 @@ _RECORDER_KEYS = frozenset({"rank", "average_utilization_rate_over_window"})
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path.name}: cannot read as UTF-8 text ({e.__class__.__name__})") from None
-    return parse_text(text, path.name)
+    return parse_text(read_text(path), path.name)
 
 
 def _read_pt(path: Path) -> Any:

@@ -467,3 +467,10 @@ def test_interrupted_plan_write_leaves_no_partial_file(tmp_path, capsys, monkeyp
     assert left == (["plan.json"] if existing else [])
     if existing:
         assert (tmp_path / "plan.json").read_bytes() == old
+
+
+def test_non_utf8_names_the_byte(tmp_path):
+    p = _write(tmp_path / "spec.yaml", b"name\xff: x\n")
+    assert _error(load_model, str(p)) == "spec.yaml: cannot read as UTF-8 text (byte 0xff at offset 4)"
+    q = _write(tmp_path / "load.json", b'{"logical_count": [[1]]}\xfe')
+    assert _error(load_trace, q) == "load.json: cannot read as UTF-8 text (byte 0xfe at offset 24)"
