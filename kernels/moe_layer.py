@@ -384,7 +384,7 @@ def sharded_forward(
     ``phy2log_P`` gives the logical expert of each physical slot (slot p on rank
     p // slots_per_rank; a replica is a slot holding an expert that another slot holds too);
     ``slot_TK`` the physical slot serving each (token, choice) pair, e.g. from
-    ``planner.simulate.choose_slots``. Each rank gathers its pairs sorted by local slot and runs
+    ``planner.simulator.choose_slots``. Each rank gathers its pairs sorted by local slot and runs
     :func:`run_local_experts` on its slots' weights; outputs are combined on the token's side.
 
     Returns ``(out_TD, tokens_RL)``: the layer output (equals :func:`moe_forward`'s when

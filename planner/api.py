@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from planner.cost.compute import expert_ffn_ms
 from planner.cost.memory import GIB, weights_per_gpu_bytes
 from planner.errors import InfeasibleError, InputError
-from planner.simulate import (
+from planner.simulator import (
     DEFAULT_RELAY,
     SimResult,
     check_relay,
@@ -186,7 +186,7 @@ def _simulate(
     par: Parallel, dispatch: str, relay: str | None = None,
 ) -> SimResult:
     """Simulate every expert-data-parallel group of EP ranks on the tokens that start in it
-    (:func:`token_layout`); groups run side by side (:func:`planner.simulate.combine_groups`)."""
+    (:func:`token_layout`); groups run side by side (:func:`planner.simulator.combine_groups`)."""
     slots = phy2log.shape[1] // par.ep
     lay = token_layout(trace, cluster, par)
     results = []
@@ -467,7 +467,7 @@ def solve(
     ``physical_to_logical`` array) adds a migration penalty: ``migration_weight`` × the time to
     copy the moved experts' weights, per planning step (module docstring of
     :mod:`planner.solve.placement`). ``relay``: the simulator's convention for where an
-    inter-node copy lands, for planning and scoring (default :data:`planner.simulate.DEFAULT_RELAY`).
+    inter-node copy lands, for planning and scoring (default :data:`planner.simulator.DEFAULT_RELAY`).
     """
     t0 = time.perf_counter()
     relay = check_relay(relay)
@@ -577,7 +577,7 @@ class SimulationReport:
     notes: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready figures (:func:`planner.simulate.describe`) with what was simulated."""
+        """JSON-ready figures (:func:`planner.simulator.describe`) with what was simulated."""
         p = self.plan
         out = {
             "model": p.model.name,
@@ -602,7 +602,7 @@ def simulate(
 ) -> SimulationReport:
     """Replay every step of ``trace`` through ``plan``'s placement (all steps: the trace is not
     split). ``hardware`` defaults to the plan's profile by name; ``relay`` to
-    :data:`planner.simulate.DEFAULT_RELAY`. Offload plans (a ``cache``) are not simulated yet."""
+    :data:`planner.simulator.DEFAULT_RELAY`. Offload plans (a ``cache``) are not simulated yet."""
     p = Plan.load(plan) if isinstance(plan, str | Path) else plan
     if p.cache is not None:
         raise InputError("simulate: offload plans (with a cache) are not simulated yet in this version")

@@ -6,7 +6,7 @@ trace step s and MoE layer l:
 1. **Dispatch, as the simulator does it.** The step's tokens start on the pipeline stage's GPUs
    (:func:`planner.api.stage_source_gpus`), form ``X = stage GPUs / (ep · etp)`` expert-data-
    parallel groups, and inside group x a token starting on GPU g is sent from EP rank
-   ``(g mod (ep · etp)) // etp``; :func:`planner.simulate.choose_slots` (the plan's ``dispatch``
+   ``(g mod (ep · etp)) // etp``; :func:`planner.simulator.choose_slots` (the plan's ``dispatch``
    policy over replicas) picks the physical slot of every (token, choice) pair. Counting pairs
    per slot gives ``tokens_SLXRP`` [steps, layers, groups, EP ranks, slots per rank] — exactly
    the counts ``planner.api._simulate`` costs (a test checks that the straggler predicted here
@@ -145,7 +145,7 @@ def rank_slot_tokens(plan: Plan, trace: Trace) -> np.ndarray:
     Mirrors ``planner.api._simulate``: same source GPUs, same groups, same ``choose_slots``.
     """
     from planner.api import stage_source_gpus  # noqa: PLC0415
-    from planner.simulate import choose_slots  # noqa: PLC0415
+    from planner.simulator import choose_slots  # noqa: PLC0415
 
     par, pl = plan.parallel, plan.placement
     p2l_LP = np.asarray(pl.physical_to_logical, dtype=np.int64)

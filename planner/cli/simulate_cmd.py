@@ -4,7 +4,7 @@ Every step of the trace goes through the plan's placement (:func:`planner.api.si
 MoE layer the time distribution over steps (mean, p50, p99), compute and exposed communication,
 load imbalance (max/mean GPU tokens), NVLink and inter-node bytes and the busiest GPU; then the
 whole MoE part of a step (mean, p50, p99). ``--json`` prints the full figures, per-GPU token
-loads of every layer included (:func:`planner.simulate.describe`).
+loads of every layer included (:func:`planner.simulator.describe`).
 """
 
 from __future__ import annotations

@@ -163,7 +163,7 @@ def dispatch_traffic(
     """Dispatch traffic matrices of one layer and step (module docstring).
 
     ``slot_Tk``: physical slot serving each (token, choice) pair (e.g.
-    :func:`planner.simulate.choose_slots`); ``src_T``: GPU each token starts on.
+    :func:`planner.simulator.choose_slots`); ``src_T``: GPU each token starts on.
     """
     if dispatcher not in DISPATCHERS:
         raise InputError(f"dispatcher must be one of {', '.join(DISPATCHERS)} (got {dispatcher!r})")

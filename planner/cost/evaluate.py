@@ -20,7 +20,7 @@ For counts ``c[l, p]`` (tokens routed to slot p of layer l in one step)::
 Counts alone do not say where a token starts or which of its top-k picks share a GPU, so the
 traffic here is the expectation for tokens that start evenly on the GPUs with every (token,
 expert) pair sent on its own (no DeepEP de-duplication): an upper bound of the simulator's
-dispatch bytes (:mod:`planner.simulate` replays the real routing). Link figures (α, BW) and
+dispatch bytes (:mod:`planner.simulator` replays the real routing). Link figures (α, BW) and
 ``overlap`` come from the profile (FACTS.md §3), as in :mod:`planner.cost.comm`.
 
 Speed: ``t`` is precomputed as one dense array over M = 0..max_tokens (:meth:`FfnCurve.lookup`),

@@ -3,7 +3,7 @@
 For every MoE layer choose how many physical slots each logical expert gets and which EP rank
 (GPU) holds each slot, so that the MoE layer's predicted time on the planning steps of a trace —
 the slowest GPU's expert compute plus exposed dispatch and combine time, as
-:mod:`planner.simulate` computes it — is minimal. Shapes: ``L`` MoE layers, ``T`` planning
+:mod:`planner.simulator` computes it — is minimal. Shapes: ``L`` MoE layers, ``T`` planning
 tokens, ``k`` top-k, ``E`` logical experts, ``R`` redundant slots, ``P = E + R`` physical slots,
 ``G`` EP ranks (GPUs), ``N`` nodes of ``g = G / N`` GPUs, ``S = P / G`` slots per GPU, ``s`` a
 planning step (``n_s`` of them), ``B`` bytes of one token's activation.
@@ -16,11 +16,11 @@ What the simulator charges, per step ``s`` and layer (FACTS.md §3, §6)::
 
 A token is sent once per distinct destination GPU of its own node (NVLink) and once per distinct
 remote node (NIC). Where the inter-node copy lands is the simulator's ``relay`` convention
-(:mod:`planner.simulate`): on the lowest-numbered GPU the token needs on that node
-(``first-destination``, the default: which GPU of a node comes first is then a placement
-decision), or on the GPU of the source's local rank with NVLink forwarding (``same-rank``,
-DeepEP's normal kernels as :func:`planner.cost.comm.dispatch_traffic` models them: NIC receives
-are then fixed by the node assignment, forwarding is NVLink traffic). Tokens start on their
+(:mod:`planner.simulator`): on the GPU of the source's local rank with NVLink forwarding
+(``same-rank``, the default, DeepEP's normal kernels as :func:`planner.cost.comm.dispatch_traffic` models them: NIC receives
+are then fixed by the node assignment, forwarding is NVLink traffic), or on the lowest-numbered
+GPU the token needs on that node (``first-destination``, kept for comparison: which GPU of a node
+comes first is then a placement decision, an artefact of that convention). Tokens start on their
 source rank at every layer (attention is data parallel), so traffic does not depend on where a
 token was served at the previous layer: cross-layer transitions (MoETuner, ExFlow) carry no
 weight in this objective and are not a term here (they matter to prefetch in offload mode).
@@ -266,7 +266,7 @@ class PlacementInputs:
     topk_group: int | None = None
     dispatch: str = "even"
     group_T: np.ndarray | None = None
-    relay: str = "first-destination"
+    relay: str = "same-rank"
 
     @property
     def token_groups(self) -> int:
@@ -1602,7 +1602,7 @@ def _reserve_s(inp: PlacementInputs, time_limit: float) -> float:
 
 def planning_objective(phy2log_LP: np.ndarray, inp: PlacementInputs) -> float:
     """Predicted MoE ms per step of a placement on ``inp``'s planning tokens (the simulator)."""
-    from planner.simulate import combine_groups, simulate_arrays
+    from planner.simulator import combine_groups, simulate_arrays
 
     group_T = np.zeros(inp.ids_LTk.shape[1], dtype=np.int64) if inp.group_T is None else inp.group_T
     results = []

@@ -5,7 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from planner.simulate import choose_slots  # noqa: E402
+from planner.simulator import choose_slots  # noqa: E402
 from tests.conftest import make_model  # noqa: E402
 
 # (hidden D, ffn F, experts E, top_k K, scoring, n_group, topk_group, group_score, shared S, bias, norm, scaling)

@@ -17,12 +17,16 @@ Traffic (DeepEP's rule, FACTS.md §3): a token is sent once per distinct destina
 own node (NVLink) and once per distinct remote node (NIC). Where the inter-node copy lands is
 the ``relay`` convention:
 
-- ``first-destination`` (default): the lowest-numbered GPU the token needs on that node takes it
-  (its NIC receives; forwarding to the node's other destinations is not counted);
-- ``same-rank``: DeepEP's normal kernels as :func:`planner.cost.comm.dispatch_traffic` models
+- ``same-rank`` (default): DeepEP's normal kernels as :func:`planner.cost.comm.dispatch_traffic` models
   them: the GPU with the source's local rank on that node takes the copy (so NIC receives spread
   evenly whatever the placement) and forwards it over NVLink to each further destination GPU
-  there (counted as NVLink bytes).
+  there (counted as NVLink bytes);
+- ``first-destination``: the lowest-numbered GPU the token needs on that node takes it (its NIC
+  receives; forwarding to the node's other destinations is not counted). Kept for comparison: it
+  is not how DeepEP routes, and it makes placements that spread first destinations look faster
+  than they are.
+
+The module is ``simulator`` so that ``planner.simulate`` stays the API function.
 
 Tokens start on EP rank ``source_rank`` (the trace's, or each step's tokens in equal contiguous
 blocks). Shapes: ``S`` steps, ``L`` MoE layers, ``T`` tokens, ``k`` top-k, ``E`` experts,
@@ -31,8 +35,6 @@ blocks). Shapes: ``S`` steps, ``L`` MoE layers, ``T`` tokens, ``k`` top-k, ``E``
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,7 +47,7 @@ from planner.errors import InputError
 #: Where an inter-node copy lands (see the module docstring).
 RELAYS = ("first-destination", "same-rank")
 #: The convention plans are scored with.
-DEFAULT_RELAY = "first-destination"
+DEFAULT_RELAY = "same-rank"
 
 
 def check_relay(relay: str | None) -> str:
@@ -309,16 +311,3 @@ def describe(sim: SimResult) -> dict:
         "inter_node_bytes_per_step": float(sim.inter_bytes_SL.sum(1).mean()),
         "layers": layers,
     }
-
-
-class _CallableModule(types.ModuleType):
-    """``planner.simulate(plan, trace)`` is the API function (DESIGN.md) although
-    ``planner.simulate`` is also this module: calling the module calls :func:`planner.api.simulate`."""
-
-    def __call__(self, *args, **kwargs):
-        from planner.api import simulate as api_simulate
-
-        return api_simulate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

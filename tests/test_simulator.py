@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import planner.simulate as sim_mod
-from planner.simulate import choose_slots, simulate_placement
+import planner.simulator as sim_mod
+from planner.simulator import choose_slots, simulate_placement
 
 HW = SimpleNamespace(
     nvlink=SimpleNamespace(bandwidth_gbps=100.0, latency_us=10.0),
@@ -21,12 +21,12 @@ def linear_expert_time(monkeypatch):
     monkeypatch.setattr(sim_mod, "expert_ffn_ms", lambda hw, h, f, dt, tok: 0.01 * np.asarray(tok, float))
 
 
-def run(p2l, ids, src, slots, gpus_per_node, dispatch="even", hidden=500):
+def run(p2l, ids, src, slots, gpus_per_node, dispatch="even", hidden=500, relay=None):
     ids = np.asarray(ids)[None]  # one layer
     steps = np.zeros(ids.shape[1], dtype=int)
     return simulate_placement(
         np.asarray([p2l]), slots, ids, steps, np.asarray(src), hw=HW, hidden=hidden, ffn=8,
-        dtype="bf16", num_experts=max(p2l) + 1, gpus_per_node=gpus_per_node, dispatch=dispatch,
+        dtype="bf16", num_experts=max(p2l) + 1, gpus_per_node=gpus_per_node, dispatch=dispatch, relay=relay,
     )
 
 
@@ -46,12 +46,17 @@ def test_one_node_two_gpus_by_hand():
 
 def test_inter_node_copy_counted_once_per_node():
     # 4 GPUs, 2 per node, one slot each. One token on GPU0 picks e2 (GPU2) and e3 (GPU3), both on node 1:
-    # one inter-node copy (DeepEP sends once per destination node), received by GPU2.
+    # one inter-node copy (DeepEP sends once per destination node).
+    # same-rank (default, DeepEP): GPU2 (local rank 0, like the source) takes it and forwards it to
+    # GPU3 over NVLink; dispatch + combine -> 2 × 1000 B on each link, the NIC dominates
     r = run([0, 1, 2, 3], [[2, 3]], [0], slots=1, gpus_per_node=2)
     assert r.inter_bytes_SL[0, 0] == 2 * 1000
-    assert r.intra_bytes_SL[0, 0] == 0
+    assert r.intra_bytes_SL[0, 0] == 2 * 1000
     assert r.comm_ms_SL[0, 0] == pytest.approx(2 * (20e-3 + 1000 / 10e9 * 1e3))
-    # picking e1 (GPU1, same node) and e2: one NVLink copy and one NIC copy
+    # first-destination: GPU2 takes it and forwarding is not counted
+    r = run([0, 1, 2, 3], [[2, 3]], [0], slots=1, gpus_per_node=2, relay="first-destination")
+    assert (r.intra_bytes_SL[0, 0], r.inter_bytes_SL[0, 0]) == (0, 2000)
+    # picking e1 (GPU1, same node) and e2 (GPU2 = the relay): one NVLink copy and one NIC copy
     r = run([0, 1, 2, 3], [[1, 2]], [0], slots=1, gpus_per_node=2)
     assert (r.intra_bytes_SL[0, 0], r.inter_bytes_SL[0, 0]) == (2000, 2000)
 
