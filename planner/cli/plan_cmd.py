@@ -33,6 +33,8 @@ def render_plan(plan) -> str:
         lines.append(f"  solver     {sol.name} ({sol.status}); planning-step MoE time: {cand}")
     else:
         lines.append(f"  solver     {sol.name} ({sol.status})")
+    if sol.bound is not None and sol.gap is not None:
+        lines.append(f"  bound      {sol.bound:.3f} ms (gap {100 * sol.gap:.1f}%), solved in {sol.time_s:.1f} s")
     if pred is not None:
         worst = max(pred.per_layer, key=lambda lp: lp.total_ms)
         lines += [
