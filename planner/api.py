@@ -335,7 +335,26 @@ class Problem:
             "planning_steps": self.plan_trace.num_steps,
             "held_out_steps": self.eval_trace.num_steps if self.eval_trace is not self.plan_trace else 0,
             "candidates": [self.baseline] if self.baseline else self.candidate_names(),
+            "weights_per_gpu_gib": round(self.weights_per_gpu() / GIB, 3),
+            "gpu_memory_gib": round(self.hardware.hbm_bytes / GIB, 3),
         }
+
+    def weights_per_gpu(self) -> float:
+        """Bytes of weights one GPU holds with this problem's slots and degrees."""
+        par = self.parallel
+        return weights_per_gpu_bytes(self.model, self.slots_per_gpu, par.tp, par.pp, par.etp)
+
+    def check_memory(self) -> float:
+        """Weights per GPU in bytes; :class:`InfeasibleError` naming the numbers when they do not fit."""
+        m, par, hw = self.model, self.parallel, self.hardware
+        mem, cap = self.weights_per_gpu(), hw.hbm_bytes
+        if mem > cap:
+            raise InfeasibleError(
+                f"weights need {mem / GIB:.1f} GiB per GPU ({self.slots_per_gpu} expert slots × {m.num_moe_layers} MoE"
+                f" layers × {m.expert_bytes / 1e6:.1f} MB / etp {par.etp} + non-expert {m.non_expert_bytes / GIB:.1f}"
+                f" GiB / (tp {par.tp} × pp {par.pp})), {hw.name} has {cap / GIB:.1f} GiB; raise ep, tp or pp, or add GPUs"
+            )
+        return mem
 
     def candidate_names(self) -> list[str]:
         return [b for b in BASELINES if not (self.redundant_experts and b != "eplb")]
@@ -474,14 +493,7 @@ def solve(
     pr = problem
     m, hw, cluster, par = pr.model, pr.hardware, pr.cluster, pr.parallel
     slots = pr.slots_per_gpu
-    mem = weights_per_gpu_bytes(m, slots, par.tp, par.pp, par.etp)
-    cap = hw.hbm_bytes
-    if mem > cap:
-        raise InfeasibleError(
-            f"weights need {mem / GIB:.1f} GiB per GPU ({slots} expert slots × {m.num_moe_layers} MoE layers"
-            f" × {m.expert_bytes / 1e6:.1f} MB / etp {par.etp} + non-expert {m.non_expert_bytes / GIB:.1f} GiB"
-            f" / (tp {par.tp} × pp {par.pp})), {hw.name} has {cap / GIB:.1f} GiB; raise ep, tp or pp, or add GPUs"
-        )
+    mem = pr.check_memory()
     if migration_weight < 0:
         raise InputError(f"migration_weight must be >= 0 (got {migration_weight})")
     weight_LE = pr.plan_counts_LE.astype(np.float64)

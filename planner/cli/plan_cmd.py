@@ -99,6 +99,7 @@ def plan(trace_path, out_dir, force, dry_run, as_json, model, hardware, previous
         check_writable(out_file, force)
     problem = prepare(model, hardware, trace=trace_path, **opts)
     if dry_run:
+        problem.check_memory()  # infeasible weights exit 1 here too, before anything is solved
         size = problem.size()
         if as_json:
             click.echo(json.dumps(size, indent=1))

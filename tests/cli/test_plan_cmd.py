@@ -122,3 +122,14 @@ def test_counts_only_trace_is_planned_with_a_caveat(tmp_path, capsys):
     _, want = replicate(counts[:4].sum(0).astype(float), 16)
     got = np.stack([np.bincount(row, minlength=8) for row in plan.placement.physical_to_logical])
     assert (got == want).all()
+
+
+def test_dry_run_reports_infeasible_weights(tmp_path, capsys):
+    code, out, err = run(capsys, "plan", "--model", "deepseek-v3", "--dry-run")
+    assert code == 1
+    assert "weights need 108.0 GiB per GPU" in err and "h100-sxm has 79.2 GiB" in err
+    code, out, err = run(capsys, "plan", "--model", "deepseek-v2-lite", "--dry-run", "--json")
+    assert code == 0, err
+    size = json.loads(out)
+    assert size["gpu_memory_gib"] == pytest.approx(79.18, abs=0.01)
+    assert 0 < size["weights_per_gpu_gib"] < size["gpu_memory_gib"]
