@@ -390,28 +390,47 @@ def _solve_milp(prob, time_limit: float, node_limit: int | None = None) -> tuple
     """Solve a PuLP problem whose variables carry warm-start values (``setInitialValue``).
 
     Returns (status, dual bound or None): status is 'optimal', 'feasible' (stopped by a limit
-    with an incumbent) or 'none'.
+    with an incumbent) or 'none'. A solver that fails (HiGHS raising, a CBC binary that crashes
+    or is missing) never fails the plan: HiGHS falls back to CBC, and a failing CBC gives
+    'none' (the caller keeps the EPLB warm start), each with a warning.
     """
-    import pulp
-
     time_limit = max(0.01, float(time_limit))
     if milp_solver_name() == "HiGHS":
-        solver = _WarmHiGHS(msg=_MILP_LOG, timeLimit=time_limit, threads=1, gapRel=MILP_GAP)
-        if node_limit is not None:
-            solver.optionsDict["mip_max_nodes"] = int(node_limit)
-        # pseudo-costs without strong-branching reliability: ~3× faster here, same answers
-        solver.optionsDict["mip_pscost_minreliable"] = 0
-        prob.solve(solver)
-        h = prob.solverModel
-        info = h.getInfo()
-        status = h.getModelStatus()
-        import highspy
+        t0 = time.perf_counter()
+        try:
+            return _solve_highs(prob, time_limit, node_limit)
+        except Exception as e:  # noqa: BLE001 - any solver failure falls back
+            log.warning("placement: HiGHS failed (%s: %s); falling back to CBC", type(e).__name__, e)
+            time_limit = max(0.01, time_limit - (time.perf_counter() - t0))
+    try:
+        return _solve_cbc(prob, time_limit)
+    except Exception as e:  # noqa: BLE001
+        log.warning("placement: CBC failed (%s: %s); keeping the EPLB warm start for this MILP", type(e).__name__, e)
+        return "none", None
 
-        has_sol = info.primal_solution_status == 2  # kSolutionStatusFeasible
-        bound = float(info.mip_dual_bound) if np.isfinite(info.mip_dual_bound) else None
-        if status == highspy.HighsModelStatus.kOptimal:
-            return "optimal", bound
-        return ("feasible" if has_sol else "none"), bound
+
+def _solve_highs(prob, time_limit: float, node_limit: int | None) -> tuple[str, float | None]:
+    import highspy
+
+    solver = _WarmHiGHS(msg=_MILP_LOG, timeLimit=time_limit, threads=1, gapRel=MILP_GAP)
+    if node_limit is not None:
+        solver.optionsDict["mip_max_nodes"] = int(node_limit)
+    # pseudo-costs without strong-branching reliability: ~3× faster here, same answers
+    solver.optionsDict["mip_pscost_minreliable"] = 0
+    prob.solve(solver)
+    h = prob.solverModel
+    info = h.getInfo()
+    status = h.getModelStatus()
+    has_sol = info.primal_solution_status == 2  # kSolutionStatusFeasible
+    bound = float(info.mip_dual_bound) if np.isfinite(info.mip_dual_bound) else None
+    if status == highspy.HighsModelStatus.kOptimal:
+        return "optimal", bound
+    return ("feasible" if has_sol else "none"), bound
+
+
+def _solve_cbc(prob, time_limit: float) -> tuple[str, float | None]:
+    import pulp
+
     solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, warmStart=True, threads=1, gapRel=MILP_GAP)
     prob.solve(solver)
     st = pulp.LpStatus[prob.status]

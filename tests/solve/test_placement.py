@@ -155,6 +155,55 @@ def test_stage1_milp_keeps_coactivated_blocks_together():
     assert status == "optimal" and obj == pytest.approx(2.0 + 1.0)
 
 
+def _stage1_case():
+    return stage1_layer(
+        np.ones(4), np.ones(4, dtype=int), np.array([[0, 1], [2, 3], [0, 2]]), np.array([10.0, 10.0, 1.0]),
+        2, np.array([0, 1, 0, 1]), lam_node=1.0, lam_copy=1.0, mig_BN=None, time_limit=10.0,
+    )
+
+
+def test_failing_highs_falls_back_to_cbc_with_a_warning(monkeypatch, caplog):
+    import planner.solve.placement as pm
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated HiGHS crash")
+
+    monkeypatch.setattr(pm, "_solve_highs", broken)
+    with caplog.at_level("WARNING", logger="planner.solve.placement"):
+        node_B, status, obj, _ = _stage1_case()
+    assert "HiGHS failed (RuntimeError: simulated HiGHS crash); falling back to CBC" in caplog.text
+    assert node_B[0] == node_B[1] != node_B[2] == node_B[3]  # CBC found the same optimum
+    assert status == "optimal" and obj == pytest.approx(3.0)
+
+
+def test_failing_solver_binaries_keep_the_warm_start_and_the_time_limit(monkeypatch, caplog):
+    import time
+
+    import pulp
+
+    import planner.solve.placement as pm
+
+    monkeypatch.setattr(pm, "_solve_highs", lambda *a, **k: (_ for _ in ()).throw(OSError("highs gone")))
+    real_cbc = pulp.PULP_CBC_CMD
+    # a CBC "binary" that does not exist: PuLP raises PulpSolverError when it tries to run it
+    monkeypatch.setattr(pulp, "PULP_CBC_CMD", lambda **kw: real_cbc(path="/nonexistent/cbc", **kw))
+    with caplog.at_level("WARNING", logger="planner.solve.placement"):
+        node_B, status, obj, bound = _stage1_case()
+        assert "CBC failed" in caplog.text
+        assert status == "none" and obj is None  # stage 1 keeps the warm start it was given
+        np.testing.assert_array_equal(node_B, [0, 1, 0, 1])
+        # a whole plan still comes out valid, within its limit, on a two-node problem with MILPs
+        calls = []
+        real_milp = pm._solve_milp
+        monkeypatch.setattr(pm, "_solve_milp", lambda *a, **k: calls.append(1) or real_milp(*a, **k))
+        t0 = time.perf_counter()
+        p = planner.plan("deepseek-v3", nodes=2, time_limit=6)
+        assert time.perf_counter() - t0 < 6 + 3  # + loading the model, the trace and scoring
+    assert len(calls) > 0  # stage 1 ran its MILPs, each failing over to the warm start
+    _check_valid(p)
+    assert p.solver.objective <= p.solver.candidates["eplb"]
+
+
 # ---- validity, determinism, time limit -----------------------------------------------------------
 
 
