@@ -2,7 +2,8 @@
 
 The Python API (DESIGN.md): ``plan``, ``load_model``, ``load_hardware``, ``load_trace``,
 ``synth_trace``, ``trace_stats``, ``Plan``. Names are imported lazily so that ``import planner``
-stays cheap.
+stays cheap. (``solve`` is not among them: ``planner.solve`` is the solvers' subpackage; use
+``from planner.api import prepare, solve``.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ __all__ = [
     "InfeasibleError",
     "plan",
     "prepare",
-    "solve",
     "load_model",
     "load_hardware",
     "load_trace",
@@ -27,6 +27,7 @@ __all__ = [
     "export",
     "simulate",
     "rebalance",
+    "RoutingRecorder",
 ]
 
 _WHERE = {
@@ -37,7 +38,6 @@ _WHERE = {
     "InfeasibleError": "planner.errors",
     "plan": "planner.api",
     "prepare": "planner.api",
-    "solve": "planner.api",
     "load_model": "planner.specs.model_io",
     "load_hardware": "planner.specs.hardware",
     "load_trace": "planner.traces",
@@ -47,6 +47,7 @@ _WHERE = {
     "export": "planner.exports",
     "simulate": "planner.api",
     "rebalance": "planner.solve.rebalance",
+    "RoutingRecorder": "planner.recorder",
 }
 
 

@@ -57,6 +57,7 @@ from planner.traces import (
     synth_trace,
 )
 from planner.traces.expand import CAVEAT, tokens_from_counts
+from planner.traces.stream import StreamedTrace
 
 BASELINES = ("contiguous", "round-robin", "eplb")
 DEFAULT_MODEL = "qwen3-30b-a3b"
@@ -81,8 +82,10 @@ def resolve_hardware(hardware: str | HardwareProfile) -> HardwareProfile:
 def resolve_trace(
     trace: str | Path | Trace | CountsTrace | None, model: ModelSpec, seed: int, tokens_per_step: int | None = None
 ) -> tuple[Trace, str, np.ndarray | None]:
-    """The trace to plan from, a label for provenance, and for counts-only traces the recorded
-    counts [S, L, E] (the per-token trace is then sampled from them)."""
+    """The trace to plan from, a label for provenance, and — for counts-only and streamed
+    traces — the recorded counts of every step as (step ids [S], counts [S, L, E]): the
+    per-token trace is then sampled from them (counts only) or holds a sample of the steps
+    (streamed, :mod:`planner.traces.stream`)."""
     if trace is None:
         path = default_trace_path(model.name)
         if path is not None:
@@ -98,16 +101,21 @@ def resolve_trace(
         t = trace
         label = "in-memory"
     check_against_model(t, model, label)
+    if isinstance(t, StreamedTrace):
+        return t, f"{label} (streamed)", (t.recorded_steps, t.recorded_counts)
     if not t.has_tokens:
         counts = t.counts_per_step()
-        return tokens_from_counts(t, model.top_k, seed), f"{label} (counts only)", counts
+        return tokens_from_counts(t, model.top_k, seed), f"{label} (counts only)", (np.arange(len(counts)), counts)
     return t, label, None
 
 
 def _hash_inputs(parts: dict[str, Any], trace: Trace) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(parts, sort_keys=True, default=str).encode())
-    for arr in (trace.topk_ids, trace.step):
+    arrays = [trace.topk_ids, trace.step]
+    if isinstance(trace, StreamedTrace):  # the sample's ids, and the exact counts of every step
+        arrays += [trace.recorded_steps, trace.recorded_counts]
+    for arr in arrays:
         a = np.ascontiguousarray(arr)
         h.update(str(a.shape).encode())
         h.update(a.astype(np.int64).tobytes())
@@ -426,8 +434,10 @@ def prepare(
     else:
         plan_tr = eval_tr = tr
         evaluated_on = "the planning step itself (the trace has one step: no held-out data)"
-    if recorded_counts is not None:  # balance on what was recorded, not on the samples
-        plan_counts = recorded_counts[plan_tr.steps].sum(axis=0)
+    if recorded_counts is not None:  # balance on what was recorded (every planning step), not on the samples
+        rec_steps, rec_counts = recorded_counts
+        planning = rec_steps < eval_tr.steps[0] if eval_tr is not plan_tr else np.ones(len(rec_steps), bool)
+        plan_counts = rec_counts[planning].sum(axis=0)
     else:
         plan_counts = plan_tr.counts()
     options = {
@@ -498,6 +508,8 @@ def solve(
         raise InputError(f"migration_weight must be >= 0 (got {migration_weight})")
     weight_LE = pr.plan_counts_LE.astype(np.float64)
     notes = [CAVEAT] if pr.trace_label.endswith("(counts only)") else []
+    if isinstance(pr.trace, StreamedTrace):
+        notes.append(pr.trace.note())
     if pr.baseline is not None and previous is not None:
         raise InputError(f"--previous re-plans with the solver; it has no effect with --baseline {pr.baseline}")
     if pr.baseline is not None:
@@ -622,6 +634,8 @@ def simulate(
     relay = check_relay(relay)
     tr, label, _counts = resolve_trace(trace, p.model, p.provenance.seed, tokens_per_step)
     notes = (CAVEAT,) if label.endswith("(counts only)") else ()
+    if isinstance(tr, StreamedTrace):
+        notes += (tr.note(),)
     p2l = np.asarray(p.placement.physical_to_logical, dtype=np.int64)
     cluster = ClusterSpec(hardware=hw.name, num_nodes=p.cluster.num_nodes, gpus_per_node=p.cluster.gpus_per_node)
     sim = _simulate(p2l, tr, p.model, hw, cluster, p.parallel, p.dispatch, relay=relay)

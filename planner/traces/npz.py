@@ -189,6 +189,11 @@ def load_trace(
     dense-layer rows, and the trace is checked against it (:func:`check_against_model`).
     ``tokens_per_step``: step size for a per-token file without a ``step`` array (absent too:
     the whole file is one step).
+
+    A per-token file too large for the trace memory budget (``$MOE_PLANNER_TRACE_MEMORY_GB``,
+    default 2 GB) is streamed: :func:`planner.traces.stream.stream_npz` returns a
+    :class:`~planner.traces.stream.StreamedTrace` (exact counts of every step, tokens of a
+    sample of steps).
     """
     p = Path(path)
     name = p.name
@@ -203,6 +208,17 @@ def load_trace(
     if suffix != ".npz":
         raise InputError(f"{name}: unknown trace format '{p.suffix}' (expected .npz, or SGLang .json / .pt)")
     require_file(p)
+    from planner.traces.stream import max_trace_bytes, npz_ids_bytes, stream_npz
+
+    need = npz_ids_bytes(p)
+    if need is not None and need > max_trace_bytes():  # larger than the trace memory budget: stream
+        trace = stream_npz(
+            p, num_experts=model.num_experts if model is not None else None,
+            model=model.name if model is not None else None, tokens_per_step=tokens_per_step,
+        )
+        if model is not None:
+            check_against_model(trace, model, name)
+        return trace
     arrays = _read_npz(p)
 
     ne = _scalar(arrays, "num_experts", name)
