@@ -17,7 +17,8 @@ time per token (the FLOP-bound regime). How the curve is made depends on what th
 
        b(M) = c0 + sqrt(tw² + (k·M)²)                 c0, tw, k >= 0 fitted to this table
        ρ_i  = ln(t_i / b(m_i))                        at each measured m_i
-       t(M) = b(M) · exp(ρ(M)),  ρ linear in ln M between measured points
+       t(M) = b(M) · exp(ρ(M)),  ρ monotone-cubic (PCHIP) in ln M between measured points,
+              clipped to [t_i, t_i+1] between points i and i+1 (never outside the table's steps)
        t(M) = t(m_0) below the first measured point m_0 (the weight-bound floor)
 
    ``c0`` is the shape's fixed cost (kernel launches and tails), ``tw`` its weight-streaming time
@@ -29,11 +30,13 @@ time per token (the FLOP-bound regime). How the curve is made depends on what th
    below them; the fitted knee bends the interpolation the way the kernels do. Measured with
    ``benchmarks/cost_model.py``, leaving one interior point out of each table and predicting it
    from the rest (MAPE; plain log-log interpolation of the same tables in brackets): H100 7
-   shapes 1.85% (3.69%), H200 7 shapes 2.03% (3.63%), H100 16 shapes of the helper file 1.69%
-   (3.36%). At token counts measured in another session (``hwprofiles/measurements/
-   h100-sxm-between-2026-11-23.json``: M = 3, 6, 12, ..., 12288 and odd M) 2.33% (2.38%), where
-   the same session re-measuring the tables' own token counts differs from them by 2.20%: across
-   sessions of the shared GPUs the noise floor, not the interpolation, dominates. What no smooth
+   shapes 1.83% (3.69%), H200 7 shapes 1.98% (3.63%), H100 16 shapes of the helper file 1.64%
+   (3.36%); linear instead of monotone-cubic ρ gave 1.85%, 2.03%, 1.69%. At token counts
+   measured in another session (``hwprofiles/measurements/h100-sxm-between-2026-11-23.json``:
+   M = 3, 6, 12, ..., 12288 and odd M) 2.32% (2.38%), where the same session re-measuring the
+   tables' own token counts differs from them by 2.20%: across sessions of the shared GPUs the
+   noise floor, not the interpolation, dominates (for the helper file's 9 further shapes at
+   those M, 3.17% against 3.15% for plain log-log). What no smooth
    interpolant recovers: between 128 and 512 tokens the kernels change tiles (M = 192 costs what
    256 does), 5-9% above any curve through the powers of two.
 
@@ -337,6 +340,43 @@ def _residual_at(m_pts: np.ndarray, rho_pts: np.ndarray, m: np.ndarray) -> np.nd
     return np.interp(np.log(np.maximum(m, 1e-12)), np.log(m_pts), rho_pts)
 
 
+def _pchip_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Fritsch-Carlson slopes of the monotone piecewise-cubic Hermite interpolant (PCHIP):
+    weighted harmonic means of the neighbouring secants inside, 0 where the secants change
+    sign, and the shape-preserving three-point formula at the ends (Moler, *Numerical
+    Computing with MATLAB*, §3.4)."""
+    h = np.diff(x)
+    d = np.diff(y) / h
+    s = np.zeros_like(y)
+    w1, w2 = 2 * h[1:] + h[:-1], h[1:] + 2 * h[:-1]
+    same = d[:-1] * d[1:] > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s[1:-1] = np.where(same, (w1 + w2) / (w1 / d[:-1] + w2 / d[1:]), 0.0)
+    for end, (h0, h1, d0, d1) in ((0, (h[0], h[1], d[0], d[1])), (-1, (h[-1], h[-2], d[-1], d[-2]))):
+        v = ((2 * h0 + h1) * d0 - h0 * d1) / (h0 + h1)
+        if np.sign(v) != np.sign(d0):
+            v = 0.0
+        elif np.sign(d0) != np.sign(d1) and abs(v) > abs(3 * d0):
+            v = 3 * d0
+        s[end] = v
+    return s
+
+
+def _residual_pchip(m_pts: np.ndarray, rho_pts: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """ρ by monotone cubic (PCHIP) interpolation in ln M, flat outside [m_pts[0], m_pts[-1]];
+    linear in ln M with fewer than three points."""
+    if m_pts.size < 3:
+        return _residual_at(m_pts, rho_pts, m)
+    x = np.log(m_pts)
+    s = _pchip_slopes(x, rho_pts)
+    xq = np.clip(np.log(np.maximum(m, 1e-12)), x[0], x[-1])
+    i = np.clip(np.searchsorted(x, xq) - 1, 0, x.size - 2)
+    h = x[i + 1] - x[i]
+    t = (xq - x[i]) / h
+    return ((2 * t**3 - 3 * t**2 + 1) * rho_pts[i] + (t**3 - 2 * t**2 + t) * h * s[i]
+            + (-2 * t**3 + 3 * t**2) * rho_pts[i + 1] + (t**3 - t**2) * h * s[i + 1])
+
+
 # ---- curves ----------------------------------------------------------------------------------
 
 
@@ -394,7 +434,12 @@ def table_curve(table: ExpertFfnTable) -> FfnCurve:
 
     def predict(m: np.ndarray) -> np.ndarray:
         m = np.maximum(m, m_pts[0])  # below the first point: the first point's time
-        return base(m) * np.exp(_residual_at(m_pts, rho, m))
+        t = base(m) * np.exp(_residual_pchip(m_pts, rho, m))
+        if m_pts.size < 2:
+            return t
+        # between two measured points the time stays between theirs (monotone by construction)
+        i = np.clip(np.searchsorted(m_pts, m, side="right") - 1, 0, m_pts.size - 2)
+        return np.clip(t, t_pts[i], t_pts[i + 1])
 
     return _grid_curve(predict, m_max, "table")
 

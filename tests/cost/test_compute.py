@@ -248,3 +248,16 @@ def test_grouped_experts_sum_per_gpu():
 def test_grouped_experts_needs_2d():
     with pytest.raises(InputError, match=r"2-D \[G, E_local\]"):
         grouped_experts_ms(H100, 4096, 14336, "bf16", [1, 2, 3])
+
+
+def test_pchip_residual_is_monotone_and_exact_at_the_points():
+    from planner.cost.compute import _residual_pchip
+
+    m_pts = np.array([1.0, 2.0, 4.0, 8.0, 16.0, 64.0])
+    rho = np.array([0.0, 0.1, 0.1, 0.5, 2.0, 2.1])  # non-decreasing with a flat step
+    np.testing.assert_allclose(_residual_pchip(m_pts, rho, m_pts), rho, atol=1e-12)
+    grid = np.geomspace(0.5, 100.0, 2000)
+    r = _residual_pchip(m_pts, rho, grid)
+    assert (np.diff(r) >= -1e-12).all()  # no overshoot: monotone data, monotone interpolant
+    assert np.allclose(r[(grid > 2) & (grid < 4)], 0.1)  # flat stays flat (a linear spline would too)
+    assert r[0] == 0.0 and r[-1] == pytest.approx(2.1)  # flat outside the points
