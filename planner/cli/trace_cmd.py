@@ -111,6 +111,8 @@ def trace() -> None:
 @click.option("--coactivation", type=float, default=_D["coactivation"], show_default=True, help="Strength of expert clusters chosen together (0: none).")
 @click.option("--drift", type=float, default=_D["drift"], show_default=True, help="Change of log-popularity from first to last step (std).")
 @click.option("--rank-mix", type=float, default=_D["rank_mix"], show_default=True, help="How different the ranks' input mixes are, in [0, 1].")
+@click.option("--sticky-ranks", is_flag=True, help="Each rank keeps its input mix for every step (decode serving).")
+@click.option("--rank-groups", type=int, default=1, show_default=True, help="Consecutive ranks sharing one input mix (e.g. GPUs per node).")
 @click.option("--no-weights", is_flag=True, help="Leave gate weights out (smaller file).")
 @click.option("--out", required=True, metavar="FILE.npz", help="Output trace file.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
@@ -131,6 +133,8 @@ def synth(
     coactivation: float,
     drift: float,
     rank_mix: float,
+    sticky_ranks: bool,
+    rank_groups: int,
     no_weights: bool,
     out: str,
     force: bool,
@@ -157,6 +161,8 @@ def synth(
         coactivation=coactivation,
         drift=drift,
         rank_mix=rank_mix,
+        sticky_ranks=sticky_ranks,
+        rank_groups=rank_groups,
         n_group=n_group,
         topk_group=topk_group,
         weights=not no_weights,

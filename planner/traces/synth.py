@@ -23,7 +23,10 @@ Each property is one parameter, reproducible from ``seed``:
   belongs to one domain, drawn from its rank's mixture for that step:
   ``(1 - rank_mix) · uniform + rank_mix · Dirichlet(0.3)``, drawn afresh each step
   (sequences are reassigned to ranks every step, FACTS.md §6). ``rank_mix = 0``: every rank
-  sees the same mixture.
+  sees the same mixture. ``sticky_ranks``: each rank keeps its mixture for every step instead
+  (decode serving, where a request stays on its data-parallel rank until it finishes, or a
+  front end that routes by tenant or language); ``rank_groups = G`` gives the G consecutive
+  ranks of a block (e.g. the GPUs of a node) one shared mixture — locality at node level.
 - ``n_group`` / ``topk_group`` — group-limited routing (DeepSeek): a token first keeps the
   ``topk_group`` groups with the highest best score, then picks its k experts inside them.
 
@@ -121,6 +124,8 @@ def synth_trace(
     coactivation: float = 2.0,
     drift: float = 0.3,
     rank_mix: float = 0.5,
+    sticky_ranks: bool = False,
+    rank_groups: int = 1,
     n_group: int | None = None,
     topk_group: int | None = None,
     num_domains: int = 8,
@@ -223,7 +228,12 @@ def synth_trace(
     sizes = np.minimum(starts + tps, T) - starts
     pos_T = np.arange(T) - starts[step_T]
     rank_T = pos_T * R // sizes[step_T]
-    mix_SRD = (1.0 - rank_mix) / D + rank_mix * s_mix.dirichlet(np.full(D, _RANK_DIRICHLET), size=(S, R))
+    if int(rank_groups) <= 0 or R % int(rank_groups):
+        raise InputError(f"synth: rank_groups must be > 0 and divide num_ranks {R} (got {rank_groups})")
+    blocks = R // int(rank_groups)
+    mix = s_mix.dirichlet(np.full(D, _RANK_DIRICHLET), size=(1 if sticky_ranks else S, blocks))
+    mix = np.repeat(np.broadcast_to(mix, (S, blocks, D)), int(rank_groups), axis=1)
+    mix_SRD = (1.0 - rank_mix) / D + rank_mix * mix
     cum_SRD = np.cumsum(mix_SRD, axis=-1)
     u_T = s_tok.random(T)
     domain_T = np.minimum((u_T[:, None] > cum_SRD[step_T, rank_T]).sum(axis=1), D - 1)

@@ -170,3 +170,25 @@ def test_default_size_is_fast():
         best = min(best, time.perf_counter() - t0)
     assert t.topk_ids.shape == (48, 8192, 8)
     assert best < 2.0, f"synth_trace took {best:.2f} s for 48 × 8192 × top-8"
+
+
+def _rank_step_profile(tr, rank, step):
+    sel = (tr.source_rank == rank) & (tr.step == step)
+    return np.bincount(tr.topk_ids[0][sel].ravel(), minlength=tr.num_experts).astype(float)
+
+
+def test_sticky_ranks_keep_their_mix_across_steps():
+    kw = dict(num_layers=1, num_experts=32, top_k=2, num_tokens=64_000, tokens_per_step=16_000, num_ranks=4,
+              rank_mix=1.0, skew=0.0, drift=0.0, affinity=0.0, coactivation=0.0, weights=False, seed=3, model_name="t")
+
+    def corr(tr):  # mean over ranks of the correlation of a rank's expert counts in steps 0 and 3
+        return np.mean([np.corrcoef(_rank_step_profile(tr, r, 0), _rank_step_profile(tr, r, 3))[0, 1] for r in range(4)])
+
+    fresh, sticky = synth_trace(**kw), synth_trace(sticky_ranks=True, **kw)
+    assert corr(sticky) > 0.9 > corr(fresh) + 0.2
+    grouped = synth_trace(sticky_ranks=True, rank_groups=2, **kw)  # ranks 0-1 and 2-3 share a mix
+    same = np.corrcoef(_rank_step_profile(grouped, 0, 0), _rank_step_profile(grouped, 1, 0))[0, 1]
+    other = np.corrcoef(_rank_step_profile(grouped, 0, 0), _rank_step_profile(grouped, 2, 0))[0, 1]
+    assert same > 0.9 > other + 0.2
+    with pytest.raises(InputError, match="rank_groups must be > 0 and divide num_ranks 4"):
+        synth_trace(rank_groups=3, **kw)
