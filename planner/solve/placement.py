@@ -64,9 +64,12 @@ steps until the next re-plan, e.g. 0.01 = 100 steps).
 
 Stage 1 minimises, in ms per step::
 
-    λ_node · z_node + λ_copy · Σ_p C_p · (1 − Σ_v y_{p,v}) + Σ_{b,v} M_{b,v} · x_{b,v}
+    λ_node · z_node + λ_copy · Σ_p C_p · (1 − Σ_v y_{p,v}) + Σ_{b,v} (M_{b,v} − λ_copy · A_{b,v}) · x_{b,v}
 
-with ``C_p`` the planning tokens per step that pick both blocks of ``p``, ``λ_copy = 2(1 −
+with ``C_p`` the planning tokens per step that pick both blocks of ``p``, ``A_{b,v}`` those
+from node ``v`` that pick block ``b`` (rank locality: on their own node they need no inter-node
+copy for it; the term is left out when every block's sources are even over the nodes to within
+:data:`LOCALITY_MIN`), ``λ_copy = 2(1 −
 overlap) · B · (ms per NIC byte) / g`` (one more inter-node copy, spread over a node's GPUs),
 ``λ_node = c₁ / g`` (``c₁`` the slope of the expert-time curve at the mean slot load: a token's
 compute; :func:`curve_slope`), ``M_{b,v}`` the migration cost of block ``b`` on node ``v``.
@@ -96,8 +99,9 @@ each node's largest GPU token load (mean over the planning steps) stays within
 
 1. *Experts → nodes* (``N > 1``): the stage-1 MILP per layer over routing-group blocks, HiGHS
    through PuLP (CBC with a logged warning when highspy is missing), ``threads=1``, a node
-   limit, :data:`MILP_GAP`, at most 15% of the time limit in all. With one group per node every
-   bijection is optimal and no MILP is needed. Exact for its linear objective when HiGHS proves
+   limit, :data:`MILP_GAP`, at most 15% of the time limit in all. With one group per node and
+   no rank locality every bijection is optimal and no MILP is needed (with locality it is an
+   assignment problem, which the MILP solves). Exact for its linear objective when HiGHS proves
    optimality, but the pairwise term is a stand-in for "distinct remote nodes per token", so the
    answer is kept only when it beats EPLB's node assignment on the exact expected copies and
    node loads of the planning tokens. With single-expert blocks (no usable groups) the pairwise
@@ -185,6 +189,9 @@ EXACT_ROWS_LIMIT = 4096
 #: Smallest relative gain of the node objective for the swap search to take a move (smaller
 #: gains are noise on a held-out trace and only cost time).
 MIN_GAIN = 2e-5
+#: Relative spread of a block's tokens over source nodes above which stage 1 models rank
+#: locality (below it the sources are even up to sampling noise and every node is alike).
+LOCALITY_MIN = 0.05
 #: Array elements the search processes per second on one core (measured on a 2-core x86 VM);
 #: converts the search's time budget into a deterministic number of evaluations.
 ELEMENTS_PER_S = 5e7
@@ -517,6 +524,16 @@ def _block_pairs(ids_Tk: np.ndarray, block_E: np.ndarray, num_blocks: int, max_p
     return np.stack([order // num_blocks, order % num_blocks], axis=1), cnt[order].astype(np.float64)
 
 
+def block_sources(ids_Tk: np.ndarray, block_E: np.ndarray, num_blocks: int, src_node_T: np.ndarray, num_nodes: int) -> np.ndarray:
+    """Rank locality at block level: tokens from node v that pick at least one expert of block b
+    (float [B, N]); a token is counted once per block whatever its number of experts there."""
+    b = np.sort(block_E[ids_Tk], axis=1)
+    first = np.ones_like(b, dtype=bool)
+    first[:, 1:] = b[:, 1:] != b[:, :-1]
+    key = b * num_nodes + np.broadcast_to(src_node_T[:, None], b.shape)
+    return np.bincount(key[first], minlength=num_blocks * num_nodes).reshape(num_blocks, num_nodes).astype(np.float64)
+
+
 def _node_score(
     ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.ndarray, w_E: np.ndarray, num_nodes: int,
     lam_node: float, lam_copy: float,
@@ -546,8 +563,8 @@ def stage1_layer(
     """The stage-1 MILP of one layer (module docstring §1-4): blocks onto nodes.
 
     ``w_B`` load per block (tokens per step), ``size_B`` experts per block, ``pairs_K2`` / ``c_K``
-    co-activated block pairs and their tokens per step, ``mig_BN`` migration cost (ms) of block b
-    on node v. Returns (node of each block, status, objective, bound).
+    co-activated block pairs and their tokens per step, ``mig_BN`` linear cost (ms) of block b
+    on node v: migration, minus the copies rank locality saves there. Returns (node of each block, status, objective, bound).
     """
     import pulp
 
@@ -1435,9 +1452,13 @@ def solve_placement(
                 pk, _ = baselines.balanced_packing(w_B[None, :], N)
                 warm_B = pk[0]
             node_LE[l] = warm_B[blocks]
-            if nB == N and mig_w <= 0:
-                # one block per node: every bijection has the same node loads and no pair can
-                # share a node, so EPLB's (or the packing's) assignment is optimal
+            # rank locality: a token from node v that picks block b needs no inter-node copy for
+            # it when b is on v, so placing b on v saves λ_copy · A_bv (tokens per step)
+            A_BN = block_sources(ids_LTk[l], blocks, nB, src_node_T, N) * tscale / n_steps
+            local = bool(np.ptp(A_BN, axis=1).max() > LOCALITY_MIN * max(A_BN.max(), 1e-12))
+            if nB == N and mig_w <= 0 and not local:
+                # one block per node, sources spread evenly: every bijection has the same node
+                # loads, copies and (no) shared pairs, so EPLB's (or the packing's) assignment is optimal
                 s1["layers_solved"] = int(s1["layers_solved"]) + 1
                 s1["optimal"] = int(s1["optimal"]) + 1
                 continue
@@ -1459,9 +1480,12 @@ def solve_placement(
                 for v in range(N):
                     moved = np.bincount(blocks, weights=(prev_node_E != v).astype(float), minlength=nB)
                     mig[:, v] = moved * inp.cost.expert_bytes * inp.cost.nic.ms_per_byte * mig_w
+            lin = -lam_copy * A_BN if local else None
+            if mig is not None:
+                lin = mig if lin is None else lin + mig
             per_layer = max(0.05, budget1 - clock.elapsed())
             nb, status, _obj, _bnd = stage1_layer(
-                w_B, size_B, pairs, cnt, N, warm_B, lam_node, lam_copy, mig, per_layer,
+                w_B, size_B, pairs, cnt, N, warm_B, lam_node, lam_copy, lin, per_layer,
             )
             s1["layers_solved"] = int(s1["layers_solved"]) + 1
             s1["optimal"] = int(s1["optimal"]) + (status == "optimal")

@@ -177,8 +177,6 @@ def test_failing_highs_falls_back_to_cbc_with_a_warning(monkeypatch, caplog):
 
 
 def test_failing_solver_binaries_keep_the_warm_start_and_the_time_limit(monkeypatch, caplog):
-    import time
-
     import pulp
 
     import planner.solve.placement as pm
@@ -196,9 +194,8 @@ def test_failing_solver_binaries_keep_the_warm_start_and_the_time_limit(monkeypa
         calls = []
         real_milp = pm._solve_milp
         monkeypatch.setattr(pm, "_solve_milp", lambda *a, **k: calls.append(1) or real_milp(*a, **k))
-        t0 = time.perf_counter()
-        p = planner.plan("deepseek-v3", nodes=2, time_limit=6)
-        assert time.perf_counter() - t0 < 6 + 3  # + loading the model, the trace and scoring
+        p = planner.plan("deepseek-v3", nodes=2, ep=16, time_limit=6)
+        assert p.solver.time_s <= 6  # the solver's own clock (loading and scoring come on top)
     assert len(calls) > 0  # stage 1 ran its MILPs, each failing over to the warm start
     _check_valid(p)
     assert p.solver.objective <= p.solver.candidates["eplb"]
@@ -321,3 +318,24 @@ def test_groups_stay_node_aligned_with_the_milp():
         for node in (row[:10], row[10:]):
             groups = set(int(e) // 4 for e in node)
             assert len(groups) == 2 and set(node.tolist()) == {e for g in groups for e in range(4 * g, 4 * g + 4)}
+
+
+def test_rank_locality_puts_a_group_on_the_node_its_tokens_come_from():
+    # 8 experts in 2 routing groups of 4 (top-2 inside one group), 2 nodes × 2 GPUs × 2 slots.
+    # Tokens from node 0's ranks pick only group 1's experts, node 1's only group 0's: equal
+    # loads either way, so only locality decides — group 1 on node 0 needs no inter-node copy.
+    rng = np.random.default_rng(0)
+    T = 400
+    src = np.repeat(np.arange(4), T // 4)
+    ids = np.empty((1, T, 2), dtype=np.int64)
+    for t in range(T):
+        group = 1 if src[t] < 2 else 0
+        ids[0, t] = 4 * group + rng.choice(4, 2, replace=False)
+    cost = linear_cost(nvlink_gbps=50.0, nvlink_us=1.0, nic_gbps=5.0, nic_us=5.0)
+    inp = inputs(ids, src, num_experts=8, num_gpus=4, slots=2, gpus_per_node=2, cost=cost,
+                 step_T=np.arange(T) // 100, n_group=2, topk_group=1)
+    res = solve_placement(inp)
+    node0 = set(res.phy2log_LP[0, :4].tolist())
+    assert node0 == {4, 5, 6, 7}
+    assert res.stages["stage1"]["layers_solved"] == 1
+    assert res.objective < res.candidates["eplb"]
