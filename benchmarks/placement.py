@@ -12,6 +12,9 @@ placement by the simulator on the second half:
     simulator (``first-destination``, its default, and ``same-rank``, DeepEP's path as
     ``planner.cost.comm.dispatch_traffic`` models it); the solver plans for the convention it
     is scored with. Time limit 60 s (the solver's wall time includes building its models).
+(a2) the same on a trace whose input mixes are per node and persist over steps
+    (``sticky_ranks``, ``rank_groups=8``: a front end that routes by tenant or language to a
+    node) — rank locality a static placement can use; ``same-rank`` relay only.
 (b) Mixtral-8x7B on one 8-GPU H100 node as MoETuner ran it (EP 4 × expert-TP 2, no replicas),
     8,192-token steps over 8 ranks, 16 steps; also EP 8.
 
@@ -52,13 +55,18 @@ def row(case, relay, method, pred, ref, extra=""):
     )
 
 
-def run_case(case, model, *, nodes, gpn, redundant, tokens, tps, ranks, relays, time_limit, ep=None, etp=None):
+def run_case(case, model, *, nodes, gpn, redundant, tokens, tps, ranks, relays, time_limit, ep=None, etp=None,
+             synth_kw=None):
     m = load_model(model)
     t0 = time.perf_counter()
-    tr = planner.synth_trace(m, num_tokens=tokens, tokens_per_step=tps, num_ranks=ranks, weights=False, seed=0)
+    tr = planner.synth_trace(m, num_tokens=tokens, tokens_per_step=tps, num_ranks=ranks, weights=False, seed=0,
+                             **(synth_kw or {}))
     synth_s = time.perf_counter() - t0
+    etp = etp or 1
+    ep = ep or nodes * gpn // etp  # the degrees are fixed: this benchmark is about placement, not the search
+    fixed = {"tp": 1, "pp": 1}
     pr = prepare(m, "h100-sxm", nodes=nodes, gpus_per_node=gpn, mode="prefill", trace=tr, ep=ep, etp=etp,
-                 redundant_experts=redundant, train_fraction=0.5, time_limit=time_limit)
+                 redundant_experts=redundant, train_fraction=0.5, time_limit=time_limit, **fixed)
     w = pr.plan_counts_LE.astype(float)
     out = {}
     for relay in relays:
@@ -66,7 +74,7 @@ def run_case(case, model, *, nodes, gpn, redundant, tokens, tps, ranks, relays, 
         ref["eplb"] = score(baseline_placement("eplb", w, m, pr.cluster, pr.parallel, redundant), pr, relay)
         if redundant:  # Megatron / vLLM place no replicas: same GPUs, E slots
             pr0 = prepare(m, "h100-sxm", nodes=nodes, gpus_per_node=gpn, mode="prefill", trace=tr, ep=ep, etp=etp,
-                          redundant_experts=0, train_fraction=0.5)
+                          redundant_experts=0, train_fraction=0.5, **fixed)
         else:
             pr0 = pr
         for name in ("contiguous", "round-robin"):
@@ -115,6 +123,11 @@ def main() -> None:
         "(a) DeepSeek-V3, 8×8 H100, R=64", "deepseek-v3", nodes=8, gpn=8, redundant=64,
         tokens=(4 if q else 12) * 16384, tps=16384, ranks=64, relays=("first-destination", "same-rank"),
         time_limit=60.0,
+    )
+    run_case(
+        "(a2) DeepSeek-V3, 8×8 H100, R=64, node-level input mixes that persist", "deepseek-v3", nodes=8, gpn=8,
+        redundant=64, tokens=(4 if q else 12) * 16384, tps=16384, ranks=64, relays=("same-rank",), time_limit=60.0,
+        synth_kw={"sticky_ranks": True, "rank_groups": 8},
     )
     res_b, synth_b = run_case(
         "(b) Mixtral-8x7B, 1×8 H100, EP4×ETP2", "mixtral-8x7b", nodes=1, gpn=8, redundant=0, ep=4, etp=2,

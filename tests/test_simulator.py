@@ -94,3 +94,23 @@ def test_steps_are_separate():
     assert r.gpu_tokens_SLG[:, 0].tolist() == [[1, 1], [2, 0]]
     assert r.tokens_S.tolist() == [2, 2]
     assert r.step_ms_S.shape == (2,)
+
+
+def test_grouped_kernel_pays_the_launch_once_per_gpu(monkeypatch):
+    # grouped: each expert's share is D(M) - c (stand-in 0.01·M), plus c = 0.5 ms once per GPU
+    # that has a token. GPU0 holds e0,e1 (4 tokens over both), GPU1 holds e2,e3 (e3 idle).
+    monkeypatch.setattr(sim_mod, "grouped_model_ms", lambda hw, h, f, dt, tok: 0.01 * np.asarray(tok, float))
+    monkeypatch.setattr(sim_mod, "device_fit", lambda hw, dt: SimpleNamespace(fixed_ms=0.5))
+    ids = np.asarray([[0], [1], [0], [1], [2]])[None]
+    src = np.zeros(5, dtype=int)
+
+    def go(kernel):
+        return simulate_placement(
+            np.asarray([[0, 1, 2, 3]]), 2, ids, np.zeros(5, int), src, hw=HW, hidden=500, ffn=8,
+            dtype="bf16", num_experts=4, gpus_per_node=2, kernel=kernel,
+        )
+
+    assert go("grouped").compute_ms_SL[0, 0] == pytest.approx(0.5 + 0.04)  # GPU0: one launch, 4 tokens
+    assert go("loop").compute_ms_SL[0, 0] == pytest.approx(0.04)  # the linear stand-in has no fixed cost
+    with pytest.raises(Exception, match="kernel must be one of loop, grouped"):
+        go("fused")
