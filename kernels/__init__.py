@@ -7,7 +7,13 @@ name, such as Hugging Face's ``kernels``). In a source tree without an install,
 
 - :mod:`.moe_layer` — router, permute, grouped expert FFN, combine; one EP rank's share;
   a float64 reference.
+- :mod:`.offload_stack` — an offloaded stack of MoE layers replaying a trace (issue 6).
 - :mod:`.timing` — CUDA-event / CPU timers, weight rotation, :class:`~.timing.RankBench`.
+- :mod:`.distributed` — the EP-sharded layer over ``torch.distributed`` (uneven all-to-all
+  dispatch and combine), run by ``moe-planner validate --world-size N``.
+- :mod:`.profiler` — ``moe-planner profile``: measures a device and builds a hardware profile.
+- :mod:`.measure_common` — shapes of the presets, weight rotation, copy timing, fp8 FFN (shared
+  by the profiler and ``measure_h100.py``).
 - ``measure_h100.py`` — the standalone measurement script behind ``hwprofiles/measurements``.
 
 Importing this package does not import torch; its submodules do.
@@ -29,6 +35,10 @@ _WHERE = {
     "moe_forward": "moe_layer",
     "sharded_forward": "moe_layer",
     "reference_moe": "moe_layer",
+    "run_offloaded_stack": "offload_stack",
+    "StackTiming": "offload_stack",
+    "ep_forward": "distributed",
+    "all_to_all_v": "distributed",
     "bench": "timing",
     "RankBench": "timing",
     "BenchResult": "timing",

@@ -33,7 +33,8 @@ Forward pass (:func:`moe_forward`):
    ``y = (SiLU(x @ W_gate.T) · (x @ W_up.T)) @ W2.T`` — as one grouped GEMM per projection
    (``torch._grouped_mm`` with cumulative row offsets), or a fallback: a Python loop of
    per-expert matmuls (``loop``), or one batched matmul over a zero-padded ``[E, max_count, D]``
-   buffer (``padded``).
+   buffer (``padded``). With a single expert (L = 1 on an EP rank) every backend runs the plain
+   dense FFN (two GEMMs): a grouped or padded kernel over one group only adds work.
 4. **Combine** (:func:`combine`): ``out_TD[token_N] += weight_N · y_ND`` (``index_add_`` in
    float32, cast back to x's dtype).
 5. **Shared experts**: every token also passes one FFN of width S (the shared experts fused
@@ -280,6 +281,12 @@ def experts_ffn(
     assert x_ND.ndim == 2 and x_ND.shape[1] == D, (x_ND.shape, D)
     be = resolve_backend(backend, x_ND)
     N = x_ND.shape[0]
+    if E == 1:
+        # One expert (an EP rank holding a single slot, Mixtral at EP 8): a plain dense FFN, two
+        # ordinary GEMMs, whatever the backend; grouping or padding one group only adds work.
+        if not isinstance(counts_E, torch.Tensor):
+            assert sum(_counts_list(counts_E)) == N, (list(counts_E), N)
+        return ffn(x_ND, w13_E2FD[0], w2_EDF[0]) if N else x_ND.new_empty(0, D)
     if be == "grouped":
         if isinstance(counts_E, torch.Tensor):
             counts_t = counts_E.to(device=x_ND.device)

@@ -16,7 +16,7 @@ median over repeats):
   minimum over runs (all run medians are kept).
 - **CPU**: ``time.perf_counter`` around each call, same warm-up / median / minimum structure; no
   cache flush.
-- **Weights rotated** (:class:`Rotator`): consecutive calls read different copies of the
+- **Weights rotated** (:class:`Rotator`, from :mod:`.measure_common`): consecutive calls read different copies of the
   weights, at least 2 copies and together at least ``rotate_bytes`` (256 MB by default, five
   times the H100's 50 MB L2), so the L2 never holds the next call's weights.
 
@@ -30,12 +30,15 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from .measure_common import Rotator, n_copies
 from .moe_layer import resolve_backend, run_local_experts
+
+__all__ = ["BenchResult", "RankBench", "Rotator", "bench", "device_name", "method", "n_copies"]
 
 #: Bytes of the buffer zeroed before each timed CUDA call to flush the L2 (do_bench's size).
 FLUSH_BYTES = 256 * 2**20
@@ -57,27 +60,6 @@ class BenchResult:
     warmup: int
     host_ms: float | None = None
     lead_cycles: int = 0
-
-
-@dataclass
-class Rotator:
-    """Cycles through copies so that consecutive calls read different memory."""
-
-    copies: list[Any]
-    i: int = field(default=0)
-
-    def next(self) -> Any:
-        c = self.copies[self.i % len(self.copies)]
-        self.i += 1
-        return c
-
-
-def n_copies(bytes_one: float, rotate_bytes: float) -> int:
-    """Copies needed so that together they hold at least ``rotate_bytes`` (at least 2 when
-    rotating at all, 1 when ``rotate_bytes`` is 0)."""
-    if rotate_bytes <= 0:
-        return 1
-    return max(2, math.ceil(rotate_bytes / max(bytes_one, 1.0)))
 
 
 def _flush_buffer(device: torch.device) -> torch.Tensor:

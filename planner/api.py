@@ -31,6 +31,7 @@ from planner.simulator import (
     simulate_placement,
 )
 from planner.solve import baselines
+from planner.solve import parallel as parallel_search
 from planner.solve.degrees import resolve_degrees
 from planner.solve.placement import PlacementCost, PlacementInputs, solve_placement
 from planner.specs.base import format_validation_error
@@ -320,6 +321,9 @@ class Problem:
     time_limit: float
     seed: int
     options: dict[str, Any]
+    #: the parallelism search (planner.solve.parallel.SearchResult) that chose ``parallel``
+    search: Any = None
+    fixed: dict[str, Any] | None = None
 
     @property
     def slots_per_gpu(self) -> int:
@@ -344,6 +348,10 @@ class Problem:
             "held_out_steps": self.eval_trace.num_steps if self.eval_trace is not self.plan_trace else 0,
             "candidates": [self.baseline] if self.baseline else self.candidate_names(),
             "weights_per_gpu_gib": round(self.weights_per_gpu() / GIB, 3),
+            **({"memory_per_gpu_gib": round(self.check_memory() / GIB, 3),
+                "search": f"{self.search.best.label()}: {self.search.best.step_ms:.1f} ms/step, "
+                          f"{self.search.best.tokens_per_s:,.0f} tok/s ({self.search.enumerated} candidates, "
+                          f"{self.search.time_s:.2f} s)"} if self.search is not None else {}),
             "gpu_memory_gib": round(self.hardware.hbm_bytes / GIB, 3),
         }
 
@@ -353,7 +361,11 @@ class Problem:
         return weights_per_gpu_bytes(self.model, self.slots_per_gpu, par.tp, par.pp, par.etp)
 
     def check_memory(self) -> float:
-        """Weights per GPU in bytes; :class:`InfeasibleError` naming the numbers when they do not fit."""
+        """Memory per GPU in bytes for the mode when the parallelism search ran (weights,
+        gradients, optimizer, activations, KV cache: it checked the budget), else weights only;
+        :class:`InfeasibleError` naming the numbers when they do not fit."""
+        if self.search is not None and self.search.best.memory is not None:
+            return self.search.best.memory.total
         m, par, hw = self.model, self.parallel, self.hardware
         mem, cap = self.weights_per_gpu(), hw.hbm_bytes
         if mem > cap:
@@ -393,8 +405,19 @@ def prepare(
     time_limit: float = 60.0,
     seed: int = 0,
     train_fraction: float = 0.75,
+    cp: int | None = None,
+    recompute: str | None = None,
+    distributed_optimizer: bool | None = None,
+    latency_target_ms: float | None = None,
+    cross_node: bool = False,
 ) -> Problem:
-    """Load and check every input of a planning run; raises :class:`InputError` on bad input."""
+    """Load and check every input of a planning run; raises :class:`InputError` on bad input.
+
+    For ``train``, ``prefill`` and ``decode`` the degrees given are fixed and the rest chosen by
+    the parallelism search (:mod:`planner.solve.parallel`; ``cp``, ``recompute``,
+    ``distributed_optimizer``, ``latency_target_ms`` and ``cross_node`` are its options; decode's
+    batch defaults to the trace's tokens per step). :class:`InfeasibleError` when nothing fits.
+    """
     if time_limit <= 0:
         raise InputError(f"--time-limit must be > 0 seconds (got {time_limit})")
     if not 0 < train_fraction <= 1:
@@ -415,8 +438,15 @@ def prepare(
         )
     except ValidationError as e:
         raise InputError(format_validation_error("workload", e)) from None
-    if mode == "offload":
-        raise InputError("--mode offload is not implemented yet in this version (see the offload issue)")
+    if mode == "offload":  # one GPU, experts in host memory: planner.offload
+        from planner.offload import prepare_offload
+
+        tr, trace_label, recorded_counts = resolve_trace(trace, m, seed, tokens_per_step)
+        return prepare_offload(
+            m, hw, tr, trace_label, gpu_memory_gb=gpu_memory_gb, batch=micro_batch, seq_len=seq_len, seed=seed,
+            time_limit=time_limit, train_fraction=train_fraction, workload=workload,
+            notes=(CAVEAT,) if recorded_counts is not None else (),
+        )
     par = resolve_degrees(m, cluster, ep=ep, tp=tp, pp=pp, dp=dp, etp=etp, vpp=vpp, redundant=redundant_experts)
     if baseline in ("contiguous", "round-robin") and redundant_experts:
         raise InputError(
@@ -440,7 +470,26 @@ def prepare(
         plan_counts = rec_counts[planning].sum(axis=0)
     else:
         plan_counts = plan_tr.counts()
+    # parallelism search (planner.solve.parallel): the degrees given are fixed, the rest searched
+    fixed = {
+        "tp": tp, "pp": pp, "dp": dp, "ep": ep, "etp": etp, "vpp": vpp, "cp": cp, "micro_batch": micro_batch,
+        "recompute": recompute, "distributed_optimizer": distributed_optimizer,
+    }
+    found = None
+    if mode in parallel_search.MODES:
+        if mode == "decode" and global_batch is None:
+            batch = max(1, round(tr.num_tokens / max(1, tr.num_steps)))  # the trace's tokens per step
+        else:
+            batch = global_batch
+        found = parallel_search.search(
+            m, hw, cluster, mode=mode, seq_len=seq_len, global_batch=batch, fixed=fixed, redundant=redundant_experts,
+            latency_target_ms=latency_target_ms, cross_node=cross_node,
+        )
+        b = found.best
+        par = Parallel(dp=b.dp, tp=b.tp, pp=b.pp, ep=b.ep, etp=b.etp, vpp=b.vpp, cp=b.cp)
     options = {
+        "cp": cp, "recompute": recompute, "distributed_optimizer": distributed_optimizer,
+        "latency_target_ms": latency_target_ms, "cross_node": cross_node,
         "ep": ep, "tp": tp, "pp": pp, "dp": dp, "etp": etp, "vpp": vpp,
         "redundant_experts": redundant_experts, "baseline": baseline, "dispatch": dispatch,
         "seed": seed, "train_fraction": train_fraction,
@@ -449,7 +498,7 @@ def prepare(
         model=m, hardware=hw, cluster=cluster, workload=workload, parallel=par, trace=tr,
         trace_label=trace_label, plan_trace=plan_tr, plan_counts_LE=plan_counts, eval_trace=eval_tr, evaluated_on=evaluated_on,
         redundant_experts=redundant_experts, baseline=baseline, dispatch=dispatch,
-        time_limit=time_limit, seed=seed, options=options,
+        time_limit=time_limit, seed=seed, options=options, search=found, fixed=fixed,
     )
 
 
@@ -498,6 +547,12 @@ def solve(
     :mod:`planner.solve.placement`). ``relay``: the simulator's convention for where an
     inter-node copy lands, for planning and scoring (default :data:`planner.simulator.DEFAULT_RELAY`).
     """
+    from planner.offload import OffloadProblem, solve_offload
+
+    if isinstance(problem, OffloadProblem):
+        if previous is not None:
+            raise InputError("--previous re-plans expert placement; it has no effect with --mode offload")
+        return solve_offload(problem)
     t0 = time.perf_counter()
     relay = check_relay(relay)
     pr = problem
@@ -539,6 +594,10 @@ def solve(
     if relay != DEFAULT_RELAY:
         notes.append(f"traffic scored with the simulator's {relay!r} relay convention")
     predicted = summarize(sim, pr.evaluated_on, mem / GIB, notes)
+    search_report = None
+    if pr.search is not None:
+        predicted = predicted.model_copy(update=parallel_search.predicted_figures(pr.search))
+        search_report = parallel_search.to_report(pr.search, pr.fixed or {}, pr.workload.mode)
     elapsed = round(time.perf_counter() - t0, 3)
     if pr.baseline is None:
         solver = SolverReport(
@@ -564,7 +623,7 @@ def solve(
         created=_dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
         trace=pr.trace_label,
     )
-    return Plan(
+    out = Plan(
         model=m,
         cluster=cluster,
         workload=pr.workload,
@@ -572,9 +631,13 @@ def solve(
         placement=Placement(slots_per_gpu=slots, physical_to_logical=p2l.tolist()),
         dispatch=pr.dispatch,
         predicted=predicted,
+        search=search_report,
         solver=solver,
         provenance=provenance,
     )
+    if search_report is not None:
+        out = out.model_copy(update={"launch": parallel_search.launch_args(out)})
+    return out
 
 
 def plan(model: str | ModelSpec = DEFAULT_MODEL, hardware: str | HardwareProfile = DEFAULT_HARDWARE, **kwargs: Any) -> Plan:
@@ -626,10 +689,13 @@ def simulate(
 ) -> SimulationReport:
     """Replay every step of ``trace`` through ``plan``'s placement (all steps: the trace is not
     split). ``hardware`` defaults to the plan's profile by name; ``relay`` to
-    :data:`planner.simulator.DEFAULT_RELAY`. Offload plans (a ``cache``) are not simulated yet."""
+    :data:`planner.simulator.DEFAULT_RELAY`. Offload plans (a ``cache``) are replayed through the
+    expert-cache simulator instead (:class:`planner.offload.OffloadSimulationReport`)."""
     p = Plan.load(plan) if isinstance(plan, str | Path) else plan
-    if p.cache is not None:
-        raise InputError("simulate: offload plans (with a cache) are not simulated yet in this version")
+    if p.cache is not None:  # offload plan: the cache simulator (planner.offload)
+        from planner.offload import OffloadSimulationReport
+
+        return OffloadSimulationReport.run(p, trace, hardware, tokens_per_step)
     hw = resolve_hardware(hardware if hardware is not None else p.cluster.hardware)
     relay = check_relay(relay)
     tr, label, _counts = resolve_trace(trace, p.model, p.provenance.seed, tokens_per_step)

@@ -223,6 +223,10 @@ def _hardware(parts: Any, hardware: HardwareProfile | str | None) -> tuple[Hardw
 
 
 def memory_problems(parts: Any, m: ModelSpec, hw: HardwareProfile) -> list[str]:
+    if parts.cache is not None:  # offload: experts live in host memory, the cache holds the GPU's share
+        from planner.offload import cache_memory_problems
+
+        return cache_memory_problems(parts.cache, m, hw)
     par, pl = parts.parallel, parts.placement
     need = weights_per_gpu_bytes(m, pl.slots_per_gpu, par.tp, par.pp, par.etp)
     cap = hw.hbm_bytes
@@ -285,10 +289,15 @@ def predicted_problems(parts: Any, m: ModelSpec) -> list[str]:
     if pred.moe_time_p50_ms > pred.moe_time_p99_ms * (1 + REL_TOL):
         out.append(f"predicted.moe_time_p50_ms ({pred.moe_time_p50_ms:.6g}) exceeds moe_time_p99_ms ({pred.moe_time_p99_ms:.6g})")
     mem = weights_per_gpu_bytes(m, pl.slots_per_gpu, par.tp, par.pp, par.etp) / GIB
-    if not _close(pred.memory_per_gpu_gib, mem, MEM_REL_TOL):
-        out.append(
-            f"predicted.memory_per_gpu_gib is {pred.memory_per_gpu_gib:.4g} GiB, the placement's weights are {mem:.4g} GiB per GPU"
-        )
+    # with the parallelism search's breakdown, memory_per_gpu_gib is the whole memory: check its weights
+    got_w, what = pred.memory_per_gpu_gib, "predicted.memory_per_gpu_gib"
+    if "weights" in pred.memory_breakdown_gib:
+        got_w, what = pred.memory_breakdown_gib["weights"], "predicted.memory_breakdown_gib['weights']"
+    if parts.cache is None and not _close(got_w, mem, MEM_REL_TOL):
+        out.append(f"{what} is {got_w:.4g} GiB, the placement's weights are {mem:.4g} GiB per GPU")
+    total = sum(pred.memory_breakdown_gib.values())
+    if pred.memory_breakdown_gib and not _close(pred.memory_per_gpu_gib, total, MEM_REL_TOL):
+        out.append(f"predicted.memory_per_gpu_gib is {pred.memory_per_gpu_gib:.4g} GiB, its breakdown sums to {total:.4g} GiB")
     if par.ep * par.etp <= c.gpus_per_node and pred.inter_node_bytes_per_step > 0:
         out.append(
             f"predicted.inter_node_bytes_per_step is {pred.inter_node_bytes_per_step:.4g}, but each EP group "

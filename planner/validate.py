@@ -292,8 +292,10 @@ def validate(
     bad = [b for b in backends if b not in BACKENDS]
     if bad or not backends:
         raise InputError(f"--backend must be one of {', '.join(BACKENDS)} (got {bad[0] if bad else 'none'!r})")
-    if plan.cache is not None:
-        raise InputError("validate does not run offload plans yet (the plan has a cache section)")
+    if plan.cache is not None:  # offload plans: the offloaded stack (planner.offload_validate)
+        from planner.offload_validate import validate_offload
+
+        return validate_offload(plan, trace=trace, device=device, steps=steps, layers=layers, progress=progress)
     say = progress or (lambda _msg: None)
 
     kernels = load_kernels()
@@ -466,6 +468,10 @@ def validate(
 
 def render(report: dict[str, Any], max_rows: int = 12) -> str:
     """Human-readable summary of a report."""
+    if report.get("mode") == "offload":
+        from planner.offload_validate import render as render_offload
+
+        return render_offload(report)
     pl, ev, dev = report["plan"], report["evaluated"], report["device"]
     bks = list(report["backends"])
     lines = [

@@ -24,14 +24,17 @@ def cli() -> None:
 def _register() -> None:
     from planner.cli.check_cmd import check
     from planner.cli.export_cmd import export
+    from planner.cli.offload_cmd import offload_curve
     from planner.cli.plan_cmd import plan
     from planner.cli.predict_cmd import predict
+    from planner.cli.profile_cmd import profile
     from planner.cli.schema_cmd import schema
     from planner.cli.simulate_cmd import simulate
+    from planner.cli.sweep_cmd import sweep
     from planner.cli.trace_cmd import trace
     from planner.cli.validate_cmd import validate
 
-    for cmd in (plan, schema, trace, validate, export, check, predict, simulate):
+    for cmd in (plan, schema, trace, validate, export, check, predict, simulate, sweep, profile, offload_curve):
         cli.add_command(cmd)
 
 
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     Runs the CLI and maps project errors to exit codes; returns the exit code.
     """
     try:
-        cli.main(args=argv, prog_name="moe-planner", standalone_mode=False)
+        # click returns the code of a ``ctx.exit(code)`` / ``click.exceptions.Exit`` here
+        rc = cli.main(args=argv, prog_name="moe-planner", standalone_mode=False)
     except InputError as e:
         click.echo(f"error: {e}", err=True)
         return 2
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
-    return 0
+    return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
 
 
 if __name__ == "__main__":

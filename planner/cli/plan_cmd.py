@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from planner.io import check_writable
+from planner.offload import render_cache
+from planner.solve.parallel import render_launch
 
 
 def _fmt_bytes(b: float) -> str:
@@ -51,9 +53,13 @@ def render_plan(plan) -> str:
             f" (p50 {pred.moe_time_p50_ms:.3f}, p99 {pred.moe_time_p99_ms:.3f})",
             f"  bytes per step: NVLink {_fmt_bytes(pred.intra_node_bytes_per_step)},"
             f" inter-node {_fmt_bytes(pred.inter_node_bytes_per_step)}",
-            f"  weights per GPU: {pred.memory_per_gpu_gib:.2f} GiB",
+            f"  {'memory' if pred.memory_breakdown_gib else 'weights'} per GPU: {pred.memory_per_gpu_gib:.2f} GiB"
+            + (" (" + ", ".join(f"{k} {v:.1f}" for k, v in pred.memory_breakdown_gib.items() if v > 0.05) + ")"
+               if pred.memory_breakdown_gib else ""),
         ]
         lines += [f"  note: {n}" for n in pred.notes]
+    lines += render_launch(plan)  # parallelism search and launch arguments (planner.solve.parallel)
+    lines += render_cache(plan)  # offload mode: the GPU expert cache (planner.offload)
     return "\n".join(lines)
 
 
@@ -71,6 +77,10 @@ def render_plan(plan) -> str:
 @click.option("--etp", type=int, default=None, help="Expert tensor-parallel degree")
 @click.option("--vpp", type=int, default=None, help="Virtual pipeline stages")
 @click.option("--micro-batch", type=int, default=None, help="Micro-batch size (sequences)")
+@click.option("--cp", type=int, default=None, help="Context-parallel degree (train; omitted: searched)")
+@click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None, help="Activation recompute (train; omitted: searched)")
+@click.option("--latency-target-ms", type=float, default=None, help="Serving: per-token latency target for the parallelism search, ms")
+@click.option("--cross-node", is_flag=True, help="Let TP and EP×ETP groups span nodes in the parallelism search")
 @click.option("--global-batch", type=int, default=None, help="Global batch size (sequences)")
 @click.option("--seq-len", type=int, default=4096, show_default=True, help="Sequence length")
 @click.option("--tokens-per-step", type=int, default=None, help="Tokens per step when the trace has no step array")

@@ -21,6 +21,10 @@ def _mb(b: float) -> str:
 def render(summary: dict) -> str:
     """The human-readable table of a simulation summary."""
     s = summary
+    if s.get("mode") == "offload":  # offload plans: the expert-cache simulator (planner.offload)
+        from planner.offload import render_simulation
+
+        return render_simulation(s)
     t = s["moe_time_per_step_ms"]
     lines = [
         f"moe-planner simulate: {s['model']} on {s['cluster']}, dispatch {s['dispatch']}, relay {s['relay']}",

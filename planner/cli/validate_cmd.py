@@ -1,7 +1,9 @@
 """``moe-planner validate``: execute each EP rank's share of a plan and report predicted vs measured.
 
 A thin shell over :func:`planner.validate.validate` (what runs and how it is compared is
-documented there). Needs torch (``pip install 'moe-planner[torch]'``); without it, or with
+documented there); with ``--world-size N``, over :func:`planner.validate_dist.validate_distributed`
+(the EP-sharded layer on N ranks with real all-to-all, checked against the unsharded layer; exit
+1 when ``max_abs_err`` exceeds ``--tol``). Needs torch (``pip install 'moe-planner[torch]'``); without it, or with
 ``--device cuda`` where torch sees no GPU, it exits 2 with one line. Progress goes to stderr;
 ``--json`` prints the report on stdout; ``--out FILE`` writes it (refusing to overwrite without
 ``--force``).
@@ -42,7 +44,7 @@ def _argv(ctx: click.Context) -> list[str]:
               help="Where to execute (default: cuda when torch sees a GPU, else cpu)")
 @click.option("--steps", type=int, default=None, help="Evaluate only the first N evaluated steps")
 @click.option("--layers", type=int, default=None, help="Evaluate N MoE layers evenly spaced (default: all)")
-@click.option("--max-tokens", type=int, default=None, help="Cap every expert slot's rows at N (small CPU runs)")
+@click.option("--max-tokens", type=int, default=None, help="Cap every expert slot's rows at N (small CPU runs; with --world-size: N of each step's tokens)")
 @click.option("--backend", "backends", multiple=True, type=click.Choice(["auto", "grouped", "loop", "padded"]),
               help="Expert-FFN backend(s) to measure; repeat for several (default: auto)")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per run")
@@ -53,8 +55,15 @@ def _argv(ctx: click.Context) -> list[str]:
 @click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False), help="Write the JSON report here")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout")
+@click.option("--world-size", type=int, default=None,
+              help="Run the EP-sharded layer on N local ranks with real all-to-all (N = the plan's ep; or under torchrun)")
+@click.option("--dtype", "dist_dtype", type=click.Choice(["float32", "float64", "bfloat16"]), default=None,
+              help="With --world-size: dtype of the run (default: bfloat16 on cuda, float32 on cpu)")
+@click.option("--tol", type=float, default=None, help="With --world-size: max_abs_err above this exits 1 (default by dtype)")
+@click.option("--a2a", type=click.Choice(["native", "p2p"]), default="native", show_default=True,
+              help="With --world-size: all_to_all_single with uneven splits, or isend/irecv pairs")
 def validate(plan_path, trace_path, device, steps, layers, max_tokens, backends, warmup, reps, runs, eager,
-             budget_s, out_path, force, as_json) -> None:
+             budget_s, out_path, force, as_json, world_size, dist_dtype, tol, a2a) -> None:
     """Execute the real MoE layers a plan implies (one EP rank at a time) and compare with the prediction."""
     from planner.specs.plan import Plan
     from planner.validate import TimingOptions, load_kernels, render
@@ -68,6 +77,13 @@ def validate(plan_path, trace_path, device, steps, layers, max_tokens, backends,
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if world_size is not None:  # several ranks: planner/validate_dist.py
+        from planner.validate_dist import run_cli
+
+        return run_cli(plan, world_size=world_size, trace=trace_path, device=device, steps=steps, layers=layers,
+                       max_tokens=max_tokens, dtype=dist_dtype, tol=tol, backend=(backends or ("auto",))[0], a2a=a2a,
+                       warmup=warmup, reps=reps, argv=_argv(click.get_current_context()), out_path=out_path,
+                       as_json=as_json)
     report = run_validate(
         plan,
         trace=trace_path,

@@ -89,7 +89,7 @@ class MemoryBreakdown:
 
     @property
     def total(self) -> float:
-        return sum(asdict(self).values())
+        return self.weights + self.gradients + self.optimizer + self.activations + self.kv_cache + self.dispatch_buffers
 
     @property
     def total_gib(self) -> float:

@@ -127,8 +127,22 @@ def args(plan: Plan) -> list[str]:
         "--moe-router-score-function", m.scoring,
         "--moe-grouped-gemm",
         "--moe-token-dispatcher-type", "alltoall",
-        "--use-distributed-optimizer",
     ]
+    chosen = plan.search.chosen if plan.search is not None and plan.workload.mode == "train" else None
+    if chosen is None or chosen.distributed_optimizer:
+        out += ["--use-distributed-optimizer"]
+    if chosen is not None:  # the parallelism search's training settings (planner.solve.parallel)
+        per = -(-m.num_layers // par.pp)
+        if par.pp > 1 and m.num_layers % par.pp:
+            out += ["--decoder-last-pipeline-num-layers", str(m.num_layers - (par.pp - 1) * per)]
+        out += ["--seq-length", str(plan.workload.seq_len), "--micro-batch-size", str(chosen.micro_batch)]
+        if chosen.global_batch:
+            out += ["--global-batch-size", str(chosen.global_batch)]
+        if chosen.recompute == "selective":
+            out += ["--recompute-granularity", "selective"]
+        elif chosen.recompute == "full":
+            out += ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
+        out += ["--overlap-grad-reduce"] + (["--overlap-param-gather"] if chosen.distributed_optimizer else [])
     return out
 
 

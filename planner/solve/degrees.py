@@ -1,8 +1,9 @@
 """Parallel degrees for a placement plan: the user's fixed degrees, checked, defaults filled.
 
-This first version does not search (the parallelism search comes later): omitted degrees
-default to TP = PP = ETP = 1, EP = GPUs per pipeline stage, DP = GPUs / (TP · PP). Every rule
-is checked with a message that names the numbers and what would be valid.
+It checks the degrees the user fixed, with messages that name the numbers and what would be
+valid; omitted degrees default to TP = PP = ETP = 1, EP = GPUs per pipeline stage, DP = GPUs /
+(TP · PP). :func:`planner.api.prepare` calls it to validate the fixed degrees, then lets the
+parallelism search (:mod:`planner.solve.parallel`) choose the omitted ones.
 """
 
 from __future__ import annotations

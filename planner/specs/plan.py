@@ -21,6 +21,7 @@ from planner.io import atomic_write_text
 from planner.specs.base import Spec, parse, read_mapping, show
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
+from planner.specs.search import LaunchArgs, SearchReport
 from planner.specs.workload import Workload
 
 SCHEMA_VERSION = "1"
@@ -52,6 +53,12 @@ class Prefetch(Spec):
 
     count: int = Field(ge=0, description="Experts of the next layer fetched ahead per layer")
     predictor: str = Field(description="How they are chosen (e.g. 'cross-layer-transition', 'frequency')")
+    threshold: float | None = Field(
+        default=None, ge=0, le=1, description="Fetch a predicted expert only when P(needed) >= threshold (None: the top `count`)"
+    )
+    accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="Prefetched experts that were then needed / prefetched, on the evaluated steps"
+    )
 
 
 class CachePlan(Spec):
@@ -62,6 +69,30 @@ class CachePlan(Spec):
     dynamic_slots: list[int] = Field(description="[num_moe_layers] further cache slots per layer for experts not pinned")
     policy: Literal["lru", "lfu"] = Field(default="lru", description="Replacement policy of the dynamic slots")
     prefetch: Prefetch | None = Field(default=None, description="Next-layer prefetch, if any")
+    staging_slots: int = Field(default=0, ge=0, description="Expert-sized staging buffers for on-demand copies (in budget_bytes)")
+    cpu_execution: Literal["off", "fastest", "all"] = Field(
+        default="off",
+        description="Missed experts: always copied (off), run on the host CPU when that finishes first (fastest), always on the CPU (all)",
+    )
+    predicted: CachePredicted | None = Field(default=None, description="Offload figures predicted on the evaluated steps")
+
+
+class CachePredicted(Spec):
+    """Offload mode: what the cache simulator predicts on the evaluated steps."""
+
+    hit_rate: float = Field(ge=0, le=1, description="Needed experts found on the GPU (resident, cached or prefetched) / needed")
+    hit_rate_per_layer: list[float] = Field(description="[num_moe_layers] hit rate of each MoE layer")
+    transfers_per_step: float = Field(ge=0, description="Host-to-device expert copies per decode step (demand plus prefetch)")
+    cpu_per_step: float = Field(default=0.0, ge=0, description="Missed experts run on the host CPU instead of copied, per decode step")
+    bytes_per_step: float = Field(ge=0, description="Host-to-device bytes per decode step")
+    stall_ms_per_step: float = Field(ge=0, description="Time per step lost waiting for expert copies, ms")
+    step_ms: float = Field(ge=0, description="Predicted decode step time (all layers, copies and stalls), ms")
+    tokens_per_s: float = Field(ge=0, description="Predicted decode tokens per second (batch / step time)")
+    decode_batch: int = Field(gt=0, description="Tokens per decode step")
+    belady_transfers_per_step: float | None = Field(
+        default=None, ge=0,
+        description="Belady's optimum for the same slots shared by all layers, warm start: a lower bound on misses per step",
+    )
 
 
 class LayerPrediction(Spec):
@@ -88,11 +119,19 @@ class Predicted(Spec):
     intra_node_bytes_per_step: float = Field(ge=0, description="Dispatch+combine bytes over NVLink per step, all layers")
     inter_node_bytes_per_step: float = Field(ge=0, description="Dispatch+combine bytes between nodes per step, all layers")
     tokens_per_step: float = Field(ge=0, description="Tokens in one evaluated step (mean)")
-    memory_per_gpu_gib: float = Field(ge=0, description="Weights per GPU (experts of its slots plus its share of the rest), GiB")
+    memory_per_gpu_gib: float = Field(
+        ge=0,
+        description="Memory per GPU for the mode, GiB: weights, plus gradients, optimizer state and activations when "
+        "training, plus KV cache, activations and dispatch buffers when serving (memory_breakdown_gib); weights only "
+        "when no parallelism search ran",
+    )
     per_layer: list[LayerPrediction] = Field(description="Per-MoE-layer breakdown")
     notes: list[str] = Field(default_factory=list, description="Caveats that qualify these figures")
-    tokens_per_s: float | None = Field(default=None, description="Train mode: tokens per second (later issues)")
-    tflops_per_gpu: float | None = Field(default=None, description="Train mode: model FLOPs per step / step time / GPUs (later issues)")
+    tokens_per_s: float | None = Field(default=None, description="Predicted tokens per second across the cluster (train: step tokens / step time; serving: throughput)")
+    tflops_per_gpu: float | None = Field(default=None, description="Train mode: model FLOPs per step / step time / GPUs (Megatron's FLOP count, planner.cost.step)")
+    step_time_ms: float | None = Field(default=None, ge=0, description="Whole step predicted by the step-time model (train: optimizer step; serving: forward step), ms")
+    latency_per_token_ms: float | None = Field(default=None, ge=0, description="Serving: per-token latency (decode) or time to first token (prefill), ms")
+    memory_breakdown_gib: dict[str, float] = Field(default_factory=dict, description="memory_per_gpu_gib by kind (weights, gradients, optimizer, activations, kv_cache, dispatch_buffers), GiB")
 
 
 class SolverReport(Spec):
@@ -131,6 +170,8 @@ class Plan(Spec):
     dispatch: Literal["even", "local-first"] = Field(default="even", description="How a token picks among replicas of its expert")
     cache: CachePlan | None = Field(default=None, description="Offload mode: GPU expert cache")
     predicted: Predicted | None = Field(default=None, description="Predicted figures")
+    search: SearchReport | None = Field(default=None, description="Parallelism search: alternatives, rejections and the chosen settings")
+    launch: LaunchArgs | None = Field(default=None, description="Launch arguments for Megatron-core, vLLM and SGLang")
     solver: SolverReport = Field(description="Solver report")
     provenance: Provenance = Field(description="Provenance")
 

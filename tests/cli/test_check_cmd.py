@@ -57,7 +57,7 @@ def test_every_problem_is_listed_not_just_the_first(raw, tmp_path, capsys):
     assert any(p.startswith("placement.physical_to_logical[4] has 71 slots, ep × slots_per_gpu is 72, not a multiple of ep 8") for p in problems)
     assert any(p.startswith("predicted.moe_time_per_step_ms is ") for p in problems)
     assert any(p.startswith("predicted.per_layer[2].total_ms is ") for p in problems)
-    assert any(p.startswith("predicted.memory_per_gpu_gib is 1 GiB, the placement's weights are 6.213 GiB") for p in problems)
+    assert any(p.startswith("predicted.memory_per_gpu_gib is 1 GiB, its breakdown sums to") for p in problems)
     assert len(problems) == 8
     path = _write(tmp_path, raw)
     # Plan.load stops at the first of them
@@ -89,7 +89,7 @@ def test_same_shape_other_model_checks_the_rows_against_the_model_given(plan):
     model_line, memory_line = check_plan(plan, model=other)
     assert model_line == "model: the plan's model deepseek-v2-lite differs from the model given (v2-lite-wide) in hidden_size (2048 vs 4096)"
     # the predicted memory was computed for the plan's model; the wider model needs twice the weights
-    assert memory_line == "predicted.memory_per_gpu_gib is 6.213 GiB, the placement's weights are 12.32 GiB per GPU"
+    assert memory_line == "predicted.memory_breakdown_gib['weights'] is 6.213 GiB, the placement's weights are 12.32 GiB per GPU"
 
 
 def test_memory_against_the_hardware_profile(plan):

@@ -32,7 +32,8 @@ def run(capsys, *args):
 def plan_file(tmp_path, capsys):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(yaml.safe_dump(TINY))
-    code, _, err = run(capsys, "plan", "--model", spec, "--out", tmp_path / "p")
+    # --ep 8: one expert per rank (the search alone would replicate this tiny model on every GPU)
+    code, _, err = run(capsys, "plan", "--model", spec, "--ep", "8", "--out", tmp_path / "p")
     assert code == 0, err
     return tmp_path / "p" / "plan.json"
 

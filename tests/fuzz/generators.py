@@ -23,9 +23,8 @@ Loaders (the keys of :data:`LOADERS`):
 ``sglang``      SGLang ``logical_count`` ``.json``: load_trace
 ``sglang_pt``   SGLang ``logical_count`` ``.pt`` (needs torch): load_trace
 ``plan``        ``plan.json`` (mutated ``planner.plan("mixtral-8x7b")``): Plan.load
+``sweep``       sweep spec ``.yaml`` / ``.json`` (mutated ``examples/sweep.yaml``): check_spec_file
 ==============  ================================================================================
-
-There is no sweep-spec loader yet (``moe-planner sweep`` is not implemented): nothing to fuzz.
 
 Mutations of a JSON/YAML document (:func:`mutated_doc`): delete a field, replace a value with
 a nasty one (None, bools, 0, -1, 2**63, 10**300, NaN, ±inf, 1e308, huge or odd strings, nested
@@ -394,6 +393,15 @@ def plan_doc() -> dict[str, Any]:
 def plan_cases(draw: Any) -> Case:
     """A plan.json made from ``planner.plan("mixtral-8x7b")``."""
     return draw(_document_case("plan", plan_doc(), ["json", "json", "json", "yaml"], "plan"))
+
+
+SWEEP_SPEC = ROOT / "examples" / "sweep.yaml"
+
+
+@st.composite
+def sweep_cases(draw: Any) -> Case:
+    """A sweep spec (.yaml or .json) made from ``examples/sweep.yaml``."""
+    return draw(_document_case("sweep", _yaml_doc(SWEEP_SPEC), ["yaml", "yaml", "json"], "sweep"))
 
 
 # ---- traces --------------------------------------------------------------------------------
@@ -769,6 +777,12 @@ def _load_plan(path: Path, case: Case) -> Any:
     return Plan.load(path)
 
 
+def _load_sweep(path: Path, case: Case) -> Any:
+    from planner.specs.sweep import check_spec_file
+
+    return check_spec_file(path)
+
+
 LOADERS: dict[str, Callable[[Path, Case], Any]] = {
     "model": _load_model,
     "hf": _load_model,
@@ -777,6 +791,7 @@ LOADERS: dict[str, Callable[[Path, Case], Any]] = {
     "sglang": _load_trace,
     "sglang_pt": _load_trace,
     "plan": _load_plan,
+    "sweep": _load_sweep,
 }
 
 STRATEGIES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
@@ -787,6 +802,7 @@ STRATEGIES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
     "sglang": sglang_cases,
     "sglang_pt": sglang_pt_cases,
     "plan": plan_cases,
+    "sweep": sweep_cases,
 }
 
 
@@ -816,12 +832,22 @@ def _plan_follow_up(obj: Any, tmp: Path) -> None:
             assert problem is None, f"export {fmt}: {problem}: {e}"
 
 
+def _sweep_follow_up(obj: Any, tmp: Path) -> None:
+    """An accepted spec expands into its combinations, their keys and the CSV header."""
+    from planner.sweep import columns, tasks
+
+    if obj.size <= 10_000:
+        assert len(tasks(obj, tmp)) == obj.size
+    columns(obj)
+
+
 #: Checks run on what a loader accepted: they too may only raise InputError.
 FOLLOW_UPS: dict[str, Callable[[Any, Path], None]] = {
     "trace": _trace_follow_up,
     "sglang": _trace_follow_up,
     "sglang_pt": _trace_follow_up,
     "plan": _plan_follow_up,
+    "sweep": _sweep_follow_up,
 }
 
 #: The CLI command that reads a loader's file first: a rejected file must exit 2 with one line.
@@ -833,6 +859,7 @@ CLI_ARGS: dict[str, Callable[[Path, Path], list[str]]] = {
     "sglang": lambda p, tmp: ["trace", "stats", str(p)],
     "sglang_pt": lambda p, tmp: ["trace", "stats", str(p)],
     "plan": lambda p, tmp: ["export", "--plan", str(p), "--to", "eplb", "--out", str(tmp / "eplb.npz")],
+    "sweep": lambda p, tmp: ["sweep", str(p), "--out", str(tmp / "sweep-out"), "--jobs", "1"],
 }
 
 #: Longest acceptable error message (a message must stay readable on one terminal line or two).

@@ -6,7 +6,7 @@ The generators (mutated real fixtures, garbage, hand-made archives) live in
 Example counts keep this file well under a minute; ``FUZZ_EXAMPLES=2000`` raises every count,
 ``FUZZ_RANDOM=1`` draws fresh examples instead of the fixed (derandomized) ones.
 
-There is no sweep-spec loader yet (``moe-planner sweep`` is not implemented), so none is fuzzed.
+The sweep-spec loader is fuzzed in ``test_sweep_spec.py``.
 """
 
 from __future__ import annotations

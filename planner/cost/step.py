@@ -1,0 +1,559 @@
+"""Step time of a whole deployment: one training step (``train``) or one forward step when serving
+(``prefill``, ``decode``), composed from the per-kernel pieces of :mod:`planner.cost`.
+
+Legend: N GPUs, n GPUs per node, L layers (L_moe MoE), h hidden, f expert FFN width, E routed
+experts, k top-k, V vocabulary, s sequence length, b micro-batch (sequences), B global batch
+(sequences), tp/cp/pp/vpp/dp/ep/etp the degrees (dp = N / (tp·cp·pp)), m = B / (dp·b)
+micro-batches. Times in ms. Rank order (Megatron-core): tp innermost, then cp, dp, pp for the
+dense part; etp innermost, then ep, then the expert-data-parallel group for experts.
+
+**Training, one micro-batch on one GPU** (T = b·s/cp tokens of its CP rank; T/tp after sequence
+parallelism)::
+
+    attention      attention_ms(prefill, b sequences of s, tp) / cp          (layers.py)
+    cp ring        (cp−1)·T·2·kv·d_h·2 B over the CP link, hidden behind the attention core
+    tp comm        all-gather + reduce-scatter of T·h·2 B before / after each of the two blocks
+    MoE block      router, permute, combine on T/tp tokens; shared experts (width f_sh/tp) on T
+                   experts: grouped GEMM of E/ep local experts at M = k·(T/tp)·ep·etp/E tokens
+                   each, width f/etp (compute.grouped_experts_ms, kernel "grouped" =
+                   --moe-grouped-gemm); etp > 1: all-gather + reduce-scatter of the dispatched
+                   tokens over the ETP group
+    dispatch       Megatron's ``alltoall`` dispatcher sends every (token, expert) pair on its
+                   own: per GPU k·(T/tp)·h·2 B, the shares to other GPUs of the node and to other
+                   nodes from comm.uniform_remote_fractions (pairs), each path α + bytes/BW,
+                   the slower decides; dispatch + combine
+    dense layer    dense FFN of width f_d/tp on T tokens
+    LM head        GEMM [T, h] @ [h, V/tp] on the last stage
+
+    elementwise    ELEMENTWISE_PASSES · T·h·2 B of memory passes (norms, residual adds, RoPE)
+
+    train(layer)   = 3 · compute (training_ms: backward ≈ 2 × forward) + 0.5 · attention core
+                     (flash-attention backward ≈ 2.5 × its forward, ATTN_BACKWARD_FACTOR)
+                     + 2 · comm (forward and backward move the same bytes)
+                     + MAIN_GRAD_BYTES (8) per local parameter of the layer (fp32 main-gradient
+                       accumulation, a memory pass per micro-batch);
+                     recompute "selective" adds the attention core once more, "full" the whole
+                     forward (compute and comm) once more
+
+**Pipeline** (1F1B, interleaved with vpp virtual stages; Narayanan et al. 2021)::
+
+    t_stage   = the slowest stage's micro-batch time (first stage: its dense layers; last stage:
+                its layers and the LM head; ⌈L/pp⌉ layers each)
+    t_pipe    = (m + (pp − 1)/vpp) · t_stage          (bubble fraction (pp − 1)/(vpp·m))
+    t_p2p     = 2·m·(α + T·h·2/tp / BW)  exposed without interleaving (pp > 1, vpp = 1);
+                interleaved schedules overlap it (Megatron's overlap_p2p_comm)
+
+**Data-parallel sync** (Megatron DDP, --overlap-grad-reduce / --overlap-param-gather)::
+
+    distributed optimizer: reduce-scatter of fp32 gradients (4 B/param) + all-gather of bf16
+                           weights (2 B/param); else an all-reduce of fp32 gradients
+    groups: non-expert params P_d = non-expert/(tp·pp) over dp·cp GPUs (stride tp),
+            expert params P_e = (E/ep)·3hf·L_moe_stage/etp over edp = dp·cp·tp/(ep·etp) GPUs
+            (stride ep·etp)
+    exposed = max(0, t_reduce − ⅔·t_stage) + max(0, t_gather − ⅓·t_stage)
+              (gradients reduce during the last micro-batch's backward, weights gather during
+               the first one's forward)
+    optimizer: Adam reads and writes ≈ 30 B per local parameter shard (memory pass)
+
+    step = t_pipe + t_p2p + exposed + optimizer;  tokens/s = B·s / step
+
+**Model FLOPs** (what ``tflops_per_gpu`` counts; Megatron-LM's ``num_floating_point_operations``
+convention, so that figures compare with Megatron's reported TFLOP/s)::
+
+    F = 6·B·s·(P_active − h·V·[untied input embedding]) + 12·B·s²·L·a·d_h
+
+i.e. 6 FLOPs per active matmul parameter and token (forward 2, backward 4; router and output layer
+included, the input embedding lookup not), plus attention scores and values counted as full
+(non-causal) s×s products, forward and backward, as Megatron does; recompute is not counted
+(model FLOPs, not hardware FLOPs). tflops_per_gpu = F / step / N.
+
+**Calibration, honestly stated.** No constant here is fitted to a published run: kernel times
+come from the H100 profile's measured tables and device fit, links from FACTS.md §3, the factors
+above from their sources. Against Megatron-core's Mixtral 8x7B run (468 TFLOP/s per GPU) the
+model predicts +10.7% (benchmarks/parallelism.py): it still misses what it does not model
+(routing imbalance in training, kernel launch gaps, clocks under sustained load).
+
+**Serving, one forward step** (attention data-parallel over dp = N/(tp·pp) ranks, each with
+⌈B/dp⌉ sequences; decode: one new token each over a context of s; prefill: s new tokens each)::
+
+    layer   = attention(tp) + 2 · tp all-reduce of the rank's tokens
+              + MoE (router, permute, grouped experts of S = (E+R)/ep slots at
+                M = k·T_ep/(E+R), DeepEP dispatch/combine from comm.uniform_remote_fractions,
+                combine, shared experts) or the dense FFN
+    latency = Σ layers + LM head;   throughput = tokens of the step / latency
+    (per-token latency in decode = the step's latency; prefill = time to the first token)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from planner.cost.comm import Link, collective_ms, group_link, nic, nvlink, uniform_remote_fractions
+from planner.cost.compute import grouped_experts_ms
+from planner.cost.layers import (
+    ACT_BYTES,
+    attention_ms,
+    combine_ms,
+    dense_ffn_ms,
+    gemm_ms,
+    memory_pass_ms,
+    permute_ms,
+    router_ms,
+    shared_experts_ms,
+    training_ms,
+)
+from planner.errors import InputError
+from planner.specs.hardware import HardwareProfile
+from planner.specs.model import ModelSpec
+
+#: Bytes the optimizer step reads and writes per local parameter shard (fp32 master weight, Adam
+#: m and v read and written, fp32 gradient read, bf16 weight written): 12 + 12 + 4 + 2 ≈ 30.
+OPTIMIZER_STEP_BYTES = 30.0
+#: Fraction of a stage's micro-batch time during which gradient reduce-scatter can overlap (the
+#: backward of the last micro-batch, ≈ 2/3 of forward + backward) and during which the weight
+#: all-gather can overlap (the forward of the first, ≈ 1/3).
+REDUCE_WINDOW, GATHER_WINDOW = 2.0 / 3.0, 1.0 / 3.0
+RECOMPUTE = ("none", "selective", "full")
+#: Flash-attention backward over forward for the attention core: the backward runs five matrix
+#: products to the forward's two (Dao 2023, FlashAttention-2, §3.1-3.2), so 2.5 rather than the
+#: 2 of a plain GEMM.
+ATTN_BACKWARD_FACTOR = 2.5
+#: Elementwise traffic of one layer's forward outside the GEMMs and the attention core, in units
+#: of T·h·2 bytes: two RMSNorms (read + write: 2 × 2), two residual adds (read 2, write 1: 2 × 3),
+#: RoPE on q and k (read + write ≈ 2 × (a + kv)·d_h / h, taken as 2 for GQA models).
+ELEMENTWISE_PASSES = 12.0
+#: Gradient accumulation into fp32 main gradients (Megatron's gradient-accumulation fusion): each
+#: micro-batch's weight-gradient GEMMs read and write 4 + 4 bytes per local parameter.
+MAIN_GRAD_BYTES = 8.0
+
+
+# ---- links ------------------------------------------------------------------------------------
+
+
+def _link(hw: HardwareProfile, size: int, stride: int, gpus_per_node: int) -> Link:
+    return group_link(hw, max(1, size), gpus_per_node, max(1, stride))
+
+
+_COLL: dict[tuple[str, int, Link], tuple[float, float]] = {}
+
+
+def _coll(kind: str, nbytes: float, size: int, link: Link) -> float:
+    """:func:`planner.cost.comm.collective_ms` for one buffer; its (latency, ms per byte) are
+    taken from it once per (kind, group, link), the search calls this ~10⁵ times."""
+    if size <= 1 or nbytes <= 0:
+        return 0.0
+    key = (kind, size, link)
+    if key not in _COLL:
+        t1, t2 = collective_ms(kind, np.array([1e9, 2e9]), size, link)
+        _COLL[key] = (float(2 * t1 - t2), float(t2 - t1) / 1e9)
+    a, per_byte = _COLL[key]
+    return a + nbytes * per_byte
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """The model figures the step and memory formulas read, computed once (the spec's derived
+    properties recompute layer lists on every access; the search reads them ~10⁶ times)."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_moe_layers: int
+    num_dense_layers: int
+    moe_layer_indices: tuple[int, ...]
+    num_experts: int
+    top_k: int
+    expert_intermediate_size: int
+    dense_intermediate_size: int
+    shared_ffn_size: int
+    shared_params_per_layer: int
+    router_params_per_layer: int
+    dense_ffn_params_per_layer: int
+    expert_params: int
+    expert_bytes: float
+    non_expert_params: int
+    non_expert_bytes: float
+    active_params: int
+    vocab_size: int
+    tie_embeddings: bool
+    attention: Any
+    weight_dtype: str
+    expert_dtype: str
+
+    @classmethod
+    def of(cls, model: ModelSpec | ModelView) -> ModelView:
+        if isinstance(model, ModelView):
+            return model
+        return cls(**{f: (tuple(getattr(model, f)) if f == "moe_layer_indices" else getattr(model, f))
+                      for f in cls.__dataclass_fields__})
+
+
+def alltoall_ms(
+    hw: HardwareProfile, model: ModelSpec, tokens: float, ep: int, etp: int, gpus_per_node: int, dispatcher: str
+) -> float:
+    """One dispatch phase (ms) of ``tokens`` per GPU over an EP group of ``ep`` ranks ``etp`` GPUs
+    apart, under uniform routing (module docstring); combine costs the same."""
+    if ep <= 1 or tokens <= 0:
+        return 0.0
+    n_ep = max(1, min(ep, gpus_per_node // etp, hw.nvlink.gpus_per_domain // etp))
+    if ep % n_ep:
+        n_ep = math.gcd(ep, n_ep)
+    fr = uniform_remote_fractions(model.num_experts, model.top_k, ep, n_ep)
+    if dispatcher == "pairs":
+        intra, inter = fr["pairs_intra"], fr["pairs_inter"]
+    else:  # deepep: one copy per remote node, forwarded over NVLink there
+        intra = fr["gpu_intra"] + max(fr["gpu_inter"] - fr["node_inter"], 0.0)
+        inter = fr["node_inter"]
+    bpt = model.hidden_size * ACT_BYTES
+    t_nvl = hw.nvlink.latency_us * 1e-3 + tokens * intra * bpt / (hw.nvlink.bandwidth_gbps * 1e6) if intra > 0 else 0.0
+    t_nic = hw.nic.latency_us * 1e-3 + tokens * inter * bpt / (hw.nic.bandwidth_gbps * 1e6) if inter > 0 else 0.0
+    return max(t_nvl, t_nic)
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainLayerTimes:
+    """Forward times (ms) of one layer and micro-batch on one GPU, split into compute and comm."""
+
+    attn_core: float
+    attn_compute: float  #: projections + core + elementwise passes (norms, residuals, RoPE)
+    attn_comm: float  #: TP all-gather + reduce-scatter, exposed CP ring
+    moe_compute: float
+    moe_comm: float  #: dispatch + combine, ETP gathers, TP collectives of the block
+    dense_compute: float
+    dense_comm: float
+    head_compute: float
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """Predicted training step on the slowest pipeline stage (module docstring)."""
+
+    step_ms: float
+    stage_ms: float  #: one micro-batch, forward + backward, slowest stage
+    pipeline_ms: float
+    bubble_fraction: float
+    p2p_ms: float
+    dp_exposed_ms: float
+    optimizer_ms: float
+    micro_batches: int
+    tokens_per_s: float
+    model_flops: float
+    tflops_per_gpu: float
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+def model_flops_per_step(model: ModelSpec, global_batch: int, seq_len: int) -> float:
+    """Model FLOPs of one training step, Megatron's convention (module docstring)."""
+    att = model.attention
+    matmul = model.active_params - (0 if model.tie_embeddings else model.hidden_size * model.vocab_size)
+    tokens = float(global_batch) * seq_len
+    qk = att.head_dim if att.kind != "mla" else (att.head_dim + (att.v_head_dim or att.head_dim)) / 2
+    return 6.0 * tokens * matmul + 12.0 * tokens * seq_len * model.num_layers * att.num_heads * qk
+
+
+class StepModel:
+    """Caches the per-layer pieces for one (model, hardware, node size): the search calls
+    :meth:`train_step` for thousands of candidates that share them."""
+
+    def __init__(self, model: ModelSpec, hw: HardwareProfile, gpus_per_node: int) -> None:
+        self.spec = model
+        self.model, self.hw, self.gpn = ModelView.of(model), hw, gpus_per_node
+        self._attn: dict[tuple, tuple[float, float]] = {}
+        self._moe: dict[tuple, tuple[float, float]] = {}
+        self._dense: dict[tuple, float] = {}
+        self._head: dict[tuple, float] = {}
+        self._train: dict[tuple, tuple[float, float, float, float, TrainLayerTimes]] = {}
+        self._splits: dict[int, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = {}
+        self._links: dict[tuple[int, int], Link] = {}
+        self._tok_ops: dict[tuple, float] = {}
+        self._experts: dict[tuple, float] = {}
+
+    # per-layer pieces -----------------------------------------------------------------------
+
+    def _attention(self, tp: int, cp: int, b: int, s: int) -> tuple[float, float]:
+        key = (tp, cp, b, s)
+        if key not in self._attn:
+            a = attention_ms(self.hw, self.model, mode="prefill", sequences=b, seq_len=s, tp=tp)
+            self._attn[key] = (a.projections_ms / cp, a.core_ms / cp)
+        return self._attn[key]
+
+    def _moe_block(self, tp: int, cp: int, b: int, s: int, ep: int, etp: int, dispatcher: str) -> tuple[float, float]:
+        key = (tp, cp, b, s, ep, etp, dispatcher)
+        if key not in self._moe:
+            m, hw = self.model, self.hw
+            T = b * s / cp
+            t_gpu = T / tp
+            tkey = (tp, T)
+            if tkey not in self._tok_ops:  # router, permute, combine, shared experts
+                self._tok_ops[tkey] = (
+                    router_ms(hw, m, t_gpu) + permute_ms(hw, m, t_gpu) + combine_ms(hw, m, t_gpu)
+                    + shared_experts_ms(hw, m, T, etp=tp)
+                )
+            E = m.num_experts
+            local = E // ep
+            M = m.top_k * t_gpu * ep * etp / E
+            f = m.expert_intermediate_size // etp
+            ekey = (M, local, f)
+            if ekey not in self._experts:
+                tok = np.full((1, local), M)
+                self._experts[ekey] = float(grouped_experts_ms(hw, m.hidden_size, f, m.expert_dtype, tok, kernel="grouped")[0])
+            compute = self._tok_ops[tkey] + self._experts[ekey]
+            comm = 2.0 * alltoall_ms(hw, m, t_gpu, ep, etp, self.gpn, dispatcher)
+            if etp > 1:
+                buf = m.top_k * t_gpu * etp * m.hidden_size * ACT_BYTES
+                link = self.link(etp, 1)
+                comm += _coll("all_gather", buf, etp, link) + _coll("reduce_scatter", buf, etp, link)
+            if m.shared_ffn_size and tp > 1:  # the shared expert follows the dense part's TP
+                link = self.link(tp, 1)
+                comm += _coll("all_gather", T * m.hidden_size * ACT_BYTES, tp, link)
+                comm += _coll("reduce_scatter", T * m.hidden_size * ACT_BYTES, tp, link)
+            self._moe[key] = (compute, comm)
+        return self._moe[key]
+
+    def _tp_block_comm(self, tp: int, tokens: float) -> float:
+        if tp <= 1:
+            return 0.0
+        link = _link(self.hw, tp, 1, self.gpn)
+        nbytes = tokens * self.model.hidden_size * ACT_BYTES
+        return _coll("all_gather", nbytes, tp, link) + _coll("reduce_scatter", nbytes, tp, link)
+
+    def layer_times(self, *, tp: int, cp: int, b: int, s: int, ep: int, etp: int, dispatcher: str = "pairs") -> TrainLayerTimes:
+        """Forward times of each kind of layer for one micro-batch (module docstring)."""
+        m, hw = self.model, self.hw
+        T = b * s / cp
+        proj, core = self._attention(tp, cp, b, s)
+        attn_comm = self._tp_block_comm(tp, T)
+        if cp > 1:
+            att = m.attention
+            kv = att.kv_bytes_per_token_per_layer(2.0) if att.kind == "mla" else 2 * att.num_kv_heads * att.head_dim * 2.0
+            link = _link(hw, cp, tp, self.gpn)
+            ring = (cp - 1) * (link.latency_us * 1e-3 + T * kv / max(1, tp if att.kind != "mla" else 1) / (link.bandwidth_gbps * 1e6))
+            attn_comm += max(0.0, ring - core)
+        moe_c, moe_comm = self._moe_block(tp, cp, b, s, ep, etp, dispatcher) if m.num_moe_layers else (0.0, 0.0)
+        key = (tp, T)
+        if key not in self._dense:
+            self._dense[key] = dense_ffn_ms(hw, m, T, tp) if m.num_dense_layers else 0.0
+        hkey = (tp, T)
+        if hkey not in self._head:
+            self._head[hkey] = gemm_ms(hw, T, max(1, m.vocab_size // tp), m.hidden_size, m.weight_dtype) + memory_pass_ms(
+                hw, 2 * 4.0 * T * m.vocab_size / tp
+            )
+        elementwise = memory_pass_ms(hw, ELEMENTWISE_PASSES * T * m.hidden_size * ACT_BYTES)
+        return TrainLayerTimes(
+            attn_core=core, attn_compute=proj + core + elementwise, attn_comm=attn_comm, moe_compute=moe_c,
+            moe_comm=moe_comm + (self._tp_block_comm(tp, T) if m.shared_ffn_size == 0 else 0.0),
+            dense_compute=self._dense[key], dense_comm=self._tp_block_comm(tp, T), head_compute=self._head[hkey],
+        )
+
+    def _train_layers(
+        self, tp: int, cp: int, b: int, s: int, ep: int, etp: int, dispatcher: str, recompute: str
+    ) -> tuple[float, float, float, float, TrainLayerTimes]:
+        """Forward + backward of one attention+MoE layer, attention+dense layer and the LM head."""
+        key = (tp, cp, b, s, ep, etp, dispatcher, recompute)
+        if key in self._train:
+            return self._train[key]
+        m, hw = self.model, self.hw
+        lt = self.layer_times(tp=tp, cp=cp, b=b, s=s, ep=ep, etp=etp, dispatcher=dispatcher)
+
+        def train_layer(compute: float, comm: float, core: float, params: float) -> float:
+            # backward: 2 × forward, the attention core 2.5 ×; fp32 main-grad accumulation
+            t = training_ms(compute) + (ATTN_BACKWARD_FACTOR - 2.0) * core + 2.0 * comm
+            t += memory_pass_ms(hw, MAIN_GRAD_BYTES * params)
+            if recompute == "full":
+                t += compute + comm
+            elif recompute == "selective":
+                t += core
+            return t
+
+        p_attn = m.attention.params_per_layer(m.hidden_size) / tp
+        p_moe = (m.num_experts // ep) * m.expert_params / etp + (m.shared_params_per_layer + m.router_params_per_layer) / tp
+        t_attn = train_layer(lt.attn_compute, lt.attn_comm, lt.attn_core, p_attn)
+        t_moe = t_attn + train_layer(lt.moe_compute, lt.moe_comm, 0.0, p_moe)
+        t_dense = t_attn + train_layer(lt.dense_compute, lt.dense_comm, 0.0, m.dense_ffn_params_per_layer / tp)
+        self._train[key] = (t_attn, t_moe, t_dense, training_ms(lt.head_compute), lt)
+        return self._train[key]
+
+    def _split(self, pp: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """(MoE, dense) layer counts of the first, last and a middle stage: stage i holds layers
+        [i·⌈L/pp⌉, …), an uneven split leaves the last stage fewer."""
+        if pp not in self._splits:
+            m = self.model
+            per = math.ceil(m.num_layers / pp)
+            moe_idx = set(m.moe_layer_indices)
+
+            def count(lo: int, hi: int) -> tuple[int, int]:
+                n_moe = sum(1 for i in range(lo, hi) if i in moe_idx)
+                return n_moe, max(0, hi - lo) - n_moe
+
+            first = count(0, min(per, m.num_layers))
+            last = count(min((pp - 1) * per, m.num_layers), m.num_layers) if pp > 1 else (0, 0)
+            mid = count(per, 2 * per) if pp > 2 else (0, 0)
+            self._splits[pp] = (first, last, mid)
+        return self._splits[pp]
+
+    def link(self, size: int, stride: int) -> Link:
+        key = (size, stride)
+        if key not in self._links:
+            self._links[key] = _link(self.hw, size, stride, self.gpn)
+        return self._links[key]
+
+    # the step ---------------------------------------------------------------------------------
+
+    def train_step(
+        self,
+        *,
+        num_gpus: int,
+        tp: int,
+        pp: int,
+        ep: int,
+        etp: int = 1,
+        cp: int = 1,
+        vpp: int = 1,
+        micro_batch: int = 1,
+        global_batch: int,
+        seq_len: int,
+        recompute: str = "selective",
+        distributed_optimizer: bool = True,
+        dispatcher: str = "pairs",
+    ) -> TrainStep:
+        """Predicted step of Megatron-style training (module docstring)."""
+        m, hw = self.model, self.hw
+        if recompute not in RECOMPUTE:
+            raise InputError(f"recompute must be one of {', '.join(RECOMPUTE)} (got {recompute!r})")
+        for name, v in (("tp", tp), ("pp", pp), ("ep", ep), ("etp", etp), ("cp", cp), ("vpp", vpp), ("micro_batch", micro_batch)):
+            if v <= 0:
+                raise InputError(f"{name} must be > 0 (got {v})")
+        if num_gpus % (tp * cp * pp):
+            raise InputError(f"tp × cp × pp ({tp} × {cp} × {pp}) must divide the {num_gpus} GPUs")
+        dp = num_gpus // (tp * cp * pp)
+        if global_batch % (dp * micro_batch):
+            raise InputError(
+                f"global batch ({global_batch}) must be a multiple of dp × micro-batch ({dp} × {micro_batch})"
+            )
+        mbs = global_batch // (dp * micro_batch)
+        t_attn, t_moe, t_dense, head, lt = self._train_layers(tp, cp, micro_batch, seq_len, ep, etp, dispatcher, recompute)
+        n_first, n_last, n_mid = self._split(pp)
+        first = n_first[0] * t_moe + n_first[1] * t_dense
+        last = n_last[0] * t_moe + n_last[1] * t_dense + head if pp > 1 else first + head
+        mid = n_mid[0] * t_moe + n_mid[1] * t_dense
+        stage = max(first, last, mid)
+        pipe = (mbs + (pp - 1) / vpp) * stage
+        bubble = (pp - 1) / (vpp * mbs) if pp > 1 else 0.0
+        # pipeline p2p
+        p2p = 0.0
+        if pp > 1 and vpp == 1:
+            link = self.link(2, num_gpus // pp)
+            nbytes = micro_batch * seq_len / cp * m.hidden_size * ACT_BYTES / tp
+            p2p = 2.0 * mbs * (link.latency_us * 1e-3 + nbytes / (link.bandwidth_gbps * 1e6))
+        # data-parallel sync
+        moe_stage = math.ceil(m.num_moe_layers / pp)
+        p_dense = m.non_expert_params / (tp * pp)
+        p_exp = (m.num_experts // ep) * m.expert_params * moe_stage / etp
+        dgrp, egrp = dp * cp, dp * cp * tp // (ep * etp)
+        dlink = self.link(dgrp, tp)
+        elink = self.link(egrp, ep * etp)
+        if distributed_optimizer:
+            red = _coll("reduce_scatter", 4.0 * p_dense, dgrp, dlink) + _coll("reduce_scatter", 4.0 * p_exp, egrp, elink)
+            gat = _coll("all_gather", 2.0 * p_dense, dgrp, dlink) + _coll("all_gather", 2.0 * p_exp, egrp, elink)
+            shard = p_dense / dgrp + p_exp / egrp
+        else:
+            red = _coll("all_reduce", 4.0 * p_dense, dgrp, dlink) + _coll("all_reduce", 4.0 * p_exp, egrp, elink)
+            gat = 0.0
+            shard = p_dense + p_exp
+        exposed = max(0.0, red - REDUCE_WINDOW * stage) + max(0.0, gat - GATHER_WINDOW * stage)
+        optim = memory_pass_ms(hw, OPTIMIZER_STEP_BYTES * shard)
+        step = pipe + p2p + exposed + optim
+        flops = model_flops_per_step(m, global_batch, seq_len)
+        return TrainStep(
+            step_ms=step, stage_ms=stage, pipeline_ms=pipe, bubble_fraction=bubble, p2p_ms=p2p, dp_exposed_ms=exposed,
+            optimizer_ms=optim, micro_batches=mbs, tokens_per_s=global_batch * seq_len / (step * 1e-3),
+            model_flops=flops, tflops_per_gpu=flops / (step * 1e-3) / num_gpus / 1e12,
+            parts={
+                "attention_fwd_ms": lt.attn_compute, "attention_comm_fwd_ms": lt.attn_comm,
+                "moe_compute_fwd_ms": lt.moe_compute, "moe_comm_fwd_ms": lt.moe_comm,
+                "moe_layer_train_ms": t_moe, "dp_reduce_ms": red, "dp_gather_ms": gat,
+            },
+        )
+
+
+# ---- serving ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServeStep:
+    """Predicted serving step (module docstring)."""
+
+    step_ms: float  #: one forward step through all layers
+    tokens_per_step: float
+    throughput_tokens_per_s: float
+    latency_per_token_ms: float  #: decode: the step; prefill: the whole prompt (time to first token)
+    moe_layer_ms: float
+    attention_ms: float
+
+
+def serve_step(
+    model: ModelSpec,
+    hw: HardwareProfile,
+    *,
+    mode: str,
+    num_gpus: int,
+    gpus_per_node: int,
+    tp: int,
+    pp: int,
+    ep: int,
+    etp: int = 1,
+    sequences: int,
+    seq_len: int,
+    redundant: int = 0,
+    dispatcher: str = "deepep",
+) -> ServeStep:
+    """One forward step of ``sequences`` across the cluster (module docstring)."""
+    if mode not in ("prefill", "decode"):
+        raise InputError(f"mode must be 'prefill' or 'decode' (got {mode!r})")
+    if num_gpus % (tp * pp):
+        raise InputError(f"tp × pp ({tp} × {pp}) must divide the {num_gpus} GPUs")
+    dp = num_gpus // (tp * pp)
+    per_rank = math.ceil(sequences / dp)
+    new = 1 if mode == "decode" else seq_len
+    t_rank = per_rank * new  # tokens of one attention-DP rank
+    if mode == "decode":
+        att = attention_ms(hw, model, mode="decode", sequences=per_rank, context=seq_len, tp=tp).total_ms
+    else:
+        att = attention_ms(hw, model, mode="prefill", sequences=per_rank, seq_len=seq_len, tp=tp).total_ms
+    tp_link = _link(hw, tp, 1, gpus_per_node)
+    att += 2.0 * _coll("all_reduce", t_rank * model.hidden_size * ACT_BYTES, tp, tp_link)
+    moe = 0.0
+    if model.num_moe_layers:
+        t_gpu = t_rank / tp  # the MoE block splits a rank's tokens over its TP GPUs
+        slots = (model.num_experts + redundant) // ep
+        M = model.top_k * t_gpu * ep * etp / (model.num_experts + redundant)
+        f = model.expert_intermediate_size // etp
+        experts = float(
+            grouped_experts_ms(hw, model.hidden_size, f, model.expert_dtype, np.full((1, slots), M), kernel="grouped")[0]
+        )
+        comm = 2.0 * alltoall_ms(hw, model, t_gpu, ep, etp, gpus_per_node, dispatcher) * (1.0 - hw.comm_overlap)
+        if etp > 1:
+            buf = model.top_k * t_gpu * etp * model.hidden_size * ACT_BYTES
+            link = _link(hw, etp, 1, gpus_per_node)
+            comm += _coll("all_gather", buf, etp, link) + _coll("reduce_scatter", buf, etp, link)
+        moe = (
+            router_ms(hw, model, t_gpu) + permute_ms(hw, model, t_gpu) + combine_ms(hw, model, t_gpu)
+            + shared_experts_ms(hw, model, t_rank, etp=tp) + experts + comm
+        )
+    dense = dense_ffn_ms(hw, model, t_rank, tp) if model.num_dense_layers else 0.0
+    head_tokens = per_rank  # only the last position of each sequence needs logits
+    head = gemm_ms(hw, head_tokens, max(1, model.vocab_size // tp), model.hidden_size, model.weight_dtype)
+    step = model.num_layers * att + model.num_moe_layers * moe + model.num_dense_layers * dense + head
+    step += (pp - 1) * float(nic(hw).latency_us if num_gpus // pp >= gpus_per_node else nvlink(hw).latency_us) * 1e-3
+    tokens = float(sequences * new)
+    return ServeStep(
+        step_ms=step, tokens_per_step=tokens, throughput_tokens_per_s=tokens / (step * 1e-3),
+        latency_per_token_ms=step, moe_layer_ms=moe, attention_ms=att,
+    )

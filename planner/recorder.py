@@ -1,0 +1,515 @@
+"""``RoutingRecorder``: record a torch MoE model's routing while it trains or serves.
+
+Forward hooks on the model's router modules capture the top-k expert ids each token chose at
+each MoE layer; :meth:`RoutingRecorder.save` writes them as a DESIGN.md routing trace
+(``topk_ids`` [L, T, k], ``step`` [T], optional ``topk_weights`` and ``source_rank``) that
+:func:`planner.load_trace` and ``moe-planner plan --trace`` read, :meth:`~RoutingRecorder.counts`
+gives per-expert counts [L, E], and ``rebalance_every=N`` re-places the experts with
+:func:`planner.rebalance` from the counts of the last N steps.
+
+torch is imported only when a recorder is made (``import planner`` does not import it).
+
+Routers found (:func:`find_routers`): every module that has a ``gate`` submodule and an
+``experts`` attribute is an MoE block, its ``gate`` the router — the Hugging Face shapes of
+
+==========================  =====================================  ================================
+block (transformers)        ``gate`` returns                       ids taken as
+==========================  =====================================  ================================
+``MixtralSparseMoeBlock``   ``nn.Linear``: logits [T, E]           top-k of softmax(logits), weights
+                                                                   renormalised over the top-k
+``Qwen2MoeSparseMoeBlock``, ``nn.Linear``: logits [T, E]           top-k of softmax(logits); weights
+``Qwen3MoeSparseMoeBlock``,                                        renormalised when the block's
+``OlmoeSparseMoeBlock``                                            ``norm_topk_prob`` is set
+``*TopKRouter`` (v5)        ``(logits, scores, indices)``          the integer tensor of the tuple
+DeepSeek-V2/V3 ``MoEGate``  ``(topk_idx, topk_weight[, aux])``     the integer tensor of the tuple
+``DeepseekV3TopkRouter``    ``(indices, weights)``, or logits      integers as returned; from logits:
+                            [T, E] (newer releases)                sigmoid scores + the gate's
+                                                                   ``e_score_correction_bias``,
+                                                                   group-limited top-k (``n_group``,
+                                                                   ``topk_group``: the best
+                                                                   ``topk_group`` groups by the sum
+                                                                   of their two best scores), weights
+                                                                   the unbiased scores, normalised
+                                                                   when ``norm_topk_prob``
+==========================  =====================================  ================================
+
+(Module names and outputs as in ``transformers``' ``modeling_mixtral.py``,
+``modeling_qwen2_moe.py``, ``modeling_qwen3_moe.py``, ``modeling_olmoe.py``,
+``modeling_deepseek_v3.py`` and DeepSeek's own ``modeling_deepseek.py``; the group-limited
+routing is DeepSeek-V3's, FACTS.md.) Any other router is hooked by naming it: ``routers=[...]``
+takes module names or modules whose output is, or contains, an integer tensor of top-k ids
+(a float tensor [T, E] of logits is taken as softmax routing with ``top_k``).
+
+Overhead (``benchmarks/recorder.py``): a hook does a ``topk`` on the logits when the router
+returns only logits, a dtype cast to int16/int32 and a list append of a device tensor; no
+GPU→CPU copy and no synchronisation happens in a hook. At the end of a step the step's ids are
+concatenated on the device and counted with one ``index_add_``; they are copied to the host
+every ``sync_every`` steps (and on :meth:`save`/:meth:`counts`).
+
+A step is one forward pass of the model (``auto_step=True``), or whatever the caller marks with
+:meth:`step` (gradient accumulation: call it after the optimizer step). Activation
+checkpointing runs the forward twice: record outside it, or detach the recorder during the
+recomputation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from planner.errors import InputError
+
+#: MoE block classes whose router renormalises the top-k weights whatever its config says.
+ALWAYS_NORMALISE = ("MixtralSparseMoeBlock",)
+
+
+@dataclass
+class RouterHook:
+    """How to read one router's output: the hooked ``module``, its MoE-layer ``layer`` index,
+    ``top_k`` and ``num_experts`` (None: learnt from the first output) and, for logits, how to
+    route (``scoring`` softmax or deepseek)."""
+
+    name: str
+    module: Any
+    layer: int
+    top_k: int | None = None
+    num_experts: int | None = None
+    scoring: str = "softmax"  # softmax | deepseek
+    normalise: bool = False
+    n_group: int | None = None
+    topk_group: int | None = None
+    bias: Any = None  # DeepSeek-V3 e_score_correction_bias (a tensor), or None
+    handle: Any = None
+    ids: list[Any] = field(default_factory=list)  # this step's [T_i, k] device tensors
+    weights: list[Any] = field(default_factory=list)
+
+
+def _attr(objs: Iterable[Any], *names: str) -> Any:
+    """The first attribute found among ``names`` on ``objs`` (or their ``config``)."""
+    for o in objs:
+        if o is None:
+            continue
+        for src in (o, getattr(o, "config", None)):
+            if src is None:
+                continue
+            for n in names:
+                v = getattr(src, n, None)
+                if v is not None and not callable(v):
+                    return v
+    return None
+
+
+def _num_experts(gate: Any, block: Any) -> int | None:
+    w = getattr(gate, "weight", None)
+    if w is not None and getattr(w, "ndim", 0) == 2:
+        return int(w.shape[0])
+    v = _attr((block, gate), "num_experts", "n_routed_experts", "num_local_experts")
+    return int(v) if v is not None else None
+
+
+def find_routers(model: Any) -> list[RouterHook]:
+    """The router of every MoE block of ``model`` (a module with ``gate`` and ``experts``), in
+    module order (module docstring)."""
+    import torch
+
+    out: list[RouterHook] = []
+    for name, block in model.named_modules():
+        gate = getattr(block, "gate", None)
+        if not isinstance(gate, torch.nn.Module) or not hasattr(block, "experts"):
+            continue
+        cls = type(block).__name__
+        deepseek = "deepseek" in cls.lower() or type(gate).__name__ in ("MoEGate", "DeepseekV3TopkRouter", "DeepseekV2TopkRouter")
+        top_k = _attr((block, gate), "top_k", "num_experts_per_tok")
+        hook = RouterHook(
+            name=f"{name}.gate" if name else "gate",
+            module=gate,
+            layer=len(out),
+            top_k=int(top_k) if top_k is not None else None,
+            num_experts=_num_experts(gate, block),
+            scoring="deepseek" if deepseek else "softmax",
+            normalise=cls in ALWAYS_NORMALISE or bool(_attr((block, gate), "norm_topk_prob")),
+        )
+        if deepseek:
+            hook.n_group = _attr((gate, block), "n_group")
+            hook.topk_group = _attr((gate, block), "topk_group")
+            hook.bias = getattr(gate, "e_score_correction_bias", None)
+        out.append(hook)
+    return out
+
+
+def named_routers(model: Any, routers: Iterable[Any], top_k: int | None, num_experts: int | None) -> list[RouterHook]:
+    """Hooks for routers named by the caller (module names of ``model``, or modules)."""
+    import torch
+
+    by_name = dict(model.named_modules())
+    by_id = {id(m): n for n, m in by_name.items()}
+    out = []
+    for r in routers:
+        if isinstance(r, str):
+            if r not in by_name:
+                raise InputError(f"RoutingRecorder: routers: the model has no module named {r!r}")
+            mod, name = by_name[r], r
+        elif isinstance(r, torch.nn.Module):
+            mod, name = r, by_id.get(id(r), type(r).__name__)
+        else:
+            raise InputError(f"RoutingRecorder: routers: expected module names or modules, got {type(r).__name__}")
+        k = top_k if top_k is not None else _attr((mod,), "top_k", "num_experts_per_tok")
+        out.append(RouterHook(name=name, module=mod, layer=len(out), top_k=int(k) if k is not None else None,
+                              num_experts=num_experts if num_experts is not None else _num_experts(mod, None)))
+    return out
+
+
+def deepseek_topk(logits: Any, top_k: int, n_group: int | None, topk_group: int | None, bias: Any, normalise: bool) -> tuple[Any, Any]:
+    """DeepSeek-V3 routing from router logits [T, E]: ids and weights [T, k] (module docstring)."""
+    import torch
+
+    scores = logits.float().sigmoid()
+    choice = scores + bias.float() if bias is not None else scores
+    T, E = choice.shape
+    if n_group and topk_group and n_group > 1 and E % n_group == 0:
+        per = E // n_group
+        grouped = choice.view(T, n_group, per)
+        group_score = grouped.topk(min(2, per), dim=-1).values.sum(dim=-1)  # [T, n_group]
+        keep = group_score.topk(topk_group, dim=-1).indices
+        mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)
+        choice = choice.masked_fill(~mask.repeat_interleave(per, dim=1), float("-inf"))
+    ids = choice.topk(top_k, dim=-1).indices
+    w = scores.gather(1, ids)
+    if normalise:
+        w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
+    return ids, w
+
+
+class RoutingRecorder:
+    """Record the top-k expert ids of every MoE layer of a torch model, step by step.
+
+    ``model``: a ``torch.nn.Module``. ``routers``: None to find the routers of the Hugging Face
+    MoE blocks (module docstring), or module names / modules to hook. ``top_k`` and
+    ``num_experts`` fill in what a router does not say. ``record_weights`` keeps the gate
+    weights too (float16). ``keep_ids=False`` keeps per-step counts only (bounded memory for
+    long runs: :meth:`save` then writes a counts-only trace). ``rebalance_every=N`` calls
+    :func:`planner.rebalance` every N steps with the counts of those steps on ``num_gpus``
+    GPUs of ``num_nodes`` nodes with ``num_redundant`` extra slots (``num_groups``,
+    ``migration_weight`` as there), keeps the placement in :attr:`placement` and calls
+    ``on_rebalance(placement [L, E + R], counts [L, E], step)``. ``source_rank``: this
+    process's data-parallel rank, written as the trace's ``source_rank``.
+
+    Use as a context manager, or call :meth:`detach` to remove the hooks (:meth:`attach` puts
+    them back; the recording continues).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        routers: Iterable[Any] | None = None,
+        top_k: int | None = None,
+        num_experts: int | None = None,
+        record_weights: bool = False,
+        keep_ids: bool = True,
+        auto_step: bool = True,
+        sync_every: int = 64,
+        rebalance_every: int | None = None,
+        num_gpus: int | None = None,
+        num_nodes: int = 1,
+        num_redundant: int = 0,
+        num_groups: int | None = None,
+        migration_weight: float = 0.0,
+        on_rebalance: Callable[[np.ndarray, np.ndarray, int], Any] | None = None,
+        source_rank: int | None = None,
+        model_name: str | None = None,
+    ) -> None:
+        try:
+            import torch
+        except ImportError:
+            raise InputError("RoutingRecorder needs torch (pip install 'moe-planner[torch]')") from None
+        self._torch = torch
+        if not isinstance(model, torch.nn.Module):
+            raise InputError(f"RoutingRecorder: model must be a torch.nn.Module, got {type(model).__name__}")
+        if rebalance_every is not None:
+            if rebalance_every <= 0:
+                raise InputError(f"RoutingRecorder: rebalance_every must be >= 1 (got {rebalance_every})")
+            if num_gpus is None:
+                raise InputError("RoutingRecorder: rebalance_every needs num_gpus (the GPUs to place experts on)")
+        if sync_every <= 0:
+            raise InputError(f"RoutingRecorder: sync_every must be >= 1 (got {sync_every})")
+        if source_rank is not None and source_rank < 0:
+            raise InputError(f"RoutingRecorder: source_rank must be >= 0 (got {source_rank})")
+        self.model = model
+        self.record_weights = record_weights
+        self.keep_ids = keep_ids
+        self.sync_every = sync_every
+        self.rebalance_every = rebalance_every
+        self.rebalance_args = {"num_gpus": num_gpus, "num_nodes": num_nodes, "num_redundant": num_redundant,
+                               "num_groups": num_groups, "migration_weight": migration_weight}
+        self.on_rebalance = on_rebalance
+        self.source_rank = source_rank
+        self.model_name = model_name
+        self.hooks = named_routers(model, routers, top_k, num_experts) if routers is not None else find_routers(model)
+        if not self.hooks:
+            raise InputError(
+                "RoutingRecorder: found no router in the model (no module with 'gate' and 'experts'); "
+                "name the router modules with routers=[...]"
+            )
+        for h in self.hooks:
+            if h.top_k is None and top_k is not None:
+                h.top_k = top_k
+            if h.num_experts is None and num_experts is not None:
+                h.num_experts = num_experts
+        self.num_steps = 0
+        self._seen_experts = 0
+        self.placement: np.ndarray | None = None  #: the last placement rebalance returned [L, E + R]
+        self.rebalances: list[int] = []  #: steps at which rebalance ran
+        self._step_tokens: list[int] = []  # tokens of each closed step
+        self._dev_ids: list[Any] = []  # closed steps not yet copied: [L, T_s, k] device tensors
+        self._dev_w: list[Any] = []
+        self._dev_counts: list[Any] = []  # [L, E] device tensors per closed step
+        self._host_ids: list[np.ndarray] = []
+        self._host_w: list[np.ndarray] = []
+        self._host_counts: list[np.ndarray] = []
+        self._window_start = 0
+        self._enabled = True
+        self.auto_step = auto_step
+        self._root = None
+        self.attach()
+
+    # ---- hooks -----------------------------------------------------------------------------
+
+    def _hook_for(self, h: RouterHook) -> Callable[..., None]:
+        torch = self._torch
+
+        def hook(module: Any, args: Any, output: Any) -> None:
+            if not self._enabled:
+                return
+            with torch.no_grad():
+                ids, w = self._extract(h, output)
+                k = ids.shape[-1]
+                if h.top_k is None:
+                    h.top_k = k
+                h.ids.append(ids.reshape(-1, k).to(self._id_dtype(h)))
+                if self.record_weights and w is not None:
+                    h.weights.append(w.reshape(-1, k).to(torch.float16))
+
+        return hook
+
+    def _id_dtype(self, h: RouterHook) -> Any:
+        return self._torch.int16 if (h.num_experts or 2**31) <= 32767 else self._torch.int32
+
+    def _extract(self, h: RouterHook, output: Any) -> tuple[Any, Any]:
+        """(ids [.., k], weights [.., k] or None) from a router's output."""
+        torch = self._torch
+        if isinstance(output, tuple | list):
+            tensors = [t for t in output if isinstance(t, torch.Tensor)]
+            ints = [t for t in tensors if not t.is_floating_point() and t.dtype != torch.bool and t.ndim >= 1]
+            if ints:
+                ids = ints[0]
+                w = next((t for t in tensors if t.is_floating_point() and t.shape == ids.shape), None)
+                return ids.detach(), None if w is None else w.detach()
+            floats = [t for t in tensors if t.is_floating_point() and t.ndim >= 2]
+            if not floats:
+                raise InputError(f"RoutingRecorder: router {h.name} returned no tensor of ids or logits")
+            output = floats[0]
+        if not isinstance(output, torch.Tensor):
+            raise InputError(f"RoutingRecorder: router {h.name} returned {type(output).__name__}, not a tensor")
+        if not output.is_floating_point():
+            return output.detach(), None
+        logits = output.detach().reshape(-1, output.shape[-1])
+        if h.num_experts is None:
+            h.num_experts = int(logits.shape[-1])
+        if h.top_k is None:
+            raise InputError(f"RoutingRecorder: router {h.name} returns logits; pass top_k=")
+        if h.scoring == "deepseek":
+            return deepseek_topk(logits, h.top_k, h.n_group, h.topk_group, h.bias, h.normalise)
+        if not self.record_weights:
+            return logits.topk(h.top_k, dim=-1).indices, None  # softmax is monotone: same ids
+        probs = logits.float().softmax(dim=-1)
+        w, ids = probs.topk(h.top_k, dim=-1)
+        if h.normalise:
+            w = w / w.sum(dim=-1, keepdim=True)
+        return ids, w
+
+    def _after_forward(self, module: Any, args: Any, output: Any) -> None:
+        if self._enabled and any(h.ids for h in self.hooks):
+            self.step()
+
+    # ---- steps -----------------------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.hooks)
+
+    @property
+    def num_experts(self) -> int:
+        """E: from the routers (their weight or config), or the largest id seen + 1."""
+        known = [h.num_experts for h in self.hooks if h.num_experts is not None]
+        if known:
+            return max(known)
+        if not self._seen_experts:
+            raise InputError("RoutingRecorder: the number of experts is not known yet; pass num_experts=")
+        return self._seen_experts
+
+    def step(self) -> None:
+        """Close the current step: what the routers returned since the last step is one step."""
+        torch = self._torch
+        if not any(h.ids for h in self.hooks):
+            return
+        per_layer = [torch.cat(h.ids) if h.ids else None for h in self.hooks]
+        sizes = [0 if t is None else int(t.shape[0]) for t in per_layer]
+        if len(set(sizes)) != 1:
+            worst = min(range(len(sizes)), key=lambda i: sizes[i])
+            for h in self.hooks:
+                h.ids.clear()
+                h.weights.clear()
+            raise InputError(
+                f"RoutingRecorder: MoE layer {worst} ({self.hooks[worst].name}) saw {sizes[worst]} tokens in step "
+                f"{self.num_steps}, layer 0 saw {sizes[0]}; every MoE layer must route the same tokens"
+            )
+        ks = {int(t.shape[1]) for t in per_layer}
+        if len(ks) != 1:
+            raise InputError(f"RoutingRecorder: the MoE layers chose different top-k counts {sorted(ks)}")
+        ids = torch.stack(per_layer)  # [L, T, k]
+        if not any(h.num_experts for h in self.hooks):  # E unknown: the largest id so far + 1 (a sync)
+            self._seen_experts = max(self._seen_experts, int(ids.max()) + 1)
+        L, E = ids.shape[0], self.num_experts
+        flat = (ids.long() + torch.arange(L, device=ids.device)[:, None, None] * E).reshape(-1)
+        counts = torch.zeros(L * E, dtype=torch.int64, device=ids.device)
+        counts.index_add_(0, flat, torch.ones_like(flat))
+        self._dev_counts.append(counts.view(L, E))
+        if self.keep_ids:
+            self._dev_ids.append(ids)
+            if self.record_weights:
+                ws = [torch.cat(h.weights) if h.weights else None for h in self.hooks]
+                self._dev_w.append(None if any(w is None for w in ws) else torch.stack(ws))
+        for h in self.hooks:
+            h.ids.clear()
+            h.weights.clear()
+        self._step_tokens.append(sizes[0])
+        self.num_steps += 1
+        if len(self._dev_counts) >= self.sync_every:
+            self._sync()
+        if self.rebalance_every and self.num_steps - self._window_start >= self.rebalance_every:
+            self._rebalance()
+
+    def _sync(self) -> None:
+        """Copy the closed steps from the device to host memory (one copy per kind)."""
+        torch = self._torch
+        if self._dev_counts:
+            self._host_counts.append(torch.stack(self._dev_counts).cpu().numpy())
+            self._dev_counts.clear()
+        if self._dev_ids:
+            self._host_ids.append(torch.cat(self._dev_ids, dim=1).cpu().numpy())
+            self._dev_ids.clear()
+        if self._dev_w:
+            if all(w is not None for w in self._dev_w):
+                self._host_w.append(torch.cat(self._dev_w, dim=1).cpu().numpy())
+            else:
+                self.record_weights = False
+                self._host_w.clear()
+            self._dev_w.clear()
+
+    def counts_per_step(self) -> np.ndarray:
+        """Tokens routed to each expert at each MoE layer in each recorded step: int64 [S, L, E]."""
+        self._sync()
+        if not self._host_counts:
+            E = max([h.num_experts or 0 for h in self.hooks] + [self._seen_experts])
+            return np.zeros((0, self.num_layers, E), np.int64)
+        E = max(c.shape[2] for c in self._host_counts)
+        return np.concatenate([np.pad(c, ((0, 0), (0, 0), (0, E - c.shape[2]))) for c in self._host_counts])
+
+    def counts(self, last: int | None = None) -> np.ndarray:
+        """Per-expert token counts [L, E] over every recorded step (or the ``last`` N steps)."""
+        c = self.counts_per_step()
+        if last is not None:
+            c = c[-last:] if last > 0 else c[:0]
+        return c.sum(axis=0)
+
+    def _rebalance(self) -> None:
+        from planner.solve.rebalance import rebalance
+
+        counts = self.counts(last=self.num_steps - self._window_start)
+        self._window_start = self.num_steps
+        a = self.rebalance_args
+        self.placement = rebalance(
+            counts, a["num_gpus"], a["num_nodes"], a["num_redundant"], previous=self.placement,
+            num_groups=a["num_groups"], migration_weight=a["migration_weight"],
+        )
+        self.rebalances.append(self.num_steps)
+        if self.on_rebalance is not None:
+            self.on_rebalance(self.placement, counts, self.num_steps)
+
+    # ---- results ---------------------------------------------------------------------------
+
+    def trace(self) -> Any:
+        """The recording as a :class:`planner.traces.Trace` (or a ``CountsTrace`` with ``keep_ids=False``)."""
+        from planner.traces import CountsTrace, Trace
+
+        self.step()
+        if self.num_steps == 0:
+            raise InputError("RoutingRecorder: nothing recorded yet (run a forward pass first)")
+        if not self.keep_ids:
+            return CountsTrace(self.counts_per_step(), model=self.model_name, source="RoutingRecorder")
+        self._sync()
+        ids = np.concatenate(self._host_ids, axis=1)
+        step = np.repeat(np.arange(len(self._step_tokens), dtype=np.int64), self._step_tokens)
+        w = np.concatenate(self._host_w, axis=1) if self.record_weights and self._host_w else None
+        rank = None if self.source_rank is None else np.full(ids.shape[1], self.source_rank, dtype=np.int64)
+        return Trace(ids, self.num_experts, topk_weights=w, step=step, source_rank=rank, model=self.model_name,
+                     source="RoutingRecorder")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the recording as a ``.npz`` routing trace (DESIGN.md), atomically; the path."""
+        from planner.traces import save_trace
+
+        p = Path(path)
+        save_trace(self.trace(), p)
+        return p
+
+    def reset(self) -> None:
+        """Forget everything recorded (the hooks stay)."""
+        for h in self.hooks:
+            h.ids.clear()
+            h.weights.clear()
+        for lst in (self._dev_ids, self._dev_w, self._dev_counts, self._host_ids, self._host_w,
+                    self._host_counts, self._step_tokens, self.rebalances):
+            lst.clear()
+        self.num_steps = 0
+        self._window_start = 0
+
+    def pause(self) -> None:
+        """Stop recording until :meth:`resume` (the hooks stay, and return at once)."""
+        self._enabled = False
+
+    def resume(self) -> None:
+        self._enabled = True
+
+    def attach(self) -> None:
+        """Register the hooks (done on construction; again after :meth:`detach`)."""
+        if self.auto_step and self._root is None:
+            self._root = self.model.register_forward_hook(self._after_forward)
+        for h in self.hooks:
+            if h.handle is None:
+                h.handle = h.module.register_forward_hook(self._hook_for(h))
+
+    def detach(self) -> None:
+        """Remove every hook from the model (what was recorded stays; :meth:`attach` re-registers)."""
+        for h in self.hooks:
+            if h.handle is not None:
+                h.handle.remove()
+                h.handle = None
+        if self._root is not None:
+            self._root.remove()
+            self._root = None
+
+    def __enter__(self) -> RoutingRecorder:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.detach()
+
+    def __repr__(self) -> str:
+        return (f"RoutingRecorder({self.num_layers} MoE layers, {self.num_steps} steps, "
+                f"{sum(self._step_tokens)} tokens)")

@@ -1,0 +1,256 @@
+"""Cache sizing for offloaded decoding: how many experts of each layer stay resident, which ones,
+how many dynamic slots and how much prefetch — under a GPU memory budget.
+
+Legend as in :mod:`planner.cachesim` (S planning steps, L MoE layers, E experts, c copy time of
+one expert, K(M) one expert's FFN at M tokens, ``pre`` a layer's work before its experts).
+
+**1. Per-layer cost of r resident experts** (:func:`layer_stall_table`). Layer l keeps its r most
+frequent experts (planning counts) resident; the others come by prefetch (predicted with
+``p >= threshold``, :mod:`planner.cachesim`) or on demand. For planning step s, with sums over the
+experts of frequency rank >= r (not resident)::
+
+    M  = Σ need·(1 − pred)        demand copies            P  = Σ pred      prefetch copies
+    Ph = Σ need·pred              prefetched and used      K* = Σ need·K(M_e) expert compute
+    W  = pre + K*_{l−1}           time the prefetch copies of layer l have (issued at l−1's router)
+    n  = min(P, ⌈W / c⌉)          prefetch copies started before layer l's router (the rest are
+                                  cancelled, or re-queued as demand copies when needed)
+    hs = Ph · n / P               prefetched, started and used;   rest = M + Ph − hs
+    q0 = max(0, n·c − W)          prefetch backlog when layer l's router has chosen
+    ready = q0 + rest·c  (rest > 0),  q0 (rest = 0 < hs),  0 otherwise
+    f_l,s(r) = max(0, ready + K(1) − K*) + (1 − ov)·min(rest·c + q0, pre + K*)
+
+and ``f_l(r)`` is its mean over the planning steps: the layer's stall when it starts with an idle
+copy engine (the full simulator then charges the queue carried between layers).
+
+**2. Allocation** (:func:`allocate`, exact dynamic programming over layers, AdapMoE-style;
+FACTS.md §5)::
+
+    minimise Σ_l f_l(r_l)   subject to   Σ_l r_l <= R,   0 <= r_l <= E,  integer
+    dp_l(j) = min_{0 <= r <= min(j, E)} dp_{l−1}(j − r) + f_l(r),   answer min_j dp_L(j)
+
+a multiple-choice knapsack solved exactly in O(L · R · E) (vectorised over j); ties go to fewer
+slots. Which experts: the r_l most frequent of layer l on the planning steps (for a fixed count the
+static set with the fewest misses).
+
+**3. Policy search** (:func:`solve_cache`). Candidates are every combination of dynamic LRU slots
+per layer ``d`` (taken from the budget first), prefetch threshold (``None``: no prefetch;
+prefetch staging buffers are taken from the budget too) and CPU execution of missed experts
+(``off`` or ``fastest``, :mod:`planner.cachesim`), each sized by step 2, plus the global
+top-k of the (layer, expert) frequency table (KTransformers, FACTS.md §5). Each is replayed
+through the full simulator (:func:`planner.cachesim.simulate_cache`) on the planning steps.
+Among the candidates that copy no more experts than the global top-k set does on the same steps,
+those within :data:`TIME_TOLERANCE` (2%) of the fastest mean step time tie, and the one with the
+fewest copies wins (the frequency set is near-optimal for counts alone; the gain must come
+from time: overlap, prefetch accuracy per layer and drift).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.cachesim import (
+    CacheConfig,
+    CacheSimResult,
+    OffloadTiming,
+    PrefetchConfig,
+    access_lists,
+    simulate_cache,
+)
+from planner.errors import InfeasibleError, InputError
+
+#: Dynamic slots per layer tried by :func:`solve_cache`.
+DYNAMIC_CHOICES = (0, 2)
+#: Prefetch thresholds tried (None: no prefetch).
+THRESHOLDS = (None, 0.5, 0.6, 0.7)
+#: Prefetch thresholds tried with dynamic slots (d > 0).
+THRESHOLDS_DYNAMIC = (None, 0.5)
+#: Candidates within this fraction of the fastest planning-step time count as ties, broken by
+#: fewer copies (PCIe traffic), then by time.
+TIME_TOLERANCE = 0.02
+#: CPU execution of missed experts tried (planner.cachesim, Fiddler's rule).
+CPU_CHOICES = ("off", "fastest")
+
+
+def frequency_order(counts_SLE: np.ndarray) -> np.ndarray:
+    """Experts of each layer by decreasing planning frequency (steps needing them): int [L, E]."""
+    freq = (counts_SLE > 0).sum(axis=0)
+    return np.argsort(-freq, axis=1, kind="stable")
+
+
+def layer_stall_table(
+    counts_SLE: np.ndarray, timing: OffloadTiming, order_LE: np.ndarray, prob_SLE: np.ndarray | None, threshold: float | None
+) -> np.ndarray:
+    """``f_l(r)`` of the module docstring for r = 0..E: float [L, E + 1] (ms per step)."""
+    S, L, E = counts_SLE.shape
+    c, pre, ov = timing.copy_ms, timing.pre_ms, timing.overlap
+    ffn = timing.ffn_ms_M
+    k1 = float(ffn[min(1, ffn.size - 1)])
+    need_all = counts_SLE > 0
+    kall_SLE = ffn[np.minimum(counts_SLE, ffn.size - 1)]
+    ksum_SL = kall_SLE.sum(axis=2)
+    out = np.zeros((L, E + 1))
+    for layer in range(L):
+        o = order_LE[layer]
+        need = need_all[:, layer, o]  # [S, E] in rank order
+        kc = kall_SLE[:, layer, o]
+        if prob_SLE is not None and threshold is not None and layer > 0:
+            pred = prob_SLE[:, layer, o] >= threshold
+        else:
+            pred = np.zeros_like(need)
+
+        def suffix(x: np.ndarray) -> np.ndarray:  # Σ over rank >= r, r = 0..E: [S, E + 1]
+            z = np.zeros((x.shape[0], E + 1))
+            z[:, :E] = np.cumsum(x[:, ::-1], axis=1)[:, ::-1]
+            return z
+
+        m = suffix(need & ~pred)
+        ph = suffix(need & pred)
+        p = suffix(pred)
+        kstar = ksum_SL[:, layer][:, None]
+        window = pre + (ksum_SL[:, layer - 1] if layer > 0 else np.zeros(S))[:, None]
+        started = np.minimum(p, np.ceil(window / c))
+        hs = np.where(p > 0, ph * started / np.maximum(p, 1), 0.0)
+        q0 = np.maximum(0.0, started * c - window)
+        rest = m + ph - hs
+        ready = np.where(rest > 0, q0 + rest * c, np.where(hs > 0, q0, 0.0))
+        stall = np.maximum(0.0, np.where(rest + hs > 0, ready + k1 - kstar, 0.0))
+        stall += (1.0 - ov) * np.minimum(rest * c + q0, pre + kstar)
+        out[layer] = stall.mean(axis=0)
+        del kc
+    return out
+
+
+def allocate(cost_LR: np.ndarray, budget: int) -> np.ndarray:
+    """Exact multiple-choice knapsack (module docstring, step 2): r_L minimising Σ cost_LR[l, r_l]
+    with Σ r_l <= budget. ``cost_LR`` [L, E + 1]."""
+    L, R1 = cost_LR.shape
+    if budget < 0:
+        raise InputError(f"budget must be >= 0 slots (got {budget})")
+    J = min(budget, L * (R1 - 1))
+    dp = np.full(J + 1, np.inf)
+    dp[0] = 0.0
+    choice = np.zeros((L, J + 1), dtype=np.int64)
+    for layer in range(L):
+        new = np.full(J + 1, np.inf)
+        arg = np.zeros(J + 1, dtype=np.int64)
+        for r in range(min(R1 - 1, J) + 1):
+            cand = np.full(J + 1, np.inf)
+            cand[r:] = dp[: J + 1 - r] + cost_LR[layer, r]
+            better = cand < new - 1e-12
+            new = np.where(better, cand, new)
+            arg = np.where(better, r, arg)
+        dp, choice[layer] = new, arg
+    best = dp.min()
+    j = int(np.flatnonzero(dp <= best + 1e-12)[0])  # fewest slots among the optima
+    r_L = np.zeros(L, dtype=np.int64)
+    for layer in range(L - 1, -1, -1):
+        r_L[layer] = choice[layer, j]
+        j -= r_L[layer]
+    return r_L
+
+
+def resident_from_counts(order_LE: np.ndarray, r_L: np.ndarray) -> np.ndarray:
+    """bool [L, E]: the r_l most frequent experts of each layer."""
+    L, E = order_LE.shape
+    res = np.zeros((L, E), dtype=bool)
+    for layer in range(L):
+        res[layer, order_LE[layer, : r_L[layer]]] = True
+    return res
+
+
+def global_topk(counts_SLE: np.ndarray, slots: int) -> np.ndarray:
+    """KTransformers' resident set: the ``slots`` (layer, expert) pairs with the highest planning
+    frequency, no per-layer quota: bool [L, E]."""
+    S, L, E = counts_SLE.shape
+    freq = (counts_SLE > 0).sum(axis=0).ravel()
+    keep = np.argsort(-freq, kind="stable")[: max(0, min(slots, L * E))]
+    res = np.zeros(L * E, dtype=bool)
+    res[keep] = True
+    return res.reshape(L, E)
+
+
+def even_lru(num_layers: int, num_experts: int, slots: int) -> CacheConfig:
+    """mixtral-offloading's cache: the slots spread evenly over layers as LRU caches."""
+    base, extra = divmod(max(slots, 0), num_layers)
+    dyn = np.minimum(np.array([base + (i < extra) for i in range(num_layers)]), num_experts)
+    return CacheConfig(np.zeros((num_layers, num_experts), bool), dyn.astype(np.int64), "lru")
+
+
+@dataclass(frozen=True)
+class CacheSolution:
+    """The chosen cache and how it was chosen."""
+
+    config: CacheConfig
+    threshold: float | None
+    prefetch_count: int
+    planning: CacheSimResult  #: the chosen config on the planning steps
+    candidates: dict[str, float]  #: mean step ms on the planning steps by candidate name
+    transfers: dict[str, int]  #: copies on the planning steps by candidate name
+    chosen: str
+    time_s: float
+
+
+def solve_cache(
+    counts_SLE: np.ndarray,
+    prob_SLE: np.ndarray | None,
+    timing: OffloadTiming,
+    slots: int,
+    prefetch_count: int,
+    *,
+    warmup_steps: int = 0,
+    batch: float = 1.0,
+    dynamic_choices: tuple[int, ...] = DYNAMIC_CHOICES,
+    thresholds: tuple[float | None, ...] = THRESHOLDS,
+    cpu_choices: tuple[str, ...] = CPU_CHOICES,
+) -> CacheSolution:
+    """Choose the cache for ``slots`` expert slots (module docstring, step 3). ``counts_SLE`` are
+    the planning steps, ``prob_SLE`` the prefetch probabilities on them (None: no prefetch);
+    ``prefetch_count`` the prefetch staging buffers (taken from ``slots`` when prefetching). The
+    first ``warmup_steps`` warm dynamic caches and are not scored."""
+    t0 = time.perf_counter()
+    S, L, E = counts_SLE.shape
+    if slots < 0:
+        raise InfeasibleError(f"the expert budget holds {slots} slots: no room for a cache")
+    order = frequency_order(counts_SLE[warmup_steps:] if warmup_steps < S else counts_SLE)
+    rec = min(warmup_steps, S - 1)
+    acc = access_lists(counts_SLE)
+
+    def run(cfg: CacheConfig) -> CacheSimResult:
+        return simulate_cache(counts_SLE, cfg, timing, record_from=rec, batch=batch, accesses=acc)
+
+    results: dict[str, tuple[CacheConfig, CacheSimResult, float | None]] = {}
+    topk = CacheConfig(global_topk(counts_SLE[rec:], slots), np.zeros(L, np.int64), "lru")
+    results["global-topk"] = (topk, run(topk), None)
+    for d in dynamic_choices:
+        for thr in thresholds if d == 0 else [t for t in thresholds if t in THRESHOLDS_DYNAMIC]:
+            if thr is not None and (prob_SLE is None or prefetch_count <= 0):
+                continue
+            pf_slots = prefetch_count if thr is not None else 0
+            static = slots - d * L - pf_slots
+            if static < 0 or d > E:
+                continue
+            f = layer_stall_table(counts_SLE[rec:], timing, order, prob_SLE[rec:] if prob_SLE is not None else None, thr)
+            r_L = allocate(f, static)
+            dyn = np.minimum(np.full(L, d, np.int64), E - r_L)
+            res = resident_from_counts(order, r_L)
+            pf = PrefetchConfig(prob_SLE, thr, prefetch_count) if thr is not None else None
+            for cpu in cpu_choices:
+                if cpu != "off" and timing.cpu_ms_M is None:
+                    continue
+                cfg = CacheConfig(res, dyn, "lru", pf, cpu)
+                name = f"dp(d={d}, prefetch={'off' if thr is None else f'p>={thr}'}, cpu={cpu})"
+                results[name] = (cfg, run(cfg), thr)
+    limit = results["global-topk"][1].transfers
+    ok = {k: v for k, v in results.items() if v[1].transfers <= limit}
+    fastest = min(float(v[1].step_ms_S.mean()) for v in ok.values())
+    near = {k: v for k, v in ok.items() if v[1].step_ms_S.mean() <= fastest * (1 + TIME_TOLERANCE)}
+    chosen = min(near, key=lambda k: (near[k][1].transfers, near[k][1].step_ms_S.mean(), k))
+    cfg, sim, thr = ok[chosen]
+    return CacheSolution(
+        config=cfg, threshold=thr, prefetch_count=prefetch_count if thr is not None else 0, planning=sim,
+        candidates={k: float(v[1].step_ms_S.mean()) for k, v in results.items()},
+        transfers={k: v[1].transfers for k, v in results.items()}, chosen=chosen, time_s=time.perf_counter() - t0,
+    )

@@ -1,0 +1,63 @@
+"""`moe-planner plan` with the parallelism search: figures, alternatives, launch arguments, errors."""
+
+import json
+
+from planner.cli import main
+from planner.specs.plan import Plan
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_plan_fills_figures_search_and_megatron_args(capsys):
+    code, out, err = run(
+        capsys, "plan", "--model", "mixtral-8x7b", "--nodes", "8", "--mode", "train", "--global-batch", "256",
+        "--tp", "1", "--ep", "8", "--pp", "4", "--vpp", "8", "--cp", "1", "--micro-batch", "1", "--time-limit", "5", "--json",
+    )
+    assert code == 0, err
+    plan = Plan.model_validate(json.loads(out))
+    par, pred, s = plan.parallel, plan.predicted, plan.search
+    assert (par.tp, par.ep, par.pp, par.vpp, par.cp, par.dp) == (1, 8, 4, 8, 1, 16)
+    assert s is not None and {"tp", "ep", "pp", "vpp", "cp", "micro_batch"} <= set(s.fixed)
+    assert s.chosen.micro_batch == 1 and s.chosen.global_batch == 256
+    # tokens/s is the step's tokens over the step; TFLOP/s within 15% of the published 468
+    assert abs(pred.tokens_per_s - 256 * 4096 / (pred.step_time_ms / 1e3)) < 1e-6 * pred.tokens_per_s
+    assert abs(pred.tflops_per_gpu / 468 - 1) < 0.15
+    # memory is the full training memory, its parts sum to it
+    parts = pred.memory_breakdown_gib
+    assert parts["gradients"] > 0 and parts["optimizer"] > 0 and parts["activations"] > 0
+    assert abs(sum(parts.values()) - pred.memory_per_gpu_gib) < 1e-6
+    argv = plan.launch.megatron
+    for flag, val in (("--tensor-model-parallel-size", "1"), ("--pipeline-model-parallel-size", "4"),
+                      ("--expert-model-parallel-size", "8"), ("--num-layers-per-virtual-pipeline-stage", "1"),
+                      ("--micro-batch-size", "1"), ("--moe-token-dispatcher-type", "alltoall")):
+        assert argv[argv.index(flag) + 1] == val
+    assert "--moe-grouped-gemm" in argv and "--use-distributed-optimizer" in argv
+    # `moe-planner export --to megatron` writes the same arguments as the plan's launch line
+    from planner.exports import megatron
+
+    assert megatron.args(plan) == argv
+
+
+def test_default_plan_prints_search_and_serving_flags(capsys):
+    code, out, err = run(capsys, "plan")
+    assert code == 0, err
+    assert "parallelism search:" in out and "ranked by throughput" in out
+    assert "vllm: vllm serve MODEL --enable-expert-parallel --tensor-parallel-size 1 --data-parallel-size 8" in out
+    assert "--ep-size 8" in out and "--enable-dp-attention" in out
+    assert "memory per GPU:" in out and "kv_cache" in out
+
+
+def test_rule_broken_by_a_fixed_degree_exits_2(capsys):
+    code, out, err = run(capsys, "plan", "--model", "mixtral-8x7b", "--nodes", "2", "--mode", "train", "--ep", "8", "--etp", "2")
+    assert code == 2
+    assert "spans more than one node" in err
+
+
+def test_infeasible_training_exits_1_with_numbers(capsys):
+    code, out, err = run(capsys, "plan", "--model", "deepseek-v3", "--mode", "train", "--global-batch", "64")
+    assert code == 1
+    assert "GiB per GPU" in err and "has 75.2" in err
