@@ -16,8 +16,13 @@ experts of frequency rank >= r (not resident)::
                                   cancelled, or re-queued as demand copies when needed)
     hs = Ph · n / P               prefetched, started and used;   rest = M + Ph − hs
     q0 = max(0, n·c − W)          prefetch backlog when layer l's router has chosen
-    ready = q0 + rest·c  (rest > 0),  q0 (rest = 0 < hs),  0 otherwise
-    f_l,s(r) = max(0, ready + K(1) − K*) + (1 − ov)·min(rest·c + q0, pre + K*)
+    ready = q0 + rest·c + K(1)  (rest > 0),  q0 + K(1)  (rest = 0 < hs),  0 otherwise
+    f_l,s(r) = max(0, ready − K*) + (1 − ov)·min(rest·c + q0, pre + K*)
+
+With CPU execution of misses (``cpu="fastest"``) n of the ``rest`` misses run on the host CPU
+(K_cpu(1) each, one at a time) beside the copies: ``ready = max(q0 + (rest − n)·c + K(1),
+n·K_cpu)`` with n the better integer around the balance ``n·K_cpu = q0 + (rest − n)·c + K(1)``,
+and the copy term of the overlap penalty counts ``rest − n`` copies.
 
 and ``f_l(r)`` is its mean over the planning steps: the layer's stall when it starts with an idle
 copy engine (the full simulator then charges the queue carried between layers).
@@ -81,9 +86,11 @@ def frequency_order(counts_SLE: np.ndarray) -> np.ndarray:
 
 
 def layer_stall_table(
-    counts_SLE: np.ndarray, timing: OffloadTiming, order_LE: np.ndarray, prob_SLE: np.ndarray | None, threshold: float | None
+    counts_SLE: np.ndarray, timing: OffloadTiming, order_LE: np.ndarray, prob_SLE: np.ndarray | None, threshold: float | None,
+    cpu: str = "off",
 ) -> np.ndarray:
-    """``f_l(r)`` of the module docstring for r = 0..E: float [L, E + 1] (ms per step)."""
+    """``f_l(r)`` of the module docstring for r = 0..E: float [L, E + 1] (ms per step); ``cpu``
+    ``"fastest"`` splits the misses between the copy engine and the host CPU."""
     S, L, E = counts_SLE.shape
     c, pre, ov = timing.copy_ms, timing.pre_ms, timing.overlap
     ffn = timing.ffn_ms_M
@@ -115,9 +122,25 @@ def layer_stall_table(
         hs = np.where(p > 0, ph * started / np.maximum(p, 1), 0.0)
         q0 = np.maximum(0.0, started * c - window)
         rest = m + ph - hs
-        ready = np.where(rest > 0, q0 + rest * c, np.where(hs > 0, q0, 0.0))
-        stall = np.maximum(0.0, np.where(rest + hs > 0, ready + k1 - kstar, 0.0))
-        stall += (1.0 - ov) * np.minimum(rest * c + q0, pre + kstar)
+        n_cpu = np.zeros_like(rest)
+        if cpu == "fastest" and timing.cpu_ms_M is not None:
+            t_cpu = float(timing.cpu_ms_M[min(1, timing.cpu_ms_M.size - 1)])
+            # balance n·t_cpu = q0 + (rest − n)·c + K(1); the better of the two integers around it
+            lo = np.clip(np.floor((q0 + rest * c + k1) / (t_cpu + c)), 0, rest)
+            hi = np.minimum(lo + 1, rest)
+
+            def finish(n: np.ndarray) -> np.ndarray:
+                left = rest - n
+                gpu = np.where(left > 0, q0 + left * c + k1, np.where(hs > 0, q0 + k1, 0.0))
+                return np.maximum(gpu, n * t_cpu)
+
+            n_cpu = np.where(finish(hi) < finish(lo), hi, lo)
+        left = rest - n_cpu
+        ready = np.where(left > 0, q0 + left * c + k1, np.where(hs > 0, q0 + k1, 0.0))
+        if cpu == "fastest" and timing.cpu_ms_M is not None:
+            ready = np.maximum(ready, n_cpu * t_cpu)
+        stall = np.maximum(0.0, np.where(rest + hs > 0, ready - kstar, 0.0))
+        stall += (1.0 - ov) * np.minimum(left * c + q0, pre + kstar)
         out[layer] = stall.mean(axis=0)
         del kc
     return out
@@ -232,14 +255,15 @@ def solve_cache(
             static = slots - d * L - pf_slots
             if static < 0 or d > E:
                 continue
-            f = layer_stall_table(counts_SLE[rec:], timing, order, prob_SLE[rec:] if prob_SLE is not None else None, thr)
-            r_L = allocate(f, static)
-            dyn = np.minimum(np.full(L, d, np.int64), E - r_L)
-            res = resident_from_counts(order, r_L)
             pf = PrefetchConfig(prob_SLE, thr, prefetch_count) if thr is not None else None
             for cpu in cpu_choices:
                 if cpu != "off" and timing.cpu_ms_M is None:
                     continue
+                probs = prob_SLE[rec:] if prob_SLE is not None else None
+                f = layer_stall_table(counts_SLE[rec:], timing, order, probs, thr, cpu)
+                r_L = allocate(f, static)
+                dyn = np.minimum(np.full(L, d, np.int64), E - r_L)
+                res = resident_from_counts(order, r_L)
                 cfg = CacheConfig(res, dyn, "lru", pf, cpu)
                 name = f"dp(d={d}, prefetch={'off' if thr is None else f'p>={thr}'}, cpu={cpu})"
                 results[name] = (cfg, run(cfg), thr)
