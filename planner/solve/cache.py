@@ -129,12 +129,8 @@ def layer_stall_table(
             lo = np.clip(np.floor((q0 + rest * c + k1) / (t_cpu + c)), 0, rest)
             hi = np.minimum(lo + 1, rest)
 
-            def finish(n: np.ndarray) -> np.ndarray:
-                left = rest - n
-                gpu = np.where(left > 0, q0 + left * c + k1, np.where(hs > 0, q0 + k1, 0.0))
-                return np.maximum(gpu, n * t_cpu)
-
-            n_cpu = np.where(finish(hi) < finish(lo), hi, lo)
+            f_lo, f_hi = (_split_finish(n, rest, q0, hs, c, k1, t_cpu) for n in (lo, hi))
+            n_cpu = np.where(f_hi < f_lo, hi, lo)
         left = rest - n_cpu
         ready = np.where(left > 0, q0 + left * c + k1, np.where(hs > 0, q0 + k1, 0.0))
         if cpu == "fastest" and timing.cpu_ms_M is not None:
@@ -144,6 +140,15 @@ def layer_stall_table(
         out[layer] = stall.mean(axis=0)
         del kc
     return out
+
+
+def _split_finish(
+    n: np.ndarray, rest: np.ndarray, q0: np.ndarray, hs: np.ndarray, c: float, k1: float, t_cpu: float
+) -> np.ndarray:
+    """Layer finish time (after its router) with n of the ``rest`` misses on the CPU."""
+    left = rest - n
+    gpu = np.where(left > 0, q0 + left * c + k1, np.where(hs > 0, q0 + k1, 0.0))
+    return np.maximum(gpu, n * t_cpu)
 
 
 def allocate(cost_LR: np.ndarray, budget: int) -> np.ndarray:
