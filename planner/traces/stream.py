@@ -107,11 +107,11 @@ def npz_ids_bytes(path: str | Path) -> int | None:
     try:
         with zipfile.ZipFile(path) as z:
             info = z.getinfo("topk_ids.npy")
-            shape, _f, dtype, _h = _header(z, info, Path(path).name)
+            shape, _f, dtype, hlen = _header(z, info, Path(path).name)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, InputError, EOFError, RuntimeError, NotImplementedError):
         return None
-    if len(shape) != 3 or dtype.kind not in "iu":
-        return None
+    if len(shape) != 3 or dtype.kind not in "iu" or info.file_size - hlen != math.prod(shape) * dtype.itemsize:
+        return None  # not streamable as it stands: the whole-file loader reports what is wrong
     return math.prod(shape) * BYTES_PER_ID
 
 

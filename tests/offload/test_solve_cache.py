@@ -62,6 +62,12 @@ def test_stall_table_hand_computed():
     # r = 0: step 0 one miss: ready 1.0 + 0.1 - 0.1 = 1.0; step 1 two misses: 2.0 + 0.1 - 0.2 = 1.9
     # r = 1: step 1 one miss: 1.0 + 0.1 - 0.2 = 0.9; r = 2: nothing
     np.testing.assert_allclose(f, [[(1.0 + 1.9) / 2, 0.9 / 2, 0.0]])
+    # a CPU expert of 0.5 ms beside the copies: step 0 runs its miss on the CPU (0.5 - 0.1), step 1 both
+    # (max(2 · 0.5, ...) = 1.0 beats copy + CPU 1.1): 1.0 - 0.2; with r = 1 step 1's one miss: 0.5 - 0.2
+    t = _timing()
+    fast = OffloadTiming(t.copy_ms, t.ffn_ms_M, t.pre_ms, t.other_ms, t.overlap, t.expert_bytes, np.array([0.0, 0.5]))
+    f = layer_stall_table(counts, fast, np.array([[0, 1]]), None, None, cpu="fastest")
+    np.testing.assert_allclose(f, [[(0.4 + 0.8) / 2, 0.3 / 2, 0.0]])
 
 
 def test_solve_cache_respects_slots_and_beats_or_ties_topk():
