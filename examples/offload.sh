@@ -4,10 +4,10 @@
 # tokens/s against GPU memory), and run the offloaded stack on the CPU (simulated transfer clock).
 set -euo pipefail
 out=${1:-$(mktemp -d)}
-moe-planner trace synth --model deepseek-v2-lite --tokens 1024 --tokens-per-step 512 --ranks 8 --no-weights \
+moe-planner trace synth --model deepseek-v2-lite --tokens 512 --tokens-per-step 256 --ranks 8 --no-weights \
     --out "$out/ds.npz" --force
 moe-planner plan --mode offload --model deepseek-v2-lite --gpu-memory-gb 10 --trace "$out/ds.npz" --out "$out" --force
 moe-planner check --plan "$out/plan.json"
 moe-planner simulate --plan "$out/plan.json" --trace "$out/ds.npz"
-moe-planner offload-curve --model deepseek-v2-lite --trace "$out/ds.npz" --budgets 3,6,10,16,30 --out "$out" --force
+moe-planner offload-curve --model deepseek-v2-lite --trace "$out/ds.npz" --budgets 3,10,30 --out "$out" --force
 moe-planner validate --plan "$out/plan.json" --trace "$out/ds.npz" --device cpu --steps 32 --layers 4

@@ -21,7 +21,9 @@ it):
 host tensors with ``non_blocking=True``, the compute stream waiting on each copy's event, CUDA
 events around each step. Prefetch copies are enqueued at once (a started CUDA copy cannot be
 recalled; the simulator's cancellation of not-yet-started prefetches is not reproduced), and the
-host reads each layer's routing as an engine would (a synchronisation per layer).
+host reads each layer's routing as an engine would (a synchronisation per layer). An expert run on
+the CPU runs on the host thread between GPU launches. For real shapes every host expert is
+materialised in pinned memory (Qwen3-30B-A3B: 58 GB): pass fewer layers (``validate --layers``).
 ``clock="simulated"`` runs the same data path on the CPU and advances a modelled clock with the
 simulator's rules and figures (copy time, expert FFN time, CPU time), so that a CPU run checks
 the code path against :func:`planner.cachesim.simulate_cache` exactly (tests/kernels).
@@ -284,8 +286,10 @@ def run_offloaded_stack(
                 if on_cpu:
                     out = ffn(xin.to("cpu", torch.float32), w[0].float(), w[1].float()).to(dev)
                 else:
-                    if cuda and w is not res[layer].get(e) and w is not None:
-                        torch.cuda.current_stream().wait_stream(copy_stream)
+                    if len(w) == 3:  # copied on the side stream: wait for that copy only
+                        torch.cuda.current_stream().wait_event(w[2])
+                        w[0].record_stream(torch.cuda.current_stream())
+                        w[1].record_stream(torch.cuda.current_stream())
                     out = ffn(xin, w[0], w[1]).float()
                     k_e = ffn_ms[min(len(rows), top_m)] if timing is not None else 0.0
                     t = max(t, r) + k_e
@@ -328,7 +332,12 @@ def run_offloaded_stack(
 
 
 def _copy(w: tuple, dev: torch.device, stream: Any) -> tuple:
+    """A host expert's weights on ``dev``: on CUDA, copied on ``stream`` with an event recorded
+    after the copy (``(w13, w2, event)``); on the CPU, a plain copy (``(w13, w2)``)."""
     if stream is None:
         return (w[0].clone(), w[1].clone())
     with torch.cuda.stream(stream):
-        return (w[0].to(dev, non_blocking=True), w[1].to(dev, non_blocking=True))
+        w13, w2 = w[0].to(dev, non_blocking=True), w[1].to(dev, non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record(stream)
+    return (w13, w2, ev)

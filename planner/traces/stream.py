@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,8 @@ def npz_ids_bytes(path: str | Path) -> int | None:
         with zipfile.ZipFile(path) as z:
             info = z.getinfo("topk_ids.npy")
             shape, _f, dtype, hlen = _header(z, info, Path(path).name)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, InputError, EOFError, RuntimeError, NotImplementedError):
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, InputError, EOFError,
+            RuntimeError, NotImplementedError):
         return None
     if len(shape) != 3 or dtype.kind not in "iu" or info.file_size - hlen != math.prod(shape) * dtype.itemsize:
         return None  # not streamable as it stands: the whole-file loader reports what is wrong
@@ -164,7 +166,19 @@ def stream_npz(
 ) -> StreamedTrace:
     """Read a per-token ``.npz`` trace chunk by chunk (module docstring): exact counts of every
     step, tokens of a sample of steps fitting in ``max_bytes`` (default :func:`max_trace_bytes`)."""
-    p = Path(path)
+    try:
+        return _stream(Path(path), num_experts, model, tokens_per_step, max_bytes)
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error,
+            RuntimeError, NotImplementedError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"{Path(path).name}: not a readable .npz file ({msg[:120]})") from None
+
+
+def _stream(
+    p: Path, num_experts: int | None, model: str | None, tokens_per_step: int | None, max_bytes: int | None,
+) -> StreamedTrace:
     name = p.name
     budget = max_trace_bytes() if max_bytes is None else int(max_bytes)
     try:

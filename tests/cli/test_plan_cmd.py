@@ -67,7 +67,7 @@ def test_same_seed_same_plan_apart_from_time(capsys):
         (["--hardware", "nope"], 2, "nope"),
         (["--mode", "fly"], 2, "Invalid value for '--mode'"),
         (["--baseline", "contiguous", "--redundant-experts", "8"], 2, "places no redundant experts"),
-        (["--mode", "offload", "--gpu-memory-gb", "20"], 2, "not implemented yet"),
+        (["--mode", "offload", "--gpu-memory-gb", "500"], 2, "exceeds h100-sxm's"),
         (["--mode", "offload"], 2, "gpu_memory_gb is required"),
         (["--time-limit", "0"], 2, "--time-limit must be > 0"),
         (["--trace", "/no/such/trace.npz"], 2, "trace.npz"),

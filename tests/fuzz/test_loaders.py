@@ -74,6 +74,23 @@ def test_npz_traces(case, capsys):
     _check(case, capsys)
 
 
+@fuzz_settings(200)
+@given(case=trace_cases())
+def test_npz_traces_streamed(case, capsys):
+    """The same .npz traces through the streaming reader (a trace memory budget of 1 byte)."""
+    import os
+
+    old = os.environ.get("MOE_PLANNER_TRACE_MEMORY_GB")
+    os.environ["MOE_PLANNER_TRACE_MEMORY_GB"] = "1e-9"
+    try:
+        _check(case, capsys)
+    finally:
+        if old is None:
+            os.environ.pop("MOE_PLANNER_TRACE_MEMORY_GB", None)
+        else:
+            os.environ["MOE_PLANNER_TRACE_MEMORY_GB"] = old
+
+
 @fuzz_settings(300)
 @given(case=sglang_cases())
 def test_sglang_json(case, capsys):
