@@ -2,6 +2,9 @@
 
 import csv
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +65,12 @@ def test_offload_curve(capsys, tmp_path, trace_file):
     assert float(rows[2]["hit_rate"]) == 1.0 and float(rows[1]["hit_rate"]) < 1.0
     assert float(rows[2]["tokens_per_s"]) > float(rows[1]["tokens_per_s"])
     assert (tmp_path / "sizing.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(shutil.which("moe-planner") is None, reason="console script not installed")
+def test_offload_example(tmp_path):
+    ex = Path(__file__).resolve().parents[2] / "examples" / "offload.sh"
+    r = subprocess.run(["bash", str(ex), str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "plan.json").is_file() and (tmp_path / "sizing.png").is_file()
+    assert "moe-planner validate (offload)" in r.stdout and "measured equals predicted" in r.stdout
