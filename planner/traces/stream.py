@@ -39,7 +39,7 @@ import numpy as np
 
 from planner.errors import InputError
 from planner.specs.base import show
-from planner.traces.trace import Trace
+from planner.traces.trace import Trace, _check_num_experts
 
 #: Tokens decompressed and checked at a time (one layer's slice of them).
 CHUNK_TOKENS = 1 << 18
@@ -48,6 +48,8 @@ MEMORY_ENV = "MOE_PLANNER_TRACE_MEMORY_GB"
 #: Default: traces whose in-memory form (int32 ids, ×3 for validation temporaries) exceeds this
 #: many bytes are streamed.
 DEFAULT_MAX_BYTES = 2 * 2**30
+#: Largest per-step count array [S, L, E] (int64) a streamed read may allocate.
+COUNTS_MAX_BYTES = 4 * 2**30
 #: Bytes per id in memory, with the temporaries Trace's validation allocates (sort, masks).
 BYTES_PER_ID = 4 * 3
 
@@ -129,13 +131,15 @@ def kept_steps(step_sizes: np.ndarray, max_tokens: int) -> np.ndarray:
     return np.unique(np.linspace(0, S - 1, n).round().astype(np.int64))
 
 
-def _read_small(z: zipfile.ZipFile, key: str) -> np.ndarray | None:
+def _read_small(z: zipfile.ZipFile, key: str, name: str) -> np.ndarray | None:
+    """A [T]-sized or scalar member, read whole (its header checked against its size first)."""
+    from planner.traces.npz import _member_array
+
     try:
         info = z.getinfo(f"{key}.npy")
     except KeyError:
         return None
-    with z.open(info) as f:
-        return np.lib.format.read_array(f, allow_pickle=False)
+    return _member_array(z, info, key, name)
 
 
 def _check_chunk(chunk: np.ndarray, num_experts: int, layer: int, first_token: int, name: str) -> None:
@@ -202,14 +206,21 @@ def _stream(
             raise InputError(f"{name}: topk_ids must have at least one layer, token and choice, got shape {shape}")
         if info.file_size - hlen != L * T * k * dtype.itemsize:
             raise InputError(f"{name}: topk_ids holds {info.file_size - hlen} bytes, its header says {shape} of {dtype}")
-        ne = _read_small(z, "num_experts")
+        ne = _read_small(z, "num_experts", name)
+        if ne is not None and (ne.ndim != 0 or ne.dtype.kind not in "iu"):
+            raise InputError(f"{name}: num_experts must be an integer scalar")
         E = int(ne) if ne is not None else num_experts
         if E is None:
             raise InputError(f"{name}: a streamed trace needs num_experts in the file or a model")
+        _check_num_experts(E, name)
+        if k > E:
+            raise InputError(f"{name}: top_k ({k}) must be <= num_experts ({E})")
         if model is None:
-            mn = _read_small(z, "model")
+            mn = _read_small(z, "model", name)
+            if mn is not None and (mn.ndim != 0 or mn.dtype.kind != "U"):
+                raise InputError(f"{name}: model must be a string, got dtype {mn.dtype}")
             model = str(mn) if mn is not None else None
-        step = _read_small(z, "step")
+        step = _read_small(z, "step", name)
         if step is None:
             tps = tokens_per_step
             step = np.zeros(T, np.int64) if tps is None else np.arange(T, dtype=np.int64) // int(tps)
@@ -225,11 +236,16 @@ def _stream(
             keep_T[starts[s]: starts[s] + sizes[s]] = True
         n_keep = int(keep_T.sum())
         step_pos = np.repeat(np.arange(S, dtype=np.int64), sizes)  # position of each token's step
-        rank = _read_small(z, "source_rank")
+        rank = _read_small(z, "source_rank", name)
         if rank is not None and rank.shape != (T,):
             raise InputError(f"{name}: source_rank must have shape [tokens] = ({T},), got {rank.shape}")
         winfo = z.getinfo("topk_weights.npy") if "topk_weights.npy" in z.namelist() else None
 
+        if S * L * E * 8 > COUNTS_MAX_BYTES:
+            raise InputError(
+                f"{name}: per-step counts of {S} steps × {L} layers × {E} experts need {S * L * E * 8 / 1e9:.1f} GB "
+                f"(at most {COUNTS_MAX_BYTES / 1e9:.1f}); use larger steps (a step array or --tokens-per-step)"
+            )
         counts = np.zeros((S, L, E), dtype=np.int64)
         ids_keep = np.empty((L, n_keep, k), dtype=np.int32)
         w_keep = None
