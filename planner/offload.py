@@ -310,9 +310,10 @@ def solve_offload(pr: OffloadProblem, **solve_kw: Any) -> Plan:
         chosen, status, candidates, time_s, thr, pf_count = "all-resident", "optimal", {}, 0.0, None, 0
     else:
         sol: CacheSolution = solve_cache(
-            pr.counts_SLE[:P], probs[:P], pr.timing, pr.budget.slots, pr.prefetch_count, batch=pr.batch, **solve_kw
+            pr.counts_SLE[:P], probs[:P], pr.timing, pr.budget.slots, pr.prefetch_count, batch=pr.batch,
+            **{"time_limit": pr.time_limit, **solve_kw},
         )
-        sol_cfg, chosen, status = sol.config, sol.chosen, "heuristic"
+        sol_cfg, chosen, status = sol.config, sol.chosen, "time_limit" if sol.stopped_by_time else "heuristic"
         candidates, time_s, thr, pf_count = sol.candidates, sol.time_s, sol.threshold, sol.prefetch_count
     sim = evaluate(pr, sol_cfg, probs)
     bel = belady_bound(pr, pr.budget.slots)

@@ -219,6 +219,7 @@ class CacheSolution:
     transfers: dict[str, int]  #: copies on the planning steps by candidate name
     chosen: str
     time_s: float
+    stopped_by_time: bool = False  #: the time limit cut the candidate search short
 
 
 def solve_cache(
@@ -234,12 +235,15 @@ def solve_cache(
     thresholds: tuple[float | None, ...] = THRESHOLDS,
     cpu_choices: tuple[str, ...] = CPU_CHOICES,
     time_tolerance: float = TIME_TOLERANCE,
+    time_limit: float | None = None,
 ) -> CacheSolution:
     """Choose the cache for ``slots`` expert slots (module docstring, step 3). ``counts_SLE`` are
     the planning steps, ``prob_SLE`` the prefetch probabilities on them (None: no prefetch);
     ``prefetch_count`` the prefetch staging buffers (taken from ``slots`` when prefetching). The
     first ``warmup_steps`` warm dynamic caches and are not scored. ``time_tolerance``: candidates
-    this close to the fastest tie and the fewest copies wins (more trades time for PCIe traffic)."""
+    this close to the fastest tie and the fewest copies wins (more trades time for PCIe traffic).
+    ``time_limit`` (s): candidates are not started past it (the global top-k set is always scored);
+    a safety stop, reported as ``stopped_by_time``."""
     t0 = time.perf_counter()
     S, L, E = counts_SLE.shape
     if slots < 0:
@@ -254,6 +258,7 @@ def solve_cache(
     results: dict[str, tuple[CacheConfig, CacheSimResult, float | None]] = {}
     topk = CacheConfig(global_topk(counts_SLE[rec:], slots), np.zeros(L, np.int64), "lru")
     results["global-topk"] = (topk, run(topk), None)
+    stopped = False
     for d in dynamic_choices:
         for thr in thresholds if d == 0 else [t for t in thresholds if t in THRESHOLDS_DYNAMIC]:
             if thr is not None and (prob_SLE is None or prefetch_count <= 0):
@@ -266,6 +271,9 @@ def solve_cache(
             for cpu in cpu_choices:
                 if cpu != "off" and timing.cpu_ms_M is None:
                     continue
+                if time_limit is not None and time.perf_counter() - t0 > time_limit:
+                    stopped = True
+                    break
                 probs = prob_SLE[rec:] if prob_SLE is not None else None
                 f = layer_stall_table(counts_SLE[rec:], timing, order, probs, thr, cpu)
                 r_L = allocate(f, static)
@@ -284,4 +292,5 @@ def solve_cache(
         config=cfg, threshold=thr, prefetch_count=prefetch_count if thr is not None else 0, planning=sim,
         candidates={k: float(v[1].step_ms_S.mean()) for k, v in results.items()},
         transfers={k: v[1].transfers for k, v in results.items()}, chosen=chosen, time_s=time.perf_counter() - t0,
+        stopped_by_time=stopped,
     )

@@ -125,3 +125,14 @@ def test_api_plan_offload(small):
     rep = planner.simulate(p, tr)
     s = rep.summary()
     assert s["mode"] == "offload" and s["hit_rate"] == 1.0 and s["transfers"] == 0
+
+
+def test_cache_search_stops_at_its_time_limit(small):
+    m, hw, tr = small
+    pr = prepare_offload(m, hw, tr, "t", gpu_memory_gb=12, batch=1, seq_len=4096, seed=0, time_limit=1e-9,
+                         train_fraction=0.75)
+    p = solve_offload(pr, dynamic_choices=(0, 1), thresholds=(None, 0.5))
+    assert p.solver.status == "time_limit"
+    assert list(p.solver.candidates) == ["global-topk"]  # only the always-scored baseline ran
+    full = solve_offload(pr.__class__(**{**pr.__dict__, "time_limit": 60.0}), dynamic_choices=(0, 1), thresholds=(None, 0.5))
+    assert full.solver.status == "heuristic" and len(full.solver.candidates) > 1
