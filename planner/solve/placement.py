@@ -1608,11 +1608,18 @@ def solve_placement(
     for name, p2l in (extra_candidates or {}).items():
         placements[name] = np.asarray(p2l, dtype=np.int64)
     candidates: dict[str, float] = {}
-    for name, p2l in placements.items():
-        if name not in ("placement-ilp", "eplb") and clock.left() < 0.6 * reserve:
-            continue  # out of time: skip the optional candidates
-        candidates[name] = float(evaluate(p2l)) + migration_ms(p2l, previous_LP, inp, mig_w)
-    chosen = min(candidates, key=lambda n: (candidates[n], list(candidates).index(n)))
+    slowest = 0.0  # the longest evaluation so far: the next one is started only if it fits
+    for name in ["eplb", "placement-ilp"] + [n for n in placements if n not in ("eplb", "placement-ilp")]:
+        if candidates and clock.left() < max(1.2 * slowest, 0.0 if name == "placement-ilp" else 0.6 * reserve):
+            if name == "placement-ilp":
+                sinfo["stopped_by_time"] = True  # not even scored: EPLB's placement is kept
+            continue
+        t_eval = time.perf_counter()
+        candidates[name] = float(evaluate(placements[name])) + migration_ms(placements[name], previous_LP, inp, mig_w)
+        slowest = max(slowest, time.perf_counter() - t_eval)
+    order = list(placements)
+    candidates = {n: candidates[n] for n in order if n in candidates}
+    chosen = min(candidates, key=lambda n: (candidates[n], order.index(n)))
     obj = candidates[chosen]
     bound = min(lower_bound(inp), obj)
     optimal = (exhaustive and exact_setting and chosen == "placement-ilp" and not sinfo["stopped_by_time"]

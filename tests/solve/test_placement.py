@@ -339,3 +339,15 @@ def test_rank_locality_puts_a_group_on_the_node_its_tokens_come_from():
     assert node0 == {4, 5, 6, 7}
     assert res.stages["stage1"]["layers_solved"] == 1
     assert res.objective < res.candidates["eplb"]
+
+
+def test_slow_scoring_keeps_eplb_rather_than_overrun_the_limit():
+    import time
+
+    def slow(p2l):  # a scorer that takes 0.3 s: after EPLB's there is no time for another
+        time.sleep(0.3)
+        return 1.0
+
+    res = solve_placement(_medium_inputs(), time_limit=0.5, evaluate=slow)
+    assert list(res.candidates) == ["eplb"] and res.chosen == "eplb" and res.status == "time_limit"
+    assert all(np.bincount(row, minlength=16).min() >= 1 for row in res.phy2log_LP)  # a valid placement
