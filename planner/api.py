@@ -441,11 +441,12 @@ def prepare(
     if mode == "offload":  # one GPU, experts in host memory: planner.offload
         from planner.offload import prepare_offload
 
-        tr, trace_label, recorded_counts = resolve_trace(trace, m, seed, tokens_per_step)
+        tr, trace_label, _recorded = resolve_trace(trace, m, seed, tokens_per_step)
         return prepare_offload(
             m, hw, tr, trace_label, gpu_memory_gb=gpu_memory_gb, batch=micro_batch, seq_len=seq_len, seed=seed,
             time_limit=time_limit, train_fraction=train_fraction, workload=workload,
-            notes=(CAVEAT,) if recorded_counts is not None else (),
+            notes=((CAVEAT,) if trace_label.endswith("(counts only)") else ())
+            + ((tr.note(),) if isinstance(tr, StreamedTrace) else ()),
         )
     par = resolve_degrees(m, cluster, ep=ep, tp=tp, pp=pp, dp=dp, etp=etp, vpp=vpp, redundant=redundant_experts)
     if baseline in ("contiguous", "round-robin") and redundant_experts:
