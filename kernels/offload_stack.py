@@ -34,12 +34,13 @@ prefetch slots; the executor tracks the maximum (``max_live_buffers``).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+
+from planner.cachesim import DynamicCache
 
 from .moe_layer import ffn
 
@@ -91,31 +92,6 @@ class StackResult:
             "step_ms_mean": float(np.mean(self.step_ms)) if self.step_ms else 0.0,
             "tokens_per_s": self.tokens_per_s, "max_live_buffers": self.max_live_buffers,
         }
-
-
-class _Cache:
-    """One layer's dynamic cache of device buffers (LRU, or LFU with LRU ties)."""
-
-    def __init__(self, cap: int, lfu: bool) -> None:
-        self.cap, self.lfu = cap, lfu
-        self.od: OrderedDict[int, Any] = OrderedDict()
-        self.freq: dict[int, int] = {}
-
-    def touch(self, e: int) -> None:
-        if self.lfu:
-            self.freq[e] = self.freq.get(e, 0) + 1
-        if e in self.od:
-            self.od.move_to_end(e)
-
-    def insert(self, e: int, w: Any) -> None:
-        if self.cap <= 0:
-            return
-        self.od[e] = w
-        if len(self.od) > self.cap:
-            if self.lfu:
-                del self.od[min(self.od, key=lambda x: self.freq.get(x, 0))]
-            else:
-                self.od.popitem(last=False)
 
 
 def _weights(L: int, E: int, D: int, F: int, seed: int, dtype: torch.dtype, pin: bool) -> list[list[tuple]]:
@@ -171,7 +147,7 @@ def run_offloaded_stack(
     host = _weights(L, E, hidden, ffn_width, seed, dt, pin=cuda)
     res = [{e: (host[i][e][0].to(dev), host[i][e][1].to(dev)) for e in np.flatnonzero(resident_LE[i]).tolist()}
            for i in range(L)]
-    caches = [_Cache(int(dynamic_L[i]), policy == "lfu") for i in range(L)]
+    caches = [DynamicCache(int(dynamic_L[i]), policy == "lfu") for i in range(L)]
     _, s_T = np.unique(step_T, return_inverse=True)
     S = int(s_T.max()) + 1
     starts = np.searchsorted(s_T, np.arange(S + 1))

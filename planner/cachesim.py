@@ -70,7 +70,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -289,14 +289,15 @@ class CacheSimResult:
 # ---- the simulator ----------------------------------------------------------------------------
 
 
-class _Dyn:
-    """One layer's dynamic cache (LRU or LFU), updated access by access."""
+class DynamicCache:
+    """One layer's dynamic cache (LRU, or LFU with LRU ties), updated access by access; each key
+    may carry a value (the offloaded stack keeps its device buffers here, the simulator None)."""
 
     __slots__ = ("cap", "lfu", "od", "freq")
 
     def __init__(self, cap: int, lfu: bool) -> None:
         self.cap, self.lfu = cap, lfu
-        self.od: OrderedDict[int, None] = OrderedDict()
+        self.od: OrderedDict[int, Any] = OrderedDict()
         self.freq: dict[int, int] = {}
 
     def touch(self, e: int) -> None:
@@ -305,10 +306,10 @@ class _Dyn:
         if e in self.od:
             self.od.move_to_end(e)
 
-    def insert(self, e: int) -> None:
+    def insert(self, e: int, value: Any = None) -> None:
         if self.cap <= 0:
             return
-        self.od[e] = None
+        self.od[e] = value
         if len(self.od) > self.cap:
             if self.lfu:  # least frequent; ties: least recent (OrderedDict order)
                 victim = min(self.od, key=lambda x: self.freq.get(x, 0))
@@ -365,7 +366,7 @@ def simulate_cache(
     if cpu_mode != "off" and timing.cpu_ms_M is None:
         raise InputError("cpu execution of missed experts needs the timing's cpu_ms_M")
     cpu = timing.cpu_ms_M.tolist() if timing.cpu_ms_M is not None else []
-    dyn = [_Dyn(int(cfg.dynamic_L[i]), lfu) for i in range(L)]
+    dyn = [DynamicCache(int(cfg.dynamic_L[i]), lfu) for i in range(L)]
     res = [set(np.flatnonzero(cfg.resident_LE[i]).tolist()) for i in range(L)]
     pf = cfg.prefetch
     pf_lists = prefetch_lists(pf.prob_SLE, pf.threshold) if pf is not None and pf.max_count > 0 else None
