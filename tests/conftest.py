@@ -2,7 +2,9 @@
 
 import pytest
 
+from planner.specs.hardware import load_hardware
 from planner.specs.model import AttentionSpec, ModelSpec
+from planner.specs.model_io import load_model
 
 
 def make_model(**over) -> ModelSpec:
@@ -23,3 +25,14 @@ def make_model(**over) -> ModelSpec:
 @pytest.fixture
 def tiny_model() -> ModelSpec:
     return make_model()
+
+
+@pytest.fixture(scope="module")
+def hw():
+    """The H100 profile (the parallelism and step-time tests)."""
+    return load_hardware("h100-sxm")
+
+
+@pytest.fixture(scope="module")
+def mixtral():
+    return load_model("mixtral-8x7b")

@@ -9,18 +9,7 @@ from planner.cost.comm import collective_ms, nvlink
 from planner.cost.step import ModelView, StepModel, _coll, model_flops_per_step, serve_step
 from planner.errors import InputError
 from planner.solve.parallel import Candidate, candidate_memory
-from planner.specs.hardware import load_hardware
 from planner.specs.model_io import load_model
-
-
-@pytest.fixture(scope="module")
-def hw():
-    return load_hardware("h100-sxm")
-
-
-@pytest.fixture(scope="module")
-def mixtral():
-    return load_model("mixtral-8x7b")
 
 
 def test_model_flops_follow_megatrons_count(mixtral):

@@ -5,18 +5,7 @@ import pytest
 from planner.errors import InfeasibleError, InputError
 from planner.solve.parallel import Candidate, rank, rule_violation, search
 from planner.specs.cluster import ClusterSpec
-from planner.specs.hardware import load_hardware
 from planner.specs.model_io import load_model
-
-
-@pytest.fixture(scope="module")
-def hw():
-    return load_hardware("h100-sxm")
-
-
-@pytest.fixture(scope="module")
-def mixtral():
-    return load_model("mixtral-8x7b")
 
 
 def cluster(nodes, gpn=8):
