@@ -326,11 +326,13 @@ class RoutingRecorder:
             return deepseek_topk(logits, h.top_k, h.n_group, h.topk_group, h.bias, h.normalise)
         if not self.record_weights:
             return logits.topk(h.top_k, dim=-1).indices, None  # softmax is monotone: same ids
-        probs = logits.float().softmax(dim=-1)
-        w, ids = probs.topk(h.top_k, dim=-1)
+        # top-k of the logits (softmax is monotone), then the weights from the k values alone:
+        # softmax(l)_i = exp(l_i − logsumexp(l)); renormalised over the top k it is softmax(top k)
+        vals, ids = logits.topk(h.top_k, dim=-1)
+        vals = vals.float()
         if h.normalise:
-            w = w / w.sum(dim=-1, keepdim=True)
-        return ids, w
+            return ids, vals.softmax(dim=-1)
+        return ids, (vals - logits.float().logsumexp(dim=-1, keepdim=True)).exp()
 
     def _after_forward(self, module: Any, args: Any, output: Any) -> None:
         if self._enabled and any(h.ids for h in self.hooks):
