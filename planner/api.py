@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from planner.cost.compute import expert_ffn_ms
+from planner.cost.compute import expert_ffn_ms, grouped_model_ms
 from planner.cost.memory import GIB, weights_per_gpu_bytes
 from planner.errors import InfeasibleError, InputError
 from planner.simulator import (
@@ -192,10 +192,11 @@ def token_layout(trace: Trace, cluster: ClusterSpec, par: Parallel) -> TokenLayo
 
 def _simulate(
     phy2log: np.ndarray, trace: Trace, model: ModelSpec, hw: HardwareProfile, cluster: ClusterSpec,
-    par: Parallel, dispatch: str, relay: str | None = None,
+    par: Parallel, dispatch: str, relay: str | None = None, kernel: str = "loop",
 ) -> SimResult:
     """Simulate every expert-data-parallel group of EP ranks on the tokens that start in it
-    (:func:`token_layout`); groups run side by side (:func:`planner.simulator.combine_groups`)."""
+    (:func:`token_layout`); groups run side by side (:func:`planner.simulator.combine_groups`).
+    ``kernel``: how local experts run (:data:`planner.cost.compute.KERNELS`)."""
     slots = phy2log.shape[1] // par.ep
     lay = token_layout(trace, cluster, par)
     results = []
@@ -217,16 +218,20 @@ def _simulate(
                 dispatch=dispatch,
                 num_steps=lay.num_steps,
                 relay=relay,
+                kernel=kernel,
             )
         )
     return combine_groups(results)
 
 
-def placement_cost(model: ModelSpec, hw: HardwareProfile, par: Parallel) -> PlacementCost:
-    """The cost model the placement solver optimises (what :func:`_simulate` charges)."""
+def placement_cost(model: ModelSpec, hw: HardwareProfile, par: Parallel, kernel: str = "loop") -> PlacementCost:
+    """The cost model the placement solver optimises (what :func:`_simulate` charges; with
+    ``kernel="grouped"`` each slot's share of its GPU's launch — the launch itself is the same
+    for every GPU that has a token, so it does not move the placement)."""
     ffn = model.expert_intermediate_size // par.etp
+    per_slot = grouped_model_ms if kernel == "grouped" else expert_ffn_ms
     return PlacementCost(
-        ffn_ms=lambda n: expert_ffn_ms(hw, model.hidden_size, ffn, model.expert_dtype, n),
+        ffn_ms=lambda n: per_slot(hw, model.hidden_size, ffn, model.expert_dtype, n),
         token_bytes=model.hidden_size * 2.0,
         nvlink_gbps=hw.nvlink.bandwidth_gbps, nvlink_latency_us=hw.nvlink.latency_us,
         nic_gbps=hw.nic.bandwidth_gbps, nic_latency_us=hw.nic.latency_us,
@@ -242,7 +247,7 @@ def placement_inputs(problem: Problem, relay: str | None = None) -> PlacementInp
     return PlacementInputs(
         ids_LTk=pr.plan_trace.topk_ids, step_T=lay.step_T, src_T=lay.src_T, tok_index_T=lay.index_T,
         num_steps=lay.num_steps, num_experts=m.num_experts, num_gpus=par.ep, gpus_per_node=lay.gpus_per_node,
-        slots_per_gpu=pr.slots_per_gpu, cost=placement_cost(m, pr.hardware, par), n_group=m.n_group,
+        slots_per_gpu=pr.slots_per_gpu, cost=placement_cost(m, pr.hardware, par, pr.workload.expert_kernel), n_group=m.n_group,
         topk_group=m.topk_group, dispatch=pr.dispatch, group_T=lay.group_T if lay.num_groups > 1 else None,
         relay=check_relay(relay),
     )
@@ -410,6 +415,7 @@ def prepare(
     distributed_optimizer: bool | None = None,
     latency_target_ms: float | None = None,
     cross_node: bool = False,
+    expert_kernel: str = "loop",
 ) -> Problem:
     """Load and check every input of a planning run; raises :class:`InputError` on bad input.
 
@@ -434,7 +440,7 @@ def prepare(
     try:
         workload = Workload(
             mode=mode, seq_len=seq_len, micro_batch=micro_batch, global_batch=global_batch,
-            tokens_per_step=tokens_per_step, gpu_memory_gb=gpu_memory_gb,
+            tokens_per_step=tokens_per_step, gpu_memory_gb=gpu_memory_gb, expert_kernel=expert_kernel,
         )
     except ValidationError as e:
         raise InputError(format_validation_error("workload", e)) from None
@@ -558,6 +564,7 @@ def solve(
     relay = check_relay(relay)
     pr = problem
     m, hw, cluster, par = pr.model, pr.hardware, pr.cluster, pr.parallel
+    kernel = pr.workload.expert_kernel
     slots = pr.slots_per_gpu
     mem = pr.check_memory()
     if migration_weight < 0:
@@ -578,7 +585,7 @@ def solve(
         }
 
         def objective(phy2log: np.ndarray) -> float:
-            return float(_simulate(phy2log, pr.plan_trace, m, hw, cluster, par, pr.dispatch, relay).step_ms_S.mean())
+            return float(_simulate(phy2log, pr.plan_trace, m, hw, cluster, par, pr.dispatch, relay, kernel).step_ms_S.mean())
 
         res = solve_placement(
             placement_inputs(pr, relay), time_limit=pr.time_limit, seed=pr.seed, previous_LP=prev,
@@ -591,7 +598,7 @@ def solve(
                 f"the solver's own placement scored {res.candidates['placement-ilp']:.3f} ms on the planning steps; "
                 f"the {res.chosen} placement ({res.objective:.3f} ms) was better and is kept"
             )
-    sim = _simulate(p2l, pr.eval_trace, m, hw, cluster, par, pr.dispatch, relay)
+    sim = _simulate(p2l, pr.eval_trace, m, hw, cluster, par, pr.dispatch, relay, kernel)
     if relay != DEFAULT_RELAY:
         notes.append(f"traffic scored with the simulator's {relay!r} relay convention")
     predicted = summarize(sim, pr.evaluated_on, mem / GIB, notes)
@@ -705,5 +712,5 @@ def simulate(
         notes += (tr.note(),)
     p2l = np.asarray(p.placement.physical_to_logical, dtype=np.int64)
     cluster = ClusterSpec(hardware=hw.name, num_nodes=p.cluster.num_nodes, gpus_per_node=p.cluster.gpus_per_node)
-    sim = _simulate(p2l, tr, p.model, hw, cluster, p.parallel, p.dispatch, relay=relay)
+    sim = _simulate(p2l, tr, p.model, hw, cluster, p.parallel, p.dispatch, relay=relay, kernel=p.workload.expert_kernel)
     return SimulationReport(plan=p, trace_label=label, relay=relay, result=sim, notes=notes)

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from planner.cost.compute import expert_ffn_ms
+from planner.cost.compute import expert_ffn_ms, grouped_experts_ms
 from planner.errors import InputError
 from planner.specs.hardware import HardwareProfile, load_hardware
 from planner.specs.plan import Plan
@@ -169,9 +169,17 @@ def rank_slot_tokens(plan: Plan, trace: Trace) -> np.ndarray:
     return out
 
 
-def predict_rank_ms(hw: HardwareProfile, hidden: int, ffn: int, dtype: str, tokens_SLXRP: np.ndarray) -> np.ndarray:
-    """Predicted expert time of every rank: ``[S, L, X, R]`` = Σ over its slots of expert_ffn_ms."""
-    return expert_ffn_ms(hw, hidden, ffn, dtype, tokens_SLXRP).sum(axis=-1)
+def predict_rank_ms(
+    hw: HardwareProfile, hidden: int, ffn: int, dtype: str, tokens_SLXRP: np.ndarray, kernel: str = "loop"
+) -> np.ndarray:
+    """Predicted expert time of every rank: ``[S, L, X, R]`` = Σ over its slots of expert_ffn_ms
+    (``kernel="loop"``) or one grouped-GEMM launch over its slots (``"grouped"``,
+    :func:`planner.cost.compute.grouped_experts_ms`)."""
+    tok = np.asarray(tokens_SLXRP)
+    if kernel == "loop":
+        return expert_ffn_ms(hw, hidden, ffn, dtype, tok).sum(axis=-1)
+    flat = tok.reshape(-1, tok.shape[-1])
+    return grouped_experts_ms(hw, hidden, ffn, dtype, flat, kernel=kernel).reshape(tok.shape[:-1])
 
 
 def spread(n_total: int, n: int | None) -> list[int]:
@@ -329,7 +337,7 @@ def validate(
     if max_tokens is not None:
         tokens_SLXRP = np.minimum(tokens_SLXRP, max_tokens)
         notes.append(f"every slot's rows capped at --max-tokens {max_tokens} (prediction and measurement alike)")
-    pred_SLXR = predict_rank_ms(hw, m.hidden_size, ffn, exec_dtype, tokens_SLXRP)
+    pred_SLXR = predict_rank_ms(hw, m.hidden_size, ffn, exec_dtype, tokens_SLXRP, plan.workload.expert_kernel)
 
     resolved = {b: layer_mod.resolve_backend(b, torch.empty(0, device=device, dtype=torch.bfloat16)) for b in backends}
     max_rows = int(tokens_SLXRP[s_sel][:, l_sel].sum(axis=-1).max()) if s_sel and l_sel else 1

@@ -44,7 +44,7 @@ def render_plan(plan) -> str:
             "",
             f"  {'':34}{'per MoE layer':>16}",
             f"  {'load imbalance (max/mean GPU)':34}{pred.imbalance:>16.3f}",
-            f"  {'expert compute, slowest GPU':34}{pred.compute_ms:>13.4f} ms",
+            f"  {'expert compute, slowest GPU (' + plan.workload.expert_kernel + ')':34}{pred.compute_ms:>13.4f} ms",
             f"  {'dispatch + combine (exposed)':34}{pred.comm_ms:>13.4f} ms",
             f"  {'MoE layer':34}{pred.moe_layer_ms:>13.4f} ms",
             f"  {'slowest layer (#' + str(worst.layer) + ')':34}{worst.total_ms:>13.4f} ms",
@@ -88,6 +88,8 @@ def render_plan(plan) -> str:
 @click.option("--gpu-memory-gb", type=float, default=None, help="GPU memory budget (offload mode)")
 @click.option("--baseline", type=click.Choice(["contiguous", "round-robin", "eplb"]), default=None, help="Produce this baseline plan instead of solving")
 @click.option("--dispatch", type=click.Choice(["even", "local-first"]), default="even", show_default=True, help="How tokens pick among replicas")
+@click.option("--expert-kernel", type=click.Choice(["loop", "grouped"]), default="loop", show_default=True,
+              help="Placement figures with experts run one after another (loop, the profiled kernels) or as one grouped GEMM per GPU")
 @click.option("--previous", "previous_path", default=None, type=click.Path(dir_okay=False),
               help="Plan in service (plan.json): re-plan with a penalty per moved expert (migration-aware)")
 @click.option("--time-limit", type=float, default=60.0, show_default=True, help="Solver time limit in seconds")

@@ -599,7 +599,9 @@ def render_launch(plan) -> list[str]:
             f"  parallelism search: {s.enumerated} candidates, {s.evaluated} timed in {s.time_s:.2f} s; "
             f"ranked by {s.objective}" + (f"; fixed: {', '.join(s.fixed)}" if s.fixed else ""),
             "  (whole-model step at uniform routing, experts as one grouped GEMM per GPU; the MoE figures above"
-            " replay the trace with experts run one after another, an upper bound for grouped kernels)",
+            + (" replay the trace with grouped GEMMs too)" if plan.workload.expert_kernel == "grouped" else
+               " replay the trace with experts run one after another (--expert-kernel loop), an upper bound for"
+               " grouped kernels)"),
         ]
         for i, a in enumerate(s.alternatives):
             extra = (f" mb {a.micro_batch} {a.recompute}{' distopt' if a.distributed_optimizer else ''}"

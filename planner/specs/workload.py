@@ -22,6 +22,12 @@ class Workload(Spec):
         default=None, gt=0, description="Tokens in one step across the cluster when the trace does not mark steps"
     )
     gpu_memory_gb: float | None = Field(default=None, gt=0, description="GPU memory budget in GB for offload mode")
+    expert_kernel: Literal["loop", "grouped"] = Field(
+        default="loop",
+        description="How a GPU's local experts run in the placement figures: 'loop' (one FFN after another, the "
+        "profiled kernels) or 'grouped' (one grouped-GEMM launch per GPU, as Megatron --moe-grouped-gemm and fused-MoE "
+        "kernels run them)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Workload:
