@@ -110,6 +110,13 @@ def resolve_trace(
     return t, label, None
 
 
+def trace_notes(trace: Trace, label: str) -> tuple[str, ...]:
+    """The caveats a trace puts on the figures made from it: counts-only (tokens sampled from
+    counts) and streamed (a sample of steps); labels as :func:`resolve_trace` gives them."""
+    notes = (CAVEAT,) if label.endswith("(counts only)") else ()
+    return notes + ((trace.note(),) if isinstance(trace, StreamedTrace) else ())
+
+
 def _hash_inputs(parts: dict[str, Any], trace: Trace) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(parts, sort_keys=True, default=str).encode())
@@ -451,8 +458,7 @@ def prepare(
         return prepare_offload(
             m, hw, tr, trace_label, gpu_memory_gb=gpu_memory_gb, batch=micro_batch, seq_len=seq_len, seed=seed,
             time_limit=time_limit, train_fraction=train_fraction, workload=workload,
-            notes=((CAVEAT,) if trace_label.endswith("(counts only)") else ())
-            + ((tr.note(),) if isinstance(tr, StreamedTrace) else ()),
+            notes=trace_notes(tr, trace_label),
         )
     par = resolve_degrees(m, cluster, ep=ep, tp=tp, pp=pp, dp=dp, etp=etp, vpp=vpp, redundant=redundant_experts)
     if baseline in ("contiguous", "round-robin") and redundant_experts:
@@ -570,9 +576,7 @@ def solve(
     if migration_weight < 0:
         raise InputError(f"migration_weight must be >= 0 (got {migration_weight})")
     weight_LE = pr.plan_counts_LE.astype(np.float64)
-    notes = [CAVEAT] if pr.trace_label.endswith("(counts only)") else []
-    if isinstance(pr.trace, StreamedTrace):
-        notes.append(pr.trace.note())
+    notes = list(trace_notes(pr.trace, pr.trace_label))
     if pr.baseline is not None and previous is not None:
         raise InputError(f"--previous re-plans with the solver; it has no effect with --baseline {pr.baseline}")
     if pr.baseline is not None:
@@ -707,9 +711,7 @@ def simulate(
     hw = resolve_hardware(hardware if hardware is not None else p.cluster.hardware)
     relay = check_relay(relay)
     tr, label, _counts = resolve_trace(trace, p.model, p.provenance.seed, tokens_per_step)
-    notes = (CAVEAT,) if label.endswith("(counts only)") else ()
-    if isinstance(tr, StreamedTrace):
-        notes += (tr.note(),)
+    notes = trace_notes(tr, label)
     p2l = np.asarray(p.placement.physical_to_logical, dtype=np.int64)
     cluster = ClusterSpec(hardware=hw.name, num_nodes=p.cluster.num_nodes, gpus_per_node=p.cluster.gpus_per_node)
     sim = _simulate(p2l, tr, p.model, hw, cluster, p.parallel, p.dispatch, relay=relay, kernel=p.workload.expert_kernel)

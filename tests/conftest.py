@@ -36,3 +36,12 @@ def hw():
 @pytest.fixture(scope="module")
 def mixtral():
     return load_model("mixtral-8x7b")
+
+
+def kernel_module(name: str):
+    """``kernels/<name>.py`` as the installed ``planner_kernels.<name>`` (or from the source tree)."""
+    import importlib
+
+    from planner.validate import load_kernels
+
+    return importlib.import_module(f"{load_kernels().__name__}.{name}")

@@ -100,8 +100,11 @@ def _unreadable(name: str, reason: str) -> InputError:
     return InputError(f"{name}: not a readable .npz file ({one_line(reason, 120)})")
 
 
-def _member_array(z: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, name: str) -> np.ndarray:
-    """One ``.npy`` member, its header checked against its size before any array is allocated.
+def member_header(
+    z: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, name: str
+) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran order, dtype, header length) of one ``.npy`` member, checked against the
+    member's size before anything is allocated.
 
     A header may claim any shape: numpy would allocate that much before finding the data short
     (a few bytes claiming terabytes end in MemoryError). Object arrays are refused unread
@@ -115,7 +118,7 @@ def _member_array(z: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, name: str
         read_header = _NPY_HEADERS.get(version)
         if read_header is None:
             raise _unreadable(name, f"{key}: .npy format version {version[0]}.{version[1]} is not supported")
-        shape, _fortran, dtype = read_header(f)
+        shape, fortran, dtype = read_header(f)
         header_len = f.tell()
     if dtype.hasobject:
         raise _unreadable(name, f"{key} holds Python objects (dtype {dtype}), which are never unpickled")
@@ -123,6 +126,12 @@ def _member_array(z: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, name: str
     have = info.file_size - header_len
     if need != have:
         raise _unreadable(name, f"{key}: holds {have} bytes, but its header says shape {shape} of {dtype}, {need} bytes")
+    return shape, fortran, dtype, header_len
+
+
+def _member_array(z: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, name: str) -> np.ndarray:
+    """One ``.npy`` member, read after :func:`member_header` has checked it."""
+    member_header(z, info, key, name)
     with z.open(info) as f:
         return np.lib.format.read_array(f, allow_pickle=False)
 

@@ -94,28 +94,19 @@ class StreamedTrace(Trace):
         )
 
 
-def _header(z: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
-    with z.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if read is None:
-            raise InputError(f"{name}: .npy format version {version[0]}.{version[1]} is not supported")
-        shape, fortran, dtype = read(f)
-        return shape, fortran, dtype, f.tell()
-
-
 def npz_ids_bytes(path: str | Path) -> int | None:
     """In-memory bytes (:data:`BYTES_PER_ID` per id) of the ``topk_ids`` of an ``.npz`` trace,
     from its header alone; None when the file is not a readable per-token ``.npz``."""
+    from planner.traces.npz import member_header
+
     try:
         with zipfile.ZipFile(path) as z:
-            info = z.getinfo("topk_ids.npy")
-            shape, _f, dtype, hlen = _header(z, info, Path(path).name)
+            shape, _f, dtype, _h = member_header(z, z.getinfo("topk_ids.npy"), "topk_ids", Path(path).name)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, InputError, EOFError,
             RuntimeError, NotImplementedError):
-        return None
-    if len(shape) != 3 or dtype.kind not in "iu" or info.file_size - hlen != math.prod(shape) * dtype.itemsize:
         return None  # not streamable as it stands: the whole-file loader reports what is wrong
+    if len(shape) != 3 or dtype.kind not in "iu":
+        return None
     return math.prod(shape) * BYTES_PER_ID
 
 
@@ -190,11 +181,11 @@ def _stream(
     except (OSError, zipfile.BadZipFile) as e:
         raise InputError(f"{name}: not a readable .npz file ({e})") from None
     with z:
-        from planner.traces.npz import _check_keys
+        from planner.traces.npz import _check_keys, member_header
 
         _check_keys(sorted(n[: -len(".npy")] for n in z.namelist() if n.endswith(".npy")), name)
         info = z.getinfo("topk_ids.npy")
-        shape, fortran, dtype, hlen = _header(z, info, name)
+        shape, fortran, dtype, hlen = member_header(z, info, "topk_ids", name)
         if len(shape) != 3:
             raise InputError(f"{name}: topk_ids must have shape [layers, tokens, top_k], got {shape}")
         if dtype.kind not in "iu":
@@ -204,8 +195,6 @@ def _stream(
         L, T, k = (int(x) for x in shape)
         if L == 0 or T == 0 or k == 0:
             raise InputError(f"{name}: topk_ids must have at least one layer, token and choice, got shape {shape}")
-        if info.file_size - hlen != L * T * k * dtype.itemsize:
-            raise InputError(f"{name}: topk_ids holds {info.file_size - hlen} bytes, its header says {shape} of {dtype}")
         ne = _read_small(z, "num_experts", name)
         if ne is not None and (ne.ndim != 0 or ne.dtype.kind not in "iu"):
             raise InputError(f"{name}: num_experts must be an integer scalar")
@@ -251,7 +240,7 @@ def _stream(
         w_keep = None
         wf = None
         if winfo is not None:
-            wshape, _wfo, wdtype, whlen = _header(z, winfo, name)
+            wshape, _wfo, wdtype, whlen = member_header(z, winfo, "topk_weights", name)
             if tuple(wshape) != (L, T, k) or wdtype.kind != "f":
                 raise InputError(f"{name}: topk_weights must be floats of the shape of topk_ids {shape}")
             w_keep = np.empty((L, n_keep, k), dtype=wdtype)

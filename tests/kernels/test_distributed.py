@@ -3,7 +3,6 @@
 Two multi-process runs (2 ranks through the CLI, 4 ranks through the API, with replicas and
 shared experts) and in-process checks of the pieces on a one-rank gloo group."""
 
-import importlib
 import json
 
 import numpy as np
@@ -17,14 +16,12 @@ if not dist.is_available() or not dist.is_gloo_available():
 from planner.api import plan  # noqa: E402
 from planner.cli import main  # noqa: E402
 from planner.errors import InputError  # noqa: E402
-from tests.conftest import make_model  # noqa: E402
+from tests.conftest import kernel_module, make_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def dk():
-    from planner.validate import load_kernels
-
-    return importlib.import_module(f"{load_kernels().__name__}.distributed")
+    return kernel_module("distributed")
 
 
 def _replicated(p):

@@ -1,7 +1,6 @@
 """``moe-planner profile`` on CPU: the file it writes is a HardwareProfile the cost model uses;
 the profile assembly, shape listing and copy fixed cost on hand-worked inputs."""
 
-import importlib
 import io
 import json
 
@@ -11,21 +10,17 @@ torch = pytest.importorskip("torch")
 
 from planner.cli import main  # noqa: E402
 from planner.specs.hardware import load_hardware  # noqa: E402
-from tests.conftest import make_model  # noqa: E402
+from tests.conftest import kernel_module, make_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def prof():
-    from planner.validate import load_kernels
-
-    return importlib.import_module(f"{load_kernels().__name__}.profiler")
+    return kernel_module("profiler")
 
 
 @pytest.fixture(scope="module")
 def common():
-    from planner.validate import load_kernels
-
-    return importlib.import_module(f"{load_kernels().__name__}.measure_common")
+    return kernel_module("measure_common")
 
 
 def test_cpu_profile_round_trip_and_predict(tmp_path, capsys):

@@ -1,7 +1,6 @@
 """The offloaded stack executor (kernels/offload_stack.py) on CPU with its simulated clock: the same
 hits, copies and step times as the cache simulator, the same outputs as an all-resident stack."""
 
-import importlib
 
 import numpy as np
 import pytest
@@ -18,14 +17,14 @@ from planner.cachesim import (  # noqa: E402
     step_counts,
     step_probs,
 )
-from planner.validate import load_kernels  # noqa: E402
+from tests.conftest import kernel_module  # noqa: E402
 
 L, E, K, T = 3, 6, 2, 30
 
 
 @pytest.fixture(scope="module")
 def stack():
-    return importlib.import_module(f"{load_kernels().__name__}.offload_stack")
+    return kernel_module("offload_stack")
 
 
 def _trace():
