@@ -24,6 +24,7 @@ from planner.cost.memory import GIB, weights_per_gpu_bytes
 from planner.errors import InfeasibleError, InputError
 from planner.simulator import (
     DEFAULT_RELAY,
+    DISPATCH,
     SimResult,
     check_relay,
     combine_groups,
@@ -435,8 +436,8 @@ def prepare(
         raise InputError(f"--time-limit must be > 0 seconds (got {time_limit})")
     if not 0 < train_fraction <= 1:
         raise InputError(f"train_fraction must be in (0, 1] (got {train_fraction})")
-    if dispatch not in ("even", "local-first"):
-        raise InputError(f"--dispatch must be 'even' or 'local-first' (got {dispatch!r})")
+    if dispatch not in DISPATCH:
+        raise InputError(f"--dispatch must be one of {', '.join(DISPATCH)} (got {dispatch!r})")
     if baseline is not None and baseline not in BASELINES:
         raise InputError(f"--baseline must be one of {', '.join(BASELINES)} (got {baseline!r})")
     if nodes <= 0 or gpus_per_node <= 0:

@@ -19,6 +19,11 @@ Replica choice (deterministic, so plans and scores are reproducible):
 - ``even``: the (token t, choice j) pair goes to replica ``(t·k + j) mod c_e`` of its expert
   ``e`` (``c_e`` replicas): tokens spread evenly over replicas, as engines do at random.
 - ``local-first``: a replica on the token's own GPU when there is one, else as ``even``.
+- ``nearest``: a replica on the token's own GPU, else one on its own node (replica
+  ``(t·k + j) mod c`` of the ``c`` there), else as ``even`` — SGLang's static dispatch
+  (``--ep-dispatch-algorithm static``: per rank the nearest physical replica, same GPU, then same
+  node, else a fair draw over all replicas). With it a replica on another node serves that node's
+  tokens without an inter-node copy, so replicas can be placed for traffic, not only balance.
 
 Traffic (DeepEP's rule, FACTS.md §3): a token is sent once per distinct destination GPU of its
 own node (NVLink) and once per distinct remote node (NIC). Where the inter-node copy lands is
@@ -51,6 +56,8 @@ from planner.cost.comm import dispatch_combine_ms
 from planner.cost.compute import KERNELS, device_fit, expert_ffn_ms, grouped_model_ms
 from planner.errors import InputError
 
+#: How a token picks among the replicas of its expert (see the module docstring).
+DISPATCH = ("even", "local-first", "nearest")
 #: Where an inter-node copy lands (see the module docstring).
 RELAYS = ("first-destination", "same-rank")
 #: The convention plans are scored with.
@@ -93,8 +100,10 @@ def choose_slots(
     slots_per_gpu: int,
     num_experts: int,
     dispatch: str,
+    gpus_per_node: int | None = None,
 ) -> np.ndarray:
-    """Physical slot serving each (token, choice) pair of one layer: ``slot_Tk``."""
+    """Physical slot serving each (token, choice) pair of one layer: ``slot_Tk`` (``gpus_per_node``
+    is needed by ``nearest``; without it all GPUs are one node)."""
     P = phy2log_P.shape[0]
     G = P // slots_per_gpu
     T, k = ids_Tk.shape
@@ -106,15 +115,29 @@ def choose_slots(
     starts = np.concatenate([[0], np.cumsum(cnt_E)[:-1]])
     rep = (np.arange(T)[:, None] * k + np.arange(k)[None, :]) % cnt_E[ids_Tk]
     slot_Tk = order[starts[ids_Tk] + rep]
-    if dispatch == "local-first":
+    if dispatch not in DISPATCH:
+        raise InputError(f"dispatch must be one of {', '.join(DISPATCH)} (got {dispatch!r})")
+    if dispatch == "nearest":
+        gpn = G if gpus_per_node is None else int(gpus_per_node)
+        N = max(1, G // gpn)
+        node_P = np.arange(P) // slots_per_gpu // gpn
+        # replicas of e on node v: slots order_n[start_EN[e, v] : start_EN[e, v] + cnt_EN[e, v]]
+        key_P = phy2log_P * N + node_P
+        order_n = np.argsort(key_P, kind="stable")
+        cnt_EN = np.bincount(key_P, minlength=num_experts * N)
+        start_EN = np.concatenate([[0], np.cumsum(cnt_EN)[:-1]])
+        key_Tk = ids_Tk * N + (src_T // gpn)[:, None]
+        c = cnt_EN[key_Tk]
+        on_node = c > 0
+        pick = (np.arange(T)[:, None] * k + np.arange(k)[None, :]) % np.maximum(c, 1)
+        slot_Tk = np.where(on_node, order_n[np.minimum(start_EN[key_Tk] + pick, P - 1)], slot_Tk)
+    if dispatch in ("local-first", "nearest"):
         # slot of expert e on GPU g, or -1
         local_EG = np.full((num_experts, G), -1, dtype=np.int64)
         gpu_P = np.arange(P) // slots_per_gpu
         local_EG[phy2log_P[::-1], gpu_P[::-1]] = np.arange(P)[::-1]  # first slot wins
         local = local_EG[ids_Tk, src_T[:, None]]
         slot_Tk = np.where(local >= 0, local, slot_Tk)
-    elif dispatch != "even":
-        raise InputError(f"dispatch must be 'even' or 'local-first' (got {dispatch!r})")
     return slot_Tk
 
 
@@ -215,7 +238,7 @@ def simulate_arrays(
     for l in range(L):
         ids = topk_ids_LTk[l]
         k = ids.shape[1]
-        slot = choose_slots(ids, src_T, phy2log_LP[l], slots_per_gpu, num_experts, dispatch)
+        slot = choose_slots(ids, src_T, phy2log_LP[l], slots_per_gpu, num_experts, dispatch, gpus_per_node)
         # --- compute: tokens per slot per step -> time per GPU
         flat = (step_idx_T[:, None] * P + slot).reshape(-1)
         slot_tokens_SP = np.bincount(flat, minlength=S * P).reshape(S, P)

@@ -77,7 +77,7 @@ def build_cases(
     """Tokens, routing and slots of every evaluated (step, layer), for EP group 0 (module docstring, 1)."""
     from planner.api import stage_source_gpus  # noqa: PLC0415
     from planner.simulator import choose_slots  # noqa: PLC0415
-    from planner.validate import rank_slot_tokens, spread  # noqa: PLC0415
+    from planner.validate import ep_ranks_per_node, rank_slot_tokens, spread  # noqa: PLC0415
 
     par, pl, m = plan.parallel, plan.placement, plan.model
     p2l_LP = np.asarray(pl.physical_to_logical, dtype=np.int64)
@@ -98,7 +98,8 @@ def build_cases(
     rng = np.random.default_rng(seed)
     for l in l_sel:
         ids_Tk = trace.topk_ids[l][mask]
-        slot_Tk = choose_slots(ids_Tk, src_T, p2l_LP[l], pl.slots_per_gpu, m.num_experts, plan.dispatch)
+        slot_Tk = choose_slots(ids_Tk, src_T, p2l_LP[l], pl.slots_per_gpu, m.num_experts, plan.dispatch,
+                               ep_ranks_per_node(plan))
         for s in s_sel:
             sel = np.nonzero(step_T == s)[0]
             if max_tokens is not None:

@@ -114,3 +114,32 @@ def test_grouped_kernel_pays_the_launch_once_per_gpu(monkeypatch):
     assert go("loop").compute_ms_SL[0, 0] == pytest.approx(0.04)  # the linear stand-in has no fixed cost
     with pytest.raises(Exception, match="kernel must be one of loop, grouped"):
         go("fused")
+
+
+def test_nearest_uses_own_gpu_then_own_node_then_any_replica():
+    # 2 nodes × 2 GPUs × 2 slots: e0 on GPU0 (slot 0) and GPU2 (slot 4, node 1), e1 only on GPU1.
+    p2l = np.array([0, 3, 1, 4, 0, 5, 2, 6])
+    ids = np.array([[0], [0], [0], [0], [1]])
+    src = np.array([0, 1, 2, 3, 3])
+    slot = choose_slots(ids, src, p2l, 2, 7, "nearest", 2)
+    # own GPU (0), own node (GPU1 -> slot 0), own GPU (GPU2 -> 4), own node (GPU3 -> 4), the only e1
+    assert slot[:, 0].tolist() == [0, 0, 4, 4, 2]
+    # without nodes, the replica on the same node is not preferred: GPU1's token spreads evenly
+    assert choose_slots(ids, src, p2l, 2, 7, "local-first")[:, 0].tolist() == [0, 4, 4, 4, 2]
+    # two replicas on the token's node, none on its GPU: spread over those two
+    p2l2 = np.array([0, 3, 0, 4, 1, 5, 2, 6])
+    s2 = choose_slots(np.zeros((4, 1), int), np.array([1, 1, 1, 1]), p2l2, 2, 7, "nearest", 2)
+    assert s2[:, 0].tolist() == [2, 2, 2, 2]  # GPU1 holds slot 2 itself
+    s3 = choose_slots(np.zeros((4, 1), int), np.array([3, 3, 3, 3]), p2l2, 2, 7, "nearest", 2)
+    assert sorted(set(s3[:, 0].tolist())) == [0, 2]  # node 1 holds none: even over both
+
+
+def test_nearest_replica_on_the_token_node_saves_its_inter_node_copy():
+    # e0 homed on node 0 (GPU0) with a replica on node 1 (GPU2): a token from GPU3 picking e0
+    # stays on node 1 under nearest (NVLink only), crosses the network under even.
+    p2l = np.array([0, 1, 2, 3, 0, 4, 5, 6])
+    ids = np.array([[0], [0]])
+    near = run(p2l.tolist(), ids.tolist(), [3, 3], slots=2, gpus_per_node=2, dispatch="nearest")
+    even = run(p2l.tolist(), ids.tolist(), [3, 3], slots=2, gpus_per_node=2, dispatch="even")
+    assert near.inter_bytes_SL[0, 0] == 0 and near.intra_bytes_SL[0, 0] > 0
+    assert even.inter_bytes_SL[0, 0] > 0

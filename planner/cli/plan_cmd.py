@@ -87,7 +87,9 @@ def render_plan(plan) -> str:
 @click.option("--redundant-experts", type=int, default=0, show_default=True, help="Extra physical expert slots for replicas")
 @click.option("--gpu-memory-gb", type=float, default=None, help="GPU memory budget (offload mode)")
 @click.option("--baseline", type=click.Choice(["contiguous", "round-robin", "eplb"]), default=None, help="Produce this baseline plan instead of solving")
-@click.option("--dispatch", type=click.Choice(["even", "local-first"]), default="even", show_default=True, help="How tokens pick among replicas")
+@click.option("--dispatch", type=click.Choice(["even", "local-first", "nearest"]), default="even", show_default=True,
+              help="How tokens pick among replicas: even spread, own GPU first, or nearest (own GPU, then own node: "
+                   "SGLang --ep-dispatch-algorithm static)")
 @click.option("--expert-kernel", type=click.Choice(["loop", "grouped"]), default="loop", show_default=True,
               help="Placement figures with experts run one after another (loop, the profiled kernels) or as one grouped GEMM per GPU")
 @click.option("--previous", "previous_path", default=None, type=click.Path(dir_okay=False),

@@ -1601,6 +1601,33 @@ def solve_placement(
         sinfo["stopped_by_time"] = True
     stages["search"] = sinfo
 
+    # ---- stage 5 (nearest dispatch): part of each node's redundant slots to other nodes' experts
+    if inp.dispatch == "nearest" and use_nodes and P > E and time.perf_counter() < deadline:
+        from planner.solve.xnode import cross_node_replicas  # noqa: PLC0415
+
+        # whole planning steps (per-step loads as planned), evenly spaced, about 2 × the
+        # search's token sample in all
+        full_step = inp.step_T.astype(np.int64)
+        per_step = max(1, T // n_steps)
+        keep = np.unique(np.linspace(0, n_steps - 1, max(1, min(n_steps, 2 * SEARCH_MAX_TOKENS // per_step))).round()
+                         .astype(np.int64))
+        tk = np.flatnonzero(np.isin(full_step, keep))
+        x_ids = inp.ids_LTk[:, tk].astype(np.int64)
+        x_step = np.searchsorted(keep, full_step[tk])
+        x_src = inp.src_T[tk].astype(np.int64)
+        x_grp = None if inp.group_T is None else inp.group_T[tk]
+        src_node_full = inp.src_T.astype(np.int64) // gpn
+        w_NLE = np.zeros((N, L, E))
+        for l in range(L):
+            flat = (src_node_full[:, None] * E + inp.ids_LTk[l]).ravel()
+            w_NLE[:, l] = np.bincount(flat, minlength=N * E).reshape(N, E) / n_steps / groups
+        new, xinfo = cross_node_replicas(
+            new, ids_LTk, src_T // gpn, w_NLE, N, gpn,
+            lambda l, row: _layer_objective(inp, x_ids[l], x_step, x_src, x_grp, keep.size, row),
+            deadline,
+        )
+        stages["cross_node_replicas"] = xinfo
+
     # ---- score the candidates on the planning objective, keep the best
     placements: dict[str, np.ndarray] = {"placement-ilp": new, "eplb": warm}
     if previous_LP is not None:
@@ -1663,6 +1690,24 @@ def planning_objective(phy2log_LP: np.ndarray, inp: PlacementInputs) -> float:
             ffn_ms=inp.cost.ffn_ms, comm_ms=inp.cost.comm_ms, token_bytes=inp.cost.token_bytes,
             num_experts=inp.num_experts, gpus_per_node=inp.gpus_per_node, dispatch=inp.dispatch,
             num_steps=inp.num_steps, relay=inp.relay,
+        ))
+    return float(combine_groups(results).step_ms_S.mean())
+
+
+def _layer_objective(inp: PlacementInputs, ids_Tk: np.ndarray, step_T: np.ndarray, src_T: np.ndarray,
+                     group_T: np.ndarray | None, num_steps: int, row_P: np.ndarray) -> float:
+    """Predicted ms per step of one layer placed as ``row_P`` on the given tokens (the simulator)."""
+    from planner.simulator import combine_groups, simulate_arrays
+
+    group_T = np.zeros(ids_Tk.shape[0], dtype=np.int64) if group_T is None else group_T
+    results = []
+    for grp in range(int(group_T.max()) + 1):
+        m = group_T == grp
+        results.append(simulate_arrays(
+            row_P[None, :], inp.slots_per_gpu, ids_Tk[None, m], step_T[m], src_T[m],
+            ffn_ms=inp.cost.ffn_ms, comm_ms=inp.cost.comm_ms, token_bytes=inp.cost.token_bytes,
+            num_experts=inp.num_experts, gpus_per_node=inp.gpus_per_node, dispatch=inp.dispatch,
+            num_steps=num_steps, relay=inp.relay,
         ))
     return float(combine_groups(results).step_ms_S.mean())
 

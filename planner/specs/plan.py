@@ -167,7 +167,9 @@ class Plan(Spec):
     workload: Workload = Field(description="Mode and batch shape")
     parallel: Parallel = Field(description="Parallel degrees")
     placement: Placement = Field(description="Expert placement per MoE layer")
-    dispatch: Literal["even", "local-first"] = Field(default="even", description="How a token picks among replicas of its expert")
+    dispatch: Literal["even", "local-first", "nearest"] = Field(
+        default="even", description="How a token picks among replicas of its expert (planner.simulator)"
+    )
     cache: CachePlan | None = Field(default=None, description="Offload mode: GPU expert cache")
     predicted: Predicted | None = Field(default=None, description="Predicted figures")
     search: SearchReport | None = Field(default=None, description="Parallelism search: alternatives, rejections and the chosen settings")

@@ -1,0 +1,202 @@
+"""Replicas on other nodes for ``nearest`` dispatch: redundant slots placed for traffic.
+
+Under ``nearest`` dispatch (:func:`planner.simulator.choose_slots`; SGLang's
+``--ep-dispatch-algorithm static``) a token uses a replica of its expert on its own GPU, else
+on its own node, else any replica. A replica of expert ``e`` on node ``v`` then serves every
+token of ``v`` that picks ``e`` without crossing the network, and a token's copy to ``e``'s home
+node ``h`` is saved when every expert it picks on ``h`` is replicated on ``v``. EPLB and the
+node-level stages of :mod:`planner.solve.placement` put every replica on its expert's node (with
+``even`` dispatch a replica elsewhere only adds destinations); this stage re-spends part of each
+node's redundant slots on replicas of other nodes' experts.
+
+Per layer, for ``m`` in ``{0, r/4, r/2, 3r/4, r}`` (``r`` a node's redundant slots, equal on every
+node when the experts are node-aligned):
+
+1. *Which remote experts* — per node ``v``, greedily ``m`` times the expert whose replica on ``v``
+   saves the most inter-node copies of ``v``'s planning tokens given those already picked
+   (a token's copy to node ``h`` is saved when the new expert is the only one it still needs
+   there). Greedy on a coverage objective (heuristic).
+2. *Which own replicas make room* — the node keeps each of its experts once and ``r − m``
+   replicas by water-filling on the tokens that still reach it (its own tokens, and other
+   nodes' tokens for experts they do not hold, spread over all replicas as the dispatch
+   does): EPLB's rule, exact for the largest load per replica.
+3. *Which GPU* — EPLB's longest-processing-time packing of the node's replicas on its GPUs by
+   expected load (heuristic).
+4. *Which m* — each variant's layer is scored by the simulator on the planning tokens (the
+   exact planning objective of that layer) and the best is kept, ``m = 0`` (the input
+   placement) included: the layer never gets worse on the planning steps.
+
+Deterministic (no clock decides a result; the deadline only stops early, keeping the input
+placement for the layers not reached).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from planner.solve import baselines
+
+
+def home_nodes(row_P: np.ndarray, slots_per_node: int, num_experts: int) -> np.ndarray | None:
+    """Node of every expert when each expert's slots lie on one node (else None)."""
+    node_P = np.arange(row_P.size) // slots_per_node
+    lo = np.full(num_experts, np.iinfo(np.int64).max)
+    hi = np.full(num_experts, -1)
+    np.minimum.at(lo, row_P, node_P)
+    np.maximum.at(hi, row_P, node_P)
+    if (hi < 0).any() or (lo != hi).any():
+        return None
+    return lo
+
+
+def pick_remote(ids_Tk: np.ndarray, node_E: np.ndarray, v: int, m: int, num_nodes: int) -> list[int]:
+    """Stage 1: ``m`` experts of other nodes whose replicas on ``v`` save the most copies of
+    ``ids_Tk`` (the planning tokens of node ``v``), greedily."""
+    E = node_E.size
+    T, k = ids_Tk.shape
+    if m <= 0 or T == 0:
+        return []
+    nd = node_E[ids_Tk]
+    have = node_E == v
+    out: list[int] = []
+    rows = np.repeat(np.arange(T), k)
+    for _ in range(m):
+        need = ~have[ids_Tk]  # (t, j) still served off the node
+        cnt = np.zeros((T, num_nodes), dtype=np.int64)
+        np.add.at(cnt, (rows, nd.ravel()), need.ravel())
+        sole = need & (np.take_along_axis(cnt, nd, axis=1) == 1)
+        gain = np.bincount(ids_Tk.ravel(), weights=sole.ravel(), minlength=E)
+        gain[have] = -1.0
+        e = int(np.argmax(gain))
+        if gain[e] <= 0:
+            break
+        have[e] = True
+        out.append(e)
+    return out
+
+
+def spread_everywhere(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.ndarray, num_nodes: int,
+                      budget: int) -> list[int]:
+    """Experts to replicate on every node but their own (no token then strays to another node
+    for them), by the copies single replicas would save summed over the nodes, while every node
+    has room: at most ``budget`` experts homed elsewhere."""
+    E = node_E.size
+    total = np.zeros(E)
+    for v in range(num_nodes):
+        sel = ids_Tk[src_node_T == v]
+        if sel.size == 0:
+            continue
+        nd = node_E[sel]
+        need = nd != v
+        T, k = sel.shape
+        cnt = np.zeros((T, num_nodes), dtype=np.int64)
+        np.add.at(cnt, (np.repeat(np.arange(T), k), nd.ravel()), need.ravel())
+        sole = need & (np.take_along_axis(cnt, nd, axis=1) == 1)
+        total += np.bincount(sel.ravel(), weights=sole.ravel(), minlength=E)
+    used = np.zeros(num_nodes, dtype=np.int64)
+    out: list[int] = []
+    for e in np.argsort(-total, kind="stable"):
+        if total[e] <= 0:
+            break
+        add = np.ones(num_nodes, dtype=np.int64)
+        add[node_E[e]] = 0
+        if (used + add > budget).any():
+            continue
+        used += add
+        out.append(int(e))
+    return out
+
+
+def node_row(
+    node_E: np.ndarray, remote: list[list[int]], w_NE: np.ndarray, slots_per_node: int, gpus_per_node: int,
+) -> np.ndarray:
+    """Stages 2 and 3: the layer's ``phy2log`` row given each node's remote replicas.
+
+    ``w_NE`` tokens per step of each source node per expert (planning counts).
+    """
+    N, E = w_NE.shape
+    spg = slots_per_node // gpus_per_node
+    rep_NE = np.zeros((N, E), dtype=bool)
+    for v in range(N):
+        rep_NE[v, remote[v]] = True
+    served_NE = rep_NE | (node_E[None, :] == np.arange(N)[:, None])  # node v holds e
+    # tokens that find no replica on their node spread over all replicas: approximate each
+    # replica's share of them by 1 / (holders of e) before the counts are known
+    holders_E = served_NE.sum(axis=0)
+    stray_E = (w_NE * ~served_NE).sum(axis=0) / holders_E
+    row = np.empty(N * slots_per_node, dtype=np.int64)
+    for v in range(N):
+        own = np.flatnonzero(node_E == v)
+        rem = np.asarray(remote[v], dtype=np.int64)
+        load_own = w_NE[v, own] + stray_E[own]
+        free = slots_per_node - own.size - rem.size
+        p2m, _ = baselines.replicate(load_own[None, :], own.size + free)
+        items = np.concatenate([own[p2m[0]], rem])
+        cnt = np.bincount(items, minlength=E)
+        load_items = (w_NE[v, items] + stray_E[items]) / cnt[items]
+        pack, rank = baselines.balanced_packing(load_items[None, :], gpus_per_node)
+        pos = v * slots_per_node + pack[0] * spg + rank[0]
+        row[pos] = items
+    return row
+
+
+def cross_node_replicas(
+    phy2log_LP: np.ndarray,
+    ids_LTk: np.ndarray,
+    src_node_T: np.ndarray,
+    weight_NLE: np.ndarray,
+    num_nodes: int,
+    gpus_per_node: int,
+    layer_ms: Callable[[int, np.ndarray], float],
+    deadline: float,
+    fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
+) -> tuple[np.ndarray, dict[str, object]]:
+    """Apply the stages of the module docstring to every layer of ``phy2log_LP`` [L, P].
+
+    ``ids_LTk`` planning tokens (a subsample is fine) with their source node ``src_node_T``;
+    ``weight_NLE`` tokens per step by source node, layer and expert; ``layer_ms(l, row)`` the
+    planning objective of layer ``l`` with ``row`` as its placement. Returns the new placement
+    and statistics (replicas moved off their node, layers changed, stopped by the deadline).
+    """
+    L, P = phy2log_LP.shape
+    E = weight_NLE.shape[2]
+    spn = P // num_nodes
+    out = phy2log_LP.copy()
+    stats: dict[str, object] = {"layers_changed": 0, "remote_replicas": 0, "stopped_by_time": False}
+    by_node = [np.flatnonzero(src_node_T == v) for v in range(num_nodes)]
+    for l in range(L):
+        if time.perf_counter() > deadline:
+            stats["stopped_by_time"] = True
+            break
+        node_E = home_nodes(phy2log_LP[l], spn, E)
+        if node_E is None:
+            continue
+        spare = spn - np.bincount(node_E, minlength=num_nodes)
+        r = int(spare.min())
+        if r <= 0:
+            continue
+        ms = sorted({max(1, round(f * r)) for f in fractions})
+        picks = [pick_remote(ids_LTk[l][by_node[v]], node_E, v, ms[-1], num_nodes) for v in range(num_nodes)]
+        best, best_ms, label = phy2log_LP[l], layer_ms(l, phy2log_LP[l]), "none"
+        shared = spread_everywhere(ids_LTk[l], src_node_T, node_E, num_nodes, r)
+        variants = [(f"per-node {m}", [p[:m] for p in picks]) for m in ms] + [
+            (f"everywhere {m}", [[e for e in shared[:m] if node_E[e] != v] for v in range(num_nodes)]) for m in ms
+        ]
+        for name, remote in variants:
+            row = node_row(node_E, remote, weight_NLE[:, l], spn, gpus_per_node)
+            t = layer_ms(l, row)
+            if t < best_ms * (1 - 1e-9):
+                best, best_ms, label = row, t, name
+        chosen = stats.setdefault("chosen", {})
+        assert isinstance(chosen, dict)
+        chosen[label] = chosen.get(label, 0) + 1
+        if label != "none":
+            out[l] = best
+            stats["layers_changed"] = int(stats["layers_changed"]) + 1
+            stats["remote_replicas"] = int(stats["remote_replicas"]) + int(
+                (np.arange(P) // spn != node_E[best]).sum()
+            )
+    return out, stats

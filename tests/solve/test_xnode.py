@@ -1,0 +1,88 @@
+"""Replicas on other nodes for nearest dispatch (planner.solve.xnode) and their use by the solver."""
+
+import numpy as np
+
+from planner.solve.placement import PlacementCost, PlacementInputs, solve_placement
+from planner.solve.xnode import cross_node_replicas, home_nodes, node_row, pick_remote, spread_everywhere
+
+
+def test_pick_remote_by_hand():
+    # 2 nodes; experts 0-3 on node 0, 4-7 on node 1. Node 0's tokens (top-2):
+    # {0, 4} x3, {5, 6} x2, {1, 7}: a replica of 4 saves 3 copies; then 5 or 6 alone save
+    # nothing (the token still needs the other), 7 saves 1.
+    node_E = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    ids = np.array([[0, 4]] * 3 + [[5, 6]] * 2 + [[1, 7]])
+    assert pick_remote(ids, node_E, 0, 1, 2) == [4]
+    assert pick_remote(ids, node_E, 0, 2, 2) == [4, 7]
+    # with 5 already picked, 6 completes the pair: the third pick is 6 (or 5), saving 2
+    picks = pick_remote(ids, node_E, 0, 4, 2)
+    assert picks[:2] == [4, 7] and len(picks) == 2  # no single further replica saves a copy
+
+
+def test_spread_everywhere_respects_each_node_budget():
+    node_E = np.repeat(np.arange(4), 4)  # 16 experts on 4 nodes
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 16, (400, 2))
+    ids[:, 1] = (ids[:, 0] + 1 + rng.integers(0, 14, 400)) % 16
+    src = rng.integers(0, 4, 400)
+    out = spread_everywhere(ids, src, node_E, 4, budget=2)
+    used = np.zeros(4, int)
+    for e in out:
+        used += np.arange(4) != node_E[e]
+    assert out and used.max() <= 2
+
+
+def test_node_row_is_a_valid_placement():
+    node_E = np.repeat(np.arange(2), 4)
+    w = np.abs(np.random.default_rng(1).normal(size=(2, 8))) + 0.1
+    row = node_row(node_E, [[5, 6], [1]], w, slots_per_node=6, gpus_per_node=2)
+    assert row.shape == (12,) and np.bincount(row, minlength=8).min() >= 1
+    assert set(row[:6].tolist()) >= {0, 1, 2, 3, 5, 6} and set(row[6:].tolist()) >= {4, 5, 6, 7, 1}
+    assert home_nodes(row, 6, 8) is None  # replicas now span nodes
+    assert home_nodes(np.array([0, 1, 2, 0, 3, 4, 5, 3]), 4, 6).tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_cross_node_replicas_never_worse_per_layer():
+    L, E = 3, 8
+    base = np.array([[0, 1, 2, 3, 0, 1, 4, 5, 6, 7, 4, 5]] * L)
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, E, (L, 200, 1))
+    src = rng.integers(0, 2, 200)
+    w = np.stack([np.stack([np.bincount(ids[l, src == v, 0], minlength=E) for l in range(L)]) for v in range(2)])
+    seen = []
+
+    def layer_ms(l, row):  # a made-up objective: layer 1 prefers any change, others the input
+        seen.append(l)
+        return 1.0 if np.array_equal(row, base[l]) else (0.5 if l == 1 else 2.0)
+
+    out, st = cross_node_replicas(base, ids, src, w.astype(float), 2, 2, layer_ms, deadline=float("inf"))
+    assert np.array_equal(out[0], base[0]) and np.array_equal(out[2], base[2]) and not np.array_equal(out[1], base[1])
+    assert st["layers_changed"] == 1 and set(seen) == {0, 1, 2}
+
+
+def test_solver_places_a_replica_where_the_tokens_are_under_nearest_dispatch():
+    # 2 nodes × 2 GPUs × 3 slots, 8 experts (4 per node) + 4 redundant. Every token of node 1
+    # picks expert 0 (homed on node 0) and one of node 1's experts: a replica of 0 on node 1
+    # saves all of node 1's inter-node copies. Even dispatch cannot use it.
+    rng = np.random.default_rng(0)
+    T = 800
+    src = rng.integers(0, 4, T)
+    first = np.where(src >= 2, 0, rng.integers(0, 4, T))
+    second = np.where(src >= 2, 4 + rng.integers(0, 4, T), rng.integers(0, 4, T))
+    second = np.where(second == first, (second + 1) % 4, second)
+    ids = np.stack([first, second], axis=1)[None]
+    cost = PlacementCost(ffn_ms=lambda n: 0.001 * np.asarray(n, float), token_bytes=7168 * 2, nvlink_gbps=400.0,
+                         nvlink_latency_us=2.0, nic_gbps=25.0, nic_latency_us=5.0)
+
+    def inp(dispatch):
+        return PlacementInputs(ids_LTk=ids, step_T=np.arange(T) // 200, src_T=src, tok_index_T=np.arange(T), num_steps=4,
+                               num_experts=8, num_gpus=4, gpus_per_node=2, slots_per_gpu=3, cost=cost,
+                               n_group=2, topk_group=2, dispatch=dispatch)
+
+    near = solve_placement(inp("nearest"))
+    row = near.phy2log_LP[0]
+    assert 0 in row[6:].tolist()  # expert 0 replicated on node 1
+    assert near.objective < near.candidates["eplb"]
+    assert near.stages["cross_node_replicas"]["layers_changed"] == 1
+    even = solve_placement(inp("even"))
+    assert "cross_node_replicas" not in even.stages
