@@ -15,10 +15,13 @@ placement by the simulator on the second half:
 (a2) the same on a trace whose input mixes are per node and persist over steps
     (``sticky_ranks``, ``rank_groups=8``: a front end that routes by tenant or language to a
     node) — rank locality a static placement can use; ``same-rank`` relay only.
+(a3) case (a) with ``nearest`` dispatch for every method (SGLang's ``--ep-dispatch-algorithm
+    static``: a replica on the token's GPU, else on its node, else any): the solver may then put
+    replicas on other nodes than their expert's (:mod:`planner.solve.xnode`); ``same-rank`` relay.
 (b) Mixtral-8x7B on one 8-GPU H100 node as MoETuner ran it (EP 4 × expert-TP 2, no replicas),
     8,192-token steps over 8 ranks, 16 steps; also EP 8.
 
-    python benchmarks/placement.py            # prints the Markdown table (~6 minutes on 2 cores)
+    python benchmarks/placement.py            # prints the Markdown table (~10 minutes on 2 cores)
     python benchmarks/placement.py --quick    # smaller traces, for a smoke run
 
 Trace memory: ids are int32, 58 layers × 8 choices × 4 B = 1.9 kB per token (370 MB for case a).
@@ -56,7 +59,7 @@ def row(case, relay, method, pred, ref, extra=""):
 
 
 def run_case(case, model, *, nodes, gpn, redundant, tokens, tps, ranks, relays, time_limit, ep=None, etp=None,
-             synth_kw=None):
+             synth_kw=None, dispatch="even"):
     m = load_model(model)
     t0 = time.perf_counter()
     tr = planner.synth_trace(m, num_tokens=tokens, tokens_per_step=tps, num_ranks=ranks, weights=False, seed=0,
@@ -66,7 +69,7 @@ def run_case(case, model, *, nodes, gpn, redundant, tokens, tps, ranks, relays, 
     ep = ep or nodes * gpn // etp  # the degrees are fixed: this benchmark is about placement, not the search
     fixed = {"tp": 1, "pp": 1}
     pr = prepare(m, "h100-sxm", nodes=nodes, gpus_per_node=gpn, mode="prefill", trace=tr, ep=ep, etp=etp,
-                 redundant_experts=redundant, train_fraction=0.5, time_limit=time_limit, **fixed)
+                 redundant_experts=redundant, train_fraction=0.5, time_limit=time_limit, dispatch=dispatch, **fixed)
     w = pr.plan_counts_LE.astype(float)
     out = {}
     for relay in relays:
@@ -74,7 +77,7 @@ def run_case(case, model, *, nodes, gpn, redundant, tokens, tps, ranks, relays, 
         ref["eplb"] = score(baseline_placement("eplb", w, m, pr.cluster, pr.parallel, redundant), pr, relay)
         if redundant:  # Megatron / vLLM place no replicas: same GPUs, E slots
             pr0 = prepare(m, "h100-sxm", nodes=nodes, gpus_per_node=gpn, mode="prefill", trace=tr, ep=ep, etp=etp,
-                          redundant_experts=0, train_fraction=0.5, **fixed)
+                          redundant_experts=0, train_fraction=0.5, dispatch=dispatch, **fixed)
         else:
             pr0 = pr
         for name in ("contiguous", "round-robin"):
@@ -92,8 +95,8 @@ def run_case(case, model, *, nodes, gpn, redundant, tokens, tps, ranks, relays, 
     return out, synth_s
 
 
-def check_targets(res):
-    print("\nTargets, case (a), per relay convention (held-out steps):")
+def check_targets(res, label="(a)"):
+    print(f"\nTargets, case {label}, per relay convention (held-out steps):")
     for relay, (plan, ref) in res.items():
         p, e, c = plan.predicted, ref["eplb"], ref["contiguous"]
         s = plan.solver
@@ -129,6 +132,11 @@ def main() -> None:
         redundant=64, tokens=(4 if q else 12) * 16384, tps=16384, ranks=64, relays=("same-rank",), time_limit=60.0,
         synth_kw={"sticky_ranks": True, "rank_groups": 8},
     )
+    res_a3, _ = run_case(
+        "(a3) DeepSeek-V3, 8×8 H100, R=64, nearest dispatch (every method)", "deepseek-v3", nodes=8, gpn=8,
+        redundant=64, tokens=(4 if q else 12) * 16384, tps=16384, ranks=64, relays=("same-rank",), time_limit=60.0,
+        dispatch="nearest",
+    )
     res_b, synth_b = run_case(
         "(b) Mixtral-8x7B, 1×8 H100, EP4×ETP2", "mixtral-8x7b", nodes=1, gpn=8, redundant=0, ep=4, etp=2,
         tokens=(4 if q else 16) * 8192, tps=8192, ranks=8, relays=("first-destination",), time_limit=60.0,
@@ -138,6 +146,7 @@ def main() -> None:
         tokens=(4 if q else 16) * 8192, tps=8192, ranks=8, relays=("first-destination",), time_limit=60.0,
     )
     check_targets(res_a)
+    check_targets(res_a3, "(a3), nearest dispatch")
     for label, res in (("EP4×ETP2", res_b), ("EP8", res_c)):
         plan, ref = res["first-destination"]
         gain = 1 - plan.predicted.moe_layer_ms / ref["contiguous"].moe_layer_ms

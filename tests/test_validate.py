@@ -26,6 +26,7 @@ from tests.conftest import make_model
         dict(ep=4),  # two expert-data-parallel groups of 4 ranks
         dict(ep=4, redundant_experts=4, baseline="eplb", dispatch="local-first"),  # replicas
         dict(ep=4, etp=2, baseline="round-robin"),  # expert tensor parallelism
+        dict(nodes=2, gpus_per_node=4, redundant_experts=8, dispatch="nearest"),  # replicas across nodes
     ],
 )
 def test_rank_tokens_reproduce_the_simulators_compute(opts):

@@ -24,7 +24,10 @@ Reading a file back with a model keeps the rows of ``model.moe_layer_indices``.
 
 Flags to pass: ``--init-expert-location FILE --ep-size G --ep-num-redundant-experts R``
 (``server_args.py``: ``--expert-parallel-size``/``--ep-size``, ``--ep-num-redundant-experts``,
-``--init-expert-location``), plus the attention layout the plan assumes.
+``--init-expert-location``), plus the attention layout the plan assumes, and
+``--ep-dispatch-algorithm static`` for plans made with ``nearest`` dispatch (SGLang's static
+per-rank map picks a replica on the rank's GPU, then on its node, else a fair draw — what
+:func:`planner.simulator.choose_slots` models as ``nearest``).
 """
 
 from __future__ import annotations
@@ -83,6 +86,9 @@ def flags(plan: Plan, path: str | Path | None) -> list[str]:
         out += ["--pp-size", str(par.pp)]
     if plan.cluster.num_nodes > 1:
         out += ["--nnodes", str(plan.cluster.num_nodes)]
+    if plan.dispatch == "nearest":
+        # the static per-rank map: a replica on the rank's GPU, then its node, else a fair draw
+        out += ["--ep-dispatch-algorithm", "static"]
     return out
 
 

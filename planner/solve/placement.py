@@ -87,10 +87,12 @@ Stage 1::
 
 Everywhere: every expert at least once per layer, every GPU exactly ``S`` slots (memory), all
 ``P`` slots used; replicas stay on their expert's node (with even dispatch a replica on another
-node adds that node to its tokens' destinations). Token share per replica follows the dispatch
+node adds that node to its tokens' destinations) until stage 5, which runs only under
+``nearest`` dispatch. Token share per replica follows the dispatch
 policy: ``even`` sends token ``t``'s ``j``-th choice to replica ``(t·k + j) mod r_e`` (what the
-search models); ``local-first`` uses a replica on the token's own GPU when there is one (the
-candidates are scored by the simulator under the plan's policy). Balance guard in the search:
+search models); ``local-first`` uses a replica on the token's own GPU when there is one,
+``nearest`` one on its GPU, else on its node (the candidates are scored by the simulator under
+the plan's policy). Balance guard in the search:
 each node's largest GPU token load (mean over the planning steps) stays within
 ``balance_tolerance`` (2%: the imbalance a plan may give up against EPLB) of EPLB's packing.
 
@@ -123,7 +125,12 @@ each node's largest GPU token load (mean over the planning steps) stays within
    give the same placement — the time limit is only a safety stop (status ``time_limit``).
    Heuristic. Large traces are subsampled for the traffic part (:data:`SEARCH_MAX_TOKENS`);
    loads always come from every planning token.
-5. The solver's placement and the candidates (EPLB; contiguous and round-robin when ``R = 0``;
+5. *Replicas on other nodes* (``nearest`` dispatch only, ``R > 0``, node-aligned experts):
+   :mod:`planner.solve.xnode` — per layer, variants that move part of each node's redundant
+   slots to replicas of other nodes' experts (a node's tokens then reach them over NVLink),
+   each scored by the simulator on whole planning steps, the input kept when none is faster.
+   Heuristic candidates, exact scoring.
+6. The solver's placement and the candidates (EPLB; contiguous and round-robin when ``R = 0``;
    the previous placement) are scored with the planning objective (the simulator) and the best
    is returned: the plan is never worse than EPLB on the planning steps.
 
@@ -1605,11 +1612,11 @@ def solve_placement(
     if inp.dispatch == "nearest" and use_nodes and P > E and time.perf_counter() < deadline:
         from planner.solve.xnode import cross_node_replicas  # noqa: PLC0415
 
-        # whole planning steps (per-step loads as planned), evenly spaced, about 2 × the
-        # search's token sample in all
+        # whole planning steps (per-step loads as planned), evenly spaced, about the search's
+        # token sample in all
         full_step = inp.step_T.astype(np.int64)
         per_step = max(1, T // n_steps)
-        keep = np.unique(np.linspace(0, n_steps - 1, max(1, min(n_steps, 2 * SEARCH_MAX_TOKENS // per_step))).round()
+        keep = np.unique(np.linspace(0, n_steps - 1, max(1, min(n_steps, SEARCH_MAX_TOKENS // per_step))).round()
                          .astype(np.int64))
         tk = np.flatnonzero(np.isin(full_step, keep))
         x_ids = inp.ids_LTk[:, tk].astype(np.int64)

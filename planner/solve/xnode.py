@@ -9,22 +9,27 @@ node-level stages of :mod:`planner.solve.placement` put every replica on its exp
 ``even`` dispatch a replica elsewhere only adds destinations); this stage re-spends part of each
 node's redundant slots on replicas of other nodes' experts.
 
-Per layer, for ``m`` in ``{0, r/4, r/2, 3r/4, r}`` (``r`` a node's redundant slots, equal on every
-node when the experts are node-aligned):
+Per layer (``r`` a node's redundant slots, equal on every node when the experts are
+node-aligned; layers whose experts are not node-aligned are left as they are):
 
-1. *Which remote experts* — per node ``v``, greedily ``m`` times the expert whose replica on ``v``
-   saves the most inter-node copies of ``v``'s planning tokens given those already picked
-   (a token's copy to node ``h`` is saved when the new expert is the only one it still needs
-   there). Greedy on a coverage objective (heuristic).
-2. *Which own replicas make room* — the node keeps each of its experts once and ``r − m``
-   replicas by water-filling on the tokens that still reach it (its own tokens, and other
-   nodes' tokens for experts they do not hold, spread over all replicas as the dispatch
-   does): EPLB's rule, exact for the largest load per replica.
+1. *Which remote experts*, two candidate families —
+   ``per-node``: for each node ``v``, greedily ``r`` times the expert whose replica on ``v``
+   saves the most inter-node copies of ``v``'s planning tokens given those already picked (a
+   token's copy to node ``h`` is saved when the new expert is the only one it still needs
+   there); ``everywhere m`` (``m`` in ``r/4, r/2, 3r/4, r``): the experts with the largest such
+   savings summed over the nodes, each replicated on *every* other node while each node has
+   room for ``m`` — a token that finds no replica on its node is sent to any replica (the
+   dispatch's fair draw), so an expert held everywhere draws no stray token to a third node.
+   Greedy on coverage objectives (heuristic).
+2. *Which own replicas make room* — the node keeps each of its experts once and fills its
+   remaining slots by water-filling on the tokens that still reach it (its own tokens, and
+   other nodes' tokens for experts they do not hold, spread over all holders): EPLB's rule,
+   exact for the largest load per replica.
 3. *Which GPU* — EPLB's longest-processing-time packing of the node's replicas on its GPUs by
    expected load (heuristic).
-4. *Which m* — each variant's layer is scored by the simulator on the planning tokens (the
-   exact planning objective of that layer) and the best is kept, ``m = 0`` (the input
-   placement) included: the layer never gets worse on the planning steps.
+4. *Which variant* — each variant's layer is scored by the simulator on whole planning steps
+   (the exact planning objective of that layer on those steps) and the best is kept, the input
+   placement included: the layer never gets worse on those steps.
 
 Deterministic (no clock decides a result; the deadline only stops early, keeping the input
 placement for the layers not reached).
@@ -152,7 +157,7 @@ def cross_node_replicas(
     gpus_per_node: int,
     layer_ms: Callable[[int, np.ndarray], float],
     deadline: float,
-    fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
+    fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),  # the ``everywhere m`` variants, m = f · r
 ) -> tuple[np.ndarray, dict[str, object]]:
     """Apply the stages of the module docstring to every layer of ``phy2log_LP`` [L, P].
 
@@ -179,10 +184,10 @@ def cross_node_replicas(
         if r <= 0:
             continue
         ms = sorted({max(1, round(f * r)) for f in fractions})
-        picks = [pick_remote(ids_LTk[l][by_node[v]], node_E, v, ms[-1], num_nodes) for v in range(num_nodes)]
+        picks = [pick_remote(ids_LTk[l][by_node[v]], node_E, v, r, num_nodes) for v in range(num_nodes)]
         best, best_ms, label = phy2log_LP[l], layer_ms(l, phy2log_LP[l]), "none"
         shared = spread_everywhere(ids_LTk[l], src_node_T, node_E, num_nodes, r)
-        variants = [(f"per-node {m}", [p[:m] for p in picks]) for m in ms] + [
+        variants = [(f"per-node {r}", picks)] + [
             (f"everywhere {m}", [[e for e in shared[:m] if node_E[e] != v] for v in range(num_nodes)]) for m in ms
         ]
         for name, remote in variants:

@@ -94,3 +94,10 @@ def test_pt_file_holds_one_int64_tensor(plan_replicas, tmp_path):
     assert list(d) == ["physical_to_logical_map"]
     assert d["physical_to_logical_map"].dtype == torch.int64
     assert tuple(d["physical_to_logical_map"].shape) == (27, 72)
+
+
+def test_nearest_dispatch_asks_for_sglangs_static_dispatch(plan_replicas_2n):
+    assert "--ep-dispatch-algorithm" not in export(plan_replicas_2n, "sglang").flags  # even dispatch
+    near = plan_replicas_2n.model_copy(update={"dispatch": "nearest"})
+    f = export(near, "sglang").flags
+    assert f[f.index("--ep-dispatch-algorithm") + 1] == "static"

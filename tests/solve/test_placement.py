@@ -218,6 +218,7 @@ def _check_valid(plan):
         ("mixtral-8x7b", {"ep": 4, "etp": 2}),
         ("deepseek-v2-lite", {"nodes": 2, "redundant_experts": 16}),
         ("deepseek-v2-lite", {"nodes": 2, "redundant_experts": 16, "dispatch": "local-first"}),
+        ("deepseek-v2-lite", {"nodes": 2, "redundant_experts": 16, "dispatch": "nearest"}),
     ],
 )
 def test_plans_are_valid_and_never_worse_than_eplb(model, kw):

@@ -3,7 +3,13 @@
 import numpy as np
 
 from planner.solve.placement import PlacementCost, PlacementInputs, solve_placement
-from planner.solve.xnode import cross_node_replicas, home_nodes, node_row, pick_remote, spread_everywhere
+from planner.solve.xnode import (
+    cross_node_replicas,
+    home_nodes,
+    node_row,
+    pick_remote,
+    spread_everywhere,
+)
 
 
 def test_pick_remote_by_hand():
