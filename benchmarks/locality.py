@@ -12,8 +12,15 @@ target).
 2. A constructed trace where each token starts on the node that hosts (under a hidden
    permutation) one of the groups it uses at layer 0: EPLB against the solver, held-out steps,
    DeepSeek-V3 with 4 MoE layers on 8 × 8 H100, 64 redundant experts.
+3. What moving single experts or adding replicas on other nodes can save, per layer, in remote
+   nodes per token (DeepEP's inter-node copies) on held-out steps, starting from EPLB's node sets:
+   (i) a best-improvement search over swaps of two experts between nodes on the exact objective
+   (distinct remote nodes per planning token), node loads kept at or below EPLB's largest;
+   (ii) each node's 8 spare slots given greedily to replicas of other nodes' experts, counting a
+   token's copy as saved when every expert it picks on that node is replicated on its own —
+   tokens of other nodes that would draw such replicas are ignored, so (ii) is optimistic.
 
-    python benchmarks/locality.py        # ~1 minute on 2 cores
+    python benchmarks/locality.py        # ~2 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -77,6 +84,98 @@ def part2() -> None:
           f"inter-node bytes {s.inter_node_bytes_per_step / e.inter_node_bytes_per_step - 1:+.1%}")
 
 
+def remote_nodes(ids: np.ndarray, node_E: np.ndarray, src_node: np.ndarray, rep_NE: np.ndarray | None = None) -> float:
+    """Mean distinct remote nodes per token (a replica on the token's node serves it there)."""
+    nd = node_E[ids]
+    if rep_NE is not None:
+        nd = np.where(rep_NE[src_node[:, None], ids], src_node[:, None], nd)
+    pres = np.zeros((ids.shape[0], 8), dtype=bool)
+    np.put_along_axis(pres, nd, True, axis=1)
+    pres[np.arange(ids.shape[0]), src_node] = False
+    return float(pres.sum(axis=1).mean())
+
+
+def best_swaps(ids: np.ndarray, src_node: np.ndarray, node_E: np.ndarray, w_E: np.ndarray, max_load: float,
+               max_swaps: int = 200) -> tuple[np.ndarray, int]:
+    """Best-improvement swaps of two experts on different nodes, exact gain on ``ids``."""
+    T, k = ids.shape
+    E = node_E.size
+    node_E = node_E.copy()
+    rows = np.repeat(np.arange(T), k)
+    for n_swaps in range(max_swaps):
+        nd = node_E[ids]
+        phi = np.zeros((T, 8), dtype=np.int64)  # pins of each token on each node (source included)
+        np.add.at(phi, (rows, nd.ravel()), 1)
+        phi[np.arange(T), src_node] += 1
+        sole = np.take_along_axis(phi, nd, axis=1) == 1  # the expert alone keeps its node needed
+        leave = np.bincount(ids.ravel(), weights=sole.ravel(), minlength=E)
+        enter = np.zeros((E, 8))
+        np.add.at(enter, ids.ravel(), np.repeat((phi == 0).astype(float), k, axis=0))
+        move = leave[:, None] - enter  # copies saved by moving e to node v alone
+        pair = np.bincount((np.repeat(ids, k, axis=1) * E + np.tile(ids, (1, k))).ravel(),
+                           weights=np.repeat(sole, k, axis=1).ravel(), minlength=E * E).reshape(E, E)
+        gv = move[:, node_E]
+        gain = gv + gv.T - pair - pair.T  # tokens holding both experts keep both nodes
+        gain[node_E[:, None] == node_E[None, :]] = -np.inf
+        load = np.bincount(node_E, weights=w_E, minlength=8)
+        d = w_E[None, :] - w_E[:, None]
+        gain[(load[node_E][:, None] + d > max_load) | (load[node_E][None, :] - d > max_load)] = -np.inf
+        a, b = divmod(int(np.argmax(gain)), E)
+        if not gain[a, b] > 0:
+            return node_E, n_swaps
+        node_E[a], node_E[b] = node_E[b], node_E[a]
+    return node_E, max_swaps
+
+
+def replica_cover(ids: np.ndarray, src_node: np.ndarray, node_E: np.ndarray, per_node: int) -> np.ndarray:
+    """Greedy replicas of other nodes' experts, ``per_node`` on each node (optimistic, see 3.ii)."""
+    rep = np.zeros((8, node_E.size), dtype=bool)
+    for v in range(8):
+        sel = ids[src_node == v]
+        T, k = sel.shape
+        nd = node_E[sel]
+        for _ in range(per_node):
+            need = ~(rep[v][sel] | (nd == v))
+            cnt = np.zeros((T, 8), dtype=np.int64)
+            np.add.at(cnt, (np.repeat(np.arange(T), k), nd.ravel()), need.ravel())
+            one = need & (np.take_along_axis(cnt, nd, axis=1) == 1)
+            g = np.bincount(sel.ravel(), weights=one.ravel(), minlength=node_E.size)
+            g[(node_E == v) | rep[v]] = -1
+            rep[v, int(np.argmax(g))] = True
+    return rep
+
+
+def part3() -> None:
+    print("\n## 3. Remote nodes per token from EPLB's node sets (held-out steps)\n")
+    print("| trace | layer | EPLB | (i) best swaps | swaps taken | (ii) + 8 replicas per node (optimistic) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    from planner.solve import baselines
+
+    base = dict(num_layers=2, num_experts=256, top_k=8, n_group=8, topk_group=4, num_tokens=8 * 16384,
+                tokens_per_step=16384, num_ranks=64, weights=False, seed=0, model_name="deepseek-v3-like")
+    for label, extra in (("default", {}),
+                         ("persistent node-level mixes", dict(sticky_ranks=True, rank_groups=8)),
+                         ("same, rank_mix 1, domain_spread 2.5",
+                          dict(sticky_ranks=True, rank_groups=8, rank_mix=1.0, domain_spread=2.5))):
+        tr = planner.synth_trace(**base, **extra)
+        plan_half = tr.step_index < tr.num_steps // 2
+        src = tr.source_rank // 8
+        for layer in range(tr.num_layers):
+            ids = tr.topk_ids[layer]
+            w = np.bincount(ids[plan_half].ravel(), minlength=256).astype(float)
+            p2l = baselines.eplb(w[None], 320, 8, 8, 64)[0]
+            node_E = np.zeros(256, dtype=np.int64)
+            node_E[p2l[::-1]] = (np.arange(320) // 40)[::-1]
+            sub = np.flatnonzero(plan_half)[::4]  # every 4th planning token
+            swapped, n = best_swaps(ids[sub], src[sub], node_E, w, np.bincount(node_E, weights=w, minlength=8).max())
+            rep = replica_cover(ids[sub], src[sub], node_E, 8)
+            held = ~plan_half
+            e0 = remote_nodes(ids[held], node_E, src[held])
+            print(f"| {label} | {layer} | {e0:.3f} | {remote_nodes(ids[held], swapped, src[held]):.3f} | {n} "
+                  f"| {remote_nodes(ids[held], node_E, src[held], rep):.3f} |")
+
+
 if __name__ == "__main__":
     part1()
     part2()
+    part3()
