@@ -48,15 +48,20 @@ def group_locality(tr: Trace, layer: int) -> tuple[float, float]:
     return float(in_order), float((total - best) / total)
 
 
+def ds_trace(num_layers: int, steps: int, **extra) -> Trace:
+    """DeepSeek-V3-shaped routing (256 experts, 8 groups, top-8 in 4), 64 ranks, 16k-token steps."""
+    return planner.synth_trace(num_layers=num_layers, num_experts=256, top_k=8, n_group=8, topk_group=4,
+                               num_tokens=steps * 16384, tokens_per_step=16384, num_ranks=64, weights=False,
+                               seed=0, model_name="deepseek-v3-like", **extra)
+
+
 def part1() -> None:
     print("## 1. Group-level locality (share of a token's chosen groups not on its own node)\n")
     print("| trace | layer | groups in order | best bijection |")
     print("|---|---:|---:|---:|")
-    base = dict(num_layers=4, num_experts=256, top_k=8, n_group=8, topk_group=4, num_tokens=4 * 16384,
-                tokens_per_step=16384, num_ranks=64, weights=False, seed=0, model_name="deepseek-v3-like")
     for label, extra in (("default (mixes redrawn every step)", {}),
                          ("persistent node-level mixes, rank_mix 1", dict(sticky_ranks=True, rank_groups=8, rank_mix=1.0))):
-        tr = planner.synth_trace(**base, **extra)
+        tr = ds_trace(4, 4, **extra)
         for layer in range(tr.num_layers):
             a, b = group_locality(tr, layer)
             print(f"| {label} | {layer} | {a:.3f} | {b:.3f} |")
@@ -128,20 +133,13 @@ def best_swaps(ids: np.ndarray, src_node: np.ndarray, node_E: np.ndarray, w_E: n
 
 
 def replica_cover(ids: np.ndarray, src_node: np.ndarray, node_E: np.ndarray, per_node: int) -> np.ndarray:
-    """Greedy replicas of other nodes' experts, ``per_node`` on each node (optimistic, see 3.ii)."""
+    """Greedy replicas of other nodes' experts, up to ``per_node`` on each node (the solver's
+    :func:`planner.solve.xnode.pick_remote`; optimistic here, see 3.ii)."""
+    from planner.solve.xnode import pick_remote
+
     rep = np.zeros((8, node_E.size), dtype=bool)
     for v in range(8):
-        sel = ids[src_node == v]
-        T, k = sel.shape
-        nd = node_E[sel]
-        for _ in range(per_node):
-            need = ~(rep[v][sel] | (nd == v))
-            cnt = np.zeros((T, 8), dtype=np.int64)
-            np.add.at(cnt, (np.repeat(np.arange(T), k), nd.ravel()), need.ravel())
-            one = need & (np.take_along_axis(cnt, nd, axis=1) == 1)
-            g = np.bincount(sel.ravel(), weights=one.ravel(), minlength=node_E.size)
-            g[(node_E == v) | rep[v]] = -1
-            rep[v, int(np.argmax(g))] = True
+        rep[v, pick_remote(ids[src_node == v], node_E, v, per_node, 8)] = True
     return rep
 
 
@@ -151,13 +149,11 @@ def part3() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     from planner.solve import baselines
 
-    base = dict(num_layers=2, num_experts=256, top_k=8, n_group=8, topk_group=4, num_tokens=8 * 16384,
-                tokens_per_step=16384, num_ranks=64, weights=False, seed=0, model_name="deepseek-v3-like")
     for label, extra in (("default", {}),
                          ("persistent node-level mixes", dict(sticky_ranks=True, rank_groups=8)),
                          ("same, rank_mix 1, domain_spread 2.5",
                           dict(sticky_ranks=True, rank_groups=8, rank_mix=1.0, domain_spread=2.5))):
-        tr = planner.synth_trace(**base, **extra)
+        tr = ds_trace(2, 8, **extra)
         plan_half = tr.step_index < tr.num_steps // 2
         src = tr.source_rank // 8
         for layer in range(tr.num_layers):
