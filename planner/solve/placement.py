@@ -1630,7 +1630,7 @@ def solve_placement(
             w_NLE[:, l] = np.bincount(flat, minlength=N * E).reshape(N, E) / n_steps / groups
         new, xinfo = cross_node_replicas(
             new, ids_LTk, src_T // gpn, w_NLE, N, gpn,
-            lambda l, row: _layer_objective(inp, x_ids[l], x_step, x_src, x_grp, keep.size, row),
+            lambda l, row: simulated_ms(inp, row[None, :], x_ids[l][None], x_step, x_src, x_grp, keep.size),
             deadline,
         )
         stages["cross_node_replicas"] = xinfo
@@ -1686,32 +1686,21 @@ def _reserve_s(inp: PlacementInputs, time_limit: float) -> float:
 
 def planning_objective(phy2log_LP: np.ndarray, inp: PlacementInputs) -> float:
     """Predicted MoE ms per step of a placement on ``inp``'s planning tokens (the simulator)."""
+    return simulated_ms(inp, phy2log_LP, inp.ids_LTk, inp.step_T, inp.src_T, inp.group_T, inp.num_steps)
+
+
+def simulated_ms(inp: PlacementInputs, phy2log_LP: np.ndarray, ids_LTk: np.ndarray, step_T: np.ndarray,
+                 src_T: np.ndarray, group_T: np.ndarray | None, num_steps: int) -> float:
+    """Predicted MoE ms per step of ``phy2log_LP`` [L, P] on the given tokens (``ids_LTk`` for the
+    same L layers), with ``inp``'s cost model, dispatch and relay (the simulator)."""
     from planner.simulator import combine_groups, simulate_arrays
 
-    group_T = np.zeros(inp.ids_LTk.shape[1], dtype=np.int64) if inp.group_T is None else inp.group_T
+    group_T = np.zeros(ids_LTk.shape[1], dtype=np.int64) if group_T is None else group_T
     results = []
     for grp in range(int(group_T.max()) + 1):
         m = group_T == grp
         results.append(simulate_arrays(
-            phy2log_LP, inp.slots_per_gpu, inp.ids_LTk[:, m], inp.step_T[m], inp.src_T[m],
-            ffn_ms=inp.cost.ffn_ms, comm_ms=inp.cost.comm_ms, token_bytes=inp.cost.token_bytes,
-            num_experts=inp.num_experts, gpus_per_node=inp.gpus_per_node, dispatch=inp.dispatch,
-            num_steps=inp.num_steps, relay=inp.relay,
-        ))
-    return float(combine_groups(results).step_ms_S.mean())
-
-
-def _layer_objective(inp: PlacementInputs, ids_Tk: np.ndarray, step_T: np.ndarray, src_T: np.ndarray,
-                     group_T: np.ndarray | None, num_steps: int, row_P: np.ndarray) -> float:
-    """Predicted ms per step of one layer placed as ``row_P`` on the given tokens (the simulator)."""
-    from planner.simulator import combine_groups, simulate_arrays
-
-    group_T = np.zeros(ids_Tk.shape[0], dtype=np.int64) if group_T is None else group_T
-    results = []
-    for grp in range(int(group_T.max()) + 1):
-        m = group_T == grp
-        results.append(simulate_arrays(
-            row_P[None, :], inp.slots_per_gpu, ids_Tk[None, m], step_T[m], src_T[m],
+            phy2log_LP, inp.slots_per_gpu, ids_LTk[:, m], step_T[m], src_T[m],
             ffn_ms=inp.cost.ffn_ms, comm_ms=inp.cost.comm_ms, token_bytes=inp.cost.token_bytes,
             num_experts=inp.num_experts, gpus_per_node=inp.gpus_per_node, dispatch=inp.dispatch,
             num_steps=num_steps, relay=inp.relay,
