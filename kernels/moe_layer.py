@@ -35,6 +35,9 @@ Forward pass (:func:`moe_forward`):
    per-expert matmuls (``loop``), or one batched matmul over a zero-padded ``[E, max_count, D]``
    buffer (``padded``). With a single expert (L = 1 on an EP rank) every backend runs the plain
    dense FFN (two GEMMs): a grouped or padded kernel over one group only adds work.
+   ``triton`` (kernels/triton_moe.py, opt-in, never chosen by ``auto``): two Triton kernels, the
+   first gathering rows of x and applying SiLU·up in its epilogue; in :func:`moe_forward` it
+   replaces steps 2-4 (permute fused into its loads, routing weight into its second epilogue).
 4. **Combine** (:func:`combine`): ``out_TD[token_N] += weight_N · y_ND`` (``index_add_`` in
    float32, cast back to x's dtype).
 5. **Shared experts**: every token also passes one FFN of width S (the shared experts fused
@@ -62,8 +65,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-Backend = Literal["auto", "grouped", "loop", "padded"]
-BACKENDS: tuple[str, ...] = ("auto", "grouped", "loop", "padded")
+Backend = Literal["auto", "grouped", "loop", "padded", "triton"]
+BACKENDS: tuple[str, ...] = ("auto", "grouped", "loop", "padded", "triton")
 
 
 # ---- configuration and weights ---------------------------------------------------------------
@@ -238,10 +241,35 @@ def _grouped_mm_available() -> bool:
     return hasattr(torch, "_grouped_mm")
 
 
+def triton_unavailable(x: torch.Tensor) -> str | None:
+    """Why the ``triton`` backend cannot run on ``x`` (None: it can). It needs the triton
+    package and CUDA tensors, or CPU tensors with its kernels imported under TRITON_INTERPRET=1
+    (Triton's interpreter; see kernels/triton_moe.py)."""
+    try:
+        from . import triton_moe
+    except ImportError as exc:
+        return f"triton does not import ({exc})"
+    if x.dtype not in triton_moe.DTYPES:
+        return f"its kernels take float16, bfloat16 or float32 (got {x.dtype})"
+    if not (x.is_cuda or triton_moe.INTERPRETED):
+        return (f"its kernels run on CUDA tensors (got a {x.device.type} tensor; on the CPU only under "
+                "TRITON_INTERPRET=1 set before triton_moe is imported)")
+    return None
+
+
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
-    """``auto`` → ``grouped`` for CUDA bf16 inputs when ``torch._grouped_mm`` exists, else ``loop``."""
+    """``auto`` → ``grouped`` for CUDA bf16 inputs when ``torch._grouped_mm`` exists, else ``loop``.
+
+    ``triton`` (kernels/triton_moe.py: fused gather + gate/up + SwiGLU and down + routing weight)
+    is never chosen by ``auto``: it is not yet measured on a GPU.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
+    if backend == "triton":
+        why = triton_unavailable(x)
+        if why is not None:
+            raise RuntimeError(f"backend 'triton' is unavailable: {why}")
+        return backend
     if backend == "auto":
         return "grouped" if (x.is_cuda and x.dtype == torch.bfloat16 and _grouped_mm_available()) else "loop"
     if backend == "grouped" and not _grouped_mm_available():
@@ -273,7 +301,8 @@ def experts_ffn(
 
     Returns ``y_ND`` (x's dtype). ``grouped`` issues two ``torch._grouped_mm`` and one
     elementwise SiLU·up regardless of E; ``loop`` issues five kernels per non-empty expert;
-    ``padded`` copies rows into ``[E, max_count, D]`` and runs two batched matmuls.
+    ``padded`` copies rows into ``[E, max_count, D]`` and runs two batched matmuls;
+    ``triton`` runs kernels/triton_moe.py's two fused kernels (SwiGLU in the first's epilogue).
     """
     E, twoF, D = w13_E2FD.shape
     f = twoF // 2
@@ -287,6 +316,11 @@ def experts_ffn(
         if not isinstance(counts_E, torch.Tensor):
             assert sum(_counts_list(counts_E)) == N, (list(counts_E), N)
         return ffn(x_ND, w13_E2FD[0], w2_EDF[0]) if N else x_ND.new_empty(0, D)
+    if be == "triton":
+        from . import triton_moe
+
+        counts_t = counts_E if isinstance(counts_E, torch.Tensor) else torch.tensor(_counts_list(counts_E))
+        return triton_moe.experts_ffn_sorted(x_ND, counts_t, w13_E2FD, w2_EDF)
     if be == "grouped":
         if isinstance(counts_E, torch.Tensor):
             counts_t = counts_E.to(device=x_ND.device)
@@ -363,13 +397,20 @@ def moe_forward(
     """The whole layer on one device: route, permute, expert FFN, combine, shared experts.
 
     ``topk`` = ``(topk_ids_TK, topk_weights_TK)`` replaces the router (to replay a trace).
-    Returns ``out_TD`` in x's dtype.
+    Returns ``out_TD`` in x's dtype. With ``backend="triton"`` steps 2-4 are
+    ``triton_moe.fused_moe`` (permute fused into the first GEMM's loads, routing weight into the
+    second's epilogue, then a float32 sum over the K choices).
     """
     T = x_TD.shape[0]
     ids_TK, weights_TK = topk if topk is not None else route(x_TD, w.router_ED, cfg, w.bias_E)
-    x_ND, order_N, counts_E = permute(x_TD, ids_TK, cfg.num_experts)
-    y_ND = experts_ffn(x_ND, counts_E, w.w13_E2FD, w.w2_EDF, backend)
-    out_TD = combine(y_ND, order_N, weights_TK, T)
+    if resolve_backend(backend, x_TD) == "triton":
+        from . import triton_moe
+
+        out_TD = triton_moe.fused_moe(x_TD, ids_TK, weights_TK, w.w13_E2FD, w.w2_EDF)
+    else:
+        x_ND, order_N, counts_E = permute(x_TD, ids_TK, cfg.num_experts)
+        y_ND = experts_ffn(x_ND, counts_E, w.w13_E2FD, w.w2_EDF, backend)
+        out_TD = combine(y_ND, order_N, weights_TK, T)
     if w.shared_w13_2SD is not None and w.shared_w2_DS is not None:
         out_TD += ffn(x_TD, w.shared_w13_2SD, w.shared_w2_DS).to(out_TD.dtype)
     return out_TD.to(x_TD.dtype)

@@ -19,7 +19,11 @@ node-aligned; layers whose experts are not node-aligned are left as they are):
    there); ``everywhere m`` (``m`` in ``r/4, r/2, 3r/4, r``): the experts with the largest such
    savings summed over the nodes, each replicated on *every* other node while each node has
    room for ``m`` — a token that finds no replica on its node is sent to any replica (the
-   dispatch's fair draw), so an expert held everywhere draws no stray token to a third node.
+   dispatch's fair draw), so an expert held everywhere draws no stray token to a third node;
+   ``busiest m``: also replicated everywhere, but aimed at the binding link — repeatedly the node
+   that the most tokens still need from elsewhere (under DeepEP's relay its NICs receive the
+   most, and with one routing group per node a popular group makes its node's NICs the slowest
+   link of the layer) gives up the expert whose replicas save the most of those copies.
    Greedy on coverage objectives (heuristic).
 2. *Which own replicas make room* — the node keeps each of its experts once and fills its
    remaining slots by water-filling on the tokens that still reach it (its own tokens, and
@@ -45,6 +49,16 @@ import numpy as np
 from planner.solve import baselines
 
 
+def _sole(ids_Tk: np.ndarray, nd_Tk: np.ndarray, need_Tk: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per token and node, how many of its experts it still needs there (``cnt`` [T, N]), and
+    which (token, choice) pairs are the only one keeping their node needed (``sole`` [T, k])."""
+    T, k = ids_Tk.shape
+    key = (np.arange(T)[:, None] * num_nodes + nd_Tk).ravel()
+    cnt = np.bincount(key, weights=need_Tk.ravel(), minlength=T * num_nodes).reshape(T, num_nodes)
+    sole = need_Tk & (np.take_along_axis(cnt, nd_Tk, axis=1) == 1)
+    return cnt, sole
+
+
 def home_nodes(row_P: np.ndarray, slots_per_node: int, num_experts: int) -> np.ndarray | None:
     """Node of every expert when each expert's slots lie on one node (else None)."""
     node_P = np.arange(row_P.size) // slots_per_node
@@ -61,18 +75,14 @@ def pick_remote(ids_Tk: np.ndarray, node_E: np.ndarray, v: int, m: int, num_node
     """Stage 1: ``m`` experts of other nodes whose replicas on ``v`` save the most copies of
     ``ids_Tk`` (the planning tokens of node ``v``), greedily."""
     E = node_E.size
-    T, k = ids_Tk.shape
-    if m <= 0 or T == 0:
+    if m <= 0 or ids_Tk.shape[0] == 0:
         return []
     nd = node_E[ids_Tk]
     have = node_E == v
     out: list[int] = []
-    rows = np.repeat(np.arange(T), k)
     for _ in range(m):
         need = ~have[ids_Tk]  # (t, j) still served off the node
-        cnt = np.zeros((T, num_nodes), dtype=np.int64)
-        np.add.at(cnt, (rows, nd.ravel()), need.ravel())
-        sole = need & (np.take_along_axis(cnt, nd, axis=1) == 1)
+        _, sole = _sole(ids_Tk, nd, need, num_nodes)
         gain = np.bincount(ids_Tk.ravel(), weights=sole.ravel(), minlength=E)
         gain[have] = -1.0
         e = int(np.argmax(gain))
@@ -95,11 +105,7 @@ def spread_everywhere(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.nda
         if sel.size == 0:
             continue
         nd = node_E[sel]
-        need = nd != v
-        T, k = sel.shape
-        cnt = np.zeros((T, num_nodes), dtype=np.int64)
-        np.add.at(cnt, (np.repeat(np.arange(T), k), nd.ravel()), need.ravel())
-        sole = need & (np.take_along_axis(cnt, nd, axis=1) == 1)
+        _, sole = _sole(sel, nd, nd != v, num_nodes)
         total += np.bincount(sel.ravel(), weights=sole.ravel(), minlength=E)
     used = np.zeros(num_nodes, dtype=np.int64)
     out: list[int] = []
@@ -113,6 +119,38 @@ def spread_everywhere(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.nda
         used += add
         out.append(int(e))
     return out
+
+
+def relieve_busiest(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.ndarray, num_nodes: int,
+                    budget: int) -> list[int]:
+    """Experts to replicate on every node but their own, aimed at the binding NIC: repeatedly the
+    node that the most tokens still need from elsewhere (its inter-node receives, what DeepEP's
+    relay makes the slowest link when one node's experts are popular), and of its experts the one
+    whose replicas save the most of those copies, while every node has room (``budget``)."""
+    E = node_E.size
+    nd = node_E[ids_Tk]
+    local = np.zeros(E, dtype=bool)  # replicated everywhere so far
+    used = np.zeros(num_nodes, dtype=np.int64)
+    out: list[int] = []
+    while True:
+        need = ~local[ids_Tk] & (nd != src_node_T[:, None])
+        cnt, sole = _sole(ids_Tk, nd, need, num_nodes)
+        recv = (cnt > 0).sum(axis=0)  # tokens that need each node from elsewhere
+        gain = np.bincount(ids_Tk.ravel(), weights=sole.ravel(), minlength=E)
+        for h in np.argsort(-recv, kind="stable"):
+            others = np.arange(num_nodes) != h
+            if (used[others] + 1 > budget).any():
+                continue
+            g = np.where((node_E == h) & ~local, gain, -1.0)
+            e = int(np.argmax(g))
+            if g[e] <= 0:
+                continue
+            local[e] = True
+            used[others] += 1
+            out.append(e)
+            break
+        else:
+            return out
 
 
 def node_row(
@@ -187,8 +225,10 @@ def cross_node_replicas(
         picks = [pick_remote(ids_LTk[l][by_node[v]], node_E, v, r, num_nodes) for v in range(num_nodes)]
         best, best_ms, label = phy2log_LP[l], layer_ms(l, phy2log_LP[l]), "none"
         shared = spread_everywhere(ids_LTk[l], src_node_T, node_E, num_nodes, r)
+        busiest = relieve_busiest(ids_LTk[l], src_node_T, node_E, num_nodes, r)
         variants = [(f"per-node {r}", picks)] + [
-            (f"everywhere {m}", [[e for e in shared[:m] if node_E[e] != v] for v in range(num_nodes)]) for m in ms
+            (f"{name} {m}", [[e for e in order[:m] if node_E[e] != v] for v in range(num_nodes)])
+            for name, order in (("everywhere", shared), ("busiest", busiest)) for m in ms
         ]
         for name, remote in variants:
             row = node_row(node_E, remote, weight_NLE[:, l], spn, gpus_per_node)

@@ -8,6 +8,7 @@ from planner.solve.xnode import (
     home_nodes,
     node_row,
     pick_remote,
+    relieve_busiest,
     spread_everywhere,
 )
 
@@ -92,3 +93,18 @@ def test_solver_places_a_replica_where_the_tokens_are_under_nearest_dispatch():
     assert near.stages["cross_node_replicas"]["layers_changed"] == 1
     even = solve_placement(inp("even"))
     assert "cross_node_replicas" not in even.stages
+
+
+def test_relieve_busiest_starts_with_the_node_most_tokens_need():
+    # 3 nodes, experts 0-1 on node 0, 2-3 on node 1, 4-5 on node 2. Tokens of nodes 1 and 2
+    # mostly need node 0 (through expert 0 alone), so node 0 receives most: expert 0 is
+    # replicated everywhere first; node 1 is needed only through expert 2 + 3 pairs.
+    node_E = np.array([0, 0, 1, 1, 2, 2])
+    ids = np.array([[0, 4]] * 30 + [[0, 2]] * 20 + [[2, 3]] * 5 + [[4, 1]] * 5)
+    src = np.array([2] * 30 + [1] * 20 + [0] * 5 + [1] * 5)
+    order = relieve_busiest(ids, src, node_E, 3, budget=1)
+    assert order[0] == 0
+    # budget 1: expert 0 took the one slot of nodes 1 and 2, and any further expert would need a
+    # slot on at least one of them
+    assert len(order) == 1
+    assert relieve_busiest(ids, src, node_E, 3, budget=2)[:1] == [0]
