@@ -5,7 +5,9 @@
 
 What is timed: :func:`planner_kernels.moe_layer.moe_forward` — router, permute, expert FFN
 (``--backends``: ``grouped`` = ``torch._grouped_mm``, ``loop`` = per-expert matmuls, ``padded``
-= one batched matmul over a zero-padded buffer), combine, shared experts — in bf16 on random
+= one batched matmul over a zero-padded buffer, ``triton`` = kernels/triton_moe.py's two fused
+kernels, which replace permute, expert FFN and combine; timed only where triton imports),
+combine, shared experts — in bf16 on random
 weights (scaled by 1/sqrt(fan_in)) and random tokens, routed by the layer's own router, timed by
 :func:`planner_kernels.timing.bench` (CUDA events, L2 flushed and a spin-kernel lead before
 each call so the events time GPU work alone, median of repeats, minimum over runs). Every
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -46,6 +49,8 @@ MODELS = [
     "qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "qwen3-235b-a22b", "olmoe-1b-7b", "gpt-oss-20b", "gpt-oss-120b",
 ]
 BACKENDS = ["grouped", "padded", "loop"]
+if importlib.util.find_spec("triton") is not None:  # without importing it: see kernels/triton_moe.py
+    BACKENDS.append("triton")
 OUT = ROOT / "benchmarks" / "results" / "kernels.json"
 
 
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                                    warmup=2, reps=reps, runs=runs)
                     row[f"{be}_ms"] = res.ms
                     row[f"{be}_pct_roofline"] = 100.0 * float(roof["roofline_ms"]) / res.ms
-                except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+                except Exception as exc:  # one backend failing (OOM, a triton compile error) must not end the run
                     row[f"{be}_ms"] = None
                     row[f"{be}_error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
                     torch.cuda.empty_cache()

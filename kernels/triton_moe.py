@@ -50,8 +50,9 @@ row; padding rows are never written.
     y[r, i]  = Σ_j h[r, j] · w2[e, i, j]                 (fp32)
     outk[n_r, i] = topk_weight[n_r] · y[r, i]  for valid rows, stored in x's dtype
 
-The padding rows of ``h`` are uninitialised, but row r of a product depends on row r of ``h``
-alone and padding rows are never stored, so they need no mask.
+The padding rows of ``h`` are uninitialised; row r of a product depends on row r of ``h`` alone
+and padding rows are never stored, so they could be read as they are, but they are masked to
+zero on load (one predicate per row) so garbage NaNs never enter an MMA.
 
 **4. Combine**: ``out_TD = outk_NKD.view(T, K, D).sum(1)`` in float32 (torch). Each token's K
 rows are written by different programs (different experts), so summing them inside kernel 2
@@ -73,12 +74,19 @@ Block sizes (:class:`TritonMoEConfig`) are arguments; :func:`default_config` pic
 mean rows per expert (smaller blocks waste less padding when experts get few rows). The
 defaults are starting points for an H100 chosen from the tile shapes fused-MoE kernels commonly
 use there; they have **not** been measured (no GPU was available when this was written).
+Compiled for sm_90 without a GPU (Triton 3.9, bf16, the defaults; tests/kernels checks it):
+both kernels lower to Hopper ``wgmma``, 96 KB of shared memory, 128 registers, no spills. When D
+(kernel 1) or F (kernel 2) is not a multiple of BLOCK_K the masked K loop was not pipelined by
+that compiler (24 KB shared); every FACTS.md shape divides 64.
 
 Running on the CPU: Triton's interpreter runs these kernels on CPU tensors when the environment
 variable ``TRITON_INTERPRET=1`` is set *before this module is imported* (``triton.jit`` reads it
-when it decorates). :data:`INTERPRETED` records which mode this import got. The interpreter
-computes ``tl.dot`` with numpy and reads bf16 as raw integers, so on the CPU only float32 and
-float16 give right answers; bf16 is checked on a GPU only.
+when it decorates, and triton's own library when triton is imported), and it must stay set while
+they run. :data:`INTERPRETED` records which mode this import got. The interpreter computes
+``tl.dot`` with numpy and reads bf16 as raw integers, so when interpreted the kernels convert
+bf16 tiles to float32 before each dot (constexpr ``UPCAST``, false on a GPU, where it compiles to
+nothing): the products of bf16 values are exact in float32 either way, so the CPU result matches
+what a bf16 MMA with fp32 accumulation computes up to summation order.
 
 Importing this module imports triton (an ImportError without it); ``moe_layer`` imports it only
 when the ``triton`` backend is asked for.
@@ -95,7 +103,7 @@ import triton.language as tl
 #: True when this import decorated the kernels for Triton's CPU interpreter (TRITON_INTERPRET=1).
 INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 
-#: Input dtypes the kernels accept (the interpreter gets bf16 wrong; see the module docstring).
+#: Input dtypes the kernels accept.
 DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -196,7 +204,7 @@ def _gate_up_kernel(
     N, F, D, TOP_K, num_blocks,
     stride_xt, stride_xd, stride_we, stride_wf, stride_wd, stride_hp, stride_hf,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """h[r, j] = SiLU(x[t_r] · w13[e, j]) · (x[t_r] · w13[e, F + j]) for one block and column tile."""
     pid_m, pid_n = _tile(tl.program_id(0), num_blocks, tl.cdiv(F, BLOCK_N), GROUP_M)
@@ -225,6 +233,10 @@ def _gate_up_kernel(
             a = tl.load(a_ptrs, mask=valid[:, None] & k_ok[None, :], other=0.0)
             wg = tl.load(g_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
             wu = tl.load(u_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        if UPCAST:  # the CPU interpreter only: its dot reads bf16 as integers
+            a = a.to(tl.float32)
+            wg = wg.to(tl.float32)
+            wu = wu.to(tl.float32)
         acc_g = tl.dot(a, wg, acc_g, input_precision=PRECISION)
         acc_u = tl.dot(a, wu, acc_u, input_precision=PRECISION)
         a_ptrs += BLOCK_K * stride_xd
@@ -241,7 +253,7 @@ def _down_kernel(
     N, D, F, num_blocks,
     stride_hp, stride_hf, stride_we, stride_wd, stride_wf, stride_on, stride_od,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, MUL_WEIGHT: tl.constexpr, PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr, MUL_WEIGHT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """outk[n_r, i] = weight[n_r] · Σ_j h[r, j] · w2[e, i, j] for one block and column tile."""
     pid_m, pid_n = _tile(tl.program_id(0), num_blocks, tl.cdiv(D, BLOCK_N), GROUP_M)
@@ -254,18 +266,22 @@ def _down_kernel(
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < D
     offs_k = tl.arange(0, BLOCK_K)
-    # padding rows of h are uninitialised: their products land in rows that are never stored
+    # padding rows of h are uninitialised: masked to zero (their products are never stored, but
+    # NaN garbage would still raise floating-point flags in the interpreter)
     a_ptrs = h_ptr + rows[:, None].to(tl.int64) * stride_hp + offs_k[None, :] * stride_hf
     b_ptrs = w2_ptr + e * stride_we + cols[None, :] * stride_wd + offs_k[:, None] * stride_wf  # [BK, BN]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(F, BLOCK_K)):
         if EVEN_K:
-            a = tl.load(a_ptrs)
+            a = tl.load(a_ptrs, mask=valid[:, None], other=0.0)
             b = tl.load(b_ptrs, mask=col_ok[None, :], other=0.0)
         else:
             k_ok = offs_k < F - k * BLOCK_K
-            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+            a = tl.load(a_ptrs, mask=valid[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(b_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
         a_ptrs += BLOCK_K * stride_hf
         b_ptrs += BLOCK_K * stride_wf
@@ -310,6 +326,7 @@ def _routed_rows(
     P, B = sorted_ids_P.numel(), block_expert_B.numel()
     h_PF = x_MD.new_empty(P, F_)
     prec = "ieee" if x_MD.dtype == torch.float32 else "tf32"  # "tf32" is ignored for 16-bit inputs
+    upcast = INTERPRETED and x_MD.dtype == torch.bfloat16
     launch = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     grid1 = (B * triton.cdiv(F_, cfg.gate_up_block_n),)
     _gate_up_kernel[grid1](
@@ -318,7 +335,7 @@ def _routed_rows(
         x_MD.stride(0), x_MD.stride(1), w13_E2FD.stride(0), w13_E2FD.stride(1), w13_E2FD.stride(2),
         h_PF.stride(0), h_PF.stride(1),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.gate_up_block_n, BLOCK_K=cfg.gate_up_block_k, GROUP_M=cfg.group_m,
-        EVEN_K=D % cfg.gate_up_block_k == 0, PRECISION=prec, **launch,
+        EVEN_K=D % cfg.gate_up_block_k == 0, PRECISION=prec, UPCAST=upcast, **launch,
     )
     w_N = outk_ND if weight_N is None else weight_N.reshape(-1).to(torch.float32).contiguous()
     grid2 = (B * triton.cdiv(D, cfg.down_block_n),)
@@ -328,7 +345,7 @@ def _routed_rows(
         h_PF.stride(0), h_PF.stride(1), w2_EDF.stride(0), w2_EDF.stride(1), w2_EDF.stride(2),
         outk_ND.stride(0), outk_ND.stride(1),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.down_block_n, BLOCK_K=cfg.down_block_k, GROUP_M=cfg.group_m,
-        EVEN_K=F_ % cfg.down_block_k == 0, MUL_WEIGHT=weight_N is not None, PRECISION=prec, **launch,
+        EVEN_K=F_ % cfg.down_block_k == 0, MUL_WEIGHT=weight_N is not None, PRECISION=prec, UPCAST=upcast, **launch,
     )
     return outk_ND
 

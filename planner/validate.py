@@ -62,7 +62,7 @@ from planner.specs.plan import Plan
 from planner.traces import Trace, check_against_model
 
 #: Backends ``validate`` accepts (kernels.moe_layer.BACKENDS).
-BACKENDS = ("auto", "grouped", "loop", "padded")
+BACKENDS = ("auto", "grouped", "loop", "padded", "triton")
 _HELD_OUT_RE = re.compile(r"the last (\d+) of (\d+)")
 
 
@@ -346,7 +346,10 @@ def validate(
         notes.append(f"every slot's rows capped at --max-tokens {max_tokens} (prediction and measurement alike)")
     pred_SLXR = predict_rank_ms(hw, m.hidden_size, ffn, exec_dtype, tokens_SLXRP, plan.workload.expert_kernel)
 
-    resolved = {b: layer_mod.resolve_backend(b, torch.empty(0, device=device, dtype=torch.bfloat16)) for b in backends}
+    try:
+        resolved = {b: layer_mod.resolve_backend(b, torch.empty(0, device=device, dtype=torch.bfloat16)) for b in backends}
+    except RuntimeError as exc:  # e.g. triton without triton, or on a CPU tensor
+        raise InputError(f"--backend: {exc}") from None
     max_rows = int(tokens_SLXRP[s_sel][:, l_sel].sum(axis=-1).max()) if s_sel and l_sel else 1
     rank = timing_mod.RankBench(P, m.hidden_size, ffn, device=device, dtype=torch.bfloat16, max_rows=max_rows)
     say(

@@ -45,7 +45,7 @@ def _argv(ctx: click.Context) -> list[str]:
 @click.option("--steps", type=int, default=None, help="Evaluate only the first N evaluated steps")
 @click.option("--layers", type=int, default=None, help="Evaluate N MoE layers evenly spaced (default: all)")
 @click.option("--max-tokens", type=int, default=None, help="Cap every expert slot's rows at N (small CPU runs; with --world-size: N of each step's tokens)")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(["auto", "grouped", "loop", "padded"]),
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["auto", "grouped", "loop", "padded", "triton"]),
               help="Expert-FFN backend(s) to measure; repeat for several (default: auto)")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per run")
 @click.option("--reps", type=int, default=10, show_default=True, help="Timed calls per run (median kept)")

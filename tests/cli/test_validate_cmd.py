@@ -134,3 +134,14 @@ def test_validate_on_cuda(plan_file, capsys):
     assert code == 0, err
     rep = json.loads(out)
     assert rep["backends"] == {"auto": "grouped"} and rep["device"]["device_kind"] == "cuda"
+
+
+def test_an_unavailable_backend_exits_2_with_one_line(plan_file, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    import importlib
+
+    layer = importlib.import_module("planner_kernels.moe_layer")
+    monkeypatch.setattr(layer, "triton_unavailable", lambda x: "triton does not import (test)")
+    code, _, err = run(capsys, "validate", "--plan", plan_file, *FAST, "--backend", "triton")
+    assert code == 2 and "--backend: backend 'triton' is unavailable: triton does not import (test)" in err
+    assert len(err.strip().splitlines()) == 1
