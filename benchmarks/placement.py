@@ -23,6 +23,8 @@ placement by the simulator on the second half:
 
     python benchmarks/placement.py            # prints the Markdown table (~10 minutes on 2 cores)
     python benchmarks/placement.py --quick    # smaller traces, for a smoke run
+    python benchmarks/placement.py --trace my.npz [--model deepseek-v3 --nodes 8 --gpus-per-node 8 --redundant 64]
+                                              # cases (a) and (a3) on your own trace
 
 Trace memory: ids are int32, 58 layers × 8 choices × 4 B = 1.9 kB per token (370 MB for case a).
 """
@@ -59,11 +61,14 @@ def row(case, relay, method, pred, ref, extra=""):
 
 
 def run_case(case, model, *, nodes, gpn, redundant, tokens, tps, ranks, relays, time_limit, ep=None, etp=None,
-             synth_kw=None, dispatch="even"):
+             synth_kw=None, dispatch="even", trace=None):
     m = load_model(model)
     t0 = time.perf_counter()
-    tr = planner.synth_trace(m, num_tokens=tokens, tokens_per_step=tps, num_ranks=ranks, weights=False, seed=0,
-                             **(synth_kw or {}))
+    if trace is None:
+        tr = planner.synth_trace(m, num_tokens=tokens, tokens_per_step=tps, num_ranks=ranks, weights=False, seed=0,
+                                 **(synth_kw or {}))
+    else:  # a trace file of the user's (planned on its first half of steps, scored on the rest)
+        tr = planner.load_trace(trace, model=m)
     synth_s = time.perf_counter() - t0
     etp = etp or 1
     ep = ep or nodes * gpn // etp  # the degrees are fixed: this benchmark is about placement, not the search
@@ -117,8 +122,17 @@ def check_targets(res, label="(a)"):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller traces (a smoke run, not the reported numbers)")
+    ap.add_argument("--trace", help="run cases (a) and (a3) on this routing trace (.npz with per-token ids and, for "
+                    "rank locality, source ranks) instead of the synthetic ones")
+    ap.add_argument("--model", default="deepseek-v3", help="model of --trace (default deepseek-v3)")
+    ap.add_argument("--nodes", type=int, default=8, help="nodes for --trace (default 8)")
+    ap.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node for --trace (default 8)")
+    ap.add_argument("--redundant", type=int, default=64, help="redundant experts for --trace (default 64)")
     args = ap.parse_args()
     q = args.quick
+    if args.trace:
+        own_trace(args)
+        return
     print("| case | relay | method | MoE ms/step | MoE layer ms | vs EPLB | vs contiguous | imbalance "
           "| NVLink GB/step | inter-node GB/step | inter vs EPLB | solver |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -154,6 +168,20 @@ def main() -> None:
               f"(MoETuner reports 9.3% end-to-end on one 8×H100 node, EP4-TP2; ours is the MoE layers only)")
     rebalance_timing()
     print(f"\n(trace synthesis: {synth_a:.0f} s for case a, {synth_b:.0f} s for case b)")
+
+
+def own_trace(args) -> None:
+    """Cases (a) and (a3) (even and nearest dispatch, same-rank relay) on a user's trace."""
+    print("| case | relay | method | MoE ms/step | MoE layer ms | vs EPLB | vs contiguous | imbalance "
+          "| NVLink GB/step | inter-node GB/step | inter vs EPLB | solver |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    kw = dict(nodes=args.nodes, gpn=args.gpus_per_node, redundant=args.redundant, tokens=0, tps=0, ranks=0,
+              relays=("same-rank",), time_limit=60.0, trace=args.trace)
+    name = f"{args.trace}: {args.model}, {args.nodes}×{args.gpus_per_node}, R={args.redundant}"
+    res_even, _ = run_case(f"{name}, even dispatch", args.model, **kw)
+    res_near, _ = run_case(f"{name}, nearest dispatch", args.model, dispatch="nearest", **kw)
+    check_targets(res_even, "even dispatch")
+    check_targets(res_near, "nearest dispatch")
 
 
 def rebalance_timing() -> None:

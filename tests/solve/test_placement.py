@@ -6,6 +6,8 @@ that communication is negligible unless a case says otherwise, so the optimum is
 load-balancing (or co-location) argument one can check on paper.
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -352,3 +354,16 @@ def test_slow_scoring_keeps_eplb_rather_than_overrun_the_limit():
     res = solve_placement(_medium_inputs(), time_limit=0.5, evaluate=slow)
     assert list(res.candidates) == ["eplb"] and res.chosen == "eplb" and res.status == "time_limit"
     assert all(np.bincount(row, minlength=16).min() >= 1 for row in res.phy2log_LP)  # a valid placement
+
+
+def test_a_note_when_redundant_slots_cost_more_than_they_balance():
+    # DeepSeek-V2-Lite decode on 2 × 8 GPUs: ~256 tokens per step per GPU, so an expert's GEMM
+    # reads its weights for a handful of rows and 16 replicas cost more reads than they balance
+    p = planner.plan("deepseek-v2-lite", nodes=2, redundant_experts=16)
+    note = [n for n in p.predicted.notes if n.startswith("without redundant slots")]
+    assert len(note) == 1 and "consider --redundant-experts 0" in note[0]
+    with_r, without = (float(x) for x in re.findall(r"predict ([\d.]+) ms .* against ([\d.]+) ms", note[0])[0][::-1])
+    assert without < with_r
+    # no replicas asked: nothing to compare
+    p0 = planner.plan("deepseek-v2-lite", nodes=2)
+    assert not any(n.startswith("without redundant slots") for n in p0.predicted.notes)
