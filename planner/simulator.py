@@ -21,8 +21,10 @@ Replica choice (deterministic, so plans and scores are reproducible):
 - ``local-first``: a replica on the token's own GPU when there is one, else as ``even``.
 - ``nearest``: a replica on the token's own GPU, else one on its own node (replica
   ``(t·k + j) mod c`` of the ``c`` there), else as ``even`` — SGLang's static dispatch
-  (``--ep-dispatch-algorithm static``: per rank the nearest physical replica, same GPU, then same
-  node, else a fair draw over all replicas). With it a replica on another node serves that node's
+  (``--ep-dispatch-algorithm static``, which SGLang also turns on by itself when
+  ``--init-expert-location`` is given: per rank a fixed physical replica, one on the same GPU,
+  else — in versions that prefer the same node — one on the same node, else a fair draw over all
+  replicas; without the same-node step it is ``local-first``). With it a replica on another node serves that node's
   tokens without an inter-node copy, so replicas can be placed for traffic, not only balance.
 
 Traffic (DeepEP's rule, FACTS.md §3): a token is sent once per distinct destination GPU of its
