@@ -199,6 +199,15 @@ def _tile(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _block_rows(sorted_ids_ptr, block_expert_ptr, pid_m, N, BLOCK_M: tl.constexpr):
+    """Rows of block ``pid_m``: padded row ids, their pair ids (N: padding), valid mask, expert."""
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(sorted_ids_ptr + rows)
+    e = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    return rows, pair, pair < N, e
+
+
+@triton.jit
 def _gate_up_kernel(
     x_ptr, w13_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
     N, F, D, TOP_K, num_blocks,
@@ -210,11 +219,8 @@ def _gate_up_kernel(
     pid_m, pid_n = _tile(tl.program_id(0), num_blocks, tl.cdiv(F, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    pair = tl.load(sorted_ids_ptr + rows)
-    valid = pair < N
+    rows, pair, valid, e = _block_rows(sorted_ids_ptr, block_expert_ptr, pid_m, N, BLOCK_M)
     tok = (pair // TOP_K).to(tl.int64)
-    e = tl.load(block_expert_ptr + pid_m).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < F
     offs_k = tl.arange(0, BLOCK_K)
@@ -259,10 +265,7 @@ def _down_kernel(
     pid_m, pid_n = _tile(tl.program_id(0), num_blocks, tl.cdiv(D, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    pair = tl.load(sorted_ids_ptr + rows)
-    valid = pair < N
-    e = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    rows, pair, valid, e = _block_rows(sorted_ids_ptr, block_expert_ptr, pid_m, N, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < D
     offs_k = tl.arange(0, BLOCK_K)

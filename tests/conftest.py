@@ -38,6 +38,21 @@ def mixtral():
     return load_model("mixtral-8x7b")
 
 
+def cuda_layer_case(ml, ffn: int):
+    """A small bf16 DeepSeek-style layer (groups, shared expert) on 300 tokens for the GPU tests:
+    (cfg, CPU weights, their CUDA copy, x, routed ids, routing weights, float64 reference)."""
+    import torch
+
+    cfg = ml.MoEConfig(hidden=256, ffn=ffn, num_experts=16, top_k=4, n_group=4, topk_group=2, shared_ffn=128)
+    gen = torch.Generator().manual_seed(11)
+    w = ml.init_weights(cfg, dtype=torch.bfloat16, generator=gen)
+    x = torch.randn(300, 256, generator=gen).to(torch.bfloat16)
+    ids, wts = ml.route(x, w.router_ED, cfg)
+    ref, _ = ml.reference_moe(x, w, cfg, topk_ids_TK=ids)
+    wc = ml.MoEWeights(**{k: (None if v is None else v.cuda()) for k, v in vars(w).items()})
+    return cfg, w, wc, x, ids, wts, ref
+
+
 def kernel_module(name: str):
     """``kernels/<name>.py`` as the installed ``planner_kernels.<name>`` (or from the source tree)."""
     import importlib

@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from planner.simulator import choose_slots  # noqa: E402
-from tests.conftest import make_model  # noqa: E402
+from tests.conftest import cuda_layer_case, make_model  # noqa: E402
 
 # (hidden D, ffn F, experts E, top_k K, scoring, n_group, topk_group, group_score, shared S, bias, norm, scaling)
 CASES = [
@@ -199,13 +199,7 @@ def test_unknown_backend(ml):
 def test_cuda_bf16_grouped_layer_matches_reference(ml):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    cfg = ml.MoEConfig(hidden=256, ffn=128, num_experts=16, top_k=4, n_group=4, topk_group=2, shared_ffn=128)
-    gen = torch.Generator().manual_seed(11)
-    w = ml.init_weights(cfg, dtype=torch.bfloat16, generator=gen)
-    x = torch.randn(300, 256, generator=gen).to(torch.bfloat16)
-    ids, _ = ml.route(x, w.router_ED, cfg)
-    ref, _ = ml.reference_moe(x, w, cfg, topk_ids_TK=ids)
-    wc = ml.MoEWeights(**{k: (None if v is None else v.cuda()) for k, v in vars(w).items()})
+    cfg, _, wc, x, ids, _, ref = cuda_layer_case(ml, ffn=128)
     out = ml.moe_forward(x.cuda(), wc, cfg, backend="auto", topk=(ids.cuda(), ml.route(x.cuda(), wc.router_ED, cfg)[1]))
     assert ml.resolve_backend("auto", x.cuda()) == "grouped"
     assert rel(out.cpu(), ref) < 2e-2

@@ -267,16 +267,9 @@ def test_cuda_bf16_layer_matches_reference():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     r = _run("""
-        import torch
-        from tests.conftest import kernel_module
+        from tests.conftest import cuda_layer_case, kernel_module
         ml = kernel_module("moe_layer")
-        cfg = ml.MoEConfig(hidden=256, ffn=192, num_experts=16, top_k=4, n_group=4, topk_group=2, shared_ffn=128)
-        gen = torch.Generator().manual_seed(11)
-        w = ml.init_weights(cfg, dtype=torch.bfloat16, generator=gen)
-        x = torch.randn(300, 256, generator=gen).to(torch.bfloat16)
-        ids, wts = ml.route(x, w.router_ED, cfg)
-        ref, _ = ml.reference_moe(x, w, cfg, topk_ids_TK=ids)
-        wc = ml.MoEWeights(**{k: (None if v is None else v.cuda()) for k, v in vars(w).items()})
+        cfg, w, wc, x, ids, wts, ref = cuda_layer_case(ml, ffn=192)
         out = ml.moe_forward(x.cuda(), wc, cfg, backend="triton", topk=(ids.cuda(), wts.cuda())).cpu().double()
         print(float((out - ref).norm() / ref.norm()))
     """)
