@@ -106,6 +106,12 @@ def notes(plan: Plan) -> list[str]:
             f"SGLang takes its EP group to be the whole TP group ({stage} GPUs per stage); "
             f"this plan has ep {par.ep} × etp {par.etp}"
         )
+    if plan.dispatch == "even" and redundant_of(plan) > 0:
+        out.append(
+            "SGLang switches to its static dispatch when --init-expert-location is given (a replica on the "
+            "rank's GPU first, then on its node in versions that prefer the same node); this plan was made for "
+            "even dispatch: re-plan with --dispatch nearest (or local-first) to place for what SGLang will do"
+        )
     return out
 
 

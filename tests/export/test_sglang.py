@@ -97,7 +97,10 @@ def test_pt_file_holds_one_int64_tensor(plan_replicas, tmp_path):
 
 
 def test_nearest_dispatch_asks_for_sglangs_static_dispatch(plan_replicas_2n):
-    assert "--ep-dispatch-algorithm" not in export(plan_replicas_2n, "sglang").flags  # even dispatch
+    even = export(plan_replicas_2n, "sglang")
+    assert "--ep-dispatch-algorithm" not in even.flags
+    assert any("re-plan with --dispatch nearest" in n for n in even.notes)  # SGLang will not spread evenly
     near = plan_replicas_2n.model_copy(update={"dispatch": "nearest"})
-    f = export(near, "sglang").flags
-    assert f[f.index("--ep-dispatch-algorithm") + 1] == "static"
+    r = export(near, "sglang")
+    assert r.flags[r.flags.index("--ep-dispatch-algorithm") + 1] == "static"
+    assert not any("re-plan with --dispatch" in n for n in r.notes)
