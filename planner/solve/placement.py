@@ -1661,7 +1661,8 @@ def solve_placement(
     if optimal:
         bound = obj
     gap = max(0.0, (obj - bound) / obj) if obj > 0 else 0.0
-    status = "optimal" if optimal else ("time_limit" if sinfo["stopped_by_time"] else "feasible")
+    xinfo_stopped = bool(stages.get("cross_node_replicas", {}).get("stopped_by_time"))  # type: ignore[union-attr]
+    status = "optimal" if optimal else ("time_limit" if sinfo["stopped_by_time"] or xinfo_stopped else "feasible")
     return PlacementResult(
         phy2log_LP=placements[chosen], objective=obj, bound=bound, gap=gap, status=status,
         time_s=clock.elapsed(), chosen=chosen, candidates=candidates, stages=stages,

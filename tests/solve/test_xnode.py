@@ -108,3 +108,25 @@ def test_relieve_busiest_starts_with_the_node_most_tokens_need():
     # slot on at least one of them
     assert len(order) == 1
     assert relieve_busiest(ids, src, node_E, 3, budget=2)[:1] == [0]
+
+
+def test_stage5_respects_the_time_limit_and_says_so():
+    import time
+
+    rng = np.random.default_rng(0)
+    T = 4000
+    src = rng.integers(0, 8, T)
+    ids = np.stack([rng.choice(32, 4, replace=False) for _ in range(T)])[None].repeat(6, 0)
+    cost = PlacementCost(ffn_ms=lambda n: 0.001 * np.asarray(n, float), token_bytes=7168 * 2, nvlink_gbps=400.0,
+                         nvlink_latency_us=2.0, nic_gbps=25.0, nic_latency_us=5.0)
+    inp = PlacementInputs(ids_LTk=ids, step_T=np.arange(T) // 1000, src_T=src, tok_index_T=np.arange(T), num_steps=4,
+                          num_experts=32, num_gpus=8, gpus_per_node=4, slots_per_gpu=5, cost=cost, n_group=2,
+                          topk_group=2, dispatch="nearest")
+    for limit in (0.3, 30.0):
+        t0 = time.perf_counter()
+        res = solve_placement(inp, time_limit=limit)
+        assert time.perf_counter() - t0 <= limit + 0.5
+        stopped = res.stages["cross_node_replicas"]["stopped_by_time"] or res.stages["search"]["stopped_by_time"]
+        assert res.status == ("time_limit" if stopped else "feasible")
+        assert all(np.bincount(row, minlength=32).min() >= 1 for row in res.phy2log_LP)  # every expert, every layer
+    assert not stopped and res.stages["cross_node_replicas"]["layers_changed"] == 6  # 30 s: every layer done
