@@ -194,8 +194,13 @@ def token_layout(trace: Trace, cluster: ClusterSpec, par: Parallel) -> TokenLayo
     return TokenLayout(
         group_T=group_T, src_T=(gpu_T % group_size) // par.etp, index_T=index_T, step_T=step_idx.astype(np.int64),
         num_steps=int(step_idx.max()) + 1, num_groups=stage_gpus // group_size,
-        gpus_per_node=max(1, min(cluster.gpus_per_node, group_size) // par.etp),
+        gpus_per_node=ep_ranks_per_node(cluster, par),
     )
+
+
+def ep_ranks_per_node(cluster: ClusterSpec, par: Parallel) -> int:
+    """EP ranks per node as the simulator sees them (an EP rank spans ``etp`` GPUs)."""
+    return max(1, min(cluster.gpus_per_node, par.ep * par.etp) // par.etp)
 
 
 def _simulate(

@@ -139,18 +139,12 @@ def plan_trace(plan: Plan, trace_path: str | Path | None) -> tuple[Trace, str, s
     return tr, got, f"all {tr.num_steps} steps of {got} (not the plan's trace {label!r})"
 
 
-def ep_ranks_per_node(plan: Plan) -> int:
-    """EP ranks per node as the simulator sees them (``planner.api.token_layout``)."""
-    par = plan.parallel
-    return max(1, min(plan.cluster.gpus_per_node, par.ep * par.etp) // par.etp)
-
-
 def rank_slot_tokens(plan: Plan, trace: Trace) -> np.ndarray:
     """Rows each physical slot receives, per step: int64 ``tokens_SLXRP`` (module docstring, 1).
 
     Mirrors ``planner.api._simulate``: same source GPUs, same groups, same ``choose_slots``.
     """
-    from planner.api import stage_source_gpus  # noqa: PLC0415
+    from planner.api import ep_ranks_per_node, stage_source_gpus  # noqa: PLC0415
     from planner.simulator import choose_slots  # noqa: PLC0415
 
     par, pl = plan.parallel, plan.placement
@@ -170,7 +164,7 @@ def rank_slot_tokens(plan: Plan, trace: Trace) -> np.ndarray:
         st_T = step_T[mask]
         for l in range(L):
             slot_Tk = choose_slots(trace.topk_ids[l][mask], src_T, p2l_LP[l], slots, plan.model.num_experts, plan.dispatch,
-                                   ep_ranks_per_node(plan))
+                                   ep_ranks_per_node(plan.cluster, par))
             flat = (st_T[:, None] * P + slot_Tk).reshape(-1)
             out[:, l, x] = np.bincount(flat, minlength=S * P).reshape(S, par.ep, slots)
     return out

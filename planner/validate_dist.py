@@ -75,9 +75,9 @@ def build_cases(
     plan: Plan, trace: Any, steps: int, layers: int | None, max_tokens: int | None, seed: int
 ) -> tuple[list[dict[str, Any]], str]:
     """Tokens, routing and slots of every evaluated (step, layer), for EP group 0 (module docstring, 1)."""
-    from planner.api import stage_source_gpus  # noqa: PLC0415
+    from planner.api import ep_ranks_per_node, stage_source_gpus  # noqa: PLC0415
     from planner.simulator import choose_slots  # noqa: PLC0415
-    from planner.validate import ep_ranks_per_node, rank_slot_tokens, spread  # noqa: PLC0415
+    from planner.validate import rank_slot_tokens, spread  # noqa: PLC0415
 
     par, pl, m = plan.parallel, plan.placement, plan.model
     p2l_LP = np.asarray(pl.physical_to_logical, dtype=np.int64)
@@ -99,7 +99,7 @@ def build_cases(
     for l in l_sel:
         ids_Tk = trace.topk_ids[l][mask]
         slot_Tk = choose_slots(ids_Tk, src_T, p2l_LP[l], pl.slots_per_gpu, m.num_experts, plan.dispatch,
-                               ep_ranks_per_node(plan))
+                               ep_ranks_per_node(plan.cluster, par))
         for s in s_sel:
             sel = np.nonzero(step_T == s)[0]
             if max_tokens is not None:
