@@ -45,29 +45,16 @@ import torch
 import torch.nn.functional as F
 
 try:  # imported as planner_kernels.measure_h100
-    from .measure_common import (
-        FP8,
-        Rotator,
-        distinct_shapes,
-        ffn_fp8,
-        fp8_probe,
-        load_models,
-        measure_copies,
-        n_copies,
-        rel_err,
-    )
+    from . import measure_common as _common
 except ImportError:  # run as a script: this folder is sys.path[0]
-    from measure_common import (
-        FP8,
-        Rotator,
-        distinct_shapes,
-        ffn_fp8,
-        fp8_probe,
-        load_models,
-        measure_copies,
-        n_copies,
-        rel_err,
-    )
+    import measure_common as _common
+
+FP8, Rotator, distinct_shapes, ffn_fp8, fp8_probe = (
+    _common.FP8, _common.Rotator, _common.distinct_shapes, _common.ffn_fp8, _common.fp8_probe,
+)
+load_models, measure_copies, n_copies, rel_err = (
+    _common.load_models, _common.measure_copies, _common.n_copies, _common.rel_err,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Timing

@@ -608,7 +608,9 @@ def solve(
                 f"the solver's own placement scored {res.candidates['placement-ilp']:.3f} ms on the planning steps; "
                 f"the {res.chosen} placement ({res.objective:.3f} ms) was better and is kept"
             )
-    notes += _replica_cost_note(pr, p2l, relay)
+    # the solver already scored its pick on the planning steps (no migration term without --previous)
+    known = res.objective if pr.baseline is None and previous is None else None
+    notes += _replica_cost_note(pr, p2l, relay, known)
     sim = _simulate(p2l, pr.eval_trace, m, hw, cluster, par, pr.dispatch, relay, kernel)
     if relay != DEFAULT_RELAY:
         notes.append(f"traffic scored with the simulator's {relay!r} relay convention")
@@ -659,20 +661,24 @@ def solve(
     return out
 
 
-def _replica_cost_note(pr: Problem, p2l: np.ndarray, relay: str) -> list[str]:
+def _replica_cost_note(pr: Problem, p2l: np.ndarray, relay: str, t_plan: float | None = None) -> list[str]:
     """A note when the same GPUs without redundant slots (contiguous, E / ep per GPU) predict less
     MoE time on the planning steps than the plan: at small token counts an expert's GEMM is bound
-    by reading its weights, and every replica that receives tokens reads them once more."""
+    by reading its weights, and every replica that receives tokens reads them once more.
+    ``t_plan``: the plan's planning-step MoE ms when already known (else simulated here)."""
     m, par = pr.model, pr.parallel
     if pr.redundant_experts <= 0 or m.num_experts % par.ep:
         return []
     kernel = pr.workload.expert_kernel
     weight_LE = pr.plan_counts_LE.astype(np.float64)
     plain = baseline_placement("contiguous", weight_LE, m, pr.cluster, par, 0)
-    t_plan, t_plain = (
-        float(_simulate(p, pr.plan_trace, m, pr.hardware, pr.cluster, par, pr.dispatch, relay, kernel).step_ms_S.mean())
-        for p in (p2l, plain)
-    )
+    def planning_ms(p: np.ndarray) -> float:
+        return float(_simulate(p, pr.plan_trace, m, pr.hardware, pr.cluster, par, pr.dispatch, relay, kernel)
+                     .step_ms_S.mean())
+
+    t_plain = planning_ms(plain)
+    if t_plan is None:
+        t_plan = planning_ms(p2l)
     if t_plain >= t_plan:
         return []
     return [
