@@ -109,7 +109,15 @@ each node's largest GPU token load (mean over the planning steps) stays within
    node loads of the planning tokens. With single-expert blocks (no usable groups) the pairwise
    MILP was slow (≈1 s per layer at 16 experts) and its node sets scored worse after the search
    than EPLB's on our traces (top-k ≥ 4 touches most nodes whatever the pairs), so EPLB's
-   node sets are kept there.
+   node sets (or an equal-count packing when EPLB splits an expert's replicas over nodes) are
+   the start there.
+
+   1b. *Single experts between nodes* (:mod:`planner.solve.nodeswap`), every layer after 1:
+   best-improvement swaps of two experts on different nodes on the exact inter-node copies of
+   (up to :data:`SWAP_MAX_TOKENS`) planning tokens, no node's load above the largest one before,
+   plus the migration cost when re-planning. This is where rank locality and co-activation
+   count for models without node-aligned groups (with them it finds nothing on our traces).
+   Heuristic; a deterministic number of rounds.
 2. *Replica counts* inside each node: water-filling (the next replica to the expert of largest
    load per replica) — exact for ``min max_e w_e / r_e`` (EPLB's rule).
 3. *Replicas → GPUs* inside each node: every assignment enumerated when a node has at most
@@ -196,6 +204,12 @@ EXACT_ROWS_LIMIT = 4096
 #: Smallest relative gain of the node objective for the swap search to take a move (smaller
 #: gains are noise on a held-out trace and only cost time).
 MIN_GAIN = 2e-5
+#: Stage 1b (expert swaps between nodes): planning tokens kept per layer, share of the time
+#: limit its work budget may use, and array elements it processes per second on one core
+#: (measured on a 2-core x86 VM; converts the budget into a deterministic number of rounds).
+SWAP_MAX_TOKENS = 8192
+SWAP_SHARE = 0.2
+SWAP_ELEMENTS_PER_S = 1.5e8
 #: Relative spread of a block's tokens over source nodes above which stage 1 models rank
 #: locality (below it the sources are even up to sampling noise and every node is alike).
 LOCALITY_MIN = 0.05
@@ -615,6 +629,42 @@ def stage1_layer(
         return warm_node_B.copy(), status, None, bound
     node_B = np.array([int(np.argmax([x[b][v].varValue or 0 for v in range(N)])) for b in range(B)])
     return node_B, status, float(pulp.value(prob.objective)), bound
+
+
+def _node_swaps(node_LE: np.ndarray, ids_LTk: np.ndarray, src_node_T: np.ndarray, weight_LE: np.ndarray,
+                num_nodes: int, inp: PlacementInputs, previous_LP: np.ndarray | None, mig_w: float,
+                tscale: float, n_steps: int, time_limit: float, deadline: float) -> dict[str, int]:
+    """Stage 1b (:mod:`planner.solve.nodeswap`) on every layer, in place on ``node_LE``: at most
+    :data:`SWAP_MAX_TOKENS` planning tokens per layer and a number of rounds from a work budget of
+    :data:`SWAP_SHARE` of the time limit (sizes only: reproducible)."""
+    from planner.solve.nodeswap import round_elements, swap_experts  # noqa: PLC0415
+
+    L, T, k = ids_LTk.shape
+    E, N = node_LE.shape[1], num_nodes
+    stride = max(1, math.ceil(T / SWAP_MAX_TOKENS))
+    ids_sub, src_sub = ids_LTk[:, ::stride], src_node_T[::stride]
+    per_round = round_elements(ids_sub.shape[1], k, E, N)
+    max_rounds = max(1, int(SWAP_SHARE * time_limit * SWAP_ELEMENTS_PER_S / per_round / L))
+    # ms per step of one inter-node copy, as stage 1 weighs it (spread over a node's GPUs)
+    lam_copy = (2.0 * (1.0 - inp.cost.overlap) * inp.cost.token_bytes * inp.cost.nic.ms_per_byte
+                / (inp.num_gpus // N) / inp.token_groups)
+    out = {"swaps": 0, "rounds": 0, "copies_before": 0, "copies_after": 0, "max_rounds": max_rounds}
+    for l in range(L):
+        mig_EN = None
+        if mig_w > 0 and previous_LP is not None and lam_copy > 0:
+            prev = _first_node_of_experts(previous_LP[l], inp.slots_per_gpu, inp.num_gpus // N, E)
+            ms = inp.cost.expert_bytes * inp.cost.nic.ms_per_byte * mig_w  # per moved expert, per step
+            # in sampled copies: one copy of a sampled token costs lam_copy · tscale · stride / n_steps ms
+            mig_EN = (prev[:, None] != np.arange(N)[None, :]) * ms * n_steps / (lam_copy * tscale * stride)
+        w = weight_LE[l]
+        node_LE[l], info = swap_experts(
+            ids_sub[l], src_sub, node_LE[l], w, N,
+            max_load=float(np.bincount(node_LE[l], weights=w, minlength=N).max()),
+            max_rounds=max_rounds, mig_EN=mig_EN, deadline=deadline,
+        )
+        for key in ("swaps", "rounds", "copies_before", "copies_after"):
+            out[key] += info[key]
+    return out
 
 
 # ---- stage 2 / 3: replicas inside nodes, replicas -> GPUs ----------------------------------
@@ -1510,6 +1560,9 @@ def solve_placement(
                 s1["kept_eplb"] = int(s1["kept_eplb"]) + 1
     elif N > 1:
         s1["note"] = f"{E} experts or {P} slots do not split evenly over {N} nodes: EPLB's global placement is the start"
+    if use_nodes:  # ---- stage 1b: single experts exchanged between nodes (exact copies)
+        s1["swaps"] = _node_swaps(node_LE, ids_LTk, src_T // gpn, weight_LE, N, inp, previous_LP,
+                                  mig_w, tscale, n_steps, time_limit, deadline)
     s1["time_s"] = round(clock.elapsed(), 3)
     stages["stage1"] = s1
     N_eff = N if use_nodes else 1

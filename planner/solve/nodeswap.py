@@ -1,0 +1,142 @@
+"""Stage 1b of the placement solver: swaps of experts between nodes that cut inter-node copies.
+
+A token is sent once to every remote node that holds one of its experts (DeepEP's inter-node
+dispatch, :mod:`planner.simulator`), so the inter-node copies of a layer, for a map
+``node_E`` of experts to nodes, are::
+
+    copies(node_E) = Σ_t |{node_E[e] : e ∈ t} \\ {src_node(t)}|
+
+Stage 1 fixes whole routing groups on nodes (or keeps EPLB's node sets when a model has no
+usable groups); this step then exchanges single experts between nodes while that lowers
+``copies`` on the planning tokens — exactly, not through a linear stand-in — without raising
+the largest node load above ``max_load`` (each node keeps its number of experts, so its slots
+still fit). It is what rank locality (the tokens of a node prefer some experts) and
+co-activation across groups (experts picked together) are worth when the router does not
+confine tokens to node-aligned groups; with DeepSeek's group-limited routing on node-aligned
+groups it finds nothing on our traces (every token picks about two experts in each chosen
+group, so moving one of them away adds a node for most of its tokens).
+
+Exact gain of a swap, from counts on the current map (``φ_tv`` the experts of token ``t`` on
+node ``v``, plus one on its source node so that the source is never a copy)::
+
+    move(e → v) = #{t ∋ e : φ_t,node(e) = 1}  −  #{t ∋ e : φ_tv = 0}       copies saved by moving e alone
+    gain(a ↔ b) = move(a → node b) + move(b → node a) − pair(a, b) − pair(b, a)
+
+with ``pair(a, b) = #{t ∋ a, b : φ_t,node(a) = 1}``: a token that picks both experts keeps both
+nodes, so the two single moves over-count it. Swaps on disjoint node pairs change disjoint
+nodes of every token, so their gains add up: each round takes the best swap, then the best
+on other nodes, and so on (up to N/2 swaps a round), the gain matrix is rebuilt, and the
+search stops when no swap gains at least :data:`MIN_SWAP_GAIN` of the current copies, after
+``max_rounds`` rounds (a count, so results do not depend on the machine's speed), or at the
+deadline (a safety stop). Migration (a previous placement) enters as a cost per expert and
+node in copies. Best-improvement local search: heuristic, deterministic.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+#: Smallest gain of a swap, relative to the layer's copies on the planning tokens: smaller gains
+#: are sampling noise on a held-out trace.
+MIN_SWAP_GAIN = 2e-4
+
+
+def node_copies(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.ndarray) -> int:
+    """Inter-node copies of the tokens ``ids_Tk`` [T, k] for the map ``node_E``: distinct
+    remote nodes per token, summed."""
+    nd = np.sort(node_E[ids_Tk], axis=1)
+    first = np.ones_like(nd, dtype=bool)
+    first[:, 1:] = nd[:, 1:] != nd[:, :-1]
+    return int((first & (nd != src_node_T[:, None])).sum())
+
+
+def round_elements(num_tokens: int, top_k: int, num_experts: int, num_nodes: int) -> int:
+    """Array elements one round of :func:`swap_experts` touches (for a work budget)."""
+    return num_tokens * top_k * (top_k + num_nodes + 4) + 4 * num_experts * num_experts
+
+
+def _gains(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.ndarray, num_nodes: int,
+           mig_EN: np.ndarray | None) -> np.ndarray:
+    """Copies saved by swapping experts a and b (float [E, E]; same-node pairs −inf)."""
+    T, k = ids_Tk.shape
+    E, N = node_E.size, num_nodes
+    nd = node_E[ids_Tk]
+    phi = np.bincount((np.arange(T)[:, None] * N + nd).ravel(), minlength=T * N).reshape(T, N)
+    phi[np.arange(T), src_node_T] += 1
+    sole = (np.take_along_axis(phi, nd, axis=1) == 1).astype(np.float64)
+    flat = ids_Tk.ravel()
+    leave = np.bincount(flat, weights=sole.ravel(), minlength=E)
+    absent = phi == 0
+    enter = np.stack([np.bincount(flat, weights=np.repeat(absent[:, v], k), minlength=E) for v in range(N)], axis=1)
+    move = leave[:, None] - enter  # [E, N]
+    if mig_EN is not None:
+        move -= mig_EN - mig_EN[np.arange(E), node_E][:, None]
+    ia, ib = np.nonzero(~np.eye(k, dtype=bool))
+    pair = np.bincount((ids_Tk[:, ia] * E + ids_Tk[:, ib]).ravel(), weights=sole[:, ia].ravel(),
+                       minlength=E * E).reshape(E, E)
+    gv = move[:, node_E]  # gv[a, b] = move(a -> node of b)
+    gain = gv + gv.T - pair - pair.T
+    gain[node_E[:, None] == node_E[None, :]] = -np.inf
+    return gain
+
+
+def swap_experts(
+    ids_Tk: np.ndarray,
+    src_node_T: np.ndarray,
+    node_E: np.ndarray,
+    w_E: np.ndarray,
+    num_nodes: int,
+    *,
+    max_load: float,
+    max_rounds: int,
+    mig_EN: np.ndarray | None = None,
+    deadline: float | None = None,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Best-improvement swaps of experts between nodes on the exact copies (module docstring).
+
+    ``ids_Tk`` [T, k] planning tokens' experts, ``src_node_T`` [T] their source nodes,
+    ``node_E`` [E] the starting map, ``w_E`` [E] expert loads (any unit; the node-load cap
+    ``max_load`` is in the same unit), ``mig_EN`` [E, N] optional cost in copies of expert e
+    ending on node v. Returns (new map, {"swaps", "rounds", "copies_before", "copies_after"}).
+    """
+    ids_Tk = np.asarray(ids_Tk, dtype=np.int64)
+    src_node_T = np.asarray(src_node_T, dtype=np.int64)
+    node_E = np.asarray(node_E, dtype=np.int64).copy()
+    w_E = np.asarray(w_E, dtype=np.float64)
+    N = num_nodes
+    load = np.bincount(node_E, weights=w_E, minlength=N)
+    before = node_copies(ids_Tk, src_node_T, node_E)
+    copies = before
+    swaps = rounds = 0
+    while rounds < max_rounds and copies > 0 and (deadline is None or time.perf_counter() < deadline):
+        rounds += 1
+        gain = _gains(ids_Tk, src_node_T, node_E, N, mig_EN)
+        d = w_E[None, :] - w_E[:, None]  # node of a gains w_b - w_a
+        lu, lv = load[node_E][:, None], load[node_E][None, :]
+        gain[(lu + d > max_load) | (lv - d > max_load)] = -np.inf
+        threshold = max(MIN_SWAP_GAIN * copies, 1e-9)
+        flat = gain.ravel()
+        cand = np.flatnonzero(flat >= threshold)
+        if cand.size == 0:
+            break
+        cand = cand[np.argsort(-flat[cand], kind="stable")]
+        used = np.zeros(N, dtype=bool)
+        E = node_E.size
+        taken = 0
+        for c in cand:
+            a, b = divmod(int(c), E)
+            u, v = int(node_E[a]), int(node_E[b])
+            if used[u] or used[v]:
+                continue
+            used[u] = used[v] = True
+            node_E[a], node_E[b] = v, u
+            load[u] += w_E[b] - w_E[a]
+            load[v] += w_E[a] - w_E[b]
+            taken += 1
+            if used.sum() >= N - 1:
+                break
+        swaps += taken
+        copies = node_copies(ids_Tk, src_node_T, node_E)
+    return node_E, {"swaps": swaps, "rounds": rounds, "copies_before": before, "copies_after": copies}
