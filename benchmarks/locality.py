@@ -13,9 +13,11 @@ target).
    permutation) one of the groups it uses at layer 0: EPLB against the solver, held-out steps,
    DeepSeek-V3 with 4 MoE layers on 8 × 8 H100, 64 redundant experts.
 3. What moving single experts or adding replicas on other nodes can save, per layer, in remote
-   nodes per token (DeepEP's inter-node copies) on held-out steps, starting from EPLB's node sets:
-   (i) a best-improvement search over swaps of two experts between nodes on the exact objective
-   (distinct remote nodes per planning token), node loads kept at or below EPLB's largest;
+   nodes per token (DeepEP's inter-node copies) on held-out steps, starting from EPLB's node sets
+   (and, for contrast, on the same routing without groups: any 8 of the 256 experts):
+   (i) the solver's stage 1b (:mod:`planner.solve.nodeswap`: best-improvement swaps of two
+   experts between nodes on the exact distinct remote nodes per planning token, node loads kept
+   at or below EPLB's largest), run to convergence;
    (ii) each node's 8 spare slots given greedily to replicas of other nodes' experts, counting a
    token's copy as saved when every expert it picks on that node is replicated on its own —
    tokens of other nodes that would draw such replicas are ignored, so (ii) is optimistic.
@@ -31,6 +33,7 @@ import numpy as np
 
 import planner
 from planner.api import _simulate, baseline_placement, prepare, solve, summarize
+from planner.solve.nodeswap import swap_experts
 from planner.traces import Trace
 
 PERMS = np.array(list(itertools.permutations(range(8))))  # [40320, 8]
@@ -48,11 +51,12 @@ def group_locality(tr: Trace, layer: int) -> tuple[float, float]:
     return float(in_order), float((total - best) / total)
 
 
-def ds_trace(num_layers: int, steps: int, **extra) -> Trace:
-    """DeepSeek-V3-shaped routing (256 experts, 8 groups, top-8 in 4), 64 ranks, 16k-token steps."""
-    return planner.synth_trace(num_layers=num_layers, num_experts=256, top_k=8, n_group=8, topk_group=4,
-                               num_tokens=steps * 16384, tokens_per_step=16384, num_ranks=64, weights=False,
-                               seed=0, model_name="deepseek-v3-like", **extra)
+def ds_trace(num_layers: int, steps: int, groups: bool = True, **extra) -> Trace:
+    """DeepSeek-V3-shaped routing (256 experts, 8 groups, top-8 in 4; without ``groups`` any 8 of
+    256), 64 ranks, 16k-token steps."""
+    return planner.synth_trace(num_layers=num_layers, num_experts=256, top_k=8, n_group=8 if groups else None,
+                               topk_group=4 if groups else None, num_tokens=steps * 16384, tokens_per_step=16384,
+                               num_ranks=64, weights=False, seed=0, model_name="deepseek-v3-like", **extra)
 
 
 def part1() -> None:
@@ -100,38 +104,6 @@ def remote_nodes(ids: np.ndarray, node_E: np.ndarray, src_node: np.ndarray, rep_
     return float(pres.sum(axis=1).mean())
 
 
-def best_swaps(ids: np.ndarray, src_node: np.ndarray, node_E: np.ndarray, w_E: np.ndarray, max_load: float,
-               max_swaps: int = 200) -> tuple[np.ndarray, int]:
-    """Best-improvement swaps of two experts on different nodes, exact gain on ``ids``."""
-    T, k = ids.shape
-    E = node_E.size
-    node_E = node_E.copy()
-    rows = np.repeat(np.arange(T), k)
-    for n_swaps in range(max_swaps):
-        nd = node_E[ids]
-        phi = np.zeros((T, 8), dtype=np.int64)  # pins of each token on each node (source included)
-        np.add.at(phi, (rows, nd.ravel()), 1)
-        phi[np.arange(T), src_node] += 1
-        sole = np.take_along_axis(phi, nd, axis=1) == 1  # the expert alone keeps its node needed
-        leave = np.bincount(ids.ravel(), weights=sole.ravel(), minlength=E)
-        enter = np.zeros((E, 8))
-        np.add.at(enter, ids.ravel(), np.repeat((phi == 0).astype(float), k, axis=0))
-        move = leave[:, None] - enter  # copies saved by moving e to node v alone
-        pair = np.bincount((np.repeat(ids, k, axis=1) * E + np.tile(ids, (1, k))).ravel(),
-                           weights=np.repeat(sole, k, axis=1).ravel(), minlength=E * E).reshape(E, E)
-        gv = move[:, node_E]
-        gain = gv + gv.T - pair - pair.T  # tokens holding both experts keep both nodes
-        gain[node_E[:, None] == node_E[None, :]] = -np.inf
-        load = np.bincount(node_E, weights=w_E, minlength=8)
-        d = w_E[None, :] - w_E[:, None]
-        gain[(load[node_E][:, None] + d > max_load) | (load[node_E][None, :] - d > max_load)] = -np.inf
-        a, b = divmod(int(np.argmax(gain)), E)
-        if not gain[a, b] > 0:
-            return node_E, n_swaps
-        node_E[a], node_E[b] = node_E[b], node_E[a]
-    return node_E, max_swaps
-
-
 def replica_cover(ids: np.ndarray, src_node: np.ndarray, node_E: np.ndarray, per_node: int) -> np.ndarray:
     """Greedy replicas of other nodes' experts, up to ``per_node`` on each node (the solver's
     :func:`planner.solve.xnode.pick_remote`; optimistic here, see 3.ii)."""
@@ -152,18 +124,23 @@ def part3() -> None:
     for label, extra in (("default", {}),
                          ("persistent node-level mixes", dict(sticky_ranks=True, rank_groups=8)),
                          ("same, rank_mix 1, domain_spread 2.5",
-                          dict(sticky_ranks=True, rank_groups=8, rank_mix=1.0, domain_spread=2.5))):
+                          dict(sticky_ranks=True, rank_groups=8, rank_mix=1.0, domain_spread=2.5)),
+                         ("no routing groups, default", dict(groups=False)),
+                         ("no routing groups, persistent node-level mixes",
+                          dict(groups=False, sticky_ranks=True, rank_groups=8))):
         tr = ds_trace(2, 8, **extra)
         plan_half = tr.step_index < tr.num_steps // 2
         src = tr.source_rank // 8
         for layer in range(tr.num_layers):
             ids = tr.topk_ids[layer]
             w = np.bincount(ids[plan_half].ravel(), minlength=256).astype(float)
-            p2l = baselines.eplb(w[None], 320, 8, 8, 64)[0]
+            p2l = baselines.eplb(w[None], 320, 8 if extra.get("groups", True) else 1, 8, 64)[0]
             node_E = np.zeros(256, dtype=np.int64)
             node_E[p2l[::-1]] = (np.arange(320) // 40)[::-1]
             sub = np.flatnonzero(plan_half)[::4]  # every 4th planning token
-            swapped, n = best_swaps(ids[sub], src[sub], node_E, w, np.bincount(node_E, weights=w, minlength=8).max())
+            swapped, info = swap_experts(ids[sub], src[sub], node_E, w, 8, max_rounds=200,
+                                         max_load=np.bincount(node_E, weights=w, minlength=8).max())
+            n = info["swaps"]
             rep = replica_cover(ids[sub], src[sub], node_E, 8)
             held = ~plan_half
             e0 = remote_nodes(ids[held], node_E, src[held])

@@ -18,6 +18,10 @@ placement by the simulator on the second half:
 (a3) case (a) with ``nearest`` dispatch for every method (SGLang's ``--ep-dispatch-algorithm
     static``: a replica on the token's GPU, else on its node, else any): the solver may then put
     replicas on other nodes than their expert's (:mod:`planner.solve.xnode`); ``same-rank`` relay.
+(c) Kimi-K2 (DeepSeek-V3's shape with 384 experts and no routing groups: a token's 8 experts may
+    sit on 8 nodes) on 8 nodes × 8 H100, 64 redundant experts, as (a); (c2) with the node-level
+    persistent mixes of (a2). Without node-aligned groups, where experts sit decides how many
+    nodes a token reaches: stage 1b of the solver (expert swaps between nodes) works here.
 (b) Mixtral-8x7B on one 8-GPU H100 node as MoETuner ran it (EP 4 × expert-TP 2, no replicas),
     8,192-token steps over 8 ranks, 16 steps; also EP 8.
 
@@ -159,6 +163,10 @@ def main() -> None:
         "(b') Mixtral-8x7B, 1×8 H100, EP8", "mixtral-8x7b", nodes=1, gpn=8, redundant=0, ep=8,
         tokens=(4 if q else 16) * 8192, tps=8192, ranks=8, relays=("first-destination",), time_limit=60.0,
     )
+    for label, kw in (("(c) Kimi-K2 (no routing groups), 8×8 H100, R=64", {}),
+                      ("(c2) same, node-level input mixes that persist", {"sticky_ranks": True, "rank_groups": 8})):
+        run_case(label, "kimi-k2", nodes=8, gpn=8, redundant=64, tokens=(4 if q else 12) * 16384, tps=16384,
+                 ranks=64, relays=("same-rank",), time_limit=60.0, synth_kw=kw)
     check_targets(res_a)
     check_targets(res_a3, "(a3), nearest dispatch")
     for label, res in (("EP4×ETP2", res_b), ("EP8", res_c)):
