@@ -117,7 +117,8 @@ each node's largest GPU token load (mean over the planning steps) stays within
    (up to :data:`SWAP_MAX_TOKENS`) planning tokens, no node's load above the largest one before,
    plus the migration cost when re-planning. This is where rank locality and co-activation
    count for models without node-aligned groups (with them it finds nothing on our traces).
-   Heuristic; a deterministic number of rounds.
+   Heuristic; a deterministic number of rounds; skipped above :data:`SWAP_MAX_EXPERTS` experts
+   (its gain matrix is E × E).
 2. *Replica counts* inside each node: water-filling (the next replica to the expert of largest
    load per replica) — exact for ``min max_e w_e / r_e`` (EPLB's rule).
 3. *Replicas → GPUs* inside each node: every assignment enumerated when a node has at most
@@ -208,6 +209,7 @@ MIN_GAIN = 2e-5
 #: limit its work budget may use, and array elements it processes per second on one core
 #: (measured on a 2-core x86 VM; converts the budget into a deterministic number of rounds).
 SWAP_MAX_TOKENS = 8192
+SWAP_MAX_EXPERTS = 2048
 SWAP_SHARE = 0.2
 SWAP_ELEMENTS_PER_S = 1.5e8
 #: Relative spread of a block's tokens over source nodes above which stage 1 models rank
@@ -633,7 +635,7 @@ def stage1_layer(
 
 def _node_swaps(node_LE: np.ndarray, ids_LTk: np.ndarray, src_node_T: np.ndarray, weight_LE: np.ndarray,
                 num_nodes: int, inp: PlacementInputs, previous_LP: np.ndarray | None, mig_w: float,
-                tscale: float, n_steps: int, time_limit: float, deadline: float) -> dict[str, int]:
+                tscale: float, n_steps: int, time_limit: float, deadline: float) -> dict[str, object]:
     """Stage 1b (:mod:`planner.solve.nodeswap`) on every layer, in place on ``node_LE``: at most
     :data:`SWAP_MAX_TOKENS` planning tokens per layer and a number of rounds from a work budget of
     :data:`SWAP_SHARE` of the time limit (sizes only: reproducible)."""
@@ -641,6 +643,8 @@ def _node_swaps(node_LE: np.ndarray, ids_LTk: np.ndarray, src_node_T: np.ndarray
 
     L, T, k = ids_LTk.shape
     E, N = node_LE.shape[1], num_nodes
+    if E > SWAP_MAX_EXPERTS:  # the gain matrix is E × E
+        return {"skipped": f"{E} experts > {SWAP_MAX_EXPERTS}"}
     stride = max(1, math.ceil(T / SWAP_MAX_TOKENS))
     ids_sub, src_sub = ids_LTk[:, ::stride], src_node_T[::stride]
     per_round = round_elements(ids_sub.shape[1], k, E, N)
@@ -648,7 +652,7 @@ def _node_swaps(node_LE: np.ndarray, ids_LTk: np.ndarray, src_node_T: np.ndarray
     # ms per step of one inter-node copy, as stage 1 weighs it (spread over a node's GPUs)
     lam_copy = (2.0 * (1.0 - inp.cost.overlap) * inp.cost.token_bytes * inp.cost.nic.ms_per_byte
                 / (inp.num_gpus // N) / inp.token_groups)
-    out = {"swaps": 0, "rounds": 0, "copies_before": 0, "copies_after": 0, "max_rounds": max_rounds}
+    out: dict[str, int] = {"swaps": 0, "rounds": 0, "copies_before": 0, "copies_after": 0, "max_rounds": max_rounds}
     for l in range(L):
         mig_EN = None
         if mig_w > 0 and previous_LP is not None and lam_copy > 0:
