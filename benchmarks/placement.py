@@ -25,7 +25,7 @@ placement by the simulator on the second half:
 (b) Mixtral-8x7B on one 8-GPU H100 node as MoETuner ran it (EP 4 × expert-TP 2, no replicas),
     8,192-token steps over 8 ranks, 16 steps; also EP 8.
 
-    python benchmarks/placement.py            # prints the Markdown table (~10 minutes on 2 cores)
+    python benchmarks/placement.py            # prints the Markdown table (~11 minutes on 2 cores)
     python benchmarks/placement.py --quick    # smaller traces, for a smoke run
     python benchmarks/placement.py --trace my.npz [--model deepseek-v3 --nodes 8 --gpus-per-node 8 --redundant 64]
                                               # cases (a) and (a3) on your own trace

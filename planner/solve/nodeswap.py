@@ -57,25 +57,35 @@ def round_elements(num_tokens: int, top_k: int, num_experts: int, num_nodes: int
     return num_tokens * top_k * (top_k + num_nodes + 4) + 4 * num_experts * num_experts
 
 
+class _Keys:
+    """Index arrays of the planning tokens that do not change while experts move."""
+
+    def __init__(self, ids_Tk: np.ndarray, num_experts: int, num_nodes: int) -> None:
+        T, k = ids_Tk.shape
+        self.ids = np.ascontiguousarray(ids_Tk, dtype=np.int64)
+        self.flat = self.ids.ravel()
+        self.row_N = (np.arange(T) * num_nodes)[:, None]
+        self.ia, self.ib = np.nonzero(~np.eye(k, dtype=bool))
+        self.pair = (self.ids[:, self.ia] * num_experts + self.ids[:, self.ib]).ravel()  # ordered pairs in a token
+
+
 def _gains(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.ndarray, num_nodes: int,
-           mig_EN: np.ndarray | None) -> np.ndarray:
+           mig_EN: np.ndarray | None, keys: _Keys | None = None) -> np.ndarray:
     """Copies saved by swapping experts a and b (float [E, E]; same-node pairs −inf)."""
-    T, k = ids_Tk.shape
     E, N = node_E.size, num_nodes
-    nd = node_E[ids_Tk]
-    phi = np.bincount((np.arange(T)[:, None] * N + nd).ravel(), minlength=T * N).reshape(T, N)
+    kk = keys if keys is not None else _Keys(ids_Tk, E, N)
+    T, k = kk.ids.shape
+    nd = node_E[kk.ids]
+    phi = np.bincount((kk.row_N + nd).ravel(), minlength=T * N).reshape(T, N)
     phi[np.arange(T), src_node_T] += 1
-    sole = (np.take_along_axis(phi, nd, axis=1) == 1).astype(np.float64)
-    flat = ids_Tk.ravel()
-    leave = np.bincount(flat, weights=sole.ravel(), minlength=E)
-    absent = phi == 0
-    enter = np.stack([np.bincount(flat, weights=np.repeat(absent[:, v], k), minlength=E) for v in range(N)], axis=1)
+    sole = np.take_along_axis(phi, nd, axis=1) == 1
+    leave = np.bincount(kk.flat, weights=sole.ravel(), minlength=E)
+    absent = (phi == 0).astype(np.float64)
+    enter = np.stack([np.bincount(kk.flat, weights=np.repeat(absent[:, v], k), minlength=E) for v in range(N)], axis=1)
     move = leave[:, None] - enter  # [E, N]
     if mig_EN is not None:
         move -= mig_EN - mig_EN[np.arange(E), node_E][:, None]
-    ia, ib = np.nonzero(~np.eye(k, dtype=bool))
-    pair = np.bincount((ids_Tk[:, ia] * E + ids_Tk[:, ib]).ravel(), weights=sole[:, ia].ravel(),
-                       minlength=E * E).reshape(E, E)
+    pair = np.bincount(kk.pair, weights=sole[:, kk.ia].ravel(), minlength=E * E).reshape(E, E)
     gv = move[:, node_E]  # gv[a, b] = move(a -> node of b)
     gain = gv + gv.T - pair - pair.T
     gain[node_E[:, None] == node_E[None, :]] = -np.inf
@@ -107,12 +117,13 @@ def swap_experts(
     w_E = np.asarray(w_E, dtype=np.float64)
     N = num_nodes
     load = np.bincount(node_E, weights=w_E, minlength=N)
+    keys = _Keys(ids_Tk, node_E.size, N)
     before = node_copies(ids_Tk, src_node_T, node_E)
     copies = before
     swaps = rounds = 0
     while rounds < max_rounds and copies > 0 and (deadline is None or time.perf_counter() < deadline):
         rounds += 1
-        gain = _gains(ids_Tk, src_node_T, node_E, N, mig_EN)
+        gain = _gains(ids_Tk, src_node_T, node_E, N, mig_EN, keys)
         d = w_E[None, :] - w_E[:, None]  # node of a gains w_b - w_a
         lu, lv = load[node_E][:, None], load[node_E][None, :]
         gain[(lu + d > max_load) | (lv - d > max_load)] = -np.inf
@@ -122,21 +133,15 @@ def swap_experts(
         if cand.size == 0:
             break
         cand = cand[np.argsort(-flat[cand], kind="stable")]
-        used = np.zeros(N, dtype=bool)
-        E = node_E.size
-        taken = 0
-        for c in cand:
-            a, b = divmod(int(c), E)
-            u, v = int(node_E[a]), int(node_E[b])
-            if used[u] or used[v]:
-                continue
-            used[u] = used[v] = True
+        ca, cb = np.divmod(cand, node_E.size)
+        cu, cv = node_E[ca], node_E[cb]
+        while cand.size:  # the best swap, then the best on two other nodes, ...
+            a, b, u, v = int(ca[0]), int(cb[0]), int(cu[0]), int(cv[0])
             node_E[a], node_E[b] = v, u
             load[u] += w_E[b] - w_E[a]
             load[v] += w_E[a] - w_E[b]
-            taken += 1
-            if used.sum() >= N - 1:
-                break
-        swaps += taken
+            swaps += 1
+            free = (cu != u) & (cu != v) & (cv != u) & (cv != v)
+            cand, ca, cb, cu, cv = cand[free], ca[free], cb[free], cu[free], cv[free]
         copies = node_copies(ids_Tk, src_node_T, node_E)
     return node_E, {"swaps": swaps, "rounds": rounds, "copies_before": before, "copies_after": copies}

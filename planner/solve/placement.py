@@ -211,7 +211,7 @@ MIN_GAIN = 2e-5
 SWAP_MAX_TOKENS = 8192
 SWAP_MAX_EXPERTS = 2048
 SWAP_SHARE = 0.2
-SWAP_ELEMENTS_PER_S = 1.5e8
+SWAP_ELEMENTS_PER_S = 3e8
 #: Relative spread of a block's tokens over source nodes above which stage 1 models rank
 #: locality (below it the sources are even up to sampling noise and every node is alike).
 LOCALITY_MIN = 0.05
