@@ -59,10 +59,13 @@ from planner.traces import (
     synth_trace,
 )
 from planner.traces.expand import CAVEAT, tokens_from_counts
+from planner.traces.stats import group_limit_excess
 from planner.traces.stream import StreamedTrace
 
 BASELINES = ("contiguous", "round-robin", "eplb")
 DEFAULT_MODEL = "qwen3-30b-a3b"
+#: Share of tokens breaking the model's group-limited routing above which the plan says so.
+GROUP_EXCESS_NOTE = 0.01
 DEFAULT_HARDWARE = "h100-sxm"
 
 
@@ -583,6 +586,15 @@ def solve(
         raise InputError(f"migration_weight must be >= 0 (got {migration_weight})")
     weight_LE = pr.plan_counts_LE.astype(np.float64)
     notes = list(trace_notes(pr.trace, pr.trace_label))
+    counts_only = pr.trace_label.endswith("(counts only)")  # tokens drawn from counts: no groups to check
+    excess = 0.0 if counts_only else group_limit_excess(pr.plan_trace, m.n_group, m.topk_group)
+    if excess > GROUP_EXCESS_NOTE:
+        notes.append(
+            f"the trace does not follow {m.name}'s group-limited routing: {excess:.0%} of tokens pick experts in "
+            f"more than topk_group = {m.topk_group} of its n_group = {m.n_group} groups (recorded with another "
+            "model, or with group routing off?); EPLB keeps groups together, the solver moves single experts "
+            "between nodes where that saves inter-node copies"
+        )
     if pr.baseline is not None and previous is not None:
         raise InputError(f"--previous re-plans with the solver; it has no effect with --baseline {pr.baseline}")
     if pr.baseline is not None:

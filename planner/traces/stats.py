@@ -143,6 +143,18 @@ def _coactivation(trace: Trace, counts_LE: np.ndarray) -> list[dict[str, float]]
     return out
 
 
+def group_limit_excess(trace: Trace, n_group: int | None, topk_group: int | None, max_tokens: int = 65536) -> float:
+    """Share of (token, layer) pairs whose experts fall in more than ``topk_group`` of the
+    ``n_group`` equal routing groups (0 when the trace follows group-limited routing; over an
+    evenly strided sample of at most ``max_tokens`` tokens). 0.0 for models without groups."""
+    if not n_group or not topk_group or n_group <= 1 or trace.num_experts % n_group:
+        return 0.0
+    ids = trace.topk_ids[:, :: max(1, -(-trace.num_tokens // max_tokens))]
+    g = np.sort(ids.astype(np.int64) // (trace.num_experts // n_group), axis=-1)
+    distinct = 1 + (g[..., 1:] != g[..., :-1]).sum(axis=-1)
+    return float((distinct > topk_group).mean()) if distinct.size else 0.0
+
+
 def _nanmean(values: list[float | None]) -> float | None:
     v = [x for x in values if x is not None and np.isfinite(x)]
     return float(np.mean(v)) if v else None

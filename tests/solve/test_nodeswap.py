@@ -92,3 +92,25 @@ def test_solver_uses_swaps_without_groups():
     eplb = solve(prepare(m, "h100-sxm", baseline="eplb", **kw))
     assert plan.predicted.inter_node_bytes_per_step < 0.95 * eplb.predicted.inter_node_bytes_per_step
     assert plan.predicted.moe_layer_ms < eplb.predicted.moe_layer_ms
+
+
+def test_trace_breaking_group_routing_is_noted_and_swapped():
+    """DeepSeek-V3 planned on a trace whose tokens ignore its group-limited routing: the plan says
+    so, and stage 1b moves single experts so that inter-node bytes fall below EPLB's (which keeps
+    groups together); on a group-limited trace there is no note."""
+    m = planner.load_model("deepseek-v3").model_copy(update={"num_layers": 5})  # 3 dense + 2 MoE
+    for n_group in (8, None):
+        tr = planner.synth_trace(num_layers=2, num_experts=256, top_k=8, n_group=n_group,
+                                 topk_group=4 if n_group else None, num_tokens=8 * 8192, tokens_per_step=8192,
+                                 num_ranks=32, sticky_ranks=True, rank_groups=8, weights=False, seed=0,
+                                 model_name="deepseek-v3")
+        kw = dict(nodes=4, gpus_per_node=8, mode="prefill", trace=tr, ep=32, tp=1, pp=1, redundant_experts=32,
+                  train_fraction=0.5)
+        plan = solve(prepare(m, "h100-sxm", time_limit=20, **kw))
+        noted = [n for n in plan.predicted.notes if "group-limited routing" in n]
+        if n_group:
+            assert not noted
+            continue
+        assert len(noted) == 1 and "more than topk_group = 4 of its n_group = 8 groups" in noted[0]
+        eplb = solve(prepare(m, "h100-sxm", baseline="eplb", **kw))
+        assert plan.predicted.inter_node_bytes_per_step < 0.99 * eplb.predicted.inter_node_bytes_per_step

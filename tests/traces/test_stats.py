@@ -93,3 +93,18 @@ def test_stats_are_json_ready():
     s = trace_stats(t)
     json.dumps(s, allow_nan=False)
     assert s["num_ranks"] == 8 and len(s["layers"]) == 3
+
+
+def test_group_limit_excess_by_hand():
+    from planner.traces.stats import group_limit_excess
+
+    # 8 experts in 4 groups of 2, topk_group 2: token 0 uses groups {0, 1}, token 1 {0, 1, 2}
+    ids = np.array([[[0, 1, 2], [0, 2, 4]]])
+    tr = Trace(ids, 8, tokens_per_step=2, model="hand")
+    assert group_limit_excess(tr, 4, 2) == 0.5
+    assert group_limit_excess(tr, 4, 3) == 0.0
+    assert group_limit_excess(tr, None, None) == 0.0  # no groups: nothing to break
+    grouped = synth_trace(num_layers=2, num_experts=64, top_k=6, n_group=8, topk_group=3, num_tokens=512, seed=0)
+    assert group_limit_excess(grouped, 8, 3) == 0.0
+    free = synth_trace(num_layers=2, num_experts=64, top_k=6, num_tokens=512, seed=0)
+    assert group_limit_excess(free, 8, 3) > 0.3
