@@ -25,8 +25,10 @@ node ``v``, plus one on its source node so that the source is never a copy)::
 with ``pair(a, b) = #{t ∋ a, b : φ_t,node(a) = 1}``: a token that picks both experts keeps both
 nodes, so the two single moves over-count it. Swaps on disjoint node pairs change disjoint
 nodes of every token, so their gains add up: each round takes the best swap, then the best
-on other nodes, and so on (up to N/2 swaps a round), the gain matrix is rebuilt, and the
-search stops when no swap gains at least :data:`MIN_SWAP_GAIN` of the current copies, after
+on other nodes, and so on (up to N/2 swaps); then it tries adding the next best swaps of other
+experts (up to :data:`SWAPS_PER_ROUND` in all; their gains no longer add exactly, so the larger
+batch is kept only when an exact recount says it beats the disjoint one); the gain matrix is
+rebuilt, and the search stops when no swap gains at least :data:`MIN_SWAP_GAIN` of the current copies, after
 ``max_rounds`` rounds (a count, so results do not depend on the machine's speed), or at the
 deadline (a safety stop). Migration (a previous placement) enters as a cost per expert and
 node in copies. Best-improvement local search: heuristic, deterministic.
@@ -41,6 +43,9 @@ import numpy as np
 #: Smallest gain of a swap, relative to the layer's copies on the planning tokens: smaller gains
 #: are sampling noise on a held-out trace.
 MIN_SWAP_GAIN = 2e-4
+#: Swaps a round may take in all: the exact disjoint-node batch, then the next best ones on
+#: other experts, kept only when the recount confirms the larger batch (fewer rounds).
+SWAPS_PER_ROUND = 16
 
 
 def node_copies(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.ndarray) -> int:
@@ -115,11 +120,22 @@ def swap_experts(
     src_node_T = np.asarray(src_node_T, dtype=np.int64)
     node_E = np.asarray(node_E, dtype=np.int64).copy()
     w_E = np.asarray(w_E, dtype=np.float64)
-    N = num_nodes
+    E, N = node_E.size, num_nodes
     load = np.bincount(node_E, weights=w_E, minlength=N)
-    keys = _Keys(ids_Tk, node_E.size, N)
-    before = node_copies(ids_Tk, src_node_T, node_E)
-    copies = before
+    keys = _Keys(ids_Tk, E, N)
+
+    def cost(nodes: np.ndarray) -> tuple[int, float]:  # (copies, copies + migration)
+        c = node_copies(ids_Tk, src_node_T, nodes)
+        return c, c + (float(mig_EN[np.arange(E), nodes].sum()) if mig_EN is not None else 0.0)
+
+
+    def apply(nodes: np.ndarray, loads: np.ndarray, a: int, b: int) -> None:
+        u, v = int(nodes[a]), int(nodes[b])
+        nodes[a], nodes[b] = v, u
+        loads[u] += w_E[b] - w_E[a]
+        loads[v] += w_E[a] - w_E[b]
+
+    before = copies = node_copies(ids_Tk, src_node_T, node_E)
     swaps = rounds = 0
     while rounds < max_rounds and copies > 0 and (deadline is None or time.perf_counter() < deadline):
         rounds += 1
@@ -127,21 +143,45 @@ def swap_experts(
         d = w_E[None, :] - w_E[:, None]  # node of a gains w_b - w_a
         lu, lv = load[node_E][:, None], load[node_E][None, :]
         gain[(lu + d > max_load) | (lv - d > max_load)] = -np.inf
-        threshold = max(MIN_SWAP_GAIN * copies, 1e-9)
         flat = gain.ravel()
-        cand = np.flatnonzero(flat >= threshold)
+        cand = np.flatnonzero(flat >= max(MIN_SWAP_GAIN * copies, 1e-9))
         if cand.size == 0:
             break
         cand = cand[np.argsort(-flat[cand], kind="stable")]
-        ca, cb = np.divmod(cand, node_E.size)
-        cu, cv = node_E[ca], node_E[cb]
-        while cand.size:  # the best swap, then the best on two other nodes, ...
-            a, b, u, v = int(ca[0]), int(cb[0]), int(cu[0]), int(cv[0])
-            node_E[a], node_E[b] = v, u
-            load[u] += w_E[b] - w_E[a]
-            load[v] += w_E[a] - w_E[b]
-            swaps += 1
-            free = (cu != u) & (cu != v) & (cv != u) & (cv != v)
-            cand, ca, cb, cu, cv = cand[free], ca[free], cb[free], cu[free], cv[free]
-        copies = node_copies(ids_Tk, src_node_T, node_E)
+        ca, cb = np.divmod(cand, E)
+        # 1. the best swap, then the best on two other nodes, ...: gains add up exactly
+        safe, safe_load = node_E.copy(), load.copy()
+        used = np.zeros(E, dtype=bool)
+        cu, cv, left = ca, cb, np.arange(cand.size)
+        n_safe = 0
+        while left.size:
+            a, b = int(cu[0]), int(cv[0])
+            u, v = int(safe[a]), int(safe[b])
+            apply(safe, safe_load, a, b)
+            used[a] = used[b] = True
+            n_safe += 1
+            nu, nv = node_E[cu], node_E[cv]
+            free = (nu != u) & (nu != v) & (nv != u) & (nv != v)
+            cu, cv, left = cu[free], cv[free], left[free]
+        # 2. more of the next best swaps (other experts, node loads re-checked), kept only if the
+        #    exact count says the whole batch beats step 1 alone
+        trial, trial_load = safe.copy(), safe_load.copy()
+        extra = 0
+        for a, b in zip(ca[:4096].tolist(), cb[:4096].tolist(), strict=True):
+            if n_safe + extra >= SWAPS_PER_ROUND:
+                break
+            u, v = int(trial[a]), int(trial[b])
+            if used[a] or used[b] or u == v:
+                continue
+            if trial_load[u] + w_E[b] - w_E[a] > max_load or trial_load[v] + w_E[a] - w_E[b] > max_load:
+                continue
+            apply(trial, trial_load, a, b)
+            used[a] = used[b] = True
+            extra += 1
+        c_safe, t_safe = cost(safe)
+        c_trial, t_trial = cost(trial) if extra else (c_safe, t_safe)
+        if extra and t_trial < t_safe:
+            node_E, load, copies, swaps = trial, trial_load, c_trial, swaps + n_safe + extra
+        else:
+            node_E, load, copies, swaps = safe, safe_load, c_safe, swaps + n_safe
     return node_E, {"swaps": swaps, "rounds": rounds, "copies_before": before, "copies_after": copies}

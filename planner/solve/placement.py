@@ -208,7 +208,7 @@ MIN_GAIN = 2e-5
 #: Stage 1b (expert swaps between nodes): planning tokens kept per layer, share of the time
 #: limit its work budget may use, and array elements it processes per second on one core
 #: (measured on a 2-core x86 VM; converts the budget into a deterministic number of rounds).
-SWAP_MAX_TOKENS = 8192
+SWAP_MAX_TOKENS = 16384
 SWAP_MAX_EXPERTS = 2048
 SWAP_SHARE = 0.2
 SWAP_ELEMENTS_PER_S = 3e8
