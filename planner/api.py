@@ -592,8 +592,9 @@ def solve(
         notes.append(
             f"the trace does not follow {m.name}'s group-limited routing: {excess:.0%} of tokens pick experts in "
             f"more than topk_group = {m.topk_group} of its n_group = {m.n_group} groups (recorded with another "
-            "model, or with group routing off?); EPLB keeps groups together, the solver moves single experts "
-            "between nodes where that saves inter-node copies"
+            "model, or with group routing off?); EPLB keeps groups together regardless"
+            + ("; the solver moves single experts between nodes where that saves inter-node copies"
+               if ep_ranks_per_node(cluster, par) < par.ep and pr.baseline is None else "")
         )
     if pr.baseline is not None and previous is not None:
         raise InputError(f"--previous re-plans with the solver; it has no effect with --baseline {pr.baseline}")
