@@ -649,16 +649,18 @@ def _node_swaps(node_LE: np.ndarray, ids_LTk: np.ndarray, src_node_T: np.ndarray
     ids_sub, src_sub = ids_LTk[:, ::stride], src_node_T[::stride]
     per_round = round_elements(ids_sub.shape[1], k, E, N)
     max_rounds = max(1, int(SWAP_SHARE * time_limit * SWAP_ELEMENTS_PER_S / per_round / L))
-    # ms per step of one inter-node copy, as stage 1 weighs it (spread over a node's GPUs)
+    # ms per step of one inter-node copy per step of an expert-data-parallel group, spread over
+    # a node's GPUs (the groups run side by side)
     lam_copy = (2.0 * (1.0 - inp.cost.overlap) * inp.cost.token_bytes * inp.cost.nic.ms_per_byte
-                / (inp.num_gpus // N) / inp.token_groups)
+                / (inp.num_gpus // N))
     out: dict[str, int] = {"swaps": 0, "rounds": 0, "copies_before": 0, "copies_after": 0, "max_rounds": max_rounds}
     for l in range(L):
         mig_EN = None
         if mig_w > 0 and previous_LP is not None and lam_copy > 0:
             prev = _first_node_of_experts(previous_LP[l], inp.slots_per_gpu, inp.num_gpus // N, E)
             ms = inp.cost.expert_bytes * inp.cost.nic.ms_per_byte * mig_w  # per moved expert, per step
-            # in sampled copies: one copy of a sampled token costs lam_copy · tscale · stride / n_steps ms
+            # in sampled copies: a sampled token stands for tscale · stride tokens of one group over
+            # the n_steps planning steps, so its copy costs lam_copy · tscale · stride / n_steps ms per step
             mig_EN = (prev[:, None] != np.arange(N)[None, :]) * ms * n_steps / (lam_copy * tscale * stride)
         w = weight_LE[l]
         node_LE[l], info = swap_experts(

@@ -114,3 +114,23 @@ def test_trace_breaking_group_routing_is_noted_and_swapped():
         assert len(noted) == 1 and "more than topk_group = 4 of its n_group = 8 groups" in noted[0]
         eplb = solve(prepare(m, "h100-sxm", baseline="eplb", **kw))
         assert plan.predicted.inter_node_bytes_per_step < 0.99 * eplb.predicted.inter_node_bytes_per_step
+
+
+def test_migration_weight_keeps_previous_node_sets():
+    """Re-planning from EPLB's placement: with a heavy migration weight no expert changes node
+    (stage 1b counts the moved bytes), without one stage 1b moves experts for traffic."""
+    m = planner.load_model("gpt-oss-20b").model_copy(update={"num_layers": 2})
+    tr = planner.synth_trace(m, num_tokens=16 * 2048, tokens_per_step=2048, num_ranks=8, sticky_ranks=True,
+                             rank_groups=2, rank_mix=1.0, domain_spread=2.0, weights=False, seed=2)
+    kw = dict(nodes=4, gpus_per_node=2, mode="prefill", trace=tr, ep=8, tp=1, pp=1, redundant_experts=8,
+              train_fraction=0.5)
+    prev = solve(prepare(m, "h100-sxm", baseline="eplb", **kw))
+    p2l_prev = np.asarray(prev.placement.physical_to_logical)
+
+    def node_sets(p2l):  # frozenset of experts on each node, per layer (5 slots per GPU, 2 GPUs per node)
+        return [[frozenset(row[v * 10:(v + 1) * 10].tolist()) for v in range(4)] for row in p2l]
+
+    stay = solve(prepare(m, "h100-sxm", time_limit=30, **kw), previous=prev, migration_weight=1e3)
+    moved = solve(prepare(m, "h100-sxm", time_limit=30, **kw), previous=prev, migration_weight=0.0)
+    assert node_sets(np.asarray(stay.placement.physical_to_logical)) == node_sets(p2l_prev)
+    assert node_sets(np.asarray(moved.placement.physical_to_logical)) != node_sets(p2l_prev)
