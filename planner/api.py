@@ -616,10 +616,15 @@ def solve(
             extra_candidates=extra,
         )
         p2l = res.phy2log_LP
-        if res.chosen != "placement-ilp":
+        if res.chosen != "placement-ilp" and "placement-ilp" in res.candidates:
             notes.append(
                 f"the solver's own placement scored {res.candidates['placement-ilp']:.3f} ms on the planning steps; "
                 f"the {res.chosen} placement ({res.objective:.3f} ms) was better and is kept"
+            )
+        elif res.chosen != "placement-ilp":
+            notes.append(
+                f"the time limit ({pr.time_limit:g} s) ran out before the solver's own placement could be scored on "
+                f"the planning steps; the {res.chosen} placement ({res.objective:.3f} ms) is kept — raise --time-limit"
             )
     # the solver already scored its pick on the planning steps (no migration term without --previous)
     known = res.objective if pr.baseline is None and previous is None else None

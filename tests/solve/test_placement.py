@@ -356,6 +356,31 @@ def test_slow_scoring_keeps_eplb_rather_than_overrun_the_limit():
     assert all(np.bincount(row, minlength=16).min() >= 1 for row in res.phy2log_LP)  # a valid placement
 
 
+def test_plan_says_when_the_limit_left_the_solver_unscored(monkeypatch):
+    """The API path of the case above: the plan keeps EPLB's placement and says why (it used to
+    look up the unscored candidate's figure and fail)."""
+    import time
+
+    import planner.api as api
+
+    real = api.solve_placement
+
+    def with_slow_scoring(inp, **kw):
+        objective = kw["evaluate"]
+
+        def slow(p2l):
+            time.sleep(0.6)
+            return objective(p2l)
+
+        return real(inp, **{**kw, "time_limit": 1.0, "evaluate": slow})
+
+    monkeypatch.setattr(api, "solve_placement", with_slow_scoring)
+    p = planner.plan("deepseek-v2-lite", nodes=2, redundant_experts=16, time_limit=1.0)
+    assert p.solver.status == "time_limit" and list(p.solver.candidates) == ["eplb"]
+    assert any(n.startswith("the time limit (1 s) ran out before the solver's own placement") for n in p.predicted.notes)
+    _check_valid(p)
+
+
 def test_a_note_when_redundant_slots_cost_more_than_they_balance():
     # DeepSeek-V2-Lite decode on 2 × 8 GPUs: ~256 tokens per step per GPU, so an expert's GEMM
     # reads its weights for a handful of rows and 16 replicas cost more reads than they balance
