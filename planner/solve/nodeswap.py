@@ -128,7 +128,6 @@ def swap_experts(
         c = node_copies(ids_Tk, src_node_T, nodes)
         return c, c + (float(mig_EN[np.arange(E), nodes].sum()) if mig_EN is not None else 0.0)
 
-
     def apply(nodes: np.ndarray, loads: np.ndarray, a: int, b: int) -> None:
         u, v = int(nodes[a]), int(nodes[b])
         nodes[a], nodes[b] = v, u
@@ -152,17 +151,17 @@ def swap_experts(
         # 1. the best swap, then the best on two other nodes, ...: gains add up exactly
         safe, safe_load = node_E.copy(), load.copy()
         used = np.zeros(E, dtype=bool)
-        cu, cv, left = ca, cb, np.arange(cand.size)
+        cu, cv = ca, cb
         n_safe = 0
-        while left.size:
+        while cu.size:
             a, b = int(cu[0]), int(cv[0])
             u, v = int(safe[a]), int(safe[b])
             apply(safe, safe_load, a, b)
             used[a] = used[b] = True
             n_safe += 1
-            nu, nv = node_E[cu], node_E[cv]
+            nu, nv = node_E[cu], node_E[cv]  # candidates' nodes at the start of the round
             free = (nu != u) & (nu != v) & (nv != u) & (nv != v)
-            cu, cv, left = cu[free], cv[free], left[free]
+            cu, cv = cu[free], cv[free]
         # 2. more of the next best swaps (other experts, node loads re-checked), kept only if the
         #    exact count says the whole batch beats step 1 alone
         trial, trial_load = safe.copy(), safe_load.copy()
