@@ -1497,7 +1497,9 @@ def solve_placement(
         s1["blocks"] = "groups" if nB < E else "experts"
         _c0, c1 = curve_slope(inp.cost, weight_LE.sum(1).mean() / P / groups)
         lam_node = c1 / gpn / groups
-        lam_copy = 2.0 * (1.0 - inp.cost.overlap) * inp.cost.token_bytes * inp.cost.nic.ms_per_byte / gpn / groups
+        # one more inter-node copy in a group's step (the counts below are per group: groups run
+        # side by side on their own GPUs and NICs)
+        lam_copy = 2.0 * (1.0 - inp.cost.overlap) * inp.cost.token_bytes * inp.cost.nic.ms_per_byte / gpn
         src_node_T = src_T // gpn
         budget1 = 0.15 * time_limit
         milp_vars = 0
