@@ -33,7 +33,7 @@ import numpy as np
 
 import planner
 from planner.api import _simulate, baseline_placement, prepare, solve, summarize
-from planner.solve.nodeswap import swap_experts
+from planner.solve.nodeswap import copies_of, swap_experts
 from planner.traces import Trace
 
 PERMS = np.array(list(itertools.permutations(range(8))))  # [40320, 8]
@@ -98,10 +98,7 @@ def remote_nodes(ids: np.ndarray, node_E: np.ndarray, src_node: np.ndarray, rep_
     nd = node_E[ids]
     if rep_NE is not None:
         nd = np.where(rep_NE[src_node[:, None], ids], src_node[:, None], nd)
-    pres = np.zeros((ids.shape[0], 8), dtype=bool)
-    np.put_along_axis(pres, nd, True, axis=1)
-    pres[np.arange(ids.shape[0]), src_node] = False
-    return float(pres.sum(axis=1).mean())
+    return copies_of(nd, src_node) / ids.shape[0]
 
 
 def replica_cover(ids: np.ndarray, src_node: np.ndarray, node_E: np.ndarray, per_node: int) -> np.ndarray:

@@ -114,10 +114,15 @@ def resolve_trace(
     return t, label, None
 
 
+def counts_only(label: str) -> bool:
+    """Whether a trace label (:func:`resolve_trace`) names tokens sampled from per-expert counts."""
+    return label.endswith("(counts only)")
+
+
 def trace_notes(trace: Trace, label: str) -> tuple[str, ...]:
     """The caveats a trace puts on the figures made from it: counts-only (tokens sampled from
     counts) and streamed (a sample of steps); labels as :func:`resolve_trace` gives them."""
-    notes = (CAVEAT,) if label.endswith("(counts only)") else ()
+    notes = (CAVEAT,) if counts_only(label) else ()
     return notes + ((trace.note(),) if isinstance(trace, StreamedTrace) else ())
 
 
@@ -586,8 +591,8 @@ def solve(
         raise InputError(f"migration_weight must be >= 0 (got {migration_weight})")
     weight_LE = pr.plan_counts_LE.astype(np.float64)
     notes = list(trace_notes(pr.trace, pr.trace_label))
-    counts_only = pr.trace_label.endswith("(counts only)")  # tokens drawn from counts: no groups to check
-    excess = 0.0 if counts_only else group_limit_excess(pr.plan_trace, m.n_group, m.topk_group)
+    # tokens drawn from counts carry no groups to check
+    excess = 0.0 if counts_only(pr.trace_label) else group_limit_excess(pr.plan_trace, m.n_group, m.topk_group)
     if excess > GROUP_EXCESS_NOTE:
         notes.append(
             f"the trace does not follow {m.name}'s group-limited routing: {excess:.0%} of tokens pick experts in "

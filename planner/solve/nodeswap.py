@@ -48,13 +48,28 @@ MIN_SWAP_GAIN = 2e-4
 SWAPS_PER_ROUND = 16
 
 
-def node_copies(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.ndarray) -> int:
-    """Inter-node copies of the tokens ``ids_Tk`` [T, k] for the map ``node_E``: distinct
-    remote nodes per token, summed."""
-    nd = np.sort(node_E[ids_Tk], axis=1)
+def copies_of(nd_Tk: np.ndarray, src_node_T: np.ndarray) -> int:
+    """Distinct remote nodes per token, summed, for the node ``nd_Tk`` [T, k] serving each choice."""
+    nd = np.sort(nd_Tk, axis=1)
     first = np.ones_like(nd, dtype=bool)
     first[:, 1:] = nd[:, 1:] != nd[:, :-1]
     return int((first & (nd != src_node_T[:, None])).sum())
+
+
+def node_copies(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.ndarray) -> int:
+    """Inter-node copies of the tokens ``ids_Tk`` [T, k] for the map ``node_E``: distinct
+    remote nodes per token, summed."""
+    return copies_of(node_E[ids_Tk], src_node_T)
+
+
+def sole_needs(nd_Tk: np.ndarray, need_Tk: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per token and node, how many of its choices still need that node (``cnt`` [T, N]), and which
+    needed (token, choice) pairs are the only one keeping their node needed (``sole`` [T, k])."""
+    T = nd_Tk.shape[0]
+    key = (np.arange(T)[:, None] * num_nodes + nd_Tk).ravel()
+    cnt = np.bincount(key, weights=need_Tk.ravel(), minlength=T * num_nodes).reshape(T, num_nodes)
+    sole = need_Tk & (np.take_along_axis(cnt, nd_Tk, axis=1) == 1)
+    return cnt, sole
 
 
 def round_elements(num_tokens: int, top_k: int, num_experts: int, num_nodes: int) -> int:
@@ -69,7 +84,6 @@ class _Keys:
         T, k = ids_Tk.shape
         self.ids = np.ascontiguousarray(ids_Tk, dtype=np.int64)
         self.flat = self.ids.ravel()
-        self.row_N = (np.arange(T) * num_nodes)[:, None]
         self.ia, self.ib = np.nonzero(~np.eye(k, dtype=bool))
         self.pair = (self.ids[:, self.ia] * num_experts + self.ids[:, self.ib]).ravel()  # ordered pairs in a token
 
@@ -81,11 +95,11 @@ def _gains(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.ndarray, num_n
     kk = keys if keys is not None else _Keys(ids_Tk, E, N)
     T, k = kk.ids.shape
     nd = node_E[kk.ids]
-    phi = np.bincount((kk.row_N + nd).ravel(), minlength=T * N).reshape(T, N)
-    phi[np.arange(T), src_node_T] += 1
-    sole = np.take_along_axis(phi, nd, axis=1) == 1
+    cnt, sole = sole_needs(nd, nd != src_node_T[:, None], N)  # the source node is never a copy
     leave = np.bincount(kk.flat, weights=sole.ravel(), minlength=E)
-    absent = (phi == 0).astype(np.float64)
+    absent = cnt == 0
+    absent[np.arange(T), src_node_T] = False
+    absent = absent.astype(np.float64)
     enter = np.stack([np.bincount(kk.flat, weights=np.repeat(absent[:, v], k), minlength=E) for v in range(N)], axis=1)
     move = leave[:, None] - enter  # [E, N]
     if mig_EN is not None:

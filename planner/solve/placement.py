@@ -183,6 +183,7 @@ import numpy as np
 
 from planner.errors import InfeasibleError, InputError
 from planner.solve import baselines
+from planner.solve.nodeswap import node_copies, round_elements, swap_experts
 
 log = logging.getLogger(__name__)
 
@@ -562,10 +563,7 @@ def _node_score(
     lam_node: float, lam_copy: float,
 ) -> float:
     """Exact expected stage-1 cost on the planning tokens: λ_node·max node load + λ_copy·copies."""
-    nd = np.sort(node_E[ids_Tk], axis=1)
-    first = np.ones_like(nd, dtype=bool)
-    first[:, 1:] = nd[:, 1:] != nd[:, :-1]
-    copies = float((first & (nd != src_node_T[:, None])).sum())
+    copies = float(node_copies(ids_Tk, src_node_T, node_E))
     load = np.bincount(node_E, weights=w_E, minlength=num_nodes)
     return lam_node * float(load.max()) + lam_copy * copies
 
@@ -639,8 +637,6 @@ def _node_swaps(node_LE: np.ndarray, ids_LTk: np.ndarray, src_node_T: np.ndarray
     """Stage 1b (:mod:`planner.solve.nodeswap`) on every layer, in place on ``node_LE``: at most
     :data:`SWAP_MAX_TOKENS` planning tokens per layer and a number of rounds from a work budget of
     :data:`SWAP_SHARE` of the time limit (sizes only: reproducible)."""
-    from planner.solve.nodeswap import round_elements, swap_experts  # noqa: PLC0415
-
     L, T, k = ids_LTk.shape
     E, N = node_LE.shape[1], num_nodes
     if E > SWAP_MAX_EXPERTS:  # the gain matrix is E × E

@@ -47,16 +47,7 @@ from collections.abc import Callable
 import numpy as np
 
 from planner.solve import baselines
-
-
-def _sole(ids_Tk: np.ndarray, nd_Tk: np.ndarray, need_Tk: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per token and node, how many of its experts it still needs there (``cnt`` [T, N]), and
-    which (token, choice) pairs are the only one keeping their node needed (``sole`` [T, k])."""
-    T, k = ids_Tk.shape
-    key = (np.arange(T)[:, None] * num_nodes + nd_Tk).ravel()
-    cnt = np.bincount(key, weights=need_Tk.ravel(), minlength=T * num_nodes).reshape(T, num_nodes)
-    sole = need_Tk & (np.take_along_axis(cnt, nd_Tk, axis=1) == 1)
-    return cnt, sole
+from planner.solve.nodeswap import sole_needs
 
 
 def home_nodes(row_P: np.ndarray, slots_per_node: int, num_experts: int) -> np.ndarray | None:
@@ -82,7 +73,7 @@ def pick_remote(ids_Tk: np.ndarray, node_E: np.ndarray, v: int, m: int, num_node
     out: list[int] = []
     for _ in range(m):
         need = ~have[ids_Tk]  # (t, j) still served off the node
-        _, sole = _sole(ids_Tk, nd, need, num_nodes)
+        _, sole = sole_needs(nd, need, num_nodes)
         gain = np.bincount(ids_Tk.ravel(), weights=sole.ravel(), minlength=E)
         gain[have] = -1.0
         e = int(np.argmax(gain))
@@ -105,7 +96,7 @@ def spread_everywhere(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.nda
         if sel.size == 0:
             continue
         nd = node_E[sel]
-        _, sole = _sole(sel, nd, nd != v, num_nodes)
+        _, sole = sole_needs(nd, nd != v, num_nodes)
         total += np.bincount(sel.ravel(), weights=sole.ravel(), minlength=E)
     used = np.zeros(num_nodes, dtype=np.int64)
     out: list[int] = []
@@ -134,7 +125,7 @@ def relieve_busiest(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.ndarr
     out: list[int] = []
     while True:
         need = ~local[ids_Tk] & (nd != src_node_T[:, None])
-        cnt, sole = _sole(ids_Tk, nd, need, num_nodes)
+        cnt, sole = sole_needs(nd, need, num_nodes)
         recv = (cnt > 0).sum(axis=0)  # tokens that need each node from elsewhere
         gain = np.bincount(ids_Tk.ravel(), weights=sole.ravel(), minlength=E)
         for h in np.argsort(-recv, kind="stable"):

@@ -143,7 +143,7 @@ def _coactivation(trace: Trace, counts_LE: np.ndarray) -> list[dict[str, float]]
     return out
 
 
-def group_limit_excess(trace: Trace, n_group: int | None, topk_group: int | None, max_tokens: int = 65536) -> float:
+def group_limit_excess(trace: Trace, n_group: int | None, topk_group: int | None, max_tokens: int = 4096) -> float:
     """Share of (token, layer) pairs whose experts fall in more than ``topk_group`` of the
     ``n_group`` equal routing groups (0 when the trace follows group-limited routing; over an
     evenly strided sample of at most ``max_tokens`` tokens). 0.0 for models without groups."""
