@@ -1,4 +1,4 @@
-"""The MoE layer (each expert backend) against its roofline, for every model shape of FACTS.md §1.
+"""The MoE layer (each expert backend) against its roofline, for every model shape of docs/facts.md §1.
 
     python benchmarks/kernels.py            # needs a CUDA GPU; ~5-10 min on an H100
     python benchmarks/kernels.py --quick    # 4096 tokens only, fewer repeats
@@ -43,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# FACTS.md §1, in its order (the preset names of planner/data/models).
+# docs/facts.md §1, in its order (the preset names of planner/data/models).
 MODELS = [
     "mixtral-8x7b", "mixtral-8x22b", "dbrx", "deepseek-v2-lite", "deepseek-v2", "deepseek-v3", "kimi-k2",
     "qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "qwen3-235b-a22b", "olmoe-1b-7b", "gpt-oss-20b", "gpt-oss-120b",
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4096 tokens only, fewer repeats")
     ap.add_argument("--tokens", default=None, help="comma-separated token counts (default 4096,16384; --quick 4096)")
-    ap.add_argument("--models", default=None, help="comma-separated preset names (default: every FACTS.md §1 model)")
+    ap.add_argument("--models", default=None, help="comma-separated preset names (default: every docs/facts.md §1 model)")
     ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated backends")
     ap.add_argument("--out", default=str(OUT), help="JSON results file")
     ap.add_argument("--cpu-smoke", action="store_true",

@@ -38,12 +38,12 @@ def rows() -> list[dict]:
     mixtral = load_model("mixtral-8x7b")
     ds = load_model("deepseek-v3")
     out = []
-    # 1. Megatron-core Mixtral 8x7B, 64 H100, TP1 EP8 PP4 VP8: 468 TFLOP/s per GPU (FACTS.md §4)
+    # 1. Megatron-core Mixtral 8x7B, 64 H100, TP1 EP8 PP4 VP8: 468 TFLOP/s per GPU (docs/facts.md §4)
     pub = dict(tp=1, ep=8, pp=4, vpp=8, cp=1, etp=1, micro_batch=1)
     r = search(mixtral, hw, cluster(8), mode="train", seq_len=4096, global_batch=256, fixed=pub)
     out.append(dict(
         run="Mixtral 8x7B training, 64 H100, Megatron-core TP1 EP8 PP4 VP8 (published degrees fixed)",
-        source="Megatron-core MoE report (FACTS.md §4)", metric="TFLOP/s per GPU", published=468.0,
+        source="Megatron-core MoE report (docs/facts.md §4)", metric="TFLOP/s per GPU", published=468.0,
         predicted=r.best.tflops_per_gpu, config=r.best.label(),
         assumptions="seq 4096, global batch 256, micro-batch 1 (Megatron's Mixtral example), bf16, alltoall dispatcher",
     ))
@@ -53,14 +53,14 @@ def rows() -> list[dict]:
         source="same", metric="TFLOP/s per GPU", published=468.0, predicted=r.best.tflops_per_gpu,
         config=r.best.label(), assumptions="same batch and sequence; degrees, micro-batch, recompute searched",
     ))
-    # Mixtral 8x22B on 128 H100, TP4 EP2 PP8 VP7 (FACTS.md §4): a configuration without a
+    # Mixtral 8x22B on 128 H100, TP4 EP2 PP8 VP7 (docs/facts.md §4): a configuration without a
     # published throughput; the check is that the rules and the memory model accept it
     m22 = load_model("mixtral-8x22b")
     r = search(m22, hw, cluster(16), mode="train", seq_len=4096, global_batch=256,
                fixed=dict(tp=4, ep=2, pp=8, vpp=7, cp=1, etp=4))
     out.append(dict(
         run="Mixtral 8x22B training, 128 H100, Megatron-core TP4 EP2 PP8 VP7 (published degrees fixed)",
-        source="Megatron-core MoE report (FACTS.md §4; configuration only)", metric="TFLOP/s per GPU", published=None,
+        source="Megatron-core MoE report (docs/facts.md §4; configuration only)", metric="TFLOP/s per GPU", published=None,
         predicted=r.best.tflops_per_gpu, config=f"{r.best.label()}, {r.best.memory.total_gib:.1f} GiB per GPU",
         assumptions="ETP = TP (Megatron's default then); seq 4096, global batch 256; accepted by the rules and memory",
     ))

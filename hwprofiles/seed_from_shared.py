@@ -16,7 +16,7 @@ What comes from the measurement file (``expert_ffn_bf16.json``: ``device``, ``ce
 - ``expert_ffn_tables``: ALL rows, one table per (d, f) shape. Two models with the same shape
   (DeepSeek-V2-Lite and Qwen1.5-MoE-A2.7B are both 2048×1408) are merged by keeping, per token
   count and per column, the smaller figure: each figure is already the minimum over runs, the
-  reproducible statistic on shared GPUs (FACTS.md §2);
+  reproducible statistic on shared GPUs (docs/facts.md §2);
 - the provenance (device name, torch, CUDA from torch's ``+cuXYZ`` tag, date, method).
 
 ``--extra FILE`` (a measurement of this project, ``hwprofiles/measurements/*.json``, with sections
@@ -26,7 +26,7 @@ w2_ms, models``) adds a table for every (d, f, dtype) shape that the shared file
 its models, and the profile's provenance names the file and its method. Nothing else is taken
 from it.
 
-Everything else (datasheet capacity and peaks, interconnect figures from FACTS.md §3) sits in
+Everything else (datasheet capacity and peaks, interconnect figures from docs/facts.md §3) sits in
 :data:`DATASHEET` below, keyed by the GPU kind found in the device name. The profile is validated
 against :class:`planner.specs.hardware.HardwareProfile` before it is written.
 """
@@ -51,7 +51,7 @@ except ModuleNotFoundError:  # running from a source tree without install
 
 _H100_SOURCES = (
     "NVIDIA H100 Tensor Core GPU datasheet (H100 SXM: 80 GB, 3.35 TB/s, bf16 1979 TFLOP/s with sparsity = 989 dense, "
-    "fp8 3958 sparse = 1979 dense, NVLink 900 GB/s); FACTS.md §3 (nccl-tests issues #212, #267, #290)"
+    "fp8 3958 sparse = 1979 dense, NVLink 900 GB/s); docs/facts.md §3 (nccl-tests issues #212, #267, #290)"
 )
 
 #: Figures the measurement file does not hold, per GPU kind (matched in the device name).
@@ -66,7 +66,7 @@ DATASHEET: dict[str, dict[str, Any]] = {
         "nic": {"bandwidth_gbps": 48.0, "latency_us": 20.0},
         "copy_latency_us": 7.0,
         "copy_compute_overlap": 0.89,
-        "gemm_note": "bf16 8192^3 GEMM measured {gemm:.0f} TFLOP/s in this file (798 in another run on the same kind of machine, FACTS.md §2) against 989 dense on the datasheet",
+        "gemm_note": "bf16 8192^3 GEMM measured {gemm:.0f} TFLOP/s in this file (798 in another run on the same kind of machine, docs/facts.md §2) against 989 dense on the datasheet",
         "sources": _H100_SOURCES,
     },
     "H200": {
@@ -82,7 +82,7 @@ DATASHEET: dict[str, dict[str, Any]] = {
         "gemm_note": "bf16 8192^3 GEMM measured {gemm:.0f} TFLOP/s in this file against 989 dense on the datasheet (same GH100 compute as H100)",
         "sources": (
             "NVIDIA H200 Tensor Core GPU datasheet (H200 SXM: 141 GB HBM3e, 4.8 TB/s, compute as H100 SXM, NVLink 900 GB/s); "
-            "NVLink/NIC figures as H100 (same NVLink 4 / NDR fabric), FACTS.md §3"
+            "NVLink/NIC figures as H100 (same NVLink 4 / NDR fabric), docs/facts.md §3"
         ),
     },
 }
@@ -193,7 +193,7 @@ def build_profile(
         "1 MB to 1 GB, N MB read as N*2^20 bytes); expert_ffn_tables (all rows)"
     )
     datasheet_list = (
-        f"hbm_gib, hbm_datasheet_gbps, peak_tflops (dense). From FACTS.md §2-3: nvlink.bandwidth_gbps "
+        f"hbm_gib, hbm_datasheet_gbps, peak_tflops (dense). From docs/facts.md §2-3: nvlink.bandwidth_gbps "
         f"{ds['nvlink']['bandwidth_gbps']:g} (NCCL all-to-all busbw in an 8-GPU node), nvlink.latency_us "
         f"{ds['nvlink']['latency_us']:g} and nic.latency_us {ds['nic']['latency_us']:g} (alpha-beta model), "
         f"nic.bandwidth_gbps {ds['nic']['bandwidth_gbps']:g} (one 400 Gb/s NDR NIC per GPU), "
@@ -216,7 +216,7 @@ def build_profile(
         )
         extra_source += f"; {extra_name}"
     notes = (
-        f"Measured: {measured_list}. Datasheet or FACTS.md: {datasheet_list}. "
+        f"Measured: {measured_list}. Datasheet or docs/facts.md: {datasheet_list}. "
         + ds["gemm_note"].format(gemm=gemm)
         + ". Driver version not recorded by the measurement. Times under ~0.05 ms jitter by tens of percent "
         "on shared virtualized GPUs; each table figure is the minimum of 4 runs."

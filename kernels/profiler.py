@@ -5,7 +5,7 @@ What is measured (issue 7, part 2), each section on the device given (``cuda`` o
 1. **Collectives** (only with several ranks, under ``torchrun``; NCCL on GPUs, gloo on CPU):
    ``all_to_all_single`` (each rank sends ``bytes / n`` to every peer) and ``all_reduce`` over
    message sizes; a figure is the slowest rank's median. Bus bandwidth as nccl-tests counts it
-   (FACTS.md §3): all-to-all ``bytes·(n−1)/n / t``, all-reduce ``bytes·2(n−1)/n / t``.
+   (docs/facts.md §3): all-to-all ``bytes·(n−1)/n / t``, all-reduce ``bytes·2(n−1)/n / t``.
 2. **Ceilings**: a bf16 ``N³`` matrix product (``2N³ / t``) and a device-to-device copy (bytes
    read plus written over time, the ``hbm_bandwidth_gbps`` convention of
    :mod:`planner.specs.hardware`).

@@ -1,6 +1,6 @@
 """Timing helpers for the MoE layer: CUDA-event and CPU timers, weight rotation, one EP rank's bench.
 
-The method is kernels/measure_h100.py's (FACTS.md §2: kernels under ~0.05 ms jitter by tens of
+The method is kernels/measure_h100.py's (docs/facts.md §2: kernels under ~0.05 ms jitter by tens of
 percent between runs on shared virtualized GPUs, so a figure is the minimum over a few runs of a
 median over repeats):
 

@@ -3,7 +3,7 @@
 Issue 7: the torch layer (``moe_layer``: ``index_select`` permute, ``torch._grouped_mm``,
 elementwise SiLU·up, ``index_add_`` combine) moves every routed token row several times between
 its kernels, and on an H100 reaches only 26-50% of the roofline for fine-grained experts
-(FACTS.md §2). This module fuses the permute into the first GEMM's loads and the SwiGLU and
+(docs/facts.md §2). This module fuses the permute into the first GEMM's loads and the SwiGLU and
 routing weight into the GEMMs' epilogues, in the style of the fused-MoE kernels of public
 inference engines (written here from their published description, not from their code).
 
@@ -77,7 +77,7 @@ use there; they have **not** been measured (no GPU was available when this was w
 Compiled for sm_90 without a GPU (Triton 3.9, bf16, the defaults; tests/kernels checks it):
 both kernels lower to Hopper ``wgmma``, 96 KB of shared memory, 128 registers, no spills. When D
 (kernel 1) or F (kernel 2) is not a multiple of BLOCK_K the masked K loop was not pipelined by
-that compiler (24 KB shared); every FACTS.md shape divides 64.
+that compiler (24 KB shared); every docs/facts.md shape divides 64.
 
 Running on the CPU: Triton's interpreter runs these kernels on CPU tensors when the environment
 variable ``TRITON_INTERPRET=1`` is set *before this module is imported* (``triton.jit`` reads it

@@ -1,6 +1,6 @@
 """moe-planner: plan Mixture-of-Experts deployments from a calibrated cost model and routing traces.
 
-The Python API (DESIGN.md): ``plan``, ``load_model``, ``load_hardware``, ``load_trace``,
+The Python API (docs/contracts.md): ``plan``, ``load_model``, ``load_hardware``, ``load_trace``,
 ``synth_trace``, ``trace_stats``, ``Plan``. Names are imported lazily so that ``import planner``
 stays cheap. (``solve`` is not among them: ``planner.solve`` is the solvers' subpackage; use
 ``from planner.api import prepare, solve``.)

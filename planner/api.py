@@ -1,4 +1,4 @@
-"""Python API: ``planner.plan(...)`` and friends (DESIGN.md, "Python API").
+"""Python API: ``planner.plan(...)`` and friends (docs/contracts.md, "Python API").
 
 The CLI is a thin shell over these functions: everything ``moe-planner plan`` can do, a trainer
 can do from Python with the same arguments.

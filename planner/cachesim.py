@@ -14,7 +14,7 @@ LFU, *prefetched* into a staging buffer during the previous layer, or in pinned 
 Dynamic caches are updated access by access (an expert needed by a step is touched once), so LRU
 has the stack property and an expert is evicted only after it ran.
 
-**Prefetch** (Fate, ExpertFlow: cross-layer affinity; FACTS.md §5). After layer l's router has
+**Prefetch** (Fate, ExpertFlow: cross-layer affinity; docs/facts.md §5). After layer l's router has
 chosen, the experts of layer l+1 are predicted from the tokens' layer-l experts with a transition
 table learned on the planning steps (:func:`fit_predictor`)::
 
@@ -40,7 +40,7 @@ Accuracy = used / started prefetches.
     penalty = (1 − ov) · min(copy busy time inside [t0, t], pre + Σ K)     (imperfect overlap)
     layer time = t − t0 + penalty;  stall = layer time − pre − Σ K
 
-**CPU execution of missed experts** (Fiddler, FACTS.md §5; ``cpu`` of :class:`CacheConfig`): a
+**CPU execution of missed experts** (Fiddler, docs/facts.md §5; ``cpu`` of :class:`CacheConfig`): a
 missed expert may run on the host CPU (one expert at a time, ``K_cpu(M)``) instead of being
 copied. ``"fastest"`` picks, expert by expert, whichever finishes first with both queues as they
 are: the CPU when ``max(t_r, cpu free) + K_cpu(M) < max(t_r, copy free) + c + K(M)`` (Fiddler's
@@ -48,7 +48,7 @@ rule ``M·t_cpu < t_transfer`` extended with the queues); ``"all"`` always runs 
 (KTransformers). The layer ends when both the GPU kernels and the CPU experts are done; an expert
 run on the CPU is not copied and is a miss for the hit rate.
 
-``ov`` is the profile's ``pcie.copy_compute_overlap`` (FACTS.md §2, 0.89 on H100: a copy on a
+``ov`` is the profile's ``pcie.copy_compute_overlap`` (docs/facts.md §2, 0.89 on H100: a copy on a
 side stream and GEMMs take max + 0.11·min), so the penalty is :func:`planner.cost.transfer.overlapped_ms`
 applied to the copies and kernels that share the layer. The copy queue carries from layer to
 layer (a late prefetch delays the next demand copy) and from step to step. A step takes

@@ -21,7 +21,7 @@ MoE layer (:mod:`planner.cost.layers`), ``other`` = the dense layers (attention 
 ``c`` = one expert's pinned host-to-device copy (:func:`planner.cost.transfer.h2d_ms`),
 K(M) = :func:`planner.cost.compute.expert_ffn_ms`. Embeddings and the LM head are not counted.
 A missed expert run on the host CPU costs ``K_cpu(M) = 0.103 ms + max(bytes / 43.5 GB/s,
-2·params·M / 1 TFLOP/s)``: the line through FACTS.md §2's two CPU measurements at one token
+2·params·M / 1 TFLOP/s)``: the line through docs/facts.md §2's two CPU measurements at one token
 (the FLOP term for several tokens is an assumption; the host is not in the hardware profiles).
 
 **Trace** (:func:`decode_trace`): offloaded decoding runs a few tokens per step. A trace whose
@@ -89,7 +89,7 @@ from planner.traces import Trace
 
 GB = 1e9
 #: Host-CPU expert FFN (bf16, 16 cores, 1 token): t = CPU_EXPERT_FIXED_MS + expert bytes / CPU_EXPERT_GBPS,
-#: the line through FACTS.md §2's two measurements (Mixtral-8x7B expert, 352.3 MB: 8.2 ms;
+#: the line through docs/facts.md §2's two measurements (Mixtral-8x7B expert, 352.3 MB: 8.2 ms;
 #: Qwen3-30B-A3B expert, 9.44 MB: 0.32 ms): 43.5 GB/s and 0.103 ms.
 CPU_EXPERT_GBPS = 43.5
 CPU_EXPERT_FIXED_MS = 0.103

@@ -1,7 +1,7 @@
 """``RoutingRecorder``: record a torch MoE model's routing while it trains or serves.
 
 Forward hooks on the model's router modules capture the top-k expert ids each token chose at
-each MoE layer; :meth:`RoutingRecorder.save` writes them as a DESIGN.md routing trace
+each MoE layer; :meth:`RoutingRecorder.save` writes them as a docs/contracts.md routing trace
 (``topk_ids`` [L, T, k], ``step`` [T], optional ``topk_weights`` and ``source_rank``) that
 :func:`planner.load_trace` and ``moe-planner plan --trace`` read, :meth:`~RoutingRecorder.counts`
 gives per-expert counts [L, E], and ``rebalance_every=N`` re-places the experts with
@@ -36,7 +36,7 @@ DeepSeek-V2/V3 ``MoEGate``  ``(topk_idx, topk_weight[, aux])``     the integer t
 (Module names and outputs as in ``transformers``' ``modeling_mixtral.py``,
 ``modeling_qwen2_moe.py``, ``modeling_qwen3_moe.py``, ``modeling_olmoe.py``,
 ``modeling_deepseek_v3.py`` and DeepSeek's own ``modeling_deepseek.py``; the group-limited
-routing is DeepSeek-V3's, FACTS.md.) Any other router is hooked by naming it: ``routers=[...]``
+routing is DeepSeek-V3's, docs/facts.md.) Any other router is hooked by naming it: ``routers=[...]``
 takes module names or modules whose output is, or contains, an integer tensor of top-k ids
 (a float tensor [T, E] of logits is taken as softmax routing with ``top_k``).
 
@@ -463,7 +463,7 @@ class RoutingRecorder:
                      source="RoutingRecorder")
 
     def save(self, path: str | Path) -> Path:
-        """Write the recording as a ``.npz`` routing trace (DESIGN.md), atomically; the path."""
+        """Write the recording as a ``.npz`` routing trace (docs/contracts.md), atomically; the path."""
         from planner.traces import save_trace
 
         p = Path(path)

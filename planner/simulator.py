@@ -27,7 +27,7 @@ Replica choice (deterministic, so plans and scores are reproducible):
   replicas; without the same-node step it is ``local-first``). With it a replica on another node serves that node's
   tokens without an inter-node copy, so replicas can be placed for traffic, not only balance.
 
-Traffic (DeepEP's rule, FACTS.md §3): a token is sent once per distinct destination GPU of its
+Traffic (DeepEP's rule, docs/facts.md §3): a token is sent once per distinct destination GPU of its
 own node (NVLink) and once per distinct remote node (NIC). Where the inter-node copy lands is
 the ``relay`` convention:
 

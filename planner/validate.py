@@ -1,6 +1,6 @@
 """Validation on one device: execute each EP rank's share of a plan and compare with the prediction.
 
-What is executed (DESIGN.md, ``validate``; issue 7, part 3, single GPU). For each evaluated
+What is executed (docs/contracts.md, ``validate``; issue 7, part 3, single GPU). For each evaluated
 trace step s and MoE layer l:
 
 1. **Dispatch, as the simulator does it.** The step's tokens start on the pipeline stage's GPUs

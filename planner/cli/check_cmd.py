@@ -1,4 +1,4 @@
-"""``moe-planner check``: verify a plan file against its model and cluster (DESIGN.md)."""
+"""``moe-planner check``: verify a plan file against its model and cluster (docs/contracts.md)."""
 
 from __future__ import annotations
 

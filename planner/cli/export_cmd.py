@@ -1,4 +1,4 @@
-"""``moe-planner export``: hand a plan's placement to an engine (DESIGN.md, "Command line")."""
+"""``moe-planner export``: hand a plan's placement to an engine (docs/contracts.md, "Command line")."""
 
 from __future__ import annotations
 

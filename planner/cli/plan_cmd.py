@@ -1,4 +1,4 @@
-"""``moe-planner plan``: the main job (DESIGN.md, "Command line")."""
+"""``moe-planner plan``: the main job (docs/contracts.md, "Command line")."""
 
 from __future__ import annotations
 

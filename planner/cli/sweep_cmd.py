@@ -1,4 +1,4 @@
-"""``moe-planner sweep SPEC.yaml --out DIR``: what-if grid (DESIGN.md, "Command line").
+"""``moe-planner sweep SPEC.yaml --out DIR``: what-if grid (docs/contracts.md, "Command line").
 
 A thin shell over :func:`planner.sweep.run_sweep` (the spec format is documented in
 :mod:`planner.specs.sweep`, the CSV and resumption in :mod:`planner.sweep`, the plots in

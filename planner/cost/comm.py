@@ -6,7 +6,7 @@ for latencies, ms for times. Shapes are name suffixes (``traffic_GG`` is [source
 
 **Traffic matrix** (:func:`dispatch_traffic`) of one MoE layer and step, from the physical slot
 that serves each (token, choice) pair and the GPU each token starts on. What a token costs
-depends on the dispatcher (FACTS.md §3-4):
+depends on the dispatcher (docs/facts.md §3-4):
 
 - ``pairs``: every (token, expert) pair is sent on its own (Megatron's ``alltoall`` dispatcher
   permutes tokens per expert);
@@ -19,7 +19,7 @@ depends on the dispatcher (FACTS.md §3-4):
 A token already on its destination GPU moves nothing. Combine moves the same bytes back
 (transposed matrices).
 
-**Time** — hierarchical alpha-beta model (FACTS.md §3), the bottleneck GPU decides::
+**Time** — hierarchical alpha-beta model (docs/facts.md §3), the bottleneck GPU decides::
 
     t_link  = α_link + max_g max(send_g, recv_g) / BW_link        (0 when no byte moves)
     t_phase = max(t_nvlink, t_nic)                                  (the two paths run together)
@@ -31,7 +31,7 @@ NCCL all-to-all bus bandwidth inside a node, ~370 GB/s on H100; ``nic.bandwidth_
 one NIC per GPU between nodes, ~48 GB/s), α the per-message latency (≈ 10 µs inside a node,
 ≈ 20 µs between nodes), ``overlap`` the profile's ``comm_overlap``.
 
-**Collectives** (nccl-tests bus-bandwidth factors, FACTS.md §3), for a group of n GPUs and
+**Collectives** (nccl-tests bus-bandwidth factors, docs/facts.md §3), for a group of n GPUs and
 ``nbytes`` the size of the whole buffer (all-reduce: the buffer reduced; all-gather: the
 gathered output; reduce-scatter: the input; all-to-all: what one GPU holds)::
 

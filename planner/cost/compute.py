@@ -4,7 +4,7 @@ Legend: M = tokens routed to one expert, h = hidden size, f = expert FFN width, 
 weight of the dtype, G = GPUs, E = local experts per GPU. Shapes are name suffixes: ``tokens_GE``
 is [G, E]. Times in ms.
 
-One expert's FFN is three kernels (as measured, FACTS.md §2): ``x[M,h] @ W13[h,2f]`` (gate and up
+One expert's FFN is three kernels (as measured, docs/facts.md §2): ``x[M,h] @ W13[h,2f]`` (gate and up
 fused), ``SiLU(gate)·up``, ``a[M,f] @ W2[f,h]``. Every prediction is a curve t(M) on the integer
 grid M = 0..m_max (:class:`FfnCurve`), made non-decreasing by a running maximum (more tokens never
 cost less: small-M figures jitter by tens of percent on shared GPUs), M = 0 costs 0 (the expert is
@@ -12,7 +12,7 @@ not run), 0 < M < 1 costs t(1), and beyond m_max the time grows linearly from th
 time per token (the FLOP-bound regime). How the curve is made depends on what the profile holds.
 
 1. **Measured shape** (the profile has a table for exactly (h, f, dtype)) — interpolation against
-   a per-shape soft roofline (FACTS.md §6: "interpolate measured tables rather than trusting a
+   a per-shape soft roofline (docs/facts.md §6: "interpolate measured tables rather than trusting a
    roofline"; the roofline supplies the *shape* between points, the table the level)::
 
        b(M) = c0 + sqrt(tw² + (k·M)²)                 c0, tw, k >= 0 fitted to this table
@@ -56,7 +56,7 @@ time per token (the FLOP-bound regime). How the curve is made depends on what th
    same dtype when the profile has one, weighted by inverse squared distance. The residual carries
    what a device-wide model cannot know about a shape family (cuBLAS kernel choice, split-K).
 
-   Quantized FLOPs (FACTS.md §6, tile and wave quantization)::
+   Quantized FLOPs (docs/facts.md §6, tile and wave quantization)::
 
        Q_g = min over tile shapes (bm, bn) of Q(bm, bn)
              tiles = ⌈M/bm⌉·⌈N/bn⌉

@@ -2,7 +2,7 @@
 
 Legend: L = MoE layers, E = logical experts, P = physical slots (``P = G · S``), G = GPUs of one
 expert-parallel group, S = slots per GPU (slot p lives on GPU p // S, GPUs numbered node by node,
-DESIGN.md "Plan file"), B = a batch of candidate placements or steps.
+docs/contracts.md "Plan file"), B = a batch of candidate placements or steps.
 
 For counts ``c[l, p]`` (tokens routed to slot p of layer l in one step)::
 
@@ -21,7 +21,7 @@ Counts alone do not say where a token starts or which of its top-k picks share a
 traffic here is the expectation for tokens that start evenly on the GPUs with every (token,
 expert) pair sent on its own (no DeepEP de-duplication): an upper bound of the simulator's
 dispatch bytes (:mod:`planner.simulator` replays the real routing). Link figures (α, BW) and
-``overlap`` come from the profile (FACTS.md §3), as in :mod:`planner.cost.comm`.
+``overlap`` come from the profile (docs/facts.md §3), as in :mod:`planner.cost.comm`.
 
 Speed: ``t`` is precomputed as one dense array over M = 0..max_tokens (:meth:`FfnCurve.lookup`),
 so one evaluation is a gather, a reshape-sum, a max and a few [L, G] reductions: well over

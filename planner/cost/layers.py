@@ -18,7 +18,7 @@ activations), B_w bytes per weight. Times in ms. Every kernel is priced with the
 - **an FFN** of width f over M tokens (dense layer, shared experts) is an expert FFN of that
   shape: :func:`planner.cost.compute.expert_ffn_ms` (the profile's table when measured).
 
-Formulas (FACTS.md §1-2, §6)::
+Formulas (docs/facts.md §1-2, §6)::
 
     router      GEMM [T, h] @ [h, E], then softmax/top-k over T·E fp32 scores (read + write)
     permute     T·h·B_act read + T·k·h·B_act written (each token copied once per chosen expert)
@@ -28,14 +28,14 @@ Formulas (FACTS.md §1-2, §6)::
                 core: 2·b·s²·a·d_h FLOPs (QKᵀ and PV, half the square), reads/writes q, k, v, o
     attention, decode (one new token per sequence, c tokens of context each):
                 projections over b tokens; core: 4·b·c·a·d_h FLOPs, reads the KV cache
-                b·c·kv_bytes_per_token_per_layer (FACTS.md §6)
+                b·c·kv_bytes_per_token_per_layer (docs/facts.md §6)
     training    forward + backward ≈ 3 × forward (backward computes input and weight gradients)
 
 The projections of MLA (DeepSeek) are the model's attention parameters as GEMMs of the same
 total size; the core uses ``num_heads`` and ``head_dim`` (q/k) as for standard attention.
 
 :data:`MEMORY_OP_EFFICIENCY` (0.5) is an assumption for engine kernels (fused gather/scatter):
-FACTS.md §2 measured far less for a plain-torch reference layer (index_select/index_add permute and
+docs/facts.md §2 measured far less for a plain-torch reference layer (index_select/index_add permute and
 combine of DeepSeek-V3 shapes at 16384 tokens cost ~17 ms over a 16.6 ms GEMM floor, about 0.08 of
 the copy bandwidth); pass ``efficiency`` to price such a layer.
 """

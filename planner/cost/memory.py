@@ -11,7 +11,7 @@ pipeline stage (⌈layers / pp⌉), L_moe MoE layers of a stage (⌈MoE layers /
     non_expert_g = non-expert parameters · B_weight / (tp · pp)
     weights_g    = experts_g + non_expert_g                      (:func:`weights_per_gpu_bytes`)
 
-**Training** (Megatron-LM mixed precision with Adam; FACTS.md §6): bytes per parameter are
+**Training** (Megatron-LM mixed precision with Adam; docs/facts.md §6): bytes per parameter are
 2 (bf16 weight) + 4 (fp32 gradient) + 12 (fp32 master weight, Adam m and v) = 18 with a plain
 optimizer; the distributed optimizer shards the 12 optimizer bytes over the data-parallel group:
 6 + 12 / dp. Expert parameters shard theirs over the expert-data-parallel group
@@ -19,7 +19,7 @@ optimizer; the distributed optimizer shards the 12 optimizer bytes over the data
 parameters over ``dp``. Weights count once per parameter (``weights_g`` above, in bf16).
 
 Activations per layer and micro-batch, with sequence parallelism (Korthikanti et al. 2022,
-"Reducing Activation Recomputation in Large Transformer Models", Table 2; FACTS.md §6)::
+"Reducing Activation Recomputation in Large Transformer Models", Table 2; docs/facts.md §6)::
 
     selective recompute:  s·b·h·(18 + 4·f_eff/h) / tp
     no recompute:         the same + 5·a·s²·b / tp               (attention scores kept)
@@ -36,7 +36,7 @@ micro-batches of its L_st layers in flight, times ``1 + (pp − 1)/(pp · vpp)``
     kv_g   = kv_tokens · L_st · kv_bytes_per_token_per_layer / tp_kv
              (GQA/MHA: 2·kv_heads·head_dim·B per token and layer, each TP rank keeping
               ⌈kv_heads/tp⌉ heads; MLA: (kv_lora_rank + qk_rope_head_dim)·B, divided by tp as in
-              FACTS.md §6)
+              docs/facts.md §6)
     act_g  = T · B_act · (2h + (a + 2·kv_heads)·head_dim/tp + 2·k·h + 3·k·f/etp)   (one layer at a time)
     disp_g = 2 · T · k · h · B_act                                      (dispatch send + receive buffers)
 

@@ -68,7 +68,7 @@ included, the input embedding lookup not), plus attention scores and values coun
 (model FLOPs, not hardware FLOPs). tflops_per_gpu = F / step / N.
 
 **Calibration, honestly stated.** No constant here is fitted to a published run: kernel times
-come from the H100 profile's measured tables and device fit, links from FACTS.md §3, the factors
+come from the H100 profile's measured tables and device fit, links from docs/facts.md §3, the factors
 above from their sources. Against Megatron-core's Mixtral 8x7B run (468 TFLOP/s per GPU) the
 model predicts +10.7% (benchmarks/parallelism.py): it still misses what it does not model
 (routing imbalance in training, kernel launch gaps, clocks under sustained load).

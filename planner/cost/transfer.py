@@ -6,7 +6,7 @@ Model (alpha-beta per copy)::
 
 with L = ``pcie.copy_latency_us`` and B(n) the *transfer* bandwidth once the fixed cost is
 paid. A profile's curve holds, per copy size n_i, the bandwidth one copy of that size achieved as
-measured, g_i = n_i / t_i, its fixed cost included (FACTS.md §2: 36 GB/s at 1 MB, 52 GB/s at
+measured, g_i = n_i / t_i, its fixed cost included (docs/facts.md §2: 36 GB/s at 1 MB, 52 GB/s at
 8 MB, 54-55 GB/s from 64 MB; about 7 µs per copy). So each point gives
 
     B_i = n_i / (n_i / g_i − L)
@@ -24,7 +24,7 @@ layer's experts)::
 
     t = max(copy, compute) + (1 − ov) · min(copy, compute)
 
-with ov = ``pcie.copy_compute_overlap`` of the profile (FACTS.md §2: a 352 MB copy during bf16
+with ov = ``pcie.copy_compute_overlap`` of the profile (docs/facts.md §2: a 352 MB copy during bf16
 GEMMs on H100 took 7.67 ms against 6.93 ideal and 13.43 serial, ov = 0.89). Several copies in a
 row pay the fixed cost each: ``h2d_ms`` of each size, summed.
 """

@@ -22,7 +22,7 @@ one unless ``force``. :func:`import_placement` reads any of these files back as 
 encodes (``phy2log`` [MoE layers, P] and the slots per GPU), so an export can be checked by a
 round trip.
 
-The package is named ``exports`` so that ``planner.export`` stays the function (DESIGN.md's
+The package is named ``exports`` so that ``planner.export`` stays the function (docs/contracts.md's
 API: ``planner.export(plan, to=...)``) even after this package is imported.
 """
 

@@ -2,7 +2,7 @@
 
 Legend: ``L`` MoE layers, ``E`` logical (routed) experts, ``P`` physical slots = ``E + R``
 (``R`` redundant), ``G`` EP ranks, ``S`` slots per EP rank = ``P / G``. Physical slot ``p`` lives
-on EP rank ``p // S`` (DESIGN.md, "Plan file").
+on EP rank ``p // S`` (docs/contracts.md, "Plan file").
 """
 
 from __future__ import annotations

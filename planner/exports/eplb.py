@@ -1,7 +1,7 @@
 """DeepSeek EPLB: ``phy2log``, ``log2phy``, ``logcnt`` as ``rebalance_experts`` returns them.
 
 deepseek-ai/EPLB, ``eplb.py``, ``rebalance_experts(weight, num_replicas, num_groups, num_nodes,
-num_gpus)`` returns (FACTS.md §4):
+num_gpus)`` returns (docs/facts.md §4):
 
 ==============  ==================================  ============================================
 ``phy2log``     int64 [layers, num_replicas]         logical expert of each physical slot

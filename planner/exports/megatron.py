@@ -7,7 +7,7 @@
 ``--moe-router-topk``, ``--moe-ffn-hidden-size``, ``--moe-layer-freq`` as a Python list pattern
 when the model has dense layers, ``--moe-router-num-groups``/``--moe-router-group-topk`` for
 group-limited routing, ``--moe-router-score-function``), ``--moe-grouped-gemm``,
-``--moe-token-dispatcher-type alltoall`` and ``--use-distributed-optimizer`` (FACTS.md §4).
+``--moe-token-dispatcher-type alltoall`` and ``--use-distributed-optimizer`` (docs/facts.md §4).
 
 **Permutation.** Megatron places experts contiguously: EP rank ``r`` holds global experts
 ``[r·E/G, (r+1)·E/G)`` (``num_experts % EP == 0``). A placement without replicas (P = E) is a

@@ -8,7 +8,7 @@ to ``ExpertLocationMetadata.init_by_mapping`` — or ``logical_count``. There:
 - ``num_layers`` is ``ModelConfigForExpertLocation.num_layers``, which the model classes set to
   ``config.num_hidden_layers`` (``get_model_config_for_expert_location`` in
   ``python/sglang/srt/models/deepseek_v2.py``, ``qwen3_moe.py`` …): **every** hidden layer,
-  dense ones included (FACTS.md §4);
+  dense ones included (docs/facts.md §4);
 - ``num_physical = num_logical_experts + --ep-num-redundant-experts`` and must divide by
   ``--ep-size`` (``_init_common``); the GPU of slot ``p`` is ``p // (num_physical / ep_size)``
   (``_compute_gpu_id_of_physical_expert``), the planner's own convention;

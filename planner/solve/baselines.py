@@ -1,4 +1,4 @@
-"""Baseline placements, implemented from their published descriptions (FACTS.md §4).
+"""Baseline placements, implemented from their published descriptions (docs/facts.md §4).
 
 All functions are pure and work on arrays; shapes in the names (``L`` MoE layers, ``E`` logical
 experts, ``P`` physical slots = ``E + R``, ``G`` EP ranks):

@@ -28,7 +28,7 @@ and ``f_l(r)`` is its mean over the planning steps: the layer's stall when it st
 copy engine (the full simulator then charges the queue carried between layers).
 
 **2. Allocation** (:func:`allocate`, exact dynamic programming over layers, AdapMoE-style;
-FACTS.md §5)::
+docs/facts.md §5)::
 
     minimise Σ_l f_l(r_l)   subject to   Σ_l r_l <= R,   0 <= r_l <= E,  integer
     dp_l(j) = min_{0 <= r <= min(j, E)} dp_{l−1}(j − r) + f_l(r),   answer min_j dp_L(j)
@@ -41,7 +41,7 @@ static set with the fewest misses).
 per layer ``d`` (taken from the budget first), prefetch threshold (``None``: no prefetch;
 prefetch staging buffers are taken from the budget too) and CPU execution of missed experts
 (``off`` or ``fastest``, :mod:`planner.cachesim`), each sized by step 2, plus the global
-top-k of the (layer, expert) frequency table (KTransformers, FACTS.md §5). Each is replayed
+top-k of the (layer, expert) frequency table (KTransformers, docs/facts.md §5). Each is replayed
 through the full simulator (:func:`planner.cachesim.simulate_cache`) on the planning steps.
 Among the candidates that copy no more experts than the global top-k set does on the same steps,
 those within :data:`TIME_TOLERANCE` (5%) of the fastest mean step time tie, and the one with the

@@ -14,8 +14,8 @@ attention is data-parallel over dp = N / (tp·pp) ranks, experts over ep·etp GP
    ``num_query_groups % tp``); etp divides f; ep divides E (training: Megatron keeps one copy of
    each expert) or E + R (serving, with redundant slots).
 3. TP stays inside a node's NVLink domain (n GPUs) unless ``cross_node`` is allowed; so does
-   EP×ETP in training (Megatron keeps EP×TP on NVLink, FACTS.md §4). Serving lets EP span nodes
-   (DeepEP's inter-node kernels, FACTS.md §3; SGLang/vLLM wide-EP deployments).
+   EP×ETP in training (Megatron keeps EP×TP on NVLink, docs/facts.md §4). Serving lets EP span nodes
+   (DeepEP's inter-node kernels, docs/facts.md §3; SGLang/vLLM wide-EP deployments).
 4. Megatron's expert-data-parallel rule: ep·etp divides dp·cp·tp (the experts of a stage shard
    over its GPUs; edp = dp·cp·tp / (ep·etp) GPUs hold the same experts).
 5. pp <= L and the last stage keeps at least one layer (⌈L/pp⌉ layers per stage; an uneven split

@@ -8,7 +8,7 @@ tokens, ``k`` top-k, ``E`` logical experts, ``R`` redundant slots, ``P = E + R``
 ``G`` EP ranks (GPUs), ``N`` nodes of ``g = G / N`` GPUs, ``S = P / G`` slots per GPU, ``s`` a
 planning step (``n_s`` of them), ``B`` bytes of one token's activation.
 
-What the simulator charges, per step ``s`` and layer (FACTS.md §3, §6)::
+What the simulator charges, per step ``s`` and layer (docs/facts.md §3, §6)::
 
     compute_s = max_gpu Σ_{slots p on gpu} f(n_sp)               f = planner.cost.compute.expert_ffn_ms
     comm_s    = 2·(1 − overlap)·max(t_nvlink, t_nic)              dispatch + combine

@@ -11,9 +11,9 @@ compute (dense, no 2:4 sparsity), µs for latencies, ms for kernel times, bytes 
 Bandwidth conventions, so that the cost model reads every profile the same way:
 
 - ``hbm_bandwidth_gbps`` is what a device-to-device copy achieves, counting bytes read plus
-  bytes written (FACTS.md §2: 3.00 TB/s on H100 against 3.35 TB/s on the datasheet).
+  bytes written (docs/facts.md §2: 3.00 TB/s on H100 against 3.35 TB/s on the datasheet).
 - ``nvlink.bandwidth_gbps`` / ``nic.bandwidth_gbps`` are nccl-tests *bus* bandwidths per GPU and
-  per direction for all-to-all (FACTS.md §3), i.e. what an alpha-beta model divides
+  per direction for all-to-all (docs/facts.md §3), i.e. what an alpha-beta model divides
   ``bytes · (n−1)/n`` by.
 - ``pcie`` curves hold, per copy size, the bandwidth one copy of that size achieved as measured
   (bytes / time of the whole copy, its fixed cost included); ``copy_latency_us`` is that fixed

@@ -1,6 +1,6 @@
 """ModelSpec: the shape of an MoE model, as the planner needs it.
 
-Field names follow the Hugging Face ``config.json`` meaning (FACTS.md §1), in the planner's own
+Field names follow the Hugging Face ``config.json`` meaning (docs/facts.md §1), in the planner's own
 words. Derived numbers (expert parameters and bytes, total and active parameters, MoE layer
 indices) are properties computed from the fields, never stored.
 
@@ -100,7 +100,7 @@ class AttentionSpec(Spec):
         return q + kv_down + kv_up + o
 
     def kv_bytes_per_token_per_layer(self, dtype_bytes: float) -> float:
-        """KV-cache bytes one token adds to one layer (FACTS.md §6)."""
+        """KV-cache bytes one token adds to one layer (docs/facts.md §6)."""
         if self.kind == "mla":
             assert self.kv_lora_rank and self.qk_rope_head_dim
             return (self.kv_lora_rank + self.qk_rope_head_dim) * dtype_bytes

@@ -1,4 +1,4 @@
-"""Plan: the planner's answer, written as ``plan.json`` (contract in DESIGN.md).
+"""Plan: the planner's answer, written as ``plan.json`` (contract in docs/contracts.md).
 
 A plan carries everything needed to check and reproduce it: the full model spec, the cluster,
 the workload, the parallel degrees, the placement (``physical_to_logical``), the dispatch policy,

@@ -1,4 +1,4 @@
-"""Sweep spec: the what-if grid ``moe-planner sweep SPEC.yaml`` plans (DESIGN.md, "Command line").
+"""Sweep spec: the what-if grid ``moe-planner sweep SPEC.yaml`` plans (docs/contracts.md, "Command line").
 
 A spec has two mappings of ``plan`` options, by their long name with underscores
 (``gpus_per_node``, ``redundant_experts``, ``time_limit`` …; also the keyword arguments of

@@ -1,6 +1,6 @@
 """Reading and writing routing traces; the ``.npz`` layouts.
 
-Per-token trace (DESIGN.md "Routing trace (.npz)"):
+Per-token trace (docs/contracts.md "Routing trace (.npz)"):
 
 ==================  ======================  ===============================================
 key                 shape                   meaning

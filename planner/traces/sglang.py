@@ -1,6 +1,6 @@
 """SGLang expert-load statistics (``logical_count``) as a counts-only trace.
 
-SGLang writes and reads ``logical_count`` (FACTS.md §4):
+SGLang writes and reads ``logical_count`` (docs/facts.md §4):
 
 - ``--init-expert-location FILE`` (``.json`` or ``.pt``) holding exactly one key,
   ``logical_count`` [num_layers, num_logical] or [N, num_layers, num_logical];

@@ -22,7 +22,7 @@ Each property is one parameter, reproducible from ``seed``:
   centred so that an even mix of domains has the layer's Zipf popularity); each token
   belongs to one domain, drawn from its rank's mixture for that step:
   ``(1 - rank_mix) · uniform + rank_mix · Dirichlet(0.3)``, drawn afresh each step
-  (sequences are reassigned to ranks every step, FACTS.md §6). ``rank_mix = 0``: every rank
+  (sequences are reassigned to ranks every step, docs/facts.md §6). ``rank_mix = 0``: every rank
   sees the same mixture. ``sticky_ranks``: each rank keeps its mixture for every step instead
   (decode serving, where a request stays on its data-parallel rank until it finishes, or a
   front end that routes by tenant or language); ``rank_groups = G`` gives the G consecutive

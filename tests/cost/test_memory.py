@@ -1,4 +1,4 @@
-"""Memory per GPU: a small configuration computed by hand, and the FACTS.md §6 rules."""
+"""Memory per GPU: a small configuration computed by hand, and the docs/facts.md §6 rules."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_kv_cache_per_token():
     assert kv_bytes_per_token(m, tp=2) == 3 * 2 * 1 * 16 * 2
     assert kv_bytes_per_token(m, tp=4) == 3 * 2 * 1 * 16 * 2  # a TP rank keeps at least one KV head
     v3 = load_model("deepseek-v3")
-    assert kv_bytes_per_token(v3) == 61 * (512 + 64) * 2  # MLA latent: FACTS.md §6
+    assert kv_bytes_per_token(v3) == 61 * (512 + 64) * 2  # MLA latent: docs/facts.md §6
     assert kv_bytes_per_token(v3, tp=8, kv_dtype="fp8") == 61 * (512 + 64) / 8
 
 

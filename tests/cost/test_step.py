@@ -64,7 +64,7 @@ def test_recompute_costs_time_in_order(mixtral, hw):
 
 
 def test_published_mixtral_layout_is_within_15_percent_of_468_tflops(mixtral, hw):
-    # FACTS.md §4: Megatron-core, Mixtral 8x7B on 64 H100, TP1 EP8 PP4 VP8: 468 TFLOP/s per GPU
+    # docs/facts.md §4: Megatron-core, Mixtral 8x7B on 64 H100, TP1 EP8 PP4 VP8: 468 TFLOP/s per GPU
     st = StepModel(mixtral, hw, 8).train_step(
         num_gpus=64, tp=1, pp=4, ep=8, vpp=8, micro_batch=1, global_batch=256, seq_len=4096
     )

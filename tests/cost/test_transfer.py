@@ -13,7 +13,7 @@ H100 = load_hardware("h100-sxm")
 
 
 def test_h2d_64mb_matches_facts():
-    # FACTS.md §2: 54-55 GB/s from 64 MB up, about 7 µs per copy
+    # docs/facts.md §2: 54-55 GB/s from 64 MB up, about 7 µs per copy
     want = (64e6 / 54.6e9 + 7e-6) * 1e3
     assert h2d_ms(H100, 64e6) == pytest.approx(want, rel=0.01)
 
@@ -47,7 +47,7 @@ def test_vectorized_zero_and_monotone():
 
 
 def test_known_expert_copies():
-    # FACTS.md §2: a Mixtral expert (352 MB) copies in 6.5 ms, a Qwen3-30B expert (9.44 MB) in 0.17 ms
+    # docs/facts.md §2: a Mixtral expert (352 MB) copies in 6.5 ms, a Qwen3-30B expert (9.44 MB) in 0.17 ms
     assert h2d_ms(H100, 352.3e6) == pytest.approx(6.5, rel=0.03)
     assert h2d_ms(H100, 9.44e6) == pytest.approx(0.17, rel=0.08)
 
@@ -66,7 +66,7 @@ def test_negative_bytes():
 def test_copy_beside_compute():
     from planner.cost.transfer import h2d_during_compute_ms, overlapped_ms
 
-    # FACTS.md §2: a 352 MB copy during GEMMs took 7.67 ms against 6.93 ideal and 13.43 serial
+    # docs/facts.md §2: a 352 MB copy during GEMMs took 7.67 ms against 6.93 ideal and 13.43 serial
     assert overlapped_ms(6.93, 6.50, 0.89) == pytest.approx(6.93 + 0.11 * 6.50)
     assert overlapped_ms(6.93, 6.50, 0.89) == pytest.approx(7.67, rel=0.01)
     np.testing.assert_allclose(overlapped_ms([1.0, 3.0], [2.0, 1.0], 0.0), [3.0, 4.0])  # serial

@@ -1,4 +1,4 @@
-"""ModelSpec: the shipped presets against FACTS.md §1 and published parameter counts, the derived
+"""ModelSpec: the shipped presets against docs/facts.md §1 and published parameter counts, the derived
 numbers against hand computations, the schema's validation rules, and ``load_model``."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_preset_file_names_its_model_and_cites_a_source(name):
     assert any("config.json" in line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#"))
 
 
-# ---- FACTS.md §1 ---------------------------------------------------------------------------
+# ---- docs/facts.md §1 ---------------------------------------------------------------------------
 # Columns: hidden, expert FFN, routed experts, top-k, shared experts, layers, dense layers first,
 # MB per expert at bf16 as printed (MB = 1e6 bytes: 3·4096·14336·2 B = 352.3e6 B for Mixtral).
 FACTS_TABLE = {
@@ -138,7 +138,7 @@ def test_shared_experts():
     assert load_preset("deepseek-v2").shared_ffn_size == 2 * 1536
 
 
-# Attention and vocabulary from FACTS.md §1: (heads, kv heads, head_dim, vocab or None).
+# Attention and vocabulary from docs/facts.md §1: (heads, kv heads, head_dim, vocab or None).
 FACTS_ATTENTION = {
     "mixtral-8x7b": (32, 8, 128, 32000),
     "qwen3-30b-a3b": (32, 4, 128, 151936),
@@ -297,7 +297,7 @@ def test_mla_attention_params_by_hand():
 
 
 def test_kv_cache_bytes_per_token():
-    # FACTS.md §6: 2·kv_heads·head_dim·bytes per layer; MLA (kv_lora_rank + qk_rope_head_dim)·bytes.
+    # docs/facts.md §6: 2·kv_heads·head_dim·bytes per layer; MLA (kv_lora_rank + qk_rope_head_dim)·bytes.
     assert load_preset("mixtral-8x7b").attention.kv_bytes_per_token_per_layer(2.0) == 2 * 8 * 128 * 2
     assert load_preset("deepseek-v3").attention.kv_bytes_per_token_per_layer(2.0) == (512 + 64) * 2
 
