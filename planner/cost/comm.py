@@ -66,8 +66,29 @@ DISPATCHERS = ("pairs", "gpu", "deepep")
 class Link:
     """One kind of link: achievable bandwidth per GPU per direction and per-message latency."""
 
-    bandwidth_gbps: float
-    latency_us: float
+    bandwidth_gbps: float  #: GB/s (1e9 bytes per second) per GPU per direction
+    latency_us: float  #: per-message latency, µs
+
+    @property
+    def latency_ms(self) -> float:
+        return self.latency_us * 1e-3
+
+    @property
+    def ms_per_byte(self) -> float:
+        """1 / bandwidth in ms per byte (the incremental placement tables work in these units)."""
+        return 1e3 / (self.bandwidth_gbps * 1e9)
+
+    def time_ms(self, nbytes: ArrayLike) -> np.ndarray:
+        """α + bytes / BW in ms for an array of byte counts; 0 where no byte moves."""
+        b = np.asarray(nbytes, dtype=np.float64)
+        return np.where(b > 0, self.latency_us * 1e-3 + b / (self.bandwidth_gbps * 1e9) * 1e3, 0.0)
+
+    def phase_ms(self, send_G: ArrayLike, recv_G: ArrayLike) -> np.ndarray:
+        """One all-to-all phase on this link, per-GPU bytes ``[..., G]`` → ``[...]`` ms: the
+        busiest GPU's larger direction decides; 0 when no GPU sends or receives a byte."""
+        worst = np.maximum(np.asarray(send_G, dtype=np.float64).max(axis=-1),
+                           np.asarray(recv_G, dtype=np.float64).max(axis=-1))
+        return self.time_ms(worst)
 
 
 def nvlink(hw: HardwareProfile) -> Link:
