@@ -6,6 +6,11 @@
 - :class:`InfeasibleError` — the inputs are valid but no plan satisfies them. The CLI exits 1;
   the message names the binding constraint with numbers and units.
 
+Library code names the *field* (the keyword of :func:`planner.plan`, a schema field), never a
+command-line flag: ``InputError("world_size must be >= 1 (got 0)", field="world_size")``. The
+CLI, which owns the flags, shows that field as its flag (``--world-size``): see
+:func:`planner.cli.main`. ``field`` is optional; messages about files name the file instead.
+
 ``assert`` is kept for internal invariants only, never for user data.
 """
 
@@ -19,9 +24,25 @@ class PlannerError(Exception):
 
 
 class InputError(PlannerError, ValueError):
-    """Bad user input: one line naming the source, the field and the rule (exit 2)."""
+    """Bad user input: one line naming the source, the field and the rule (exit 2).
+
+    ``field``: the keyword or schema field the message starts with, if any; front ends map it to
+    their own spelling (the CLI to its flag)."""
 
     exit_code = 2
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def for_flags(self, flags: dict[str, str] | None = None) -> str:
+        """The message with its leading field spelled as a command-line flag: ``flags`` maps a
+        field to its flag; fields it lacks become ``--field-name``."""
+        msg = str(self)
+        if not self.field or not msg.startswith(self.field):
+            return msg
+        flag = (flags or {}).get(self.field, "--" + self.field.replace("_", "-"))
+        return flag + msg[len(self.field):]
 
 
 class InfeasibleError(PlannerError):

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         # click returns the code of a ``ctx.exit(code)`` / ``click.exceptions.Exit`` here
         rc = cli.main(args=argv, prog_name="moe-planner", standalone_mode=False)
     except InputError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {e.for_flags()}", err=True)
         return 2
     except InfeasibleError as e:
         click.echo(f"infeasible: {e}", err=True)
