@@ -39,6 +39,7 @@ import numpy as np
 
 from planner.errors import InputError
 from planner.specs.base import show
+from planner.traces.npy import check_keys, member_array, member_header
 from planner.traces.trace import Trace, _check_num_experts
 
 #: Tokens decompressed and checked at a time (one layer's slice of them).
@@ -97,8 +98,6 @@ class StreamedTrace(Trace):
 def npz_ids_bytes(path: str | Path) -> int | None:
     """In-memory bytes (:data:`BYTES_PER_ID` per id) of the ``topk_ids`` of an ``.npz`` trace,
     from its header alone; None when the file is not a readable per-token ``.npz``."""
-    from planner.traces.npz import member_header
-
     try:
         with zipfile.ZipFile(path) as z:
             shape, _f, dtype, _h = member_header(z, z.getinfo("topk_ids.npy"), "topk_ids", Path(path).name)
@@ -124,13 +123,11 @@ def kept_steps(step_sizes: np.ndarray, max_tokens: int) -> np.ndarray:
 
 def _read_small(z: zipfile.ZipFile, key: str, name: str) -> np.ndarray | None:
     """A [T]-sized or scalar member, read whole (its header checked against its size first)."""
-    from planner.traces.npz import _member_array
-
     try:
         info = z.getinfo(f"{key}.npy")
     except KeyError:
         return None
-    return _member_array(z, info, key, name)
+    return member_array(z, info, key, name)
 
 
 def _check_chunk(chunk: np.ndarray, num_experts: int, layer: int, first_token: int, name: str) -> None:
@@ -181,9 +178,7 @@ def _stream(
     except (OSError, zipfile.BadZipFile) as e:
         raise InputError(f"{name}: not a readable .npz file ({e})") from None
     with z:
-        from planner.traces.npz import _check_keys, member_header
-
-        _check_keys(sorted(n[: -len(".npy")] for n in z.namelist() if n.endswith(".npy")), name)
+        check_keys(sorted(n[: -len(".npy")] for n in z.namelist() if n.endswith(".npy")), name)
         info = z.getinfo("topk_ids.npy")
         shape, fortran, dtype, hlen = member_header(z, info, "topk_ids", name)
         if len(shape) != 3:
