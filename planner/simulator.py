@@ -54,14 +54,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.cost.comm import dispatch_combine_ms
-from planner.cost.compute import KERNELS, device_fit, expert_ffn_ms, grouped_model_ms
+from planner.cost.comm import RELAYS, Copies, dispatch_copies, exposed_alltoall_ms, nic, nvlink
+from planner.cost.compute import (
+    ACTIVATION_BYTES,
+    KERNELS,
+    device_fit,
+    expert_ffn_ms,
+    grouped_model_ms,
+)
 from planner.errors import InputError
 
 #: How a token picks among the replicas of its expert (see the module docstring).
 DISPATCH = ("even", "local-first", "nearest")
-#: Where an inter-node copy lands (see the module docstring).
-RELAYS = ("first-destination", "same-rank")
+__all__ = ["DEFAULT_RELAY", "DISPATCH", "RELAYS", "SimResult", "choose_slots", "combine_groups", "describe",
+           "even_replica", "simulate_arrays", "simulate_placement"]
 #: The convention plans are scored with.
 DEFAULT_RELAY = "same-rank"
 
@@ -95,6 +101,12 @@ class SimResult:
         return self.layer_ms_SL.sum(axis=1)
 
 
+def even_replica(tok_index_T: np.ndarray, k: int, replicas_Tk: np.ndarray) -> np.ndarray:
+    """The ``even`` rule: token ``t``'s ``j``-th choice goes to replica ``(t·k + j) mod r`` of
+    the ``r`` = ``replicas_Tk`` [T, k] candidates (``tok_index_T`` [T]: each token's index t)."""
+    return (np.asarray(tok_index_T, dtype=np.int64)[:, None] * k + np.arange(k)[None, :]) % replicas_Tk
+
+
 def choose_slots(
     ids_Tk: np.ndarray,
     src_T: np.ndarray,
@@ -115,7 +127,7 @@ def choose_slots(
     # replica table: log2phy_ER[e, r] = r-th slot holding e
     order = np.argsort(phy2log_P, kind="stable")
     starts = np.concatenate([[0], np.cumsum(cnt_E)[:-1]])
-    rep = (np.arange(T)[:, None] * k + np.arange(k)[None, :]) % cnt_E[ids_Tk]
+    rep = even_replica(np.arange(T), k, cnt_E[ids_Tk])
     slot_Tk = order[starts[ids_Tk] + rep]
     if dispatch not in DISPATCH:
         raise InputError(f"dispatch must be one of {', '.join(DISPATCH)} (got {dispatch!r})")
@@ -131,7 +143,7 @@ def choose_slots(
         key_Tk = ids_Tk * N + (src_T // gpn)[:, None]
         c = cnt_EN[key_Tk]
         on_node = c > 0
-        pick = (np.arange(T)[:, None] * k + np.arange(k)[None, :]) % np.maximum(c, 1)
+        pick = even_replica(np.arange(T), k, np.maximum(c, 1))
         slot_Tk = np.where(on_node, order_n[np.minimum(start_EN[key_Tk] + pick, P - 1)], slot_Tk)
     if dispatch in ("local-first", "nearest"):
         # slot of expert e on GPU g, or -1
@@ -157,7 +169,7 @@ def simulate_placement(
     num_experts: int,
     gpus_per_node: int,
     dispatch: str = "even",
-    act_bytes: float = 2.0,
+    act_bytes: float = ACTIVATION_BYTES,
     num_steps: int | None = None,
     relay: str | None = None,
     kernel: str = "loop",
@@ -177,15 +189,10 @@ def simulate_placement(
             return grouped_model_ms(hw, hidden, ffn, dtype, tokens)
         return expert_ffn_ms(hw, hidden, ffn, dtype, tokens)
 
+    nvl, net = nvlink(hw), nic(hw)
+
     def comm_ms(i_s, i_r, x_s, x_r) -> np.ndarray:
-        return dispatch_combine_ms(
-            i_s, i_r, x_s, x_r,
-            nvlink_gbps=hw.nvlink.bandwidth_gbps,
-            nvlink_latency_us=hw.nvlink.latency_us,
-            nic_gbps=hw.nic.bandwidth_gbps,
-            nic_latency_us=hw.nic.latency_us,
-            overlap=hw.comm_overlap,
-        )
+        return exposed_alltoall_ms(nvl, net, i_s, i_r, x_s, x_r, hw.comm_overlap)
 
     return simulate_arrays(
         phy2log_LP, slots_per_gpu, topk_ids_LTk, step_T, src_T, ffn_ms=ffn_ms, comm_ms=comm_ms,
@@ -227,9 +234,7 @@ def simulate_arrays(
         step_idx_T = np.asarray(step_T, dtype=np.int64)
         S = num_steps
     tokens_S = np.bincount(step_idx_T, minlength=S).astype(np.float64)
-    gpu_node = np.arange(G) // gpus_per_node
     src_T = np.asarray(src_T, dtype=np.int64)
-    src_node_T = gpu_node[src_T]
 
     compute = np.zeros((S, L))
     comm = np.zeros((S, L))
@@ -239,7 +244,6 @@ def simulate_arrays(
     gpu_tokens = np.zeros((S, L, G))
     for l in range(L):
         ids = topk_ids_LTk[l]
-        k = ids.shape[1]
         slot = choose_slots(ids, src_T, phy2log_LP[l], slots_per_gpu, num_experts, dispatch, gpus_per_node)
         # --- compute: tokens per slot per step -> time per GPU
         flat = (step_idx_T[:, None] * P + slot).reshape(-1)
@@ -253,38 +257,11 @@ def simulate_arrays(
         mean = tok_SG.mean(axis=1)
         imbalance[:, l] = np.where(mean > 0, tok_SG.max(axis=1) / np.where(mean > 0, mean, 1), 1.0)
         gpu_tokens[:, l] = tok_SG
-        # --- traffic: one copy per distinct destination GPU (intra) / node (inter)
-        dest = np.sort(slot // slots_per_gpu, axis=1)
-        first = np.ones_like(dest, dtype=bool)
-        first[:, 1:] = dest[:, 1:] != dest[:, :-1]
-        dnode = gpu_node[dest]
-        same_node = dnode == src_node_T[:, None]
-        intra_mask = first & same_node & (dest != src_T[:, None])
-        # inter-node copies: once per distinct remote node
-        nd_sorted = np.sort(np.where(same_node, -1, dest), axis=1)
-        nd_node = np.where(nd_sorted >= 0, gpu_node[nd_sorted], -1)
-        nd_first = np.ones_like(nd_sorted, dtype=bool)
-        nd_first[:, 1:] = nd_node[:, 1:] != nd_node[:, :-1]
-        nd_mask = nd_first & (nd_sorted >= 0)
-        # per-GPU send and receive counts per step
-        sidx = np.repeat(step_idx_T, k)
-        send_idx = step_idx_T * G + src_T
-        intra_send = np.bincount(send_idx, weights=intra_mask.sum(1), minlength=S * G)
-        intra_recv = np.bincount((sidx * G + dest.reshape(-1))[intra_mask.reshape(-1)], minlength=S * G)
-        inter_send = np.bincount(send_idx, weights=nd_mask.sum(1), minlength=S * G)
-        if relay == "first-destination":
-            # the lowest destination GPU on that node takes the copy (no forwarding counted)
-            inter_recv = np.bincount((sidx * G + nd_sorted.reshape(-1))[nd_mask.reshape(-1)], minlength=S * G)
-        else:
-            # DeepEP (planner.cost.comm.dispatch_traffic): the GPU of the source's local rank on
-            # that node takes the copy and forwards it over NVLink to each further destination
-            relay_TK = nd_node * gpus_per_node + (src_T % gpus_per_node)[:, None]
-            inter_recv = np.bincount((sidx * G + relay_TK.reshape(-1))[nd_mask.reshape(-1)], minlength=S * G)
-            remote_first = first & ~same_node  # distinct remote destination GPUs
-            relay_of_dest = gpu_node[dest] * gpus_per_node + (src_T % gpus_per_node)[:, None]
-            fwd = (remote_first & (dest != relay_of_dest)).reshape(-1)
-            intra_send += np.bincount((sidx * G + relay_of_dest.reshape(-1))[fwd], minlength=S * G)
-            intra_recv += np.bincount((sidx * G + dest.reshape(-1))[fwd], minlength=S * G)
+        # --- traffic: one copy per distinct destination GPU (NVLink) / remote node (network)
+        nvl, net = dispatch_copies(slot // slots_per_gpu, src_T, num_gpus=G, gpus_per_node=gpus_per_node,
+                                   dispatcher="deepep", relay=relay)
+        intra_send, intra_recv = _per_step_counts(nvl, step_idx_T, S, G)
+        inter_send, inter_recv = _per_step_counts(net, step_idx_T, S, G)
         shape = (S, G)
         i_s = intra_send.reshape(shape) * token_bytes
         i_r = intra_recv.reshape(shape) * token_bytes
@@ -294,6 +271,13 @@ def simulate_arrays(
         intra[:, l] = 2 * i_s.sum(1)
         inter[:, l] = 2 * x_s.sum(1)
     return SimResult(compute, comm, imbalance, intra, inter, gpu_tokens, tokens_S)
+
+
+def _per_step_counts(c: Copies, step_idx_T: np.ndarray, S: int, G: int) -> tuple[np.ndarray, np.ndarray]:
+    """Copies each GPU sends and receives in each step, flat ``[S·G]``."""
+    step_C = step_idx_T[c.token_C] * G
+    send = np.bincount(step_C + c.src_C, minlength=S * G).astype(np.float64)
+    return send, np.bincount(step_C + c.dst_C, minlength=S * G).astype(np.float64)
 
 
 def combine_groups(results: list[SimResult]) -> SimResult:

@@ -48,6 +48,7 @@ activations), DP (gradient all-reduce or reduce-scatter + all-gather), PP (p2p o
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,7 +65,13 @@ DISPATCHERS = ("pairs", "gpu", "deepep")
 
 @dataclass(frozen=True)
 class Link:
-    """One kind of link: achievable bandwidth per GPU per direction and per-message latency."""
+    """One kind of link: achievable bandwidth per GPU per direction and per-message latency.
+
+    The one home of the alpha-beta arithmetic. Two unit spellings of ``bytes / BW`` exist
+    because the figures were fixed with both and must stay bit-identical: the array methods
+    (:meth:`time_ms`, :meth:`phase_ms`) compute ``bytes / (GB/s · 1e9) · 1e3``, the scalar ones
+    (:meth:`transfer_ms`, :meth:`message_ms`, used by the step model) ``bytes / (GB/s · 1e6)``.
+    """
 
     bandwidth_gbps: float  #: GB/s (1e9 bytes per second) per GPU per direction
     latency_us: float  #: per-message latency, µs
@@ -90,6 +97,14 @@ class Link:
                            np.asarray(recv_G, dtype=np.float64).max(axis=-1))
         return self.time_ms(worst)
 
+    def transfer_ms(self, nbytes: float) -> float:
+        """bytes / BW in ms for one scalar (no latency)."""
+        return nbytes / (self.bandwidth_gbps * 1e6)
+
+    def message_ms(self, nbytes: float) -> float:
+        """α + bytes / BW in ms for one scalar message (charged even for 0 bytes)."""
+        return self.latency_us * 1e-3 + nbytes / (self.bandwidth_gbps * 1e6)
+
 
 def nvlink(hw: HardwareProfile) -> Link:
     return Link(hw.nvlink.bandwidth_gbps, hw.nvlink.latency_us)
@@ -114,15 +129,20 @@ def group_link(hw: HardwareProfile, group_size: int, gpus_per_node: int, stride:
 
 
 def link_time_ms(send_G: np.ndarray, recv_G: np.ndarray, bandwidth_gbps: float, latency_us: float) -> np.ndarray:
-    """Time of one all-to-all phase on one kind of link; arrays ``[..., G]`` → ``[...]`` in ms.
+    """Time of one all-to-all phase on one kind of link; arrays ``[..., G]`` → ``[...]`` in ms
+    (:meth:`Link.phase_ms`)."""
+    return Link(bandwidth_gbps, latency_us).phase_ms(send_G, recv_G)
 
-    ``bandwidth_gbps`` is GB/s (1e9 bytes per second). 0 when no GPU sends or receives a byte.
-    """
-    send_G = np.asarray(send_G, dtype=np.float64)
-    recv_G = np.asarray(recv_G, dtype=np.float64)
-    worst = np.maximum(send_G.max(axis=-1), recv_G.max(axis=-1))
-    t = latency_us * 1e-3 + worst / (bandwidth_gbps * 1e9) * 1e3
-    return np.where(worst > 0, t, 0.0)
+
+def exposed_alltoall_ms(
+    nvlink_link: Link, nic_link: Link, intra_send_G: ArrayLike, intra_recv_G: ArrayLike,
+    inter_send_G: ArrayLike, inter_recv_G: ArrayLike, overlap: float,
+) -> np.ndarray:
+    """Exposed dispatch + combine time in ms for arrays of per-GPU bytes ``[..., G]``: the two
+    paths run together, combine moves what dispatch moved (module docstring)."""
+    dispatch = np.maximum(nvlink_link.phase_ms(intra_send_G, intra_recv_G),
+                          nic_link.phase_ms(inter_send_G, inter_recv_G))
+    return 2.0 * dispatch * (1.0 - overlap)
 
 
 def dispatch_combine_ms(
@@ -137,11 +157,12 @@ def dispatch_combine_ms(
     nic_latency_us: float,
     overlap: float = 0.0,
 ) -> np.ndarray:
-    """Exposed dispatch + combine time in ms for arrays of per-GPU bytes ``[..., G]``."""
-    t_nvl = link_time_ms(intra_send_G, intra_recv_G, nvlink_gbps, nvlink_latency_us)
-    t_nic = link_time_ms(inter_send_G, inter_recv_G, nic_gbps, nic_latency_us)
-    dispatch = np.maximum(t_nvl, t_nic)
-    return 2.0 * dispatch * (1.0 - overlap)
+    """Exposed dispatch + combine time in ms for arrays of per-GPU bytes ``[..., G]``
+    (:func:`exposed_alltoall_ms` with the links spelled out)."""
+    return exposed_alltoall_ms(
+        Link(nvlink_gbps, nvlink_latency_us), Link(nic_gbps, nic_latency_us),
+        intra_send_G, intra_recv_G, inter_send_G, inter_recv_G, overlap,
+    )
 
 
 # ---- traffic matrices ------------------------------------------------------------------------
@@ -162,13 +183,80 @@ class Traffic:
     def time_ms(self, hw: HardwareProfile, overlap: float | None = None) -> float:
         """Exposed dispatch + combine time (module docstring)."""
         ov = hw.comm_overlap if overlap is None else overlap
-        return float(
-            dispatch_combine_ms(
-                self.nvlink_GG.sum(1), self.nvlink_GG.sum(0), self.rdma_GG.sum(1), self.rdma_GG.sum(0),
-                nvlink_gbps=hw.nvlink.bandwidth_gbps, nvlink_latency_us=hw.nvlink.latency_us,
-                nic_gbps=hw.nic.bandwidth_gbps, nic_latency_us=hw.nic.latency_us, overlap=ov,
-            )
-        )
+        return float(exposed_alltoall_ms(
+            nvlink(hw), nic(hw),
+            self.nvlink_GG.sum(1), self.nvlink_GG.sum(0), self.rdma_GG.sum(1), self.rdma_GG.sum(0), ov,
+        ))
+
+
+#: Where an inter-node copy lands: ``same-rank`` (DeepEP's normal kernels: the GPU of the
+#: source's local rank on that node, which forwards it over NVLink) or ``first-destination`` (the
+#: lowest-numbered GPU the token needs on that node; forwarding not counted).
+RELAYS = ("first-destination", "same-rank")
+
+
+@dataclass(frozen=True)
+class Copies:
+    """Token copies of one layer's dispatch, one entry per copy: ``token_C`` the token (row of
+    ``dest_Tk``), ``src_C`` / ``dst_C`` the GPUs that send / receive it. Shapes ``[C]``."""
+
+    token_C: np.ndarray
+    src_C: np.ndarray
+    dst_C: np.ndarray
+
+
+def _first_per_row(sorted_Tk: np.ndarray) -> np.ndarray:
+    first = np.ones_like(sorted_Tk, dtype=bool)
+    first[:, 1:] = sorted_Tk[:, 1:] != sorted_Tk[:, :-1]
+    return first
+
+
+def _copies(mask_Tk: np.ndarray, src_Tk: np.ndarray, dst_Tk: np.ndarray) -> Copies:
+    t, j = np.nonzero(mask_Tk)
+    return Copies(t, src_Tk[t, j], dst_Tk[t, j])
+
+
+def _cat(a: Copies, b: Copies) -> Copies:
+    return Copies(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in ("token_C", "src_C", "dst_C")))
+
+
+def dispatch_copies(
+    dest_Tk: np.ndarray, src_T: np.ndarray, *, num_gpus: int, gpus_per_node: int,
+    dispatcher: str = "deepep", relay: str = "same-rank",
+) -> tuple[Copies, Copies]:
+    """The traffic kernel: per-token destination GPUs ``dest_Tk`` [T, k] and start GPUs
+    ``src_T`` [T] → the (NVLink, network) copies of one layer's dispatch (module docstring).
+
+    ``deepep`` places inter-node copies by ``relay`` (:data:`RELAYS`). Inputs are not checked
+    (:func:`dispatch_traffic` checks them).
+    """
+    G, n = num_gpus, min(gpus_per_node, num_gpus)
+    dest = np.asarray(dest_Tk, dtype=np.int64)
+    src = np.asarray(src_T, dtype=np.int64)
+    srcb = np.broadcast_to(src[:, None], dest.shape)
+    if dispatcher == "pairs":
+        mask = dest != srcb
+    else:  # first occurrence of each destination GPU per token
+        dest = np.sort(dest, axis=1)
+        mask = _first_per_row(dest) & (dest != srcb)
+    node = np.arange(G) // n
+    same_node = node[dest] == node[srcb]
+    intra = _copies(mask & same_node, srcb, dest)
+    remote = mask & ~same_node
+    if dispatcher != "deepep":
+        return intra, _copies(remote, srcb, dest)
+    # outside the node: once per destination node (destinations sorted, so nodes are too) ...
+    dn_sorted = np.sort(np.where(remote, node[dest], -1), axis=1)
+    nmask = _first_per_row(dn_sorted) & (dn_sorted >= 0)
+    if relay == "first-destination":  # ... to the lowest destination GPU there, no forwarding
+        low = np.sort(np.where(remote, dest, -1), axis=1)
+        return intra, _copies(nmask, srcb, low)
+    # ... to the GPU of the source's local rank on that node ...
+    rdma = _copies(nmask, srcb, dn_sorted * n + (srcb % n))
+    # ... which forwards it over NVLink to each further destination GPU on that node
+    relay_of_dest = node[dest] * n + (srcb % n)
+    fwd = _copies(remote & (dest != relay_of_dest), relay_of_dest, dest)
+    return _cat(intra, fwd), rdma
 
 
 def dispatch_traffic(
@@ -187,7 +275,7 @@ def dispatch_traffic(
     :func:`planner.simulator.choose_slots`); ``src_T``: GPU each token starts on.
     """
     if dispatcher not in DISPATCHERS:
-        raise InputError(f"dispatcher must be one of {', '.join(DISPATCHERS)} (got {dispatcher!r})")
+        raise InputError(f"dispatcher must be one of {', '.join(DISPATCHERS)} (got {dispatcher!r})", field="dispatcher")
     if num_gpus <= 0 or slots_per_gpu <= 0 or gpus_per_node <= 0:
         raise InputError(
             f"num_gpus, slots_per_gpu and gpus_per_node must be > 0 (got {num_gpus}, {slots_per_gpu}, {gpus_per_node})"
@@ -196,47 +284,18 @@ def dispatch_traffic(
     src = np.asarray(src_T, dtype=np.int64)
     if slot.ndim != 2 or src.shape != (slot.shape[0],):
         raise InputError(f"slot_Tk must be [T, k] and src_T [T] (got {slot.shape} and {src.shape})")
-    G, n = num_gpus, min(gpus_per_node, num_gpus)
+    G = num_gpus
     if slot.size and (slot.min() < 0 or slot.max() >= G * slots_per_gpu):
         raise InputError(f"slot_Tk: slots must be in [0, {G * slots_per_gpu}) (got {slot.min()}..{slot.max()})")
     if src.size and (src.min() < 0 or src.max() >= G):
         raise InputError(f"src_T: GPUs must be in [0, {G}) (got {src.min()}..{src.max()})")
-    T, k = slot.shape
-    dest = slot // slots_per_gpu  # [T, k]
-    srcb = np.broadcast_to(src[:, None], dest.shape)
-    if dispatcher == "pairs":
-        mask = dest != srcb
-    else:  # first occurrence of each destination GPU per token
-        d_sorted = np.sort(dest, axis=1)
-        first = np.ones_like(d_sorted, dtype=bool)
-        first[:, 1:] = d_sorted[:, 1:] != d_sorted[:, :-1]
-        dest = d_sorted
-        mask = first & (dest != srcb)
-    node = np.arange(G) // n
-    nvl = np.zeros((G, G))
-    rdma = np.zeros((G, G))
-    same_node = node[dest] == node[srcb]
-    if dispatcher != "deepep":
-        np.add.at(nvl, (srcb[mask & same_node], dest[mask & same_node]), bytes_per_token)
-        np.add.at(rdma, (srcb[mask & ~same_node], dest[mask & ~same_node]), bytes_per_token)
-        return Traffic(nvl, rdma)
-    # DeepEP: inside the node, once per destination GPU
-    intra = mask & same_node
-    np.add.at(nvl, (srcb[intra], dest[intra]), bytes_per_token)
-    # outside: once per destination node, to the GPU of the source's local rank on that node ...
-    remote = mask & ~same_node
-    dnode = np.where(remote, node[dest], -1)
-    dn_sorted = np.sort(dnode, axis=1)
-    nfirst = np.ones_like(dn_sorted, dtype=bool)
-    nfirst[:, 1:] = dn_sorted[:, 1:] != dn_sorted[:, :-1]
-    nmask = nfirst & (dn_sorted >= 0)
-    relay = dn_sorted * n + (srcb % n)  # [T, k] GPU receiving the RDMA copy
-    np.add.at(rdma, (srcb[nmask], relay[nmask]), bytes_per_token)
-    # ... which forwards it over NVLink to each further destination GPU on that node
-    relay_of_dest = node[dest] * n + (srcb % n)
-    fwd = remote & (dest != relay_of_dest)
-    np.add.at(nvl, (relay_of_dest[fwd], dest[fwd]), bytes_per_token)
-    return Traffic(nvl, rdma)
+    nvl, net = dispatch_copies(slot // slots_per_gpu, src, num_gpus=G, gpus_per_node=gpus_per_node,
+                               dispatcher=dispatcher)
+
+    def matrix(c: Copies) -> np.ndarray:
+        return np.bincount(c.src_C * G + c.dst_C, minlength=G * G).reshape(G, G) * float(bytes_per_token)
+
+    return Traffic(matrix(nvl), matrix(net))
 
 
 def uniform_remote_fractions(num_experts: int, top_k: int, num_gpus: int, gpus_per_node: int) -> dict[str, float]:
@@ -272,6 +331,19 @@ def uniform_remote_fractions(num_experts: int, top_k: int, num_gpus: int, gpus_p
     }
 
 
+def uniform_copies(num_experts: int, top_k: int, num_gpus: int, gpus_per_node: int,
+                   dispatcher: str) -> tuple[float, float]:
+    """Expected (NVLink, network) copies per token under uniform routing for ``dispatcher``
+    (:func:`uniform_remote_fractions`; ``deepep``: one copy per remote node, forwarded over
+    NVLink there to its further destination GPUs)."""
+    fr = uniform_remote_fractions(num_experts, top_k, num_gpus, gpus_per_node)
+    if dispatcher == "pairs":
+        return fr["pairs_intra"], fr["pairs_inter"]
+    if dispatcher == "gpu":
+        return fr["gpu_intra"], fr["gpu_inter"]
+    return fr["gpu_intra"] + max(fr["gpu_inter"] - fr["node_inter"], 0.0), fr["node_inter"]
+
+
 # ---- collectives -----------------------------------------------------------------------------
 
 _BUS_FACTOR = {
@@ -294,8 +366,7 @@ def collective_ms(kind: str, nbytes: ArrayLike, group_size: int, link: Link) -> 
         raise InputError(f"nbytes must be >= 0 (got {b.min():g})")
     if group_size == 1:
         return np.zeros_like(b)
-    t = link.latency_us * 1e-3 + b * _BUS_FACTOR[kind](group_size) / (link.bandwidth_gbps * 1e9) * 1e3
-    return np.where(b > 0, t, 0.0)
+    return link.time_ms(b * _BUS_FACTOR[kind](group_size))
 
 
 def p2p_ms(nbytes: ArrayLike, link: Link) -> np.ndarray:
@@ -303,7 +374,7 @@ def p2p_ms(nbytes: ArrayLike, link: Link) -> np.ndarray:
     b = np.asarray(nbytes, dtype=np.float64)
     if b.size and b.min() < 0:
         raise InputError(f"nbytes must be >= 0 (got {b.min():g})")
-    return np.where(b > 0, link.latency_us * 1e-3 + b / (link.bandwidth_gbps * 1e9) * 1e3, 0.0)
+    return link.time_ms(b)
 
 
 def exposed_ms(comm_ms: ArrayLike, overlap: float) -> np.ndarray:
@@ -311,3 +382,19 @@ def exposed_ms(comm_ms: ArrayLike, overlap: float) -> np.ndarray:
     if not 0.0 <= overlap <= 1.0:
         raise InputError(f"overlap must be in [0, 1] (got {overlap})")
     return np.asarray(comm_ms, dtype=np.float64) * (1.0 - overlap)
+
+
+@functools.lru_cache(maxsize=4096)
+def collective_line(kind: str, group_size: int, link: Link) -> tuple[float, float]:
+    """(latency ms, ms per byte) of :func:`collective_ms` for one (kind, group, link), read off
+    two buffer sizes: the step model prices ~10⁵ scalar collectives per search."""
+    t1, t2 = collective_ms(kind, np.array([1e9, 2e9]), group_size, link)
+    return float(2 * t1 - t2), float(t2 - t1) / 1e9
+
+
+def collective_scalar_ms(kind: str, nbytes: float, group_size: int, link: Link) -> float:
+    """:func:`collective_ms` of one buffer, as a float from :func:`collective_line`."""
+    if group_size <= 1 or nbytes <= 0:
+        return 0.0
+    a, per_byte = collective_line(kind, group_size, link)
+    return a + nbytes * per_byte
