@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.cost.compute import (
+    ACTIVATION_BYTES,
     STREAM_EFFICIENCY,
     device_fit,
     dtype_bytes,
@@ -63,7 +64,6 @@ from planner.specs.model import DTYPE_BYTES, ModelSpec
 MEMORY_OP_EFFICIENCY = 0.5
 #: Backward over forward FLOPs (input and weight gradients): training step ≈ (1 + 2) × forward.
 BACKWARD_FACTOR = 2.0
-ACT_BYTES = 2.0
 #: Kernels of an expert FFN whose fixed cost the device fit's ``fixed_ms`` covers.
 _FFN_KERNELS = 4
 
@@ -80,7 +80,7 @@ def gemm_ms(hw: HardwareProfile, m: float, n: int, k: int, dtype: str = "bf16") 
         return 0.0
     fit = device_fit(hw, dtype)
     bw = hw.hbm_bandwidth_gbps * 1e9
-    tw = (n * k * dtype_bytes(dtype) + m * (n + k) * ACT_BYTES) / (STREAM_EFFICIENCY * bw) * 1e3
+    tw = (n * k * dtype_bytes(dtype) + m * (n + k) * ACTIVATION_BYTES) / (STREAM_EFFICIENCY * bw) * 1e3
     tc = float(gemm_flops_q(np.array([float(m)]), n, k, hw.num_sms)[0]) / (fit.compute_eff * peak_tflops(hw, dtype) * 1e12) * 1e3
     p = fit.softmax_p
     return fit.fixed_ms / _FFN_KERNELS + float((tw**p + tc**p) ** (1.0 / p))
@@ -109,7 +109,7 @@ def permute_ms(hw: HardwareProfile, model: ModelSpec, tokens: float, efficiency:
     """Copy each token once per chosen expert into expert order (before dispatch)."""
     if tokens <= 0:
         return 0.0
-    return memory_pass_ms(hw, tokens * (1 + model.top_k) * model.hidden_size * ACT_BYTES, efficiency)
+    return memory_pass_ms(hw, tokens * (1 + model.top_k) * model.hidden_size * ACTIVATION_BYTES, efficiency)
 
 
 def combine_ms(hw: HardwareProfile, model: ModelSpec, tokens: float, efficiency: float = MEMORY_OP_EFFICIENCY) -> float:
@@ -183,7 +183,7 @@ def attention_ms(
         raise InputError(f"kv_dtype: unknown dtype {kv_dtype!r}; known: {', '.join(DTYPE_BYTES)}")
     if mode == "prefill":
         flops = 2.0 * sequences * seq_len * seq_len * heads * att.head_dim
-        nbytes = tokens * (2 * heads + 2 * max(1, att.num_kv_heads // tp)) * att.head_dim * ACT_BYTES
+        nbytes = tokens * (2 * heads + 2 * max(1, att.num_kv_heads // tp)) * att.head_dim * ACTIVATION_BYTES
     else:
         flops = 4.0 * sequences * context * heads * att.head_dim
         kv_tok = att.kv_bytes_per_token_per_layer(kv_b)

@@ -50,12 +50,11 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from planner.cost.compute import ACTIVATION_BYTES
 from planner.errors import InputError
 from planner.specs.model import DTYPE_BYTES, ModelSpec
 
 GIB = 1024**3
-#: Bytes per activation element (bf16).
-ACT_BYTES = 2
 #: Training bytes per parameter besides the bf16 weight: fp32 gradient, then optimizer states.
 GRAD_BYTES = 4
 OPTIMIZER_BYTES = 12
@@ -201,8 +200,8 @@ def inference_memory(
         + 2 * k * h
         + 3 * k * model.expert_intermediate_size / etp
     )
-    act = batch_tokens * ACT_BYTES * per_tok
-    disp = 2.0 * batch_tokens * k * h * ACT_BYTES
+    act = batch_tokens * ACTIVATION_BYTES * per_tok
+    disp = 2.0 * batch_tokens * k * h * ACTIVATION_BYTES
     return MemoryBreakdown(
         weights=weights_per_gpu_bytes(model, slots_per_gpu, tp, pp, etp),
         activations=act, kv_cache=kv, dispatch_buffers=disp,

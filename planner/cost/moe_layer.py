@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from planner.cost.comm import DISPATCHERS, uniform_remote_fractions
-from planner.cost.compute import expert_ffn_ms
-from planner.cost.layers import ACT_BYTES, combine_ms, permute_ms, router_ms, shared_experts_ms
+from planner.cost.comm import DISPATCHERS, exposed_alltoall_ms, nic, nvlink, uniform_copies
+from planner.cost.compute import ACTIVATION_BYTES, expert_ffn_ms
+from planner.cost.layers import combine_ms, permute_ms, router_ms, shared_experts_ms
 from planner.errors import InputError
 from planner.specs.hardware import HardwareProfile
 from planner.specs.model import ModelSpec
@@ -75,41 +75,34 @@ def uniform_moe_layer(
 ) -> MoeLayerPrediction:
     """Predicted MoE layer time for ``tokens`` spread by uniform routing over ``ep`` GPUs."""
     if tokens < 0:
-        raise InputError(f"--tokens must be >= 0 (got {tokens:g})")
+        raise InputError(f"tokens must be >= 0 (got {tokens:g})", field="tokens")
     if ep <= 0 or etp <= 0:
-        raise InputError(f"--ep and etp must be > 0 (got ep={ep}, etp={etp})")
+        raise InputError(f"ep and etp must be > 0 (got ep={ep}, etp={etp})", field="ep")
     E, k, h = model.num_experts, model.top_k, model.hidden_size
     if E % ep:
-        raise InputError(f"--ep ({ep}) must divide the model's {E} routed experts (each GPU holds E/ep of them)")
+        raise InputError(f"ep ({ep}) must divide the model's {E} routed experts (each GPU holds E/ep of them)", field="ep")
     if model.expert_intermediate_size % etp:
-        raise InputError(f"etp ({etp}) must divide the expert FFN width ({model.expert_intermediate_size})")
+        raise InputError(f"etp ({etp}) must divide the expert FFN width ({model.expert_intermediate_size})", field="etp")
     if dispatcher not in DISPATCHERS:
-        raise InputError(f"dispatcher must be one of {', '.join(DISPATCHERS)} (got {dispatcher!r})")
+        raise InputError(f"dispatcher must be one of {', '.join(DISPATCHERS)} (got {dispatcher!r})", field="dispatcher")
     n = min(gpus_per_node or hw.nvlink.gpus_per_domain, ep)
     if ep % n:
-        raise InputError(f"gpus_per_node ({n}) must divide --ep ({ep}): EP ranks are numbered node by node")
+        raise InputError(f"gpus_per_node ({n}) must divide ep ({ep}): EP ranks are numbered node by node", field="gpus_per_node")
     local = tokens / ep
     m = tokens * k / E
     per_gpu = E // ep
     f_shard = model.expert_intermediate_size // etp
     compute = per_gpu * float(expert_ffn_ms(hw, h, f_shard, model.expert_dtype, m)) if m > 0 else 0.0
-    bpt = h * ACT_BYTES
+    bpt = h * ACTIVATION_BYTES
     nvl_bytes = rdma_bytes = 0.0
     comm = 0.0
     if ep > 1 and tokens > 0:
-        fr = uniform_remote_fractions(E, k, ep, n)
-        if dispatcher == "pairs":
-            intra, inter = fr["pairs_intra"], fr["pairs_inter"]
-        elif dispatcher == "gpu":
-            intra, inter = fr["gpu_intra"], fr["gpu_inter"]
-        else:  # one copy per remote node, forwarded over NVLink to its further destination GPUs there
-            intra = fr["gpu_intra"] + max(fr["gpu_inter"] - fr["node_inter"], 0.0)
-            inter = fr["node_inter"]
+        intra, inter = uniform_copies(E, k, ep, n, dispatcher)
         nvl_bytes = local * intra * bpt
         rdma_bytes = local * inter * bpt
-        t_nvl = hw.nvlink.latency_us * 1e-3 + nvl_bytes / (hw.nvlink.bandwidth_gbps * 1e9) * 1e3 if nvl_bytes > 0 else 0.0
-        t_nic = hw.nic.latency_us * 1e-3 + rdma_bytes / (hw.nic.bandwidth_gbps * 1e9) * 1e3 if rdma_bytes > 0 else 0.0
-        comm = 2.0 * max(t_nvl, t_nic) * (1.0 - hw.comm_overlap)
+        # every GPU sends and receives the same bytes by symmetry
+        comm = float(exposed_alltoall_ms(nvlink(hw), nic(hw), [nvl_bytes], [nvl_bytes], [rdma_bytes], [rdma_bytes],
+                                         hw.comm_overlap))
     return MoeLayerPrediction(
         tokens=float(tokens), ep=ep, gpus_per_node=n, tokens_per_expert=m, experts_per_gpu=per_gpu,
         router_ms=router_ms(hw, model, local), permute_ms=permute_ms(hw, model, local), comm_ms=comm,

@@ -86,16 +86,15 @@ model predicts +10.7% (benchmarks/parallelism.py): it still misses what it does 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from planner.cost.comm import Link, collective_ms, group_link, nic, nvlink, uniform_remote_fractions
-from planner.cost.compute import grouped_experts_ms
+from planner.cost.comm import Link, collective_scalar_ms, group_link, nic, nvlink, uniform_copies
+from planner.cost.compute import ACTIVATION_BYTES, grouped_experts_ms
 from planner.cost.layers import (
-    ACT_BYTES,
     attention_ms,
     combine_ms,
     dense_ffn_ms,
@@ -138,58 +137,16 @@ def _link(hw: HardwareProfile, size: int, stride: int, gpus_per_node: int) -> Li
     return group_link(hw, max(1, size), gpus_per_node, max(1, stride))
 
 
-_COLL: dict[tuple[str, int, Link], tuple[float, float]] = {}
+_coll = collective_scalar_ms
 
 
-def _coll(kind: str, nbytes: float, size: int, link: Link) -> float:
-    """:func:`planner.cost.comm.collective_ms` for one buffer; its (latency, ms per byte) are
-    taken from it once per (kind, group, link), the search calls this ~10⁵ times."""
-    if size <= 1 or nbytes <= 0:
-        return 0.0
-    key = (kind, size, link)
-    if key not in _COLL:
-        t1, t2 = collective_ms(kind, np.array([1e9, 2e9]), size, link)
-        _COLL[key] = (float(2 * t1 - t2), float(t2 - t1) / 1e9)
-    a, per_byte = _COLL[key]
-    return a + nbytes * per_byte
-
-
-@dataclass(frozen=True)
 class ModelView:
-    """The model figures the step and memory formulas read, computed once (the spec's derived
-    properties recompute layer lists on every access; the search reads them ~10⁶ times)."""
+    """Former copy of a :class:`ModelSpec`'s figures; the spec caches them itself now
+    (``cached_property``), so :meth:`of` returns the spec. Kept for importers."""
 
-    name: str
-    hidden_size: int
-    num_layers: int
-    num_moe_layers: int
-    num_dense_layers: int
-    moe_layer_indices: tuple[int, ...]
-    num_experts: int
-    top_k: int
-    expert_intermediate_size: int
-    dense_intermediate_size: int
-    shared_ffn_size: int
-    shared_params_per_layer: int
-    router_params_per_layer: int
-    dense_ffn_params_per_layer: int
-    expert_params: int
-    expert_bytes: float
-    non_expert_params: int
-    non_expert_bytes: float
-    active_params: int
-    vocab_size: int
-    tie_embeddings: bool
-    attention: Any
-    weight_dtype: str
-    expert_dtype: str
-
-    @classmethod
-    def of(cls, model: ModelSpec | ModelView) -> ModelView:
-        if isinstance(model, ModelView):
-            return model
-        return cls(**{f: (tuple(getattr(model, f)) if f == "moe_layer_indices" else getattr(model, f))
-                      for f in cls.__dataclass_fields__})
+    @staticmethod
+    def of(model: ModelSpec) -> ModelSpec:
+        return model
 
 
 def alltoall_ms(
@@ -202,15 +159,12 @@ def alltoall_ms(
     n_ep = max(1, min(ep, gpus_per_node // etp, hw.nvlink.gpus_per_domain // etp))
     if ep % n_ep:
         n_ep = math.gcd(ep, n_ep)
-    fr = uniform_remote_fractions(model.num_experts, model.top_k, ep, n_ep)
-    if dispatcher == "pairs":
-        intra, inter = fr["pairs_intra"], fr["pairs_inter"]
-    else:  # deepep: one copy per remote node, forwarded over NVLink there
-        intra = fr["gpu_intra"] + max(fr["gpu_inter"] - fr["node_inter"], 0.0)
-        inter = fr["node_inter"]
-    bpt = model.hidden_size * ACT_BYTES
-    t_nvl = hw.nvlink.latency_us * 1e-3 + tokens * intra * bpt / (hw.nvlink.bandwidth_gbps * 1e6) if intra > 0 else 0.0
-    t_nic = hw.nic.latency_us * 1e-3 + tokens * inter * bpt / (hw.nic.bandwidth_gbps * 1e6) if inter > 0 else 0.0
+    # Megatron's ``alltoall`` sends every pair; anything else is priced as DeepEP
+    intra, inter = uniform_copies(model.num_experts, model.top_k, ep, n_ep,
+                                  "pairs" if dispatcher == "pairs" else "deepep")
+    bpt = model.hidden_size * ACTIVATION_BYTES
+    t_nvl = nvlink(hw).message_ms(tokens * intra * bpt) if intra > 0 else 0.0
+    t_nic = nic(hw).message_ms(tokens * inter * bpt) if inter > 0 else 0.0
     return max(t_nvl, t_nic)
 
 
@@ -259,69 +213,68 @@ def model_flops_per_step(model: ModelSpec, global_batch: int, seq_len: int) -> f
 
 
 class StepModel:
-    """Caches the per-layer pieces for one (model, hardware, node size): the search calls
-    :meth:`train_step` for thousands of candidates that share them."""
+    """The step-time cost object of one (model, hardware, node size): the search calls
+    :meth:`train_step` for thousands of candidates that share its per-layer pieces, so each
+    piece is a pure method memoized on this instance (``functools.cache`` in ``__init__``)."""
 
     def __init__(self, model: ModelSpec, hw: HardwareProfile, gpus_per_node: int) -> None:
-        self.spec = model
-        self.model, self.hw, self.gpn = ModelView.of(model), hw, gpus_per_node
-        self._attn: dict[tuple, tuple[float, float]] = {}
-        self._moe: dict[tuple, tuple[float, float]] = {}
-        self._dense: dict[tuple, float] = {}
-        self._head: dict[tuple, float] = {}
-        self._train: dict[tuple, tuple[float, float, float, float, TrainLayerTimes]] = {}
-        self._splits: dict[int, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = {}
-        self._links: dict[tuple[int, int], Link] = {}
-        self._tok_ops: dict[tuple, float] = {}
-        self._experts: dict[tuple, float] = {}
+        self.spec = self.model = model
+        self.hw, self.gpn = hw, gpus_per_node
+        for name in ("_attention", "_moe_block", "_tok_ops", "_experts", "_dense", "_head", "_train_layers",
+                     "_split", "link"):
+            setattr(self, name, functools.cache(getattr(self, name)))
 
     # per-layer pieces -----------------------------------------------------------------------
 
     def _attention(self, tp: int, cp: int, b: int, s: int) -> tuple[float, float]:
-        key = (tp, cp, b, s)
-        if key not in self._attn:
-            a = attention_ms(self.hw, self.model, mode="prefill", sequences=b, seq_len=s, tp=tp)
-            self._attn[key] = (a.projections_ms / cp, a.core_ms / cp)
-        return self._attn[key]
+        a = attention_ms(self.hw, self.model, mode="prefill", sequences=b, seq_len=s, tp=tp)
+        return a.projections_ms / cp, a.core_ms / cp
+
+    def _tok_ops(self, tp: int, T: float) -> float:
+        """Router, permute, combine and shared experts of one MoE block."""
+        m, hw, t_gpu = self.model, self.hw, T / tp
+        return (
+            router_ms(hw, m, t_gpu) + permute_ms(hw, m, t_gpu) + combine_ms(hw, m, t_gpu)
+            + shared_experts_ms(hw, m, T, etp=tp)
+        )
+
+    def _experts(self, M: float, local: int, f: int) -> float:
+        m = self.model
+        tok = np.full((1, local), M)
+        return float(grouped_experts_ms(self.hw, m.hidden_size, f, m.expert_dtype, tok, kernel="grouped")[0])
 
     def _moe_block(self, tp: int, cp: int, b: int, s: int, ep: int, etp: int, dispatcher: str) -> tuple[float, float]:
-        key = (tp, cp, b, s, ep, etp, dispatcher)
-        if key not in self._moe:
-            m, hw = self.model, self.hw
-            T = b * s / cp
-            t_gpu = T / tp
-            tkey = (tp, T)
-            if tkey not in self._tok_ops:  # router, permute, combine, shared experts
-                self._tok_ops[tkey] = (
-                    router_ms(hw, m, t_gpu) + permute_ms(hw, m, t_gpu) + combine_ms(hw, m, t_gpu)
-                    + shared_experts_ms(hw, m, T, etp=tp)
-                )
-            E = m.num_experts
-            local = E // ep
-            M = m.top_k * t_gpu * ep * etp / E
-            f = m.expert_intermediate_size // etp
-            ekey = (M, local, f)
-            if ekey not in self._experts:
-                tok = np.full((1, local), M)
-                self._experts[ekey] = float(grouped_experts_ms(hw, m.hidden_size, f, m.expert_dtype, tok, kernel="grouped")[0])
-            compute = self._tok_ops[tkey] + self._experts[ekey]
-            comm = 2.0 * alltoall_ms(hw, m, t_gpu, ep, etp, self.gpn, dispatcher)
-            if etp > 1:
-                buf = m.top_k * t_gpu * etp * m.hidden_size * ACT_BYTES
-                link = self.link(etp, 1)
-                comm += _coll("all_gather", buf, etp, link) + _coll("reduce_scatter", buf, etp, link)
-            if m.shared_ffn_size and tp > 1:  # the shared expert follows the dense part's TP
-                link = self.link(tp, 1)
-                comm += _coll("all_gather", T * m.hidden_size * ACT_BYTES, tp, link)
-                comm += _coll("reduce_scatter", T * m.hidden_size * ACT_BYTES, tp, link)
-            self._moe[key] = (compute, comm)
-        return self._moe[key]
+        m, hw = self.model, self.hw
+        T = b * s / cp
+        t_gpu = T / tp
+        E = m.num_experts
+        M = m.top_k * t_gpu * ep * etp / E
+        compute = self._tok_ops(tp, T) + self._experts(M, E // ep, m.expert_intermediate_size // etp)
+        comm = 2.0 * alltoall_ms(hw, m, t_gpu, ep, etp, self.gpn, dispatcher)
+        if etp > 1:
+            buf = m.top_k * t_gpu * etp * m.hidden_size * ACTIVATION_BYTES
+            link = self.link(etp, 1)
+            comm += _coll("all_gather", buf, etp, link) + _coll("reduce_scatter", buf, etp, link)
+        if m.shared_ffn_size and tp > 1:  # the shared expert follows the dense part's TP
+            link = self.link(tp, 1)
+            comm += _coll("all_gather", T * m.hidden_size * ACTIVATION_BYTES, tp, link)
+            comm += _coll("reduce_scatter", T * m.hidden_size * ACTIVATION_BYTES, tp, link)
+        return compute, comm
+
+    def _dense(self, tp: int, T: float) -> float:
+        return dense_ffn_ms(self.hw, self.model, T, tp) if self.model.num_dense_layers else 0.0
+
+    def _head(self, tp: int, T: float) -> float:
+        m, hw = self.model, self.hw
+        return gemm_ms(hw, T, max(1, m.vocab_size // tp), m.hidden_size, m.weight_dtype) + memory_pass_ms(
+            hw, 2 * 4.0 * T * m.vocab_size / tp
+        )
 
     def _tp_block_comm(self, tp: int, tokens: float) -> float:
         if tp <= 1:
             return 0.0
         link = _link(self.hw, tp, 1, self.gpn)
-        nbytes = tokens * self.model.hidden_size * ACT_BYTES
+        nbytes = tokens * self.model.hidden_size * ACTIVATION_BYTES
         return _coll("all_gather", nbytes, tp, link) + _coll("reduce_scatter", nbytes, tp, link)
 
     def layer_times(self, *, tp: int, cp: int, b: int, s: int, ep: int, etp: int, dispatcher: str = "pairs") -> TrainLayerTimes:
@@ -334,31 +287,20 @@ class StepModel:
             att = m.attention
             kv = att.kv_bytes_per_token_per_layer(2.0) if att.kind == "mla" else 2 * att.num_kv_heads * att.head_dim * 2.0
             link = _link(hw, cp, tp, self.gpn)
-            ring = (cp - 1) * (link.latency_us * 1e-3 + T * kv / max(1, tp if att.kind != "mla" else 1) / (link.bandwidth_gbps * 1e6))
+            ring = (cp - 1) * link.message_ms(T * kv / max(1, tp if att.kind != "mla" else 1))
             attn_comm += max(0.0, ring - core)
         moe_c, moe_comm = self._moe_block(tp, cp, b, s, ep, etp, dispatcher) if m.num_moe_layers else (0.0, 0.0)
-        key = (tp, T)
-        if key not in self._dense:
-            self._dense[key] = dense_ffn_ms(hw, m, T, tp) if m.num_dense_layers else 0.0
-        hkey = (tp, T)
-        if hkey not in self._head:
-            self._head[hkey] = gemm_ms(hw, T, max(1, m.vocab_size // tp), m.hidden_size, m.weight_dtype) + memory_pass_ms(
-                hw, 2 * 4.0 * T * m.vocab_size / tp
-            )
-        elementwise = memory_pass_ms(hw, ELEMENTWISE_PASSES * T * m.hidden_size * ACT_BYTES)
+        elementwise = memory_pass_ms(hw, ELEMENTWISE_PASSES * T * m.hidden_size * ACTIVATION_BYTES)
         return TrainLayerTimes(
             attn_core=core, attn_compute=proj + core + elementwise, attn_comm=attn_comm, moe_compute=moe_c,
             moe_comm=moe_comm + (self._tp_block_comm(tp, T) if m.shared_ffn_size == 0 else 0.0),
-            dense_compute=self._dense[key], dense_comm=self._tp_block_comm(tp, T), head_compute=self._head[hkey],
+            dense_compute=self._dense(tp, T), dense_comm=self._tp_block_comm(tp, T), head_compute=self._head(tp, T),
         )
 
     def _train_layers(
         self, tp: int, cp: int, b: int, s: int, ep: int, etp: int, dispatcher: str, recompute: str
     ) -> tuple[float, float, float, float, TrainLayerTimes]:
         """Forward + backward of one attention+MoE layer, attention+dense layer and the LM head."""
-        key = (tp, cp, b, s, ep, etp, dispatcher, recompute)
-        if key in self._train:
-            return self._train[key]
         m, hw = self.model, self.hw
         lt = self.layer_times(tp=tp, cp=cp, b=b, s=s, ep=ep, etp=etp, dispatcher=dispatcher)
 
@@ -377,32 +319,26 @@ class StepModel:
         t_attn = train_layer(lt.attn_compute, lt.attn_comm, lt.attn_core, p_attn)
         t_moe = t_attn + train_layer(lt.moe_compute, lt.moe_comm, 0.0, p_moe)
         t_dense = t_attn + train_layer(lt.dense_compute, lt.dense_comm, 0.0, m.dense_ffn_params_per_layer / tp)
-        self._train[key] = (t_attn, t_moe, t_dense, training_ms(lt.head_compute), lt)
-        return self._train[key]
+        return t_attn, t_moe, t_dense, training_ms(lt.head_compute), lt
 
     def _split(self, pp: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
         """(MoE, dense) layer counts of the first, last and a middle stage: stage i holds layers
         [i·⌈L/pp⌉, …), an uneven split leaves the last stage fewer."""
-        if pp not in self._splits:
-            m = self.model
-            per = math.ceil(m.num_layers / pp)
-            moe_idx = set(m.moe_layer_indices)
+        m = self.model
+        per = math.ceil(m.num_layers / pp)
+        moe_idx = set(m.moe_layers)
 
-            def count(lo: int, hi: int) -> tuple[int, int]:
-                n_moe = sum(1 for i in range(lo, hi) if i in moe_idx)
-                return n_moe, max(0, hi - lo) - n_moe
+        def count(lo: int, hi: int) -> tuple[int, int]:
+            n_moe = sum(1 for i in range(lo, hi) if i in moe_idx)
+            return n_moe, max(0, hi - lo) - n_moe
 
-            first = count(0, min(per, m.num_layers))
-            last = count(min((pp - 1) * per, m.num_layers), m.num_layers) if pp > 1 else (0, 0)
-            mid = count(per, 2 * per) if pp > 2 else (0, 0)
-            self._splits[pp] = (first, last, mid)
-        return self._splits[pp]
+        first = count(0, min(per, m.num_layers))
+        last = count(min((pp - 1) * per, m.num_layers), m.num_layers) if pp > 1 else (0, 0)
+        mid = count(per, 2 * per) if pp > 2 else (0, 0)
+        return first, last, mid
 
     def link(self, size: int, stride: int) -> Link:
-        key = (size, stride)
-        if key not in self._links:
-            self._links[key] = _link(self.hw, size, stride, self.gpn)
-        return self._links[key]
+        return _link(self.hw, size, stride, self.gpn)
 
     # the step ---------------------------------------------------------------------------------
 
@@ -450,8 +386,8 @@ class StepModel:
         p2p = 0.0
         if pp > 1 and vpp == 1:
             link = self.link(2, num_gpus // pp)
-            nbytes = micro_batch * seq_len / cp * m.hidden_size * ACT_BYTES / tp
-            p2p = 2.0 * mbs * (link.latency_us * 1e-3 + nbytes / (link.bandwidth_gbps * 1e6))
+            nbytes = micro_batch * seq_len / cp * m.hidden_size * ACTIVATION_BYTES / tp
+            p2p = 2.0 * mbs * link.message_ms(nbytes)
         # data-parallel sync
         moe_stage = math.ceil(m.num_moe_layers / pp)
         p_dense = m.non_expert_params / (tp * pp)
@@ -528,7 +464,7 @@ def serve_step(
     else:
         att = attention_ms(hw, model, mode="prefill", sequences=per_rank, seq_len=seq_len, tp=tp).total_ms
     tp_link = _link(hw, tp, 1, gpus_per_node)
-    att += 2.0 * _coll("all_reduce", t_rank * model.hidden_size * ACT_BYTES, tp, tp_link)
+    att += 2.0 * _coll("all_reduce", t_rank * model.hidden_size * ACTIVATION_BYTES, tp, tp_link)
     moe = 0.0
     if model.num_moe_layers:
         t_gpu = t_rank / tp  # the MoE block splits a rank's tokens over its TP GPUs
@@ -540,7 +476,7 @@ def serve_step(
         )
         comm = 2.0 * alltoall_ms(hw, model, t_gpu, ep, etp, gpus_per_node, dispatcher) * (1.0 - hw.comm_overlap)
         if etp > 1:
-            buf = model.top_k * t_gpu * etp * model.hidden_size * ACT_BYTES
+            buf = model.top_k * t_gpu * etp * model.hidden_size * ACTIVATION_BYTES
             link = _link(hw, etp, 1, gpus_per_node)
             comm += _coll("all_gather", buf, etp, link) + _coll("reduce_scatter", buf, etp, link)
         moe = (

@@ -2,7 +2,9 @@
 
 Field names follow the Hugging Face ``config.json`` meaning (docs/facts.md §1), in the planner's own
 words. Derived numbers (expert parameters and bytes, total and active parameters, MoE layer
-indices) are properties computed from the fields, never stored.
+indices) are computed from the fields, never stored in a spec file; the ones the cost model
+reads in its hot loops are ``cached_property`` (the spec is frozen; :meth:`ModelSpec.model_copy`
+drops them so that a copy with changed fields recomputes them).
 
 Legend: h = hidden_size, f = expert_intermediate_size, E = num_experts, k = top_k.
 Expert parameters = 3·h·f (gate, up and down projections; SwiGLU).
@@ -13,7 +15,8 @@ is an error, not a silent conversion (a quoted or mistyped number in a spec file
 
 from __future__ import annotations
 
-from typing import Literal
+from functools import cached_property
+from typing import Any, Literal
 
 from pydantic import Field, StrictBool, StrictInt, model_validator
 
@@ -187,21 +190,26 @@ class ModelSpec(Spec):
 
     # ---- derived numbers -------------------------------------------------------------------
 
-    @property
-    def moe_layer_indices(self) -> list[int]:
+    @cached_property
+    def moe_layers(self) -> tuple[int, ...]:
         """Indices (0-based, among all layers) of the MoE layers."""
         extra = set(self.extra_dense_layers)
-        return [
+        return tuple(
             i
             for i in range(self.first_k_dense, self.num_layers)
             if (i - self.first_k_dense) % self.moe_layer_freq == 0 and i not in extra
-        ]
+        )
 
     @property
+    def moe_layer_indices(self) -> list[int]:
+        """Indices (0-based, among all layers) of the MoE layers, as a new list."""
+        return list(self.moe_layers)
+
+    @cached_property
     def num_moe_layers(self) -> int:
-        return len(self.moe_layer_indices)
+        return len(self.moe_layers)
 
-    @property
+    @cached_property
     def num_dense_layers(self) -> int:
         return self.num_layers - self.num_moe_layers
 
@@ -243,31 +251,48 @@ class ModelSpec(Spec):
     def attention_params(self) -> int:
         return self.num_layers * self.attention.params_per_layer(self.hidden_size)
 
-    @property
+    @cached_property
     def routed_expert_params(self) -> int:
         """All routed experts of all MoE layers."""
         return self.num_moe_layers * self.num_experts * self.expert_params
 
-    @property
+    @cached_property
     def non_expert_params(self) -> int:
         """Everything but routed experts: embeddings, attention, dense FFNs, shared experts, routers."""
         moe = self.num_moe_layers * (self.shared_params_per_layer + self.router_params_per_layer)
         dense = self.num_dense_layers * self.dense_ffn_params_per_layer
         return self.embedding_params + self.attention_params + moe + dense
 
-    @property
+    @cached_property
     def total_params(self) -> int:
         return self.non_expert_params + self.routed_expert_params
 
-    @property
+    @cached_property
     def active_params(self) -> int:
         """Parameters one token touches (top_k routed experts per MoE layer)."""
         return self.non_expert_params + self.num_moe_layers * self.top_k * self.expert_params
 
-    @property
+    @cached_property
     def non_expert_bytes(self) -> float:
         return self.non_expert_params * DTYPE_BYTES[self.weight_dtype]
+
+    # ---- cached derived numbers and copies ---------------------------------------------------
+
+    def model_copy(self, *, update: Any = None, deep: bool = False) -> ModelSpec:
+        """pydantic's copy, less the cached derived numbers when fields change."""
+        copied = super().model_copy(update=update, deep=deep)
+        if update:
+            for name in _CACHED:
+                copied.__dict__.pop(name, None)
+        return copied
+
+    def __iter__(self):  # type: ignore[override]
+        """``dict(spec)``: the fields, not the cached derived numbers."""
+        yield from ((k, v) for k, v in super().__iter__() if k not in _CACHED)
 
     @property
     def experts_per_group(self) -> int:
         return self.num_experts // (self.n_group or 1)
+
+
+_CACHED = frozenset(n for n, v in vars(ModelSpec).items() if isinstance(v, cached_property))

@@ -75,5 +75,5 @@ def test_uniform_moe_layer_closed_forms():
     tokens = np.array([0, 100, 1000, 10000, 100000])
     totals = [uniform_moe_layer(H100, m, t, ep=8).moe_layer_ms for t in tokens]
     assert totals[0] == 0 and all(b >= a for a, b in zip(totals, totals[1:], strict=False))
-    with pytest.raises(InputError, match=r"--ep \(3\) must divide"):
+    with pytest.raises(InputError, match=r"^ep \(3\) must divide"):
         uniform_moe_layer(H100, m, 100, ep=3)

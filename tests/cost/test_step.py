@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from planner.cost.comm import collective_ms, nvlink
-from planner.cost.step import ModelView, StepModel, _coll, model_flops_per_step, serve_step
+from planner.cost.comm import collective_scalar_ms as _coll
+from planner.cost.step import ModelView, StepModel, model_flops_per_step, serve_step
 from planner.errors import InputError
 from planner.solve.parallel import Candidate, candidate_memory
 from planner.specs.model_io import load_model
@@ -91,7 +92,7 @@ def test_scalar_collective_matches_comm_module(hw):
 
 def test_model_view_carries_the_spec_figures(mixtral):
     v = ModelView.of(mixtral)
-    assert v.num_moe_layers == 32 and v.moe_layer_indices == tuple(range(32))
+    assert v.num_moe_layers == 32 and v.moe_layers == tuple(range(32))
     assert v.non_expert_params == mixtral.non_expert_params and v.active_params == mixtral.active_params
 
 
