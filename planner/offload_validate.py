@@ -37,16 +37,16 @@ from planner.cachesim import (
     step_probs,
 )
 from planner.errors import InputError
+from planner.kernel_loader import load_kernels
 from planner.offload import DECODE_TOKENS, decode_trace, offload_timing, plan_config
+from planner.resolve import resolve_hardware, resolve_trace
 from planner.specs.plan import Plan
+from planner.traces import default_trace_path
 
 TRAIN_FRACTION = 0.75
 
 
 def _trace(plan: Plan, trace: str | Path | None):
-    from planner.api import resolve_trace
-    from planner.traces import default_trace_path
-
     if trace is None:
         label = plan.provenance.trace or ""
         if label.startswith("shipped:"):
@@ -62,18 +62,15 @@ def validate_offload(
     layers: int | None = None, progress: Any = None,
 ) -> dict[str, Any]:
     """Run the plan's offloaded stack on ``device`` and compare with the prediction (module docstring)."""
-    from planner.api import resolve_hardware
-    from planner.validate import load_kernels
-
     if plan.cache is None:
         raise InputError("validate_offload needs an offload plan (with a cache section)")
     say = progress or (lambda _m: None)
     kernels = load_kernels()
     stack = importlib.import_module(f"{kernels.__name__}.offload_stack")
-    import torch
+    import torch  # noqa: PLC0415
 
     if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: torch sees no GPU")
+        raise InputError("device cuda: torch sees no GPU", field="device")
     m, hw = plan.model, resolve_hardware(plan.cluster.hardware)
     b = plan.workload.micro_batch or 1
     tr, label = _trace(plan, trace)

@@ -62,6 +62,8 @@ from typing import Any
 import numpy as np
 
 from planner.errors import InputError
+from planner.solve.rebalance import rebalance
+from planner.traces import CountsTrace, Trace, save_trace
 
 #: MoE block classes whose router renormalises the top-k weights whatever its config says.
 ALWAYS_NORMALISE = ("MixtralSparseMoeBlock",)
@@ -430,8 +432,6 @@ class RoutingRecorder:
         return c.sum(axis=0)
 
     def _rebalance(self) -> None:
-        from planner.solve.rebalance import rebalance
-
         counts = self.counts(last=self.num_steps - self._window_start)
         self._window_start = self.num_steps
         a = self.rebalance_args
@@ -447,8 +447,6 @@ class RoutingRecorder:
 
     def trace(self) -> Any:
         """The recording as a :class:`planner.traces.Trace` (or a ``CountsTrace`` with ``keep_ids=False``)."""
-        from planner.traces import CountsTrace, Trace
-
         self.step()
         if self.num_steps == 0:
             raise InputError("RoutingRecorder: nothing recorded yet (run a forward pass first)")
@@ -464,8 +462,6 @@ class RoutingRecorder:
 
     def save(self, path: str | Path) -> Path:
         """Write the recording as a ``.npz`` routing trace (docs/contracts.md), atomically; the path."""
-        from planner.traces import save_trace
-
         p = Path(path)
         save_trace(self.trace(), p)
         return p

@@ -1,7 +1,7 @@
 """Validation on one device: execute each EP rank's share of a plan and compare with the prediction.
 
-What is executed (docs/contracts.md, ``validate``; issue 7, part 3, single GPU). For each evaluated
-trace step s and MoE layer l:
+What is executed (docs/contracts.md, ``validate``), on one device. For each evaluated trace
+step s and MoE layer l:
 
 1. **Dispatch, as the simulator does it.** The step's tokens start on the pipeline stage's GPUs
    (:func:`planner.api.stage_source_gpus`), form ``X = stage GPUs / (ep · etp)`` expert-data-
@@ -35,18 +35,17 @@ evenly spaced. (step, layer) pairs run in a fixed shuffled order (seed 0) so tha
 report says how many ran. ``max_tokens`` caps every slot's rows (both sides use the capped
 counts) so that a CPU run stays small.
 
-The module is torch-free at import; :func:`load_kernels` imports the layer when needed.
+The module is torch-free at import; :func:`planner.kernel_loader.load_kernels` imports the layer
+when needed. Offload plans go to :mod:`planner.offload_validate`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import importlib
-import importlib.util
 import platform
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,47 +54,26 @@ from typing import Any
 
 import numpy as np
 
+from planner.api import ep_ranks_per_node, stage_source_gpus, version
 from planner.cost.compute import expert_ffn_ms, grouped_experts_ms
 from planner.errors import InputError
+from planner.kernel_loader import load_kernels
+from planner.offload_validate import render as render_offload
+from planner.offload_validate import validate_offload
+from planner.resolve import resolve_trace
+from planner.simulator import choose_slots
 from planner.specs.hardware import HardwareProfile, load_hardware
 from planner.specs.plan import Plan
 from planner.traces import Trace, check_against_model
 
+__all__ = [
+    "BACKENDS", "TimingOptions", "error_pct", "load_kernels", "plan_trace", "predict_rank_ms", "provenance",
+    "rank_slot_tokens", "render", "spread", "summarize", "validate",
+]
+
 #: Backends ``validate`` accepts (kernels.moe_layer.BACKENDS).
 BACKENDS = ("auto", "grouped", "loop", "padded", "triton")
 _HELD_OUT_RE = re.compile(r"the last (\d+) of (\d+)")
-
-
-# ---- the layer ---------------------------------------------------------------------------------
-
-
-def load_kernels() -> Any:
-    """The ``planner_kernels`` package (the repository's ``kernels/``), importing torch.
-
-    Installed, it is ``planner_kernels``; in a source tree without an install the folder
-    ``kernels/`` beside ``planner/`` is loaded under that name. Raises :class:`InputError`
-    when torch is missing.
-    """
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise InputError("validate needs torch: pip install 'moe-planner[torch]'") from None
-    if "planner_kernels" in sys.modules:
-        return sys.modules["planner_kernels"]
-    try:
-        return importlib.import_module("planner_kernels")
-    except ImportError:
-        pass
-    root = Path(__file__).resolve().parents[1] / "kernels"
-    init = root / "__init__.py"
-    if not init.is_file():
-        raise InputError("validate needs the planner_kernels package (kernels/); reinstall moe-planner")
-    spec = importlib.util.spec_from_file_location("planner_kernels", init, submodule_search_locations=[str(root)])
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["planner_kernels"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # ---- which tokens -----------------------------------------------------------------------------
@@ -108,8 +86,6 @@ def plan_trace(plan: Plan, trace_path: str | Path | None) -> tuple[Trace, str, s
     or synthetic trace); with it, that file. The plan's held-out steps are kept when the trace
     is the plan's own, all steps otherwise.
     """
-    from planner.api import resolve_trace  # noqa: PLC0415  (planner.api is heavy; import on use)
-
     label = plan.provenance.trace or ""
     model = plan.model
     tps = plan.workload.tokens_per_step
@@ -144,9 +120,6 @@ def rank_slot_tokens(plan: Plan, trace: Trace) -> np.ndarray:
 
     Mirrors ``planner.api._simulate``: same source GPUs, same groups, same ``choose_slots``.
     """
-    from planner.api import ep_ranks_per_node, stage_source_gpus  # noqa: PLC0415
-    from planner.simulator import choose_slots  # noqa: PLC0415
-
     par, pl = plan.parallel, plan.placement
     p2l_LP = np.asarray(pl.physical_to_logical, dtype=np.int64)
     L, P = p2l_LP.shape
@@ -223,8 +196,6 @@ def provenance(device: str, argv: Sequence[str] | None) -> dict[str, Any]:
     """Device, driver (nvidia-smi when present), library versions, date, command line."""
     import torch  # noqa: PLC0415
 
-    from planner.api import version  # noqa: PLC0415
-
     timing = importlib.import_module("planner_kernels.timing")
     out: dict[str, Any] = {
         "device": timing.device_name(device),
@@ -289,21 +260,8 @@ def validate(
 
     Returns the report (a JSON-ready dict; see the module docstring for every figure).
     """
-    if device not in ("cpu", "cuda"):
-        raise InputError(f"--device must be 'cuda' or 'cpu' (got {device!r})")
-    for name, v in (("--steps", steps), ("--layers", layers), ("--max-tokens", max_tokens)):
-        if v is not None and v <= 0:
-            raise InputError(f"{name} must be > 0 (got {v})")
-    if budget_s is not None and budget_s <= 0:
-        raise InputError(f"--budget-s must be > 0 seconds (got {budget_s})")
-    if timing.reps < 1 or timing.runs < 1 or timing.warmup < 0:
-        raise InputError(f"--reps and --runs must be >= 1 and --warmup >= 0 (got {timing.reps}, {timing.runs}, {timing.warmup})")
-    bad = [b for b in backends if b not in BACKENDS]
-    if bad or not backends:
-        raise InputError(f"--backend must be one of {', '.join(BACKENDS)} (got {bad[0] if bad else 'none'!r})")
+    _check_options(device, steps, layers, max_tokens, budget_s, timing, backends)
     if plan.cache is not None:  # offload plans: the offloaded stack (planner.offload_validate)
-        from planner.offload_validate import validate_offload
-
         return validate_offload(plan, trace=trace, device=device, steps=steps, layers=layers, progress=progress)
     say = progress or (lambda _msg: None)
 
@@ -313,7 +271,7 @@ def validate(
     timing_mod = importlib.import_module(f"{kernels.__name__}.timing")
     layer_mod = importlib.import_module(f"{kernels.__name__}.moe_layer")
     if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: torch sees no CUDA device here; use --device cpu")
+        raise InputError("device cuda: torch sees no CUDA device here; use --device cpu", field="device")
 
     m, par = plan.model, plan.parallel
     hw = load_hardware(plan.cluster.hardware)
@@ -343,7 +301,7 @@ def validate(
     try:
         resolved = {b: layer_mod.resolve_backend(b, torch.empty(0, device=device, dtype=torch.bfloat16)) for b in backends}
     except RuntimeError as exc:  # e.g. triton without triton, or on a CPU tensor
-        raise InputError(f"--backend: {exc}") from None
+        raise InputError(f"backend: {exc}", field="backend") from None
     max_rows = int(tokens_SLXRP[s_sel][:, l_sel].sum(axis=-1).max()) if s_sel and l_sel else 1
     rank = timing_mod.RankBench(P, m.hidden_size, ffn, device=device, dtype=torch.bfloat16, max_rows=max_rows)
     say(
@@ -351,85 +309,13 @@ def validate(
         f"({m.hidden_size}, {ffn}) per rank, backends {', '.join(f'{b}->{v}' for b, v in resolved.items())}, "
         f"device {device}, {rank.copies} weight copies of {rank.weight_bytes / 2**20:.1f} MB"
     )
-
-    # numerical check of every backend at small counts, against float64 on the CPU
-    checks = []
-    first = tokens_SLXRP[s_sel[0], l_sel[0]].reshape(X * R, P) if s_sel and l_sel else np.zeros((1, P), np.int64)
-    small = np.minimum(first[int(np.argmax(first.sum(1)))], 8)
-    if small.sum() == 0:
-        small[0] = 1
-    for b, be in resolved.items():
-        checks.append({"backend": b, "resolved": be, "rows": int(small.sum()),
-                       "rel_err_vs_float64": rank.check(small.tolist(), be)})
-
+    checks = _numerical_checks(rank, tokens_SLXRP, s_sel, l_sel, resolved)
     pairs = [(s, l) for s in s_sel for l in l_sel]
-    order = np.random.default_rng(0).permutation(len(pairs))
-    if pairs:  # one untimed pass over the first pair: library initialisation, autotuning, caches
-        s, l = pairs[int(order[0])]
-        busiest = tokens_SLXRP[s, l].reshape(X * R, P)
-        busiest = busiest[int(np.argmax(busiest.sum(1)))].tolist()
-        for be in resolved.values():
-            rank.measure(busiest, be, warmup=1, reps=1, runs=1, lead=timing.lead)
-    t0 = time.perf_counter()
-    meas: dict[tuple[int, int], dict[str, np.ndarray]] = {}
-    for i, j in enumerate(order):
-        if i > 0 and budget_s is not None and time.perf_counter() - t0 > budget_s:
-            say(f"time budget of {budget_s:g} s reached after {i} of {len(pairs)} (step, layer) pairs")
-            break
-        s, l = pairs[j]
-        got = {b: np.zeros((X, R)) for b in backends}
-        for x in range(X):
-            for r in range(R):
-                counts = tokens_SLXRP[s, l, x, r].tolist()
-                for b, be in resolved.items():
-                    res = rank.measure(counts, be, warmup=timing.warmup, reps=timing.reps, runs=timing.runs, lead=timing.lead)
-                    got[b][x, r] = res.ms
-        meas[(s, l)] = got
-        b0 = backends[0]
-        say(
-            f"[{i + 1}/{len(pairs)}] step {step_ids[s]} layer {l}: straggler predicted "
-            f"{pred_SLXR[s, l].max():.4f} ms, measured ({b0}) {got[b0].max():.4f} ms"
-        )
-    elapsed = time.perf_counter() - t0
-
+    meas, elapsed = _measure_pairs(
+        rank, tokens_SLXRP, pred_SLXR, pairs, resolved, backends, timing, budget_s, step_ids, say
+    )
     done = sorted(meas)
-    rank_rows, straggler_rows = [], []
-    for s, l in done:
-        for x in range(X):
-            for r in range(R):
-                t_P = tokens_SLXRP[s, l, x, r]
-                p = float(pred_SLXR[s, l, x, r])
-                row: dict[str, Any] = {
-                    "step": step_ids[s], "layer": l, "group": x, "rank": r,
-                    "tokens": int(t_P.sum()), "active_slots": int((t_P > 0).sum()),
-                    "max_slot_tokens": int(t_P.max()), "predicted_ms": p,
-                    "measured_ms": {b: float(meas[(s, l)][b][x, r]) for b in backends},
-                }
-                row["error_pct"] = {b: error_pct(p, v) for b, v in row["measured_ms"].items()}
-                rank_rows.append(row)
-        p_max = float(pred_SLXR[s, l].max())
-        xr = np.unravel_index(int(np.argmax(pred_SLXR[s, l])), (X, R))
-        srow: dict[str, Any] = {
-            "step": step_ids[s], "layer": l, "predicted_ms": p_max,
-            "predicted_rank": int(xr[0] * R + xr[1]),
-            "measured_ms": {b: float(meas[(s, l)][b].max()) for b in backends},
-            "measured_rank": {b: int(np.argmax(meas[(s, l)][b])) for b in backends},
-        }
-        srow["error_pct"] = {b: error_pct(p_max, v) for b, v in srow["measured_ms"].items()}
-        straggler_rows.append(srow)
-
-    summary = {}
-    for b in backends:
-        rk = [(r["predicted_ms"], r["measured_ms"][b]) for r in rank_rows]
-        st = [(r["predicted_ms"], r["measured_ms"][b]) for r in straggler_rows]
-        tot_p, tot_m = sum(p for p, _ in st), sum(v for _, v in st)
-        summary[b] = {
-            "resolved": resolved[b],
-            "ranks": summarize(rk),
-            "straggler": summarize(st),
-            "sum": {"predicted_ms": tot_p, "measured_ms": tot_m, "error_pct": error_pct(tot_p, tot_m)},
-        }
-
+    rank_rows, straggler_rows = _result_rows(done, meas, tokens_SLXRP, pred_SLXR, step_ids, backends)
     return {
         "what": "moe-planner validate: each EP rank's expert FFN executed with the plan's per-slot token "
         "counts, predicted (planner.cost.compute.expert_ffn_ms summed over the rank's slots) against measured",
@@ -471,18 +357,147 @@ def validate(
         },
         "backends": {b: resolved[b] for b in backends},
         "checks": checks,
-        "summary": summary,
+        "summary": _summary(rank_rows, straggler_rows, backends, resolved),
         "straggler": straggler_rows,
         "ranks": rank_rows,
         "notes": notes,
     }
 
 
+def _check_options(
+    device: str, steps: int | None, layers: int | None, max_tokens: int | None, budget_s: float | None,
+    timing: TimingOptions, backends: Sequence[str],
+) -> None:
+    """Every option rule of :func:`validate`; errors name the keyword (the CLI shows its flag)."""
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"device must be 'cuda' or 'cpu' (got {device!r})", field="device")
+    for name, v in (("steps", steps), ("layers", layers), ("max_tokens", max_tokens)):
+        if v is not None and v <= 0:
+            raise InputError(f"{name} must be > 0 (got {v})", field=name)
+    if budget_s is not None and budget_s <= 0:
+        raise InputError(f"budget_s must be > 0 seconds (got {budget_s})", field="budget_s")
+    if timing.reps < 1 or timing.runs < 1 or timing.warmup < 0:
+        raise InputError(
+            f"reps and runs must be >= 1 and warmup >= 0 (got {timing.reps}, {timing.runs}, {timing.warmup})",
+            field="reps",
+        )
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad or not backends:
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)} (got {bad[0] if bad else 'none'!r})",
+                         field="backend")
+
+
+def _numerical_checks(
+    rank: Any, tokens_SLXRP: np.ndarray, s_sel: list[int], l_sel: list[int], resolved: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Every backend at small row counts (at most 8 per slot) against float64 on the CPU."""
+    _, _, X, R, P = tokens_SLXRP.shape
+    checks = []
+    first = tokens_SLXRP[s_sel[0], l_sel[0]].reshape(X * R, P) if s_sel and l_sel else np.zeros((1, P), np.int64)
+    small = np.minimum(first[int(np.argmax(first.sum(1)))], 8)
+    if small.sum() == 0:
+        small[0] = 1
+    for b, be in resolved.items():
+        checks.append({"backend": b, "resolved": be, "rows": int(small.sum()),
+                       "rel_err_vs_float64": rank.check(small.tolist(), be)})
+    return checks
+
+
+def _measure_pairs(
+    rank: Any, tokens_SLXRP: np.ndarray, pred_SLXR: np.ndarray, pairs: list[tuple[int, int]],
+    resolved: dict[str, str], backends: Sequence[str], timing: TimingOptions, budget_s: float | None,
+    step_ids: list[int], say: Callable[[str], None],
+) -> tuple[dict[tuple[int, int], dict[str, np.ndarray]], float]:
+    """Measured ms of every rank ``{(s, l): {backend: [X, R]}}`` and the seconds it took.
+
+    Pairs run in a fixed shuffled order (seed 0), so that a time budget leaves a spread sample.
+    """
+    _, _, X, R, P = tokens_SLXRP.shape
+    order = np.random.default_rng(0).permutation(len(pairs))
+    if pairs:  # one untimed pass over the first pair: library initialisation, autotuning, caches
+        s, l = pairs[int(order[0])]
+        busiest = tokens_SLXRP[s, l].reshape(X * R, P)
+        busiest = busiest[int(np.argmax(busiest.sum(1)))].tolist()
+        for be in resolved.values():
+            rank.measure(busiest, be, warmup=1, reps=1, runs=1, lead=timing.lead)
+    t0 = time.perf_counter()
+    meas: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    for i, j in enumerate(order):
+        if i > 0 and budget_s is not None and time.perf_counter() - t0 > budget_s:
+            say(f"time budget of {budget_s:g} s reached after {i} of {len(pairs)} (step, layer) pairs")
+            break
+        s, l = pairs[j]
+        got = {b: np.zeros((X, R)) for b in backends}
+        for x in range(X):
+            for r in range(R):
+                counts = tokens_SLXRP[s, l, x, r].tolist()
+                for b, be in resolved.items():
+                    res = rank.measure(counts, be, warmup=timing.warmup, reps=timing.reps, runs=timing.runs, lead=timing.lead)
+                    got[b][x, r] = res.ms
+        meas[(s, l)] = got
+        b0 = backends[0]
+        say(
+            f"[{i + 1}/{len(pairs)}] step {step_ids[s]} layer {l}: straggler predicted "
+            f"{pred_SLXR[s, l].max():.4f} ms, measured ({b0}) {got[b0].max():.4f} ms"
+        )
+    return meas, time.perf_counter() - t0
+
+
+def _result_rows(
+    done: list[tuple[int, int]], meas: dict[tuple[int, int], dict[str, np.ndarray]], tokens_SLXRP: np.ndarray,
+    pred_SLXR: np.ndarray, step_ids: list[int], backends: Sequence[str],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The report's ``ranks`` rows (one per step, layer, group, rank) and ``straggler`` rows."""
+    _, _, X, R, _ = tokens_SLXRP.shape
+    rank_rows, straggler_rows = [], []
+    for s, l in done:
+        for x in range(X):
+            for r in range(R):
+                t_P = tokens_SLXRP[s, l, x, r]
+                p = float(pred_SLXR[s, l, x, r])
+                row: dict[str, Any] = {
+                    "step": step_ids[s], "layer": l, "group": x, "rank": r,
+                    "tokens": int(t_P.sum()), "active_slots": int((t_P > 0).sum()),
+                    "max_slot_tokens": int(t_P.max()), "predicted_ms": p,
+                    "measured_ms": {b: float(meas[(s, l)][b][x, r]) for b in backends},
+                }
+                row["error_pct"] = {b: error_pct(p, v) for b, v in row["measured_ms"].items()}
+                rank_rows.append(row)
+        p_max = float(pred_SLXR[s, l].max())
+        xr = np.unravel_index(int(np.argmax(pred_SLXR[s, l])), (X, R))
+        srow: dict[str, Any] = {
+            "step": step_ids[s], "layer": l, "predicted_ms": p_max,
+            "predicted_rank": int(xr[0] * R + xr[1]),
+            "measured_ms": {b: float(meas[(s, l)][b].max()) for b in backends},
+            "measured_rank": {b: int(np.argmax(meas[(s, l)][b])) for b in backends},
+        }
+        srow["error_pct"] = {b: error_pct(p_max, v) for b, v in srow["measured_ms"].items()}
+        straggler_rows.append(srow)
+    return rank_rows, straggler_rows
+
+
+def _summary(
+    rank_rows: list[dict[str, Any]], straggler_rows: list[dict[str, Any]], backends: Sequence[str],
+    resolved: dict[str, str],
+) -> dict[str, Any]:
+    """Per backend: MAPE over ranks and over stragglers, and the summed stragglers."""
+    summary = {}
+    for b in backends:
+        rk = [(r["predicted_ms"], r["measured_ms"][b]) for r in rank_rows]
+        st = [(r["predicted_ms"], r["measured_ms"][b]) for r in straggler_rows]
+        tot_p, tot_m = sum(p for p, _ in st), sum(v for _, v in st)
+        summary[b] = {
+            "resolved": resolved[b],
+            "ranks": summarize(rk),
+            "straggler": summarize(st),
+            "sum": {"predicted_ms": tot_p, "measured_ms": tot_m, "error_pct": error_pct(tot_p, tot_m)},
+        }
+    return summary
+
+
 def render(report: dict[str, Any], max_rows: int = 12) -> str:
     """Human-readable summary of a report."""
     if report.get("mode") == "offload":
-        from planner.offload_validate import render as render_offload
-
         return render_offload(report)
     pl, ev, dev = report["plan"], report["evaluated"], report["device"]
     bks = list(report["backends"])

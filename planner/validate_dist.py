@@ -1,7 +1,6 @@
 """Multi-rank validation: the EP-sharded layer over real ``torch.distributed`` all-to-all.
 
-``moe-planner validate --plan plan.json --world-size N`` (issue 7, part 3, several ranks). N
-local processes (started here with ``torch.multiprocessing``: ``forkserver`` with torch
+``moe-planner validate --plan plan.json --world-size N``. N local processes (started here with ``torch.multiprocessing``: ``forkserver`` with torch
 preloaded where the platform has it, else ``spawn``; or, under ``torchrun``, this process is one
 of them: ``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` are read from the
 environment) form one EP group of the plan (N must equal the plan's ``ep``; ``etp`` 1). Backend
@@ -42,11 +41,12 @@ Called from Python (:func:`validate_distributed`), the calling script needs the 
 
 from __future__ import annotations
 
+import importlib
 import json
+import multiprocessing
 import os
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -55,8 +55,20 @@ from typing import Any
 
 import numpy as np
 
+from planner.api import ep_ranks_per_node, stage_source_gpus
 from planner.errors import InputError
+from planner.kernel_loader import load_kernels
+from planner.simulator import choose_slots
+from planner.specs.hardware import load_hardware
 from planner.specs.plan import Plan
+from planner.validate import (
+    BACKENDS,
+    plan_trace,
+    predict_rank_ms,
+    provenance,
+    rank_slot_tokens,
+    spread,
+)
 
 #: Default tolerance on max_abs_err per dtype (outputs are O(1): weights scaled by 1/sqrt(fan_in)).
 DEFAULT_TOL = {"float64": 1e-9, "float32": 1e-4, "bfloat16": 5e-2}
@@ -75,10 +87,6 @@ def build_cases(
     plan: Plan, trace: Any, steps: int, layers: int | None, max_tokens: int | None, seed: int
 ) -> tuple[list[dict[str, Any]], str]:
     """Tokens, routing and slots of every evaluated (step, layer), for EP group 0 (module docstring, 1)."""
-    from planner.api import ep_ranks_per_node, stage_source_gpus  # noqa: PLC0415
-    from planner.simulator import choose_slots  # noqa: PLC0415
-    from planner.validate import rank_slot_tokens, spread  # noqa: PLC0415
-
     par, pl, m = plan.parallel, plan.placement, plan.model
     p2l_LP = np.asarray(pl.physical_to_logical, dtype=np.int64)
     L = p2l_LP.shape[0]
@@ -131,11 +139,7 @@ def _worker(rank: int, world: int, init_method: str, job: dict[str, Any], result
     import torch  # noqa: PLC0415
     import torch.distributed as dist  # noqa: PLC0415
 
-    from planner.validate import load_kernels  # noqa: PLC0415
-
     kernels = load_kernels()
-    import importlib  # noqa: PLC0415
-
     ml = importlib.import_module(f"{kernels.__name__}.moe_layer")
     dk = importlib.import_module(f"{kernels.__name__}.distributed")
 
@@ -233,8 +237,6 @@ def launch(world: int, job: dict[str, Any]) -> list[dict[str, Any]] | None:
             if rank != 0:
                 return None
         else:
-            import multiprocessing  # noqa: PLC0415
-
             import torch.multiprocessing as mp  # noqa: PLC0415
 
             method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -274,40 +276,10 @@ def validate_distributed(
 
     Returns the report (None on a torchrun rank other than 0).
     """
-    from planner.specs.hardware import load_hardware  # noqa: PLC0415
-    from planner.validate import BACKENDS, load_kernels, plan_trace, predict_rank_ms, provenance  # noqa: PLC0415
-
     say = progress if (progress is not None and int(os.environ.get("RANK", "0")) == 0) else (lambda _msg: None)
     par = plan.parallel
-    if device not in ("cpu", "cuda"):
-        raise InputError(f"--device must be 'cuda' or 'cpu' (got {device!r})")
-    if plan.cache is not None:
-        raise InputError("--world-size: multi-rank validation runs expert-parallel plans, not offload plans (the plan has a cache section)")
-    if under_torchrun() and int(os.environ["WORLD_SIZE"]) != world_size:
-        raise InputError(f"--world-size ({world_size}) must equal torchrun's WORLD_SIZE ({os.environ['WORLD_SIZE']})")
-    if world_size < 1:
-        raise InputError(f"--world-size must be >= 1 (got {world_size})")
-    if world_size != par.ep:
-        raise InputError(
-            f"--world-size ({world_size}) must equal the plan's ep ({par.ep}): the ranks form one expert-parallel group"
-        )
-    if par.etp != 1:
-        raise InputError(f"--world-size: multi-rank validation runs plans with etp 1 (the plan has etp {par.etp})")
-    for name, v in (("--steps", steps), ("--layers", layers), ("--max-tokens", max_tokens), ("--reps", reps)):
-        if v is not None and v <= 0:
-            raise InputError(f"{name} must be > 0 (got {v})")
-    if warmup < 0:
-        raise InputError(f"--warmup must be >= 0 (got {warmup})")
-    if backend not in BACKENDS:
-        raise InputError(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
-    if a2a not in ("native", "p2p"):
-        raise InputError(f"--a2a must be 'native' or 'p2p' (got {a2a!r})")
-    dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
-    if dtype not in DTYPES:
-        raise InputError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
-    tol = DEFAULT_TOL[dtype] if tol is None else tol
-    if not tol > 0:
-        raise InputError(f"--tol must be > 0 (got {tol})")
+    dtype, tol = _check_options(plan, world_size, device, steps, layers, max_tokens, reps, warmup, backend, a2a,
+                                dtype, tol)
 
     kernels = load_kernels()
     import torch  # noqa: PLC0415
@@ -315,10 +287,11 @@ def validate_distributed(
     ml = __import__(f"{kernels.__name__}.moe_layer", fromlist=["MoEConfig"])
     if device == "cuda" and torch.cuda.device_count() < world_size:
         raise InputError(
-            f"--world-size {world_size} with --device cuda needs {world_size} GPUs; torch sees {torch.cuda.device_count()}"
+            f"world_size {world_size} with device cuda needs {world_size} GPUs; torch sees {torch.cuda.device_count()}",
+            field="world_size",
         )
     if device == "cpu" and not torch.distributed.is_gloo_available():
-        raise InputError("--world-size on CPU needs torch.distributed with gloo, which this torch lacks")
+        raise InputError("world_size on CPU needs torch.distributed with gloo, which this torch lacks", field="world_size")
     tr, label, which_steps = plan_trace(plan, trace)
     cases, which = build_cases(plan, tr, steps or 1, layers or 1, max_tokens, seed)
     cfg = ml.MoEConfig.from_model(plan.model)
@@ -339,34 +312,8 @@ def validate_distributed(
 
     hw = load_hardware(plan.cluster.hardware)
     m = plan.model
-    for r in rows:
-        r["predicted_compute_ms"] = float(
-            predict_rank_ms(hw, m.hidden_size, m.expert_intermediate_size, "bf16", np.asarray(r["rows_per_slot"]))
-        )
-        r["rows_match_dispatch"] = r["rows_per_slot"] == r["expected_rows_per_slot"]
-    by_case: dict[tuple[int, int], list[dict[str, Any]]] = {}
-    for r in rows:
-        by_case.setdefault((r["step"], r["layer"]), []).append(r)
-    case_rows = []
-    for c in cases:
-        rk = sorted(by_case[(c["step"], c["layer"])], key=lambda r: r["rank"])
-        case_rows.append({
-            "step": c["step"], "layer": c["layer"], "tokens": int(len(c["src"])),
-            "max_abs_err": max(r["max_abs_err"] for r in rk),
-            "max_abs_err_vs_float64": _max_or_none(r["max_abs_err_vs_float64"] for r in rk),
-            "rows_match_dispatch": all(r["rows_match_dispatch"] for r in rk),
-            "dispatch_matches_plan": c["dispatch_matches_plan"],
-            "straggler_compute_ms": max(r["compute_ms"] for r in rk),
-            "straggler_predicted_compute_ms": max(r["predicted_compute_ms"] for r in rk),
-            "ranks": rk,
-        })
+    case_rows, per_rank = _collect(rows, cases, hw, m, world_size)
     max_err = max((c["max_abs_err"] for c in case_rows), default=0.0)
-    per_rank = []
-    for q in range(world_size):
-        mine = [r for c in case_rows for r in c["ranks"] if r["rank"] == q]
-        per_rank.append({"rank": q, **{k: statistics.median(r[k] for r in mine)
-                                       for k in ("dispatch_ms", "compute_ms", "combine_ms", "shared_ms", "total_ms",
-                                                 "predicted_compute_ms")}})
     notes = []
     if device == "cpu":
         notes.append(f"run on the CPU with gloo: timings check the pipeline; predictions are for {hw.name}")
@@ -404,6 +351,86 @@ def validate_distributed(
     }
 
 
+def _check_options(
+    plan: Plan, world_size: int, device: str, steps: int | None, layers: int | None, max_tokens: int | None,
+    reps: int, warmup: int, backend: str, a2a: str, dtype: str | None, tol: float | None,
+) -> tuple[str, float]:
+    """Every option rule of :func:`validate_distributed`; the dtype and tolerance in effect.
+
+    Errors name the keyword (the CLI shows its flag)."""
+    par = plan.parallel
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"device must be 'cuda' or 'cpu' (got {device!r})", field="device")
+    if plan.cache is not None:
+        raise InputError(
+            "world_size: multi-rank validation runs expert-parallel plans, not offload plans (the plan has a cache section)",
+            field="world_size",
+        )
+    if under_torchrun() and int(os.environ["WORLD_SIZE"]) != world_size:
+        raise InputError(f"world_size ({world_size}) must equal torchrun's WORLD_SIZE ({os.environ['WORLD_SIZE']})",
+                         field="world_size")
+    if world_size < 1:
+        raise InputError(f"world_size must be >= 1 (got {world_size})", field="world_size")
+    if world_size != par.ep:
+        raise InputError(
+            f"world_size ({world_size}) must equal the plan's ep ({par.ep}): the ranks form one expert-parallel group",
+            field="world_size",
+        )
+    if par.etp != 1:
+        raise InputError(f"world_size: multi-rank validation runs plans with etp 1 (the plan has etp {par.etp})",
+                         field="world_size")
+    for name, v in (("steps", steps), ("layers", layers), ("max_tokens", max_tokens), ("reps", reps)):
+        if v is not None and v <= 0:
+            raise InputError(f"{name} must be > 0 (got {v})", field=name)
+    if warmup < 0:
+        raise InputError(f"warmup must be >= 0 (got {warmup})", field="warmup")
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)} (got {backend!r})", field="backend")
+    if a2a not in ("native", "p2p"):
+        raise InputError(f"a2a must be 'native' or 'p2p' (got {a2a!r})", field="a2a")
+    dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)} (got {dtype!r})", field="dtype")
+    tol = DEFAULT_TOL[dtype] if tol is None else tol
+    if not tol > 0:
+        raise InputError(f"tol must be > 0 (got {tol})", field="tol")
+    return dtype, tol
+
+
+def _collect(
+    rows: list[dict[str, Any]], cases: list[dict[str, Any]], hw: Any, m: Any, world_size: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every rank's results with their prediction, grouped by (step, layer), and the median per rank."""
+    for r in rows:
+        r["predicted_compute_ms"] = float(
+            predict_rank_ms(hw, m.hidden_size, m.expert_intermediate_size, "bf16", np.asarray(r["rows_per_slot"]))
+        )
+        r["rows_match_dispatch"] = r["rows_per_slot"] == r["expected_rows_per_slot"]
+    by_case: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        by_case.setdefault((r["step"], r["layer"]), []).append(r)
+    case_rows = []
+    for c in cases:
+        rk = sorted(by_case[(c["step"], c["layer"])], key=lambda r: r["rank"])
+        case_rows.append({
+            "step": c["step"], "layer": c["layer"], "tokens": int(len(c["src"])),
+            "max_abs_err": max(r["max_abs_err"] for r in rk),
+            "max_abs_err_vs_float64": _max_or_none(r["max_abs_err_vs_float64"] for r in rk),
+            "rows_match_dispatch": all(r["rows_match_dispatch"] for r in rk),
+            "dispatch_matches_plan": c["dispatch_matches_plan"],
+            "straggler_compute_ms": max(r["compute_ms"] for r in rk),
+            "straggler_predicted_compute_ms": max(r["predicted_compute_ms"] for r in rk),
+            "ranks": rk,
+        })
+    per_rank = []
+    for q in range(world_size):
+        mine = [r for c in case_rows for r in c["ranks"] if r["rank"] == q]
+        per_rank.append({"rank": q, **{k: statistics.median(r[k] for r in mine)
+                                       for k in ("dispatch_ms", "compute_ms", "combine_ms", "shared_ms", "total_ms",
+                                                 "predicted_compute_ms")}})
+    return case_rows, per_rank
+
+
 def _fmt(v: float | None) -> str:
     return "not computed (layer too large to copy to the CPU in float64)" if v is None else f"{v:.3g}"
 
@@ -430,32 +457,3 @@ def render(report: dict[str, Any]) -> str:
         )
     lines += [f"  note: {n}" for n in report["notes"]]
     return "\n".join(lines)
-
-
-def run_cli(plan: Plan, *, out_path: str | None, as_json: bool, **kwargs: Any) -> None:
-    """``moe-planner validate --world-size N``: run, write ``--out``, print; exit 1 above the tolerance.
-
-    Under torchrun only rank 0 writes and prints.
-    """
-    import click  # noqa: PLC0415
-
-    from planner.io import atomic_write_text  # noqa: PLC0415
-
-    report = validate_distributed(plan, progress=lambda msg: click.echo(msg, err=True), **kwargs)
-    if report is None:
-        return
-    text = json.dumps(report, indent=1) + "\n"
-    if out_path is not None:
-        atomic_write_text(out_path, text)
-        click.echo(f"wrote {out_path}", err=True)
-    click.echo(text if as_json else render(report), nl=not as_json)
-    if not report["passed"]:
-        click.echo(
-            f"validate: max_abs_err {report['max_abs_err']:.3g} exceeds the tolerance {report['tolerance']:g} "
-            "(the sharded layer differs from the unsharded one)", err=True,
-        )
-        raise click.exceptions.Exit(1)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: moe-planner validate --plan plan.json --world-size N")

@@ -26,6 +26,10 @@ import click
 
 from planner.errors import InputError
 from planner.io import atomic_write_text, check_writable
+from planner.kernel_loader import load_kernels
+from planner.specs.base import parse
+from planner.specs.hardware import HardwareProfile, dumps_profile, load_hardware
+from planner.specs.model_io import load_model
 
 
 def _name_from(out: str) -> str:
@@ -64,11 +68,6 @@ def _display(p: Path) -> str:
 def profile(device, out_path, name, models, base, quick, budget_s, tokens, runs, reps, warmup, max_shapes, no_fp8,
             raw_path, force, as_json) -> None:
     """Measure this device (expert FFN, grouped GEMM, copies, peaks, collectives) and write a hardware profile."""
-    from planner.specs.base import parse
-    from planner.specs.hardware import HardwareProfile, load_hardware
-    from planner.specs.model_io import load_model
-    from planner.validate import load_kernels
-
     for flag, v in (("--runs", runs), ("--reps", reps), ("--max-shapes", max_shapes)):
         if v is not None and v < 1:
             raise InputError(f"{flag} must be >= 1 (got {v})")
@@ -97,7 +96,7 @@ def profile(device, out_path, name, models, base, quick, budget_s, tokens, runs,
     base_hw = load_hardware(base) if base else None
 
     kernels = load_kernels()
-    import torch
+    import torch  # noqa: PLC0415
 
     prof = importlib.import_module(f"{kernels.__name__}.profiler")
     if device is None:
@@ -132,12 +131,7 @@ def profile(device, out_path, name, models, base, quick, budget_s, tokens, runs,
     data["pcie"] = {k: v for k, v in data["pcie"].items() if v is not None}
     hw = parse(HardwareProfile, data, Path(out_path).name)
     atomic_write_text(raw_file, json.dumps(raw, indent=1) + "\n")
-    try:
-        from planner.hwprofiles.seed_from_shared import dumps
-    except ImportError:  # pragma: no cover - a source tree without the hwprofiles package
-        dumps = None
-    text = dumps(data) if dumps is not None else json.dumps(data, indent=1)
-    atomic_write_text(out_path, text + "\n")
+    atomic_write_text(out_path, dumps_profile(data) + "\n")
     click.echo(f"wrote {out_path} ({len(hw.expert_ffn_tables)} expert-FFN tables) and {raw_label}", err=True)
     summary = {
         "profile": str(out_path), "raw": raw_label, "name": hw.name, "device": hw.measured.device,

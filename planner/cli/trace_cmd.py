@@ -16,19 +16,18 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from planner.errors import InputError
-
-if TYPE_CHECKING:
-    from planner.specs.model import ModelSpec
+from planner.io import check_writable
+from planner.specs.model import ModelSpec
+from planner.specs.model_io import load_model
+from planner.traces import load_trace, save_trace, synth_trace, trace_stats
 
 
 def _synth_defaults() -> dict[str, Any]:
-    from planner.traces.synth import synth_trace
-
     return {n: p.default for n, p in inspect.signature(synth_trace).parameters.items()}
 
 
@@ -38,16 +37,10 @@ _D = _synth_defaults()
 def _load_model(arg: str | None) -> ModelSpec | None:
     if arg is None:
         return None
-    try:
-        from planner.specs.model_io import load_model
-    except ImportError:  # pragma: no cover - model_io ships with the package
-        raise InputError("--model: model loading (planner.specs.model_io) is not available") from None
     return load_model(arg)
 
 
 def _check_out(out: str, force: bool) -> Path:
-    from planner.io import check_writable
-
     p = Path(out)
     if p.suffix.lower() != ".npz":
         raise InputError(f"--out {out}: traces are written as .npz")
@@ -142,8 +135,6 @@ def synth(
 ) -> None:
     """Write a synthetic routing trace with realistic structure (skew, cross-layer affinity,
     co-activation, drift, per-rank input mixes)."""
-    from planner.traces import save_trace, synth_trace
-
     if model_arg is None and None in (layers, experts, top_k):
         raise InputError("trace synth: give --model, or all of --layers, --experts and --top-k")
     path = _check_out(out, force)
@@ -185,8 +176,6 @@ def synth(
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def convert(src: str, out: str, model_arg: str | None, tokens_per_step: int | None, force: bool, as_json: bool) -> None:
     """Convert a trace (.npz, or SGLang logical_count .json / .pt) to the planner's .npz."""
-    from planner.traces import load_trace, save_trace
-
     path = _check_out(out, force)
     model = _load_model(model_arg)
     tr = load_trace(src, model=model, tokens_per_step=tokens_per_step)
@@ -250,8 +239,6 @@ def _table(name: str, s: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON on stdout.")
 def stats(file: str, model_arg: str | None, tokens_per_step: int | None, as_json: bool) -> None:
     """Summarise a trace: per-layer imbalance, entropy, cross-layer predictability, co-activation."""
-    from planner.traces import load_trace, trace_stats
-
     model = _load_model(model_arg)
     tr = load_trace(file, model=model, tokens_per_step=tokens_per_step)
     s = trace_stats(tr)

@@ -12,10 +12,17 @@ documented there); with ``--world-size N``, over :func:`planner.validate_dist.va
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
 from planner.io import atomic_write_text, check_writable
+from planner.kernel_loader import load_kernels
+from planner.specs.plan import Plan
+from planner.validate import TimingOptions, render
+from planner.validate import validate as run_validate
+from planner.validate_dist import render as render_dist
+from planner.validate_dist import validate_distributed
 
 
 def _argv(ctx: click.Context) -> list[str]:
@@ -65,22 +72,16 @@ def _argv(ctx: click.Context) -> list[str]:
 def validate(plan_path, trace_path, device, steps, layers, max_tokens, backends, warmup, reps, runs, eager,
              budget_s, out_path, force, as_json, world_size, dist_dtype, tol, a2a) -> None:
     """Execute the real MoE layers a plan implies (one EP rank at a time) and compare with the prediction."""
-    from planner.specs.plan import Plan
-    from planner.validate import TimingOptions, load_kernels, render
-    from planner.validate import validate as run_validate
-
     if out_path is not None:
         check_writable(out_path, force)
     plan = Plan.load(plan_path)
     load_kernels()
     if device is None:
-        import torch
+        import torch  # noqa: PLC0415
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if world_size is not None:  # several ranks: planner/validate_dist.py
-        from planner.validate_dist import run_cli
-
-        return run_cli(plan, world_size=world_size, trace=trace_path, device=device, steps=steps, layers=layers,
+        return _run_distributed(plan, world_size=world_size, trace=trace_path, device=device, steps=steps, layers=layers,
                        max_tokens=max_tokens, dtype=dist_dtype, tol=tol, backend=(backends or ("auto",))[0], a2a=a2a,
                        warmup=warmup, reps=reps, argv=_argv(click.get_current_context()), out_path=out_path,
                        as_json=as_json)
@@ -105,3 +106,24 @@ def validate(plan_path, trace_path, device, steps, layers, max_tokens, backends,
         click.echo(text, nl=False)
     else:
         click.echo(render(report))
+
+
+def _run_distributed(plan: Plan, *, out_path: str | None, as_json: bool, **kwargs: Any) -> None:
+    """``--world-size N``: run, write ``--out``, print; exit 1 above the tolerance.
+
+    Under torchrun only rank 0 writes and prints.
+    """
+    report = validate_distributed(plan, progress=lambda msg: click.echo(msg, err=True), **kwargs)
+    if report is None:
+        return
+    text = json.dumps(report, indent=1) + "\n"
+    if out_path is not None:
+        atomic_write_text(out_path, text)
+        click.echo(f"wrote {out_path}", err=True)
+    click.echo(text if as_json else render_dist(report), nl=not as_json)
+    if not report["passed"]:
+        click.echo(
+            f"validate: max_abs_err {report['max_abs_err']:.3g} exceeds the tolerance {report['tolerance']:g} "
+            "(the sharded layer differs from the unsharded one)", err=True,
+        )
+        raise click.exceptions.Exit(1)

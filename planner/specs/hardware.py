@@ -1,6 +1,6 @@
 """HardwareProfile: one GPU kind as data — memory, compute peaks, links, measured kernel tables.
 
-Hardware is data (STYLE.md principle 5): every device figure lives in a profile file under the
+Hardware is data: every device figure lives in a profile file under the
 top-level ``hwprofiles/`` folder (installed as the package ``planner.hwprofiles``), each with its
 provenance (``measured``: which figures were measured, on what, when and how; which come from a
 datasheet). Nothing here hard-codes a device.
@@ -28,9 +28,10 @@ naming the file, the field and the rule.
 from __future__ import annotations
 
 import importlib.resources
+import json
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -314,3 +315,24 @@ def load_hardware(arg: str | Path) -> HardwareProfile:
         f"hardware: unknown profile {show(text)}; known profiles: {known} "
         "(or give a path to a .json/.yaml profile file)"
     )
+
+
+def dumps_profile(obj: Any, indent: int = 0) -> str:
+    """A profile as JSON with lists of numbers and small flat objects kept on one line, so that
+    the shipped files diff readably (``moe-planner profile`` and tools/seed_hwprofile.py)."""
+    pad, inner = "  " * indent, "  " * (indent + 1)
+
+    def flat(x: Any) -> bool:
+        return not isinstance(x, dict | list)
+
+    if isinstance(obj, dict):
+        if all(flat(v) for v in obj.values()) and len(json.dumps(obj)) <= 90:
+            return json.dumps(obj, ensure_ascii=False)
+        items = [f"{inner}{json.dumps(k)}: {dumps_profile(v, indent + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(obj, list):
+        if all(flat(v) for v in obj):
+            return json.dumps(obj, ensure_ascii=False)
+        items = [f"{inner}{dumps_profile(v, indent + 1)}" for v in obj]
+        return "[\n" + ",\n".join(items) + f"\n{pad}]"
+    return json.dumps(obj, ensure_ascii=False)

@@ -38,21 +38,17 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from planner.errors import InputError
 from planner.io import atomic_write_bytes
 from planner.specs.base import require_file
-from planner.specs.model import MAX_EXPERTS
+from planner.specs.model import MAX_EXPERTS, ModelSpec
 from planner.traces.npy import read_npz
 from planner.traces.sglang import load_logical_count
 from planner.traces.stream import max_trace_bytes, npz_ids_bytes, stream_npz
 from planner.traces.trace import CountsTrace, Trace, check_against_model
-
-if TYPE_CHECKING:
-    from planner.specs.model import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -28,16 +28,14 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from planner.errors import InputError
 from planner.specs.base import one_line, parse_text, read_text, require_file
+from planner.specs.model import ModelSpec
 from planner.traces.trace import CountsTrace
-
-if TYPE_CHECKING:
-    from planner.specs.model import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -48,15 +48,12 @@ experts hot.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from planner.errors import InputError
+from planner.specs.model import ModelSpec
 from planner.traces.trace import Trace
-
-if TYPE_CHECKING:
-    from planner.specs.model import ModelSpec
 
 #: Logit bonus that makes an affinity-forced expert win its top-k slot (perturbed scores are
 #: O(10), so anything above BOOST / 2 was boosted).

@@ -17,15 +17,10 @@ with one line naming the source, the array and the rule, e.g.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from planner.errors import InputError
-from planner.specs.model import MAX_EXPERTS
-
-if TYPE_CHECKING:
-    from planner.specs.model import ModelSpec
+from planner.specs.model import MAX_EXPERTS, ModelSpec
 
 StepSelector = slice | np.ndarray | list[int] | list[bool]
 

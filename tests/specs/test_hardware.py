@@ -86,7 +86,7 @@ def test_aliases_and_case():
 
 
 def _load_seed_script():
-    spec = importlib.util.spec_from_file_location("seed_from_shared", REPO / "hwprofiles" / "seed_from_shared.py")
+    spec = importlib.util.spec_from_file_location("seed_hwprofile", REPO / "tools" / "seed_hwprofile.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -103,11 +103,18 @@ def test_seed_script_reproduces_shipped_profile(gpu, name):
     if gpu == "h100":
         name_x = "hwprofiles/measurements/h100-sxm-2026-11-23.json"
         extras = [(json.loads((REPO / name_x).read_text(encoding="utf-8")), seed._extra_name(REPO / name_x))]
-    built = seed.build_profile(
-        json.loads(src.read_text(encoding="utf-8")), f"shared/data/{gpu}/expert_ffn_bf16.json", extras
-    )
+    built = seed.build_profile(json.loads(src.read_text(encoding="utf-8")), extras)
     shipped = json.loads((REPO / "hwprofiles" / f"{name}.json").read_text(encoding="utf-8"))
     assert built == shipped
+    # sources describe the measurement (device, date, method), never a path outside the repository
+    device = json.loads(src.read_text(encoding="utf-8"))["device"]["name"]
+    assert shipped["measured"]["source"].startswith(
+        f"bf16 expert-FFN timings on {device}, 2026-11-23 (the minimum of 4 runs of CUDA-event medians"
+    )
+    for t in shipped["expert_ffn_tables"]:
+        assert t["source"].startswith((f"bf16 expert-FFN timings on {device}, 2026-11-23: rows of model",
+                                       "hwprofiles/measurements/h100-sxm-2026-11-23.json: expert_ffn_"))
+    assert "shared/data" not in json.dumps(shipped)
     # every measured row is in a table (duplicate shapes merged by the minimum)
     rows = json.loads(src.read_text(encoding="utf-8"))["rows"]
     hw = load_hardware(name)

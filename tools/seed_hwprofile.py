@@ -1,34 +1,26 @@
-"""Build a hardware profile from a shared measurement file, so the seeding is reproducible.
+"""Build hwprofiles/h100-sxm.json and h200-sxm.json from a GPU measurement file (reproducible seeding).
 
-Usage, from the repository root::
+Usage, from the repository root (the measurement files are the project's shared GPU data, kept
+outside this repository)::
 
-    python hwprofiles/seed_from_shared.py ../shared/data/h100/expert_ffn_bf16.json hwprofiles/h100-sxm.json \
+    python tools/seed_hwprofile.py ../shared/data/h100/expert_ffn_bf16.json hwprofiles/h100-sxm.json \
         --extra hwprofiles/measurements/h100-sxm-2026-11-23.json
-    python hwprofiles/seed_from_shared.py ../shared/data/h200/expert_ffn_bf16.json hwprofiles/h200-sxm.json
+    python tools/seed_hwprofile.py ../shared/data/h200/expert_ffn_bf16.json hwprofiles/h200-sxm.json
 
-What comes from the measurement file (``expert_ffn_bf16.json``: ``device``, ``ceilings``,
-``rows``, ``what``, ``measured``):
+The measurement file (``device``, ``ceilings``, ``rows``, ``what``, ``measured``) gives
+``hbm_usable_gib``, ``num_sms``, ``l2_mb``, ``hbm_bandwidth_gbps`` (``ceilings.d2d_GBps_rw``), the
+PCIe curves (``ceilings.{h2d_pinned,d2h_pinned,h2d_pageable}_<N>MB_GBps``, N MB = N·2**20 bytes),
+one bf16 ``expert_ffn_tables`` entry per (d, f) shape (two models of the same shape are merged
+by keeping, per token count and column, the smaller figure: each is already a minimum over runs,
+docs/facts.md §2) and the provenance. Sources are described by what was measured (device, date,
+method, models), never by the file's path.
 
-- ``hbm_usable_gib`` (``device.mem_gib``), ``num_sms``, ``l2_mb``;
-- ``hbm_bandwidth_gbps`` (``ceilings.d2d_GBps_rw``);
-- the PCIe curves (``ceilings.{h2d_pinned,d2h_pinned,h2d_pageable}_<N>MB_GBps``; N MB is taken
-  as N·2**20 bytes);
-- ``expert_ffn_tables``: ALL rows, one table per (d, f) shape. Two models with the same shape
-  (DeepSeek-V2-Lite and Qwen1.5-MoE-A2.7B are both 2048×1408) are merged by keeping, per token
-  count and per column, the smaller figure: each figure is already the minimum over runs, the
-  reproducible statistic on shared GPUs (docs/facts.md §2);
-- the provenance (device name, torch, CUDA from torch's ``+cuXYZ`` tag, date, method).
+``--extra FILE`` (``hwprofiles/measurements/*.json``, sections ``expert_ffn_bf16`` /
+``expert_ffn_fp8``) adds a table for every (d, f, dtype) the measurement file lacks.
 
-``--extra FILE`` (a measurement of this project, ``hwprofiles/measurements/*.json``, with sections
-``expert_ffn_bf16`` / ``expert_ffn_fp8`` holding ``rows`` of ``d, f, M, dtype, ffn_ms, w13_ms,
-w2_ms, models``) adds a table for every (d, f, dtype) shape that the shared file does not hold
-(the shared file's tables are kept as they are); each added table's ``source`` names the file and
-its models, and the profile's provenance names the file and its method. Nothing else is taken
-from it.
-
-Everything else (datasheet capacity and peaks, interconnect figures from docs/facts.md §3) sits in
-:data:`DATASHEET` below, keyed by the GPU kind found in the device name. The profile is validated
-against :class:`planner.specs.hardware.HardwareProfile` before it is written.
+Datasheet capacity and peaks and the interconnect figures (docs/facts.md §3) sit in
+:data:`DATASHEET`, keyed by the GPU kind in the device name. The profile is validated against
+:class:`planner.specs.hardware.HardwareProfile` before it is written.
 """
 
 from __future__ import annotations
@@ -41,13 +33,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-try:
-    from planner.specs.base import parse
-    from planner.specs.hardware import HardwareProfile
-except ModuleNotFoundError:  # running from a source tree without install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from planner.specs.base import parse
-    from planner.specs.hardware import HardwareProfile
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a source checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+from planner.specs.base import parse  # noqa: E402
+from planner.specs.hardware import HardwareProfile, dumps_profile  # noqa: E402
 
 _H100_SOURCES = (
     "NVIDIA H100 Tensor Core GPU datasheet (H100 SXM: 80 GB, 3.35 TB/s, bf16 1979 TFLOP/s with sparsity = 989 dense, "
@@ -102,9 +93,18 @@ def _cuda_from_torch(torch_version: str) -> str | None:
     return f"{int(m.group(1))}.{m.group(2)}" if m else None
 
 
-def _source_name(path: Path) -> str:
-    parts = path.resolve().parts
-    return "/".join(parts[parts.index("shared"):]) if "shared" in parts else path.name
+def source_label(measurement: dict[str, Any]) -> str:
+    """What the measurement is (device, date, method), in place of a path outside the repository."""
+    m = re.search(r"minimum over (\d+) runs", measurement.get("what", ""))
+    runs = f"the minimum of {m.group(1)} runs" if m else "the minimum over runs"
+    return (
+        f"{table_label(measurement)} ({runs} of CUDA-event medians, triton do_bench, weights rotated past the L2)"
+    )
+
+
+def table_label(measurement: dict[str, Any]) -> str:
+    """The short form of :func:`source_label` that each table's ``source`` starts with."""
+    return f"bf16 expert-FFN timings on {measurement['device']['name']}, {measurement['measured']}"
 
 
 def _extra_name(path: Path) -> str:
@@ -173,7 +173,7 @@ def _curves(ceilings: dict[str, float]) -> dict[str, list[dict[str, float]]]:
 
 
 def build_profile(
-    measurement: dict[str, Any], source: str, extras: list[tuple[dict[str, Any], str]] | None = None
+    measurement: dict[str, Any], extras: list[tuple[dict[str, Any], str]] | None = None
 ) -> dict[str, Any]:
     """The profile mapping: datasheet figures of the device kind plus everything measured.
 
@@ -202,7 +202,7 @@ def build_profile(
         "took 7.67 ms against 6.93 ideal and 13.43 serial on H100: 1 − (7.67 − 6.93)/(13.43 − 6.93) = 0.89; "
         "used for H200 too, not measured there)"
     )
-    tables = _tables(measurement["rows"], source)
+    tables = _tables(measurement["rows"], table_label(measurement))
     extra_note, extra_source = "", ""
     for extra, extra_name in extras or []:
         have = {(t["d"], t["f"], t["dtype"]) for t in tables}
@@ -210,7 +210,7 @@ def build_profile(
         tables += added
         prov = extra.get("provenance", {})
         extra_note += (
-            f" Further expert_ffn_tables ({len(added)}: shapes and dtypes the shared file lacks) from {extra_name}, "
+            f" Further expert_ffn_tables ({len(added)}: shapes and dtypes the bf16 measurement lacks) from {extra_name}, "
             f"measured {extra.get('measured', '?')} on {prov.get('device', '?')} (driver {prov.get('driver_version', '?')}, "
             f"torch {prov.get('torch', '?')}); method: {extra.get('method', '?')}"
         )
@@ -251,35 +251,15 @@ def build_profile(
             "cuda": _cuda_from_torch(dev.get("torch", "")),
             "date": measurement["measured"],
             "method": measurement["what"],
-            "source": f"{source}{extra_source}; {ds['sources']}",
+            "source": f"{source_label(measurement)}{extra_source}; {ds['sources']}",
             "notes": notes,
         },
     }
 
 
-def dumps(obj: Any, indent: int = 0) -> str:
-    """JSON with lists of numbers and small flat objects kept on one line (readable diffs)."""
-    pad, inner = "  " * indent, "  " * (indent + 1)
-
-    def flat(x: Any) -> bool:
-        return not isinstance(x, dict | list)
-
-    if isinstance(obj, dict):
-        if all(flat(v) for v in obj.values()) and len(json.dumps(obj)) <= 90:
-            return json.dumps(obj, ensure_ascii=False)
-        items = [f"{inner}{json.dumps(k)}: {dumps(v, indent + 1)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
-    if isinstance(obj, list):
-        if all(flat(v) for v in obj):
-            return json.dumps(obj, ensure_ascii=False)
-        items = [f"{inner}{dumps(v, indent + 1)}" for v in obj]
-        return "[\n" + ",\n".join(items) + f"\n{pad}]"
-    return json.dumps(obj, ensure_ascii=False)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("measurement", type=Path, help="shared measurement file (expert_ffn_bf16.json)")
+    ap.add_argument("measurement", type=Path, help="GPU measurement file (expert_ffn_bf16.json)")
     ap.add_argument("out", type=Path, help="profile to write (hwprofiles/NAME.json)")
     ap.add_argument(
         "--extra", type=Path, action="append", default=[],
@@ -288,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     data = json.loads(args.measurement.read_text(encoding="utf-8"))
     extras = [(json.loads(p.read_text(encoding="utf-8")), _extra_name(p)) for p in args.extra]
-    profile = build_profile(data, _source_name(args.measurement), extras)
+    profile = build_profile(data, extras)
     parse(HardwareProfile, profile, args.out.name)  # validate before writing
-    args.out.write_text(dumps(profile) + "\n", encoding="utf-8")
+    args.out.write_text(dumps_profile(profile) + "\n", encoding="utf-8")
     n = sum(len(t["tokens"]) for t in profile["expert_ffn_tables"])
     print(f"wrote {args.out}: {len(profile['expert_ffn_tables'])} tables, {n} points", file=sys.stderr)
     return 0

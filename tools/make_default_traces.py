@@ -1,7 +1,7 @@
-"""Regenerate the shipped synthetic routing traces in this folder.
+"""Regenerate the shipped synthetic routing traces (planner/data/traces/*.npz).
 
-    python planner/data/traces/make_default.py            # writes next to this script
-    python planner/data/traces/make_default.py --out DIR
+    python tools/make_default_traces.py            # writes planner/data/traces/
+    python tools/make_default_traces.py --out DIR
 
 Each trace is ``synth_trace`` at its default structure parameters for a model preset:
 16 steps × 512 tokens over 8 data-parallel ranks, seed 0, without gate weights (ids in
@@ -21,21 +21,21 @@ import argparse
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a source checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+from planner.specs.model_io import load_model  # noqa: E402
+from planner.traces import save_trace, synth_trace  # noqa: E402
+
+TRACES = ROOT / "planner" / "data" / "traces"
 MODELS = ("qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite")
 STEPS, TOKENS_PER_STEP, RANKS, SEED = 16, 512, 8, 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        import planner.traces  # noqa: F401
-    except ImportError:  # run from a source checkout without installing
-        sys.path.insert(0, str(HERE.parents[2]))
-    from planner.specs.model_io import load_model
-    from planner.traces import save_trace, synth_trace
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=HERE, help="output folder (default: this folder)")
+    ap.add_argument("--out", type=Path, default=TRACES, help="output folder (default: planner/data/traces)")
     args = ap.parse_args(argv)
     for name in MODELS:
         model = load_model(name)
