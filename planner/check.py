@@ -12,8 +12,8 @@ the file in two passes instead:
      model given (deepseek-v2-lite) has 26``); the checks below use the given model when it has
      the plan's MoE layers and experts, the plan's own model otherwise (so that one mismatch is
      one line, not one per layer);
-   - degrees: dp × tp × pp × cp = GPUs; ep × etp divides the GPUs of a pipeline stage; etp
-     divides the expert FFN width; pp ≤ layers; pp × vpp divides the layers when vpp > 1;
+   - degrees: every rule of :mod:`planner.specs.degrees` (the one home of the degree rules,
+     shared with the plan schema and the parallelism search);
    - placement: one row per MoE layer; ep × slots_per_gpu slots in every row (the same count on
      every EP rank); ids in [0, E); every expert at least once per layer;
    - memory: weights per GPU (:func:`planner.cost.memory.weights_per_gpu_bytes`) within the
@@ -41,9 +41,12 @@ from pydantic import create_model
 
 from planner.cost.memory import GIB, weights_per_gpu_bytes
 from planner.errors import InputError
+from planner.offload import cache_memory_problems
 from planner.specs.base import Spec, parse, read_mapping
+from planner.specs.degrees import degree_problems
 from planner.specs.hardware import HardwareProfile, load_hardware
 from planner.specs.model import ModelSpec
+from planner.specs.model_io import load_model
 from planner.specs.plan import SCHEMA_VERSION, Plan
 
 #: Relative tolerance for figures that are sums or means of others.
@@ -88,8 +91,6 @@ def check_plan(
     parts = plan if isinstance(plan, Plan) else read_plan_fields(plan)
     given = None
     if model is not None:
-        from planner.specs.model_io import load_model
-
         given = model if isinstance(model, ModelSpec) else load_model(model)
     problems: list[str] = []
     m = parts.model
@@ -99,7 +100,7 @@ def check_plan(
         # against the plan's own model instead, so that the list stays one line per problem
         if (given.num_moe_layers, given.num_experts) == (m.num_moe_layers, m.num_experts):
             m = given
-    problems += degree_problems(parts, m)
+    problems += parallel_problems(parts, m)
     problems += placement_problems(parts, m)
     hw, hw_problem = _hardware(parts, hardware)
     problems += hw_problem
@@ -146,30 +147,9 @@ def _short(v: Any) -> str:
 # ---- degrees ---------------------------------------------------------------------------------
 
 
-def degree_problems(parts: Any, m: ModelSpec) -> list[str]:
-    par, c = parts.parallel, parts.cluster
-    n = c.num_gpus
-    out = []
-    if par.dp * par.tp * par.pp * par.cp != n:
-        out.append(
-            f"parallel: dp × tp × pp × cp ({par.dp} × {par.tp} × {par.pp} × {par.cp} = "
-            f"{par.dp * par.tp * par.pp * par.cp}) must equal the cluster's GPUs ({c.num_nodes} × {c.gpus_per_node} = {n})"
-        )
-    if n % par.pp:
-        out.append(f"parallel: pp ({par.pp}) must divide the cluster's {n} GPUs")
-    elif (n // par.pp) % (par.ep * par.etp):
-        out.append(
-            f"parallel: ep × etp ({par.ep} × {par.etp} = {par.ep * par.etp}) must divide the GPUs of a pipeline stage ({n // par.pp})"
-        )
-    if par.pp > m.num_layers:
-        out.append(f"parallel: pp ({par.pp}) must be <= the model's layers ({m.num_layers})")
-    if par.vpp > 1 and m.num_layers % (par.pp * par.vpp):
-        out.append(
-            f"parallel: pp × vpp ({par.pp} × {par.vpp} = {par.pp * par.vpp}) must divide the model's {m.num_layers} layers"
-        )
-    if m.expert_intermediate_size % par.etp:
-        out.append(f"parallel: etp ({par.etp}) must divide the expert FFN width ({m.expert_intermediate_size})")
-    return out
+def parallel_problems(parts: Any, m: ModelSpec) -> list[str]:
+    """The degrees' rules (:func:`planner.specs.degrees.degree_problems`), every one broken."""
+    return [f"parallel: {p}" for p in degree_problems(m, parts.cluster, parts.parallel)]
 
 
 # ---- placement -------------------------------------------------------------------------------
@@ -224,8 +204,6 @@ def _hardware(parts: Any, hardware: HardwareProfile | str | None) -> tuple[Hardw
 
 def memory_problems(parts: Any, m: ModelSpec, hw: HardwareProfile) -> list[str]:
     if parts.cache is not None:  # offload: experts live in host memory, the cache holds the GPU's share
-        from planner.offload import cache_memory_problems
-
         return cache_memory_problems(parts.cache, m, hw)
     par, pl = parts.parallel, parts.placement
     need = weights_per_gpu_bytes(m, pl.slots_per_gpu, par.tp, par.pp, par.etp)

@@ -1,21 +1,36 @@
 """Parallel degrees for a placement plan: the user's fixed degrees, checked, defaults filled.
 
-It checks the degrees the user fixed, with messages that name the numbers and what would be
-valid; omitted degrees default to TP = PP = ETP = 1, EP = GPUs per pipeline stage, DP = GPUs /
-(TP · PP). :func:`planner.api.prepare` calls it to validate the fixed degrees, then lets the
-parallelism search (:mod:`planner.solve.parallel`) choose the omitted ones.
+Omitted degrees default to TP = PP = ETP = VPP = 1, DP = GPUs / (TP · PP) and EP = the GPUs of a
+pipeline stage / ETP (or the largest divisor of both the stage and the expert slots). The filled
+degrees are then checked against the rules of :mod:`planner.specs.degrees`; the most basic broken
+rule is raised, with the values that would be valid. :func:`planner.api.prepare` calls this to
+validate the fixed degrees before the parallelism search (:mod:`planner.solve.parallel`) chooses
+the omitted ones.
 """
 
 from __future__ import annotations
 
 from planner.errors import InputError
 from planner.specs.cluster import ClusterSpec
+from planner.specs.degrees import (
+    DegreeProblem,
+    Degrees,
+    divisors,
+    iter_degree_problems,
+    require_positive,
+    require_redundant,
+)
 from planner.specs.model import ModelSpec
 from planner.specs.plan import Parallel
 
+#: The rules checked here, most basic first; the others (attention heads, interleaving, node
+#: locality, batch) depend on the mode and are left to the parallelism search.
+RULES = ("pp-layers", "product", "edp", "ep-experts", "etp-width")
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+
+def _first(problems: list[DegreeProblem]) -> DegreeProblem | None:
+    mine = [p for p in problems if p.rule in RULES]
+    return min(mine, key=lambda p: RULES.index(p.rule)) if mine else None
 
 
 def resolve_degrees(
@@ -31,48 +46,37 @@ def resolve_degrees(
     redundant: int = 0,
 ) -> Parallel:
     n = cluster.num_gpus
-    for flag, v in (("--ep", ep), ("--tp", tp), ("--pp", pp), ("--dp", dp), ("--etp", etp), ("--vpp", vpp)):
-        if v is not None and v <= 0:
-            raise InputError(f"{flag} must be > 0 (got {v})")
-    if redundant < 0:
-        raise InputError(f"--redundant-experts must be >= 0 (got {redundant})")
+    require_positive(ep=ep, tp=tp, pp=pp, dp=dp, etp=etp, vpp=vpp)
+    require_redundant(redundant)
     tp = tp or 1
     pp = pp or 1
     etp = etp or 1
     vpp = vpp or 1
     if n % (tp * pp):
         raise InputError(
-            f"--tp × --pp ({tp} × {pp} = {tp * pp}) must divide the cluster's {n} GPUs; valid products: {_divisors(n)}"
+            f"tp × pp ({tp} × {pp} = {tp * pp}) must divide the cluster's {n} GPUs; valid products: {divisors(n)}",
+            field="tp",
         )
-    if pp > model.num_layers:
-        raise InputError(f"--pp ({pp}) must be <= the model's layers ({model.num_layers})")
     stage = n // pp
     if dp is None:
         dp = n // (tp * pp)
-    elif dp * tp * pp != n:
-        raise InputError(f"--dp × --tp × --pp ({dp} × {tp} × {pp}) must equal the cluster's {n} GPUs")
+    slots = model.num_experts + redundant
     if ep is None:
-        ep = stage // etp
         if stage % etp:
-            raise InputError(f"--etp ({etp}) must divide the GPUs of a pipeline stage ({stage})")
-        slots = model.num_experts + redundant
+            raise InputError(f"etp ({etp}) must divide the GPUs of a pipeline stage ({stage})", field="etp")
+        ep = stage // etp
         if slots % ep:
             # fall back to the largest EP that divides both the stage and the slots
-            ep = max(d for d in _divisors(stage // etp) if slots % d == 0)
-    if stage % (ep * etp):
-        raise InputError(
-            f"--ep × --etp ({ep} × {etp}) must divide the {stage} GPUs of a pipeline stage; "
-            f"valid ep: {[d for d in _divisors(stage // etp)]}"
-        )
-    slots = model.num_experts + redundant
-    if slots % ep:
-        ok = [d for d in _divisors(stage // etp) if slots % d == 0]
-        raise InputError(
-            f"--ep {ep}: experts + redundant experts ({model.num_experts} + {redundant} = {slots}) must divide by ep "
-            f"so every EP rank holds the same number of experts; valid ep here: {ok}"
-        )
-    if model.expert_intermediate_size % etp:
-        raise InputError(
-            f"--etp ({etp}) must divide the expert FFN width ({model.expert_intermediate_size})"
-        )
+            ep = max(d for d in divisors(stage // etp) if slots % d == 0)
+    problems = list(iter_degree_problems(
+        model, cluster, Degrees(dp=dp, tp=tp, pp=pp, ep=ep, etp=etp, vpp=vpp), redundant=redundant
+    ))
+    p = _first(problems)
+    if p is not None:
+        hint = ""
+        if p.rule == "edp":
+            hint = f"; valid ep: {divisors(stage // etp)}"
+        elif p.rule == "ep-experts":
+            hint = f"; valid ep here: {[d for d in divisors(stage // etp) if slots % d == 0]}"
+        raise InputError(p.message + hint, field=p.field)
     return Parallel(dp=dp, tp=tp, pp=pp, ep=ep, etp=etp, vpp=vpp)

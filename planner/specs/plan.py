@@ -20,6 +20,7 @@ from planner.errors import InputError
 from planner.io import atomic_write_text
 from planner.specs.base import Spec, parse, read_mapping, show
 from planner.specs.cluster import ClusterSpec
+from planner.specs.degrees import Degrees, iter_degree_problems
 from planner.specs.model import ModelSpec
 from planner.specs.search import LaunchArgs, SearchReport
 from planner.specs.workload import Workload
@@ -180,15 +181,8 @@ class Plan(Spec):
     @model_validator(mode="after")
     def _check(self) -> Plan:
         m, par, pl = self.model, self.parallel, self.placement
-        n_gpus = self.cluster.num_gpus
-        if par.dp * par.tp * par.pp * par.cp != n_gpus:
-            raise ValueError(
-                f"parallel: dp × tp × pp × cp ({par.dp} × {par.tp} × {par.pp} × {par.cp}) must equal the cluster's GPUs ({n_gpus})"
-            )
-        if (n_gpus // par.pp) % (par.ep * par.etp):
-            raise ValueError(
-                f"parallel: ep × etp ({par.ep} × {par.etp}) must divide the GPUs of a pipeline stage ({n_gpus // par.pp})"
-            )
+        for problem in iter_degree_problems(m, self.cluster, Degrees.of(par)):
+            raise ValueError(f"parallel: {problem.message}")  # the first broken rule
         p2l = pl.physical_to_logical
         if len(p2l) != m.num_moe_layers:
             raise ValueError(

@@ -61,7 +61,7 @@ def test_every_problem_is_listed_not_just_the_first(raw, tmp_path, capsys):
     assert len(problems) == 8
     path = _write(tmp_path, raw)
     # Plan.load stops at the first of them
-    with pytest.raises(InputError, match=r"^plan.json: .*parallel: dp × tp × pp × cp \(4 × 1 × 1 × 1\) must equal the cluster's GPUs \(8\)$"):
+    with pytest.raises(InputError, match=r"^plan.json: .*parallel: dp × tp × pp × cp \(4 × 1 × 1 × 1 = 4\) must equal the cluster's GPUs \(1 × 8 = 8\)$"):
         planner.Plan.load(path)
 
     code, out, err = run(capsys, "check", "--plan", str(path))
@@ -126,7 +126,7 @@ def test_cache_and_degrees(raw):
     raw["workload"]["mode"] = "offload"
     raw["workload"]["gpu_memory_gb"] = 10.0
     problems = check_plan(raw)
-    assert "parallel: ep × etp (8 × 3 = 24) must divide the GPUs of a pipeline stage (8)" in problems
+    assert "parallel: ep × etp (8 × 3 = 24) must divide the 8 GPUs of a pipeline stage" in problems
     assert "parallel: pp × vpp (1 × 2 = 2) must divide the model's 27 layers" in problems
     assert "parallel: etp (3) must divide the expert FFN width (1408)" in problems
     assert "cache: workload.mode is 'offload' but the plan has no cache" in problems

@@ -39,7 +39,7 @@ def test_round_trip(tmp_path):
         (lambda d: d["placement"]["physical_to_logical"][0].__setitem__(0, 9), r"holds expert 9, ids must be in \[0, 8\)"),
         (lambda d: d["placement"]["physical_to_logical"][1].__setitem__(0, 6), "misses expert 7"),
         (lambda d: d["placement"]["physical_to_logical"].pop(), "has 1 layers, model tiny-moe has 2 MoE layers"),
-        (lambda d: d["parallel"].__setitem__("dp", 2), r"dp × tp × pp × cp \(2 × 1 × 1 × 1\) must equal the cluster's GPUs \(4\)"),
+        (lambda d: d["parallel"].__setitem__("dp", 2), r"parallel: dp × tp × pp × cp \(2 × 1 × 1 × 1 = 2\) must equal the cluster's GPUs \(1 × 4 = 4\)"),
         (lambda d: d["placement"].__setitem__("slots_per_gpu", 3), "has 8 slots, ep × slots_per_gpu is 12"),
         (lambda d: d.__setitem__("surprise", 1), "unknown field 'surprise'"),
         (lambda d: d["model"].__setitem__("top_k", 9), r"top_k \(9\) must be <= num_experts \(8\)"),

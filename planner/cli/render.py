@@ -1,0 +1,51 @@
+"""Text for ``moe-planner plan``: the parallelism search's summary and the launch commands.
+
+Reads only the plan's data (``plan.search``, a :class:`~planner.specs.search.SearchReport`, and
+``plan.launch``, a :class:`~planner.specs.search.LaunchArgs`); the solver returns data and the
+CLI owns the wording.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from planner.specs.plan import Plan
+
+_ENGINES = (
+    ("megatron", "pretrain_gpt.py"),
+    ("vllm", "vllm serve MODEL"),
+    ("sglang", "python -m sglang.launch_server --model-path MODEL"),
+)
+
+
+def render_launch(plan: Plan) -> list[str]:
+    """Lines for ``moe-planner plan``: the search summary and the launch commands."""
+    s, la = plan.search, plan.launch
+    lines: list[str] = []
+    if s is not None:
+        lines.append("")
+        lines += [
+            f"  parallelism search: {s.enumerated} candidates, {s.evaluated} timed in {s.time_s:.2f} s; "
+            f"ranked by {s.objective}" + (f"; fixed: {', '.join(s.fixed)}" if s.fixed else ""),
+            "  (whole-model step at uniform routing, experts as one grouped GEMM per GPU; the MoE figures above"
+            + (" replay the trace with grouped GEMMs too)" if plan.workload.expert_kernel == "grouped" else
+               " replay the trace with experts run one after another (--expert-kernel loop), an upper bound for"
+               " grouped kernels)"),
+        ]
+        for i, a in enumerate(s.alternatives):
+            extra = (f" mb {a.micro_batch} {a.recompute}{' distopt' if a.distributed_optimizer else ''}"
+                     f" cp {a.cp} vpp {a.vpp}") if a.micro_batch else f" batch {a.sequences}"
+            fig = (f"{a.tflops_per_gpu:.0f} TFLOP/s/GPU" if a.tflops_per_gpu is not None else f"{a.latency_ms:.2f} ms/token")
+            lines.append(
+                f"  {'*' if i == 0 else ' '} dp {a.dp} tp {a.tp} pp {a.pp} ep {a.ep} etp {a.etp}{extra}: "
+                f"{a.step_ms:.1f} ms/step, {a.tokens_per_s:,.0f} tok/s, {fig}, {a.memory_gib:.1f} GiB"
+            )
+        for r in s.rejected[:3]:
+            lines.append(f"    rejected {r.config}: {r.reason}")
+        lines += [f"  note: {n}" for n in s.notes]
+    if la is not None:
+        for name, cmd in _ENGINES:
+            argv = getattr(la, name)
+            if argv:
+                lines.append(f"  {name}: {cmd} {shlex.join(argv)}")
+    return lines

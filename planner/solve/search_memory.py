@@ -1,0 +1,53 @@
+"""Memory of a parallelism-search candidate against the GPU's budget (the search's rule 8).
+
+The budget is the GPU's usable memory less :data:`MEMORY_RESERVE_GIB`; a rejection names what
+the memory is made of and what would make it fit.
+"""
+
+from __future__ import annotations
+
+import math
+
+from planner.cost.memory import GIB, MemoryBreakdown, inference_memory, training_memory
+from planner.solve.candidates import Candidate
+from planner.specs.hardware import HardwareProfile
+from planner.specs.model import ModelSpec
+
+#: GPU memory kept free of the planned tensors: CUDA context and NCCL buffers (~1-2 GiB) and
+#: allocator fragmentation. An assumption, not a measurement.
+MEMORY_RESERVE_GIB = 4.0
+
+
+def budget_bytes(hw: HardwareProfile) -> float:
+    return hw.hbm_bytes - MEMORY_RESERVE_GIB * GIB
+
+
+def candidate_memory(model: ModelSpec, c: Candidate, *, seq_len: int, global_batch: int = 0, redundant: int = 0) -> MemoryBreakdown:
+    """Memory per GPU of ``c``: training with its recompute and optimizer choice, or inference
+    weights + KV cache + activations."""
+    if c.mode == "train":
+        return training_memory(
+            model, slots_per_gpu=model.num_experts // c.ep, tp=c.tp, pp=c.pp, dp=c.dp * c.cp, ep=c.ep, etp=c.etp,
+            vpp=c.vpp, seq_len=seq_len // c.cp, micro_batch=c.micro_batch,
+            num_microbatches=global_batch // (c.dp * c.micro_batch) if global_batch else None,
+            distributed_optimizer=c.distributed_optimizer, recompute=c.recompute,  # type: ignore[arg-type]
+        )
+    per_rank = math.ceil(c.sequences / c.dp)
+    new = 1 if c.mode == "decode" else seq_len
+    return inference_memory(
+        model, slots_per_gpu=(model.num_experts + redundant) // c.ep, tp=c.tp, pp=c.pp, etp=c.etp,
+        kv_tokens=per_rank * (seq_len + (1 if c.mode == "decode" else 0)), batch_tokens=per_rank * new // c.tp,
+    )
+
+
+def memory_reason(mem: MemoryBreakdown, budget: float, hw: HardwareProfile, mode: str, recompute: str = "full") -> str:
+    g = mem.as_gib()
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in g.items() if k != "total" and v > 0.05)
+    if mode == "train":
+        fix = "raise pp or ep" + (", use recompute full" if recompute != "full" else "") + ", or add GPUs"
+    else:
+        fix = "raise ep or tp, lower the batch, or add GPUs"
+    return (
+        f"needs {g['total']:.1f} GiB per GPU ({parts}), has {budget / GIB:.1f} "
+        f"({hw.name} has {hw.hbm_bytes / GIB:.1f} GiB, {MEMORY_RESERVE_GIB:g} reserved); {fix}"
+    )
