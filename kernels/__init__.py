@@ -7,14 +7,13 @@ name, such as Hugging Face's ``kernels``). In a source tree without an install,
 
 - :mod:`.moe_layer` — router, permute, grouped expert FFN, combine; one EP rank's share;
   a float64 reference.
-- :mod:`.offload_stack` — an offloaded stack of MoE layers replaying a trace (issue 6).
+- :mod:`.offload_stack` — an offloaded stack of MoE layers replaying a trace.
 - :mod:`.timing` — CUDA-event / CPU timers, weight rotation, :class:`~.timing.RankBench`.
 - :mod:`.distributed` — the EP-sharded layer over ``torch.distributed`` (uneven all-to-all
   dispatch and combine), run by ``moe-planner validate --world-size N``.
 - :mod:`.profiler` — ``moe-planner profile``: measures a device and builds a hardware profile.
-- :mod:`.measure_common` — shapes of the presets, weight rotation, copy timing, fp8 FFN (shared
-  by the profiler and ``measure_h100.py``).
-- ``measure_h100.py`` — the standalone measurement script behind ``hwprofiles/measurements``.
+- :mod:`.measure_common` — shapes of the presets, weight rotation, copy timing, fp8 FFN (used by
+  the profiler and the timers).
 
 Importing this package does not import torch; its submodules do.
 """

@@ -1,9 +1,7 @@
-"""Pieces shared by the measurement scripts: preset shapes, weight rotation, copy timing.
+"""Pieces shared by the profiler and the timers: preset shapes, weight rotation, copy timing.
 
-Used by ``kernels/measure_h100.py`` (the standalone script behind ``hwprofiles/measurements``),
-by :mod:`.timing` and by :mod:`.profiler` (``moe-planner profile``). Only torch and the standard
-library are imported, and no relative imports, so that ``python kernels/measure_h100.py`` can
-import this file as a top-level module from its own folder.
+Used by :mod:`.timing` and by :mod:`.profiler` (``moe-planner profile``); only torch, pyyaml and
+the standard library are imported.
 
 - **Shapes** (:func:`distinct_shapes`): the distinct (d, f) FFN shapes of a list of model specs
   (routed experts, shared experts fused into one FFN, dense-first layers).
@@ -28,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 # ----------------------------------------------------------------------------------------------
 # Model shapes
@@ -35,8 +34,7 @@ import torch.nn.functional as F
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "planner" / "data" / "models"
 
-# Copied from planner/data/models/*.yaml (the fields read here), for machines without pyyaml or
-# without the folder.
+# Copied from planner/data/models/*.yaml (the fields read here), for an install without the folder.
 FALLBACK_MODELS: list[dict[str, Any]] = [
     {"name": "dbrx", "hidden_size": 6144, "num_experts": 16, "expert_intermediate_size": 10752},
     {"name": "deepseek-v2-lite", "hidden_size": 2048, "num_experts": 64,
@@ -70,18 +68,14 @@ FALLBACK_MODELS: list[dict[str, Any]] = [
      "expert_intermediate_size": 768},
 ]
 
-# Preferred label of a shape shared by several presets: the one the shared measurement file
-# (shared/data/h100/expert_ffn_bf16.json) uses, so rows can be matched by name too.
+# Preferred label of a shape shared by several presets: the one the shipped H100 and H200 tables
+# (bf16 expert-FFN timings of 2026-11-23) use, so rows can be matched by name too.
 PREFERRED_LABEL = ["mixtral-8x7b", "deepseek-v3", "qwen3-30b-a3b", "qwen3-235b-a22b",
                    "olmoe-1b-7b", "deepseek-v2-lite", "gpt-oss-120b", "qwen1.5-moe-a2.7b"]
 
 
 def load_models() -> tuple[list[dict[str, Any]], str]:
     """Model specs (dicts with the yaml fields) and where they came from."""
-    try:
-        import yaml  # noqa: PLC0415
-    except ImportError:
-        return FALLBACK_MODELS, "fallback list in kernels/measure_common.py (pyyaml missing)"
     files = sorted(MODELS_DIR.glob("*.yaml"))
     if not files:
         return FALLBACK_MODELS, f"fallback list in kernels/measure_common.py ({MODELS_DIR} empty)"

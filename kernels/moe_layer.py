@@ -12,7 +12,7 @@ Shape legend (torchtitan / gpt-fast style: a tensor's name ends in its dimension
 Weights are stored the ``nn.Linear`` way, ``[out, in]``: ``w13_E2FD`` [E, 2F, D] (gate rows
 ``[:F]``, up rows ``[F:]``) and ``w2_EDF`` [E, D, F]; products use their transposes
 (``x_ND @ w13_E2FD[e].T``). This is the layout ``torch._grouped_mm`` accepts for its second
-operand on Hopper (measured by kernels/measure_h100.py's probe: ``EfD_transposed``) and what
+operand on Hopper (the layout the H100 measurement of 2026-11-23 found it runs: ``EfD_transposed``) and what
 torchtitan passes it.
 
 Forward pass (:func:`moe_forward`):

@@ -1,8 +1,7 @@
 """Timing helpers for the MoE layer: CUDA-event and CPU timers, weight rotation, one EP rank's bench.
 
-The method is kernels/measure_h100.py's (docs/facts.md §2: kernels under ~0.05 ms jitter by tens of
-percent between runs on shared virtualized GPUs, so a figure is the minimum over a few runs of a
-median over repeats):
+Kernels under ~0.05 ms jitter by tens of percent between runs on shared virtualized GPUs
+(docs/facts.md §2), so a figure is the minimum over a few runs of a median over repeats:
 
 - **CUDA** (:func:`bench`): one untimed call, then ``runs`` runs; each run makes ``warmup``
   untimed calls and ``reps`` timed ones. Before every timed call the L2 is flushed (a 256 MB

@@ -5,8 +5,8 @@
     torchrun --nproc-per-node 8 -m planner profile --device cuda --out hwprofiles/h100-node.json
     moe-planner profile --device cpu --base h100 --out /tmp/cpu.json      # tiny sizes, for tests
 
-What is measured and how, and which profile fields come from ``--base``: ``kernels/profiler.py``
-(installed as ``planner_kernels.profiler``). The profile is validated against
+What is measured and how: ``kernels/profiler.py`` (installed as ``planner_kernels.profiler``);
+which profile fields come from ``--base``: ``kernels/profile_build.py``. The profile is validated against
 :class:`planner.specs.hardware.HardwareProfile` before it is written (atomically, refusing to
 overwrite without ``--force``); every measurement goes to a raw file beside it
 (``--raw``, default ``<out folder>/measurements/NAME-profile-DATE.json``). Under ``torchrun``
@@ -99,13 +99,14 @@ def profile(device, out_path, name, models, base, quick, budget_s, tokens, runs,
     import torch  # noqa: PLC0415
 
     prof = importlib.import_module(f"{kernels.__name__}.profiler")
+    build = importlib.import_module(f"{kernels.__name__}.profile_build")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: torch sees no CUDA device here; use --device cpu")
     if base_hw is None and device == "cuda":
         label = torch.cuda.get_device_name(int(os.environ.get("LOCAL_RANK", "0")))
-        guess = prof.default_base(device, label)
+        guess = build.default_base(device, label)
         if guess is None:
             raise InputError(
                 f"--base: no shipped profile for {label!r}; pass --base PROFILE for the datasheet fields "
@@ -126,7 +127,7 @@ def profile(device, out_path, name, models, base, quick, budget_s, tokens, runs,
     if "provenance" not in raw:  # a torchrun rank other than 0: it only ran the collectives
         return
     raw_label = _display(raw_file)
-    data = prof.build_profile(raw, name=name, base=base_hw, raw_name=raw_label)
+    data = build.build_profile(raw, name=name, base=base_hw, raw_name=raw_label)
     data = {k: v for k, v in data.items() if v is not None}
     data["pcie"] = {k: v for k, v in data["pcie"].items() if v is not None}
     hw = parse(HardwareProfile, data, Path(out_path).name)

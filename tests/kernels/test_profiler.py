@@ -101,7 +101,7 @@ def test_build_profile_by_hand(prof, common):
     raw["copies"]["fixed_cost"] = common.fixed_costs(raw["copies"]["rows"])
     assert raw["copies"]["fixed_cost"]["h2d_pinned"]["fixed_us_fit_4KB_1MB"] == pytest.approx(2.0)
     base = load_hardware("h100")
-    data = prof.build_profile(raw, name="t", base=base, raw_name="m.json")
+    data = kernel_module("profile_build").build_profile(raw, name="t", base=base, raw_name="m.json")
     hw = parse(HardwareProfile, {k: v for k, v in data.items() if v is not None}, "t")
     assert hw.pcie.copy_latency_us == pytest.approx(2.0)
     assert hw.pcie.h2d_pinned[0].gbps == pytest.approx(4096 / 6.096e-6 / 1e9, rel=1e-4)
@@ -116,7 +116,7 @@ def test_build_profile_by_hand(prof, common):
         {"bytes": 1 << 28, "all_to_all_ms": 0.8, "all_to_all_busbw_GBps": 293.6}]}
     raw = _raw(cuda=True, coll=coll)
     raw["copies"]["fixed_cost"] = common.fixed_costs(raw["copies"]["rows"])
-    data = prof.build_profile(raw, name="g", base=base, raw_name="m.json")
+    data = kernel_module("profile_build").build_profile(raw, name="g", base=base, raw_name="m.json")
     hw = parse(HardwareProfile, {k: v for k, v in data.items() if v is not None}, "g")
     assert hw.nvlink.bandwidth_gbps == 293.6 and hw.nvlink.latency_us == 20.0
     assert hw.nvlink.gpus_per_domain == 8 and hw.nic == base.nic
