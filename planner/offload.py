@@ -33,9 +33,7 @@ tokens. The first ``train_fraction`` of the decode steps is planned on, the rest
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import json
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +66,9 @@ from planner.cost.layers import (
 from planner.cost.memory import GIB, inference_memory
 from planner.cost.transfer import h2d_ms
 from planner.errors import InfeasibleError, InputError
+from planner.io import atomic_write_bytes, atomic_write_text
+from planner.provenance import input_hash, make_provenance
+from planner.resolve import resolve_hardware, resolve_trace
 from planner.solve.cache import CacheSolution, even_lru, global_topk, solve_cache
 from planner.specs.cluster import ClusterSpec
 from planner.specs.hardware import HardwareProfile
@@ -102,7 +103,7 @@ DECODE_TOKENS = 2048
 def decode_trace(trace: Trace, batch: int, decode_tokens: int = DECODE_TOKENS) -> Trace:
     """The trace in decode shape (module docstring): steps of ``batch`` consecutive tokens."""
     if decode_tokens <= 0:
-        raise InputError(f"decode_tokens must be > 0 (got {decode_tokens})")
+        raise InputError(f"decode_tokens must be > 0 (got {decode_tokens})", field="decode_tokens")
     step = trace.step
     _, idx = np.unique(step, return_inverse=True)
     n_steps = int(idx.max()) + 1
@@ -237,11 +238,12 @@ def prepare_offload(
     """Check the inputs of an offload run and build the problem (module docstring)."""
     b = 1 if batch is None else int(batch)
     if b <= 0:
-        raise InputError(f"--micro-batch (decode batch in offload mode) must be > 0 (got {b})")
+        raise InputError(f"micro_batch (decode batch in offload mode) must be > 0 (got {b})", field="micro_batch")
     if gpu_memory_gb * GB > hw.hbm_bytes:
         raise InputError(
-            f"--gpu-memory-gb {gpu_memory_gb:g} ({gpu_memory_gb * GB / GIB:.1f} GiB) exceeds {hw.name}'s"
-            f" {hw.hbm_bytes / GIB:.1f} GiB"
+            f"gpu_memory_gb {gpu_memory_gb:g} ({gpu_memory_gb * GB / GIB:.1f} GiB) exceeds {hw.name}'s"
+            f" {hw.hbm_bytes / GIB:.1f} GiB",
+            field="gpu_memory_gb",
         )
     if not trace.has_tokens:
         raise InputError(f"{trace_label}: offload planning needs a per-token trace (counts-only statistics have no order)")
@@ -403,17 +405,11 @@ def cache_memory_problems(cache: CachePlan, model: ModelSpec, hw: HardwareProfil
 
 
 def _provenance(pr: OffloadProblem) -> Provenance:
-    from planner.api import version
-
-    h = hashlib.sha256()
+    """The plan's provenance: its inputs and the decode-shaped trace's ids (without their shape:
+    :func:`planner.provenance.input_hash`)."""
     inputs = {"model": pr.model.model_dump(mode="json"), "hardware": pr.hardware.model_dump(mode="json"),
               "workload": pr.workload.model_dump(mode="json"), "options": pr.options}
-    h.update(json.dumps(inputs, sort_keys=True, default=str).encode())
-    h.update(np.ascontiguousarray(pr.trace.topk_ids).astype(np.int64).tobytes())
-    return Provenance(
-        version=version(), seed=pr.seed, input_hash=h.hexdigest(),
-        created=_dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(), trace=pr.trace_label,
-    )
+    return make_provenance(pr.seed, pr.trace_label, input_hash(inputs, [pr.trace.topk_ids], shapes=False))
 
 
 # ---- replaying a plan -------------------------------------------------------------------------
@@ -485,15 +481,11 @@ def sizing_curve(
 
 def write_sizing_curve(rows: list[dict[str, Any]], out_dir: str | Path, title: str) -> tuple[Path, Path]:
     """``sizing.csv`` and ``sizing.png`` (hit rate and tokens/s against the budget) in ``out_dir``."""
-    from planner.io import atomic_write_bytes, atomic_write_text
-
     out = Path(out_dir)
     cols = ["gpu_memory_gb", "expert_slots", "feasible", "hit_rate", "tokens_per_s", "stall_ms_per_step", "transfers_per_step"]
     lines = [",".join(cols)] + [",".join("" if r.get(c) is None else f"{r[c]}" for c in cols) for r in rows]
     csv = out / "sizing.csv"
     atomic_write_text(csv, "\n".join(lines) + "\n")
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -530,8 +522,6 @@ class OffloadSimulationReport:
 
     @classmethod
     def run(cls, plan: Plan, trace: Any, hardware: Any, tokens_per_step: int | None) -> OffloadSimulationReport:
-        from planner.api import resolve_hardware, resolve_trace
-
         hw = resolve_hardware(hardware if hardware is not None else plan.cluster.hardware)
         tr, label, _ = resolve_trace(trace, plan.model, plan.provenance.seed, tokens_per_step)
         return cls(plan=plan, trace_label=label, figures=simulate_plan(plan, tr, hw))
@@ -544,50 +534,3 @@ class OffloadSimulationReport:
         if p.cache is not None and p.cache.predicted is not None:
             out["plan_predicted"] = p.cache.predicted.model_dump(mode="json", exclude={"hit_rate_per_layer"})
         return out
-
-
-def render_simulation(s: dict[str, Any]) -> str:
-    """Human-readable table of :meth:`OffloadSimulationReport.summary`."""
-    acc = s.get("prefetch_accuracy")
-    lines = [
-        f"moe-planner simulate (offload): {s['model']} on one {s['hardware']}, {s['gpu_memory_gb']} GB,"
-        f" decode batch {s['decode_batch']}",
-        f"  trace      {s['trace']}: {s['evaluated_on']}",
-        f"  hit rate   {100 * s['hit_rate']:.1f}% (resident, cached or prefetched)",
-        f"  copies     {s['transfers_per_step']:.1f} experts per step ({s['bytes_per_step'] / 1e6:.1f} MB),"
-        f" prefetch {s['prefetch_per_step']:.1f} per step" + (f", accuracy {100 * acc:.1f}%" if acc is not None else ""),
-        f"  stall      {s['stall_ms_per_step']:.3f} ms per step; step {s['step_ms']:.3f} ms; {s['tokens_per_s']:.1f} tokens/s",
-        "  hit rate per layer: " + " ".join(f"{100 * h:.0f}" for h in s["hit_rate_per_layer"]),
-    ]
-    return "\n".join(lines)
-
-
-def render_cache(plan: Plan) -> list[str]:
-    """Lines for the ``cache`` section of ``moe-planner plan``'s table (empty without a cache)."""
-    c = plan.cache
-    if c is None:
-        return []
-    res = [len(r) for r in c.resident]
-    lines = [
-        "",
-        f"  cache      {c.budget_bytes / GIB:.2f} GiB for experts: {sum(res)} resident (per layer {min(res)}-{max(res)}),"
-        f" {sum(c.dynamic_slots)} dynamic {c.policy} slots, {c.staging_slots} staging buffers",
-    ]
-    if c.prefetch is not None:
-        acc = f", accuracy {100 * c.prefetch.accuracy:.1f}%" if c.prefetch.accuracy is not None else ""
-        lines.append(f"  prefetch   up to {c.prefetch.count} next-layer experts with P >= {c.prefetch.threshold}"
-                     f" ({c.prefetch.predictor}){acc}")
-    if c.cpu_execution != "off":
-        rule = "when that finishes before a copy would (Fiddler's rule)" if c.cpu_execution == "fastest" else "always"
-        lines.append(f"  CPU        missed experts run on the host CPU {rule}")
-    cp = c.predicted
-    if cp is not None:
-        bel = cp.belady_transfers_per_step
-        bel_s = f"; Belady's bound on misses {bel:.1f} per step" if bel is not None else ""
-        lines += [
-            f"  hit rate   {100 * cp.hit_rate:.1f}%; {cp.transfers_per_step:.1f} expert copies per step"
-            f" ({cp.bytes_per_step / 1e6:.1f} MB), {cp.cpu_per_step:.1f} missed experts run on the CPU{bel_s}",
-            f"  decode     {cp.step_ms:.3f} ms per step of {cp.decode_batch} token(s), stall {cp.stall_ms_per_step:.3f} ms:"
-            f" {cp.tokens_per_s:.1f} tokens/s",
-        ]
-    return lines

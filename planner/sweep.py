@@ -37,20 +37,25 @@ import hashlib
 import importlib
 import io
 import json
-import math
+import multiprocessing as mp
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
 from typing import Any, TextIO, Union, get_args, get_origin
 
+from planner.api import plan
 from planner.errors import InfeasibleError, InputError
 from planner.io import atomic_write_text, check_writable
 from planner.specs.base import one_line
-from planner.specs.sweep import SweepSpec, check_spec_file, resolve_paths
+from planner.specs.options import PlanOptions
+from planner.specs.plan import Predicted
+from planner.specs.sweep import SweepSpec, check_spec_file, format_cell, resolve_paths
+from planner.sweep_plots import plot_sweep
 
 RESULTS = "results.csv"
 STATUSES = ("ok", "infeasible", "input_error", "error")
@@ -58,7 +63,7 @@ EXECUTORS = ("local", "ray")
 
 #: Inputs every row states, with the value :func:`planner.api.prepare` uses when none is given.
 INPUT_DEFAULTS: dict[str, Any] = {
-    "model": "qwen3-30b-a3b", "hardware": "h100-sxm", "mode": "decode", "nodes": 1, "gpus_per_node": 8,
+    name: PlanOptions.model_fields[name].default for name in ("model", "hardware", "mode", "nodes", "gpus_per_node")
 }
 HEAD_COLUMNS = ["index", "key"]
 STATUS_COLUMNS = ["status", "error"]
@@ -81,8 +86,6 @@ def _is_scalar(annotation: Any) -> bool:
 
 def predicted_columns() -> list[str]:
     """Scalar figures of :class:`~planner.specs.plan.Predicted`, in its field order."""
-    from planner.specs.plan import Predicted
-
     return [name for name, f in Predicted.model_fields.items() if _is_scalar(f.annotation)]
 
 
@@ -152,8 +155,6 @@ def _row_from_plan(p: Any) -> dict[str, Any]:
 def run_combination(task: Task) -> dict[str, Any]:
     """Plan one combination; a row for the CSV. Never raises for a failing combination: the
     status and the one-line error say what went wrong."""
-    from planner.api import plan
-
     t0 = time.perf_counter()
     opts = dict(task.options)
     row: dict[str, Any] = {"index": task.index, "key": task.key, **task.combo}
@@ -196,8 +197,6 @@ def run_local(todo: list[Task], jobs: int) -> Iterator[dict[str, Any]]:
         for t in todo:
             yield run_combination(t)
         return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn: a fresh interpreter per worker (no forked solver threads or locks)
     with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=mp.get_context("spawn")) as ex:
@@ -242,17 +241,6 @@ def run_ray(todo: list[Task]) -> Iterator[dict[str, Any]]:
 
 
 # ---- CSV -----------------------------------------------------------------------------------
-
-
-def format_cell(v: Any) -> str:
-    """A CSV cell: empty for None, ``true``/``false``, floats with full precision (``repr``)."""
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return repr(v) if math.isfinite(v) else ""
-    return str(v)
 
 
 def render_csv(rows: list[dict[str, Any]], cols: list[str]) -> str:
@@ -420,7 +408,5 @@ def run_sweep(
     result = SweepResult(csv_path=csv_path, rows=final, ran=ran, skipped=len(kept),
                          failed=sum(1 for r in final if r.get("status") != "ok"))
     if plots:
-        from planner.sweep_plots import plot_sweep
-
         result.plots = plot_sweep(read_rows(csv_path), sp, out)
     return result

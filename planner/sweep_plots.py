@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.io import atomic_write_bytes
-from planner.specs.sweep import SweepSpec
-from planner.sweep import format_cell
+from planner.specs.sweep import SweepSpec, format_cell
 
 MAX_SERIES = 12
 GPU_OPTIONS = ("nodes", "gpus_per_node")

@@ -77,7 +77,7 @@ def test_missing_spec_file(tmp_path, capsys):
     assert rc == 2 and "none.yaml: no such file" in err
 
 
-def test_options_are_read_from_the_plan_command_and_prepare():
+def test_options_are_the_plan_options():
     opts = plan_options()
     for name in ("model", "hardware", "nodes", "gpus_per_node", "ep", "redundant_experts", "time_limit",
                  "baseline", "dispatch", "trace", "previous", "train_fraction", "migration_weight"):

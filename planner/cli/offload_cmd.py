@@ -9,13 +9,17 @@ cached experts are kept in the CSV as infeasible rows.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
+from planner.errors import InputError
+from planner.io import check_writable
+from planner.offload import sizing_curve, write_sizing_curve
+from planner.resolve import resolve_hardware, resolve_model, resolve_trace
+
 
 def _budgets(text: str) -> list[float]:
-    from planner.errors import InputError
-
     try:
         out = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -38,12 +42,6 @@ def _budgets(text: str) -> list[float]:
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON on stdout")
 def offload_curve(model, hardware, trace_path, budgets, micro_batch, seq_len, seed, out_dir, force, as_json) -> None:
     """Sizing curve of an offloaded deployment: hit rate and predicted tokens/s against GPU memory."""
-    from pathlib import Path
-
-    from planner.api import resolve_hardware, resolve_model, resolve_trace
-    from planner.io import check_writable
-    from planner.offload import sizing_curve, write_sizing_curve
-
     for name in ("sizing.csv", "sizing.png"):
         check_writable(Path(out_dir) / name, force)
     grid = _budgets(budgets)

@@ -1,15 +1,26 @@
-"""``moe-planner plan``: the main job (docs/contracts.md, "Command line")."""
+"""``moe-planner plan``: the main job (docs/contracts.md, "Command line").
+
+The planning flags are made from :class:`planner.specs.options.PlanOptions` (one flag per field
+that has one: same name with dashes, default, help and choices), so the command, the sweep
+spec and :func:`planner.plan` cannot disagree; the flags written here only say where the
+result goes and how it is printed.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
+from planner.api import prepare, solve
+from planner.cost.memory import GIB
 from planner.io import check_writable
-from planner.offload import render_cache
 from planner.solve.parallel import render_launch
+from planner.specs.options import PlanOptions, flag_info, option_kinds
+from planner.specs.plan import Plan
 
 
 def _fmt_bytes(b: float) -> str:
@@ -19,7 +30,7 @@ def _fmt_bytes(b: float) -> str:
     return f"{b:.0f} B"
 
 
-def render_plan(plan) -> str:
+def render_plan(plan: Plan) -> str:
     """The human-readable plan table."""
     m, c, par, pl, pred, sol = plan.model, plan.cluster, plan.parallel, plan.placement, plan.predicted, plan.solver
     n_phys = par.ep * pl.slots_per_gpu
@@ -59,59 +70,84 @@ def render_plan(plan) -> str:
         ]
         lines += [f"  note: {n}" for n in pred.notes]
     lines += render_launch(plan)  # parallelism search and launch arguments (planner.solve.parallel)
-    lines += render_cache(plan)  # offload mode: the GPU expert cache (planner.offload)
+    lines += render_cache(plan)  # offload mode: the GPU expert cache
     return "\n".join(lines)
 
 
+def render_cache(plan: Plan) -> list[str]:
+    """Lines for the ``cache`` section of ``moe-planner plan``'s table (empty without a cache)."""
+    c = plan.cache
+    if c is None:
+        return []
+    res = [len(r) for r in c.resident]
+    lines = [
+        "",
+        f"  cache      {c.budget_bytes / GIB:.2f} GiB for experts: {sum(res)} resident (per layer {min(res)}-{max(res)}),"
+        f" {sum(c.dynamic_slots)} dynamic {c.policy} slots, {c.staging_slots} staging buffers",
+    ]
+    if c.prefetch is not None:
+        acc = f", accuracy {100 * c.prefetch.accuracy:.1f}%" if c.prefetch.accuracy is not None else ""
+        lines.append(f"  prefetch   up to {c.prefetch.count} next-layer experts with P >= {c.prefetch.threshold}"
+                     f" ({c.prefetch.predictor}){acc}")
+    if c.cpu_execution != "off":
+        rule = "when that finishes before a copy would (Fiddler's rule)" if c.cpu_execution == "fastest" else "always"
+        lines.append(f"  CPU        missed experts run on the host CPU {rule}")
+    cp = c.predicted
+    if cp is not None:
+        bel = cp.belady_transfers_per_step
+        bel_s = f"; Belady's bound on misses {bel:.1f} per step" if bel is not None else ""
+        lines += [
+            f"  hit rate   {100 * cp.hit_rate:.1f}%; {cp.transfers_per_step:.1f} expert copies per step"
+            f" ({cp.bytes_per_step / 1e6:.1f} MB), {cp.cpu_per_step:.1f} missed experts run on the CPU{bel_s}",
+            f"  decode     {cp.step_ms:.3f} ms per step of {cp.decode_batch} token(s), stall {cp.stall_ms_per_step:.3f} ms:"
+            f" {cp.tokens_per_s:.1f} tokens/s",
+        ]
+    return lines
+
+
+def plan_flags(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate ``f`` with a click option per :class:`PlanOptions` field that has a flag, in
+    field order: ``--gpus-per-node`` for ``gpus_per_node``, the field's default (shown unless it
+    is ``None`` or a switch), its description as help, its allowed values as choices, a file
+    path for ``path`` options and a switch for booleans."""
+    kinds = option_kinds()
+    for name, field in reversed(PlanOptions.model_fields.items()):
+        info = flag_info(name)
+        if not info["flag"]:
+            continue
+        kind, choices, _ = kinds[name]
+        flag = "--" + name.replace("_", "-")
+        default = field.default
+        if kind == "bool":
+            f = click.option(flag, is_flag=True, default=default, help=field.description)(f)
+            continue
+        if choices is not None:
+            typ: Any = click.Choice(list(choices))
+        elif info["path"]:
+            typ = click.Path(dir_okay=False)
+        else:
+            typ = {"int": int, "float": float, "str": None}[kind]
+        f = click.option(flag, type=typ, default=default, show_default=default is not None,
+                         help=field.description)(f)
+    return f
+
+
 @click.command()
-@click.option("--model", default="qwen3-30b-a3b", show_default=True, help="Preset name, HF config.json, or ModelSpec .yaml/.json")
-@click.option("--hardware", default="h100-sxm", show_default=True, help="Hardware profile name or profile file")
-@click.option("--nodes", default=1, show_default=True, type=int, help="Nodes")
-@click.option("--gpus-per-node", default=8, show_default=True, type=int, help="GPUs per node")
-@click.option("--mode", default="decode", show_default=True, type=click.Choice(["train", "prefill", "decode", "offload"]))
-@click.option("--trace", "trace_path", default=None, type=click.Path(dir_okay=False), help="Routing trace (.npz, SGLang .json/.pt); default: the model's shipped trace or a synthetic one")
-@click.option("--ep", type=int, default=None, help="Expert-parallel degree (omitted: all GPUs of a stage)")
-@click.option("--tp", type=int, default=None, help="Tensor-parallel degree")
-@click.option("--pp", type=int, default=None, help="Pipeline-parallel degree")
-@click.option("--dp", type=int, default=None, help="Data-parallel degree")
-@click.option("--etp", type=int, default=None, help="Expert tensor-parallel degree")
-@click.option("--vpp", type=int, default=None, help="Virtual pipeline stages")
-@click.option("--micro-batch", type=int, default=None, help="Micro-batch size (sequences)")
-@click.option("--cp", type=int, default=None, help="Context-parallel degree (train; omitted: searched)")
-@click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None, help="Activation recompute (train; omitted: searched)")
-@click.option("--latency-target-ms", type=float, default=None, help="Serving: per-token latency target for the parallelism search, ms")
-@click.option("--cross-node", is_flag=True, help="Let TP and EP×ETP groups span nodes in the parallelism search")
-@click.option("--global-batch", type=int, default=None, help="Global batch size (sequences)")
-@click.option("--seq-len", type=int, default=4096, show_default=True, help="Sequence length")
-@click.option("--tokens-per-step", type=int, default=None, help="Tokens per step when the trace has no step array")
-@click.option("--redundant-experts", type=int, default=0, show_default=True, help="Extra physical expert slots for replicas")
-@click.option("--gpu-memory-gb", type=float, default=None, help="GPU memory budget (offload mode)")
-@click.option("--baseline", type=click.Choice(["contiguous", "round-robin", "eplb"]), default=None, help="Produce this baseline plan instead of solving")
-@click.option("--dispatch", type=click.Choice(["even", "local-first", "nearest"]), default="even", show_default=True,
-              help="How tokens pick among replicas: even spread, own GPU first, or nearest (own GPU, then own node: "
-                   "SGLang --ep-dispatch-algorithm static)")
-@click.option("--expert-kernel", type=click.Choice(["loop", "grouped"]), default="loop", show_default=True,
-              help="Placement figures with experts run one after another (loop, the profiled kernels) or as one grouped GEMM per GPU")
-@click.option("--previous", "previous_path", default=None, type=click.Path(dir_okay=False),
-              help="Plan in service (plan.json): re-plan with a penalty per moved expert (migration-aware)")
-@click.option("--time-limit", type=float, default=60.0, show_default=True, help="Solver time limit in seconds")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed")
+@plan_flags
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Write OUT/plan.json")
 @click.option("--force", is_flag=True, help="Overwrite OUT/plan.json if it exists")
 @click.option("--dry-run", is_flag=True, help="Check the inputs and print the problem size; solve nothing")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan (or the dry-run report) as JSON on stdout")
-def plan(trace_path, out_dir, force, dry_run, as_json, model, hardware, previous_path, **opts) -> None:
+def plan(out_dir, force, dry_run, as_json, model, hardware, previous, **opts) -> None:
     """Plan expert placement (and, later, parallelism and caching) for an MoE deployment.
 
     With no arguments it plans the embedded default: Qwen3-30B-A3B on one 8-GPU H100 node,
     with the shipped synthetic routing trace.
     """
-    from planner.api import prepare, solve
-
     out_file = Path(out_dir) / "plan.json" if out_dir else None
     if out_file is not None:
         check_writable(out_file, force)
-    problem = prepare(model, hardware, trace=trace_path, **opts)
+    problem = prepare(model, hardware, **opts)
     if dry_run:
         problem.check_memory()  # infeasible weights exit 1 here too, before anything is solved
         size = problem.size()
@@ -122,7 +158,7 @@ def plan(trace_path, out_dir, force, dry_run, as_json, model, hardware, previous
             for k, v in size.items():
                 click.echo(f"  {k:16} {v}")
         return
-    result = solve(problem, previous=previous_path) if previous_path else solve(problem)
+    result = solve(problem, previous=previous) if previous else solve(problem)
     if out_file is not None:
         result.save(out_file)
     if as_json:

@@ -14,6 +14,13 @@ import json
 
 import click
 
+from planner.cost.compute import expert_ffn_ms, ffn_curve
+from planner.cost.moe_layer import uniform_moe_layer
+from planner.errors import InputError
+from planner.specs.hardware import load_hardware
+from planner.specs.model import DTYPE_BYTES
+from planner.specs.model_io import load_model
+
 
 @click.command()
 @click.option("--model", default="qwen3-30b-a3b", show_default=True, help="Preset name, HF config.json, or ModelSpec .yaml/.json")
@@ -29,12 +36,6 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object on stdout")
 def predict(model, hardware, tokens_per_expert, tokens, ep, gpus_per_node, etp, dispatcher, dtype, as_json) -> None:
     """Predict one expert's FFN time (and, with --tokens, a whole MoE layer's)."""
-    from planner.cost.compute import expert_ffn_ms, ffn_curve
-    from planner.cost.moe_layer import uniform_moe_layer
-    from planner.errors import InputError
-    from planner.specs.hardware import load_hardware
-    from planner.specs.model_io import load_model
-
     if tokens_per_expert is None and tokens is None:
         raise InputError("predict needs --tokens-per-expert N (one expert) and/or --tokens T (a whole MoE layer)")
     if tokens_per_expert is not None and not tokens_per_expert >= 0:
@@ -49,8 +50,6 @@ def predict(model, hardware, tokens_per_expert, tokens, ep, gpus_per_node, etp, 
         raise InputError(f"--gpus-per-node must be > 0 (got {gpus_per_node})")
     m = load_model(model)
     if dtype is not None:
-        from planner.specs.model import DTYPE_BYTES
-
         if dtype not in DTYPE_BYTES:
             raise InputError(f"--dtype must be one of {', '.join(DTYPE_BYTES)} (got {dtype!r})")
         m = m.model_copy(update={"expert_dtype": dtype})

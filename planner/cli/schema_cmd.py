@@ -6,14 +6,14 @@ import json
 
 import click
 
+from planner.specs.cluster import ClusterSpec
+from planner.specs.hardware import HardwareProfile
+from planner.specs.model import ModelSpec
+from planner.specs.plan import Plan
+from planner.specs.workload import Workload
+
 
 def _schemas() -> dict:
-    from planner.specs.cluster import ClusterSpec
-    from planner.specs.hardware import HardwareProfile
-    from planner.specs.model import ModelSpec
-    from planner.specs.plan import Plan
-    from planner.specs.workload import Workload
-
     return {
         "plan": Plan,
         "model": ModelSpec,

@@ -10,20 +10,38 @@ loads of every layer included (:func:`planner.simulator.describe`).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
+
+from planner.api import simulate as run_simulation
+from planner.specs.plan import Plan
 
 
 def _mb(b: float) -> str:
     return f"{b / 1e6:.1f}"
 
 
+def render_simulation(s: dict[str, Any]) -> str:
+    """Human-readable table of :meth:`planner.offload.OffloadSimulationReport.summary`."""
+    acc = s.get("prefetch_accuracy")
+    lines = [
+        f"moe-planner simulate (offload): {s['model']} on one {s['hardware']}, {s['gpu_memory_gb']} GB,"
+        f" decode batch {s['decode_batch']}",
+        f"  trace      {s['trace']}: {s['evaluated_on']}",
+        f"  hit rate   {100 * s['hit_rate']:.1f}% (resident, cached or prefetched)",
+        f"  copies     {s['transfers_per_step']:.1f} experts per step ({s['bytes_per_step'] / 1e6:.1f} MB),"
+        f" prefetch {s['prefetch_per_step']:.1f} per step" + (f", accuracy {100 * acc:.1f}%" if acc is not None else ""),
+        f"  stall      {s['stall_ms_per_step']:.3f} ms per step; step {s['step_ms']:.3f} ms; {s['tokens_per_s']:.1f} tokens/s",
+        "  hit rate per layer: " + " ".join(f"{100 * h:.0f}" for h in s["hit_rate_per_layer"]),
+    ]
+    return "\n".join(lines)
+
+
 def render(summary: dict) -> str:
     """The human-readable table of a simulation summary."""
     s = summary
     if s.get("mode") == "offload":  # offload plans: the expert-cache simulator (planner.offload)
-        from planner.offload import render_simulation
-
         return render_simulation(s)
     t = s["moe_time_per_step_ms"]
     lines = [
@@ -65,9 +83,6 @@ def render(summary: dict) -> str:
 def simulate(plan_path, trace_path, tokens_per_step, hardware, relay, as_json) -> None:
     """Replay a routing trace through a plan: per-layer per-GPU load, imbalance, intra/inter-node
     bytes and predicted MoE time (mean, p50, p99)."""
-    from planner.api import simulate as run_simulation
-    from planner.specs.plan import Plan
-
     plan = Plan.load(plan_path)
     report = run_simulation(plan, trace_path, hardware=hardware, tokens_per_step=tokens_per_step, relay=relay)
     summary = report.summary()

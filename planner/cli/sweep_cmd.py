@@ -13,7 +13,8 @@ import json
 
 import click
 
-from planner.sweep import EXECUTORS
+from planner.specs.sweep import check_spec_file
+from planner.sweep import EXECUTORS, run_sweep
 
 
 def _table(result, grid: list[str], limit: int = 20) -> list[str]:
@@ -63,9 +64,6 @@ def sweep(spec, out_dir, jobs, executor, restart, retry_failed, no_plots, quiet,
         base: {model: mixtral-8x7b, time_limit: 5}
         grid: {nodes: [1, 2, 4], redundant_experts: [0, 8]}
     """
-    from planner.specs.sweep import check_spec_file
-    from planner.sweep import run_sweep
-
     sp = check_spec_file(spec)
     result = run_sweep(spec, out_dir, jobs=jobs, executor=executor, restart=restart, retry_failed=retry_failed,
                        plots=not no_plots, progress=not quiet)

@@ -1,8 +1,8 @@
 """Sweep spec: the what-if grid ``moe-planner sweep SPEC.yaml`` plans (docs/contracts.md, "Command line").
 
 A spec has two mappings of ``plan`` options, by their long name with underscores
-(``gpus_per_node``, ``redundant_experts``, ``time_limit`` …; also the keyword arguments of
-:func:`planner.api.prepare` that have no flag, such as ``train_fraction``):
+(``gpus_per_node``, ``redundant_experts``, ``time_limit`` …; also the options that have no
+flag, such as ``train_fraction``: every field of :class:`planner.specs.options.PlanOptions`):
 
 - ``base``: options every combination shares (``model: mixtral-8x7b``, ``time_limit: 10``);
 - ``grid``: option → non-empty list of values; every combination of one value per option is
@@ -21,7 +21,7 @@ Rules checked when the file is read (each a one-line :class:`~planner.errors.Inp
 the file, the field and the rule): the option names exist (an unknown one is named with its
 close matches), a grid list is non-empty and has no repeated value, an option is not in both
 ``base`` and ``grid``, at least one grid option, and each value has the option's type (int,
-number, one of a flag's choices, text; ``null`` where the option may be omitted). The rest
+number, one of the option's allowed values, text; ``null`` where the option may be omitted). The rest
 (``nodes: 0``, an EP that does not divide) is checked when a combination is planned: such a
 combination fails alone and its row records why.
 
@@ -31,11 +31,8 @@ spec's folder when a file of that name is there (:func:`resolve_paths`).
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import itertools
 import math
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -43,95 +40,28 @@ from pydantic import Field, model_validator
 
 from planner.errors import InputError
 from planner.specs.base import Spec, parse, read_mapping, show
+from planner.specs.options import check_name, check_value, option_kinds
 
-#: ``plan`` flags that are not planning options (where results go, how they are printed).
-NOT_OPTIONS = {"out_dir", "force", "dry_run", "as_json"}
-#: Flag parameter names that differ from the Python keyword of the same option.
-RENAMED = {"trace_path": "trace", "previous_path": "previous"}
 #: Options whose value may name a file next to the spec.
 PATH_OPTIONS = ("model", "hardware", "trace", "previous")
-#: Keyword arguments of :func:`planner.api.solve` that :func:`planner.api.plan` accepts.
-SOLVE_OPTIONS = {"previous": ("str", True), "migration_weight": ("float", False), "relay": ("str", True)}
 
 
-@cache
 def plan_options() -> dict[str, tuple[str, tuple[str, ...] | None, bool]]:
-    """Every option a sweep may set: name → (kind, choices or None, may be null).
-
-    Read from the ``plan`` command's flags and :func:`planner.api.prepare`'s keywords, so that
-    an option added to either is accepted here without an edit. ``kind`` is ``int``,
-    ``float``, ``str`` or ``bool``.
-    """
-    import click
-
-    from planner.api import prepare
-    from planner.cli.plan_cmd import plan as plan_cmd
-
-    out: dict[str, tuple[str, tuple[str, ...] | None, bool]] = {}
-    for p in plan_cmd.params:
-        if not isinstance(p, click.Option) or p.name in NOT_OPTIONS:
-            continue
-        name = RENAMED.get(p.name, p.name)
-        t = p.type
-        if p.is_flag:
-            kind, choices = "bool", None
-        elif isinstance(t, click.Choice):
-            kind, choices = "str", tuple(str(c) for c in t.choices)
-        elif isinstance(t, click.types.IntParamType):
-            kind, choices = "int", None
-        elif isinstance(t, click.types.FloatParamType):
-            kind, choices = "float", None
-        else:
-            kind, choices = "str", None
-        out[name] = (kind, choices, p.default is None)
-    for name, prm in inspect.signature(prepare).parameters.items():
-        if name in out or prm.kind not in (prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY):
-            continue
-        ann = str(prm.annotation)
-        kind = "bool" if "bool" in ann else "float" if "float" in ann else "int" if "int" in ann else "str"
-        out[name] = (kind, None, prm.default is None or "None" in ann)
-    for name, (kind, nullable) in SOLVE_OPTIONS.items():
-        out.setdefault(name, (kind, None, nullable))
-    return out
+    """Every option a sweep may set: name → (kind, choices or None, may be null), from
+    :class:`planner.specs.options.PlanOptions` (the options of ``moe-planner plan``)."""
+    return option_kinds()
 
 
-def check_value(option: str, value: Any, where: str) -> None:
-    """Raise ``ValueError`` naming ``where`` when ``value`` does not fit ``option``'s type."""
-    kind, choices, nullable = plan_options()[option]
-    if value is None:
-        if not nullable:
-            raise ValueError(f"{where}: {option} may not be null")
-        return
-    if kind == "bool":
-        ok = isinstance(value, bool)
-    elif kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "float":
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    else:
-        ok = isinstance(value, str) and value.strip() != "" and "\x00" not in value
-    if not ok:
-        want = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "non-empty text"}[kind]
-        raise ValueError(f"{where}: {option} must be {want} (got {show(value)})")
-    if choices is not None and value not in choices:
-        raise ValueError(f"{where}: {option} must be one of {', '.join(choices)} (got {show(value)})")
-
-
-def check_name(option: Any, where: str) -> str:
-    """``option`` when it is a known option name; else ``ValueError`` listing close matches."""
-    known = plan_options()
-    if option in known:
-        return option
-    text = str(option)
-    hint = ""
-    if isinstance(option, str):
-        dashed = option.replace("-", "_").lstrip("_")
-        close = [dashed] if dashed in known else difflib.get_close_matches(option, list(known), n=3, cutoff=0.6)
-        if close:
-            hint = f"; did you mean {' or '.join(close)}?"
-    if not hint:
-        hint = f" (options: {', '.join(sorted(known))})"
-    raise ValueError(f"{where}: unknown plan option {show(text)}{hint}")
+def format_cell(v: Any) -> str:
+    """A value as a results.csv cell (and a plot label): empty for None, ``true``/``false``,
+    floats with full precision (``repr``)."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ""
+    return str(v)
 
 
 class SweepSpec(Spec):

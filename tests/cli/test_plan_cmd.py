@@ -136,3 +136,52 @@ def test_dry_run_reports_infeasible_weights(tmp_path, capsys):
     size = json.loads(out)
     assert size["gpu_memory_gib"] == pytest.approx(79.18, abs=0.01)
     assert 0 < size["weights_per_gpu_gib"] < size["gpu_memory_gib"]
+
+
+def test_plan_options_are_the_flags_prepare_and_solve_keywords():
+    """PlanOptions lists every option once: the plan command's flags, and prepare's and solve's
+    keywords with the same defaults."""
+    import inspect
+
+    import click
+
+    from planner.api import prepare, solve
+    from planner.cli.plan_cmd import plan as plan_cmd
+    from planner.specs.options import PlanOptions, flag_info
+
+    fields = PlanOptions.model_fields
+    keywords = {
+        name: p.default
+        for fn in (prepare, solve) for name, p in inspect.signature(fn).parameters.items() if name != "problem"
+    }
+    assert set(keywords) == set(fields)
+    for name, default in keywords.items():
+        assert fields[name].default == default, name
+    flags = {p.name: p for p in plan_cmd.params if isinstance(p, click.Option)}
+    for name, f in fields.items():
+        if not flag_info(name)["flag"]:
+            assert name not in flags, name
+            continue
+        opt = flags[name]
+        assert opt.opts == ["--" + name.replace("_", "-")] and opt.default == f.default and opt.help == f.description
+    assert set(flags) - set(fields) == {"out_dir", "force", "dry_run", "as_json"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"nodez": 2}, "unknown plan option 'nodez'; did you mean nodes"),
+        ({"nodes": "2"}, "nodes must be an integer (got '2')"),
+        ({"dispatch": "far"}, "dispatch must be one of even, local-first, nearest (got 'far')"),
+        ({"cross_node": 1}, "cross_node must be true or false (got 1)"),
+        ({"seed": None}, "seed may not be null"),
+    ],
+)
+def test_plan_keywords_are_checked_against_plan_options(kwargs, message):
+    import re
+
+    import planner
+    from planner.errors import InputError
+
+    with pytest.raises(InputError, match=re.escape(message)):
+        planner.plan("mixtral-8x7b", **kwargs)

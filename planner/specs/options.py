@@ -1,0 +1,191 @@
+"""The options of a planning run, listed once: name, type, default, description, allowed values.
+
+``moe-planner plan``'s flags, the keys a sweep spec may set and the keywords
+:func:`planner.plan` accepts are all made from :class:`PlanOptions`, so an option added here
+appears in all three with the same default and the same rule, and none of them can drift.
+The model is a description, not the place values are parsed: the CLI parses its flags with
+click, :func:`check_value` checks a sweep's or a caller's value against the option's type, and
+:func:`planner.api.prepare` checks the rules between options (degrees, memory).
+
+Each field's ``json_schema_extra`` says how the option appears on the command line: ``flag``
+(``False``: a Python and sweep option only) and ``path`` (the value names a file).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+import os
+import types
+from functools import cache
+from typing import Any, Literal, Union, get_args, get_origin
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from planner.errors import InputError
+from planner.specs.base import show
+
+DEFAULT_MODEL = "qwen3-30b-a3b"
+DEFAULT_HARDWARE = "h100-sxm"
+#: Options that also take objects in Python (a ModelSpec, a HardwareProfile, a Trace, a Plan or array).
+OBJECT_OPTIONS = ("model", "hardware", "trace", "previous")
+#: Keywords of :func:`planner.api.solve` (the rest are :func:`planner.api.prepare`'s).
+SOLVE_OPTIONS = ("previous", "migration_weight", "relay")
+
+
+def _opt(default: Any, description: str, *, flag: bool = True, path: bool = False) -> Any:
+    return Field(default, description=description, json_schema_extra={"flag": flag, "path": path})
+
+
+class PlanOptions(BaseModel):
+    """Every option of ``moe-planner plan`` / :func:`planner.plan`, in the order ``--help`` lists them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = _opt(DEFAULT_MODEL, "Preset name, HF config.json, or ModelSpec .yaml/.json")
+    hardware: str = _opt(DEFAULT_HARDWARE, "Hardware profile name or profile file")
+    nodes: int = _opt(1, "Nodes")
+    gpus_per_node: int = _opt(8, "GPUs per node")
+    mode: Literal["train", "prefill", "decode", "offload"] = _opt(
+        "decode", "What runs: training, prefill or decode serving, or decode on one GPU with experts offloaded to host memory"
+    )
+    trace: str | None = _opt(
+        None, "Routing trace (.npz, SGLang .json/.pt); default: the model's shipped trace or a synthetic one", path=True
+    )
+    ep: int | None = _opt(None, "Expert-parallel degree (omitted: all GPUs of a stage)")
+    tp: int | None = _opt(None, "Tensor-parallel degree")
+    pp: int | None = _opt(None, "Pipeline-parallel degree")
+    dp: int | None = _opt(None, "Data-parallel degree")
+    etp: int | None = _opt(None, "Expert tensor-parallel degree")
+    vpp: int | None = _opt(None, "Virtual pipeline stages")
+    micro_batch: int | None = _opt(None, "Micro-batch size (sequences)")
+    cp: int | None = _opt(None, "Context-parallel degree (train; omitted: searched)")
+    recompute: Literal["none", "selective", "full"] | None = _opt(None, "Activation recompute (train; omitted: searched)")
+    latency_target_ms: float | None = _opt(None, "Serving: per-token latency target for the parallelism search, ms")
+    cross_node: bool = _opt(False, "Let TP and EP×ETP groups span nodes in the parallelism search")
+    global_batch: int | None = _opt(None, "Global batch size (sequences)")
+    seq_len: int = _opt(4096, "Sequence length")
+    tokens_per_step: int | None = _opt(None, "Tokens per step when the trace has no step array")
+    redundant_experts: int = _opt(0, "Extra physical expert slots for replicas")
+    gpu_memory_gb: float | None = _opt(None, "GPU memory budget (offload mode)")
+    baseline: Literal["contiguous", "round-robin", "eplb"] | None = _opt(
+        None, "Produce this baseline plan instead of solving"
+    )
+    dispatch: Literal["even", "local-first", "nearest"] = _opt(
+        "even",
+        "How tokens pick among replicas: even spread, own GPU first, or nearest (own GPU, then own node: "
+        "SGLang --ep-dispatch-algorithm static)",
+    )
+    expert_kernel: Literal["loop", "grouped"] = _opt(
+        "loop",
+        "Placement figures with experts run one after another (loop, the profiled kernels) or as one grouped GEMM per GPU",
+    )
+    previous: str | None = _opt(
+        None, "Plan in service (plan.json): re-plan with a penalty per moved expert (migration-aware)", path=True
+    )
+    time_limit: float = _opt(60.0, "Solver time limit in seconds")
+    seed: int = _opt(0, "Random seed")
+    train_fraction: float = _opt(
+        0.75, "Share of the trace's steps planned on; the rest are held out and score the plan", flag=False
+    )
+    distributed_optimizer: bool | None = _opt(
+        None, "Train: shard optimizer state over data-parallel ranks (omitted: searched)", flag=False
+    )
+    migration_weight: float = _opt(
+        0.01, "With previous: weight of the time to copy moved experts' weights, per planning step", flag=False
+    )
+    relay: str | None = _opt(
+        None, "Simulator convention for where an inter-node copy lands (omitted: the simulator's default)", flag=False
+    )
+
+
+@cache
+def option_kinds() -> dict[str, tuple[str, tuple[str, ...] | None, bool]]:
+    """Every option: name → (kind, allowed values or None, may be null); ``kind`` is ``int``,
+    ``float``, ``str`` or ``bool``."""
+    out: dict[str, tuple[str, tuple[str, ...] | None, bool]] = {}
+    for name, f in PlanOptions.model_fields.items():
+        ann = f.annotation
+        args = get_args(ann) if get_origin(ann) in (Union, types.UnionType) else (ann,)
+        nullable = type(None) in args
+        (base,) = [a for a in args if a is not type(None)]
+        if get_origin(base) is Literal:
+            out[name] = ("str", tuple(str(c) for c in get_args(base)), nullable)
+        else:
+            out[name] = ({bool: "bool", int: "int", float: "float"}.get(base, "str"), None, nullable)
+    return out
+
+
+def flag_info(name: str) -> dict[str, Any]:
+    """``{"flag": bool, "path": bool}`` of an option (how it appears on the command line)."""
+    extra = PlanOptions.model_fields[name].json_schema_extra
+    assert isinstance(extra, dict)
+    return extra
+
+
+def check_name(option: Any, where: str) -> str:
+    """``option`` when it is a known option name; else ``ValueError`` listing close matches."""
+    known = option_kinds()
+    if option in known:
+        return option
+    text = str(option)
+    hint = ""
+    if isinstance(option, str):
+        dashed = option.replace("-", "_").lstrip("_")
+        close = [dashed] if dashed in known else difflib.get_close_matches(option, list(known), n=3, cutoff=0.6)
+        if close:
+            hint = f"; did you mean {' or '.join(close)}?"
+    if not hint:
+        hint = f" (options: {', '.join(sorted(known))})"
+    raise ValueError(f"{where}: unknown plan option {show(text)}{hint}")
+
+
+def value_problem(option: str, value: Any, *, lenient: bool = False) -> str | None:
+    """Why ``value`` does not fit ``option``'s type (the rule, naming the option), or ``None``.
+
+    ``lenient`` (Python callers): numpy numbers count as numbers, paths as text, non-finite
+    floats are left to the checks downstream."""
+    kind, choices, nullable = option_kinds()[option]
+    if value is None:
+        return None if nullable else f"{option} may not be null"
+    if kind == "bool":
+        ok = isinstance(value, bool) or (lenient and isinstance(value, np.bool_))
+    elif kind == "int":
+        ok = isinstance(value, numbers.Integral if lenient else int) and not isinstance(value, bool)
+    elif kind == "float":
+        real = numbers.Real if lenient else int | float
+        ok = isinstance(value, real) and not isinstance(value, bool) and (lenient or math.isfinite(value))
+    else:
+        ok = isinstance(value, str) and value.strip() != "" and "\x00" not in value
+        ok = ok or (lenient and isinstance(value, os.PathLike))
+    if not ok:
+        want = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "non-empty text"}[kind]
+        return f"{option} must be {want} (got {show(value)})"
+    if choices is not None and value not in choices:
+        return f"{option} must be one of {', '.join(choices)} (got {show(value)})"
+    return None
+
+
+def check_value(option: str, value: Any, where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` when ``value`` does not fit ``option``'s type."""
+    problem = value_problem(option, value)
+    if problem is not None:
+        raise ValueError(f"{where}: {problem}")
+
+
+def check_plan_kwargs(kwargs: dict[str, Any]) -> None:
+    """:class:`InputError` naming the field for a keyword of :func:`planner.plan` that is not an
+    option or whose value does not fit it. Objects are let through where an option takes them
+    (:data:`OBJECT_OPTIONS`)."""
+    for name, value in kwargs.items():
+        try:
+            check_name(name, "planner.plan")
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        if name in OBJECT_OPTIONS and not isinstance(value, str | bytes | numbers.Number | type(None)):
+            continue
+        problem = value_problem(name, value, lenient=True)
+        if problem is not None:
+            raise InputError(problem, field=name)
