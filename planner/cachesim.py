@@ -4,62 +4,32 @@ Legend: S decode steps, L MoE layers, E experts per layer, T tokens, k top-k, b 
 step (the decode batch), c = time of one expert's host-to-device copy, K_l(M) = one expert's FFN
 at M tokens. Shapes are name suffixes (``counts_SLE`` is [S, L, E]). Times in ms.
 
+Why a replay rather than a formula: whether an expert is on the GPU when the router chooses it
+depends on the order of accesses, on what the cache evicted, on which prefetches had started
+and on how busy the one copy engine is; only a replay of the trace gets hit rate, stalls and
+their interaction right.
+
 **Accesses.** A decode step runs the b tokens of one step through the MoE layers in order; at
 layer l it needs the experts ``{e : counts_SLE[s, l, e] > 0}``.
 
 **Where an expert can be** (:class:`CacheConfig`): *resident* (pinned in GPU memory for the whole
 run: ``resident_LE``), in the layer's *dynamic* cache of ``dynamic_L[l]`` slots managed by LRU or
-LFU, *prefetched* into a staging buffer during the previous layer, or in pinned host memory
-(then it is copied on demand into a staging buffer; with dynamic slots it then joins the cache).
-Dynamic caches are updated access by access (an expert needed by a step is touched once), so LRU
-has the stack property and an expert is evicted only after it ran.
+LFU (:class:`DynamicCache`), *prefetched* into a staging buffer during the previous layer
+(Fate, ExpertFlow: cross-layer affinity, docs/facts.md §5; predictor: :func:`fit_predictor`),
+run on the host CPU (Fiddler, KTransformers; :meth:`_Engines.serve_misses`), or in pinned host
+memory (then it is copied on demand into a staging buffer; with dynamic slots it then joins the
+cache). Dynamic caches are updated access by access (an expert needed by a step is touched
+once), so LRU has the stack property and an expert is evicted only after it ran.
 
-**Prefetch** (Fate, ExpertFlow: cross-layer affinity; docs/facts.md §5). After layer l's router has
-chosen, the experts of layer l+1 are predicted from the tokens' layer-l experts with a transition
-table learned on the planning steps (:func:`fit_predictor`)::
+**Time**: :func:`simulate_cache` (one copy engine, one compute stream, in order). ``ov`` is the
+profile's ``pcie.copy_compute_overlap`` (docs/facts.md §2, 0.89 on H100), so the penalty for
+copies under kernels is :func:`planner.cost.transfer.overlapped_ms` applied to the copies and
+kernels that share the layer. The copy queue carries from layer to layer (a late prefetch delays
+the next demand copy) and from step to step. A step takes ``other`` (dense layers) plus its layer
+times; tokens/s = b / step time.
 
-    q_l(e' | e) = #tokens with e at l and e' at l+1 / #tokens with e at l
-    score_t(e')  = max over e in X_t (the token's layer-l experts) of q_l(e' | e)
-    p_t(e')      = calib(score_t(e'))          (binned on the planning steps, made monotone)
-    p(e')        = 1 − Π_t (1 − p_t(e'))       (some token of the step needs e')
-
-and the non-resident, non-cached experts with ``p >= threshold`` (at most ``max_count``, highest
-first) are queued right after layer l's demand copies. A host thread issues queued copies one at a
-time, so when layer l+1's router has chosen, queued prefetches that have not started are cancelled
-(not needed) or re-queued as demand copies (needed); started ones complete and count as copies.
-Accuracy = used / started prefetches.
-
-**Time** (:func:`simulate_cache`; one copy engine, one compute stream, in order)::
-
-    layer l of a step starts at t0; its attention, router (and shared experts) take ``pre``
-    t_r = t0 + pre                                    routing known
-    ready(e) = 0 if resident / cached; the end of its prefetch copy if prefetched;
-               else a demand copy queued at max(t_r, copy engine free): ready = that + c
-    prefetch copies of layer l+1 are queued after the demand copies, from t_r on
-    experts run in order of ready time: t = max(t, ready(e)) + K_l(M_e)
-    penalty = (1 − ov) · min(copy busy time inside [t0, t], pre + Σ K)     (imperfect overlap)
-    layer time = t − t0 + penalty;  stall = layer time − pre − Σ K
-
-**CPU execution of missed experts** (Fiddler, docs/facts.md §5; ``cpu`` of :class:`CacheConfig`): a
-missed expert may run on the host CPU (one expert at a time, ``K_cpu(M)``) instead of being
-copied. ``"fastest"`` picks, expert by expert, whichever finishes first with both queues as they
-are: the CPU when ``max(t_r, cpu free) + K_cpu(M) < max(t_r, copy free) + c + K(M)`` (Fiddler's
-rule ``M·t_cpu < t_transfer`` extended with the queues); ``"all"`` always runs misses on the CPU
-(KTransformers). The layer ends when both the GPU kernels and the CPU experts are done; an expert
-run on the CPU is not copied and is a miss for the hit rate.
-
-``ov`` is the profile's ``pcie.copy_compute_overlap`` (docs/facts.md §2, 0.89 on H100: a copy on a
-side stream and GEMMs take max + 0.11·min), so the penalty is :func:`planner.cost.transfer.overlapped_ms`
-applied to the copies and kernels that share the layer. The copy queue carries from layer to
-layer (a late prefetch delays the next demand copy) and from step to step. A step takes
-``other`` (dense layers) plus its layer times; tokens/s = b / step time.
-
-**Belady** (:func:`belady_misses`): the offline optimum for a given number of slots over one
-access sequence, evicting the expert used furthest in the future (and not admitting a missed
-expert whose next use is later than every cached one's: bypass through the staging buffer). With
-a shared pool of K slots over all layers (accesses ordered step, layer, expert) it is a lower
-bound on the demand copies of any cache of K slots; ``warm=True`` does not charge the first K
-loads (any policy may start with a full cache: OPT_warm >= OPT_cold − K).
+**Belady** (:func:`belady_misses`): the offline optimum for a given number of slots, a lower bound
+on the demand copies of any cache of that many slots.
 
 Policies are simulated over the planning steps first (``record_from``), so dynamic caches start
 warm on the held-out steps as they would in service; only the recorded steps are counted.
@@ -126,7 +96,22 @@ class Predictor:
 
 
 def fit_predictor(ids_LTk: np.ndarray, num_experts: int) -> Predictor:
-    """Learn the transition table and its calibration from (planning) tokens ``ids_LTk``."""
+    """Learn the transition table and its calibration from (planning) tokens ``ids_LTk``.
+
+    After layer l's router has chosen, the experts of layer l+1 are predicted from the tokens'
+    layer-l experts::
+
+        q_l(e' | e) = #tokens with e at l and e' at l+1 / #tokens with e at l
+        score_t(e')  = max over e in X_t (the token's layer-l experts) of q_l(e' | e)
+        p_t(e')      = calib(score_t(e'))          (binned on the planning steps, made monotone)
+        p(e')        = 1 − Π_t (1 − p_t(e'))       (some token of the step needs e': step_probs)
+
+    The non-resident, non-cached experts with ``p >= threshold`` (at most ``max_count``, highest
+    first) are queued right after layer l's demand copies. A host thread issues queued copies
+    one at a time, so when layer l+1's router has chosen, queued prefetches that have not started
+    are cancelled (not needed) or re-queued as demand copies (needed); started ones complete and
+    count as copies. Accuracy = used / started prefetches.
+    """
     L, T, k = ids_LTk.shape
     E = num_experts
     if L < 2:
@@ -349,24 +334,31 @@ def simulate_cache(
     counts_SLE: np.ndarray, cfg: CacheConfig, timing: OffloadTiming, *, record_from: int = 0, batch: float = 1.0,
     accesses: list | None = None,
 ) -> CacheSimResult:
-    """Replay ``counts_SLE`` through ``cfg`` (module docstring); count steps ``>= record_from``.
+    """Replay ``counts_SLE`` through ``cfg``; count steps ``>= record_from``.
+
     ``batch``: tokens per step (for tokens/s). ``accesses``: :func:`access_lists` of
-    ``counts_SLE`` when the caller has them already."""
+    ``counts_SLE`` when the caller has them already. Per layer::
+
+        layer l of a step starts at t0; its attention, router (and shared experts) take ``pre``
+        t_r = t0 + pre                                    routing known
+        ready(e) = 0 if resident / cached; the end of its prefetch copy if prefetched;
+                   else a demand copy queued at max(t_r, copy engine free): ready = that + c
+        prefetch copies of layer l+1 are queued after the demand copies, from t_r on
+        experts run in order of ready time: t = max(t, ready(e)) + K_l(M_e)
+        penalty = (1 − ov) · min(copy busy time inside [t0, t], pre + Σ K)     (imperfect overlap)
+        layer time = t − t0 + penalty;  stall = layer time − pre − Σ K
+    """
     S, L, E = counts_SLE.shape
     if cfg.resident_LE.shape != (L, E) or cfg.dynamic_L.shape != (L,):
         raise InputError(f"cache config shapes {cfg.resident_LE.shape} / {cfg.dynamic_L.shape} do not match [L={L}, E={E}]")
     if not 0 <= record_from < S:
         raise InputError(f"record_from must be in [0, {S}) (got {record_from})")
     acc = accesses if accesses is not None else access_lists(counts_SLE)
-    c, pre, ov = timing.copy_ms, timing.pre_ms, timing.overlap
-    ffn = timing.ffn_ms_M.tolist()
-    top_m = len(ffn) - 1
-    lfu = cfg.policy == "lfu"
-    cpu_mode = cfg.cpu
-    if cpu_mode != "off" and timing.cpu_ms_M is None:
+    pre = timing.pre_ms
+    if cfg.cpu != "off" and timing.cpu_ms_M is None:
         raise InputError("cpu execution of missed experts needs the timing's cpu_ms_M")
-    cpu = timing.cpu_ms_M.tolist() if timing.cpu_ms_M is not None else []
-    dyn = [DynamicCache(int(cfg.dynamic_L[i]), lfu) for i in range(L)]
+    eng = _Engines(timing, cfg.cpu, cfg.policy == "lfu")
+    dyn = [DynamicCache(int(cfg.dynamic_L[i]), eng.lfu) for i in range(L)]
     res = [set(np.flatnonzero(cfg.resident_LE[i]).tolist()) for i in range(L)]
     pf = cfg.prefetch
     pf_lists = prefetch_lists(pf.prob_SLE, pf.threshold) if pf is not None and pf.max_count > 0 else None
@@ -380,8 +372,6 @@ def simulate_cache(
     lay_ms = np.zeros((R, L))
     comp_ms = np.zeros((R, L))
     step_ms = np.zeros(R)
-    copy_free = 0.0  # the copy engine is committed until this time (relative to the step's start)
-    cpu_free = 0.0  # the host CPU is busy until this time
     for s in range(S):
         rec = s - record_from
         t = 0.0
@@ -392,76 +382,25 @@ def simulate_cache(
             t += pre
             tr = t
             d = dyn[layer]
-            r_l = res[layer]
-            od = d.od
             # prefetches already started are committed; the rest are cancelled or, if needed, re-queued
             started: dict[int, float] = {}
             for a, b, e in queued:
                 if a < tr:
                     started[e] = b
                     copies.append((a, b))
-                    copy_free = max(copy_free, b)
-            ready: list[tuple[float, int, int]] = []
-            n_hit = n_pfu = 0
-            missed: list[tuple[int, int]] = []
+                    eng.copy_free = max(eng.copy_free, b)
             ids = acc[s][layer]
-            for e, m in ids:
-                if e in r_l:
-                    ready.append((0.0, e, m))
-                    n_hit += 1
-                elif e in od:
-                    d.touch(e)
-                    ready.append((0.0, e, m))
-                    n_hit += 1
-                elif e in started:
-                    ready.append((started[e], e, m))
-                    n_pfu += 1
-                    d.touch(e)
-                    d.insert(e)
-                else:
-                    missed.append((e, m))
-            cpu_end = 0.0
-            n_cpu = 0
-            for e, m in missed:
-                start = copy_free if copy_free > tr else tr
-                if cpu_mode != "off":
-                    cs = cpu_free if cpu_free > tr else tr
-                    done = cs + cpu[m if m < top_m else top_m]
-                    if cpu_mode == "all" or done < start + c + ffn[m if m < top_m else top_m]:
-                        cpu_free = cpu_end = max(cpu_end, done)
-                        n_cpu += 1
-                        if lfu:
-                            d.touch(e)
-                        continue
-                copy_free = start + c
-                copies.append((start, copy_free))
-                ready.append((copy_free, e, m))
-                d.touch(e)
-                d.insert(e)
+            ready, n_hit, n_pfu, missed = _lookup(ids, res[layer], d, started)
+            cpu_end, n_cpu = eng.serve_misses(missed, tr, d, copies, ready)
             queued = []
             if pf_lists is not None and layer + 1 < L:
-                nd = dyn[layer + 1].od
-                nr = res[layer + 1]
-                q = copy_free if copy_free > tr else tr
-                n = 0
-                for e in pf_lists[s][layer + 1]:
-                    if n >= pf.max_count:
-                        break
-                    if e in nr or e in nd:
-                        continue
-                    queued.append((q, q + c, e))
-                    q += c
-                    n += 1
-            ready.sort()
-            kern = 0.0
-            for r, _e, m in ready:
-                k_e = ffn[m if m < top_m else top_m]
-                t = (t if t > r else r) + k_e
-                kern += k_e
+                queued = _queue_prefetch(pf_lists[s][layer + 1], res[layer + 1], dyn[layer + 1].od,
+                                         eng.copy_free if eng.copy_free > tr else tr, eng.c, pf.max_count)
+            t, kern = eng.run_kernels(ready, t)
             if cpu_end > t:
                 t = cpu_end
             busy = _busy_in(copies, t0, t)
-            t += (1.0 - ov) * min(busy, pre + kern)
+            t += (1.0 - eng.ov) * min(busy, pre + kern)
             copies = [iv for iv in copies if iv[1] > t]
             if rec >= 0:
                 need[rec, layer] = len(ids)
@@ -473,8 +412,8 @@ def simulate_cache(
                 lay_ms[rec, layer] = t - t0
                 comp_ms[rec, layer] = pre + kern
         t += timing.other_ms
-        copy_free = max(0.0, copy_free - t)
-        cpu_free = max(0.0, cpu_free - t)
+        eng.copy_free = max(0.0, eng.copy_free - t)
+        eng.cpu_free = max(0.0, eng.cpu_free - t)
         if rec >= 0:
             step_ms[rec] = t
     b = float(batch)
@@ -485,14 +424,125 @@ def simulate_cache(
     )
 
 
+def _lookup(
+    ids: list[tuple[int, int]], resident: set[int], d: DynamicCache, started: dict[int, float]
+) -> tuple[list[tuple[float, int, int]], int, int, list[tuple[int, int]]]:
+    """Where each needed (expert, tokens) is when the router has chosen: ``(ready, hits,
+    prefetches used, missed)``; ``ready`` holds (ready time, expert, tokens) of those on the GPU
+    (0 for resident or cached, the end of its copy for a started prefetch)."""
+    ready: list[tuple[float, int, int]] = []
+    n_hit = n_pfu = 0
+    missed: list[tuple[int, int]] = []
+    od = d.od
+    for e, m in ids:
+        if e in resident:
+            ready.append((0.0, e, m))
+            n_hit += 1
+        elif e in od:
+            d.touch(e)
+            ready.append((0.0, e, m))
+            n_hit += 1
+        elif e in started:
+            ready.append((started[e], e, m))
+            n_pfu += 1
+            d.touch(e)
+            d.insert(e)
+        else:
+            missed.append((e, m))
+    return ready, n_hit, n_pfu, missed
+
+
+def _queue_prefetch(
+    candidates: list[int], resident: set[int], cached: Any, q: float, c: float, max_count: int
+) -> list[tuple[float, float, int]]:
+    """Prefetch copies (start, end, expert) of the next layer's likely experts not already on the
+    GPU, at most ``max_count``, one after another on the copy engine from ``q``."""
+    queued: list[tuple[float, float, int]] = []
+    n = 0
+    for e in candidates:
+        if n >= max_count:
+            break
+        if e in resident or e in cached:
+            continue
+        queued.append((q, q + c, e))
+        q += c
+        n += 1
+    return queued
+
+
+class _Engines:
+    """The copy engine and the host CPU: when each is free (relative to the step's start), and
+    the cost figures they charge (module docstring, *Time* and *CPU execution*)."""
+
+    def __init__(self, timing: OffloadTiming, cpu_mode: CpuMode, lfu: bool) -> None:
+        self.c, self.ov = timing.copy_ms, timing.overlap
+        self.ffn = timing.ffn_ms_M.tolist()
+        self.top_m = len(self.ffn) - 1
+        self.cpu = timing.cpu_ms_M.tolist() if timing.cpu_ms_M is not None else []
+        self.cpu_mode, self.lfu = cpu_mode, lfu
+        self.copy_free = 0.0  # the copy engine is committed until this time
+        self.cpu_free = 0.0  # the host CPU is busy until this time
+
+    def serve_misses(
+        self, missed: list[tuple[int, int]], tr: float, d: DynamicCache, copies: list[tuple[float, float]],
+        ready: list[tuple[float, int, int]],
+    ) -> tuple[float, int]:
+        """Copy each missed expert on demand (appending to ``copies`` and ``ready``) or run it on
+        the CPU; the time the CPU experts are done and how many ran there.
+
+        The CPU runs one expert at a time (``K_cpu(M)``). ``"fastest"`` picks, expert by expert,
+        whichever finishes first with both queues as they are: the CPU when ``max(t_r, cpu free) +
+        K_cpu(M) < max(t_r, copy free) + c + K(M)`` (Fiddler's rule ``M·t_cpu < t_transfer``
+        extended with the queues); ``"all"`` always runs misses on the CPU (KTransformers). The
+        layer ends when both the GPU kernels and the CPU experts are done; an expert run on the
+        CPU is not copied and is a miss for the hit rate.
+        """
+        c, ffn, cpu, top_m = self.c, self.ffn, self.cpu, self.top_m
+        cpu_end = 0.0
+        n_cpu = 0
+        for e, m in missed:
+            start = self.copy_free if self.copy_free > tr else tr
+            if self.cpu_mode != "off":
+                cs = self.cpu_free if self.cpu_free > tr else tr
+                done = cs + cpu[m if m < top_m else top_m]
+                if self.cpu_mode == "all" or done < start + c + ffn[m if m < top_m else top_m]:
+                    self.cpu_free = cpu_end = max(cpu_end, done)
+                    n_cpu += 1
+                    if self.lfu:
+                        d.touch(e)
+                    continue
+            self.copy_free = start + c
+            copies.append((start, self.copy_free))
+            ready.append((self.copy_free, e, m))
+            d.touch(e)
+            d.insert(e)
+        return cpu_end, n_cpu
+
+    def run_kernels(self, ready: list[tuple[float, int, int]], t: float) -> tuple[float, float]:
+        """Run the experts on the GPU in order of ready time from ``t``: the end and the kernel time."""
+        ffn, top_m = self.ffn, self.top_m
+        ready.sort()
+        kern = 0.0
+        for r, _e, m in ready:
+            k_e = ffn[m if m < top_m else top_m]
+            t = (t if t > r else r) + k_e
+            kern += k_e
+        return t, kern
+
+
 # ---- Belady's optimum -------------------------------------------------------------------------
 
 
 def belady_misses(keys: np.ndarray, capacity: int, *, warm: bool = False, bypass: bool = True) -> int:
     """Misses of Belady's offline optimum on the access sequence ``keys`` (1-D ints) with
-    ``capacity`` slots (module docstring). ``bypass``: a missed key whose next use is later than
-    every cached key's is not admitted. ``warm``: loads made while the cache still had free slots
-    are not charged."""
+    ``capacity`` slots: evict the key used furthest in the future. ``bypass``: a missed key whose
+    next use is later than every cached key's is not admitted (it goes through the staging
+    buffer). ``warm``: loads made while the cache still had free slots are not charged (any
+    policy may start with a full cache: OPT_warm >= OPT_cold − K).
+
+    With a shared pool of K slots over all layers (accesses ordered step, layer, expert) the
+    result is a lower bound on the demand copies of any cache of K slots.
+    """
     keys = np.asarray(keys, dtype=np.int64).ravel()
     if capacity < 0:
         raise InputError(f"capacity must be >= 0 slots (got {capacity})")
