@@ -6,6 +6,8 @@ import json
 
 import click
 
+from planner.check import check_plan
+
 
 class ProblemsFound(click.ClickException):
     """The plan was read but is inconsistent: exit 1 (the CLI wrapper prints the message)."""
@@ -24,8 +26,6 @@ def check(plan_path: str, model: str | None, hardware: str | None, as_json: bool
     Exit 0 when the plan is consistent, 1 when problems are found (one per line), 2 when the
     file cannot be read or its fields are malformed.
     """
-    from planner.check import check_plan
-
     problems = check_plan(plan_path, model=model, hardware=hardware)
     if as_json:
         click.echo(json.dumps({"plan": plan_path, "ok": not problems, "problems": problems}, indent=1))

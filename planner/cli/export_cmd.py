@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from planner.exports import ENGINE_COMMAND, FORMATS
+from planner.exports import export as do_export
+from planner.specs.plan import Plan
 
 
 @click.command("export")
@@ -21,9 +23,6 @@ from planner.exports import ENGINE_COMMAND, FORMATS
 @click.option("--json", "as_json", is_flag=True, help="Print what was written and the flags to pass as JSON on stdout")
 def export(plan_path: str, to: str, out: str, force: bool, as_json: bool) -> None:
     """Write a plan's placement in an engine's format, and print the flags to pass with it."""
-    from planner.exports import export as do_export
-    from planner.specs.plan import Plan
-
     plan = Plan.load(plan_path)
     result = do_export(plan, to, out, force=force)
     if as_json:

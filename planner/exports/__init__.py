@@ -32,16 +32,15 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from planner.errors import InputError
 from planner.exports import eplb, megatron, sglang, vllm
 from planner.exports._common import ImportedPlacement
 from planner.io import atomic_write_bytes, check_writable
-
-if TYPE_CHECKING:
-    from planner.specs.model import ModelSpec
-    from planner.specs.plan import Plan
+from planner.specs.model import ModelSpec
+from planner.specs.model_io import load_model
+from planner.specs.plan import Plan
 
 __all__ = ["FORMATS", "ExportResult", "ImportedPlacement", "export", "import_placement"]
 
@@ -112,12 +111,10 @@ def _format(name: str) -> _Format:
     try:
         return _FORMATS[name]
     except KeyError:
-        raise InputError(f"--to must be one of {', '.join(FORMATS)} (got {name!r})") from None
+        raise InputError(f"to must be one of {', '.join(FORMATS)} (got {name!r})", field="to") from None
 
 
 def _plan(plan: Plan | str | Path) -> Plan:
-    from planner.specs.plan import Plan
-
     return plan if isinstance(plan, Plan) else Plan.load(plan)
 
 
@@ -183,8 +180,5 @@ def import_placement(
     f = _format(fmt)
     spec = None
     if model is not None:
-        from planner.specs.model import ModelSpec
-        from planner.specs.model_io import load_model
-
         spec = model if isinstance(model, ModelSpec) else load_model(model)
     return f.load(path, model=spec, ep=ep)

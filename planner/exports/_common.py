@@ -8,16 +8,14 @@ on EP rank ``p // S`` (docs/contracts.md, "Plan file").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+import planner.exports._files as _files
 from planner.errors import InputError
-from planner.exports import _files
-
-if TYPE_CHECKING:
-    from planner.specs.model import ModelSpec
-    from planner.specs.plan import Plan
+from planner.specs.model import ModelSpec
+from planner.specs.plan import Plan
 
 
 @dataclass(frozen=True)

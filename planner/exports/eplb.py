@@ -22,17 +22,14 @@ Files: ``.pt`` (a dict of the three tensors, ``torch.save``; needs torch) or ``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from planner.exports import _files
+import planner.exports._files as _files
 from planner.exports._common import ImportedPlacement, phy2log_of, read_maps
 from planner.solve.baselines import logical_maps
-
-if TYPE_CHECKING:
-    from planner.specs.model import ModelSpec
-    from planner.specs.plan import Plan
+from planner.specs.model import ModelSpec
+from planner.specs.plan import Plan
 
 KEYS = ("phy2log", "log2phy", "logcnt")
 SUFFIXES = (".pt", ".npz")

@@ -7,7 +7,9 @@ print the same flags.
 
 from __future__ import annotations
 
-from planner.exports import megatron, sglang, vllm
+from planner.exports.megatron import args as megatron_args
+from planner.exports.sglang import flags as sglang_flags
+from planner.exports.vllm import flags as vllm_flags
 from planner.specs.plan import Plan
 from planner.specs.search import LaunchArgs
 
@@ -15,9 +17,9 @@ from planner.specs.search import LaunchArgs
 def launch_args(plan: Plan) -> LaunchArgs:
     """Megatron-core (train) or vLLM and SGLang (serving) arguments for ``plan``."""
     if plan.workload.mode == "train":
-        return LaunchArgs(megatron=megatron.args(plan))
+        return LaunchArgs(megatron=megatron_args(plan))
     par = plan.parallel
-    v = vllm.flags(plan)
+    v = vllm_flags(plan)
     if par.pp > 1:
         v += ["--pipeline-parallel-size", str(par.pp)]
-    return LaunchArgs(vllm=v, sglang=sglang.flags(plan, None))
+    return LaunchArgs(vllm=v, sglang=sglang_flags(plan, None))

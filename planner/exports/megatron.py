@@ -47,17 +47,15 @@ import shlex
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+import planner.exports._files as _files
 from planner.errors import InputError
-from planner.exports import _files
 from planner.exports._common import ImportedPlacement, phy2log_of, redundant_of
-
-if TYPE_CHECKING:
-    from planner.specs.model import ModelSpec
-    from planner.specs.plan import Plan
+from planner.specs.model import ModelSpec
+from planner.specs.plan import Plan
 
 SUFFIXES = (".json", ".txt", ".args", ".sh")
 

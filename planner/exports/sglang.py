@@ -33,12 +33,12 @@ per-rank map picks a replica on the rank's GPU, then on its node, else a fair dr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+import planner.exports._files as _files
 from planner.errors import InputError
-from planner.exports import _files
 from planner.exports._common import (
     ImportedPlacement,
     check_phy2log,
@@ -47,10 +47,8 @@ from planner.exports._common import (
     redundant_of,
     slots_from_ep,
 )
-
-if TYPE_CHECKING:
-    from planner.specs.model import ModelSpec
-    from planner.specs.plan import Plan
+from planner.specs.model import ModelSpec
+from planner.specs.plan import Plan
 
 KEY = "physical_to_logical_map"
 SUFFIXES = (".json", ".pt")

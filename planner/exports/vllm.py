@@ -42,12 +42,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+import planner.exports._files as _files
 from planner.errors import InputError
-from planner.exports import _files
 from planner.exports._common import (
     ImportedPlacement,
     check_phy2log,
@@ -57,10 +57,8 @@ from planner.exports._common import (
     read_maps,
     redundant_of,
 )
-
-if TYPE_CHECKING:
-    from planner.specs.model import ModelSpec
-    from planner.specs.plan import Plan
+from planner.specs.model import ModelSpec
+from planner.specs.plan import Plan
 
 P2L, L2P, COUNT = "physical_to_logical_map", "logical_to_physical_map", "logical_replica_count"
 KEYS = (P2L, L2P, COUNT)

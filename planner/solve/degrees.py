@@ -2,8 +2,8 @@
 
 Omitted degrees default to TP = PP = ETP = VPP = 1, DP = GPUs / (TP · PP) and EP = the GPUs of a
 pipeline stage / ETP (or the largest divisor of both the stage and the expert slots). The filled
-degrees are then checked against the rules of :mod:`planner.specs.degrees`; the most basic broken
-rule is raised, with the values that would be valid. :func:`planner.api.prepare` calls this to
+degrees are then checked against the basic rules of :mod:`planner.specs.degrees` (:data:`RULES`);
+the most basic broken one is raised, with the values that would be valid. :func:`planner.api.prepare` calls this to
 validate the fixed degrees before the parallelism search (:mod:`planner.solve.parallel`) chooses
 the omitted ones.
 """

@@ -100,8 +100,9 @@ def test_a_failing_export_writes_nothing(plan_replicas, tmp_path):
 
 
 def test_unknown_format_is_one_clear_line(plan_replicas):
-    with pytest.raises(InputError, match=r"--to must be one of sglang, vllm, vllm-ascend, eplb, megatron \(got 'trtllm'\)"):
+    with pytest.raises(InputError, match=r"^to must be one of sglang, vllm, vllm-ascend, eplb, megatron \(got 'trtllm'\)") as e:
         export(plan_replicas, "trtllm")
+    assert e.value.for_flags().startswith("--to must be one of sglang, vllm, vllm-ascend, eplb, megatron (got 'trtllm')")
     assert FORMATS == ("sglang", "vllm", "vllm-ascend", "eplb", "megatron")
 
 
