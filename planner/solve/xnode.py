@@ -43,11 +43,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from planner.solve import baselines
 from planner.solve.nodeswap import sole_needs
+from planner.solve.problem import SEARCH_MAX_TOKENS, PlacementInputs, TokenSample
+from planner.solve.scoring import simulated_ms
+
+
+@dataclass
+class XNodeStats:
+    """What stage 5 did: layers changed, replicas placed off their expert's node, whether the
+    deadline stopped it, and how often each variant won (``none``: the input was kept)."""
+
+    layers_changed: int = 0
+    remote_replicas: int = 0
+    stopped_by_time: bool = False
+    chosen: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"layers_changed": self.layers_changed, "remote_replicas": self.remote_replicas,
+                                  "stopped_by_time": self.stopped_by_time}
+        if self.chosen:
+            out["chosen"] = dict(self.chosen)
+        return out
 
 
 def home_nodes(row_P: np.ndarray, slots_per_node: int, num_experts: int) -> np.ndarray | None:
@@ -187,7 +208,7 @@ def cross_node_replicas(
     layer_ms: Callable[[int, np.ndarray], float],
     deadline: float,
     fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),  # the ``everywhere m`` variants, m = f · r
-) -> tuple[np.ndarray, dict[str, object]]:
+) -> tuple[np.ndarray, XNodeStats]:
     """Apply the stages of the module docstring to every layer of ``phy2log_LP`` [L, P].
 
     ``ids_LTk`` planning tokens (a subsample is fine) with their source node ``src_node_T``;
@@ -199,11 +220,11 @@ def cross_node_replicas(
     E = weight_NLE.shape[2]
     spn = P // num_nodes
     out = phy2log_LP.copy()
-    stats: dict[str, object] = {"layers_changed": 0, "remote_replicas": 0, "stopped_by_time": False}
+    stats = XNodeStats()
     by_node = [np.flatnonzero(src_node_T == v) for v in range(num_nodes)]
     for l in range(L):
         if time.perf_counter() > deadline:
-            stats["stopped_by_time"] = True
+            stats.stopped_by_time = True
             break
         node_E = home_nodes(phy2log_LP[l], spn, E)
         if node_E is None:
@@ -226,13 +247,38 @@ def cross_node_replicas(
             t = layer_ms(l, row)
             if t < best_ms * (1 - 1e-9):
                 best, best_ms, label = row, t, name
-        chosen = stats.setdefault("chosen", {})
-        assert isinstance(chosen, dict)
-        chosen[label] = chosen.get(label, 0) + 1
+        stats.chosen[label] = stats.chosen.get(label, 0) + 1
         if label != "none":
             out[l] = best
-            stats["layers_changed"] = int(stats["layers_changed"]) + 1
-            stats["remote_replicas"] = int(stats["remote_replicas"]) + int(
-                (np.arange(P) // spn != node_E[best]).sum()
-            )
+            stats.layers_changed += 1
+            stats.remote_replicas += int((np.arange(P) // spn != node_E[best]).sum())
     return out, stats
+
+
+def nearest_replicas(phy2log_LP: np.ndarray, inp: PlacementInputs, sample: TokenSample,
+                     deadline: float) -> tuple[np.ndarray, XNodeStats]:
+    """Stage 5 of the placement (docs/placement.md §5.5) on ``phy2log_LP`` [L, P] whose experts
+    sit on ``inp.num_nodes`` nodes: :func:`cross_node_replicas` with every variant scored by the
+    simulator on whole planning steps, evenly spaced, about :data:`SEARCH_MAX_TOKENS` tokens in all
+    (per-step loads as planned); ``sample`` the search's tokens for the coverage counts."""
+    L, E, N = inp.num_layers, inp.num_experts, inp.num_nodes
+    n_steps, gpn = inp.num_steps, inp.gpus_per_node
+    full_step = inp.step_T.astype(np.int64)
+    per_step = max(1, inp.ids_LTk.shape[1] // n_steps)
+    keep = np.unique(np.linspace(0, n_steps - 1, max(1, min(n_steps, SEARCH_MAX_TOKENS // per_step))).round()
+                     .astype(np.int64))
+    tk = np.flatnonzero(np.isin(full_step, keep))
+    x_ids = inp.ids_LTk[:, tk].astype(np.int64)
+    x_step = np.searchsorted(keep, full_step[tk])
+    x_src = inp.src_T[tk].astype(np.int64)
+    x_grp = None if inp.group_T is None else inp.group_T[tk]
+    src_node_full = inp.src_T.astype(np.int64) // gpn
+    w_NLE = np.zeros((N, L, E))
+    for l in range(L):
+        flat = (src_node_full[:, None] * E + inp.ids_LTk[l]).ravel()
+        w_NLE[:, l] = np.bincount(flat, minlength=N * E).reshape(N, E) / n_steps / inp.token_groups
+    return cross_node_replicas(
+        phy2log_LP, sample.ids_LTk, sample.src_T // gpn, w_NLE, N, gpn,
+        lambda l, row: simulated_ms(inp, row[None, :], x_ids[l][None], x_step, x_src, x_grp, keep.size),
+        deadline,
+    )

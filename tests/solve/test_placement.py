@@ -13,6 +13,8 @@ import pytest
 
 import planner
 from planner.errors import InfeasibleError, InputError
+from planner.solve import milp
+from planner.solve.gpusearch import NodeProblem
 from planner.solve.placement import (
     NodeSearch,
     PlacementCost,
@@ -117,12 +119,14 @@ def test_swap_tables_match_full_evaluation(seed):
             sig[i, :m] = np.sort(rng.choice(nl, m, replace=False))
         return sig
 
-    ns = NodeSearch(
-        rng.permutation(np.repeat(np.arange(g), S)), g, rng.random((nl, nS)), rng.random((nl, nS)),
-        rng.random((nl, nT)), rows(20), rng.integers(0, nT, 20), rng.random(20),
-        rng.random((nl, g, nT)), rows(15), rng.integers(0, g, 15), rng.integers(0, nT, 15), rng.random(15),
-        rng.random((nT, g)), cost,
+    problem = NodeProblem(
+        gpu_I=rng.permutation(np.repeat(np.arange(g), S)), gpus=g, compute_ms_IS=rng.random((nl, nS)),
+        tokens_IS=rng.random((nl, nS)), remote_single_IT=rng.random((nl, nT)), remote_rows_RK=rows(20),
+        remote_step_R=rng.integers(0, nT, 20), remote_weight_R=rng.random(20),
+        intra_single_IgT=rng.random((nl, g, nT)), intra_rows_RK=rows(15), intra_src_R=rng.integers(0, g, 15),
+        intra_step_R=rng.integers(0, nT, 15), intra_weight_R=rng.random(15), fixed_nic_Tg=rng.random((nT, g)),
     )
+    ns = NodeSearch(problem, cost)
     for pstar in range(g):
         A = np.nonzero(ns.gpos == pstar)[0]
         B = np.nonzero(ns.gpos != pstar)[0]
@@ -165,13 +169,11 @@ def _stage1_case():
 
 
 def test_failing_highs_falls_back_to_cbc_with_a_warning(monkeypatch, caplog):
-    import planner.solve.placement as pm
-
     def broken(*a, **k):
         raise RuntimeError("simulated HiGHS crash")
 
-    monkeypatch.setattr(pm, "_solve_highs", broken)
-    with caplog.at_level("WARNING", logger="planner.solve.placement"):
+    monkeypatch.setattr(milp, "_solve_highs", broken)
+    with caplog.at_level("WARNING", logger="planner.solve.milp"):
         node_B, status, obj, _ = _stage1_case()
     assert "HiGHS failed (RuntimeError: simulated HiGHS crash); falling back to CBC" in caplog.text
     assert node_B[0] == node_B[1] != node_B[2] == node_B[3]  # CBC found the same optimum
@@ -181,21 +183,19 @@ def test_failing_highs_falls_back_to_cbc_with_a_warning(monkeypatch, caplog):
 def test_failing_solver_binaries_keep_the_warm_start_and_the_time_limit(monkeypatch, caplog):
     import pulp
 
-    import planner.solve.placement as pm
-
-    monkeypatch.setattr(pm, "_solve_highs", lambda *a, **k: (_ for _ in ()).throw(OSError("highs gone")))
+    monkeypatch.setattr(milp, "_solve_highs", lambda *a, **k: (_ for _ in ()).throw(OSError("highs gone")))
     real_cbc = pulp.PULP_CBC_CMD
     # a CBC "binary" that does not exist: PuLP raises PulpSolverError when it tries to run it
     monkeypatch.setattr(pulp, "PULP_CBC_CMD", lambda **kw: real_cbc(path="/nonexistent/cbc", **kw))
-    with caplog.at_level("WARNING", logger="planner.solve.placement"):
+    with caplog.at_level("WARNING", logger="planner.solve.milp"):
         node_B, status, obj, bound = _stage1_case()
         assert "CBC failed" in caplog.text
         assert status == "none" and obj is None  # stage 1 keeps the warm start it was given
         np.testing.assert_array_equal(node_B, [0, 1, 0, 1])
         # a whole plan still comes out valid, within its limit, on a two-node problem with MILPs
         calls = []
-        real_milp = pm._solve_milp
-        monkeypatch.setattr(pm, "_solve_milp", lambda *a, **k: calls.append(1) or real_milp(*a, **k))
+        real_milp = milp.solve_milp
+        monkeypatch.setattr(milp, "solve_milp", lambda *a, **k: calls.append(1) or real_milp(*a, **k))
         p = planner.plan("deepseek-v3", nodes=2, ep=16, time_limit=6)
         assert p.solver.time_s <= 6  # the solver's own clock (loading and scoring come on top)
     assert len(calls) > 0  # stage 1 ran its MILPs, each failing over to the warm start
@@ -246,7 +246,7 @@ def test_same_inputs_same_placement():
     a = solve_placement(_medium_inputs(), seed=3)
     b = solve_placement(_medium_inputs(), seed=3)
     assert np.array_equal(a.phy2log_LP, b.phy2log_LP) and a.objective == b.objective
-    assert a.status == "feasible" and a.stages["search"]["accepted"] > 0
+    assert a.status == "feasible" and a.stages.search.accepted > 0
 
 
 def test_time_limit_is_respected():
@@ -316,7 +316,7 @@ def test_groups_stay_node_aligned_with_the_milp():
         cost=linear_cost(nvlink_gbps=50.0, nvlink_us=10.0, nic_gbps=5.0, nic_us=20.0), n_group=4, topk_group=2,
     )
     res = solve_placement(inp)
-    assert res.stages["stage1"]["layers_solved"] == 2 and res.stages["stage1"]["blocks"] == "groups"
+    assert res.stages.stage1.layers_solved == 2 and res.stages.stage1.blocks == "groups"
     for row in res.phy2log_LP:
         for node in (row[:10], row[10:]):
             groups = set(int(e) // 4 for e in node)
@@ -340,7 +340,7 @@ def test_rank_locality_puts_a_group_on_the_node_its_tokens_come_from():
     res = solve_placement(inp)
     node0 = set(res.phy2log_LP[0, :4].tolist())
     assert node0 == {4, 5, 6, 7}
-    assert res.stages["stage1"]["layers_solved"] == 1
+    assert res.stages.stage1.layers_solved == 1
     assert res.objective < res.candidates["eplb"]
 
 

@@ -64,7 +64,7 @@ def test_cross_node_replicas_never_worse_per_layer():
 
     out, st = cross_node_replicas(base, ids, src, w.astype(float), 2, 2, layer_ms, deadline=float("inf"))
     assert np.array_equal(out[0], base[0]) and np.array_equal(out[2], base[2]) and not np.array_equal(out[1], base[1])
-    assert st["layers_changed"] == 1 and set(seen) == {0, 1, 2}
+    assert st.layers_changed == 1 and set(seen) == {0, 1, 2}
 
 
 def test_solver_places_a_replica_where_the_tokens_are_under_nearest_dispatch():
@@ -90,9 +90,9 @@ def test_solver_places_a_replica_where_the_tokens_are_under_nearest_dispatch():
     row = near.phy2log_LP[0]
     assert 0 in row[6:].tolist()  # expert 0 replicated on node 1
     assert near.objective < near.candidates["eplb"]
-    assert near.stages["cross_node_replicas"]["layers_changed"] == 1
+    assert near.stages.cross_node_replicas.layers_changed == 1
     even = solve_placement(inp("even"))
-    assert "cross_node_replicas" not in even.stages
+    assert even.stages.cross_node_replicas is None
 
 
 def test_relieve_busiest_starts_with_the_node_most_tokens_need():
@@ -126,7 +126,7 @@ def test_stage5_respects_the_time_limit_and_says_so():
         t0 = time.perf_counter()
         res = solve_placement(inp, time_limit=limit)
         assert time.perf_counter() - t0 <= limit + 0.5
-        stopped = res.stages["cross_node_replicas"]["stopped_by_time"] or res.stages["search"]["stopped_by_time"]
+        stopped = res.stages.cross_node_replicas.stopped_by_time or res.stages.search.stopped_by_time
         assert res.status == ("time_limit" if stopped else "feasible")
         assert all(np.bincount(row, minlength=32).min() >= 1 for row in res.phy2log_LP)  # every expert, every layer
-    assert not stopped and res.stages["cross_node_replicas"]["layers_changed"] == 6  # 30 s: every layer done
+    assert not stopped and res.stages.cross_node_replicas.layers_changed == 6  # 30 s: every layer done
