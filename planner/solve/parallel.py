@@ -350,7 +350,10 @@ def _serve_variants(
     return timed
 
 
-def __getattr__(name: str) -> Any:  # TEMPORARY (h4): removed before the final commit
+# TRANSITIONAL, delete with the callers' change: planner/api.py and planner/cli/plan_cmd.py still
+# read launch_args / render_launch here; they now live in planner.exports.launch and
+# planner.cli.render. Until both callers import those, this keeps them working.
+def __getattr__(name: str) -> Any:
     if name == "launch_args":
         from planner.exports.launch import launch_args
 
