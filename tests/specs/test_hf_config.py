@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from planner.errors import InputError
+from planner.specs.hf_config import HF_MODEL_TYPES, from_hf_config
 from planner.specs.model import ModelSpec
-from planner.specs.model_io import HF_MODEL_TYPES, PRESETS, from_hf_config, load_model, load_preset
+from planner.specs.model_io import PRESETS, load_model, load_preset
 
 HF_DIR = Path(__file__).resolve().parents[1] / "data" / "hf"
 
