@@ -33,7 +33,9 @@ import numpy as np
 
 import planner
 from planner.api import _simulate, baseline_placement, prepare, solve, summarize
+from planner.solve import baselines
 from planner.solve.nodeswap import copies_of, swap_experts
+from planner.solve.xnode import pick_remote
 from planner.traces import Trace
 
 PERMS = np.array(list(itertools.permutations(range(8))))  # [40320, 8]
@@ -104,8 +106,6 @@ def remote_nodes(ids: np.ndarray, node_E: np.ndarray, src_node: np.ndarray, rep_
 def replica_cover(ids: np.ndarray, src_node: np.ndarray, node_E: np.ndarray, per_node: int) -> np.ndarray:
     """Greedy replicas of other nodes' experts, up to ``per_node`` on each node (the solver's
     :func:`planner.solve.xnode.pick_remote`; optimistic here, see 3.ii)."""
-    from planner.solve.xnode import pick_remote
-
     rep = np.zeros((8, node_E.size), dtype=bool)
     for v in range(8):
         rep[v, pick_remote(ids[src_node == v], node_E, v, per_node, 8)] = True
@@ -116,8 +116,6 @@ def part3() -> None:
     print("\n## 3. Remote nodes per token from EPLB's node sets (held-out steps)\n")
     print("| trace | layer | EPLB | (i) best swaps | swaps taken | (ii) + 8 replicas per node (optimistic) |")
     print("|---|---:|---:|---:|---:|---:|")
-    from planner.solve import baselines
-
     for label, extra in (("default", {}),
                          ("persistent node-level mixes", dict(sticky_ranks=True, rank_groups=8)),
                          ("same, rank_mix 1, domain_spread 2.5",

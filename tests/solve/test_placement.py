@@ -392,3 +392,51 @@ def test_a_note_when_redundant_slots_cost_more_than_they_balance():
     # no replicas asked: nothing to compare
     p0 = planner.plan("deepseek-v2-lite", nodes=2)
     assert not any(n.startswith("without redundant slots") for n in p0.predicted.notes)
+
+
+# ---- the search's traffic against the simulator's rule ----------------------------------------------
+
+
+@pytest.mark.parametrize("relay", ["same-rank", "first-destination"])
+def test_search_traffic_agrees_with_the_dispatch_rule(relay):
+    """Stage 1b's copies, the fixed inter-node copies and every node's NodeSearch tables against
+    planner.cost.comm's traffic kernel (the simulator's rule) on a small random instance."""
+    from planner.cost.comm import dispatch_copies, dispatch_traffic
+    from planner.simulator import choose_slots
+    from planner.solve.gpus import build_node_search, fixed_nic_SG, layer_items
+    from planner.solve.nodeswap import node_copies
+    from planner.solve.problem import search_sample
+
+    rng = np.random.default_rng(7)
+    G, gpn, S, E, k, T = 8, 4, 2, 12, 3, 300
+    # node-aligned: experts 0-5 on node 0, 6-11 on node 1, two replicas more on each node
+    node0 = rng.permutation(np.concatenate([np.arange(6), rng.integers(0, 6, 2)]))
+    node1 = rng.permutation(np.concatenate([np.arange(6, 12), rng.integers(6, 12, 2)]))
+    row = np.concatenate([node0, node1])
+    ids = np.stack([rng.choice(E, k, replace=False) for _ in range(T)])
+    src = rng.integers(0, G, T)
+    slot_Tk = choose_slots(ids, src, row, S, E, "even")
+    nvl, net = dispatch_copies(slot_Tk // S, src, num_gpus=G, gpus_per_node=gpn, relay=relay)
+    nvl_send, nvl_recv = np.bincount(nvl.src_C, minlength=G), np.bincount(nvl.dst_C, minlength=G)
+    net_send, net_recv = np.bincount(net.src_C, minlength=G), np.bincount(net.dst_C, minlength=G)
+    if relay == "same-rank":  # the kernel's matrices are what the simulator charges
+        tr = dispatch_traffic(slot_Tk, src, slots_per_gpu=S, num_gpus=G, gpus_per_node=gpn, bytes_per_token=1.0)
+        np.testing.assert_array_equal(tr.nvlink_GG.sum(1), nvl_send)
+        np.testing.assert_array_equal(tr.rdma_GG.sum(0), net_recv)
+    # stage 1b counts one copy per distinct remote node of a token
+    node_E = np.repeat([0, 1], 6)
+    assert node_copies(ids, src // gpn, node_E) == len(net.src_C)
+    inp = inputs(ids[None], src, num_experts=E, num_gpus=G, slots=S, gpus_per_node=gpn, relay=relay)
+    lay = layer_items([node0, node1], [np.arange(8) // S, 4 + np.arange(8) // S], ids, np.arange(T), E)
+    np.testing.assert_array_equal(lay.item_Tk, slot_Tk)  # the search's replica rule is the simulator's
+    xfix = fixed_nic_SG(lay, search_sample(inp), inp, 2)[0]
+    np.testing.assert_array_equal(xfix, np.maximum(net_send, net_recv) if relay == "same-rank" else net_send)
+    zeros = np.zeros((1, G * S))
+    for v in range(2):
+        ns, _ = build_node_search(lay, v, inp, np.zeros(T, dtype=np.int64), src, 1, zeros, zeros, np.zeros((1, G)),
+                                  True, None, 0.02, keep_nvlink=True)
+        gpus = slice(v * gpn, (v + 1) * gpn)
+        np.testing.assert_allclose(ns.isend[0], nvl_send[gpus])
+        np.testing.assert_allclose(ns.irecv[0], nvl_recv[gpus])
+        if relay == "first-destination":  # the NIC receive is the node's own decision
+            np.testing.assert_allclose(ns.recv[0], net_recv[gpus])
