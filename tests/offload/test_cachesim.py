@@ -1,16 +1,15 @@
-"""Expert-cache simulator: hand-worked sequences and timelines (planner.cachesim)."""
+"""Expert-cache simulator and its offline bounds: hand-worked sequences and timelines
+(planner.cachesim, planner.cache_bounds)."""
 
 import numpy as np
 import pytest
 
+from planner.cache_bounds import access_keys, belady_misses, lru_misses
 from planner.cachesim import (
     CacheConfig,
     OffloadTiming,
     PrefetchConfig,
-    access_keys,
-    belady_misses,
     fit_predictor,
-    lru_misses,
     simulate_cache,
     step_counts,
     step_probs,
