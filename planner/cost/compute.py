@@ -83,7 +83,8 @@ time per token (the FLOP-bound regime). How the curve is made depends on what th
 3. **No tables at all** — ``D(M)`` alone with :data:`FALLBACK_FIT`, the H100 fit, as documented
    generic defaults (not device figures).
 
-The constants of 1-3 are fitted once per profile object and cached, as are the curves; a curve
+The constants of 1-3 are fitted once per profile and kept, as are the curves, by its cost
+object (:class:`ProfileCost`); a curve
 is a dense ``[m_max + 1]`` array, so :func:`expert_ffn_ms` is one interpolation and the plan
 evaluator (:mod:`planner.cost.evaluate`) one gather.
 
@@ -103,8 +104,9 @@ tokens per expert (benchmarks/cost_model.py prints both).
 
 from __future__ import annotations
 
+import functools
 import math
-from collections import OrderedDict
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -444,32 +446,46 @@ def table_curve(table: ExpertFfnTable) -> FfnCurve:
     return _grid_curve(predict, m_max, "table")
 
 
-class _ProfileModel:
-    """Fits and curves of one profile object (built lazily, cached by :func:`_model`)."""
+class ProfileCost:
+    """The compute cost object of one hardware profile: its device fits (per dtype) and expert
+    FFN curves (per shape), each computed on first use and kept by this object
+    (``functools.cache`` per instance). Build one per profile and keep it while pricing with
+    that profile; :meth:`of` returns the one of a profile object."""
 
     def __init__(self, hw: HardwareProfile) -> None:
         self.hw = hw
-        self._fits: dict[str, DeviceFit] = {}
-        self._curves: dict[tuple[int, int, str], FfnCurve] = {}
+        self.device_fit = functools.cache(self.device_fit)  # type: ignore[method-assign]
+        self.curve = functools.cache(self.curve)  # type: ignore[method-assign]
+
+    @staticmethod
+    def of(hw: HardwareProfile) -> ProfileCost:
+        """The cost object of the profile object ``hw``: made on first use, it lives as long
+        as ``hw`` does (profiles are immutable; they are not hashable, so the map is by
+        identity, and an entry is dropped when its profile is collected)."""
+        entry = _COSTS.get(id(hw))
+        if entry is not None and entry[0]() is hw:
+            return entry[1]
+        cost = ProfileCost(weakref.proxy(hw))  # the map must not keep the profile alive
+        key = id(hw)
+        _COSTS[key] = (weakref.ref(hw), cost)
+        weakref.finalize(hw, _COSTS.pop, key, None)
+        return cost
 
     def tables_for_dtype(self, dtype: str) -> list[ExpertFfnTable]:
         same = [t for t in self.hw.expert_ffn_tables if t.dtype == dtype]
         return same if same else list(self.hw.expert_ffn_tables)
 
     def device_fit(self, dtype: str) -> DeviceFit:
-        if dtype not in self._fits:
-            tables = self.hw.expert_ffn_tables
-            same = [t for t in tables if t.dtype == dtype]
-            use = same if len(same) >= 3 else list(tables)
-            self._fits[dtype] = _fit_device(self.hw, use) if use else FALLBACK_FIT
-        return self._fits[dtype]
+        """The device model's constants for ``dtype`` (module docstring, part 2)."""
+        tables = self.hw.expert_ffn_tables
+        same = [t for t in tables if t.dtype == dtype]
+        use = same if len(same) >= 3 else list(tables)
+        return _fit_device(self.hw, use) if use else FALLBACK_FIT
 
     def curve(self, hidden: int, ffn: int, dtype: str) -> FfnCurve:
-        key = (hidden, ffn, dtype)
-        if key not in self._curves:
-            table = self.hw.table_for(hidden, ffn, dtype)
-            self._curves[key] = table_curve(table) if table is not None else self._model_curve(hidden, ffn, dtype)
-        return self._curves[key]
+        """The FFN curve of one expert of shape (hidden, ffn) in ``dtype``."""
+        table = self.hw.table_for(hidden, ffn, dtype)
+        return table_curve(table) if table is not None else self._model_curve(hidden, ffn, dtype)
 
     def _model_curve(self, hidden: int, ffn: int, dtype: str) -> FfnCurve:
         hw = self.hw
@@ -500,22 +516,12 @@ class _ProfileModel:
         return _grid_curve(predict, m_max, "transfer")
 
 
-_MODELS: OrderedDict[int, _ProfileModel] = OrderedDict()
-_MODELS_MAX = 32
+#: Profile object id → (weak reference to it, its cost object); see :meth:`ProfileCost.of`.
+_COSTS: dict[int, tuple[weakref.ref, ProfileCost]] = {}
 
 
-def _model(hw: HardwareProfile) -> _ProfileModel:
-    """The cached fits and curves of ``hw`` (profiles are immutable; keyed by object identity,
-    the object kept alive by the cache so that its id is not reused)."""
-    pm = _MODELS.get(id(hw))
-    if pm is None or pm.hw is not hw:
-        pm = _ProfileModel(hw)
-        _MODELS[id(hw)] = pm
-        while len(_MODELS) > _MODELS_MAX:
-            _MODELS.popitem(last=False)
-    else:
-        _MODELS.move_to_end(id(hw))
-    return pm
+def _model(hw: HardwareProfile) -> ProfileCost:
+    return ProfileCost.of(hw)
 
 
 # ---- public entry points ---------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Fast evaluator: predicted MoE time of a whole model from per-slot token counts (for solvers).
+"""Fast evaluator: predicted MoE time of a whole model from per-slot token counts.
 
 Legend: L = MoE layers, E = logical experts, P = physical slots (``P = G · S``), G = GPUs of one
 expert-parallel group, S = slots per GPU (slot p lives on GPU p // S, GPUs numbered node by node,
@@ -16,6 +16,10 @@ For counts ``c[l, p]`` (tokens routed to slot p of layer l in one step)::
     comm[l]       = 2 · max(t_nvl[l], t_nic[l]) · (1 − overlap)     dispatch + combine
     layer[l]      = max_g compute[l, g] + comm[l]
     total         = Σ_l layer[l]
+
+No solver uses it (the placement search prices candidates with :mod:`planner.simulator` and
+its own incremental tables); it is the counts-only upper bound that ``benchmarks/cost_model.py``
+times, kept for callers that have counts and no routing.
 
 Counts alone do not say where a token starts or which of its top-k picks share a GPU, so the
 traffic here is the expectation for tokens that start evenly on the GPUs with every (token,
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from planner.cost.comm import nic, nvlink
 from planner.cost.compute import ACTIVATION_BYTES, KERNELS, device_fit, ffn_curve, grouped_model_ms
 from planner.errors import InputError
 from planner.specs.hardware import HardwareProfile
@@ -139,8 +144,8 @@ class MoeEvaluator:
         bpt = hidden * act_bytes
         # per link: (α ms, ms per token of the busiest GPU); a link carrying nothing costs nothing
         links = []
-        for frac, link in (((self.n - 1) / self.G, hw.nvlink), ((self.G - self.n) / self.G, hw.nic)):
-            links.append((link.latency_us * 1e-3, bpt * frac / (link.bandwidth_gbps * 1e6)) if frac > 0 else (0.0, 0.0))
+        for frac, link in (((self.n - 1) / self.G, nvlink(hw)), ((self.G - self.n) / self.G, nic(hw))):
+            links.append((link.latency_ms, link.transfer_ms(bpt * frac)) if frac > 0 else (0.0, 0.0))
         self._links = tuple(links)
         self._overlap = hw.comm_overlap
         #: rows: time per token count (as ``table_M``) and the count itself, so one gather and one
