@@ -1,8 +1,9 @@
 """moe-planner: plan Mixture-of-Experts deployments from a calibrated cost model and routing traces.
 
-The Python API (docs/contracts.md): ``plan``, ``load_model``, ``load_hardware``, ``load_trace``,
-``synth_trace``, ``trace_stats``, ``Plan``. Names are imported lazily so that ``import planner``
-stays cheap. (``solve`` is not among them: ``planner.solve`` is the solvers' subpackage; use
+The Python API (docs/contracts.md): ``plan`` (its options: ``PlanOptions``), ``load_model``,
+``load_hardware``, ``load_trace``, ``synth_trace``, ``trace_stats``, ``Plan``. Names are looked up
+on first use (PEP 562) because every ``import planner.<module>`` runs this file first: importing
+them here would load the solvers for a caller that wants a spec. (``solve`` is not among them: ``planner.solve`` is the solvers' subpackage; use
 ``from planner.api import prepare, solve``.)
 """
 
@@ -12,6 +13,7 @@ from typing import Any
 
 __all__ = [
     "Plan",
+    "PlanOptions",
     "ModelSpec",
     "HardwareProfile",
     "InputError",
@@ -32,6 +34,7 @@ __all__ = [
 
 _WHERE = {
     "Plan": "planner.specs.plan",
+    "PlanOptions": "planner.specs.options",
     "ModelSpec": "planner.specs.model",
     "HardwareProfile": "planner.specs.hardware",
     "InputError": "planner.errors",

@@ -61,7 +61,7 @@ RESULTS = "results.csv"
 STATUSES = ("ok", "infeasible", "input_error", "error")
 EXECUTORS = ("local", "ray")
 
-#: Inputs every row states, with the value :func:`planner.api.prepare` uses when none is given.
+#: Inputs every row states, with their default (:class:`planner.specs.options.PlanOptions`).
 INPUT_DEFAULTS: dict[str, Any] = {
     name: PlanOptions.model_fields[name].default for name in ("model", "hardware", "mode", "nodes", "gpus_per_node")
 }
