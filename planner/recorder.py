@@ -9,36 +9,10 @@ gives per-expert counts [L, E], and ``rebalance_every=N`` re-places the experts 
 
 torch is imported only when a recorder is made (``import planner`` does not import it).
 
-Routers found (:func:`find_routers`): every module that has a ``gate`` submodule and an
-``experts`` attribute is an MoE block, its ``gate`` the router — the Hugging Face shapes of
-
-==========================  =====================================  ================================
-block (transformers)        ``gate`` returns                       ids taken as
-==========================  =====================================  ================================
-``MixtralSparseMoeBlock``   ``nn.Linear``: logits [T, E]           top-k of softmax(logits), weights
-                                                                   renormalised over the top-k
-``Qwen2MoeSparseMoeBlock``, ``nn.Linear``: logits [T, E]           top-k of softmax(logits); weights
-``Qwen3MoeSparseMoeBlock``,                                        renormalised when the block's
-``OlmoeSparseMoeBlock``                                            ``norm_topk_prob`` is set
-``*TopKRouter`` (v5)        ``(logits, scores, indices)``          the integer tensor of the tuple
-DeepSeek-V2/V3 ``MoEGate``  ``(topk_idx, topk_weight[, aux])``     the integer tensor of the tuple
-``DeepseekV3TopkRouter``    ``(indices, weights)``, or logits      integers as returned; from logits:
-                            [T, E] (newer releases)                sigmoid scores + the gate's
-                                                                   ``e_score_correction_bias``,
-                                                                   group-limited top-k (``n_group``,
-                                                                   ``topk_group``: the best
-                                                                   ``topk_group`` groups by the sum
-                                                                   of their two best scores), weights
-                                                                   the unbiased scores, normalised
-                                                                   when ``norm_topk_prob``
-==========================  =====================================  ================================
-
-(Module names and outputs as in ``transformers``' ``modeling_mixtral.py``,
-``modeling_qwen2_moe.py``, ``modeling_qwen3_moe.py``, ``modeling_olmoe.py``,
-``modeling_deepseek_v3.py`` and DeepSeek's own ``modeling_deepseek.py``; the group-limited
-routing is DeepSeek-V3's, docs/facts.md.) Any other router is hooked by naming it: ``routers=[...]``
-takes module names or modules whose output is, or contains, an integer tensor of top-k ids
-(a float tensor [T, E] of logits is taken as softmax routing with ``top_k``).
+Routers are found by :func:`find_routers` (the Hugging Face MoE blocks it knows are listed
+there). Any other router is hooked by naming it: ``routers=[...]`` takes module names or modules
+whose output is, or contains, an integer tensor of top-k ids (a float tensor [T, E] of logits is
+taken as softmax routing with ``top_k``).
 
 Overhead (``benchmarks/recorder.py``): a hook does a ``topk`` on the logits when the router
 returns only logits, a dtype cast to int16/int32 and a list append of a device tensor; no
@@ -115,7 +89,37 @@ def _num_experts(gate: Any, block: Any) -> int | None:
 
 def find_routers(model: Any) -> list[RouterHook]:
     """The router of every MoE block of ``model`` (a module with ``gate`` and ``experts``), in
-    module order (module docstring)."""
+    module order.
+
+    Every module that has a ``gate`` submodule and an ``experts`` attribute is an MoE block, its
+    ``gate`` the router — the Hugging Face shapes of
+
+    ==========================  =====================================  ================================
+    block (transformers)        ``gate`` returns                       ids taken as
+    ==========================  =====================================  ================================
+    ``MixtralSparseMoeBlock``   ``nn.Linear``: logits [T, E]           top-k of softmax(logits), weights
+                                                                       renormalised over the top-k
+    ``Qwen2MoeSparseMoeBlock``, ``nn.Linear``: logits [T, E]           top-k of softmax(logits); weights
+    ``Qwen3MoeSparseMoeBlock``,                                        renormalised when the block's
+    ``OlmoeSparseMoeBlock``                                            ``norm_topk_prob`` is set
+    ``*TopKRouter`` (v5)        ``(logits, scores, indices)``          the integer tensor of the tuple
+    DeepSeek-V2/V3 ``MoEGate``  ``(topk_idx, topk_weight[, aux])``     the integer tensor of the tuple
+    ``DeepseekV3TopkRouter``    ``(indices, weights)``, or logits      integers as returned; from logits:
+                                [T, E] (newer releases)                sigmoid scores + the gate's
+                                                                       ``e_score_correction_bias``,
+                                                                       group-limited top-k (``n_group``,
+                                                                       ``topk_group``: the best
+                                                                       ``topk_group`` groups by the sum
+                                                                       of their two best scores), weights
+                                                                       the unbiased scores, normalised
+                                                                       when ``norm_topk_prob``
+    ==========================  =====================================  ================================
+
+    (Module names and outputs as in ``transformers``' ``modeling_mixtral.py``,
+    ``modeling_qwen2_moe.py``, ``modeling_qwen3_moe.py``, ``modeling_olmoe.py``,
+    ``modeling_deepseek_v3.py`` and DeepSeek's own ``modeling_deepseek.py``; the group-limited
+    routing is DeepSeek-V3's, docs/facts.md.)
+    """
     import torch
 
     out: list[RouterHook] = []
@@ -166,7 +170,7 @@ def named_routers(model: Any, routers: Iterable[Any], top_k: int | None, num_exp
 
 
 def deepseek_topk(logits: Any, top_k: int, n_group: int | None, topk_group: int | None, bias: Any, normalise: bool) -> tuple[Any, Any]:
-    """DeepSeek-V3 routing from router logits [T, E]: ids and weights [T, k] (module docstring)."""
+    """DeepSeek-V3 routing from router logits [T, E]: ids and weights [T, k] (:func:`find_routers`, ``DeepseekV3TopkRouter``)."""
     import torch
 
     scores = logits.float().sigmoid()
@@ -190,7 +194,7 @@ class RoutingRecorder:
     """Record the top-k expert ids of every MoE layer of a torch model, step by step.
 
     ``model``: a ``torch.nn.Module``. ``routers``: None to find the routers of the Hugging Face
-    MoE blocks (module docstring), or module names / modules to hook. ``top_k`` and
+    MoE blocks (:func:`find_routers`), or module names / modules to hook. ``top_k`` and
     ``num_experts`` fill in what a router does not say. ``record_weights`` keeps the gate
     weights too (float16). ``keep_ids=False`` keeps per-step counts only (bounded memory for
     long runs: :meth:`save` then writes a counts-only trace). ``rebalance_every=N`` calls
