@@ -30,12 +30,7 @@ Each property is one parameter, reproducible from ``seed``:
 - ``n_group`` / ``topk_group`` — group-limited routing (DeepSeek): a token first keeps the
   ``topk_group`` groups with the highest best score, then picks its k experts inside them.
 
-Sampling: a token's k experts at a layer are drawn without replacement with probability
-proportional to exp(logit) (Plackett-Luce), vectorized over tokens as the top k of
-``logit + Gumbel noise`` (the Gumbel-top-k trick, noise ``-log(-log U)``); experts forced by
-affinity get a large bonus so they are kept. Gate weights are the softmax of the selected experts' perturbed
-scores (positive, summing to 1 per token), and each token's ids are ordered by descending
-weight, as a router's ``topk`` returns them.
+Sampling (:func:`_sample_layer`) is Plackett-Luce by the Gumbel-top-k trick.
 
 Tokens of a step are laid out rank by rank in equal contiguous blocks (the default of
 :meth:`planner.traces.Trace.source_ranks`) and ``source_rank`` is stored explicitly.
@@ -348,6 +343,13 @@ def _sample_layer(
     layer: int, k: int, affinity: float, G: int, TG: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gumbel-top-k of ``logits_TE`` (overwritten): internal ids [T, k] and scores [T, k].
+
+    Sampling: a token's k experts at a layer are drawn without replacement with probability
+    proportional to exp(logit) (Plackett-Luce), vectorized over tokens as the top k of
+    ``logit + Gumbel noise`` (the Gumbel-top-k trick, noise ``-log(-log U)``); experts forced by
+    affinity get a large bonus so they are kept. Gate weights are the softmax of the selected experts' perturbed
+    scores (positive, summing to 1 per token), and each token's ids are ordered by descending
+    weight, as a router's ``topk`` returns them.
 
     Experts that follow the previous layer's picks (``prev_Tk``) by affinity are boosted to
     win; with group-limited routing only the ``TG`` best groups of ``G`` stay eligible.
