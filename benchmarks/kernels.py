@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib
 import importlib.util
 import json
 import sys
@@ -42,6 +43,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from planner.kernel_loader import load_kernels  # noqa: E402
+from planner.specs.model_io import load_model  # noqa: E402
 
 # docs/facts.md §1, in its order (the preset names of planner/data/models).
 MODELS = [
@@ -99,12 +103,7 @@ def main(argv: list[str] | None = None) -> int:
               "torch sees none here: no figures produced.")
         return 0
 
-    from planner.specs.model_io import load_model
-    from planner.validate import load_kernels
-
     kernels = load_kernels()
-    import importlib
-
     ml = importlib.import_module(f"{kernels.__name__}.moe_layer")
     tm = importlib.import_module(f"{kernels.__name__}.timing")
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -20,6 +20,7 @@ Importing this package does not import torch; its submodules do.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 _WHERE = {
@@ -48,7 +49,5 @@ __all__ = sorted(_WHERE)
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
-        import importlib
-
         return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

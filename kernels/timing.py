@@ -26,6 +26,7 @@ expert slots of shape (D, F) on random bf16 weights, given the rows each slot re
 from __future__ import annotations
 
 import math
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -158,8 +159,6 @@ def device_name(device: str | torch.device) -> str:
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    import platform
-
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
