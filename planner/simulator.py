@@ -2,49 +2,28 @@
 
 For every step of a trace and every MoE layer it computes where each token's top-k experts are
 served (dispatch policy over replicas), the tokens each GPU's expert slots receive, the bytes
-dispatch and combine move inside and between nodes, and the predicted layer time:
+dispatch and combine move inside and between nodes, and the predicted layer time::
 
-    compute_g  = Σ_slots on g  expert_ffn_ms(tokens of slot)      (planner.cost.compute; kernel "loop")
-    compute_g  = c + Σ_slots on g (D(tokens) − c)                   (kernel "grouped": one grouped-GEMM
-                                                                     launch per GPU, grouped_model_ms)
-    layer_ms   = max_g compute_g + exposed dispatch/combine time    (planner.cost.comm)
+    layer_ms = max_g compute_g + exposed dispatch/combine time     (planner.cost.comm)
 
-``kernel="loop"`` prices experts run one after another as separate FFNs — what the profiled
-tables measure and what validation on an H100 matched within 4% (README); ``"grouped"`` prices a
-grouped GEMM that pays the fixed cost once per GPU (Megatron ``--moe-grouped-gemm``, fused-MoE
-kernels of vLLM / SGLang), 9.4% MAPE against measured ``torch._grouped_mm`` launches.
+Why replay rather than expectations: a placement's worth is in its straggler GPU and in which
+copies cross the network, both of which depend on the real co-occurrence of a token's top-k
+choices. The full specification is docs/cost_model.md §6.
 
-Replica choice (deterministic, so plans and scores are reproducible):
-
-- ``even``: the (token t, choice j) pair goes to replica ``(t·k + j) mod c_e`` of its expert
-  ``e`` (``c_e`` replicas): tokens spread evenly over replicas, as engines do at random.
-- ``local-first``: a replica on the token's own GPU when there is one, else as ``even``.
-- ``nearest``: a replica on the token's own GPU, else one on its own node (replica
-  ``(t·k + j) mod c`` of the ``c`` there), else as ``even`` — SGLang's static dispatch
-  (``--ep-dispatch-algorithm static``, which SGLang also turns on by itself when
-  ``--init-expert-location`` is given: per rank a fixed physical replica, one on the same GPU,
-  else — in versions that prefer the same node — one on the same node, else a fair draw over all
-  replicas; without the same-node step it is ``local-first``). With it a replica on another node serves that node's
-  tokens without an inter-node copy, so replicas can be placed for traffic, not only balance.
-
-Traffic (DeepEP's rule, docs/facts.md §3): a token is sent once per distinct destination GPU of its
-own node (NVLink) and once per distinct remote node (NIC). Where the inter-node copy lands is
-the ``relay`` convention:
-
-- ``same-rank`` (default): DeepEP's normal kernels as :func:`planner.cost.comm.dispatch_traffic` models
-  them: the GPU with the source's local rank on that node takes the copy (so NIC receives spread
-  evenly whatever the placement) and forwards it over NVLink to each further destination GPU
-  there (counted as NVLink bytes);
-- ``first-destination``: the lowest-numbered GPU the token needs on that node takes it (its NIC
-  receives; forwarding to the node's other destinations is not counted). Kept for comparison: it
-  is not how DeepEP routes, and it makes placements that spread first destinations look faster
-  than they are.
-
-The module is ``simulator`` so that ``planner.simulate`` stays the API function.
+- **compute** per GPU: its slots' expert FFN times (``kernel="loop"``) or one grouped launch
+  (``"grouped"``), :mod:`planner.cost.compute`;
+- **replica choice** (:data:`DISPATCH`, deterministic so plans and scores are reproducible):
+  ``even`` — pair (t, j) goes to replica ``(t·k + j) mod c_e`` (:func:`even_replica`);
+  ``local-first`` — a replica on the token's own GPU, else as ``even``; ``nearest`` — own GPU,
+  else own node, else as ``even`` (SGLang's static dispatch);
+- **traffic** — :func:`planner.cost.comm.dispatch_copies` with DeepEP's rule; the inter-node
+  copy lands by ``relay`` (:data:`RELAYS`): ``same-rank`` (default, DeepEP's normal kernels) or
+  ``first-destination`` (kept for comparison; not how DeepEP routes).
 
 Tokens start on EP rank ``source_rank`` (the trace's, or each step's tokens in equal contiguous
 blocks). Shapes: ``S`` steps, ``L`` MoE layers, ``T`` tokens, ``k`` top-k, ``E`` experts,
-``P`` physical slots, ``G`` EP ranks.
+``P`` physical slots, ``G`` EP ranks. The module is ``simulator`` so that ``planner.simulate``
+stays the API function.
 """
 
 from __future__ import annotations
@@ -64,7 +43,7 @@ from planner.cost.compute import (
 )
 from planner.errors import InputError
 
-#: How a token picks among the replicas of its expert (see the module docstring).
+#: How a token picks among the replicas of its expert (see the docs/cost_model.md §6).
 DISPATCH = ("even", "local-first", "nearest")
 __all__ = ["DEFAULT_RELAY", "DISPATCH", "RELAYS", "SimResult", "choose_slots", "combine_groups", "describe",
            "even_replica", "simulate_arrays", "simulate_placement"]
@@ -174,11 +153,11 @@ def simulate_placement(
     relay: str | None = None,
     kernel: str = "loop",
 ) -> SimResult:
-    """Replay ``topk_ids_LTk`` through the placement; see the module docstring.
+    """Replay ``topk_ids_LTk`` through the placement; see the docs/cost_model.md §6.
 
     ``step_T`` holds step ids; with ``num_steps`` it must already be step indices in
     ``[0, num_steps)`` (so several token subsets of one trace line up step by step).
-    ``kernel``: ``loop`` or ``grouped`` (module docstring).
+    ``kernel``: ``loop`` or ``grouped`` (docs/cost_model.md §6).
     """
     if kernel not in KERNELS:
         raise InputError(f"kernel must be one of {', '.join(KERNELS)} (got {kernel!r})")

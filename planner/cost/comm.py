@@ -3,47 +3,29 @@
 Legend: T tokens of one step, k = top-k, G GPUs of an expert-parallel group (numbered node by
 node: GPU g is on node g // n, n = GPUs per node), S slots per GPU. Bytes, GB/s (1e9 B/s), µs
 for latencies, ms for times. Shapes are name suffixes (``traffic_GG`` is [source, destination]).
+Formulas in full: docs/cost_model.md §2.
 
-**Traffic matrix** (:func:`dispatch_traffic`) of one MoE layer and step, from the physical slot
-that serves each (token, choice) pair and the GPU each token starts on. What a token costs
-depends on the dispatcher (docs/facts.md §3-4):
+Why one module: every caller (the simulator, the placement search, ``predict``, the step model)
+prices the same two things, so they live here once:
 
-- ``pairs``: every (token, expert) pair is sent on its own (Megatron's ``alltoall`` dispatcher
-  permutes tokens per expert);
-- ``gpu``: once per distinct destination GPU (a de-duplicated all-to-all);
-- ``deepep``: once per destination GPU inside the source node (NVLink), and once per destination
-  *node* outside it: the copy crosses the network to the GPU of the same local rank on that node
-  (``rdma_GG``) and is forwarded over that node's NVLink to each further destination GPU there
-  (``nvlink_GG``; DeepEP normal kernels).
+- **links** — :class:`Link` owns the alpha-beta time ``α + bytes / BW`` and its units;
+  :func:`group_link` picks NVLink for a group inside one NVLink domain, else the NIC;
+- **traffic** — :func:`dispatch_copies` is the one kernel from per-token destination GPUs to
+  copies. What a token costs depends on the dispatcher (docs/facts.md §3-4): ``pairs`` sends
+  every (token, expert) pair (Megatron's ``alltoall``), ``gpu`` once per distinct destination
+  GPU, ``deepep`` once per destination GPU inside its node and once per destination *node*
+  outside it, forwarded over that node's NVLink (DeepEP normal kernels). A token already on its
+  destination GPU moves nothing; combine moves the same bytes back;
+- **time** — the busiest GPU's larger direction decides each path, NVLink and NIC run together::
 
-A token already on its destination GPU moves nothing. Combine moves the same bytes back
-(transposed matrices).
+      t_link  = α_link + max_g max(send_g, recv_g) / BW_link      (0 when no byte moves)
+      exposed = 2 · max(t_nvlink, t_nic) · (1 − overlap)           (dispatch + combine)
 
-**Time** — hierarchical alpha-beta model (docs/facts.md §3), the bottleneck GPU decides::
-
-    t_link  = α_link + max_g max(send_g, recv_g) / BW_link        (0 when no byte moves)
-    t_phase = max(t_nvlink, t_nic)                                  (the two paths run together)
-    exposed = (t_dispatch + t_combine) · (1 − overlap)
-
-``send_g`` / ``recv_g`` are the bytes GPU ``g`` sends / receives on that path (row / column sums
-of the matrices). ``BW`` is the profile's achievable per-GPU bandwidth (``nvlink.bandwidth_gbps``:
-NCCL all-to-all bus bandwidth inside a node, ~370 GB/s on H100; ``nic.bandwidth_gbps``: about
-one NIC per GPU between nodes, ~48 GB/s), α the per-message latency (≈ 10 µs inside a node,
-≈ 20 µs between nodes), ``overlap`` the profile's ``comm_overlap``.
-
-**Collectives** (nccl-tests bus-bandwidth factors, docs/facts.md §3), for a group of n GPUs and
-``nbytes`` the size of the whole buffer (all-reduce: the buffer reduced; all-gather: the
-gathered output; reduce-scatter: the input; all-to-all: what one GPU holds)::
-
-    all-reduce      t = α + nbytes · 2(n−1)/n / busBW
-    all-gather      t = α + nbytes ·  (n−1)/n / busBW
-    reduce-scatter  t = α + nbytes ·  (n−1)/n / busBW
-    all-to-all      t = α + nbytes ·  (n−1)/n / busBW
-    p2p (send/recv) t = α + nbytes / BW
-
-A group that fits in one NVLink domain uses the NVLink figures; a group spanning nodes is
-limited by the NICs (:func:`group_link`). Used for TP (all-reduce / reduce-scatter + all-gather of
-activations), DP (gradient all-reduce or reduce-scatter + all-gather), PP (p2p of activations).
+- **uniform routing** — :func:`uniform_remote_fractions` / :func:`uniform_copies`, the expected
+  copies per token when no trace says where tokens go (``predict``, the step model);
+- **collectives** (nccl-tests bus-bandwidth factors, docs/facts.md §3): all-reduce
+  ``α + nbytes · 2(n−1)/n / busBW``, all-gather / reduce-scatter / all-to-all
+  ``α + nbytes · (n−1)/n / busBW``, p2p ``α + nbytes / BW``.
 """
 
 from __future__ import annotations
@@ -139,7 +121,7 @@ def exposed_alltoall_ms(
     inter_send_G: ArrayLike, inter_recv_G: ArrayLike, overlap: float,
 ) -> np.ndarray:
     """Exposed dispatch + combine time in ms for arrays of per-GPU bytes ``[..., G]``: the two
-    paths run together, combine moves what dispatch moved (module docstring)."""
+    paths run together, combine moves what dispatch moved (docs/cost_model.md §2)."""
     dispatch = np.maximum(nvlink_link.phase_ms(intra_send_G, intra_recv_G),
                           nic_link.phase_ms(inter_send_G, inter_recv_G))
     return 2.0 * dispatch * (1.0 - overlap)
@@ -181,7 +163,7 @@ class Traffic:
         return float(self.nvlink_GG.sum() + self.rdma_GG.sum())
 
     def time_ms(self, hw: HardwareProfile, overlap: float | None = None) -> float:
-        """Exposed dispatch + combine time (module docstring)."""
+        """Exposed dispatch + combine time (docs/cost_model.md §2)."""
         ov = hw.comm_overlap if overlap is None else overlap
         return float(exposed_alltoall_ms(
             nvlink(hw), nic(hw),
@@ -225,7 +207,7 @@ def dispatch_copies(
     dispatcher: str = "deepep", relay: str = "same-rank",
 ) -> tuple[Copies, Copies]:
     """The traffic kernel: per-token destination GPUs ``dest_Tk`` [T, k] and start GPUs
-    ``src_T`` [T] → the (NVLink, network) copies of one layer's dispatch (module docstring).
+    ``src_T`` [T] → the (NVLink, network) copies of one layer's dispatch (docs/cost_model.md §2).
 
     ``deepep`` places inter-node copies by ``relay`` (:data:`RELAYS`). Inputs are not checked
     (:func:`dispatch_traffic` checks them).
@@ -269,7 +251,7 @@ def dispatch_traffic(
     bytes_per_token: float,
     dispatcher: str = "deepep",
 ) -> Traffic:
-    """Dispatch traffic matrices of one layer and step (module docstring).
+    """Dispatch traffic matrices of one layer and step (docs/cost_model.md §2).
 
     ``slot_Tk``: physical slot serving each (token, choice) pair (e.g.
     :func:`planner.simulator.choose_slots`); ``src_T``: GPU each token starts on.
@@ -355,7 +337,7 @@ _BUS_FACTOR = {
 
 
 def collective_ms(kind: str, nbytes: ArrayLike, group_size: int, link: Link) -> np.ndarray:
-    """Time (ms) of one NCCL collective over ``group_size`` GPUs (module docstring); 0 for a
+    """Time (ms) of one NCCL collective over ``group_size`` GPUs (docs/cost_model.md §2); 0 for a
     group of one GPU or an empty buffer."""
     if kind not in _BUS_FACTOR:
         raise InputError(f"collective must be one of {', '.join(_BUS_FACTOR)} (got {kind!r})")

@@ -1,105 +1,30 @@
 """Compute cost of routed experts: one expert's FFN time against its token count, and a GPU's.
 
-Legend: M = tokens routed to one expert, h = hidden size, f = expert FFN width, B_w = bytes per
-weight of the dtype, G = GPUs, E = local experts per GPU. Shapes are name suffixes: ``tokens_GE``
-is [G, E]. Times in ms.
+Legend: M = tokens routed to one expert, h = hidden size, f = expert FFN width, G = GPUs, E =
+local experts per GPU. Shapes are name suffixes: ``tokens_GE`` is [G, E]. Times in ms. The
+full specification (formulas, fits, accuracy) is docs/cost_model.md §1.
 
-One expert's FFN is three kernels (as measured, docs/facts.md §2): ``x[M,h] @ W13[h,2f]`` (gate and up
-fused), ``SiLU(gate)·up``, ``a[M,f] @ W2[f,h]``. Every prediction is a curve t(M) on the integer
-grid M = 0..m_max (:class:`FfnCurve`), made non-decreasing by a running maximum (more tokens never
-cost less: small-M figures jitter by tens of percent on shared GPUs), M = 0 costs 0 (the expert is
-not run), 0 < M < 1 costs t(1), and beyond m_max the time grows linearly from the last point's
-time per token (the FLOP-bound regime). How the curve is made depends on what the profile holds.
+Why a curve per shape: an expert's time is flat (weight-bound) at small M, bends at a knee and
+then grows linearly (FLOP-bound); placements trade exactly these regimes, so the curve must be
+right between measured points, not only at them. Every prediction is a non-decreasing curve
+t(M) on the integer grid M = 0..m_max (:class:`FfnCurve`; M = 0 costs 0, beyond m_max linear),
+made one of three ways depending on what the profile holds:
 
-1. **Measured shape** (the profile has a table for exactly (h, f, dtype)) — interpolation against
-   a per-shape soft roofline (docs/facts.md §6: "interpolate measured tables rather than trusting a
-   roofline"; the roofline supplies the *shape* between points, the table the level)::
+1. **Measured shape** — the profile's table, interpolated against a per-shape soft roofline
+   ``b(M) = c0 + sqrt(tw² + (k·M)²)`` fitted to it (:func:`table_curve`): the roofline gives the
+   shape between points, the table the level (docs/facts.md §6).
+2. **Unmeasured shape** — a device model ``D(M)`` (weight streaming and tile/wave-quantized
+   FLOPs, constants fitted on all the profile's tables), corrected by the residuals of the
+   nearest measured shapes (what a device-wide model cannot know: kernel choice, split-K).
+3. **No tables** — ``D(M)`` alone with :data:`FALLBACK_FIT` (documented generic defaults).
 
-       b(M) = c0 + sqrt(tw² + (k·M)²)                 c0, tw, k >= 0 fitted to this table
-       ρ_i  = ln(t_i / b(m_i))                        at each measured m_i
-       t(M) = b(M) · exp(ρ(M)),  ρ monotone-cubic (PCHIP) in ln M between measured points,
-              clipped to [t_i, t_i+1] between points i and i+1 (never outside the table's steps)
-       t(M) = t(m_0) below the first measured point m_0 (the weight-bound floor)
+The fits and curves of a profile are kept by its cost object (:class:`ProfileCost`), so
+:func:`expert_ffn_ms` is one interpolation and the counts-only evaluator
+(:mod:`planner.cost.evaluate`) one gather.
 
-   ``c0`` is the shape's fixed cost (kernel launches and tails), ``tw`` its weight-streaming time
-   and ``k`` its time per token once FLOP-bound; the 2-norm is a soft maximum of the two regimes.
-   The fit minimises Σ ((b − t)/t)² over the table by a grid over c0 with a closed-form
-   non-negative least-squares solve for (tw², k²) at each c0 (numpy only). The curve passes
-   through every (monotone) table point exactly. Why: the measured curves are convex in log-log
-   (flat, then a knee, then linear in M), so plain log-log interpolation between points runs
-   below them; the fitted knee bends the interpolation the way the kernels do. Measured with
-   ``benchmarks/cost_model.py``, leaving one interior point out of each table and predicting it
-   from the rest (MAPE; plain log-log interpolation of the same tables in brackets): H100 7
-   shapes 1.83% (3.69%), H200 7 shapes 1.98% (3.63%), H100 16 shapes of the helper file 1.64%
-   (3.36%); linear instead of monotone-cubic ρ gave 1.85%, 2.03%, 1.69%. At token counts
-   measured in another session (``hwprofiles/measurements/h100-sxm-between-2026-11-23.json``:
-   M = 3, 6, 12, ..., 12288 and odd M) 2.32% (2.38%), where the same session re-measuring the
-   tables' own token counts differs from them by 2.20%: across sessions of the shared GPUs the
-   noise floor, not the interpolation, dominates (for the helper file's 9 further shapes at
-   those M, 3.17% against 3.15% for plain log-log). What no smooth
-   interpolant recovers: between 128 and 512 tokens the kernels change tiles (M = 192 costs what
-   256 does), 5-9% above any curve through the powers of two.
-
-2. **Unmeasured shape** — a device model fitted on all the profile's tables, corrected by the
-   residuals of the nearest measured shapes::
-
-       GEMMs g = (N, K) ∈ {(2f, h), (h, f)}
-       tw_g    = N·K·B_w / (η_w · BW)                 weights streamed once (BW: hbm_bandwidth_gbps)
-       tc_g(M) = Q_g(M) / (η_c · peak(dtype))         quantized FLOPs, see below
-       a(M)    = 10·M·f / BW                          SiLU·mul traffic: 5 bf16 passes over M×f
-       D(M)    = c + Σ_g (tw_g^p + tc_g(M)^p)^(1/p) + e·a(M)
-
-       t(M) = D(M) · exp(Σ_j w_j ρ_j(M))
-
-   ``ρ_j(M) = ln(t_j(M) / D_j(M))`` is the residual of measured shape j (interpolated in ln M,
-   flat outside its table), over the three measured shapes nearest in (ln h, ln f), of the
-   same dtype when the profile has one, weighted by inverse squared distance. The residual carries
-   what a device-wide model cannot know about a shape family (cuBLAS kernel choice, split-K).
-
-   Quantized FLOPs (docs/facts.md §6, tile and wave quantization)::
-
-       Q_g = min over tile shapes (bm, bn) of Q(bm, bn)
-             tiles = ⌈M/bm⌉·⌈N/bn⌉
-             Q = ⌈tiles/SMs⌉·SMs·bm·bn·K·2   if tiles >= SMs   (wave quantization)
-             Q = tiles·bm·bn·K·2             otherwise          (a grid under one wave fills the
-                                                                 machine by split-K / stream-K)
-
-   with tile shapes 64×128, 128×128, 128×256, 256×128 (the library picks the shape that wastes
-   least: cuBLAS/CUTLASS heuristics). ``η_w`` = :data:`STREAM_EFFICIENCY` (0.9 of the measured
-   copy bandwidth) is a prior, not a fit: the largest measured stream (Mixtral's 235 MB gate/up
-   weights at M <= 64 on H100: 92.4 µs, 2.54 TB/s = 0.85 of the 3.00 TB/s copy, 0.9 once the
-   fixed cost is taken off) shows what big expert GEMMs reach, and a fit on small experts alone
-   cannot (their time is mostly fixed cost; fitting η_w too put Mixtral 25% slow when it was left
-   out). ``c``, ``e`` (non-negative least squares, closed form), ``η_c`` and ``p`` (grid) are
-   fitted per profile (and per dtype when it has >= 3 tables of that dtype) minimising
-   Σ ((D − t)/t)². Leaving one shape out (``benchmarks/cost_model.py``; MAPE over its 15
-   points, mean over shapes; a 3-constant roofline ``overhead + max(Q/(η_c·peak), bytes/(η_w·BW))``
-   fitted on the same tables in brackets): H100 7 shapes 3.32% (5.72%), H200 3.52% (6.27%), H100
-   16 bf16 shapes 1.77% (6.48%); the 9 further shapes of the helper file predicted from the 7
-   shipped H100 tables, at unseen token counts of another session, 3.86% (9.40%). fp8 tables are
-   not predictable this way (11.6% (11.2%)): ``torch._scaled_mm`` switches kernels at small M
-   (e.g. 5120×1536 takes 0.062 ms at M <= 8 and 0.033 ms at M = 16).
-
-3. **No tables at all** — ``D(M)`` alone with :data:`FALLBACK_FIT`, the H100 fit, as documented
-   generic defaults (not device figures).
-
-The constants of 1-3 are fitted once per profile and kept, as are the curves, by its cost
-object (:class:`ProfileCost`); a curve
-is a dense ``[m_max + 1]`` array, so :func:`expert_ffn_ms` is one interpolation and the plan
-evaluator (:mod:`planner.cost.evaluate`) one gather.
-
-A GPU's expert time (:func:`grouped_experts_ms`; the straggler GPU decides a layer) is, with
-``kernel="loop"`` (default), the sum over its local experts, each run as its own FFN (the measured
-kernels). With ``kernel="grouped"`` (one grouped-GEMM launch for all local experts, as
-``torch._grouped_mm`` and engines' fused MoE kernels do) the per-expert fixed cost is paid once::
-
-    t_g = c + Σ_e (D(M_e) − c)          (experts with M_e > 0; D and c of part 2)
-
-No grouped measurement enters it. Against the 75 ``grouped_mm`` rows of
-``hwprofiles/measurements/h100-sxm-2026-11-23.json`` (8-32 experts × 16-1024 tokens, 10 shapes)
-it is 9.7% off on average (too fast by 10-30% for the smallest experts, whose grouped kernel keeps
-a few µs per expert), where summing the single-expert table times is 2-5× too slow at 16-128
-tokens per expert (benchmarks/cost_model.py prints both).
+A GPU's expert time (:func:`grouped_experts_ms`; the straggler GPU decides a layer) is the sum
+over its local experts run one after another (``kernel="loop"``, the measured kernels), or one
+grouped-GEMM launch ``c + Σ_e (D(M_e) − c)`` (``kernel="grouped"``), paying the fixed cost once.
 """
 
 from __future__ import annotations
@@ -121,7 +46,7 @@ ACTIVATION_BYTES = 2.0
 #: GEMM tile shapes (bm, bn) the quantized-FLOP count may pick from.
 TILE_SHAPES: tuple[tuple[int, int], ...] = ((64, 128), (128, 128), (128, 256), (256, 128))
 #: Fraction of the measured copy bandwidth at which expert GEMMs stream their weights (prior;
-#: see the module docstring, part 2).
+#: see the docs/cost_model.md §1, part 2).
 STREAM_EFFICIENCY = 0.9
 #: Measured shapes whose residuals correct an unmeasured one.
 NEIGHBOURS = 3
@@ -232,7 +157,7 @@ def gemm_flops_q(m: np.ndarray, n: int, k: int, sms: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DeviceFit:
-    """Constants of the device model D(M) (module docstring, part 2) and how well it fits."""
+    """Constants of the device model D(M) (docs/cost_model.md §1, part 2) and how well it fits."""
 
     compute_eff: float  #: η_c, fraction of the dtype's dense datasheet peak reached by the GEMMs
     softmax_p: float  #: p, exponent of the soft maximum of weight streaming and compute
@@ -246,7 +171,7 @@ class DeviceFit:
 
 
 #: Device-model constants for a profile without tables: the h100-sxm fit on its 7 bf16 tables
-#: (rounded; generic defaults, documented in the module docstring, not device figures).
+#: (rounded; generic defaults, documented in docs/cost_model.md §1, not device figures).
 FALLBACK_FIT = DeviceFit(
     compute_eff=0.73, softmax_p=3.0, fixed_ms=0.020, act_coef=1.1, stream_eff=STREAM_EFFICIENCY,
     fitted=False, n_tables=0, n_points=0, mean_rel_error=math.nan,
@@ -276,7 +201,7 @@ def _device_eval(fit: DeviceFit, tw: np.ndarray, tc: np.ndarray, act: np.ndarray
 
 
 def _fit_device(hw: HardwareProfile, tables: list[ExpertFfnTable]) -> DeviceFit:
-    """Fit (c, e, η_c, p) of the device model on ``tables`` (module docstring, part 2)."""
+    """Fit (c, e, η_c, p) of the device model on ``tables`` (docs/cost_model.md §1, part 2)."""
     tw_P, tc_P, act_P, t_P = [], [], [], []
     for t in tables:
         m = np.asarray(t.tokens, dtype=np.float64)
@@ -312,7 +237,7 @@ def _fit_device(hw: HardwareProfile, tables: list[ExpertFfnTable]) -> DeviceFit:
 
 @dataclass(frozen=True)
 class ShapeFit:
-    """b(M) = c0 + sqrt(tw² + (k·M)²) of one measured table (module docstring, part 1)."""
+    """b(M) = c0 + sqrt(tw² + (k·M)²) of one measured table (docs/cost_model.md §1, part 1)."""
 
     c0_ms: float
     tw_ms: float
@@ -423,7 +348,7 @@ def _grid_curve(fn, m_max: int, source: str) -> FfnCurve:
 
 
 def table_curve(table: ExpertFfnTable) -> FfnCurve:
-    """The curve of a measured table (module docstring, part 1)."""
+    """The curve of a measured table (docs/cost_model.md §1, part 1)."""
     m_pts = np.asarray(table.tokens, dtype=np.float64)
     t_pts = np.maximum.accumulate(np.asarray(table.ffn_ms, dtype=np.float64))
     if m_pts.size >= 4:
@@ -476,7 +401,7 @@ class ProfileCost:
         return same if same else list(self.hw.expert_ffn_tables)
 
     def device_fit(self, dtype: str) -> DeviceFit:
-        """The device model's constants for ``dtype`` (module docstring, part 2)."""
+        """The device model's constants for ``dtype`` (docs/cost_model.md §1, part 2)."""
         tables = self.hw.expert_ffn_tables
         same = [t for t in tables if t.dtype == dtype]
         use = same if len(same) >= 3 else list(tables)
@@ -554,7 +479,7 @@ def expert_ffn_ms(hw: HardwareProfile, hidden: int, ffn: int, dtype: str, tokens
     """Time (ms) of ONE expert's FFN at each token count in ``tokens`` (same shape; 0 tokens → 0).
 
     Interpolates the profile's measured table for exactly (hidden, ffn, dtype) when there is one,
-    else the device model corrected by the nearest measured shapes (module docstring).
+    else the device model corrected by the nearest measured shapes (docs/cost_model.md §1).
     """
     return ffn_curve(hw, hidden, ffn, dtype)(tokens)
 
@@ -564,7 +489,7 @@ KERNELS = ("loop", "grouped")
 
 def grouped_model_ms(hw: HardwareProfile, hidden: int, ffn: int, dtype: str, tokens: ArrayLike) -> np.ndarray:
     """One expert's share of a grouped GEMM launch: D(M) − c (the device model without its fixed
-    cost), 0 for M = 0; a launch costs ``c`` once on top (module docstring, "grouped")."""
+    cost), 0 for M = 0; a launch costs ``c`` once on top (docs/cost_model.md §1, "grouped")."""
     _check_shape(hidden, ffn)
     m = _tokens(tokens)
     fit = device_fit(hw, dtype)
@@ -579,7 +504,7 @@ def grouped_experts_ms(
 
     ``loop``: Σ_e expert_ffn_ms(tokens[g, e]) — experts run one after another as separate FFNs
     (the measured kernels). ``grouped``: one grouped-GEMM launch per GPU,
-    ``c + Σ_e (D(M_e) − c)`` (:func:`grouped_model_ms`; module docstring).
+    ``c + Σ_e (D(M_e) − c)`` (:func:`grouped_model_ms`; docs/cost_model.md §1).
     """
     tokens_GE = np.asarray(tokens_per_expert_GE)
     if tokens_GE.ndim != 2:

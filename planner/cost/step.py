@@ -1,87 +1,30 @@
 """Step time of a whole deployment: one training step (``train``) or one forward step when serving
 (``prefill``, ``decode``), composed from the per-kernel pieces of :mod:`planner.cost`.
 
-Legend: N GPUs, n GPUs per node, L layers (L_moe MoE), h hidden, f expert FFN width, E routed
-experts, k top-k, V vocabulary, s sequence length, b micro-batch (sequences), B global batch
-(sequences), tp/cp/pp/vpp/dp/ep/etp the degrees (dp = N / (tp·cp·pp)), m = B / (dp·b)
-micro-batches. Times in ms. Rank order (Megatron-core): tp innermost, then cp, dp, pp for the
-dense part; etp innermost, then ep, then the expert-data-parallel group for experts.
+Legend: N GPUs, n GPUs per node, L layers, h hidden, E routed experts, k top-k, s sequence
+length, b micro-batch, B global batch, tp/cp/pp/vpp/dp/ep/etp the degrees (dp = N/(tp·cp·pp)),
+m = B/(dp·b) micro-batches. Times in ms. The full specification is docs/cost_model.md §5.
 
-**Training, one micro-batch on one GPU** (T = b·s/cp tokens of its CP rank; T/tp after sequence
-parallelism)::
+Why a closed form: the parallelism search (:mod:`planner.solve.parallel`) prices thousands of
+layouts, so a step is a few sums over per-layer pieces that :class:`StepModel` memoizes:
 
-    attention      attention_ms(prefill, b sequences of s, tp) / cp          (layers.py)
-    cp ring        (cp−1)·T·2·kv·d_h·2 B over the CP link, hidden behind the attention core
-    tp comm        all-gather + reduce-scatter of T·h·2 B before / after each of the two blocks
-    MoE block      router, permute, combine on T/tp tokens; shared experts (width f_sh/tp) on T
-                   experts: grouped GEMM of E/ep local experts at M = k·(T/tp)·ep·etp/E tokens
-                   each, width f/etp (compute.grouped_experts_ms, kernel "grouped" =
-                   --moe-grouped-gemm); etp > 1: all-gather + reduce-scatter of the dispatched
-                   tokens over the ETP group
-    dispatch       Megatron's ``alltoall`` dispatcher sends every (token, expert) pair on its
-                   own: per GPU k·(T/tp)·h·2 B, the shares to other GPUs of the node and to other
-                   nodes from comm.uniform_remote_fractions (pairs), each path α + bytes/BW,
-                   the slower decides; dispatch + combine
-    dense layer    dense FFN of width f_d/tp on T tokens
-    LM head        GEMM [T, h] @ [h, V/tp] on the last stage
+- **training, one micro-batch on one GPU**: attention (with CP ring and TP collectives), the MoE
+  block (router, permute, grouped experts, Megatron ``alltoall`` dispatch/combine under uniform
+  routing, ETP collectives), the dense FFN, the LM head; backward ≈ 2 × forward, the attention
+  core 2.5 × (:data:`ATTN_BACKWARD_FACTOR`), plus fp32 main-gradient accumulation and recompute;
+- **pipeline** (1F1B, interleaved with vpp; Narayanan et al. 2021):
+  ``t_pipe = (m + (pp − 1)/vpp) · t_stage`` plus exposed p2p when not interleaved;
+- **data-parallel sync** (Megatron DDP with overlap): reduce-scatter + all-gather (distributed
+  optimizer) or all-reduce, exposed beyond the last / first micro-batch's backward / forward;
+  optimizer ≈ 30 B per local parameter shard;
+- **model FLOPs** in Megatron-LM's convention (:func:`model_flops_per_step`), so TFLOP/s figures
+  compare with Megatron's reports;
+- **serving**: attention data-parallel over dp ranks, per layer attention + TP all-reduce + the
+  MoE block with DeepEP dispatch (:func:`serve_step`).
 
-    elementwise    ELEMENTWISE_PASSES · T·h·2 B of memory passes (norms, residual adds, RoPE)
-
-    train(layer)   = 3 · compute (training_ms: backward ≈ 2 × forward) + 0.5 · attention core
-                     (flash-attention backward ≈ 2.5 × its forward, ATTN_BACKWARD_FACTOR)
-                     + 2 · comm (forward and backward move the same bytes)
-                     + MAIN_GRAD_BYTES (8) per local parameter of the layer (fp32 main-gradient
-                       accumulation, a memory pass per micro-batch);
-                     recompute "selective" adds the attention core once more, "full" the whole
-                     forward (compute and comm) once more
-
-**Pipeline** (1F1B, interleaved with vpp virtual stages; Narayanan et al. 2021)::
-
-    t_stage   = the slowest stage's micro-batch time (first stage: its dense layers; last stage:
-                its layers and the LM head; ⌈L/pp⌉ layers each)
-    t_pipe    = (m + (pp − 1)/vpp) · t_stage          (bubble fraction (pp − 1)/(vpp·m))
-    t_p2p     = 2·m·(α + T·h·2/tp / BW)  exposed without interleaving (pp > 1, vpp = 1);
-                interleaved schedules overlap it (Megatron's overlap_p2p_comm)
-
-**Data-parallel sync** (Megatron DDP, --overlap-grad-reduce / --overlap-param-gather)::
-
-    distributed optimizer: reduce-scatter of fp32 gradients (4 B/param) + all-gather of bf16
-                           weights (2 B/param); else an all-reduce of fp32 gradients
-    groups: non-expert params P_d = non-expert/(tp·pp) over dp·cp GPUs (stride tp),
-            expert params P_e = (E/ep)·3hf·L_moe_stage/etp over edp = dp·cp·tp/(ep·etp) GPUs
-            (stride ep·etp)
-    exposed = max(0, t_reduce − ⅔·t_stage) + max(0, t_gather − ⅓·t_stage)
-              (gradients reduce during the last micro-batch's backward, weights gather during
-               the first one's forward)
-    optimizer: Adam reads and writes ≈ 30 B per local parameter shard (memory pass)
-
-    step = t_pipe + t_p2p + exposed + optimizer;  tokens/s = B·s / step
-
-**Model FLOPs** (what ``tflops_per_gpu`` counts; Megatron-LM's ``num_floating_point_operations``
-convention, so that figures compare with Megatron's reported TFLOP/s)::
-
-    F = 6·B·s·(P_active − h·V·[untied input embedding]) + 12·B·s²·L·a·d_h
-
-i.e. 6 FLOPs per active matmul parameter and token (forward 2, backward 4; router and output layer
-included, the input embedding lookup not), plus attention scores and values counted as full
-(non-causal) s×s products, forward and backward, as Megatron does; recompute is not counted
-(model FLOPs, not hardware FLOPs). tflops_per_gpu = F / step / N.
-
-**Calibration, honestly stated.** No constant here is fitted to a published run: kernel times
-come from the H100 profile's measured tables and device fit, links from docs/facts.md §3, the factors
-above from their sources. Against Megatron-core's Mixtral 8x7B run (468 TFLOP/s per GPU) the
-model predicts +10.7% (benchmarks/parallelism.py): it still misses what it does not model
-(routing imbalance in training, kernel launch gaps, clocks under sustained load).
-
-**Serving, one forward step** (attention data-parallel over dp = N/(tp·pp) ranks, each with
-⌈B/dp⌉ sequences; decode: one new token each over a context of s; prefill: s new tokens each)::
-
-    layer   = attention(tp) + 2 · tp all-reduce of the rank's tokens
-              + MoE (router, permute, grouped experts of S = (E+R)/ep slots at
-                M = k·T_ep/(E+R), DeepEP dispatch/combine from comm.uniform_remote_fractions,
-                combine, shared experts) or the dense FFN
-    latency = Σ layers + LM head;   throughput = tokens of the step / latency
-    (per-token latency in decode = the step's latency; prefill = time to the first token)
+No constant here is fitted to a published run: kernel times come from the profile, links from
+docs/facts.md §3, the factors from their sources (benchmarks/parallelism.py compares the result
+with Megatron-core's published Mixtral 8x7B run).
 """
 
 from __future__ import annotations
@@ -153,7 +96,7 @@ def alltoall_ms(
     hw: HardwareProfile, model: ModelSpec, tokens: float, ep: int, etp: int, gpus_per_node: int, dispatcher: str
 ) -> float:
     """One dispatch phase (ms) of ``tokens`` per GPU over an EP group of ``ep`` ranks ``etp`` GPUs
-    apart, under uniform routing (module docstring); combine costs the same."""
+    apart, under uniform routing (docs/cost_model.md §5); combine costs the same."""
     if ep <= 1 or tokens <= 0:
         return 0.0
     n_ep = max(1, min(ep, gpus_per_node // etp, hw.nvlink.gpus_per_domain // etp))
@@ -187,7 +130,7 @@ class TrainLayerTimes:
 
 @dataclass(frozen=True)
 class TrainStep:
-    """Predicted training step on the slowest pipeline stage (module docstring)."""
+    """Predicted training step on the slowest pipeline stage (docs/cost_model.md §5)."""
 
     step_ms: float
     stage_ms: float  #: one micro-batch, forward + backward, slowest stage
@@ -204,7 +147,7 @@ class TrainStep:
 
 
 def model_flops_per_step(model: ModelSpec, global_batch: int, seq_len: int) -> float:
-    """Model FLOPs of one training step, Megatron's convention (module docstring)."""
+    """Model FLOPs of one training step, Megatron's convention (docs/cost_model.md §5)."""
     att = model.attention
     matmul = model.active_params - (0 if model.tie_embeddings else model.hidden_size * model.vocab_size)
     tokens = float(global_batch) * seq_len
@@ -278,7 +221,7 @@ class StepModel:
         return _coll("all_gather", nbytes, tp, link) + _coll("reduce_scatter", nbytes, tp, link)
 
     def layer_times(self, *, tp: int, cp: int, b: int, s: int, ep: int, etp: int, dispatcher: str = "pairs") -> TrainLayerTimes:
-        """Forward times of each kind of layer for one micro-batch (module docstring)."""
+        """Forward times of each kind of layer for one micro-batch (docs/cost_model.md §5)."""
         m, hw = self.model, self.hw
         T = b * s / cp
         proj, core = self._attention(tp, cp, b, s)
@@ -359,7 +302,7 @@ class StepModel:
         distributed_optimizer: bool = True,
         dispatcher: str = "pairs",
     ) -> TrainStep:
-        """Predicted step of Megatron-style training (module docstring)."""
+        """Predicted step of Megatron-style training (docs/cost_model.md §5)."""
         m, hw = self.model, self.hw
         if recompute not in RECOMPUTE:
             raise InputError(f"recompute must be one of {', '.join(RECOMPUTE)} (got {recompute!r})")
@@ -424,7 +367,7 @@ class StepModel:
 
 @dataclass(frozen=True)
 class ServeStep:
-    """Predicted serving step (module docstring)."""
+    """Predicted serving step (docs/cost_model.md §5)."""
 
     step_ms: float  #: one forward step through all layers
     tokens_per_step: float
@@ -450,7 +393,7 @@ def serve_step(
     redundant: int = 0,
     dispatcher: str = "deepep",
 ) -> ServeStep:
-    """One forward step of ``sequences`` across the cluster (module docstring)."""
+    """One forward step of ``sequences`` across the cluster (docs/cost_model.md §5)."""
     if mode not in ("prefill", "decode"):
         raise InputError(f"mode must be 'prefill' or 'decode' (got {mode!r})")
     if num_gpus % (tp * pp):
