@@ -15,6 +15,7 @@ torch-free: the raw measurement is plain data.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 #: Shipped profile used as the base of a GPU whose name contains the key.
@@ -60,92 +61,21 @@ def build_profile(raw: dict[str, Any], *, name: str, base: Any | None, raw_name:
     ``base``: a ``HardwareProfile`` whose datasheet fields are taken (None: only a CPU profile
     may do without one, and then takes measured CPU figures where a GPU has datasheet ones).
     """
-    prov, ceil, cp = raw["provenance"], raw["ceilings"], raw["copies"]
+    prov = raw["provenance"]
     cuda = prov["device_kind"] == "cuda"
     date = prov["date_utc"][:10]
-    measured_list: list[str] = []
-    sheet_list: list[str] = []
-    notes: list[str] = list(raw.get("notes", []))
-
-    hbm_bw = round(float(ceil["copy_GBps_rw"]), 2)
-    measured_list.append(f"hbm_bandwidth_gbps ({hbm_bw:g}, a {ceil['copy_bytes'] >> 20} MB device copy, read+write)")
-    usable = prov.get("mem_gib")
-    hbm_gib = base.hbm_gib if (base is not None and cuda) else None
-    if usable is not None and (hbm_gib is None or usable > hbm_gib):
-        hbm_gib = math.ceil(usable)
-        measured_list.append("hbm_gib (rounded up from the memory the runtime reports)")
-    elif hbm_gib is not None:
-        sheet_list.append("hbm_gib")
-    if hbm_gib is None:
-        hbm_gib = 1.0
-        notes.append("memory size unknown: hbm_gib set to 1")
-    ds_bw = base.hbm_datasheet_gbps if (base is not None and cuda) else None
-    if ds_bw is not None and hbm_bw > ds_bw:
-        notes.append(f"the measured copy ({hbm_bw:g} GB/s) exceeds the base's datasheet HBM bandwidth ({ds_bw:g}): dropped")
-        ds_bw = None
-    sms = int(prov.get("sms") or (base.num_sms if base is not None else 1))
-    measured_list.append(f"num_sms ({sms}{', CPU threads' if not cuda else ''})")
-    l2 = prov.get("l2_mb") or (base.l2_mb if (base is not None and cuda) else 1.0)
-    (measured_list if prov.get("l2_mb") else sheet_list).append(f"l2_mb ({l2:g})")
-
-    gemm = float(ceil["gemm_TFLOPs"])
-    if cuda and base is not None:
-        peaks = dict(base.peak_tflops)
-        sheet_list.append("peak_tflops (dense datasheet peaks)")
-        notes.append(f"bf16 {ceil['gemm_n']}^3 GEMM measured {gemm:.1f} TFLOP/s against {peaks.get('bf16', 0):g} on the datasheet")
-    else:
-        peaks = {"bf16": round(max(gemm, 1e-6), 6)}
-        measured_list.append(f"peak_tflops.bf16 ({gemm:.3g}, a {ceil['gemm_n']}^3 {ceil['gemm_dtype']} GEMM)")
-
-    fc = cp["fixed_cost"].get("h2d_pinned", {})
-    lat = fc.get("fixed_us_fit_4KB_1MB")
-    min_us = min(r["ms"] * 1e3 for r in cp["rows"])
-    lat = 0.0 if lat is None else max(0.0, min(float(lat), 0.9 * min_us))
-    lat = round(lat, 3)
-    measured_list.append(f"pcie curves and copy_latency_us ({lat:g}, intercept of t = a + bytes·b up to 1 MB, "
-                         "kept below the fastest copy)")
-    overlap = base.pcie.copy_compute_overlap if base is not None else 0.0
-    pcie: dict[str, Any] = {
-        "h2d_pinned": _curve(cp["rows"], "h2d_pinned", lat),
-        "d2h_pinned": _curve(cp["rows"], "d2h_pinned", lat),
-        "h2d_pageable": _curve(cp["rows"], "h2d_pageable", lat) or None,
-        "copy_latency_us": lat,
-        "copy_compute_overlap": overlap,
-    }
-    if base is not None:
-        sheet_list.append(f"pcie.copy_compute_overlap ({overlap:g})")
-
-    if base is not None:
-        nvlink = base.nvlink.model_dump()
-        nic = base.nic.model_dump()
-        comm_overlap = base.comm_overlap
-        sheet_list += ["nic", "comm_overlap"]
-    else:
-        # A CPU profile without a base: one "domain" of one device; figures from the gloo run when
-        # there was one, else the host copy bandwidth (nothing here is a GPU fabric).
-        nvlink = {"bandwidth_gbps": hbm_bw / 2, "latency_us": 10.0, "gpus_per_domain": 1}
-        nic = {"bandwidth_gbps": hbm_bw / 2, "latency_us": 20.0}
-        comm_overlap = 0.0
-        notes.append("no base profile: nvlink and nic are placeholders (half the host copy bandwidth, 10/20 µs)")
-    coll = raw.get("collectives", {})
-    crow = coll.get("rows") or []
-    if cuda and crow and coll.get("one_node") and coll.get("backend") == "nccl":
-        big, small = max(crow, key=lambda r: r["bytes"]), min(crow, key=lambda r: r["bytes"])
-        nvlink = {**nvlink, "bandwidth_gbps": round(big["all_to_all_busbw_GBps"], 2),
-                  "latency_us": round(small["all_to_all_ms"] * 1e3, 2)}
-        measured_list.append(
-            f"nvlink.bandwidth_gbps ({nvlink['bandwidth_gbps']:g}, NCCL all-to-all bus bandwidth at {big['bytes']} B over "
-            f"{coll['world_size']} GPUs) and nvlink.latency_us (all-to-all of {small['bytes']} B)"
-        )
-    elif base is not None:
-        sheet_list.append("nvlink")
+    log = _Sources([], [], list(raw.get("notes", [])))
+    mem = _memory(prov, raw["ceilings"], base, cuda, log)
+    peaks = _peaks(raw["ceilings"], base, cuda, log)
+    pcie = _pcie(raw["copies"], base, log)
+    nvlink, nic, comm_overlap = _fabric(raw.get("collectives", {}), base, cuda, mem["hbm_bandwidth_gbps"], log)
     tables = _tables(raw["expert_ffn"]["rows"], raw_name)
-    measured_list.append(
+    log.measured.append(
         f"expert_ffn_tables ({len(tables)} tables: {len({(t['d'], t['f']) for t in tables})} shapes x "
         f"{', '.join(sorted({t['dtype'] for t in tables}))} x {len(raw['tokens'])} token counts)"
     )
     if raw["expert_ffn"].get("fp8_note"):
-        notes.append(f"no fp8 tables: {raw['expert_ffn']['fp8_note']}")
+        log.notes.append(f"no fp8 tables: {raw['expert_ffn']['fp8_note']}")
 
     label = prov["device"]
     status = "mixed" if base is not None else "measured"
@@ -158,12 +88,7 @@ def build_profile(raw: dict[str, Any], *, name: str, base: Any | None, raw_name:
     return {
         "name": name,
         "description": description,
-        "hbm_gib": float(hbm_gib),
-        "hbm_usable_gib": round(float(usable), 2) if usable else None,
-        "hbm_bandwidth_gbps": hbm_bw,
-        "hbm_datasheet_gbps": ds_bw,
-        "num_sms": sms,
-        "l2_mb": float(l2),
+        **mem,
         "peak_tflops": peaks,
         "nvlink": nvlink,
         "nic": nic,
@@ -180,8 +105,113 @@ def build_profile(raw: dict[str, Any], *, name: str, base: Any | None, raw_name:
             "method": raw["method"],
             "source": f"{raw_name} (raw measurements, {prov.get('command_line') or 'moe-planner profile'})"
             + (f"; datasheet fields from base profile {base.name} ({base.measured.source})" if base is not None else ""),
-            "notes": f"Measured: {'; '.join(measured_list)}. "
-            + (f"From base profile {base.name}: {', '.join(sheet_list)}. " if base is not None else "")
-            + " ".join(notes),
+            "notes": f"Measured: {'; '.join(log.measured)}. "
+            + (f"From base profile {base.name}: {', '.join(log.sheet)}. " if base is not None else "")
+            + " ".join(log.notes),
         },
     }
+
+
+@dataclass
+class _Sources:
+    """Which fields were measured, which came from the base's datasheet, and notes, in order."""
+
+    measured: list[str]
+    sheet: list[str]
+    notes: list[str]
+
+
+def _memory(prov: dict[str, Any], ceil: dict[str, Any], base: Any | None, cuda: bool, log: _Sources) -> dict[str, Any]:
+    """HBM capacity and bandwidth, SMs and L2, in the profile's field order."""
+    hbm_bw = round(float(ceil["copy_GBps_rw"]), 2)
+    log.measured.append(f"hbm_bandwidth_gbps ({hbm_bw:g}, a {ceil['copy_bytes'] >> 20} MB device copy, read+write)")
+    usable = prov.get("mem_gib")
+    hbm_gib = base.hbm_gib if (base is not None and cuda) else None
+    if usable is not None and (hbm_gib is None or usable > hbm_gib):
+        hbm_gib = math.ceil(usable)
+        log.measured.append("hbm_gib (rounded up from the memory the runtime reports)")
+    elif hbm_gib is not None:
+        log.sheet.append("hbm_gib")
+    if hbm_gib is None:
+        hbm_gib = 1.0
+        log.notes.append("memory size unknown: hbm_gib set to 1")
+    ds_bw = base.hbm_datasheet_gbps if (base is not None and cuda) else None
+    if ds_bw is not None and hbm_bw > ds_bw:
+        log.notes.append(f"the measured copy ({hbm_bw:g} GB/s) exceeds the base's datasheet HBM bandwidth ({ds_bw:g}): dropped")
+        ds_bw = None
+    sms = int(prov.get("sms") or (base.num_sms if base is not None else 1))
+    log.measured.append(f"num_sms ({sms}{', CPU threads' if not cuda else ''})")
+    l2 = prov.get("l2_mb") or (base.l2_mb if (base is not None and cuda) else 1.0)
+    (log.measured if prov.get("l2_mb") else log.sheet).append(f"l2_mb ({l2:g})")
+    return {
+        "hbm_gib": float(hbm_gib),
+        "hbm_usable_gib": round(float(usable), 2) if usable else None,
+        "hbm_bandwidth_gbps": hbm_bw,
+        "hbm_datasheet_gbps": ds_bw,
+        "num_sms": sms,
+        "l2_mb": float(l2),
+    }
+
+
+def _peaks(ceil: dict[str, Any], base: Any | None, cuda: bool, log: _Sources) -> dict[str, float]:
+    """Datasheet peaks of the base on a GPU (the measured GEMM as a note); the measured GEMM otherwise."""
+    gemm = float(ceil["gemm_TFLOPs"])
+    if cuda and base is not None:
+        peaks = dict(base.peak_tflops)
+        log.sheet.append("peak_tflops (dense datasheet peaks)")
+        log.notes.append(f"bf16 {ceil['gemm_n']}^3 GEMM measured {gemm:.1f} TFLOP/s against {peaks.get('bf16', 0):g} on the datasheet")
+        return peaks
+    log.measured.append(f"peak_tflops.bf16 ({gemm:.3g}, a {ceil['gemm_n']}^3 {ceil['gemm_dtype']} GEMM)")
+    return {"bf16": round(max(gemm, 1e-6), 6)}
+
+
+def _pcie(cp: dict[str, Any], base: Any | None, log: _Sources) -> dict[str, Any]:
+    """Copy curves and the fixed cost per copy (the base's copy/compute overlap)."""
+    fc = cp["fixed_cost"].get("h2d_pinned", {})
+    lat = fc.get("fixed_us_fit_4KB_1MB")
+    min_us = min(r["ms"] * 1e3 for r in cp["rows"])
+    lat = 0.0 if lat is None else max(0.0, min(float(lat), 0.9 * min_us))
+    lat = round(lat, 3)
+    log.measured.append(f"pcie curves and copy_latency_us ({lat:g}, intercept of t = a + bytes·b up to 1 MB, "
+                        "kept below the fastest copy)")
+    overlap = base.pcie.copy_compute_overlap if base is not None else 0.0
+    pcie: dict[str, Any] = {
+        "h2d_pinned": _curve(cp["rows"], "h2d_pinned", lat),
+        "d2h_pinned": _curve(cp["rows"], "d2h_pinned", lat),
+        "h2d_pageable": _curve(cp["rows"], "h2d_pageable", lat) or None,
+        "copy_latency_us": lat,
+        "copy_compute_overlap": overlap,
+    }
+    if base is not None:
+        log.sheet.append(f"pcie.copy_compute_overlap ({overlap:g})")
+    return pcie
+
+
+def _fabric(
+    coll: dict[str, Any], base: Any | None, cuda: bool, hbm_bw: float, log: _Sources
+) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """(nvlink, nic, comm_overlap): the base's, with NVLink measured by NCCL on one node."""
+    if base is not None:
+        nvlink = base.nvlink.model_dump()
+        nic = base.nic.model_dump()
+        comm_overlap = base.comm_overlap
+        log.sheet += ["nic", "comm_overlap"]
+    else:
+        # A CPU profile without a base: one "domain" of one device; figures from the gloo run when
+        # there was one, else the host copy bandwidth (nothing here is a GPU fabric).
+        nvlink = {"bandwidth_gbps": hbm_bw / 2, "latency_us": 10.0, "gpus_per_domain": 1}
+        nic = {"bandwidth_gbps": hbm_bw / 2, "latency_us": 20.0}
+        comm_overlap = 0.0
+        log.notes.append("no base profile: nvlink and nic are placeholders (half the host copy bandwidth, 10/20 µs)")
+    crow = coll.get("rows") or []
+    if cuda and crow and coll.get("one_node") and coll.get("backend") == "nccl":
+        big, small = max(crow, key=lambda r: r["bytes"]), min(crow, key=lambda r: r["bytes"])
+        nvlink = {**nvlink, "bandwidth_gbps": round(big["all_to_all_busbw_GBps"], 2),
+                  "latency_us": round(small["all_to_all_ms"] * 1e3, 2)}
+        log.measured.append(
+            f"nvlink.bandwidth_gbps ({nvlink['bandwidth_gbps']:g}, NCCL all-to-all bus bandwidth at {big['bytes']} B over "
+            f"{coll['world_size']} GPUs) and nvlink.latency_us (all-to-all of {small['bytes']} B)"
+        )
+    elif base is not None:
+        log.sheet.append("nvlink")
+    return nvlink, nic, comm_overlap
