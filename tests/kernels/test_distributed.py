@@ -86,14 +86,14 @@ def test_bad_options():
 
 
 def test_a_failing_check_exits_1(monkeypatch, tmp_path, capsys):
-    import planner.validate_dist as vd
+    import planner.cli.validate_cmd as vc  # the CLI shell of planner.validate_dist
 
     p = plan(make_model(), ep=2)
     path = tmp_path / "plan.json"
     p.save(path)
     fake = {"passed": False, "max_abs_err": 0.5, "tolerance": 1e-4}
-    monkeypatch.setattr(vd, "validate_distributed", lambda plan, **kw: fake)
-    monkeypatch.setattr(vd, "render", lambda rep: "report")
+    monkeypatch.setattr(vc, "validate_distributed", lambda plan, **kw: fake)
+    monkeypatch.setattr(vc, "render_dist", lambda rep: "report")
     assert main(["validate", "--plan", str(path), "--world-size", "2", "--device", "cpu"]) == 1
     assert "max_abs_err 0.5 exceeds the tolerance 0.0001" in capsys.readouterr().err
 
