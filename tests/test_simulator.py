@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import planner.simulator as sim_mod
+from planner.cost.comm import dispatch_traffic
 from planner.simulator import choose_slots, simulate_placement
 
 HW = SimpleNamespace(
@@ -143,3 +144,20 @@ def test_nearest_replica_on_the_token_node_saves_its_inter_node_copy():
     even = run(p2l.tolist(), ids.tolist(), [3, 3], slots=2, gpus_per_node=2, dispatch="even")
     assert near.inter_bytes_SL[0, 0] == 0 and near.intra_bytes_SL[0, 0] > 0
     assert even.inter_bytes_SL[0, 0] > 0
+
+
+@pytest.mark.parametrize("gpus_per_node", [1, 2, 4])
+def test_traffic_is_the_comm_kernel(gpus_per_node):
+    # the simulator's bytes and time are those of planner.cost.comm.dispatch_traffic (DeepEP) for
+    # the slots it chose
+    rng = np.random.default_rng(3)
+    p2l = list(rng.permutation(8)) + [0, 5, 7, 2, 1, 3, 4, 6]  # 16 slots, every expert twice
+    ids = np.stack([rng.choice(8, 3, replace=False) for _ in range(40)])
+    src = rng.integers(0, 8, 40)
+    r = run(p2l, ids, src, slots=2, gpus_per_node=gpus_per_node)
+    slot = choose_slots(ids, src, np.asarray(p2l), 2, 8, "even", gpus_per_node)
+    t = dispatch_traffic(slot, src, slots_per_gpu=2, num_gpus=8, gpus_per_node=gpus_per_node,
+                         bytes_per_token=1000.0)
+    assert r.intra_bytes_SL[0, 0] == 2 * t.nvlink_GG.sum()
+    assert r.inter_bytes_SL[0, 0] == 2 * t.rdma_GG.sum()
+    assert r.comm_ms_SL[0, 0] == t.time_ms(HW)

@@ -11,25 +11,12 @@ pipeline stage (⌈layers / pp⌉), L_moe MoE layers of a stage (⌈MoE layers /
     non_expert_g = non-expert parameters · B_weight / (tp · pp)
     weights_g    = experts_g + non_expert_g                      (:func:`weights_per_gpu_bytes`)
 
-**Training** (Megatron-LM mixed precision with Adam; docs/facts.md §6): bytes per parameter are
-2 (bf16 weight) + 4 (fp32 gradient) + 12 (fp32 master weight, Adam m and v) = 18 with a plain
-optimizer; the distributed optimizer shards the 12 optimizer bytes over the data-parallel group:
-6 + 12 / dp. Expert parameters shard theirs over the expert-data-parallel group
-``edp = dp · tp / (ep · etp)`` (the GPUs of a stage that hold the same experts), non-expert
-parameters over ``dp``. Weights count once per parameter (``weights_g`` above, in bf16).
-
-Activations per layer and micro-batch, with sequence parallelism (Korthikanti et al. 2022,
-"Reducing Activation Recomputation in Large Transformer Models", Table 2; docs/facts.md §6)::
-
-    selective recompute:  s·b·h·(18 + 4·f_eff/h) / tp
-    no recompute:         the same + 5·a·s²·b / tp               (attention scores kept)
-    full recompute:       2·s·b·h / tp                           (the layer input only)
-
-with ``f_eff = f_d`` for a dense layer and ``f_eff = k·f + f_sh + (k−1)·h/2`` for an MoE layer (each
-token's k expert activations, the shared expert, and k−1 extra copies of its 2h-byte input in the
-permuted dispatch buffer). A 1F1B pipeline's first stage holds ``min(pp, micro-batches)``
-micro-batches of its L_st layers in flight, times ``1 + (pp − 1)/(pp · vpp)`` when interleaved
-(Narayanan et al. 2021).
+**Training** (Megatron-LM mixed precision with Adam; docs/facts.md §6): 2 (bf16 weight) + 4
+(fp32 gradient) + 12 (fp32 master weight, Adam m and v) bytes per parameter; the distributed
+optimizer shards the 12 over the data-parallel group (experts over ``edp = dp·tp/(ep·etp)``).
+Activations per layer and micro-batch follow Korthikanti et al. 2022 (Table 2) with sequence
+parallelism and the recompute mode, and a 1F1B first stage holds ``min(pp, micro-batches)`` of
+them (× ``1 + (pp − 1)/(pp·vpp)`` interleaved). Formulas in full: docs/cost_model.md §4.
 
 **Inference**::
 
