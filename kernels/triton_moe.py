@@ -1,6 +1,6 @@
 """A fused expert path for the MoE layer in Triton: gather + gate/up GEMM + SwiGLU, down GEMM + weight.
 
-Issue 7: the torch layer (``moe_layer``: ``index_select`` permute, ``torch._grouped_mm``,
+Why: the torch layer (``moe_layer``: ``index_select`` permute, ``torch._grouped_mm``,
 elementwise SiLU·up, ``index_add_`` combine) moves every routed token row several times between
 its kernels, and on an H100 reaches only 26-50% of the roofline for fine-grained experts
 (docs/facts.md §2). This module fuses the permute into the first GEMM's loads and the SwiGLU and
@@ -16,68 +16,13 @@ N = T·K routed (token, choice) pairs), plus::
 A pair is numbered ``n = t·K + k`` (token t, its k-th choice), the order of
 ``topk_ids_TK.reshape(-1)``.
 
-**1. Align** (:func:`moe_align`, torch, no host synchronisation). The N pairs are sorted by expert
-(stable: tokens keep their order inside an expert) and each expert's run is padded to a multiple
-of BM, so that every block of BM rows belongs to one expert::
-
-    c_e        = #{n : expert(n) = e}
-    pad_e      = ceil(c_e / BM) · BM,   end_e = Σ_{e' <= e} pad_e',   start_e = end_e - pad_e
-    sorted_ids_P[start_e + j] = the j-th pair of expert e (j < c_e),  N (a sentinel) otherwise
-    block_expert_B[b]         = the e with start_e <= b·BM < end_e
-    num_padded_1              = end_{E-1} = P
-
-P depends on the routing, so buffers are sized for ``Pmax = ceil((N + min(E, N)·(BM - 1)) / BM)·BM``
-(at most BM - 1 padding rows per expert that receives a pair, and at most min(E, N) experts do)
-and the kernels' grids cover ``Bmax = Pmax / BM`` blocks; a program whose block starts at or
-after P (read from ``num_padded_1`` on the device) returns at once. Experts with no pair get no
-block. Nothing here calls ``.item()`` or ``bincount`` (which syncs on CUDA to size its output).
-
-**2. Kernel 1** (:func:`_gate_up_kernel`), one program per (block b, column tile of F), tiles
-visited in GROUP_M-grouped order (GROUP_M blocks side by side share a weight column tile in L2)::
-
-    rows r = b·BM + [0, BM),  n_r = sorted_ids[r],  valid_r = n_r < N,  t_r = n_r // K
-    e = block_expert[b]
-    gate_r,j = Σ_d x[t_r, d] · w13[e, j, d]          (fp32 accumulators, gathered rows of x:
-    up_r,j   = Σ_d x[t_r, d] · w13[e, F + j, d]        the permute is fused into the loads)
-    h[r, j]  = SiLU(gate) · up = gate · σ(gate) · up  (epilogue, fp32, stored in x's dtype)
-
-One program computes the gate and the up tile of the same columns j, so each gathered x tile is
-loaded once for both and the SwiGLU needs no second pass. ``h_PF`` [Pmax, F] is indexed by padded
-row; padding rows are never written.
-
-**3. Kernel 2** (:func:`_down_kernel`), one program per (block b, column tile of D)::
-
-    y[r, i]  = Σ_j h[r, j] · w2[e, i, j]                 (fp32)
-    outk[n_r, i] = topk_weight[n_r] · y[r, i]  for valid rows, stored in x's dtype
-
-The padding rows of ``h`` are uninitialised; row r of a product depends on row r of ``h`` alone
-and padding rows are never stored, so they could be read as they are, but they are masked to
-zero on load (one predicate per row) so garbage NaNs never enter an MMA.
-
-**4. Combine**: ``out_TD = outk_NKD.view(T, K, D).sum(1)`` in float32 (torch). Each token's K
-rows are written by different programs (different experts), so summing them inside kernel 2
-would take atomic adds into a zeroed fp32 [T, D] buffer: the order of those additions depends on
-scheduling (a non-deterministic result), bf16 atomics are slow, and the buffer needs a memset.
-The torch sum is deterministic and costs one more write and read of N·D elements in x's dtype
-(2·2·T·K·D bytes in bf16, the same order as the ``h`` round trip 2·2·P·F); with K = 1 it is a
-reshape. If a GPU run shows this sum to matter, fuse it into a third small kernel over tokens.
-
-Precision: bf16 / fp16 inputs, fp32 accumulation and epilogues, ``h`` and ``outk`` rounded to
-x's dtype (as the torch ``grouped`` backend rounds its GEMM outputs); fp32 inputs use
-``input_precision="ieee"`` (no TF32). Routing weights are applied in fp32.
-
-:func:`fused_moe` is steps 1-4 for a whole layer (what ``moe_forward(..., backend="triton")``
-calls); :func:`experts_ffn_sorted` runs steps 1-3 on rows already sorted by expert with unit
-weights (what ``experts_ffn(..., backend="triton")`` and so one EP rank's share call).
-
-Block sizes (:class:`TritonMoEConfig`) are arguments; :func:`default_config` picks BM from the
-mean rows per expert (smaller blocks waste less padding when experts get few rows). The
-defaults are starting points for an H100 chosen from the tile shapes fused-MoE kernels commonly
-use there; they have **not** been measured (no GPU was available when this was written).
-Compiled for sm_90 without a GPU (Triton 3.9, bf16, the defaults; tests/kernels checks it):
-both kernels lower to Hopper ``wgmma``, 96 KB of shared memory, 128 registers, no spills. When D
-(kernel 1) or F (kernel 2) is not a multiple of BLOCK_K the masked K loop was not pipelined by
-that compiler (24 KB shared); every docs/facts.md shape divides 64.
+The steps, each specified in the docstring of the function that does it: 1. align
+(:func:`moe_align`), 2. gather + gate/up GEMM + SwiGLU (:func:`_gate_up_kernel`), 3. down GEMM
++ routing weight (:func:`_down_kernel`), 4. combine (:func:`fused_moe`, which also says the
+precision). :func:`fused_moe` is steps 1-4 for a whole layer (what ``moe_forward(...,
+backend="triton")`` calls); :func:`experts_ffn_sorted` runs steps 1-3 on rows already sorted by
+expert with unit weights (what ``experts_ffn(..., backend="triton")`` and so one EP rank's share
+call). Block sizes: :func:`default_config`.
 
 Running on the CPU: Triton's interpreter runs these kernels on CPU tensors when the environment
 variable ``TRITON_INTERPRET=1`` is set *before this module is imported* (``triton.jit`` reads it
@@ -140,7 +85,16 @@ class TritonMoEConfig:
 
 def default_config(num_pairs: int, num_experts: int) -> TritonMoEConfig:
     """Defaults for N pairs over E experts: BM 16 / 32 / 64 as the mean rows per expert N/E is
-    <= 16 / <= 48 / more (decode batches waste less padding on small blocks). Unmeasured."""
+    <= 16 / <= 48 / more (decode batches waste less padding on small blocks). Unmeasured.
+    Block sizes (:class:`TritonMoEConfig`) are arguments; :func:`default_config` picks BM from the
+    mean rows per expert (smaller blocks waste less padding when experts get few rows). The
+    defaults are starting points for an H100 chosen from the tile shapes fused-MoE kernels commonly
+    use there; they have **not** been measured (no GPU was available when this was written).
+    Compiled for sm_90 without a GPU (Triton 3.9, bf16, the defaults; tests/kernels checks it):
+    both kernels lower to Hopper ``wgmma``, 96 KB of shared memory, 128 registers, no spills. When D
+    (kernel 1) or F (kernel 2) is not a multiple of BLOCK_K the masked K loop was not pipelined by
+    that compiler (24 KB shared); every docs/facts.md shape divides 64.
+    """
     mean = num_pairs / max(num_experts, 1)
     block_m = 16 if mean <= 16 else 32 if mean <= 48 else 64
     return TritonMoEConfig(block_m=block_m)
@@ -150,7 +104,7 @@ def default_config(num_pairs: int, num_experts: int) -> TritonMoEConfig:
 
 
 def padded_rows_bound(num_pairs: int, num_experts: int, block_m: int) -> int:
-    """Pmax: padded rows for any routing of N pairs over E experts (module docstring)."""
+    """Pmax: padded rows for any routing of N pairs over E experts (:func:`moe_align`)."""
     rows = num_pairs + min(num_experts, num_pairs) * (block_m - 1)
     return -(-rows // block_m) * block_m
 
@@ -161,8 +115,24 @@ def moe_align(
     """Sort pairs by expert into blocks of ``block_m`` rows of one expert each.
 
     ``expert_N`` int [N]: the expert of each pair (``topk_ids_TK.reshape(-1)``). Returns
-    ``(sorted_ids_P int32 [Pmax], block_expert_B int32 [Bmax], num_padded_1 int32 [1])``; see the
-    module docstring. Runs on ``expert_N``'s device without a host synchronisation.
+    ``(sorted_ids_P int32 [Pmax], block_expert_B int32 [Bmax], num_padded_1 int32 [1])`` (below).
+    Runs on ``expert_N``'s device without a host synchronisation.
+
+    **1. Align** (:func:`moe_align`, torch, no host synchronisation). The N pairs are sorted by expert
+    (stable: tokens keep their order inside an expert) and each expert's run is padded to a multiple
+    of BM, so that every block of BM rows belongs to one expert::
+
+        c_e        = #{n : expert(n) = e}
+        pad_e      = ceil(c_e / BM) · BM,   end_e = Σ_{e' <= e} pad_e',   start_e = end_e - pad_e
+        sorted_ids_P[start_e + j] = the j-th pair of expert e (j < c_e),  N (a sentinel) otherwise
+        block_expert_B[b]         = the e with start_e <= b·BM < end_e
+        num_padded_1              = end_{E-1} = P
+
+    P depends on the routing, so buffers are sized for ``Pmax = ceil((N + min(E, N)·(BM - 1)) / BM)·BM``
+    (at most BM - 1 padding rows per expert that receives a pair, and at most min(E, N) experts do)
+    and the kernels' grids cover ``Bmax = Pmax / BM`` blocks; a program whose block starts at or
+    after P (read from ``num_padded_1`` on the device) returns at once. Experts with no pair get no
+    block. Nothing here calls ``.item()`` or ``bincount`` (which syncs on CUDA to size its output).
     """
     dev = expert_N.device
     N = expert_N.numel()
@@ -215,7 +185,21 @@ def _gate_up_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """h[r, j] = SiLU(x[t_r] · w13[e, j]) · (x[t_r] · w13[e, F + j]) for one block and column tile."""
+    """h[r, j] = SiLU(x[t_r] · w13[e, j]) · (x[t_r] · w13[e, F + j]) for one block and column tile.
+
+    **2. Kernel 1** (:func:`_gate_up_kernel`), one program per (block b, column tile of F), tiles
+    visited in GROUP_M-grouped order (GROUP_M blocks side by side share a weight column tile in L2)::
+
+        rows r = b·BM + [0, BM),  n_r = sorted_ids[r],  valid_r = n_r < N,  t_r = n_r // K
+        e = block_expert[b]
+        gate_r,j = Σ_d x[t_r, d] · w13[e, j, d]          (fp32 accumulators, gathered rows of x:
+        up_r,j   = Σ_d x[t_r, d] · w13[e, F + j, d]        the permute is fused into the loads)
+        h[r, j]  = SiLU(gate) · up = gate · σ(gate) · up  (epilogue, fp32, stored in x's dtype)
+
+    One program computes the gate and the up tile of the same columns j, so each gathered x tile is
+    loaded once for both and the SwiGLU needs no second pass. ``h_PF`` [Pmax, F] is indexed by padded
+    row; padding rows are never written.
+    """
     pid_m, pid_n = _tile(tl.program_id(0), num_blocks, tl.cdiv(F, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
@@ -261,7 +245,17 @@ def _down_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, MUL_WEIGHT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """outk[n_r, i] = weight[n_r] · Σ_j h[r, j] · w2[e, i, j] for one block and column tile."""
+    """outk[n_r, i] = weight[n_r] · Σ_j h[r, j] · w2[e, i, j] for one block and column tile.
+
+    **3. Kernel 2** (:func:`_down_kernel`), one program per (block b, column tile of D)::
+
+        y[r, i]  = Σ_j h[r, j] · w2[e, i, j]                 (fp32)
+        outk[n_r, i] = topk_weight[n_r] · y[r, i]  for valid rows, stored in x's dtype
+
+    The padding rows of ``h`` are uninitialised; row r of a product depends on row r of ``h`` alone
+    and padding rows are never stored, so they could be read as they are, but they are masked to
+    zero on load (one predicate per row) so garbage NaNs never enter an MMA.
+    """
     pid_m, pid_n = _tile(tl.program_id(0), num_blocks, tl.cdiv(D, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
@@ -364,8 +358,20 @@ def fused_moe(
 ) -> torch.Tensor:
     """The routed experts of a layer: ``out_TD[t] = Σ_k weight[t, k] · FFN_{ids[t, k]}(x[t])``.
 
-    Steps 1-4 of the module docstring. Returns float32 ``[T, D]`` (as ``moe_layer.combine``),
+    Steps 1-4 (module docstring). Returns float32 ``[T, D]`` (as ``moe_layer.combine``),
     deterministic for given inputs. ``config`` None: :func:`default_config`.
+
+    **4. Combine**: ``out_TD = outk_NKD.view(T, K, D).sum(1)`` in float32 (torch). Each token's K
+    rows are written by different programs (different experts), so summing them inside kernel 2
+    would take atomic adds into a zeroed fp32 [T, D] buffer: the order of those additions depends on
+    scheduling (a non-deterministic result), bf16 atomics are slow, and the buffer needs a memset.
+    The torch sum is deterministic and costs one more write and read of N·D elements in x's dtype
+    (2·2·T·K·D bytes in bf16, the same order as the ``h`` round trip 2·2·P·F); with K = 1 it is a
+    reshape. If a GPU run shows this sum to matter, fuse it into a third small kernel over tokens.
+
+    Precision: bf16 / fp16 inputs, fp32 accumulation and epilogues, ``h`` and ``outk`` rounded to
+    x's dtype (as the torch ``grouped`` backend rounds its GEMM outputs); fp32 inputs use
+    ``input_precision="ieee"`` (no TF32). Routing weights are applied in fp32.
     """
     _check(x_TD, w13_E2FD, w2_EDF)
     T, K = topk_ids_TK.shape
