@@ -12,32 +12,18 @@ Shape legend (torchtitan / gpt-fast style: a tensor's name ends in its dimension
 Weights are stored the ``nn.Linear`` way, ``[out, in]``: ``w13_E2FD`` [E, 2F, D] (gate rows
 ``[:F]``, up rows ``[F:]``) and ``w2_EDF`` [E, D, F]; products use their transposes
 (``x_ND @ w13_E2FD[e].T``). This is the layout ``torch._grouped_mm`` accepts for its second
-operand on Hopper (the layout the H100 measurement of 2026-11-23 found it runs: ``EfD_transposed``) and what
-torchtitan passes it.
+operand on Hopper (the layout the H100 measurement of 2026-11-23 found it runs:
+``EfD_transposed``) and what torchtitan passes it.
 
 Forward pass (:func:`moe_forward`):
 
-1. **Router** (:func:`route`), in float32 at least (engines compute router logits in fp32):
-   ``logits_TE = x_TD @ router_ED.T``; ``scores_TE = softmax(logits)`` or ``sigmoid(logits)``.
-   Experts are *selected* on ``scores + bias_E`` (DeepSeek-V3's ``e_score_correction_bias``;
-   zero when absent) and *weighted* by the unbiased scores.
-   Group-limited top-k (DeepSeek ``n_group`` / ``topk_group``): the E experts form G groups of
-   E/G; a group's score is its best expert's score (``group_score='max'``, DeepSeek-V2) or the
-   sum of its two best (``'top2_sum'``, DeepSeek-V3); only experts of the ``topk_group`` best
-   groups may be chosen. Then top-k. With ``norm_topk_prob`` the K weights are divided by their
-   sum; finally they are multiplied by ``routed_scaling``.
+1. **Router** (:func:`route`): softmax or sigmoid scores, optional selection bias and
+   group-limited top-k (DeepSeek), weights from the unbiased scores.
 2. **Permute** (:func:`permute`): the N = T·K pairs are sorted by expert (stable, so tokens keep
    their order inside an expert); ``x_ND = x_TD[token_N]`` (one ``index_select``);
    ``counts_E`` tokens per expert.
-3. **Expert FFN** (:func:`experts_ffn`): for each expert e on its rows,
-   ``y = (SiLU(x @ W_gate.T) · (x @ W_up.T)) @ W2.T`` — as one grouped GEMM per projection
-   (``torch._grouped_mm`` with cumulative row offsets), or a fallback: a Python loop of
-   per-expert matmuls (``loop``), or one batched matmul over a zero-padded ``[E, max_count, D]``
-   buffer (``padded``). With a single expert (L = 1 on an EP rank) every backend runs the plain
-   dense FFN (two GEMMs): a grouped or padded kernel over one group only adds work.
-   ``triton`` (kernels/triton_moe.py, opt-in, never chosen by ``auto``): two Triton kernels, the
-   first gathering rows of x and applying SiLU·up in its epilogue; in :func:`moe_forward` it
-   replaces steps 2-4 (permute fused into its loads, routing weight into its second epilogue).
+3. **Expert FFN** (:func:`experts_ffn`): each expert's SwiGLU FFN on its rows, as grouped GEMMs
+   or a fallback backend; ``triton`` (opt-in) replaces steps 2-4 in :func:`moe_forward`.
 4. **Combine** (:func:`combine`): ``out_TD[token_N] += weight_N · y_ND`` (``index_add_`` in
    float32, cast back to x's dtype).
 5. **Shared experts**: every token also passes one FFN of width S (the shared experts fused
@@ -192,7 +178,18 @@ def init_weights(
 def route(
     x_TD: torch.Tensor, router_ED: torch.Tensor, cfg: MoEConfig, bias_E: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k routing: ``(topk_ids_TK int64, topk_weights_TK float32+)``; see the module docstring."""
+    """Top-k routing: ``(topk_ids_TK int64, topk_weights_TK float32+)``.
+
+    In float32 at least (engines compute router logits in fp32):
+    ``logits_TE = x_TD @ router_ED.T``; ``scores_TE = softmax(logits)`` or ``sigmoid(logits)``.
+    Experts are *selected* on ``scores + bias_E`` (DeepSeek-V3's ``e_score_correction_bias``;
+    zero when absent) and *weighted* by the unbiased scores.
+    Group-limited top-k (DeepSeek ``n_group`` / ``topk_group``): the E experts form G groups of
+    E/G; a group's score is its best expert's score (``group_score='max'``, DeepSeek-V2) or the
+    sum of its two best (``'top2_sum'``, DeepSeek-V3); only experts of the ``topk_group`` best
+    groups may be chosen. Then top-k. With ``norm_topk_prob`` the K weights are divided by their
+    sum; finally they are multiplied by ``routed_scaling``.
+    """
     acc = torch.promote_types(x_TD.dtype, torch.float32)
     logits_TE = x_TD.to(acc) @ router_ED.to(acc).t()
     scores_TE = logits_TE.softmax(dim=-1) if cfg.scoring == "softmax" else logits_TE.sigmoid()
@@ -303,6 +300,16 @@ def experts_ffn(
     elementwise SiLU·up regardless of E; ``loop`` issues five kernels per non-empty expert;
     ``padded`` copies rows into ``[E, max_count, D]`` and runs two batched matmuls;
     ``triton`` runs kernels/triton_moe.py's two fused kernels (SwiGLU in the first's epilogue).
+
+    For each expert e on its rows,
+    ``y = (SiLU(x @ W_gate.T) · (x @ W_up.T)) @ W2.T`` — as one grouped GEMM per projection
+    (``torch._grouped_mm`` with cumulative row offsets), or a fallback: a Python loop of
+    per-expert matmuls (``loop``), or one batched matmul over a zero-padded ``[E, max_count, D]``
+    buffer (``padded``). With a single expert (L = 1 on an EP rank) every backend runs the plain
+    dense FFN (two GEMMs): a grouped or padded kernel over one group only adds work.
+    ``triton`` (kernels/triton_moe.py, opt-in, never chosen by ``auto``): two Triton kernels, the
+    first gathering rows of x and applying SiLU·up in its epilogue; in :func:`moe_forward` it
+    replaces steps 2-4 (permute fused into its loads, routing weight into its second epilogue).
     """
     E, twoF, D = w13_E2FD.shape
     f = twoF // 2
