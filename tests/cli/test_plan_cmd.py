@@ -62,7 +62,7 @@ def test_same_seed_same_plan_apart_from_time(capsys):
 @pytest.mark.parametrize(
     "args, code, message",
     [
-        (["--ep", "3"], 2, "--ep × --etp (3 × 1) must divide the 8 GPUs"),
+        (["--ep", "3"], 2, "--ep × etp (3 × 1 = 3) must divide the 8 GPUs"),
         (["--model", "nope"], 2, "unknown model 'nope'"),
         (["--hardware", "nope"], 2, "nope"),
         (["--mode", "fly"], 2, "Invalid value for '--mode'"),
