@@ -83,15 +83,6 @@ def _link(hw: HardwareProfile, size: int, stride: int, gpus_per_node: int) -> Li
 _coll = collective_scalar_ms
 
 
-class ModelView:
-    """Former copy of a :class:`ModelSpec`'s figures; the spec caches them itself now
-    (``cached_property``), so :meth:`of` returns the spec. Kept for importers."""
-
-    @staticmethod
-    def of(model: ModelSpec) -> ModelSpec:
-        return model
-
-
 def alltoall_ms(
     hw: HardwareProfile, model: ModelSpec, tokens: float, ep: int, etp: int, gpus_per_node: int, dispatcher: str
 ) -> float:

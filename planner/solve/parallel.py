@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from planner.cost.memory import GIB
-from planner.cost.step import RECOMPUTE, ModelView, StepModel, serve_step
+from planner.cost.step import RECOMPUTE, StepModel, serve_step
 from planner.errors import InfeasibleError, InputError
 from planner.solve.candidates import TIE_RELATIVE, Candidate, Rejected, SearchResult, rank
 from planner.solve.search_memory import (
@@ -166,7 +166,6 @@ def search(
     fixed = _checked_fixed(mode, fixed, seq_len, latency_target_ms, redundant)
     N, n = cluster.num_gpus, cluster.gpus_per_node
     budget = budget_bytes(hw)
-    model = ModelView.of(model)  # type: ignore[assignment]
     sm = StepModel(model, hw, n)
     if mode == "train":
         gb = global_batch or default_global_batch(N)

@@ -7,7 +7,7 @@ import pytest
 
 from planner.cost.comm import collective_ms, nvlink
 from planner.cost.comm import collective_scalar_ms as _coll
-from planner.cost.step import ModelView, StepModel, model_flops_per_step, serve_step
+from planner.cost.step import StepModel, model_flops_per_step, serve_step
 from planner.errors import InputError
 from planner.solve.parallel import Candidate, candidate_memory
 from planner.specs.model_io import load_model
@@ -90,8 +90,8 @@ def test_scalar_collective_matches_comm_module(hw):
     assert _coll("all_reduce", 1e6, 1, link) == 0.0
 
 
-def test_model_view_carries_the_spec_figures(mixtral):
-    v = ModelView.of(mixtral)
+def test_spec_caches_the_step_model_figures(mixtral):
+    v = mixtral
     assert v.num_moe_layers == 32 and v.moe_layers == tuple(range(32))
     assert v.non_expert_params == mixtral.non_expert_params and v.active_params == mixtral.active_params
 
