@@ -1,11 +1,11 @@
 """Build hwprofiles/h100-sxm.json and h200-sxm.json from a GPU measurement file (reproducible seeding).
 
-Usage, from the repository root (the measurement files are the project's shared GPU data, kept
-outside this repository)::
+Usage, from the repository root, with the project's bf16 expert-FFN measurement of each GPU
+(``expert_ffn_bf16.json``, shared GPU data kept outside this repository)::
 
-    python tools/seed_hwprofile.py ../shared/data/h100/expert_ffn_bf16.json hwprofiles/h100-sxm.json \
+    python tools/seed_hwprofile.py H100_MEASUREMENT.json hwprofiles/h100-sxm.json \
         --extra hwprofiles/measurements/h100-sxm-2026-11-23.json
-    python tools/seed_hwprofile.py ../shared/data/h200/expert_ffn_bf16.json hwprofiles/h200-sxm.json
+    python tools/seed_hwprofile.py H200_MEASUREMENT.json hwprofiles/h200-sxm.json
 
 The measurement file (``device``, ``ceilings``, ``rows``, ``what``, ``measured``) gives
 ``hbm_usable_gib``, ``num_sms``, ``l2_mb``, ``hbm_bandwidth_gbps`` (``ceilings.d2d_GBps_rw``), the
