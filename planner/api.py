@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from planner.cost.memory import GIB, weights_per_gpu_bytes
 from planner.errors import InfeasibleError, InputError
+from planner.exports.launch import launch_args
 from planner.offload import OffloadProblem, OffloadSimulationReport, prepare_offload, solve_offload
 from planner.provenance import array_hash, input_hash, make_provenance, version
 from planner.resolve import (
@@ -475,7 +476,7 @@ def solve(
         provenance=make_provenance(pr.seed, pr.trace_label, _input_hash(pr, prev, migration_weight)),
     )
     if search_report is not None:
-        out = out.model_copy(update={"launch": parallel_search.launch_args(out)})
+        out = out.model_copy(update={"launch": launch_args(out)})
     return out
 
 

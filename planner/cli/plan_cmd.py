@@ -16,9 +16,9 @@ from typing import Any
 import click
 
 from planner.api import prepare, solve
+from planner.cli.render import render_launch
 from planner.cost.memory import GIB
 from planner.io import check_writable
-from planner.solve.parallel import render_launch
 from planner.specs.options import PlanOptions, flag_info, option_kinds
 from planner.specs.plan import Plan
 
@@ -69,7 +69,7 @@ def render_plan(plan: Plan) -> str:
                if pred.memory_breakdown_gib else ""),
         ]
         lines += [f"  note: {n}" for n in pred.notes]
-    lines += render_launch(plan)  # parallelism search and launch arguments (planner.solve.parallel)
+    lines += render_launch(plan)  # parallelism search and launch arguments (planner.cli.render)
     lines += render_cache(plan)  # offload mode: the GPU expert cache
     return "\n".join(lines)
 

@@ -347,18 +347,3 @@ def _serve_variants(
     if best_here is not None:
         feasible.append(best_here)
     return timed
-
-
-# TRANSITIONAL, delete with the callers' change: planner/api.py and planner/cli/plan_cmd.py still
-# read launch_args / render_launch here; they now live in planner.exports.launch and
-# planner.cli.render. Until both callers import those, this keeps them working.
-def __getattr__(name: str) -> Any:
-    if name == "launch_args":
-        from planner.exports.launch import launch_args
-
-        return launch_args
-    if name == "render_launch":
-        from planner.cli.render import render_launch
-
-        return render_launch
-    raise AttributeError(name)
