@@ -9,6 +9,7 @@ them here would load the solvers for a caller that wants a spec. (``solve`` is n
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = [
@@ -56,8 +57,6 @@ _WHERE = {
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
-        import importlib
-
         return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module 'planner' has no attribute {name!r}")
 

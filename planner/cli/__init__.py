@@ -12,6 +12,17 @@ import sys
 
 import click
 
+from planner.cli.check_cmd import check
+from planner.cli.export_cmd import export
+from planner.cli.offload_cmd import offload_curve
+from planner.cli.plan_cmd import plan
+from planner.cli.predict_cmd import predict
+from planner.cli.profile_cmd import profile
+from planner.cli.schema_cmd import schema
+from planner.cli.simulate_cmd import simulate
+from planner.cli.sweep_cmd import sweep
+from planner.cli.trace_cmd import trace
+from planner.cli.validate_cmd import validate
 from planner.errors import InfeasibleError, InputError
 
 
@@ -21,24 +32,8 @@ def cli() -> None:
     """Plan Mixture-of-Experts deployments: placement, parallelism and expert caching."""
 
 
-def _register() -> None:
-    from planner.cli.check_cmd import check
-    from planner.cli.export_cmd import export
-    from planner.cli.offload_cmd import offload_curve
-    from planner.cli.plan_cmd import plan
-    from planner.cli.predict_cmd import predict
-    from planner.cli.profile_cmd import profile
-    from planner.cli.schema_cmd import schema
-    from planner.cli.simulate_cmd import simulate
-    from planner.cli.sweep_cmd import sweep
-    from planner.cli.trace_cmd import trace
-    from planner.cli.validate_cmd import validate
-
-    for cmd in (plan, schema, trace, validate, export, check, predict, simulate, sweep, profile, offload_curve):
-        cli.add_command(cmd)
-
-
-_register()
+for _cmd in (plan, schema, trace, validate, export, check, predict, simulate, sweep, profile, offload_curve):
+    cli.add_command(_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:
