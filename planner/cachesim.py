@@ -43,7 +43,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from planner.cache_bounds import access_keys, belady_misses, lru_misses  # noqa: F401  (planner.offload imports them here)
 from planner.errors import InputError
 from planner.traces import Trace
 

@@ -41,13 +41,12 @@ from typing import Any
 
 import numpy as np
 
+from planner.cache_bounds import access_keys, belady_misses
 from planner.cachesim import (
     CacheConfig,
     CacheSimResult,
     OffloadTiming,
     PrefetchConfig,
-    access_keys,
-    belady_misses,
     decode_steps,
     fit_predictor,
     simulate_cache,

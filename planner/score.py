@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.cost.compute import expert_ffn_ms, grouped_model_ms
+from planner.cost.compute import ACTIVATION_BYTES, expert_ffn_ms, grouped_model_ms
 from planner.errors import InputError
 from planner.simulator import SimResult, combine_groups, simulate_placement
 from planner.solve import baselines
@@ -142,7 +142,7 @@ def placement_cost(model: ModelSpec, hw: HardwareProfile, par: Parallel, kernel:
     per_slot = grouped_model_ms if kernel == "grouped" else expert_ffn_ms
     return PlacementCost(
         ffn_ms=lambda n: per_slot(hw, model.hidden_size, ffn, model.expert_dtype, n),
-        token_bytes=model.hidden_size * 2.0,
+        token_bytes=model.hidden_size * ACTIVATION_BYTES,
         nvlink_gbps=hw.nvlink.bandwidth_gbps, nvlink_latency_us=hw.nvlink.latency_us,
         nic_gbps=hw.nic.bandwidth_gbps, nic_latency_us=hw.nic.latency_us,
         overlap=hw.comm_overlap, expert_bytes=model.expert_bytes / par.etp,

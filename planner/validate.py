@@ -4,12 +4,12 @@ What is executed (docs/contracts.md, ``validate``), on one device. For each eval
 step s and MoE layer l:
 
 1. **Dispatch, as the simulator does it.** The step's tokens start on the pipeline stage's GPUs
-   (:func:`planner.api.stage_source_gpus`), form ``X = stage GPUs / (ep · etp)`` expert-data-
+   (:func:`planner.score.stage_source_gpus`), form ``X = stage GPUs / (ep · etp)`` expert-data-
    parallel groups, and inside group x a token starting on GPU g is sent from EP rank
    ``(g mod (ep · etp)) // etp``; :func:`planner.simulator.choose_slots` (the plan's ``dispatch``
    policy over replicas) picks the physical slot of every (token, choice) pair. Counting pairs
    per slot gives ``tokens_SLXRP`` [steps, layers, groups, EP ranks, slots per rank] — exactly
-   the counts ``planner.api._simulate`` costs (a test checks that the straggler predicted here
+   the counts ``planner.score.simulate_stage`` costs (a test checks that the straggler predicted here
    equals the simulator's ``compute_ms``).
 2. **Prediction** per rank: ``pred[s,l,x,r] = Σ_p expert_ffn_ms(hw, h, f / etp, dtype, tokens[s,l,x,r,p])``
    (:func:`planner.cost.compute.expert_ffn_ms`, the simulator's compute term), with the plan's
@@ -54,13 +54,14 @@ from typing import Any
 
 import numpy as np
 
-from planner.api import ep_ranks_per_node, stage_source_gpus, version
 from planner.cost.compute import expert_ffn_ms, grouped_experts_ms
 from planner.errors import InputError
 from planner.kernel_loader import load_kernels
 from planner.offload_validate import render as render_offload
 from planner.offload_validate import validate_offload
+from planner.provenance import version
 from planner.resolve import resolve_trace
+from planner.score import ep_ranks_per_node, stage_source_gpus
 from planner.simulator import choose_slots
 from planner.specs.hardware import HardwareProfile, load_hardware
 from planner.specs.plan import Plan
@@ -118,7 +119,7 @@ def plan_trace(plan: Plan, trace_path: str | Path | None) -> tuple[Trace, str, s
 def rank_slot_tokens(plan: Plan, trace: Trace) -> np.ndarray:
     """Rows each physical slot receives, per step: int64 ``tokens_SLXRP`` (module docstring, 1).
 
-    Mirrors ``planner.api._simulate``: same source GPUs, same groups, same ``choose_slots``.
+    Mirrors ``planner.score.simulate_stage``: same source GPUs, same groups, same ``choose_slots``.
     """
     par, pl = plan.parallel, plan.placement
     p2l_LP = np.asarray(pl.physical_to_logical, dtype=np.int64)

@@ -12,7 +12,7 @@ What runs, for each evaluated (step, layer) (``steps`` first evaluated steps, de
 1. **Tokens and routing**, prepared once in the parent from the plan's trace (the held-out steps
    of the plan's own trace, as :mod:`planner.validate`): the tokens of the first
    expert-data-parallel group, each starting on EP rank ``(g mod ep·etp) // etp`` of its source
-   GPU g (:func:`planner.api.stage_source_gpus`), their top-k experts from the trace, their gate
+   GPU g (:func:`planner.score.stage_source_gpus`), their top-k experts from the trace, their gate
    weights from the trace (or seeded random positive weights normalised to 1 when the trace has
    none), and the physical slot of every (token, choice) pair from
    :func:`planner.simulator.choose_slots` with the plan's dispatch policy over replicas — the
@@ -55,9 +55,9 @@ from typing import Any
 
 import numpy as np
 
-from planner.api import ep_ranks_per_node, stage_source_gpus
 from planner.errors import InputError
 from planner.kernel_loader import load_kernels
+from planner.score import ep_ranks_per_node, stage_source_gpus
 from planner.simulator import choose_slots
 from planner.specs.hardware import load_hardware
 from planner.specs.plan import Plan

@@ -57,6 +57,6 @@ def kernel_module(name: str):
     """``kernels/<name>.py`` as the installed ``planner_kernels.<name>`` (or from the source tree)."""
     import importlib
 
-    from planner.validate import load_kernels
+    from planner.kernel_loader import load_kernels
 
     return importlib.import_module(f"{load_kernels().__name__}.{name}")

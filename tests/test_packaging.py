@@ -5,8 +5,6 @@ installed.
 
 The one entry point is ``planner/__main__.py`` (``python -m planner``, the same CLI as the
 ``moe-planner`` console script); it is the only installed module allowed to run on import.
-``planner/cli/__init__.py`` keeps its ``if __name__ == "__main__"`` guard for ``python -m
-planner.cli``; it is allowed too, since it only calls the same :func:`planner.cli.main`.
 """
 
 import ast
@@ -22,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: Installed source folders (pyproject.toml's package-dir) and the entry points allowed in them.
 INSTALLED = ("planner", "kernels", "hwprofiles")
-ENTRY_POINTS = {"planner/__main__.py", "planner/cli/__init__.py"}
+ENTRY_POINTS = {"planner/__main__.py"}
 
 
 def test_every_subpackage_is_listed():
@@ -83,7 +81,7 @@ def test_built_wheel_holds_no_script(tmp_path):
     if proc.returncode != 0:
         pytest.skip(f"cannot build a wheel here: {proc.stderr.strip().splitlines()[-1:]}")
     (wheel,) = out.glob("*.whl")
-    allowed = {"planner/__main__.py", "planner/cli/__init__.py"}
+    allowed = ENTRY_POINTS
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         scripts = [

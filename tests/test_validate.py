@@ -5,8 +5,9 @@ Most of these need no torch: dispatch and prediction are numpy."""
 import numpy as np
 import pytest
 
-from planner.api import _simulate, plan, prepare, solve
+from planner.api import plan, prepare, solve
 from planner.errors import InputError
+from planner.score import simulate_stage
 from planner.traces import save_trace, synth_trace
 from planner.validate import (
     error_pct,
@@ -43,7 +44,7 @@ def test_rank_tokens_reproduce_the_simulators_compute(opts):
     assert (tok.sum(axis=(2, 3, 4)) == per_step[:, None]).all()
     m = p.model
     pred = predict_rank_ms(pr.hardware, m.hidden_size, m.expert_intermediate_size // par.etp, m.expert_dtype, tok)
-    sim = _simulate(
+    sim = simulate_stage(
         np.asarray(p.placement.physical_to_logical), tr, m, pr.hardware, p.cluster, par, p.dispatch
     )
     assert np.allclose(pred.max(axis=(2, 3)), sim.compute_ms_SL)

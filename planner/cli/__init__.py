@@ -8,8 +8,6 @@ on stderr, an infeasible problem exits 1 naming the binding constraint. Logs go 
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from planner.cli.check_cmd import check
@@ -64,6 +62,3 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
