@@ -18,31 +18,39 @@ from __future__ import annotations
 
 
 class PlannerError(Exception):
-    """Base of the project's own errors."""
+    """Base of the project's own errors.
+
+    ``field``: the keyword or schema field the message starts with; ``mentions``: further fields
+    the message names in backquotes (a hint such as "pass `restart`"). Front ends spell them
+    their own way: the CLI as flags (:meth:`for_flags`), the Python API as written."""
 
     exit_code = 1
 
-
-class InputError(PlannerError, ValueError):
-    """Bad user input: one line naming the source, the field and the rule (exit 2).
-
-    ``field``: the keyword or schema field the message starts with, if any; front ends map it to
-    their own spelling (the CLI to its flag)."""
-
-    exit_code = 2
-
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, mentions: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.field = field
+        self.mentions = tuple(mentions)
 
     def for_flags(self, flags: dict[str, str] | None = None) -> str:
-        """The message with its leading field spelled as a command-line flag: ``flags`` maps a
-        field to its flag; fields it lacks become ``--field-name``."""
+        """The message with its fields spelled as command-line flags: the leading ``field`` and
+        each backquoted ``mentions`` entry; ``flags`` maps a field to its flag, fields it lacks
+        become ``--field-name``."""
         msg = str(self)
-        if not self.field or not msg.startswith(self.field):
-            return msg
-        flag = (flags or {}).get(self.field, "--" + self.field.replace("_", "-"))
-        return flag + msg[len(self.field):]
+
+        def flag(name: str) -> str:
+            return (flags or {}).get(name, "--" + name.replace("_", "-"))
+
+        if self.field and msg.startswith(self.field):
+            msg = flag(self.field) + msg[len(self.field):]
+        for name in self.mentions:
+            msg = msg.replace(f"`{name}`", flag(name))
+        return msg
+
+
+class InputError(PlannerError, ValueError):
+    """Bad user input: one line naming the source, the field and the rule (exit 2)."""
+
+    exit_code = 2
 
 
 class InfeasibleError(PlannerError):

@@ -65,7 +65,7 @@ def check_writable(path: str | Path, force: bool) -> None:
     if p.is_dir():
         raise InputError(f"{p}: is a folder (expected a file path)")
     if exists and not force:
-        raise InputError(f"{p}: already exists (pass --force to overwrite)")
+        raise InputError(f"{p}: already exists (pass `force` to overwrite)", mentions=("force",))
     parent = p.parent
     try:
         while not parent.exists():

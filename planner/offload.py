@@ -168,11 +168,12 @@ def memory_budget(model: ModelSpec, gpu_memory_gb: float, batch: int, seq_len: i
     experts = total - non_expert - mem.kv_cache - act - staging
     if experts < 0:
         raise InfeasibleError(
-            f"--gpu-memory-gb {gpu_memory_gb:g} ({total / GIB:.2f} GiB) is less than what {model.name} needs besides cached"
+            f"gpu_memory_gb {gpu_memory_gb:g} ({total / GIB:.2f} GiB) is less than what {model.name} needs besides cached"
             f" experts: non-expert weights {non_expert / GIB:.2f} GiB + KV cache {mem.kv_cache / GIB:.2f} GiB (batch {batch}"
             f" × {seq_len} tokens) + activations {act / GIB:.3f} GiB + {staging_slots} staging buffers"
-            f" {staging / GIB:.2f} GiB = {(total - experts) / GIB:.2f} GiB; raise --gpu-memory-gb to at least"
-            f" {math.ceil((total - experts) / GB * 100) / 100:g}"
+            f" {staging / GIB:.2f} GiB = {(total - experts) / GIB:.2f} GiB; raise `gpu_memory_gb` to at least"
+            f" {math.ceil((total - experts) / GB * 100) / 100:g}",
+            field="gpu_memory_gb", mentions=("gpu_memory_gb",),
         )
     slots = int(experts // model.expert_bytes)
     return Budget(total, non_expert, mem.kv_cache, act, staging, staging_slots, experts, slots)

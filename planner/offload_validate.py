@@ -52,7 +52,9 @@ def _trace(plan: Plan, trace: str | Path | None):
         if label.startswith("shipped:"):
             trace = default_trace_path(plan.model.name)
         if trace is None:
-            raise InputError("validate: this offload plan was not made from a shipped trace; give --trace FILE")
+            raise InputError(
+                "validate: this offload plan was not made from a shipped trace; give `trace` FILE", mentions=("trace",)
+            )
     tr, label, _ = resolve_trace(trace, plan.model, plan.provenance.seed)
     return tr, label
 

@@ -218,8 +218,8 @@ def import_ray() -> Any:
         return importlib.import_module("ray")
     except ImportError:
         raise InputError(
-            "--executor ray: the 'ray' package is not installed (pip install 'moe-planner[ray]'), "
-            "or use --executor local"
+            "executor ray: the 'ray' package is not installed (pip install 'moe-planner[ray]'), "
+            "or use `executor` local", field="executor", mentions=("executor",)
         ) from None
 
 
@@ -257,13 +257,13 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read the existing results ({type(e).__name__}); pass --restart") from None
+        raise InputError(f"{path}: cannot read the existing results ({type(e).__name__}); pass `restart`", mentions=("restart",)) from None
     try:
         rows = list(csv.DictReader(io.StringIO(text)))
     except csv.Error as e:
-        raise InputError(f"{path}: not a results CSV ({one_line(str(e), 80)}); pass --restart") from None
+        raise InputError(f"{path}: not a results CSV ({one_line(str(e), 80)}); pass `restart`", mentions=("restart",)) from None
     if rows and ("key" not in rows[0] or "status" not in rows[0]):
-        raise InputError(f"{path}: not a sweep results CSV (no 'key' or 'status' column); pass --restart")
+        raise InputError(f"{path}: not a sweep results CSV (no 'key' or 'status' column); pass `restart`", mentions=("restart",))
     return rows
 
 
@@ -345,9 +345,9 @@ def run_sweep(
     ``restart``: ignore existing rows; ``retry_failed``: plan again the combinations whose row
     failed. ``runner`` replaces the executor (tests)."""
     if executor not in EXECUTORS:
-        raise InputError(f"--executor must be one of {', '.join(EXECUTORS)} (got {executor!r})")
+        raise InputError(f"executor must be one of {', '.join(EXECUTORS)} (got {executor!r})", field="executor")
     if jobs is not None and jobs <= 0:
-        raise InputError(f"--jobs must be >= 1 (got {jobs})")
+        raise InputError(f"jobs must be >= 1 (got {jobs})", field="jobs")
     if isinstance(spec, SweepSpec):
         sp, base_dir = spec, Path(folder) if folder is not None else Path.cwd()
     else:
@@ -357,7 +357,7 @@ def run_sweep(
     out = Path(out_dir)
     csv_path = out / RESULTS
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file, expected a folder")
+        raise InputError(f"out {out}: is a file, expected a folder", field="out")
     check_writable(csv_path, force=True)
     cols = columns(sp)
     all_tasks = tasks(sp, base_dir)
@@ -369,7 +369,7 @@ def run_sweep(
         if stale:
             raise InputError(
                 f"{csv_path}: {len(stale)} of its {len(old)} rows are not combinations of this spec (its base or grid "
-                "changed); pass --restart to plan the grid afresh, or choose another --out"
+                "changed); pass `restart` to plan the grid afresh, or choose another `out`", mentions=("restart", "out")
             )
         for r in old:
             if retry_failed and r.get("status") != "ok":

@@ -93,12 +93,14 @@ def plan_trace(plan: Plan, trace_path: str | Path | None) -> tuple[Trace, str, s
     if trace_path is None:
         if not (label.startswith("shipped:") or label.startswith("synthetic(")):
             raise InputError(
-                f"the plan was made from trace {label or '(unknown)'!r}, which validate cannot rebuild; pass --trace FILE"
+                f"the plan was made from trace {label or '(unknown)'!r}, which validate cannot rebuild; pass `trace` FILE",
+                mentions=("trace",),
             )
         tr, got, _ = resolve_trace(None, model, plan.provenance.seed, tps)
         if got != label:
             raise InputError(
-                f"the plan was made from trace {label!r} but this install provides {got!r}; pass --trace FILE"
+                f"the plan was made from trace {label!r} but this install provides {got!r}; pass `trace` FILE",
+                mentions=("trace",),
             )
         own = True
     else:

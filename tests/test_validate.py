@@ -66,8 +66,9 @@ def test_the_plans_own_trace_file_gives_its_held_out_steps(tmp_path):
     path = tmp_path / "mine.npz"
     save_trace(synth_trace(m, num_tokens=1600, tokens_per_step=200, seed=4), path)
     p = plan(m, trace=str(path))
-    with pytest.raises(InputError, match="pass --trace FILE"):
+    with pytest.raises(InputError, match="pass `trace` FILE") as e:
         plan_trace(p, None)
+    assert e.value.for_flags().endswith("pass --trace FILE")
     tr, _, which = plan_trace(p, path)
     assert tr.num_steps == 2 and list(tr.steps) == [6, 7] and "last 2 of 8" in which
 

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {e.for_flags()}", err=True)
         return 2
     except InfeasibleError as e:
-        click.echo(f"infeasible: {e}", err=True)
+        click.echo(f"infeasible: {e.for_flags()}", err=True)
         return 1
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -139,10 +139,11 @@ def export(
         suffix = path.suffix.lower()
         if suffix not in fmt.suffixes:
             raise InputError(
-                f"{path.name}: --to {to} writes {' or '.join(fmt.suffixes)} files (got {suffix or 'no suffix'!r})"
+                f"{path.name}: `to` {to} writes {' or '.join(fmt.suffixes)} files (got {suffix or 'no suffix'!r})",
+                mentions=("to",),
             )
         if path.is_dir():
-            raise InputError(f"{path}: is a folder; --out takes a file name")
+            raise InputError(f"{path}: is a folder; `out` takes a file name", mentions=("out",))
         check_writable(path, force)
     payload = fmt.build(p)
     result = ExportResult(

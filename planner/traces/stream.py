@@ -228,7 +228,8 @@ def _stream(
         if S * L * E * 8 > COUNTS_MAX_BYTES:
             raise InputError(
                 f"{name}: per-step counts of {S} steps × {L} layers × {E} experts need {S * L * E * 8 / 1e9:.1f} GB "
-                f"(at most {COUNTS_MAX_BYTES / 1e9:.1f}); use larger steps (a step array or --tokens-per-step)"
+                f"(at most {COUNTS_MAX_BYTES / 1e9:.1f}); use larger steps (a step array or `tokens_per_step`)",
+                mentions=("tokens_per_step",),
             )
         counts = np.zeros((S, L, E), dtype=np.int64)
         ids_keep = np.empty((L, n_keep, k), dtype=np.int32)

@@ -71,7 +71,7 @@ def _split_count(num_steps: int, train_fraction: float, source: str) -> int:
     if num_steps < 2:
         raise InputError(
             f"{source}: cannot split a trace of {num_steps} step into planning and held-out "
-            "parts (needs >= 2 steps; give a step array or --tokens-per-step)"
+            "parts (needs >= 2 steps; give a step array or `tokens_per_step`)", mentions=("tokens_per_step",)
         )
     return int(min(max(round(num_steps * train_fraction), 1), num_steps - 1))
 

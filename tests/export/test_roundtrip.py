@@ -81,8 +81,9 @@ def test_a_file_for_another_model_is_refused(plan_replicas, plan_perm, to, suffi
 def test_out_refuses_to_overwrite_without_force(plan_replicas, tmp_path):
     out = tmp_path / "p.json"
     out.write_text("keep me")
-    with pytest.raises(InputError, match=r"already exists \(pass --force to overwrite\)"):
+    with pytest.raises(InputError, match=r"already exists \(pass `force` to overwrite\)") as e:
         export(plan_replicas, "sglang", out)
+    assert e.value.for_flags().endswith("already exists (pass --force to overwrite)")
     assert out.read_text() == "keep me"
     export(plan_replicas, "sglang", out, force=True)
     assert out.read_text().startswith('{"physical_to_logical_map":')
@@ -90,8 +91,9 @@ def test_out_refuses_to_overwrite_without_force(plan_replicas, tmp_path):
 
 def test_a_failing_export_writes_nothing(plan_replicas, tmp_path):
     # wrong suffix for the format: refused before anything is built or written
-    with pytest.raises(InputError, match=r"p\.csv: --to vllm writes \.pt or \.npz files \(got '\.csv'\)"):
+    with pytest.raises(InputError, match=r"p\.csv: `to` vllm writes \.pt or \.npz files \(got '\.csv'\)") as e:
         export(plan_replicas, "vllm", tmp_path / "p.csv")
+    assert e.value.for_flags() == "p.csv: --to vllm writes .pt or .npz files (got '.csv')"
     # a plan Megatron cannot express (vpp not dividing the layers) fails while building
     bad = plan_replicas.model_copy(update={"parallel": plan_replicas.parallel.model_copy(update={"vpp": 4})})
     with pytest.raises(InputError, match=r"pp × vpp \(1 × 4 = 4\) must divide the model's 27 layers"):
@@ -160,8 +162,9 @@ def test_pt_without_torch_is_a_clear_error_and_writes_nothing(plan_replicas, tmp
 
 def test_out_that_is_a_folder_or_unwritable_is_one_line(plan_replicas, tmp_path):
     (tmp_path / "d.json").mkdir()
-    with pytest.raises(InputError, match=r"d\.json: is a folder; --out takes a file name"):
+    with pytest.raises(InputError, match=r"d\.json: is a folder; `out` takes a file name") as e:
         export(plan_replicas, "sglang", tmp_path / "d.json", force=True)
+    assert e.value.for_flags().endswith("d.json: is a folder; --out takes a file name")
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(InputError, match=r"x\.json: cannot write"):
