@@ -13,8 +13,12 @@ import pytest
 
 import planner
 from planner.errors import InfeasibleError, InputError
+from planner.cost.comm import dispatch_copies, dispatch_traffic
+from planner.simulator import choose_slots
 from planner.solve import milp
+from planner.solve.gpus import build_node_search, fixed_nic_SG, layer_items
 from planner.solve.gpusearch import NodeProblem
+from planner.solve.nodeswap import node_copies
 from planner.solve.placement import (
     NodeSearch,
     PlacementCost,
@@ -26,6 +30,7 @@ from planner.solve.placement import (
     solve_placement,
     stage1_layer,
 )
+from planner.solve.problem import search_sample
 
 
 def linear_cost(nvlink_gbps=1e9, nvlink_us=0.0, nic_gbps=1e9, nic_us=0.0, expert_bytes=1e6):
@@ -401,12 +406,6 @@ def test_a_note_when_redundant_slots_cost_more_than_they_balance():
 def test_search_traffic_agrees_with_the_dispatch_rule(relay):
     """Stage 1b's copies, the fixed inter-node copies and every node's NodeSearch tables against
     planner.cost.comm's traffic kernel (the simulator's rule) on a small random instance."""
-    from planner.cost.comm import dispatch_copies, dispatch_traffic
-    from planner.simulator import choose_slots
-    from planner.solve.gpus import build_node_search, fixed_nic_SG, layer_items
-    from planner.solve.nodeswap import node_copies
-    from planner.solve.problem import search_sample
-
     rng = np.random.default_rng(7)
     G, gpn, S, E, k, T = 8, 4, 2, 12, 3, 300
     # node-aligned: experts 0-5 on node 0, 6-11 on node 1, two replicas more on each node
