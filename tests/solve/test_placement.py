@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import planner
-from planner.errors import InfeasibleError, InputError
 from planner.cost.comm import dispatch_copies, dispatch_traffic
+from planner.errors import InfeasibleError, InputError
 from planner.simulator import choose_slots
 from planner.solve import milp
 from planner.solve.gpus import build_node_search, fixed_nic_SG, layer_items
