@@ -50,7 +50,13 @@ from planner.specs.base import format_validation_error
 from planner.specs.cluster import ClusterSpec
 from planner.specs.hardware import HardwareProfile
 from planner.specs.model import ModelSpec
-from planner.specs.options import DEFAULT_HARDWARE, DEFAULT_MODEL, check_plan_kwargs
+from planner.specs.options import (
+    DEFAULT_HARDWARE,
+    DEFAULT_MODEL,
+    check_plan_kwargs,
+    require_migration_weight,
+    require_time_limit,
+)
 from planner.specs.plan import Parallel, Placement, Plan, SolverReport
 from planner.specs.workload import Workload
 from planner.traces import CountsTrace, Trace
@@ -167,8 +173,7 @@ def _check_options(
     time_limit: float, train_fraction: float, dispatch: str, baseline: str | None, nodes: int, gpus_per_node: int
 ) -> None:
     """The rules on single options that :func:`prepare` checks before loading anything."""
-    if time_limit <= 0:
-        raise InputError(f"time_limit must be > 0 seconds (got {time_limit})", field="time_limit")
+    require_time_limit(time_limit)
     if not 0 < train_fraction <= 1:
         raise InputError(f"train_fraction must be in (0, 1] (got {train_fraction})", field="train_fraction")
     if dispatch not in DISPATCH:
@@ -375,7 +380,7 @@ def _place(
         return float(_simulate(phy2log, pr.plan_trace, m, hw, cluster, par, pr.dispatch, relay, kernel).step_ms_S.mean())
 
     res = solve_placement(
-        placement_inputs(pr, relay), time_limit=pr.time_limit, seed=pr.seed, previous_LP=prev,
+        placement_inputs(pr, relay), time_limit=pr.time_limit, previous_LP=prev,
         migration_weight=migration_weight if prev is not None else 0.0, evaluate=objective,
         extra_candidates=extra,
     )
@@ -435,8 +440,7 @@ def solve(
     pr = problem
     m, hw, cluster, par = pr.model, pr.hardware, pr.cluster, pr.parallel
     mem = pr.check_memory()
-    if migration_weight < 0:
-        raise InputError(f"migration_weight must be >= 0 (got {migration_weight})", field="migration_weight")
+    require_migration_weight(migration_weight)
     notes = list(trace_notes(pr.trace, pr.trace_label)) + _group_routing_note(pr)
     if pr.baseline is not None and previous is not None:
         raise InputError(

@@ -49,6 +49,7 @@ from planner.solve.problem import (
 )
 from planner.solve.scoring import SOLVER, planning_objective, reserve_s, score_candidates
 from planner.solve.xnode import XNodeStats, nearest_replicas
+from planner.specs.options import require_migration_weight, require_time_limit
 
 __all__ = [
     "NodeProblem", "NodeSearch", "PlacementCost", "PlacementInputs", "PlacementResult", "PlacementStats",
@@ -93,7 +94,6 @@ def solve_placement(
     inp: PlacementInputs,
     *,
     time_limit: float = 60.0,
-    seed: int | None = None,
     previous_LP: np.ndarray | None = None,
     migration_weight: float = 0.0,
     evaluate: Callable[[np.ndarray], float] | None = None,
@@ -108,10 +108,8 @@ def solve_placement(
     further placements to compare (e.g. contiguous). ``previous_LP`` [L, P] with
     ``migration_weight`` > 0 adds the migration penalty. ``search_evals`` bounds the local
     search per node (default: a count derived from the sizes, so the result is reproducible).
-    ``seed`` is ignored: the placement is deterministic and seed-free (kept so callers that pass
-    a plan's seed need no change).
+    The placement is deterministic and takes no seed.
     """
-    del seed
     clock = Clock(_check_limit(time_limit))
     L, E, G, P = inp.num_layers, inp.num_experts, inp.num_gpus, inp.num_physical
     check_problem(E, P, G, inp.gpus_per_node)
@@ -146,9 +144,7 @@ def solve_placement(
 
 
 def _check_limit(time_limit: float) -> float:
-    if not time_limit > 0:
-        raise InputError(f"time_limit must be > 0 seconds (got {time_limit})", field="time_limit")
-    return time_limit
+    return require_time_limit(time_limit)
 
 
 def _check_previous(previous_LP: np.ndarray | None, migration_weight: float, L: int, P: int,
@@ -164,9 +160,7 @@ def _check_previous(previous_LP: np.ndarray | None, migration_weight: float, L: 
         if previous_LP.min() < 0 or previous_LP.max() >= E:
             raise InputError(f"previous placement holds expert ids outside [0, {E})")
     mig_w = float(migration_weight) if previous_LP is not None else 0.0
-    if mig_w < 0:
-        raise InputError(f"migration_weight must be >= 0 (got {migration_weight})", field="migration_weight")
-    return previous_LP, mig_w
+    return previous_LP, require_migration_weight(mig_w)
 
 
 def _exact_setting(inp: PlacementInputs, num_nodes: int, sample: TokenSample, mig_w: float) -> bool:

@@ -118,7 +118,8 @@ def check_problem(num_experts: int, num_physical: int, num_gpus: int, gpus_per_n
         raise InfeasibleError(
             f"placement: {num_experts} experts need at least {num_experts} physical slots but there are "
             f"{num_physical} ({num_gpus} EP ranks × {num_physical // num_gpus} slots); every expert needs a slot "
-            f"in every layer: add {num_experts - num_physical} slots (more GPUs or redundant_experts)"
+            f"in every layer: add {num_experts - num_physical} slots (more GPUs or `redundant_experts`)",
+            mentions=("redundant_experts",),
         )
     if gpus_per_node <= 0:
         raise InputError(f"placement: gpus_per_node must be > 0 (got {gpus_per_node})")

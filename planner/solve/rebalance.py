@@ -27,6 +27,7 @@ from numpy.typing import ArrayLike
 
 from planner.errors import InfeasibleError, InputError
 from planner.solve import baselines
+from planner.specs.options import require_migration_weight
 
 
 def _check(counts_LE: ArrayLike, num_gpus: int, num_nodes: int, num_redundant: int) -> np.ndarray:
@@ -167,8 +168,7 @@ def rebalance(
     P = E + num_redundant
     if P < E:  # pragma: no cover - num_redundant >= 0 is checked
         raise InfeasibleError(f"rebalance: {E} experts need {E} slots, there are {P}")
-    if migration_weight < 0:
-        raise InputError(f"rebalance: migration_weight must be >= 0 (got {migration_weight})")
+    require_migration_weight(migration_weight, "rebalance: ")
     groups = num_groups or 1
     if num_groups is not None and (num_groups <= 0 or E % num_groups):
         raise InputError(f"rebalance: num_groups ({num_groups}) must be > 0 and divide the {E} experts")

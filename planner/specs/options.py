@@ -189,3 +189,19 @@ def check_plan_kwargs(kwargs: dict[str, Any]) -> None:
         problem = value_problem(name, value, lenient=True)
         if problem is not None:
             raise InputError(problem, field=name)
+
+
+def require_time_limit(time_limit: float) -> float:
+    """The one rule on a solver time limit: > 0 seconds (plan, placement, parallelism search)."""
+    if not time_limit > 0:
+        raise InputError(f"time_limit must be > 0 seconds (got {time_limit})", field="time_limit")
+    return time_limit
+
+
+def require_migration_weight(migration_weight: float, where: str = "") -> float:
+    """The one rule on the migration penalty: >= 0 (plan, placement, rebalance). ``where``
+    prefixes the message (``"rebalance: "``)."""
+    if migration_weight < 0:
+        raise InputError(f"{where}migration_weight must be >= 0 (got {migration_weight})",
+                         field=None if where else "migration_weight")
+    return migration_weight
