@@ -1,52 +1,15 @@
 """Cache sizing for offloaded decoding: how many experts of each layer stay resident, which ones,
 how many dynamic slots and how much prefetch — under a GPU memory budget.
 
-Legend as in :mod:`planner.cachesim` (S planning steps, L MoE layers, E experts, c copy time of
-one expert, K(M) one expert's FFN at M tokens, ``pre`` a layer's work before its experts).
-
-**1. Per-layer cost of r resident experts** (:func:`layer_stall_table`). Layer l keeps its r most
-frequent experts (planning counts) resident; the others come by prefetch (predicted with
-``p >= threshold``, :mod:`planner.cachesim`) or on demand. For planning step s, with sums over the
-experts of frequency rank >= r (not resident)::
-
-    M  = Σ need·(1 − pred)        demand copies            P  = Σ pred      prefetch copies
-    Ph = Σ need·pred              prefetched and used      K* = Σ need·K(M_e) expert compute
-    W  = pre + K*_{l−1}           time the prefetch copies of layer l have (issued at l−1's router)
-    n  = min(P, ⌈W / c⌉)          prefetch copies started before layer l's router (the rest are
-                                  cancelled, or re-queued as demand copies when needed)
-    hs = Ph · n / P               prefetched, started and used;   rest = M + Ph − hs
-    q0 = max(0, n·c − W)          prefetch backlog when layer l's router has chosen
-    ready = q0 + rest·c + K(1)  (rest > 0),  q0 + K(1)  (rest = 0 < hs),  0 otherwise
-    f_l,s(r) = max(0, ready − K*) + (1 − ov)·min(rest·c + q0, pre + K*)
-
-With CPU execution of misses (``cpu="fastest"``) n of the ``rest`` misses run on the host CPU
-(K_cpu(1) each, one at a time) beside the copies: ``ready = max(q0 + (rest − n)·c + K(1),
-n·K_cpu)`` with n the better integer around the balance ``n·K_cpu = q0 + (rest − n)·c + K(1)``,
-and the copy term of the overlap penalty counts ``rest − n`` copies.
-
-and ``f_l(r)`` is its mean over the planning steps: the layer's stall when it starts with an idle
-copy engine (the full simulator then charges the queue carried between layers).
-
-**2. Allocation** (:func:`allocate`, exact dynamic programming over layers, AdapMoE-style;
-docs/facts.md §5)::
-
-    minimise Σ_l f_l(r_l)   subject to   Σ_l r_l <= R,   0 <= r_l <= E,  integer
-    dp_l(j) = min_{0 <= r <= min(j, E)} dp_{l−1}(j − r) + f_l(r),   answer min_j dp_L(j)
-
-a multiple-choice knapsack solved exactly in O(L · R · E) (vectorised over j); ties go to fewer
-slots. Which experts: the r_l most frequent of layer l on the planning steps (for a fixed count the
-static set with the fewest misses).
-
-**3. Policy search** (:func:`solve_cache`). Candidates are every combination of dynamic LRU slots
-per layer ``d`` (taken from the budget first), prefetch threshold (``None``: no prefetch;
-prefetch staging buffers are taken from the budget too) and CPU execution of missed experts
-(``off`` or ``fastest``, :mod:`planner.cachesim`), each sized by step 2, plus the global
-top-k of the (layer, expert) frequency table (KTransformers, docs/facts.md §5). Each is replayed
-through the full simulator (:func:`planner.cachesim.simulate_cache`) on the planning steps.
-Among the candidates that copy no more experts than the global top-k set does on the same steps,
-those within :data:`TIME_TOLERANCE` (5%) of the fastest mean step time tie, and the one with the
-fewest copies wins (the frequency set is near-optimal for counts alone; the gain must come
-from time: overlap, prefetch accuracy per layer and drift).
+Three steps, specified in docs/offload.md ("Cache sizing: the formulation", §1-§3):
+:func:`layer_stall_table` prices r resident experts per layer from the planning steps (demand
+copies, prefetch that arrives in time, CPU execution of misses); :func:`allocate` divides the
+budget over layers exactly by dynamic programming (a multiple-choice knapsack, AdapMoE-style,
+docs/facts.md §5); :func:`solve_cache` replays every candidate policy (dynamic LRU slots,
+prefetch threshold, CPU execution, and the global top-k of KTransformers) through the full cache
+simulator and keeps, among those copying no more than the global top-k, the fastest within
+:data:`TIME_TOLERANCE` with the fewest copies. Why a replay and not the table alone: the table
+assumes an idle copy engine at each layer, while the simulator carries the queue between layers.
 """
 
 from __future__ import annotations
