@@ -57,7 +57,6 @@ import numpy as np
 from planner.cost.compute import expert_ffn_ms, grouped_experts_ms
 from planner.errors import InputError
 from planner.kernel_loader import load_kernels
-from planner.offload_validate import render as render_offload
 from planner.offload_validate import validate_offload
 from planner.provenance import version
 from planner.resolve import resolve_trace
@@ -69,7 +68,7 @@ from planner.traces import Trace, check_against_model
 
 __all__ = [
     "BACKENDS", "TimingOptions", "error_pct", "load_kernels", "plan_trace", "predict_rank_ms", "provenance",
-    "rank_slot_tokens", "render", "spread", "summarize", "validate",
+    "rank_slot_tokens", "spread", "summarize", "validate",
 ]
 
 #: Backends ``validate`` accepts (kernels.moe_layer.BACKENDS).
@@ -498,44 +497,3 @@ def _summary(
     return summary
 
 
-def render(report: dict[str, Any], max_rows: int = 12) -> str:
-    """Human-readable summary of a report."""
-    if report.get("mode") == "offload":
-        return render_offload(report)
-    pl, ev, dev = report["plan"], report["evaluated"], report["device"]
-    bks = list(report["backends"])
-    lines = [
-        f"moe-planner validate: {pl['model']} ({pl['hardware']} plan, ep {pl['parallel']['ep']}, "
-        f"{pl['slots_per_gpu']} slots per rank) on {dev['device']}",
-        f"  evaluated  {ev['which']}; steps {ev['steps']}, {len(ev['layers'])} layer(s), "
-        f"{ev['pairs_measured']}/{ev['pairs_planned']} (step, layer) pairs measured",
-        f"  backends   {', '.join(f'{b} ({v})' for b, v in report['backends'].items())}",
-        "",
-        "  straggler per (step, layer), ms: predicted | " + " | ".join(f"measured {b} (err %)" for b in bks),
-    ]
-    for r in report["straggler"][:max_rows]:
-        cells = " | ".join(
-            f"{r['measured_ms'][b]:.4f} ({_fmt_pct(r['error_pct'][b])})" for b in bks
-        )
-        lines.append(f"  step {r['step']:>4} layer {r['layer']:>3}: {r['predicted_ms']:.4f} | {cells}")
-    if len(report["straggler"]) > max_rows:
-        lines.append(f"  ... {len(report['straggler']) - max_rows} more (see --json / --out)")
-    lines.append("")
-    for b in bks:
-        sm = report["summary"][b]
-        lines.append(
-            f"  {b:>7}: MAPE ranks {_fmt_pct(sm['ranks']['mape_pct'], signed=False)} (n {sm['ranks']['n']}), "
-            f"straggler {_fmt_pct(sm['straggler']['mape_pct'], signed=False)} (n {sm['straggler']['n']}); "
-            f"summed stragglers predicted {sm['sum']['predicted_ms']:.3f} ms vs measured "
-            f"{sm['sum']['measured_ms']:.3f} ms ({_fmt_pct(sm['sum']['error_pct'])})"
-        )
-    for c in report["checks"]:
-        lines.append(f"  check {c['backend']}: rel err vs float64 {c['rel_err_vs_float64']:.2e} at {c['rows']} rows")
-    lines += [f"  note: {n}" for n in report["notes"]]
-    return "\n".join(lines)
-
-
-def _fmt_pct(v: float | None, signed: bool = True) -> str:
-    if v is None:
-        return "n/a"
-    return f"{v:+.1f}%" if signed else f"{v:.1f}%"

@@ -431,29 +431,3 @@ def _collect(
     return case_rows, per_rank
 
 
-def _fmt(v: float | None) -> str:
-    return "not computed (layer too large to copy to the CPU in float64)" if v is None else f"{v:.3g}"
-
-
-def render(report: dict[str, Any]) -> str:
-    """Human-readable summary of a multi-rank report."""
-    pl = report["plan"]
-    lines = [
-        f"moe-planner validate --world-size {report['world_size']}: {pl['model']} (ep {pl['parallel']['ep']}, "
-        f"{pl['slots_per_gpu']} slots per rank, dispatch {pl['dispatch']}) on {report['device']['device']}, "
-        f"{report['dist_backend']}, {report['dtype']}",
-        f"  evaluated  {report['evaluated']['which']}",
-        f"  all-to-all {report['all_to_all']}",
-        f"  max_abs_err {report['max_abs_err']:.3g} (tolerance {report['tolerance']:g}): "
-        f"{'PASS' if report['passed'] else 'FAIL'}; vs float64 {_fmt(report['max_abs_err_vs_float64'])}; "
-        f"rows received match the plan's dispatch: {report['rows_match_dispatch']}",
-        "",
-        "  rank | dispatch ms | compute ms (predicted) | combine ms | shared ms | total ms",
-    ]
-    for r in report["per_rank"]:
-        lines.append(
-            f"  {r['rank']:>4} | {r['dispatch_ms']:11.3f} | {r['compute_ms']:10.3f} ({r['predicted_compute_ms']:.3f}) | "
-            f"{r['combine_ms']:10.3f} | {r['shared_ms']:9.3f} | {r['total_ms']:8.3f}"
-        )
-    lines += [f"  note: {n}" for n in report["notes"]]
-    return "\n".join(lines)

@@ -16,12 +16,12 @@ from typing import Any
 
 import click
 
+from planner.cli.render_validate import render_distributed, render_validation
 from planner.io import atomic_write_text, check_writable
 from planner.kernel_loader import load_kernels
 from planner.specs.plan import Plan
-from planner.validate import TimingOptions, render
+from planner.validate import TimingOptions
 from planner.validate import validate as run_validate
-from planner.validate_dist import render as render_dist
 from planner.validate_dist import validate_distributed
 
 
@@ -105,7 +105,7 @@ def validate(plan_path, trace_path, device, steps, layers, max_tokens, backends,
     if as_json:
         click.echo(text, nl=False)
     else:
-        click.echo(render(report))
+        click.echo(render_validation(report))
 
 
 def _run_distributed(plan: Plan, *, out_path: str | None, as_json: bool, **kwargs: Any) -> None:
@@ -120,7 +120,7 @@ def _run_distributed(plan: Plan, *, out_path: str | None, as_json: bool, **kwarg
     if out_path is not None:
         atomic_write_text(out_path, text)
         click.echo(f"wrote {out_path}", err=True)
-    click.echo(text if as_json else render_dist(report), nl=not as_json)
+    click.echo(text if as_json else render_distributed(report), nl=not as_json)
     if not report["passed"]:
         click.echo(
             f"validate: max_abs_err {report['max_abs_err']:.3g} exceeds the tolerance {report['tolerance']:g} "

@@ -121,6 +121,7 @@ def iter_degree_problems(
     elif (N // d.pp) % (d.ep * d.etp):
         yield DegreeProblem("edp", "ep", (
             f"ep × etp ({d.ep} × {d.etp} = {d.ep * d.etp}) must divide the {N // d.pp} GPUs of a pipeline stage"
+            " (the experts of a stage shard over its GPUs: Megatron's expert-data-parallel rule)"
         ))
     if d.pp > L:
         yield DegreeProblem("pp-layers", "pp", f"pp ({d.pp}) must be <= the model's layers ({L})")

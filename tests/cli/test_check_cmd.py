@@ -126,7 +126,8 @@ def test_cache_and_degrees(raw):
     raw["workload"]["mode"] = "offload"
     raw["workload"]["gpu_memory_gb"] = 10.0
     problems = check_plan(raw)
-    assert "parallel: ep × etp (8 × 3 = 24) must divide the 8 GPUs of a pipeline stage" in problems
+    assert ("parallel: ep × etp (8 × 3 = 24) must divide the 8 GPUs of a pipeline stage (the experts of a stage "
+            "shard over its GPUs: Megatron's expert-data-parallel rule)") in problems
     assert "parallel: pp × vpp (1 × 2 = 2) must divide the model's 27 layers" in problems
     assert "parallel: etp (3) must divide the expert FFN width (1408)" in problems
     assert "cache: workload.mode is 'offload' but the plan has no cache" in problems

@@ -93,7 +93,7 @@ def test_a_failing_check_exits_1(monkeypatch, tmp_path, capsys):
     p.save(path)
     fake = {"passed": False, "max_abs_err": 0.5, "tolerance": 1e-4}
     monkeypatch.setattr(vc, "validate_distributed", lambda plan, **kw: fake)
-    monkeypatch.setattr(vc, "render_dist", lambda rep: "report")
+    monkeypatch.setattr(vc, "render_distributed", lambda rep: "report")
     assert main(["validate", "--plan", str(path), "--world-size", "2", "--device", "cpu"]) == 1
     assert "max_abs_err 0.5 exceeds the tolerance 0.0001" in capsys.readouterr().err
 
