@@ -130,3 +130,20 @@ def test_stage5_respects_the_time_limit_and_says_so():
         assert res.status == ("time_limit" if stopped else "feasible")
         assert all(np.bincount(row, minlength=32).min() >= 1 for row in res.phy2log_LP)  # every expert, every layer
     assert not stopped and res.stages.cross_node_replicas.layers_changed == 6  # 30 s: every layer done
+
+
+def test_stage5_skipped_by_the_deadline_says_time_limit():
+    # a limit so short that the deadline has passed before stage 5 starts: the stage is recorded
+    # as stopped by time (not left out), and the status says time_limit, whatever the machine's load
+    rng = np.random.default_rng(1)
+    T = 800
+    ids = np.stack([rng.choice(32, 4, replace=False) for _ in range(T)])[None].repeat(2, 0)
+    cost = PlacementCost(ffn_ms=lambda n: 0.001 * np.asarray(n, float), token_bytes=7168 * 2, nvlink_gbps=400.0,
+                         nvlink_latency_us=2.0, nic_gbps=25.0, nic_latency_us=5.0)
+    inp = PlacementInputs(ids_LTk=ids, step_T=np.arange(T) // 400, src_T=rng.integers(0, 8, T), tok_index_T=np.arange(T),
+                          num_steps=2, num_experts=32, num_gpus=8, gpus_per_node=4, slots_per_gpu=5, cost=cost,
+                          n_group=2, topk_group=2, dispatch="nearest")
+    res = solve_placement(inp, time_limit=1e-4)
+    assert res.stages.cross_node_replicas is not None and res.stages.cross_node_replicas.stopped_by_time
+    assert res.status == "time_limit"
+    assert all(np.bincount(row, minlength=32).min() >= 1 for row in res.phy2log_LP)
