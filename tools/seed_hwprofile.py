@@ -45,6 +45,16 @@ _H100_SOURCES = (
     "fp8 3958 sparse = 1979 dense, NVLink 900 GB/s); docs/facts.md §3 (nccl-tests issues #212, #267, #290)"
 )
 
+#: Figures H100 SXM and H200 SXM share: the same GH100 compute on an 8-GPU HGX board with NVLink 4
+#: and 400 Gb/s NDR per GPU (docs/facts.md §2-3), and the measured copy cost and overlap.
+_HGX_GH100: dict[str, Any] = {
+    "peak_tflops": {"bf16": 989.4, "fp16": 989.4, "fp8": 1978.9, "tf32": 494.7},
+    "nvlink": {"bandwidth_gbps": 370.0, "latency_us": 10.0, "gpus_per_domain": 8},
+    "nic": {"bandwidth_gbps": 48.0, "latency_us": 20.0},
+    "copy_latency_us": 7.0,
+    "copy_compute_overlap": 0.89,
+}
+
 #: Figures the measurement file does not hold, per GPU kind (matched in the device name).
 DATASHEET: dict[str, dict[str, Any]] = {
     "H100": {
@@ -52,11 +62,7 @@ DATASHEET: dict[str, dict[str, Any]] = {
         "description": "NVIDIA H100 SXM5 80GB HBM3 in an 8-GPU HGX board (NVLink 4 / NVSwitch, 400 Gb/s NDR per GPU, PCIe Gen5 host link)",
         "hbm_gib": 80.0,
         "hbm_datasheet_gbps": 3350.0,
-        "peak_tflops": {"bf16": 989.4, "fp16": 989.4, "fp8": 1978.9, "tf32": 494.7},
-        "nvlink": {"bandwidth_gbps": 370.0, "latency_us": 10.0, "gpus_per_domain": 8},
-        "nic": {"bandwidth_gbps": 48.0, "latency_us": 20.0},
-        "copy_latency_us": 7.0,
-        "copy_compute_overlap": 0.89,
+        **_HGX_GH100,
         "gemm_note": "bf16 8192^3 GEMM measured {gemm:.0f} TFLOP/s in this file (798 in another run on the same kind of machine, docs/facts.md §2) against 989 dense on the datasheet",
         "sources": _H100_SOURCES,
     },
@@ -65,11 +71,7 @@ DATASHEET: dict[str, dict[str, Any]] = {
         "description": "NVIDIA H200 SXM 141GB HBM3e in an 8-GPU HGX board (NVLink 4 / NVSwitch, 400 Gb/s NDR per GPU, PCIe Gen5 host link)",
         "hbm_gib": 141.0,
         "hbm_datasheet_gbps": 4800.0,
-        "peak_tflops": {"bf16": 989.4, "fp16": 989.4, "fp8": 1978.9, "tf32": 494.7},
-        "nvlink": {"bandwidth_gbps": 370.0, "latency_us": 10.0, "gpus_per_domain": 8},
-        "nic": {"bandwidth_gbps": 48.0, "latency_us": 20.0},
-        "copy_latency_us": 7.0,
-        "copy_compute_overlap": 0.89,
+        **_HGX_GH100,
         "gemm_note": "bf16 8192^3 GEMM measured {gemm:.0f} TFLOP/s in this file against 989 dense on the datasheet (same GH100 compute as H100)",
         "sources": (
             "NVIDIA H200 Tensor Core GPU datasheet (H200 SXM: 141 GB HBM3e, 4.8 TB/s, compute as H100 SXM, NVLink 900 GB/s); "

@@ -323,12 +323,9 @@ def _common(hf: _HF) -> dict[str, Any]:
     }
 
 
-def _from_mixtral_like(hf: _HF, experts_key: str) -> dict[str, Any]:
-    """Mixtral (``num_local_experts``) and OLMoE (``num_experts``): every layer MoE."""
-    hidden = hf.integer("hidden_size")
-    experts = hf.experts(experts_key)
-    top_k = hf.integer("num_experts_per_tok")
-    _check_top_k(hf, experts_key, experts, "num_experts_per_tok", top_k)
+def _every_layer_moe(hf: _HF, hidden: int, experts: int, top_k: int, family: str) -> dict[str, Any]:
+    """The fields of a model whose every layer is MoE with standard attention (Mixtral, OLMoE,
+    gpt-oss): expert width from ``intermediate_size``."""
     return {
         "hidden_size": hidden,
         "num_layers": hf.layers("num_hidden_layers"),
@@ -336,9 +333,18 @@ def _from_mixtral_like(hf: _HF, experts_key: str) -> dict[str, Any]:
         "top_k": top_k,
         "expert_intermediate_size": hf.integer("intermediate_size"),
         "attention": _std_attention(hf, hidden, "hidden_size"),
-        "family": hf.model_type,
+        "family": family,
         **_common(hf),
     }
+
+
+def _from_mixtral_like(hf: _HF, experts_key: str) -> dict[str, Any]:
+    """Mixtral (``num_local_experts``) and OLMoE (``num_experts``): every layer MoE."""
+    hidden = hf.integer("hidden_size")
+    experts = hf.experts(experts_key)
+    top_k = hf.integer("num_experts_per_tok")
+    _check_top_k(hf, experts_key, experts, "num_experts_per_tok", top_k)
+    return _every_layer_moe(hf, hidden, experts, top_k, hf.model_type)
 
 
 def _from_mixtral(hf: _HF) -> dict[str, Any]:
@@ -460,16 +466,7 @@ def _from_gpt_oss(hf: _HF) -> dict[str, Any]:
     assert top_k is not None
     topk_key = "experts_per_token" if a is not None else "num_experts_per_tok"
     _check_top_k(hf, "num_local_experts", experts, topk_key, top_k)
-    return {
-        "hidden_size": hidden,
-        "num_layers": hf.layers("num_hidden_layers"),
-        "num_experts": experts,
-        "top_k": top_k,
-        "expert_intermediate_size": hf.integer("intermediate_size"),
-        "attention": _std_attention(hf, hidden, "hidden_size"),
-        "family": "gpt_oss",
-        **_common(hf),
-    }
+    return _every_layer_moe(hf, hidden, experts, top_k, "gpt_oss")
 
 
 def _from_dbrx(hf: _HF) -> dict[str, Any]:
