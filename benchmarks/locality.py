@@ -32,7 +32,8 @@ import itertools
 import numpy as np
 
 import planner
-from planner.api import _simulate, baseline_placement, prepare, solve, summarize
+from planner.api import prepare, solve
+from planner.score import baseline_placement, simulate_stage, summarize
 from planner.solve import baselines
 from planner.solve.nodeswap import copies_of, swap_experts
 from planner.solve.xnode import pick_remote
@@ -84,7 +85,7 @@ def part2() -> None:
     pr = prepare(m, "h100-sxm", nodes=8, gpus_per_node=8, mode="prefill", trace=tr, redundant_experts=64,
                  train_fraction=0.5, time_limit=60, ep=64, tp=1, pp=1, etp=1)
     eplb_p2l = baseline_placement("eplb", pr.plan_counts_LE.astype(float), m, pr.cluster, pr.parallel, 64)
-    e = summarize(_simulate(eplb_p2l, pr.eval_trace, m, pr.hardware, pr.cluster, pr.parallel, pr.dispatch,
+    e = summarize(simulate_stage(eplb_p2l, pr.eval_trace, m, pr.hardware, pr.cluster, pr.parallel, pr.dispatch,
                             "same-rank"), pr.evaluated_on, 0.0)
     s = solve(pr, relay="same-rank").predicted
     print("| method | MoE layer ms | inter-node GB/step |")

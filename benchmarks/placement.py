@@ -41,13 +41,14 @@ import time
 import numpy as np
 
 import planner
-from planner.api import _simulate, baseline_placement, prepare, solve, summarize
+from planner.api import prepare, solve
+from planner.score import baseline_placement, simulate_stage, summarize
 from planner.specs.model_io import load_model
 
 
 def score(p2l, pr, relay, par=None):
     par = par or pr.parallel
-    sim = _simulate(np.asarray(p2l), pr.eval_trace, pr.model, pr.hardware, pr.cluster, par, pr.dispatch, relay)
+    sim = simulate_stage(np.asarray(p2l), pr.eval_trace, pr.model, pr.hardware, pr.cluster, par, pr.dispatch, relay)
     return summarize(sim, pr.evaluated_on, 0.0)
 
 

@@ -53,6 +53,7 @@ from planner.specs.model import ModelSpec
 from planner.specs.options import (
     DEFAULT_HARDWARE,
     DEFAULT_MODEL,
+    SOLVE_OPTIONS,
     check_plan_kwargs,
     require_migration_weight,
     require_time_limit,
@@ -71,8 +72,6 @@ __all__ = [
 
 #: Share of tokens breaking the model's group-limited routing above which the plan says so.
 GROUP_EXCESS_NOTE = 0.01
-#: The simulation of a placement over a stage's EP groups (:func:`planner.score.simulate_stage`).
-_simulate = simulate_stage
 
 
 def placement_inputs(problem: Problem, relay: str | None = None) -> PlacementInputs:
@@ -377,7 +376,7 @@ def _place(
     }
 
     def objective(phy2log: np.ndarray) -> float:
-        return float(_simulate(phy2log, pr.plan_trace, m, hw, cluster, par, pr.dispatch, relay, kernel).step_ms_S.mean())
+        return float(simulate_stage(phy2log, pr.plan_trace, m, hw, cluster, par, pr.dispatch, relay, kernel).step_ms_S.mean())
 
     res = solve_placement(
         placement_inputs(pr, relay), time_limit=pr.time_limit, previous_LP=prev,
@@ -451,7 +450,7 @@ def solve(
     # the solver already scored its pick on the planning steps (no migration term without --previous)
     known = res.objective if res is not None and previous is None else None
     notes += _replica_cost_note(pr, p2l, relay, known)
-    sim = _simulate(p2l, pr.eval_trace, m, hw, cluster, par, pr.dispatch, relay, pr.workload.expert_kernel)
+    sim = simulate_stage(p2l, pr.eval_trace, m, hw, cluster, par, pr.dispatch, relay, pr.workload.expert_kernel)
     if relay != DEFAULT_RELAY:
         notes.append(f"traffic scored with the simulator's {relay!r} relay convention")
     predicted = summarize(sim, pr.evaluated_on, mem / GIB, notes)
@@ -496,7 +495,7 @@ def _replica_cost_note(pr: Problem, p2l: np.ndarray, relay: str, t_plan: float |
     weight_LE = pr.plan_counts_LE.astype(np.float64)
     plain = baseline_placement("contiguous", weight_LE, m, pr.cluster, par, 0)
     def planning_ms(p: np.ndarray) -> float:
-        return float(_simulate(p, pr.plan_trace, m, pr.hardware, pr.cluster, par, pr.dispatch, relay, kernel)
+        return float(simulate_stage(p, pr.plan_trace, m, pr.hardware, pr.cluster, par, pr.dispatch, relay, kernel)
                      .step_ms_S.mean())
 
     t_plain = planning_ms(plain)
@@ -523,7 +522,7 @@ def plan(model: str | ModelSpec = DEFAULT_MODEL, hardware: str | HardwareProfile
     scores the plan (``plan.predicted``).
     """
     check_plan_kwargs({"model": model, "hardware": hardware, **kwargs})
-    solve_kw = {k: kwargs.pop(k) for k in ("previous", "migration_weight", "relay") if k in kwargs}
+    solve_kw = {k: kwargs.pop(k) for k in SOLVE_OPTIONS if k in kwargs}
     return solve(prepare(model, hardware, **kwargs), **solve_kw)
 
 

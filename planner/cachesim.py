@@ -497,24 +497,27 @@ class _Engines:
         CPU is not copied and is a miss for the hit rate.
         """
         c, ffn, cpu, top_m = self.c, self.ffn, self.cpu, self.top_m
+        cpu_mode, lfu = self.cpu_mode, self.lfu
+        copy_free, cpu_free = self.copy_free, self.cpu_free  # locals in the loop, written back once
         cpu_end = 0.0
         n_cpu = 0
         for e, m in missed:
-            start = self.copy_free if self.copy_free > tr else tr
-            if self.cpu_mode != "off":
-                cs = self.cpu_free if self.cpu_free > tr else tr
+            start = copy_free if copy_free > tr else tr
+            if cpu_mode != "off":
+                cs = cpu_free if cpu_free > tr else tr
                 done = cs + cpu[m if m < top_m else top_m]
-                if self.cpu_mode == "all" or done < start + c + ffn[m if m < top_m else top_m]:
-                    self.cpu_free = cpu_end = max(cpu_end, done)
+                if cpu_mode == "all" or done < start + c + ffn[m if m < top_m else top_m]:
+                    cpu_free = cpu_end = max(cpu_end, done)
                     n_cpu += 1
-                    if self.lfu:
+                    if lfu:
                         d.touch(e)
                     continue
-            self.copy_free = start + c
-            copies.append((start, self.copy_free))
-            ready.append((self.copy_free, e, m))
+            copy_free = start + c
+            copies.append((start, copy_free))
+            ready.append((copy_free, e, m))
             d.touch(e)
             d.insert(e)
+        self.copy_free, self.cpu_free = copy_free, cpu_free
         return cpu_end, n_cpu
 
     def run_kernels(self, ready: list[tuple[float, int, int]], t: float) -> tuple[float, float]:

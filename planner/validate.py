@@ -380,8 +380,8 @@ def _check_options(
         raise InputError(f"budget_s must be > 0 seconds (got {budget_s})", field="budget_s")
     if timing.reps < 1 or timing.runs < 1 or timing.warmup < 0:
         raise InputError(
-            f"reps and runs must be >= 1 and warmup >= 0 (got {timing.reps}, {timing.runs}, {timing.warmup})",
-            field="reps",
+            f"reps and `runs` must be >= 1 and `warmup` >= 0 (got {timing.reps}, {timing.runs}, {timing.warmup})",
+            field="reps", mentions=("runs", "warmup"),
         )
     bad = [b for b in backends if b not in BACKENDS]
     if bad or not backends:

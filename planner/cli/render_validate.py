@@ -53,15 +53,12 @@ def render_offload(report: dict[str, Any]) -> str:
     """Human-readable summary of :func:`planner.offload_validate.validate_offload`'s report."""
     pl, ev, p, x, e = report["plan"], report["evaluated"], report["predicted"], report["measured"], report["error_pct"]
 
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:+.1f}%"
-
     lines = [
         f"moe-planner validate (offload): {pl['model']} ({pl['hardware']}, {pl['gpu_memory_gb']} GB, batch {pl['decode_batch']})"
         f" on {report['device']['device']} ({report['device']['clock']} clock)",
         f"  evaluated  {ev['which']} ({ev['trace']})",
-        f"  tokens/s   predicted {p['tokens_per_s']:.2f}, measured {x['tokens_per_s']:.2f} ({pct(e['tokens_per_s'])})",
-        f"  hit rate   predicted {100 * p['hit_rate']:.1f}%, measured {100 * x['hit_rate']:.1f}% ({pct(e['hit_rate'])})",
+        f"  tokens/s   predicted {p['tokens_per_s']:.2f}, measured {x['tokens_per_s']:.2f} ({_fmt_pct(e['tokens_per_s'])})",
+        f"  hit rate   predicted {100 * p['hit_rate']:.1f}%, measured {100 * x['hit_rate']:.1f}% ({_fmt_pct(e['hit_rate'])})",
         f"  copies     {x['transfers']} ({x['demand']} on demand, {x['prefetch']} prefetched, {x['prefetch_used']} used),"
         f" {x['cpu']} run on the CPU; peak expert buffers {report['expert_buffers']['peak']}"
         f" of {report['expert_buffers']['plan_slots']} planned",

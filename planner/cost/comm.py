@@ -72,6 +72,11 @@ class Link:
         b = np.asarray(nbytes, dtype=np.float64)
         return np.where(b > 0, self.latency_us * 1e-3 + b / (self.bandwidth_gbps * 1e9) * 1e3, 0.0)
 
+    def table_ms(self, nbytes: np.ndarray) -> np.ndarray:
+        """α + bytes · ms_per_byte for the placement search's incremental byte tables (any shape);
+        0 below 1e-9 bytes, where the tables' rounding leaves a trace of traffic that is not there."""
+        return np.where(nbytes > 1e-9, self.latency_ms + nbytes * self.ms_per_byte, 0.0)
+
     def phase_ms(self, send_G: ArrayLike, recv_G: ArrayLike) -> np.ndarray:
         """One all-to-all phase on this link, per-GPU bytes ``[..., G]`` → ``[...]`` ms: the
         busiest GPU's larger direction decides; 0 when no GPU sends or receives a byte."""
@@ -110,12 +115,6 @@ def group_link(hw: HardwareProfile, group_size: int, gpus_per_node: int, stride:
 # ---- alpha-beta ------------------------------------------------------------------------------
 
 
-def link_time_ms(send_G: np.ndarray, recv_G: np.ndarray, bandwidth_gbps: float, latency_us: float) -> np.ndarray:
-    """Time of one all-to-all phase on one kind of link; arrays ``[..., G]`` → ``[...]`` in ms
-    (:meth:`Link.phase_ms`)."""
-    return Link(bandwidth_gbps, latency_us).phase_ms(send_G, recv_G)
-
-
 def exposed_alltoall_ms(
     nvlink_link: Link, nic_link: Link, intra_send_G: ArrayLike, intra_recv_G: ArrayLike,
     inter_send_G: ArrayLike, inter_recv_G: ArrayLike, overlap: float,
@@ -125,26 +124,6 @@ def exposed_alltoall_ms(
     dispatch = np.maximum(nvlink_link.phase_ms(intra_send_G, intra_recv_G),
                           nic_link.phase_ms(inter_send_G, inter_recv_G))
     return 2.0 * dispatch * (1.0 - overlap)
-
-
-def dispatch_combine_ms(
-    intra_send_G: np.ndarray,
-    intra_recv_G: np.ndarray,
-    inter_send_G: np.ndarray,
-    inter_recv_G: np.ndarray,
-    *,
-    nvlink_gbps: float,
-    nvlink_latency_us: float,
-    nic_gbps: float,
-    nic_latency_us: float,
-    overlap: float = 0.0,
-) -> np.ndarray:
-    """Exposed dispatch + combine time in ms for arrays of per-GPU bytes ``[..., G]``
-    (:func:`exposed_alltoall_ms` with the links spelled out)."""
-    return exposed_alltoall_ms(
-        Link(nvlink_gbps, nvlink_latency_us), Link(nic_gbps, nic_latency_us),
-        intra_send_G, intra_recv_G, inter_send_G, inter_recv_G, overlap,
-    )
 
 
 # ---- traffic matrices ------------------------------------------------------------------------

@@ -445,17 +445,13 @@ class ProfileCost:
 _COSTS: dict[int, tuple[weakref.ref, ProfileCost]] = {}
 
 
-def _model(hw: HardwareProfile) -> ProfileCost:
-    return ProfileCost.of(hw)
-
-
 # ---- public entry points ---------------------------------------------------------------------
 
 
 def device_fit(hw: HardwareProfile, dtype: str = "bf16") -> DeviceFit:
     """Constants of the device model of ``hw`` for ``dtype`` (fallbacks without tables)."""
     dtype_bytes(dtype)
-    return _model(hw).device_fit(dtype)
+    return ProfileCost.of(hw).device_fit(dtype)
 
 
 def device_model_ms(hw: HardwareProfile, hidden: int, ffn: int, dtype: str, tokens: ArrayLike) -> np.ndarray:
@@ -472,7 +468,7 @@ def ffn_curve(hw: HardwareProfile, hidden: int, ffn: int, dtype: str) -> FfnCurv
     _check_shape(hidden, ffn)
     dtype_bytes(dtype)
     peak_tflops(hw, dtype)
-    return _model(hw).curve(int(hidden), int(ffn), dtype)
+    return ProfileCost.of(hw).curve(int(hidden), int(ffn), dtype)
 
 
 def expert_ffn_ms(hw: HardwareProfile, hidden: int, ffn: int, dtype: str, tokens: ArrayLike) -> np.ndarray:

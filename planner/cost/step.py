@@ -152,7 +152,7 @@ class StepModel:
     piece is a pure method memoized on this instance (``functools.cache`` in ``__init__``)."""
 
     def __init__(self, model: ModelSpec, hw: HardwareProfile, gpus_per_node: int) -> None:
-        self.spec = self.model = model
+        self.model = model
         self.hw, self.gpn = hw, gpus_per_node
         for name in ("_attention", "_moe_block", "_tok_ops", "_experts", "_dense", "_head", "_train_layers",
                      "_split", "link"):
@@ -207,7 +207,7 @@ class StepModel:
     def _tp_block_comm(self, tp: int, tokens: float) -> float:
         if tp <= 1:
             return 0.0
-        link = _link(self.hw, tp, 1, self.gpn)
+        link = self.link(tp, 1)
         nbytes = tokens * self.model.hidden_size * ACTIVATION_BYTES
         return _coll("all_gather", nbytes, tp, link) + _coll("reduce_scatter", nbytes, tp, link)
 
@@ -220,7 +220,7 @@ class StepModel:
         if cp > 1:
             att = m.attention
             kv = att.kv_bytes_per_token_per_layer(2.0) if att.kind == "mla" else 2 * att.num_kv_heads * att.head_dim * 2.0
-            link = _link(hw, cp, tp, self.gpn)
+            link = self.link(cp, tp)
             ring = (cp - 1) * link.message_ms(T * kv / max(1, tp if att.kind != "mla" else 1))
             attn_comm += max(0.0, ring - core)
         moe_c, moe_comm = self._moe_block(tp, cp, b, s, ep, etp, dispatcher) if m.num_moe_layers else (0.0, 0.0)

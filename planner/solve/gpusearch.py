@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.solve.problem import PlacementCost, link_ms
+from planner.solve.problem import PlacementCost
 
 #: Smallest relative gain of the node objective for the swap search to take a move (smaller
 #: gains are noise on a held-out trace and only cost time).
@@ -151,9 +151,9 @@ class NodeSearch:
         c = self.cost
         compute = comp.max(axis=2).mean(axis=1)
         w_nic = np.maximum(recv.max(axis=2), self.xsend_max[None, :]) * c.token_bytes
-        t_nic = link_ms(c.nic, w_nic)
+        t_nic = c.nic.table_ms(w_nic)
         w_nvl = np.maximum(isend.max(axis=2), irecv.max(axis=2)) * c.token_bytes
-        t_nvl = link_ms(c.nvlink, w_nvl)
+        t_nvl = c.nvlink.table_ms(w_nvl)
         comm = self.k2 * np.maximum(t_nic, t_nvl).mean(axis=1)
         return compute + comm + mig, tok.mean(axis=1).max(axis=1)
 

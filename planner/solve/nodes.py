@@ -22,7 +22,7 @@ import pulp
 from planner.solve import baselines, milp
 from planner.solve.migration import first_node_of_experts
 from planner.solve.nodeswap import node_copies, round_elements, swap_experts
-from planner.solve.problem import Clock, PlacementInputs, TokenSample, curve_slope
+from planner.solve.problem import Clock, PlacementInputs, TokenSample, curve_slope, nodes_of
 
 #: Stage-1 MILPs are solved only up to this many variables each and in all (layers beyond are
 #: left with EPLB's node sets): decided from sizes, so results do not depend on machine speed.
@@ -336,7 +336,7 @@ def assign_nodes(
     """
     L, E, G, P = inp.num_layers, inp.num_experts, inp.num_gpus, inp.num_physical
     gpn = inp.gpus_per_node
-    N = G // gpn if G >= gpn and G % gpn == 0 else 1
+    N = nodes_of(G, gpn)
     blocks = node_blocks(E, N, inp.n_group) if N > 1 else None
     if not (N > 1 and blocks is not None and P % N == 0 and P // N >= E // N):
         st = Stage1Stats()

@@ -25,7 +25,6 @@ problem's sizes, never from a clock (the time limit is only a safety stop).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -110,7 +109,7 @@ def solve_placement(
     search per node (default: a count derived from the sizes, so the result is reproducible).
     The placement is deterministic and takes no seed.
     """
-    clock = Clock(_check_limit(time_limit))
+    clock = Clock(require_time_limit(time_limit))
     L, E, G, P = inp.num_layers, inp.num_experts, inp.num_gpus, inp.num_physical
     check_problem(E, P, G, inp.gpus_per_node)
     previous_LP, mig_w = _check_previous(previous_LP, migration_weight, L, P, E)
@@ -134,20 +133,13 @@ def solve_placement(
     stats = PlacementStats(nodes=N, gpus_per_node=G // N, stage1=s1, search=search)
     # §5.5: replicas on other nodes (nearest dispatch)
     if inp.dispatch == "nearest" and node_LE is not None and P > E:
-        if time.perf_counter() < deadline:
-            new, stats.cross_node_replicas = nearest_replicas(new, inp, sample, deadline)
-        else:  # the deadline passed before stage 5 could start: say so (status time_limit)
-            stats.cross_node_replicas = XNodeStats(stopped_by_time=True)
+        new, stats.cross_node_replicas = nearest_replicas(new, inp, sample, deadline)
     # §5.6: the best candidate on the planning objective
     placements = {SOLVER: new, "eplb": warm, **({"previous": previous_LP} if previous_LP is not None else {})}
     placements.update({n: np.asarray(p, dtype=np.int64) for n, p in (extra_candidates or {}).items()})
     candidates, chosen, unscored = score_candidates(placements, evaluate, inp, previous_LP, mig_w, clock, reserve)
     search.stopped_by_time |= unscored
     return _result(placements[chosen], candidates, chosen, inp, stats, exact and L * n_eff == search.instances, clock)
-
-
-def _check_limit(time_limit: float) -> float:
-    return require_time_limit(time_limit)
 
 
 def _check_previous(previous_LP: np.ndarray | None, migration_weight: float, L: int, P: int,

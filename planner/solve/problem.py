@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -38,11 +39,11 @@ class PlacementCost:
     overlap: float = 0.0  #: fraction of dispatch/combine hidden by compute
     expert_bytes: float = 0.0  #: bytes of one expert's weights (migration cost)
 
-    @property
+    @cached_property
     def nvlink(self) -> Link:
         return Link(self.nvlink_gbps, self.nvlink_latency_us)
 
-    @property
+    @cached_property
     def nic(self) -> Link:
         return Link(self.nic_gbps, self.nic_latency_us)
 
@@ -50,12 +51,6 @@ class PlacementCost:
         """Exposed dispatch + combine ms from per-GPU bytes [..., G] (NVLink send / receive, NIC
         send / receive), as the simulator charges them (:func:`planner.cost.comm.exposed_alltoall_ms`)."""
         return exposed_alltoall_ms(self.nvlink, self.nic, i_s, i_r, x_s, x_r, self.overlap)
-
-
-def link_ms(link: Link, nbytes: np.ndarray) -> np.ndarray:
-    """The link's α + bytes · ms_per_byte for the search's incremental byte tables (any shape);
-    0 below 1e-9 bytes, where the tables' rounding leaves a trace of traffic that is not there."""
-    return np.where(nbytes > 1e-9, link.latency_ms + nbytes * link.ms_per_byte, 0.0)
 
 
 @dataclass(frozen=True)

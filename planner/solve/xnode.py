@@ -260,7 +260,10 @@ def nearest_replicas(phy2log_LP: np.ndarray, inp: PlacementInputs, sample: Token
     """Stage 5 of the placement (docs/placement.md §5.5) on ``phy2log_LP`` [L, P] whose experts
     sit on ``inp.num_nodes`` nodes: :func:`cross_node_replicas` with every variant scored by the
     simulator on whole planning steps, evenly spaced, about :data:`SEARCH_MAX_TOKENS` tokens in all
-    (per-step loads as planned); ``sample`` the search's tokens for the coverage counts."""
+    (per-step loads as planned); ``sample`` the search's tokens for the coverage counts. A deadline
+    already past returns the input, marked as stopped by time."""
+    if time.perf_counter() > deadline:
+        return phy2log_LP, XNodeStats(stopped_by_time=True)
     L, E, N = inp.num_layers, inp.num_experts, inp.num_nodes
     n_steps, gpn = inp.num_steps, inp.gpus_per_node
     full_step = inp.step_T.astype(np.int64)

@@ -79,7 +79,7 @@ def test_validate_prints_a_table(plan_file, capsys):
     [
         (["--steps", "0"], "--steps must be > 0"),
         (["--layers", "-1"], "--layers must be > 0"),
-        (["--reps", "0"], "--reps and runs must be >= 1"),
+        (["--reps", "0"], "--reps and --runs must be >= 1"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(plan_file, capsys, extra, message):

@@ -10,11 +10,10 @@ import pytest
 from planner.cost.comm import (
     Link,
     collective_ms,
-    dispatch_combine_ms,
     dispatch_traffic,
+    exposed_alltoall_ms,
     exposed_ms,
     group_link,
-    link_time_ms,
     p2p_ms,
     uniform_remote_fractions,
 )
@@ -92,10 +91,9 @@ def test_alpha_beta_time_by_hand():
     send = np.array([1e9, 0.0])
     recv = np.array([0.0, 2e9])
     # 10 µs + 2e9 B / 100 GB/s = 0.01 + 20 ms
-    assert link_time_ms(send, recv, 100.0, 10.0) == pytest.approx(20.01)
-    assert link_time_ms(np.zeros(3), np.zeros(3), 100.0, 10.0) == 0.0
-    t = dispatch_combine_ms(send, recv, np.zeros(2), np.zeros(2), nvlink_gbps=100, nvlink_latency_us=10,
-                            nic_gbps=10, nic_latency_us=20, overlap=0.25)
+    assert Link(100.0, 10.0).phase_ms(send, recv) == pytest.approx(20.01)
+    assert Link(100.0, 10.0).phase_ms(np.zeros(3), np.zeros(3)) == 0.0
+    t = exposed_alltoall_ms(Link(100.0, 10.0), Link(10.0, 20.0), send, recv, np.zeros(2), np.zeros(2), 0.25)
     assert t == pytest.approx(2 * 20.01 * 0.75)
 
 
