@@ -18,7 +18,7 @@ import numpy as np
 from planner.errors import InputError
 from planner.specs.base import one_line, show
 
-TOKEN_KEYS = ("topk_ids", "topk_weights", "step", "source_rank", "num_experts", "model")
+TOKEN_KEYS = ("topk_ids", "topk_weights", "step", "source_rank", "seq_id", "pos", "num_experts", "model")
 COUNTS_KEYS = ("counts", "num_experts", "model")
 
 

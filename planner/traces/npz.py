@@ -9,6 +9,8 @@ key                 shape                   meaning
 ``topk_weights``    float [L, T, k]         optional gate weights (finite, >= 0)
 ``step``            int [T]                 optional, non-decreasing step of each token
 ``source_rank``     int [T]                 optional data-parallel rank a token starts on
+``seq_id``          int [T]                 optional request (sequence) of each token
+``pos``             int [T]                 optional position of each token in its sequence
 ``num_experts``     int scalar              experts per layer E (ids lie in [0, E))
 ``model``           str scalar              optional model name
 ==================  ======================  ===============================================
@@ -157,6 +159,8 @@ def load_trace(
             topk_weights=arrays.get("topk_weights"),
             step=arrays.get("step"),
             source_rank=arrays.get("source_rank"),
+            seq_id=arrays.get("seq_id"),
+            pos=arrays.get("pos"),
             model=model_name,
             tokens_per_step=tokens_per_step,
             source=name,
@@ -182,6 +186,10 @@ def trace_arrays(trace: Trace | CountsTrace) -> dict[str, np.ndarray]:
         out["step"] = _smallest_uint(trace.step)
         if trace.source_rank is not None:
             out["source_rank"] = _smallest_uint(trace.source_rank)
+        for key in ("seq_id", "pos"):
+            arr = getattr(trace, key)
+            if arr is not None:
+                out[key] = _smallest_uint(arr)
     elif isinstance(trace, CountsTrace):
         out["counts"] = _smallest_uint(trace.counts_per_step())
     else:

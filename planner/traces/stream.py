@@ -148,6 +148,15 @@ def _check_chunk(chunk: np.ndarray, num_experts: int, layer: int, first_token: i
             )
 
 
+def _kept(arr: np.ndarray | None, T: int, keep_T: np.ndarray, key: str, name: str) -> np.ndarray | None:
+    """A per-token array ([T]) restricted to the kept tokens (None stays None)."""
+    if arr is None:
+        return None
+    if arr.shape != (T,):
+        raise InputError(f"{name}: {key} must have shape [tokens] = ({T},), got {arr.shape}")
+    return arr[keep_T]
+
+
 def stream_npz(
     path: str | Path,
     *,
@@ -223,6 +232,7 @@ def _stream(
         rank = _read_small(z, "source_rank", name)
         if rank is not None and rank.shape != (T,):
             raise InputError(f"{name}: source_rank must have shape [tokens] = ({T},), got {rank.shape}")
+        seqs = {key: _read_small(z, key, name) for key in ("seq_id", "pos")}
         winfo = z.getinfo("topk_weights.npy") if "topk_weights.npy" in z.namelist() else None
 
         if S * L * E * 8 > COUNTS_MAX_BYTES:
@@ -264,7 +274,7 @@ def _stream(
             wf.close()
     tr = StreamedTrace(
         ids_keep, E, topk_weights=w_keep, step=step[keep_T], source_rank=None if rank is None else rank[keep_T],
-        model=model, source=name,
+        model=model, source=name, **{key: _kept(a, T, keep_T, key, name) for key, a in seqs.items()},
     )
     tr.recorded_steps = labels.astype(np.int64)
     tr.recorded_counts = counts

@@ -76,6 +76,42 @@ def _split_count(num_steps: int, train_fraction: float, source: str) -> int:
     return int(min(max(round(num_steps * train_fraction), 1), num_steps - 1))
 
 
+def _sequences(
+    seq_id: np.ndarray | None, pos: np.ndarray | None, T: int, source: str
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Checked ``seq_id`` and ``pos`` (int64 [T] or None; see :class:`Trace`)."""
+    if seq_id is None:
+        if pos is not None:
+            raise InputError(f"{source}: pos needs seq_id (a position is within a sequence)")
+        return None, None
+    out = []
+    for name, arr in (("seq_id", seq_id), ("pos", pos)):
+        if arr is None:
+            out.append(None)
+            continue
+        a = np.asarray(arr)
+        if a.shape != (T,):
+            raise InputError(f"{source}: {name} must have shape [tokens] = ({T},), got {a.shape}")
+        a = _as_int64(a, name, source)
+        if (a < 0).any():
+            i = int(np.argmax(a < 0))
+            raise InputError(f"{source}: {name} must be >= 0 (found {int(a[i])} at token {i})")
+        out.append(a)
+    sid, p = out
+    if p is not None and T > 1:
+        order = np.argsort(sid, kind="stable")
+        same = sid[order][1:] == sid[order][:-1]
+        bad = same & (p[order][1:] <= p[order][:-1])
+        if bad.any():
+            j = int(np.argmax(bad))
+            t = int(order[j + 1])
+            raise InputError(
+                f"{source}: pos must increase within a sequence in trace order (token {t} of sequence "
+                f"{int(sid[t])} has pos {int(p[t])} after pos {int(p[order[j]])})"
+            )
+    return sid, p
+
+
 class Trace:
     """Per-token routing of T tokens through L MoE layers.
 
@@ -87,6 +123,12 @@ class Trace:
     - ``step`` int64 [T]: step (batch) each token belongs to, non-decreasing. If not given:
       blocks of ``tokens_per_step`` tokens, or one single step when that is None too.
     - ``source_rank`` int64 [T] or None: data-parallel rank a token starts on (>= 0).
+    - ``seq_id`` int64 [T] or None: the request (sequence) a token belongs to (>= 0).
+    - ``pos`` int64 [T] or None: the token's position in its sequence (>= 0; 0 = first token);
+      needs ``seq_id``, and a sequence's positions increase in trace order.
+
+    With sequences, a workload forms the steps (:mod:`planner.traces.steps`); the file's ``step``
+    is what it was recorded with.
 
     ``num_experts`` is E (ids lie in [0, E)); ``model`` an optional model name; ``source``
     the file or label used in error messages.
@@ -105,6 +147,8 @@ class Trace:
         model: str | None = None,
         tokens_per_step: int | None = None,
         source: str = "trace",
+        seq_id: np.ndarray | None = None,
+        pos: np.ndarray | None = None,
     ) -> None:
         self.source = source
         ids = np.asarray(topk_ids)
@@ -186,6 +230,7 @@ class Trace:
                 i = int(np.argmax(r < 0))
                 raise InputError(f"{source}: source_rank must be >= 0 (found {int(r[i])} at token {i})")
             self.source_rank = r
+        self.seq_id, self.pos = _sequences(seq_id, pos, T, source)
 
         # Steps are contiguous runs of equal values (step is non-decreasing).
         self._steps, self._step_pos = np.unique(self.step, return_inverse=True)
@@ -207,6 +252,11 @@ class Trace:
     @property
     def num_steps(self) -> int:
         return int(self._steps.size)
+
+    @property
+    def has_sequences(self) -> bool:
+        """Whether tokens carry their request (``seq_id``): steps can then be formed by a workload."""
+        return self.seq_id is not None
 
     @property
     def steps(self) -> np.ndarray:
@@ -237,6 +287,8 @@ class Trace:
             source_rank=None if self.source_rank is None else self.source_rank[token_mask],
             model=self.model,
             source=self.source,
+            seq_id=None if self.seq_id is None else self.seq_id[token_mask],
+            pos=None if self.pos is None else self.pos[token_mask],
         )
 
     def select_steps(self, selector: StepSelector) -> Trace:

@@ -133,7 +133,7 @@ def test_load_checks_against_model(tmp_path):
         ({"topk_ids": np.zeros((1, 3, 1), dtype=np.int64), "step": np.array([1, 0, 0]), "num_experts": np.array(4)},
          "bad.npz: step must be non-decreasing (token 1 has step 0 after step 1)"),
         ({"topk_ids": np.zeros((1, 2, 1), dtype=np.int64), "num_experts": np.array(4), "gate": np.zeros(2)},
-         "bad.npz: unknown keys gate (allowed: topk_ids, topk_weights, step, source_rank, num_experts, model)"),
+         "bad.npz: unknown keys gate (allowed: topk_ids, topk_weights, step, source_rank, seq_id, pos, num_experts, model)"),
         ({"step": np.zeros(2, dtype=np.int64)},
          "bad.npz: missing topk_ids (a per-token trace) or counts (a counts-only trace); found step"),
         ({"topk_ids": np.zeros((1, 2, 1), dtype=np.int64), "counts": np.zeros((1, 1, 2), dtype=np.int64)},
