@@ -1,5 +1,8 @@
 """Shared fixtures: small models built by hand, so tests do not depend on presets."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 from planner.specs.hardware import load_hardware
@@ -60,3 +63,16 @@ def kernel_module(name: str):
     from planner.kernel_loader import load_kernels
 
     return importlib.import_module(f"{load_kernels().__name__}.{name}")
+
+
+# Real routing recorded from trained models lies outside the repository (test data, not shipped):
+# $MOE_PLANNER_REAL_TRACES, else ../shared/data/traces next to the checkout (where CI has it).
+REAL_TRACES = Path(os.environ.get("MOE_PLANNER_REAL_TRACES", Path(__file__).resolve().parents[1].parent / "shared/data/traces"))
+
+
+def real_trace_file(name: str) -> Path:
+    """A real routing file by name; the test is skipped when the folder is absent."""
+    p = REAL_TRACES / name
+    if not p.is_file():
+        pytest.skip(f"real trace {name} not found in {REAL_TRACES} (set MOE_PLANNER_REAL_TRACES)")
+    return p
