@@ -1,0 +1,131 @@
+"""Steps formed by a workload from a trace's sequences (``seq_id`` / ``pos``).
+
+A trace recorded per request (``seq_id`` and ``pos`` per token, :class:`~planner.traces.Trace`)
+says which tokens belong together but not how a server batches them: that is the workload's.
+Sequences arrive in the order of their first token in the file; a sequence's tokens are taken in
+``pos`` order.
+
+- :func:`prefill_steps` — each step holds whole prompts, in arrival order, up to ``token_budget``
+  tokens across the cluster (SGLang ``--max-prefill-tokens``, vLLM
+  ``--max-num-batched-tokens``). A prompt that does not fit the room left starts the next step;
+  a prompt longer than the budget is cut into budget-sized chunks, one step each (chunked
+  prefill), its last chunk opening a step the next prompts may join.
+- :func:`decode_steps` — ``batch`` concurrent sequences (slots); each step runs one token of every
+  active sequence; when a sequence ends its slot takes the next waiting sequence at the next step.
+  Every token of the file is decoded (a teacher-forced trace routes token t as decoding it after
+  the same prefix would).
+
+Ranks (data-parallel attention ranks, the ``source_rank`` a token starts on), ``deal``:
+
+- ``"round-robin"``: the j-th sequence in arrival order goes to rank ``j mod ranks`` (SGLang's
+  ``--load-balance-method round_robin``);
+- ``"least-loaded"``: prefill — the prompt goes to the rank with the fewest tokens in the step so
+  far; decode — the sequence takes the rank of the slot it fills (slots are dealt to ranks
+  ``slot mod ranks``, so a rank's sequences are replaced on that rank: each rank keeps
+  ``batch / ranks`` sequences, SGLang's ``shortest_queue`` in steady state). Ties: lowest rank.
+
+Legend: T = tokens, N = sequences. The returned trace holds the same tokens (reordered: step,
+then rank, then sequence, then position), with ``step`` and ``source_rank`` set and ``seq_id`` /
+``pos`` kept.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Literal
+
+import numpy as np
+
+from planner.errors import InputError
+from planner.traces.trace import Trace
+
+Deal = Literal["round-robin", "least-loaded"]
+DEALS: tuple[str, ...] = ("round-robin", "least-loaded")
+
+
+def _check(trace: Trace, what: str, size: int, size_name: str, ranks: int, deal: str) -> None:
+    if not trace.has_sequences:
+        raise InputError(f"{trace.source}: {what} steps need seq_id (the request of each token) in the trace")
+    if int(size) <= 0:
+        raise InputError(f"{size_name} must be > 0 (got {size})", field=size_name)
+    if int(ranks) <= 0:
+        raise InputError(f"ranks must be > 0 (got {ranks})", field="ranks")
+    if deal not in DEALS:
+        raise InputError(f"deal must be one of {', '.join(DEALS)} (got {deal!r})", field="deal")
+
+
+def sequences(trace: Trace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(token order [T], sequence starts [N], sequence lengths [N]): ``order`` lists the tokens
+    sequence by sequence in arrival order, each in ``pos`` order (file order when no ``pos``);
+    sequence j holds ``order[starts[j]: starts[j] + lengths[j]]``."""
+    sid = trace.seq_id
+    assert sid is not None
+    T = sid.size
+    first = np.full(int(sid.max()) + 1, T, dtype=np.int64)
+    np.minimum.at(first, sid, np.arange(T, dtype=np.int64))
+    arrival = np.argsort(np.argsort(first, kind="stable"), kind="stable")  # rank of each id by first token
+    within = trace.pos if trace.pos is not None else np.arange(T, dtype=np.int64)
+    order = np.lexsort((within, arrival[sid]))
+    lengths = np.bincount(arrival[sid], minlength=first.size)
+    lengths = lengths[lengths > 0]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return order, starts, lengths.astype(np.int64)
+
+
+def _build(trace: Trace, order: np.ndarray, step_T: np.ndarray, rank_T: np.ndarray) -> Trace:
+    """The trace's tokens ``order``-ed with their step and rank, sorted by (step, rank, order)."""
+    k = np.lexsort((np.arange(order.size), rank_T, step_T))
+    idx = order[k]
+    return Trace(
+        trace.topk_ids[:, idx], trace.num_experts,
+        topk_weights=None if trace.topk_weights is None else trace.topk_weights[:, idx],
+        step=step_T[k], source_rank=rank_T[k], model=trace.model, source=trace.source,
+        seq_id=trace.seq_id[idx] if trace.seq_id is not None else None,
+        pos=None if trace.pos is None else trace.pos[idx],
+    )
+
+
+def prefill_steps(trace: Trace, token_budget: int, ranks: int = 1, deal: Deal = "round-robin") -> Trace:
+    """Prefill steps of whole prompts up to ``token_budget`` tokens (module docstring)."""
+    _check(trace, "prefill", token_budget, "token_budget", ranks, deal)
+    order, starts, lengths = sequences(trace)
+    B, R = int(token_budget), int(ranks)
+    step_T = np.empty(order.size, dtype=np.int64)
+    rank_T = np.empty(order.size, dtype=np.int64)
+    step, used = 0, 0
+    load = np.zeros(R, dtype=np.int64)
+    for j, (a, n) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
+        if used and used + n > B:  # does not fit the room left: next step
+            step, used = step + 1, 0
+            load[:] = 0
+        r = j % R if deal == "round-robin" else int(np.argmin(load))
+        rank_T[a: a + n] = r
+        off = 0
+        while off < n:  # chunks of a prompt longer than the room left (chunked prefill)
+            take = min(n - off, B - used)
+            step_T[a + off: a + off + take] = step
+            load[r] += take
+            used += take
+            off += take
+            if used >= B and (off < n or j + 1 < len(starts)):
+                step, used = step + 1, 0
+                load[:] = 0
+    return _build(trace, order, step_T, rank_T)
+
+
+def decode_steps(trace: Trace, batch: int, ranks: int = 1, deal: Deal = "round-robin") -> Trace:
+    """Decode steps of ``batch`` concurrent sequences, one token each (module docstring)."""
+    _check(trace, "decode", batch, "batch", ranks, deal)
+    order, starts, lengths = sequences(trace)
+    R = int(ranks)
+    slots = [(0, s) for s in range(int(batch))]  # (step the slot is free from, slot)
+    begin = np.empty(starts.size, dtype=np.int64)
+    slot_of = np.empty(starts.size, dtype=np.int64)
+    for j, n in enumerate(lengths.tolist()):
+        free, s = heapq.heappop(slots)
+        begin[j], slot_of[j] = free, s
+        heapq.heappush(slots, (free + n, s))
+    seq_T = np.repeat(np.arange(starts.size, dtype=np.int64), lengths)
+    step_T = begin[seq_T] + (np.arange(order.size, dtype=np.int64) - starts[seq_T])
+    rank_S = np.arange(starts.size, dtype=np.int64) % R if deal == "round-robin" else slot_of % R
+    return _build(trace, order, step_T, rank_S[seq_T])

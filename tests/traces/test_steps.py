@@ -1,0 +1,103 @@
+"""Steps formed from sequences, worked out by hand (planner.traces.steps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from planner.errors import InputError
+from planner.traces import Trace, decode_steps, prefill_steps
+
+
+def _trace(seq_id, pos=None):
+    """One layer, E = 8, k = 1; token t chose expert t mod 8 (so ids identify tokens)."""
+    T = len(seq_id)
+    ids = (np.arange(T) % 8).reshape(1, T, 1)
+    return Trace(ids, 8, seq_id=np.array(seq_id), pos=None if pos is None else np.array(pos))
+
+
+def _steps(tr):
+    """[(step, rank, seq, pos), ...] in trace order."""
+    return list(zip(tr.step.tolist(), tr.source_rank.tolist(), tr.seq_id.tolist(), tr.pos.tolist(), strict=True))
+
+
+# sequences in arrival order: 5 (3 tokens), 2 (2 tokens), 9 (4 tokens), 1 (1 token); file order interleaved
+SEQ = [5, 2, 5, 9, 2, 5, 9, 9, 9, 1]
+POS = [0, 0, 1, 0, 1, 2, 1, 2, 3, 0]
+
+
+def test_prefill_whole_prompts_up_to_the_budget():
+    tr = prefill_steps(_trace(SEQ, POS), token_budget=5)
+    # step 0: seq 5 (3) + seq 2 (2) = 5 tokens; seq 9 (4) does not fit the room left (0) -> step 1;
+    # seq 1 (1) joins it (4 + 1 = 5)
+    assert [(s, q) for s, _, q, _ in _steps(tr)] == [(0, 5)] * 3 + [(0, 2)] * 2 + [(1, 9)] * 4 + [(1, 1)]
+    assert tr.pos.tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3, 0]
+    assert tr.num_tokens == 10
+
+
+def test_prefill_chunks_a_prompt_longer_than_the_budget():
+    tr = prefill_steps(_trace(SEQ, POS), token_budget=3)
+    # seq 5 fills step 0; seq 2 (2) opens step 1, seq 9 (4) does not fit the room left (1):
+    # step 2 takes its first 3 tokens, its last one opens step 3, which seq 1 joins
+    assert [(s, q, p) for s, _, q, p in _steps(tr)] == [
+        (0, 5, 0), (0, 5, 1), (0, 5, 2), (1, 2, 0), (1, 2, 1),
+        (2, 9, 0), (2, 9, 1), (2, 9, 2), (3, 9, 3), (3, 1, 0),
+    ]
+
+
+def test_prefill_deals_prompts_to_ranks():
+    rr = prefill_steps(_trace(SEQ, POS), token_budget=10, ranks=2)
+    # one step; round-robin by arrival: 5 -> 0, 2 -> 1, 9 -> 0, 1 -> 1; tokens sorted by rank
+    assert [(r, q) for _, r, q, _ in _steps(rr)] == [(0, 5)] * 3 + [(0, 9)] * 4 + [(1, 2)] * 2 + [(1, 1)]
+    ll = prefill_steps(_trace(SEQ, POS), token_budget=10, ranks=2, deal="least-loaded")
+    # least-loaded: 5 -> 0 (0 vs 0), 2 -> 1 (3 vs 0), 9 -> 1 (3 vs 2), 1 -> 0 (3 vs 6)
+    assert [(r, q) for _, r, q, _ in _steps(ll)] == [(0, 5)] * 3 + [(0, 1)] + [(1, 2)] * 2 + [(1, 9)] * 4
+
+
+def test_decode_replaces_a_finished_sequence():
+    tr = decode_steps(_trace(SEQ, POS), batch=2)
+    # slots: seq 5 in slot 0 at steps 0-2, seq 2 in slot 1 at steps 0-1; seq 9 takes slot 1 at
+    # step 2 (steps 2-5), seq 1 takes slot 0 at step 3
+    got = [(s, q, p) for s, _, q, p in _steps(tr)]
+    assert got == [
+        (0, 5, 0), (0, 2, 0), (1, 5, 1), (1, 2, 1), (2, 5, 2), (2, 9, 0),
+        (3, 9, 1), (3, 1, 0), (4, 9, 2), (5, 9, 3),
+    ]
+    assert tr.num_steps == 6
+
+
+def test_decode_ranks_round_robin_and_by_slot():
+    rr = decode_steps(_trace(SEQ, POS), batch=2, ranks=2)
+    rank_of = {q: r for _, r, q, _ in _steps(rr)}
+    assert rank_of == {5: 0, 2: 1, 9: 0, 1: 1}  # arrival order mod 2
+    ll = decode_steps(_trace(SEQ, POS), batch=2, ranks=2, deal="least-loaded")
+    rank_of = {q: r for _, r, q, _ in _steps(ll)}
+    assert rank_of == {5: 0, 2: 1, 9: 1, 1: 0}  # the rank of the slot each fills
+
+
+def test_batch_one_decodes_sequences_one_after_another():
+    tr = decode_steps(_trace(SEQ, POS), batch=1)
+    assert tr.seq_id.tolist() == [5, 5, 5, 2, 2, 9, 9, 9, 9, 1]
+    assert tr.step.tolist() == list(range(10))
+    # the ids follow their tokens: token 0 (expert 0) of seq 5 first, then token 2, then 5
+    assert tr.topk_ids[0, :3, 0].tolist() == [0, 2, 5]
+
+
+def test_without_pos_file_order_is_the_order_in_a_sequence():
+    tr = decode_steps(_trace([3, 3, 1, 3]), batch=1)
+    assert tr.seq_id.tolist() == [3, 3, 3, 1]
+    assert tr.topk_ids[0, :, 0].tolist() == [0, 1, 3, 2]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda t: prefill_steps(t, 0), "token_budget must be > 0 (got 0)"),
+        (lambda t: decode_steps(t, 2, ranks=0), "ranks must be > 0 (got 0)"),
+        (lambda t: decode_steps(t, 2, deal="random"), "deal must be one of round-robin, least-loaded"),
+        (lambda t: decode_steps(Trace(t.topk_ids, 8), 2), "decode steps need seq_id"),
+    ],
+)
+def test_errors(call, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call(_trace(SEQ, POS))
