@@ -62,6 +62,7 @@ from planner.specs.plan import Parallel, Placement, Plan, SolverReport
 from planner.specs.workload import Workload
 from planner.traces import CountsTrace, Trace
 from planner.traces.stats import group_limit_excess
+from planner.traces.steps import workload_steps
 
 __all__ = [
     "BASELINES", "DEFAULT_HARDWARE", "DEFAULT_MODEL", "Problem", "SimulationReport", "TokenLayout",
@@ -112,6 +113,8 @@ class Problem:
     #: the parallelism search (planner.solve.parallel.SearchResult) that chose ``parallel``
     search: Any = None
     fixed: dict[str, Any] | None = None
+    #: how the workload formed steps from the trace's sequences (planner.traces.steps), if it did
+    steps_note: str | None = None
 
     @property
     def slots_per_gpu(self) -> int:
@@ -288,6 +291,7 @@ def prepare(
     par = resolve_degrees(m, cluster, ep=ep, tp=tp, pp=pp, dp=dp, etp=etp, vpp=vpp, redundant=redundant_experts)
     check_baseline(baseline, redundant_experts)
     tr, trace_label, recorded_counts = resolve_trace(trace, m, seed, tokens_per_step)
+    tr, steps_note = workload_steps(tr, workload, cluster.num_gpus)
     plan_tr, eval_tr, evaluated_on, plan_counts = _split_trace(tr, train_fraction, recorded_counts)
     # parallelism search (planner.solve.parallel): the degrees given are fixed, the rest searched
     fixed = {
@@ -312,7 +316,7 @@ def prepare(
         model=m, hardware=hw, cluster=cluster, workload=workload, parallel=par, trace=tr,
         trace_label=trace_label, plan_trace=plan_tr, plan_counts_LE=plan_counts, eval_trace=eval_tr, evaluated_on=evaluated_on,
         redundant_experts=redundant_experts, baseline=baseline, dispatch=dispatch,
-        time_limit=time_limit, seed=seed, options=options, search=found, fixed=fixed,
+        time_limit=time_limit, seed=seed, options=options, search=found, fixed=fixed, steps_note=steps_note,
     )
 
 
@@ -440,7 +444,8 @@ def solve(
     m, hw, cluster, par = pr.model, pr.hardware, pr.cluster, pr.parallel
     mem = pr.check_memory()
     require_migration_weight(migration_weight)
-    notes = list(trace_notes(pr.trace, pr.trace_label)) + _group_routing_note(pr)
+    notes = list(trace_notes(pr.trace, pr.trace_label)) + ([pr.steps_note] if pr.steps_note else [])
+    notes += _group_routing_note(pr)
     if pr.baseline is not None and previous is not None:
         raise InputError(
             f"previous re-plans with the solver; it has no effect with baseline {pr.baseline}", field="previous"
@@ -570,7 +575,8 @@ def simulate(
     hw = resolve_hardware(hardware if hardware is not None else p.cluster.hardware)
     relay = check_relay(relay)
     tr, label, _counts = resolve_trace(trace, p.model, p.provenance.seed, tokens_per_step)
-    notes = trace_notes(tr, label)
+    tr, steps_note = workload_steps(tr, p.workload, p.cluster.num_gpus)
+    notes = trace_notes(tr, label) + ((steps_note,) if steps_note else ())
     p2l = np.asarray(p.placement.physical_to_logical, dtype=np.int64)
     cluster = ClusterSpec(hardware=hw.name, num_nodes=p.cluster.num_nodes, gpus_per_node=p.cluster.gpus_per_node)
     sim = simulate_stage(p2l, tr, p.model, hw, cluster, p.parallel, p.dispatch, relay=relay, kernel=p.workload.expert_kernel)

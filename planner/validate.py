@@ -65,6 +65,7 @@ from planner.simulator import choose_slots
 from planner.specs.hardware import HardwareProfile, load_hardware
 from planner.specs.plan import Plan
 from planner.traces import Trace, check_against_model
+from planner.traces.steps import workload_steps
 
 __all__ = [
     "BACKENDS", "TimingOptions", "error_pct", "load_kernels", "plan_trace", "predict_rank_ms", "provenance",
@@ -106,6 +107,7 @@ def plan_trace(plan: Plan, trace_path: str | Path | None) -> tuple[Trace, str, s
         tr, got, _ = resolve_trace(str(trace_path), model, plan.provenance.seed, tps)
         own = got == label
     check_against_model(tr, model, got)
+    tr, _how = workload_steps(tr, plan.workload, plan.cluster.num_gpus)
     pred = plan.predicted
     m = _HELD_OUT_RE.search(pred.evaluated_on) if (own and pred is not None) else None
     if m and int(m.group(2)) == tr.num_steps:

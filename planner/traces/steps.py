@@ -37,6 +37,7 @@ from typing import Literal
 import numpy as np
 
 from planner.errors import InputError
+from planner.specs.workload import Workload
 from planner.traces.trace import Trace
 
 Deal = Literal["round-robin", "least-loaded"]
@@ -129,3 +130,41 @@ def decode_steps(trace: Trace, batch: int, ranks: int = 1, deal: Deal = "round-r
     step_T = begin[seq_T] + (np.arange(order.size, dtype=np.int64) - starts[seq_T])
     rank_S = np.arange(starts.size, dtype=np.int64) % R if deal == "round-robin" else slot_of % R
     return _build(trace, order, step_T, rank_S[seq_T])
+
+
+#: Prefill / training token budget per step across the cluster when the workload gives none.
+DEFAULT_STEP_TOKENS = 4096
+#: Concurrent decode sequences across the cluster when the workload gives none.
+DEFAULT_DECODE_BATCH = 256
+
+
+def workload_steps(trace: Trace, workload: Workload, ranks: int) -> tuple[Trace, str | None]:
+    """The steps ``workload`` forms from ``trace``'s sequences, and a note saying how (None, and
+    the trace unchanged, when it has no sequences or the mode is offload — offload forms its
+    own decode steps).
+
+    ``prefill`` / ``train``: :func:`prefill_steps` with the workload's ``tokens_per_step``, else
+    ``global_batch · seq_len`` (train), else :data:`DEFAULT_STEP_TOKENS`. ``decode``:
+    :func:`decode_steps` with ``tokens_per_step`` concurrent sequences, else
+    :data:`DEFAULT_DECODE_BATCH`. Sequences are dealt round-robin to ``ranks`` data-parallel
+    ranks (one per GPU: attention data parallelism, as DeepSeek-style serving runs it).
+    """
+    if not trace.has_sequences or workload.mode == "offload":
+        return trace, None
+    n_seq = int(np.unique(trace.seq_id).size)
+    if workload.mode == "decode":
+        b = workload.tokens_per_step or DEFAULT_DECODE_BATCH
+        out = decode_steps(trace, b, ranks)
+        how = f"decode steps of {b} concurrent sequences (one token each)"
+    else:
+        budget = workload.tokens_per_step or (
+            workload.global_batch * workload.seq_len
+            if workload.mode == "train" and workload.global_batch is not None
+            else DEFAULT_STEP_TOKENS
+        )
+        out = prefill_steps(trace, budget, ranks)
+        how = f"{workload.mode} steps of whole prompts up to {budget} tokens"
+    return out, (
+        f"steps formed from the trace's {n_seq} sequences: {how}, sequences dealt round-robin to {ranks} "
+        f"data-parallel ranks ({out.num_steps} steps)"
+    )
