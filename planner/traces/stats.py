@@ -34,6 +34,16 @@ from typing import Any
 
 import numpy as np
 
+from planner.traces.realism import (
+    SEQS_PER_RANK,
+    SKEW_BATCHES,
+    WORKING_SET_WINDOWS,
+    cross_layer_prediction,
+    pair_lifts,
+    rank_locality,
+    sequence_locality,
+    skew_table,
+)
 from planner.traces.trace import CountsTrace, Trace
 
 UNAVAILABLE_COUNTS = "counts-only trace: needs per-token routing (topk_ids)"
@@ -250,3 +260,65 @@ def trace_stats(trace: Trace | CountsTrace) -> dict[str, Any]:
         },
         "unavailable": unavailable,
     }
+
+
+def _agg(x: np.ndarray | None, how: str) -> float | None:
+    if x is None:
+        return None
+    v = np.asarray(x, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    return float({"mean": np.mean, "min": np.min, "max": np.max}[how](v))
+
+
+#: Keys of :func:`summary_statistics`, in order (stable: a synthetic generator is calibrated
+#: against them).
+SUMMARY_KEYS: tuple[str, ...] = (
+    "imbalance_whole_min", "imbalance_whole_max", "imbalance_whole_mean", "entropy_mean",
+    *(f"skew_random_{b}" for b in SKEW_BATCHES), *(f"skew_seq_{b}" for b in SKEW_BATCHES),
+    "reuse_mean", "reuse_max", "reuse_first_layer", "reuse_last_layer", "reuse_random",
+    *(f"working_set_{w}" for w in WORKING_SET_WINDOWS),
+    "xlayer_top1_precision", "xlayer_set_recall", "xlayer_popularity_precision",
+    "xlayer_popularity_recall", "xlayer_random",
+    "lift_p50", "lift_p99", "lift_max",
+    *(f"rank_locality_own_{n}" for n in SEQS_PER_RANK), *(f"rank_locality_all_{n}" for n in SEQS_PER_RANK),
+)
+
+
+def summary_statistics(trace: Trace | CountsTrace, seed: int = 0) -> dict[str, float | None]:
+    """The headline numbers of ``trace`` as a flat dict with the keys :data:`SUMMARY_KEYS`
+    (definitions: :mod:`planner.traces.realism`); None where the trace cannot give one
+    (:func:`planner.traces.realism.unavailable_reasons` says why). Per-layer figures are averaged
+    over layers (``imbalance_whole_*``: min / max / mean over layers; ``lift_*``: percentiles of
+    all layers' pairs pooled). Deterministic for a given ``seed`` (random batches, halves)."""
+    out: dict[str, float | None] = dict.fromkeys(SUMMARY_KEYS)
+    counts = trace.counts()
+    imb = _imbalance(counts)
+    out["imbalance_whole_min"] = _agg(imb, "min")
+    out["imbalance_whole_max"] = _agg(imb, "max")
+    out["imbalance_whole_mean"] = _agg(imb, "mean")
+    out["entropy_mean"] = _agg(_entropy(counts), "mean")
+    if not isinstance(trace, Trace):
+        return out
+    for name, per_layer in skew_table(trace, seed).items():
+        out[f"skew_{name}"] = _agg(per_layer, "mean")
+    out["reuse_random"] = trace.top_k / trace.num_experts
+    if trace.has_sequences:
+        loc = sequence_locality(trace)
+        reuse = loc.pop("reuse")
+        out["reuse_mean"], out["reuse_max"] = _agg(reuse, "mean"), _agg(reuse, "max")
+        out["reuse_first_layer"], out["reuse_last_layer"] = _f(reuse[0]), _f(reuse[-1])
+        out |= {name: _agg(v, "mean") for name, v in loc.items()}
+        for n in SEQS_PER_RANK:
+            out[f"rank_locality_own_{n}"], out[f"rank_locality_all_{n}"] = rank_locality(trace, n)
+    if trace.num_experts <= MAX_PAIR_EXPERTS:
+        xl = cross_layer_prediction(trace, seed)
+        if xl is not None:
+            out |= {f"xlayer_{name}": _agg(v, "mean") for name, v in xl.items()}
+            out["xlayer_random"] = trace.top_k / trace.num_experts
+        lifts = np.concatenate(pair_lifts(trace))
+        if lifts.size:
+            out["lift_p50"], out["lift_p99"] = (float(x) for x in np.percentile(lifts, [50, 99]))
+            out["lift_max"] = float(lifts.max())
+    return out

@@ -1,0 +1,292 @@
+"""Statistics that describe real routing: batch skew, temporal reuse, working sets, held-out
+cross-layer prediction, co-activation lift and data-parallel rank locality.
+
+Legend: L = MoE layers, T = tokens, k = top_k, E = experts per layer, N = sequences. A token's
+*choices* are its k experts at a layer. The *stream* lists the tokens sequence by sequence
+(sequences in arrival order, i.e. the order of their first token in the file; a sequence's tokens
+in ``pos`` order), as :func:`planner.traces.steps.sequences` gives it. Every figure is per MoE
+layer; summaries average over layers unless said otherwise.
+
+1. ``skew`` (batch imbalance): busiest expert / mean expert load, max_e c_e / (B k / E), in a
+   batch of B tokens, averaged over batches: (a) *random*: the tokens in a seeded random order,
+   cut into ⌊T / B⌋ batches; (b) *seq*: the stream cut into ⌊T / B⌋ batches of B consecutive
+   tokens. Sequences are concatenated, not skipped: a batch longer than a sequence holds that
+   sequence whole and its neighbours in arrival order (what a server prefilling whole prompts in
+   arrival order sees; skipping short sequences would leave nothing at B = 4096 on a trace of
+   chat prompts). The rest of the stream (< B tokens) is left out.
+2. ``entropy``: normalized entropy of the layer's expert counts (:mod:`planner.traces.stats`).
+3. ``reuse`` (temporal reuse): for each token with a predecessor in its sequence, the share of
+   its k experts that the previous token of the sequence also chose; averaged over those
+   tokens. Random baseline: k / E (independent choices).
+4. ``working_set_W``: distinct experts chosen by W consecutive tokens of one sequence, averaged
+   over the windows: each sequence is cut from its first token into windows of W tokens; a
+   shorter rest, and sequences shorter than W, are left out.
+5. ``xlayer`` (held-out cross-layer prediction, l -> l+1): sequences are dealt into two halves
+   by a seeded random permutation (tokens, when the trace has no sequences); on the first half
+   M_l[e, e'] counts the tokens choosing e at l and e' at l+1. For each token of the other half
+   with layer-l experts S, score(e') = Σ_{e ∈ S} M_l[e, e']; ``top1_precision``: share of tokens
+   whose best-scored expert is among its k experts at l+1; ``set_recall``: share of its k
+   experts at l+1 found among the k best-scored. Ties go to the lower expert id.
+   ``popularity_*``: the same when always guessing the experts most chosen at l+1 on the first
+   half; ``random``: k / E for both (a random guess).
+6. ``lift`` (co-activation within a layer): C[i, j] = tokens choosing both i and j; expected
+   if a token chose i and j independently, X[i, j] = T (c_i / T)(c_j / T) = c_i c_j / T;
+   lift = C / X. (A token makes k(k-1)/2 pairs but ΣX ≈ T k² / 2, so the typical lift is below
+   1 even without structure: (k - 1) / k.) Percentiles p50 / p99 / max are over the pairs i < j with X >= ``MIN_EXPECTED``
+   (5; rarer pairs are noise), pooled over layers for the summary.
+7. ``rank_locality``: R = 8 data-parallel ranks, each decoding n concurrent sequences
+   (:func:`planner.traces.steps.decode_steps` with batch R n, ``deal="least-loaded"``: a rank's
+   finished sequence is replaced on that rank). Steps are cut into windows of ``RANK_WINDOW``
+   (16) decode steps; for each window w >= 1, rank r and layer l, the rank's *own* top-16
+   experts are the 16 it chose most in window w - 1 and the *all* top-16 the 16 all ranks chose
+   most in window w - 1 (ties: lower id). Coverage is the share of rank r's choices in window w
+   that fall in that set, pooled over windows, ranks and layers (a choice counts once).
+
+Per-token statistics need a :class:`~planner.traces.Trace`; 3, 4, 1b and 7 need sequences
+(``seq_id``). Missing inputs give None, and :func:`unavailable_reasons` says why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from planner.traces.steps import decode_steps, sequences
+from planner.traces.trace import Trace
+
+#: Batch sizes of the skew statistic.
+SKEW_BATCHES: tuple[int, ...] = (16, 256, 4096)
+#: Window lengths (tokens of one sequence) of the working-set statistic.
+WORKING_SET_WINDOWS: tuple[int, ...] = (4, 16, 64)
+#: Pairs whose expected count under independence is below this are left out of lift percentiles.
+MIN_EXPECTED = 5.0
+#: Data-parallel ranks, sequences per rank, top experts and window length (decode steps) of the
+#: rank-locality statistic.
+RANKS = 8
+SEQS_PER_RANK: tuple[int, ...] = (1, 4, 16)
+RANK_TOP = 16
+RANK_WINDOW = 16
+#: Rows of the [rows, E] score table built at once by the cross-layer prediction.
+_CHUNK_CELLS = 1 << 22
+
+NO_SEQUENCES = "the trace has no seq_id: sequences are needed"
+
+
+def _f(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def stream_order(trace: Trace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(token order [T], sequence of each stream position [T], first stream position of that
+    sequence [T]) — the stream of the module docstring."""
+    order, starts, lengths = sequences(trace)
+    seq = np.repeat(np.arange(starts.size, dtype=np.int64), lengths)
+    return order, seq, starts[seq]
+
+
+# ---- 1. skew ----------------------------------------------------------------------------------
+
+
+def batch_skew(trace: Trace, batch: int, order: np.ndarray) -> np.ndarray:
+    """Mean busiest/mean expert load over the ⌊T / batch⌋ batches of ``batch`` consecutive
+    tokens of ``order``, per layer [L] (NaN when T < batch)."""
+    L, E, k = trace.num_layers, trace.num_experts, trace.top_k
+    nb = order.size // batch
+    if nb == 0:
+        return np.full(L, np.nan)
+    idx = order[: nb * batch]
+    b_of = np.repeat(np.arange(nb, dtype=np.int64) * E, batch * k)
+    mean = batch * k / E
+    out = np.empty(L)
+    for layer in range(L):
+        c = np.bincount(b_of + trace.topk_ids[layer, idx].ravel(), minlength=nb * E)
+        out[layer] = c.reshape(nb, E).max(axis=1).mean() / mean
+    return out
+
+
+def skew_table(trace: Trace, seed: int = 0) -> dict[str, np.ndarray]:
+    """``random_B`` and (with sequences) ``seq_B`` per layer [L] for B in :data:`SKEW_BATCHES`."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(trace.num_tokens)
+    out = {f"random_{b}": batch_skew(trace, b, perm) for b in SKEW_BATCHES}
+    if trace.has_sequences:
+        order = stream_order(trace)[0]
+        out |= {f"seq_{b}": batch_skew(trace, b, order) for b in SKEW_BATCHES}
+    return out
+
+
+# ---- 3, 4. reuse and working sets -------------------------------------------------------------
+
+
+def _previous_use(a_Tk: np.ndarray) -> np.ndarray:
+    """For each choice of ``a_Tk`` (flattened, [T k]): the last earlier token (row) that chose the
+    same expert, or -1."""
+    flat = a_Tk.ravel()
+    k = a_Tk.shape[1]
+    srt = np.argsort(flat, kind="stable")  # by expert, then by token
+    prev = np.full(flat.size, -1, dtype=np.int64)
+    same = flat[srt[1:]] == flat[srt[:-1]]
+    prev[srt[1:][same]] = srt[:-1][same] // k
+    return prev
+
+
+def sequence_locality(trace: Trace, windows: tuple[int, ...] = WORKING_SET_WINDOWS) -> dict[str, np.ndarray]:
+    """``reuse`` [L] and ``working_set_W`` [L] for W in ``windows`` (module docstring 3, 4);
+    needs sequences."""
+    order, seq, first = stream_order(trace)
+    L, T, k = trace.num_layers, trace.num_tokens, trace.top_k
+    t = np.arange(T, dtype=np.int64)
+    offset = t - first
+    seq_len = np.bincount(seq)[seq]
+    has_prev = offset > 0
+    t_k = np.repeat(t, k)
+    win: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+    for w in windows:
+        start = t - offset % w
+        full = (start - first + w) <= seq_len  # the window lies inside the sequence
+        n_win = int((full & (offset % w == 0)).sum())
+        win[w] = (np.repeat(start, k), np.repeat(full, k), n_win)
+    reuse = np.full(L, np.nan)
+    ws = {w: np.full(L, np.nan) for w in windows}
+    n_prev = int(has_prev.sum())
+    for layer in range(L):
+        prev = _previous_use(trace.topk_ids[layer, order])
+        if n_prev:
+            hit = (prev == t_k - 1).reshape(T, k).sum(axis=1)
+            reuse[layer] = hit[has_prev].sum() / (n_prev * k)
+        for w, (start_k, full_k, n_win) in win.items():
+            if n_win:
+                ws[w][layer] = ((prev < start_k) & full_k).sum() / n_win
+    return {"reuse": reuse} | {f"working_set_{w}": ws[w] for w in windows}
+
+
+# ---- 5. cross-layer prediction ----------------------------------------------------------------
+
+
+def _halves(trace: Trace, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks [T] (fit, test): sequences (else tokens) dealt by a seeded permutation."""
+    rng = np.random.default_rng(seed)
+    if trace.has_sequences:
+        _, inv = np.unique(trace.seq_id, return_inverse=True)
+        n = int(inv.max()) + 1
+        fit_unit = rng.permutation(n) < (n + 1) // 2
+        fit = fit_unit[inv]
+    else:
+        T = trace.num_tokens
+        fit = rng.permutation(T) < (T + 1) // 2
+    return fit, ~fit
+
+
+def _top(key: np.ndarray, n: int) -> np.ndarray:
+    """Column indices of the n largest entries of each row of integer ``key`` (distinct per row)."""
+    if n >= key.shape[-1]:
+        return np.broadcast_to(np.arange(key.shape[-1]), key.shape)
+    return np.argpartition(-key, n - 1, axis=-1)[..., :n]
+
+
+def cross_layer_prediction(trace: Trace, seed: int = 0) -> dict[str, np.ndarray] | None:
+    """Held-out prediction of layer l+1's experts from layer l's (module docstring 5): arrays
+    [L - 1] ``top1_precision``, ``set_recall``, ``popularity_precision``, ``popularity_recall``.
+    None when the trace has one layer, or fewer than 2 sequences (tokens)."""
+    L, E, k = trace.num_layers, trace.num_experts, trace.top_k
+    fit, test = _halves(trace, seed)
+    if L < 2 or not fit.any() or not test.any():
+        return None
+    tie = np.arange(E - 1, -1, -1, dtype=np.int64)  # lower id wins a tie
+    names = ("top1_precision", "set_recall", "popularity_precision", "popularity_recall")
+    out = {n: np.empty(L - 1) for n in names}
+    n_test = int(test.sum())
+    rows = max(1, _CHUNK_CELLS // E)
+    for layer in range(L - 1):
+        a, b = trace.topk_ids[layer].astype(np.int64), trace.topk_ids[layer + 1].astype(np.int64)
+        af, bf = a[fit], b[fit]
+        m = np.bincount((af[:, :, None] * E + bf[:, None, :]).ravel(), minlength=E * E).reshape(E, E)
+        pop = np.bincount(bf.ravel(), minlength=E) * E + tie
+        pop_top = _top(pop, k)
+        at, bt = a[test], b[test]
+        top1_hits = set_hits = 0
+        for lo in range(0, n_test, rows):
+            sa, sb = at[lo: lo + rows], bt[lo: lo + rows]
+            key = m[sa].sum(axis=1) * E + tie  # [rows, E]
+            truth = np.zeros((sa.shape[0], E), dtype=bool)
+            np.put_along_axis(truth, sb, True, axis=1)
+            top1_hits += int(truth[np.arange(sa.shape[0]), key.argmax(axis=1)].sum())
+            set_hits += int(np.take_along_axis(truth, _top(key, k), axis=1).sum())
+        out["top1_precision"][layer] = top1_hits / n_test
+        out["set_recall"][layer] = set_hits / (n_test * k)
+        out["popularity_precision"][layer] = float((bt == int(pop.argmax())).any(axis=1).mean())
+        out["popularity_recall"][layer] = float(np.isin(bt, pop_top).sum() / (n_test * k))
+    return out
+
+
+# ---- 6. co-activation lift --------------------------------------------------------------------
+
+
+def pair_lifts(trace: Trace) -> list[np.ndarray]:
+    """Per layer, the lifts of the expert pairs i < j whose expected count is >= MIN_EXPECTED
+    (module docstring 6); empty arrays when k = 1."""
+    L, T, k = trace.topk_ids.shape
+    E = trace.num_experts
+    if k < 2:
+        return [np.empty(0) for _ in range(L)]
+    ia, ib = np.triu_indices(k, 1)
+    iu, ju = np.triu_indices(E, 1)
+    out = []
+    for layer in range(L):
+        ids = trace.topk_ids[layer].astype(np.int64)
+        x, y = ids[:, ia], ids[:, ib]
+        code = (np.minimum(x, y) * E + np.maximum(x, y)).ravel()
+        cij = np.bincount(code, minlength=E * E).reshape(E, E)[iu, ju].astype(np.float64)
+        c = np.bincount(ids.ravel(), minlength=E).astype(np.float64)
+        expected = c[iu] * c[ju] / T
+        keep = expected >= MIN_EXPECTED
+        out.append(cij[keep] / expected[keep])
+    return out
+
+
+# ---- 7. rank locality -------------------------------------------------------------------------
+
+
+def rank_locality(
+    trace: Trace, per_rank: int, ranks: int = RANKS, top: int = RANK_TOP, window: int = RANK_WINDOW
+) -> tuple[float | None, float | None]:
+    """(own, all) coverage of a rank's next window by the top-``top`` experts of its own / all
+    ranks' previous window (module docstring 7); None when there are fewer than 2 windows."""
+    dec = decode_steps(trace, batch=ranks * per_rank, ranks=ranks, deal="least-loaded")
+    L, E = dec.num_layers, dec.num_experts
+    nw = int(dec.step.max()) // window + 1
+    if nw < 2:
+        return None, None
+    cell = (dec.step // window) * ranks + dec.source_rank  # [T]: (window, rank)
+    own_hits = all_hits = total = 0
+    tie = np.arange(E - 1, -1, -1, dtype=np.int64)
+    n = min(top, E)
+    for layer in range(L):
+        codes = (np.repeat(cell, dec.top_k) * E + dec.topk_ids[layer].ravel())
+        c = np.bincount(codes, minlength=nw * ranks * E).reshape(nw, ranks, E)
+        hist, nxt = c[:-1], c[1:]
+        own = _top(hist * E + tie, n)
+        every = _top(hist.sum(axis=1) * E + tie, n)  # [nw - 1, n]
+        own_hits += int(np.take_along_axis(nxt, own, axis=2).sum())
+        all_hits += int(np.take_along_axis(nxt, np.repeat(every[:, None, :], ranks, axis=1), axis=2).sum())
+        total += int(nxt.sum())
+    if total == 0:
+        return None, None
+    return own_hits / total, all_hits / total
+
+
+def unavailable_reasons(trace: Any) -> dict[str, str]:
+    """Statistic -> why it is missing for ``trace`` (empty when all are available)."""
+    if not trace.has_tokens:
+        why = "counts-only trace: needs per-token routing (topk_ids)"
+        return {n: why for n in ("skew", "reuse", "working_set", "xlayer", "lift", "rank_locality")}
+    out: dict[str, str] = {}
+    if not trace.has_sequences:
+        for n in ("skew_seq", "reuse", "working_set", "rank_locality"):
+            out[n] = NO_SEQUENCES
+    if trace.num_layers < 2:
+        out["xlayer"] = "the trace has a single MoE layer"
+    if trace.top_k < 2:
+        out["lift"] = "top_k is 1: a token picks no pairs of experts"
+    return out
