@@ -21,7 +21,16 @@ concatenated on the device and counted with one ``index_add_``; they are copied 
 every ``sync_every`` steps (and on :meth:`save`/:meth:`counts`).
 
 A step is one forward pass of the model (``auto_step=True``), or whatever the caller marks with
-:meth:`step` (gradient accumulation: call it after the optimizer step). Activation
+:meth:`step` (gradient accumulation: call it after the optimizer step).
+
+Sequences (the trace's ``seq_id`` / ``pos``, what lets a workload form its own steps,
+:mod:`planner.traces.steps`): with ``record_sequences=True`` (default) a forward whose first
+argument (or ``input_ids``) is an integer tensor [B, S] marks its B·S tokens as B new sequences
+at positions 0..S-1, except that a one-token forward [B, 1] right after a forward of the same B
+continues those B sequences one position further (Hugging Face ``generate``: a prompt pass, then
+one token per step). Only shapes are read (no device synchronisation). Anything else (continuous
+batching, packed inputs): call :meth:`mark_sequences` with the forward's ``seq_id`` and ``pos``.
+Sequences are written only when every step has them. Activation
 checkpointing runs the forward twice: record outside it, or detach the recorder during the
 recomputation.
 """
@@ -228,6 +237,7 @@ class RoutingRecorder:
         on_rebalance: Callable[[np.ndarray, np.ndarray, int], Any] | None = None,
         source_rank: int | None = None,
         model_name: str | None = None,
+        record_sequences: bool = True,
     ) -> None:
         try:
             import torch
@@ -271,6 +281,12 @@ class RoutingRecorder:
         self.placement: np.ndarray | None = None  #: the last placement rebalance returned [L, E + R]
         self.rebalances: list[int] = []  #: steps at which rebalance ran
         self._step_tokens: list[int] = []  # tokens of each closed step
+        self.record_sequences = record_sequences
+        self._open_seq: list[tuple[np.ndarray, np.ndarray]] = []  # (seq_id, pos) marks of the open step
+        self._step_seq: list[tuple[np.ndarray, np.ndarray] | None] = []  # per closed step
+        self._next_seq = 0  # the next new sequence id
+        self._last_rows: tuple[np.ndarray, np.ndarray] | None = None  # (seq ids, last pos) of the last [B, S] forward
+        self._pre = None
         self._dev_ids: list[Any] = []  # closed steps not yet copied: [L, T_s, k] device tensors
         self._dev_w: list[Any] = []
         self._dev_counts: list[Any] = []  # [L, E] device tensors per closed step
@@ -340,6 +356,61 @@ class RoutingRecorder:
             return ids, vals.softmax(dim=-1)
         return ids, (vals - logits.float().logsumexp(dim=-1, keepdim=True)).exp()
 
+    def _before_forward(self, module: Any, args: Any, kwargs: Any) -> None:
+        """Sequence marks from the shape of the forward's integer input [B, S] (module docstring)."""
+        if not self._enabled:
+            return
+        x = args[0] if args else kwargs.get("input_ids")
+        torch = self._torch
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.is_floating_point():
+            return
+        B, S = (int(n) for n in x.shape)
+        last = self._last_rows
+        if S == 1 and last is not None and last[0].size == B:
+            seq, pos = last[0], last[1] + 1
+            self._last_rows = (seq, pos)
+            self.mark_sequences(seq, pos)
+            return
+        seq = np.arange(self._next_seq, self._next_seq + B, dtype=np.int64)
+        self._next_seq += B
+        self._last_rows = (seq, np.full(B, S - 1, dtype=np.int64))
+        self.mark_sequences(np.repeat(seq, S), np.tile(np.arange(S, dtype=np.int64), B))
+
+    def mark_sequences(self, seq_id: Any, pos: Any = None) -> None:
+        """Say which request (``seq_id``) and position (``pos``) each token of the next forward
+        belongs to, in the order the routers see the tokens (flattened batch). Marks add up over
+        the forwards of a step; at the end of the step they must cover its tokens exactly."""
+        sid = np.asarray(seq_id, dtype=np.int64).reshape(-1)
+        p = np.zeros_like(sid) if pos is None else np.asarray(pos, dtype=np.int64).reshape(-1)
+        if p.shape != sid.shape:
+            raise InputError(f"RoutingRecorder: pos has {p.size} tokens but seq_id has {sid.size}")
+        self._open_seq.append((sid, p))
+
+    def _take_sequences(self, tokens: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The open step's sequence marks (None: unmarked), checked against its token count; a
+        mismatch drops the step's routing and marks and raises."""
+        if not self._open_seq:
+            return None
+        sid = np.concatenate([a for a, _ in self._open_seq])
+        pos = np.concatenate([b for _, b in self._open_seq])
+        self._open_seq.clear()
+        if sid.size != tokens:
+            for h in self.hooks:
+                h.ids.clear()
+                h.weights.clear()
+            raise InputError(
+                f"RoutingRecorder: the sequence marks of step {self.num_steps} cover {sid.size} tokens but its "
+                f"routers saw {tokens}; mark every token (mark_sequences) or pass record_sequences=False"
+            )
+        return sid, pos
+
+    def _sequence_arrays(self) -> dict[str, np.ndarray]:
+        """``seq_id`` / ``pos`` for the trace when every closed step has them, else none."""
+        if not self._step_seq or any(m is None for m in self._step_seq):
+            return {}
+        marks = [m for m in self._step_seq if m is not None]
+        return {"seq_id": np.concatenate([a for a, _ in marks]), "pos": np.concatenate([b for _, b in marks])}
+
     def _after_forward(self, module: Any, args: Any, output: Any) -> None:
         if self._enabled and any(h.ids for h in self.hooks):
             self.step()
@@ -376,6 +447,7 @@ class RoutingRecorder:
                 f"RoutingRecorder: MoE layer {worst} ({self.hooks[worst].name}) saw {sizes[worst]} tokens in step "
                 f"{self.num_steps}, layer 0 saw {sizes[0]}; every MoE layer must route the same tokens"
             )
+        marks = self._take_sequences(sizes[0])
         ks = {int(t.shape[1]) for t in per_layer}
         if len(ks) != 1:
             raise InputError(f"RoutingRecorder: the MoE layers chose different top-k counts {sorted(ks)}")
@@ -396,6 +468,7 @@ class RoutingRecorder:
             h.ids.clear()
             h.weights.clear()
         self._step_tokens.append(sizes[0])
+        self._step_seq.append(marks)
         self.num_steps += 1
         if len(self._dev_counts) >= self.sync_every:
             self._sync()
@@ -462,7 +535,7 @@ class RoutingRecorder:
         w = np.concatenate(self._host_w, axis=1) if self.record_weights and self._host_w else None
         rank = None if self.source_rank is None else np.full(ids.shape[1], self.source_rank, dtype=np.int64)
         return Trace(ids, self.num_experts, topk_weights=w, step=step, source_rank=rank, model=self.model_name,
-                     source="RoutingRecorder")
+                     source="RoutingRecorder", **self._sequence_arrays())
 
     def save(self, path: str | Path) -> Path:
         """Write the recording as a ``.npz`` routing trace (docs/contracts.md), atomically; the path."""
@@ -476,10 +549,12 @@ class RoutingRecorder:
             h.ids.clear()
             h.weights.clear()
         for lst in (self._dev_ids, self._dev_w, self._dev_counts, self._host_ids, self._host_w,
-                    self._host_counts, self._step_tokens, self.rebalances):
+                    self._host_counts, self._step_tokens, self.rebalances, self._open_seq, self._step_seq):
             lst.clear()
         self.num_steps = 0
         self._window_start = 0
+        self._next_seq = 0
+        self._last_rows = None
 
     def pause(self) -> None:
         """Stop recording until :meth:`resume` (the hooks stay, and return at once)."""
@@ -492,6 +567,8 @@ class RoutingRecorder:
         """Register the hooks (done on construction; again after :meth:`detach`)."""
         if self.auto_step and self._root is None:
             self._root = self.model.register_forward_hook(self._after_forward)
+        if self.record_sequences and self._pre is None:
+            self._pre = self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
         for h in self.hooks:
             if h.handle is None:
                 h.handle = h.module.register_forward_hook(self._hook_for(h))
@@ -505,6 +582,9 @@ class RoutingRecorder:
         if self._root is not None:
             self._root.remove()
             self._root = None
+        if self._pre is not None:
+            self._pre.remove()
+            self._pre = None
 
     def __enter__(self) -> RoutingRecorder:
         return self

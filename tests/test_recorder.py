@@ -392,3 +392,35 @@ def test_import_planner_does_not_import_torch():
     code = "import sys, planner; planner.RoutingRecorder; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_sequences_from_batch_shapes_and_generate_continuation(tmp_path):
+    model = KnownModel()
+    rec = RoutingRecorder(model)
+    model(torch.tensor([[0, 0, 1], [3, 2, 1]]))  # step 0: prompts of 2 new sequences, 3 tokens each
+    model(torch.tensor([[2], [0]]))  # step 1: one more token of each (generate's decode step)
+    model(torch.tensor([[1, 1]]))  # step 2: a new prompt of 2 tokens
+    back = planner.load_trace(rec.save(tmp_path / "s.npz"))
+    assert back.seq_id.tolist() == [0, 0, 0, 1, 1, 1, 0, 1, 2, 2]
+    assert back.pos.tolist() == [0, 1, 2, 0, 1, 2, 3, 3, 0, 1]
+
+
+def test_explicit_sequence_marks_and_their_check():
+    model = KnownModel()
+    rec = RoutingRecorder(model, record_sequences=False)
+    rec.mark_sequences([7, 7, 9], [4, 5, 0])
+    model(torch.tensor([[0, 1, 2]]))
+    t = rec.trace()
+    assert t.seq_id.tolist() == [7, 7, 9] and t.pos.tolist() == [4, 5, 0]
+    rec.mark_sequences([1])
+    with pytest.raises(InputError, match="sequence marks of step 1 cover 1 tokens but its routers saw 2"):
+        model(torch.tensor([[0, 1]]))
+
+
+def test_steps_without_marks_leave_sequences_out():
+    model = KnownModel()
+    rec = RoutingRecorder(model, record_sequences=False)
+    rec.mark_sequences([0, 0])
+    model(torch.tensor([[0, 1]]))
+    model(torch.tensor([[2, 3]]))  # no marks
+    assert rec.trace().seq_id is None
