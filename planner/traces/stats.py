@@ -38,11 +38,8 @@ from planner.traces.realism import (
     SEQS_PER_RANK,
     SKEW_BATCHES,
     WORKING_SET_WINDOWS,
-    cross_layer_prediction,
-    pair_lifts,
+    per_layer,
     rank_locality,
-    sequence_locality,
-    skew_table,
 )
 from planner.traces.trace import CountsTrace, Trace
 
@@ -286,39 +283,43 @@ SUMMARY_KEYS: tuple[str, ...] = (
 )
 
 
+def _summarize(trace: Trace | CountsTrace, rows: dict[str, np.ndarray], seed: int) -> dict[str, float | None]:
+    """The :data:`SUMMARY_KEYS` dict from the per-layer tables ``rows`` (realism.per_layer)."""
+    out: dict[str, float | None] = dict.fromkeys(SUMMARY_KEYS)
+    counts = trace.counts()
+    imb = _imbalance(counts)
+    for how in ("min", "max", "mean"):
+        out[f"imbalance_whole_{how}"] = _agg(imb, how)
+    out["entropy_mean"] = _agg(_entropy(counts), "mean")
+    if not isinstance(trace, Trace):
+        return out
+    for name, v in rows.items():
+        if name.startswith(("skew_", "working_set_", "xlayer_")):
+            out[name] = _agg(v, "mean")
+    kE = trace.top_k / trace.num_experts
+    out["reuse_random"] = kE
+    if "reuse" in rows:
+        reuse = rows["reuse"]
+        out["reuse_mean"], out["reuse_max"] = _agg(reuse, "mean"), _agg(reuse, "max")
+        out["reuse_first_layer"], out["reuse_last_layer"] = _f(reuse[0]), _f(reuse[-1])
+    if "xlayer_top1_precision" in rows:
+        out["xlayer_random"] = kE
+    lifts = rows.get("_lifts")
+    if lifts is not None and lifts.size:
+        out["lift_p50"], out["lift_p99"] = (float(x) for x in np.percentile(lifts, [50, 99]))
+        out["lift_max"] = float(lifts.max())
+    if trace.has_sequences:
+        for n in SEQS_PER_RANK:
+            out[f"rank_locality_own_{n}"], out[f"rank_locality_all_{n}"] = rank_locality(trace, n)
+    return out
+
+
 def summary_statistics(trace: Trace | CountsTrace, seed: int = 0) -> dict[str, float | None]:
     """The headline numbers of ``trace`` as a flat dict with the keys :data:`SUMMARY_KEYS`
     (definitions: :mod:`planner.traces.realism`); None where the trace cannot give one
     (:func:`planner.traces.realism.unavailable_reasons` says why). Per-layer figures are averaged
-    over layers (``imbalance_whole_*``: min / max / mean over layers; ``lift_*``: percentiles of
-    all layers' pairs pooled). Deterministic for a given ``seed`` (random batches, halves)."""
-    out: dict[str, float | None] = dict.fromkeys(SUMMARY_KEYS)
-    counts = trace.counts()
-    imb = _imbalance(counts)
-    out["imbalance_whole_min"] = _agg(imb, "min")
-    out["imbalance_whole_max"] = _agg(imb, "max")
-    out["imbalance_whole_mean"] = _agg(imb, "mean")
-    out["entropy_mean"] = _agg(_entropy(counts), "mean")
-    if not isinstance(trace, Trace):
-        return out
-    for name, per_layer in skew_table(trace, seed).items():
-        out[f"skew_{name}"] = _agg(per_layer, "mean")
-    out["reuse_random"] = trace.top_k / trace.num_experts
-    if trace.has_sequences:
-        loc = sequence_locality(trace)
-        reuse = loc.pop("reuse")
-        out["reuse_mean"], out["reuse_max"] = _agg(reuse, "mean"), _agg(reuse, "max")
-        out["reuse_first_layer"], out["reuse_last_layer"] = _f(reuse[0]), _f(reuse[-1])
-        out |= {name: _agg(v, "mean") for name, v in loc.items()}
-        for n in SEQS_PER_RANK:
-            out[f"rank_locality_own_{n}"], out[f"rank_locality_all_{n}"] = rank_locality(trace, n)
-    if trace.num_experts <= MAX_PAIR_EXPERTS:
-        xl = cross_layer_prediction(trace, seed)
-        if xl is not None:
-            out |= {f"xlayer_{name}": _agg(v, "mean") for name, v in xl.items()}
-            out["xlayer_random"] = trace.top_k / trace.num_experts
-        lifts = np.concatenate(pair_lifts(trace))
-        if lifts.size:
-            out["lift_p50"], out["lift_p99"] = (float(x) for x in np.percentile(lifts, [50, 99]))
-            out["lift_max"] = float(lifts.max())
-    return out
+    over layers (``imbalance_whole_*``: min / max / mean over layers; ``reuse_max``: the layer
+    reusing most; ``lift_*``: percentiles of all layers' pairs pooled). Deterministic for a
+    given ``seed`` (random batches, halves)."""
+    rows = per_layer(trace, seed, trace.num_experts <= MAX_PAIR_EXPERTS) if isinstance(trace, Trace) else {}
+    return _summarize(trace, rows, seed)
