@@ -26,6 +26,11 @@ Per MoE layer l (E experts, counts c_e, T tokens, k experts per token):
 
 These are in-sample descriptions of the trace, not held-out scores. Counts-only traces report
 imbalance and entropy only; ``unavailable`` says why the rest is missing.
+
+The statistics that describe real routing (batch skew, temporal reuse, working sets, held-out
+cross-layer prediction, pair-lift percentiles, rank locality) are defined and computed in
+:mod:`planner.traces.realism`; :func:`trace_stats` adds them to its per-layer rows and summary,
+and :func:`summary_statistics` gives their headline numbers as a flat dict with stable keys.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ from planner.traces.realism import (
     SEQS_PER_RANK,
     SKEW_BATCHES,
     WORKING_SET_WINDOWS,
+    num_sequences,
     per_layer,
     rank_locality,
+    unavailable_reasons,
 )
 from planner.traces.trace import CountsTrace, Trace
 
@@ -171,14 +178,17 @@ def _f(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
 
 
-def trace_stats(trace: Trace | CountsTrace) -> dict[str, Any]:
-    """Summary statistics of ``trace`` as a JSON-ready dict (definitions: module docstring).
+def trace_stats(trace: Trace | CountsTrace, seed: int = 0) -> dict[str, Any]:
+    """Summary statistics of ``trace`` as a JSON-ready dict (definitions: module docstring and
+    :mod:`planner.traces.realism`).
 
     Keys: ``kind`` ("tokens" or "counts"), ``model``, ``num_layers``, ``num_experts``,
     ``top_k`` and ``num_tokens`` (None for counts), ``num_steps``, ``num_ranks`` (from
-    ``source_rank``, else None), ``layers`` (one dict per MoE layer), ``summary`` (means over
-    layers; ``cross_layer`` / ``coactivation`` are None when unavailable) and ``unavailable``
-    (statistic -> reason).
+    ``source_rank``, else None), ``num_sequences`` (None without ``seq_id``), ``layers`` (one
+    dict per MoE layer, with the per-layer statistics of :func:`realism.per_layer` the trace
+    allows), ``summary`` (means over layers; ``cross_layer`` / ``coactivation`` are None when
+    unavailable; ``realism``: :func:`summary_statistics`) and ``unavailable`` (statistic ->
+    reason). ``seed``: random batches and halves of the realism statistics.
     """
     if isinstance(trace, Trace):
         counts_LE = trace.counts()
@@ -233,6 +243,17 @@ def trace_stats(trace: Trace | CountsTrace) -> dict[str, Any]:
         unavailable["coactivation"] = UNAVAILABLE_COUNTS
 
     is_tokens = isinstance(trace, Trace)
+    rows: dict[str, np.ndarray] = {}
+    if is_tokens:
+        rows = per_layer(trace, seed, trace.num_experts <= MAX_PAIR_EXPERTS)
+        for name, v in rows.items():
+            if not name.startswith("_"):
+                for i in range(v.size):
+                    layers[i][name] = _f(v[i])
+        if trace.num_experts > MAX_PAIR_EXPERTS:
+            unavailable["xlayer"] = unavailable["lift"] = unavailable["cross_layer"]
+    for what, why in unavailable_reasons(trace).items():
+        unavailable.setdefault(what, why)
     ranks = None
     if is_tokens and trace.source_rank is not None:
         ranks = int(trace.source_rank.max()) + 1
@@ -245,6 +266,7 @@ def trace_stats(trace: Trace | CountsTrace) -> dict[str, Any]:
         "num_tokens": trace.num_tokens if is_tokens else None,
         "num_steps": trace.num_steps,
         "num_ranks": ranks,
+        "num_sequences": num_sequences(trace),
         "layers": layers,
         "summary": {
             "imbalance_mean": _nanmean(list(imb)),
@@ -254,6 +276,7 @@ def trace_stats(trace: Trace | CountsTrace) -> dict[str, Any]:
             "entropy_min": _f(np.nanmin(ent)) if np.isfinite(ent).any() else None,
             "cross_layer": cross,
             "coactivation": coact,
+            "realism": _summarize(trace, rows, seed),
         },
         "unavailable": unavailable,
     }
