@@ -80,6 +80,13 @@ def _f(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
+def num_sequences(trace: Any) -> int | None:
+    """Distinct ``seq_id`` values of a per-token trace (None without sequences)."""
+    if not getattr(trace, "has_sequences", False):
+        return None
+    return int(np.unique(trace.seq_id).size)
+
+
 def stream_order(trace: Trace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(token order [T], sequence of each stream position [T], first stream position of that
     sequence [T]) — the stream of the module docstring."""
@@ -188,12 +195,15 @@ def _top(key: np.ndarray, n: int) -> np.ndarray:
     return np.argpartition(-key, n - 1, axis=-1)[..., :n]
 
 
-def cross_layer_prediction(trace: Trace, seed: int = 0) -> dict[str, np.ndarray] | None:
+def cross_layer_prediction(
+    trace: Trace, seed: int = 0, fit: np.ndarray | None = None
+) -> dict[str, np.ndarray] | None:
     """Held-out prediction of layer l+1's experts from layer l's (module docstring 5): arrays
     [L - 1] ``top1_precision``, ``set_recall``, ``popularity_precision``, ``popularity_recall``.
-    None when the trace has one layer, or fewer than 2 sequences (tokens)."""
+    ``fit``: boolean [T], the tokens the table is fitted on (the rest are tested); default the
+    seeded halves. None when the trace has one layer, or fewer than 2 sequences (tokens)."""
     L, E, k = trace.num_layers, trace.num_experts, trace.top_k
-    fit, test = _halves(trace, seed)
+    fit, test = _halves(trace, seed) if fit is None else (np.asarray(fit, dtype=bool), ~np.asarray(fit, dtype=bool))
     if L < 2 or not fit.any() or not test.any():
         return None
     tie = np.arange(E - 1, -1, -1, dtype=np.int64)  # lower id wins a tie

@@ -65,7 +65,9 @@ def test_coactivation_by_hand():
     assert row["top_pair_share"] == pytest.approx(1.0)
     co = s["summary"]["coactivation"]
     assert co["top_pairs"] == 4 and co["top_pair_share_uniform"] == pytest.approx(4 / 6)
-    assert s["unavailable"] == {"cross_layer": "the trace has a single MoE layer"}
+    assert s["unavailable"]["cross_layer"] == s["unavailable"]["xlayer"] == "the trace has a single MoE layer"
+    assert "coactivation" not in s["unavailable"] and "lift" not in s["unavailable"]
+    assert "seq_id" in s["unavailable"]["reuse"]  # no sequences
 
 
 def test_counts_only_reports_imbalance_and_entropy_only():
@@ -78,7 +80,10 @@ def test_counts_only_reports_imbalance_and_entropy_only():
     assert l0["step_imbalance"] == pytest.approx((1.5 + 1.0) / 2)
     assert l1["step_imbalance"] == pytest.approx((1.0 + 2.0) / 2)
     assert s["summary"]["cross_layer"] is None and s["summary"]["coactivation"] is None
-    assert set(s["unavailable"]) == {"cross_layer", "coactivation"}
+    assert set(s["unavailable"]) == {"cross_layer", "coactivation", "skew", "reuse", "working_set", "xlayer",
+                                     "lift", "rank_locality"}
+    assert s["summary"]["realism"]["imbalance_whole_max"] == pytest.approx(1.5)
+    assert s["summary"]["realism"]["skew_random_16"] is None
     assert "counts-only" in s["unavailable"]["cross_layer"]
 
 
