@@ -48,9 +48,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from planner.solve import baselines
+from planner.solve.cover import cover_row, cover_sets, rank_load, start_sets
 from planner.solve.nodeswap import sole_needs
 from planner.solve.problem import SEARCH_MAX_TOKENS, PlacementInputs, TokenSample
 from planner.solve.scoring import simulated_ms
+
+#: Rounds of the cover search per layer and weighting (:func:`planner.solve.cover.cover_sets`).
+COVER_ROUNDS = 64
 
 
 @dataclass
@@ -208,6 +212,7 @@ def cross_node_replicas(
     layer_ms: Callable[[int, np.ndarray], float],
     deadline: float,
     fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),  # the ``everywhere m`` variants, m = f · r
+    load_T: np.ndarray | None = None,
 ) -> tuple[np.ndarray, XNodeStats]:
     """Apply the stages of the module docstring to every layer of ``phy2log_LP`` [L, P].
 
@@ -215,6 +220,8 @@ def cross_node_replicas(
     ``weight_NLE`` tokens per step by source node, layer and expert; ``layer_ms(l, row)`` the
     planning objective of layer ``l`` with ``row`` as its placement. Returns the new placement
     and statistics (replicas moved off their node, layers changed, stopped by the deadline).
+    ``load_T``: tokens of each planning token's (step, source GPU), the weight of the ``cover
+    weighted`` variant (:mod:`planner.solve.cover`; without it only ``cover`` is tried).
     """
     L, P = phy2log_LP.shape
     E = weight_NLE.shape[2]
@@ -242,8 +249,9 @@ def cross_node_replicas(
             (f"{name} {m}", [[e for e in order[:m] if node_E[e] != v] for v in range(num_nodes)])
             for name, order in (("everywhere", shared), ("busiest", busiest)) for m in ms
         ]
-        for name, remote in variants:
-            row = node_row(node_E, remote, weight_NLE[:, l], spn, gpus_per_node)
+        rows = [(name, node_row(node_E, remote, weight_NLE[:, l], spn, gpus_per_node)) for name, remote in variants]
+        rows += cover_variants(ids_LTk[l], src_node_T, node_E, weight_NLE[:, l], spn, gpus_per_node, load_T)
+        for name, row in rows:
             t = layer_ms(l, row)
             if t < best_ms * (1 - 1e-9):
                 best, best_ms, label = row, t, name
@@ -253,6 +261,23 @@ def cross_node_replicas(
             stats.layers_changed += 1
             stats.remote_replicas += int((np.arange(P) // spn != node_E[best]).sum())
     return out, stats
+
+
+def cover_variants(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.ndarray, w_NE: np.ndarray,
+                   slots_per_node: int, gpus_per_node: int, load_T: np.ndarray | None) -> list[tuple[str, np.ndarray]]:
+    """Rows whose node sets keep the most planning tokens whole on their node
+    (:mod:`planner.solve.cover`): by token count (``cover``) and weighted by the load of the
+    token's GPU (``cover weighted``); none when a node's slots could hold every expert."""
+    N, E = w_NE.shape
+    if N < 2 or slots_per_node >= E:
+        return []
+    start = start_sets(node_E, w_NE, slots_per_node)
+    weights = [("cover", np.ones(ids_Tk.shape[0]))] + ([("cover weighted", load_T)] if load_T is not None else [])
+    out = []
+    for name, w_T in weights:
+        has, _ = cover_sets(ids_Tk, src_node_T, w_T, start, max_rounds=COVER_ROUNDS)
+        out.append((name, cover_row(has, w_NE, slots_per_node, gpus_per_node)))
+    return out
 
 
 def nearest_replicas(phy2log_LP: np.ndarray, inp: PlacementInputs, sample: TokenSample,
@@ -283,5 +308,5 @@ def nearest_replicas(phy2log_LP: np.ndarray, inp: PlacementInputs, sample: Token
     return cross_node_replicas(
         phy2log_LP, sample.ids_LTk, sample.src_T // gpn, w_NLE, N, gpn,
         lambda l, row: simulated_ms(inp, row[None, :], x_ids[l][None], x_step, x_src, x_grp, keep.size),
-        deadline,
+        deadline, load_T=rank_load(sample.step_T, sample.src_T),
     )
