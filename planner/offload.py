@@ -24,11 +24,17 @@ A missed expert run on the host CPU costs ``K_cpu(M) = 0.103 ms + max(bytes / 43
 2·params·M / 1 TFLOP/s)``: the line through docs/facts.md §2's two CPU measurements at one token
 (the FLOP term for several tokens is an assumption; the host is not in the hardware profiles).
 
-**Trace** (:func:`decode_trace`): offloaded decoding runs a few tokens per step. A trace whose
-steps hold more than b tokens (the shipped traces: 16 steps of 512 tokens) is cut to its first
+**Trace** (:func:`decode_split`): offloaded decoding runs a few tokens per step. A trace with
+sequences (``seq_id`` / ``pos``) is decoded as a server would
+(:func:`planner.traces.steps.decode_steps`: b concurrent sequences, one token each per step, a
+finished sequence replaced by the next in arrival order; at b = 1 the sequences one after
+another, tokens in ``pos`` order) and split **by sequences**: the first ``train_fraction`` of the
+sequences (arrival order) are planned on, the later ones are decoded after them and score the
+plan — no sequence is cut between the two. A trace without sequences whose steps hold more than
+b tokens (the shipped synthetic traces: 16 steps of 512 tokens) is cut to its first
 ``decode_tokens`` / steps tokens of each step (consecutive tokens of a step come from one rank's
-sequences, so they share their input domain) and regrouped into decode steps of b consecutive
-tokens. The first ``train_fraction`` of the decode steps is planned on, the rest scores the plan.
+sequences) and regrouped into decode steps of b consecutive tokens; the first
+``train_fraction`` of those steps is planned on, the rest scores the plan.
 """
 
 from __future__ import annotations
@@ -49,10 +55,10 @@ from planner.cachesim import (
     PrefetchConfig,
     decode_steps,
     fit_predictor,
-    simulate_cache,
     step_counts,
     step_probs,
 )
+from planner.cachesim_fast import replay
 from planner.cost.compute import expert_ffn_ms
 from planner.cost.layers import (
     attention_ms,
@@ -68,7 +74,7 @@ from planner.errors import InfeasibleError, InputError
 from planner.io import atomic_write_bytes, atomic_write_text
 from planner.provenance import input_hash, make_provenance
 from planner.resolve import resolve_hardware, resolve_trace
-from planner.solve.cache import CacheSolution, even_lru, global_topk, solve_cache
+from planner.solve.cache import BASELINES, CacheSolution, baseline_configs, solve_cache
 from planner.specs.cluster import ClusterSpec
 from planner.specs.hardware import HardwareProfile
 from planner.specs.model import ModelSpec
@@ -86,6 +92,8 @@ from planner.specs.plan import (
 )
 from planner.specs.workload import Workload
 from planner.traces import Trace
+from planner.traces.steps import decode_steps as seq_decode_steps
+from planner.traces.steps import sequences as seq_sequences
 
 GB = 1e9
 #: Host-CPU expert FFN (bf16, 16 cores, 1 token): t = CPU_EXPERT_FIXED_MS + expert bytes / CPU_EXPERT_GBPS,
@@ -100,9 +108,11 @@ DECODE_TOKENS = 2048
 
 
 def decode_trace(trace: Trace, batch: int, decode_tokens: int = DECODE_TOKENS) -> Trace:
-    """The trace in decode shape (module docstring): steps of ``batch`` consecutive tokens."""
+    """The trace in decode shape (module docstring), without a planning split."""
     if decode_tokens <= 0:
         raise InputError(f"decode_tokens must be > 0 (got {decode_tokens})", field="decode_tokens")
+    if trace.has_sequences:
+        return seq_decode_steps(trace, batch)
     step = trace.step
     _, idx = np.unique(step, return_inverse=True)
     n_steps = int(idx.max()) + 1
@@ -114,6 +124,37 @@ def decode_trace(trace: Trace, batch: int, decode_tokens: int = DECODE_TOKENS) -
         mask = pos < keep_n
         trace = Trace(trace.topk_ids[:, mask], trace.num_experts, step=step[mask], model=trace.model, source=trace.source)
     return decode_steps(trace, batch)
+
+
+def decode_split(trace: Trace, batch: int, train_fraction: float, decode_tokens: int = DECODE_TOKENS) -> tuple[Trace, int, str]:
+    """The decode-shaped trace, its number of planning steps and what was held out (module
+    docstring: by sequences when the trace has them, else by steps)."""
+    if not 0 < train_fraction < 1:
+        raise InputError(f"train_fraction must be in (0, 1) (got {train_fraction})", field="train_fraction")
+    if not trace.has_sequences:
+        tr = decode_trace(trace, batch, decode_tokens)
+        S = int(np.unique(tr.step).size)
+        P = int(min(max(round(S * train_fraction), 1), S - 1)) if S > 1 else S
+        return tr, P, f"held-out decode steps: the last {S - P} of {S} (planned on the first {P})"
+    order, starts, lengths = seq_sequences(trace)
+    N = starts.size
+    if N < 2:
+        raise InputError(f"{trace.source}: offload planning on sequences needs >= 2 sequences (got {N})")
+    n_plan = int(min(max(round(N * train_fraction), 1), N - 1))
+    seq_T = np.empty(trace.num_tokens, np.int64)
+    seq_T[order] = np.repeat(np.arange(N), lengths)
+    parts = []
+    for sel in (seq_T < n_plan, seq_T >= n_plan):
+        sub = Trace(trace.topk_ids[:, sel], trace.num_experts, model=trace.model, source=trace.source,
+                    seq_id=trace.seq_id[sel], pos=None if trace.pos is None else trace.pos[sel])
+        parts.append(seq_decode_steps(sub, batch))
+    P = int(parts[0].step.max()) + 1
+    tr = Trace(np.concatenate([parts[0].topk_ids, parts[1].topk_ids], axis=1), trace.num_experts,
+               step=np.concatenate([parts[0].step, parts[1].step + P]), model=trace.model, source=trace.source)
+    S = int(tr.step.max()) + 1
+    how = (f"held-out sequences: the last {N - n_plan} of {N} in arrival order ({S - P} decode steps at batch"
+           f" {batch}; planned on the first {n_plan}, {P} steps)")
+    return tr, P, how
 
 
 def offload_timing(model: ModelSpec, hw: HardwareProfile, batch: int, context: int) -> OffloadTiming:
@@ -197,11 +238,12 @@ class OffloadProblem:
     time_limit: float
     options: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    split: str = ""  #: what was held out (decode_split)
 
     @property
     def evaluated_on(self) -> str:
         S = self.counts_SLE.shape[0]
-        return f"held-out decode steps: the last {S - self.plan_steps} of {S} (planned on the first {self.plan_steps})"
+        return self.split or f"held-out decode steps: the last {S - self.plan_steps} of {S} (planned on the first {self.plan_steps})"
 
     def size(self) -> dict[str, Any]:
         m = self.model
@@ -247,12 +289,11 @@ def prepare_offload(
         )
     if not trace.has_tokens:
         raise InputError(f"{trace_label}: offload planning needs a per-token trace (counts-only statistics have no order)")
-    tr = decode_trace(trace, b, decode_tokens)
+    tr, plan_steps, split = decode_split(trace, b, min(train_fraction, 1 - 1e-9), decode_tokens)
     counts = step_counts(tr.topk_ids, tr.step, tr.num_experts)
     S = counts.shape[0]
     if S < 2:
         raise InputError(f"{trace_label}: offload planning needs >= 2 decode steps (got {S})")
-    plan_steps = int(min(max(round(S * train_fraction), 1), S - 1)) if train_fraction < 1 else S - 1
     budget = memory_budget(model, gpu_memory_gb, b, seq_len)
     wl = workload or Workload(mode="offload", seq_len=seq_len, micro_batch=b, gpu_memory_gb=gpu_memory_gb)
     return OffloadProblem(
@@ -260,7 +301,7 @@ def prepare_offload(
         timing=offload_timing(model, hw, b, seq_len), budget=budget, batch=b, seed=seed, time_limit=time_limit,
         options={"gpu_memory_gb": gpu_memory_gb, "micro_batch": b, "seq_len": seq_len, "seed": seed,
                  "train_fraction": train_fraction, "decode_tokens": decode_tokens},
-        notes=notes,
+        notes=notes, split=split,
     )
 
 
@@ -274,7 +315,7 @@ def evaluate(pr: OffloadProblem, cfg: CacheConfig, probs: np.ndarray | None = No
             probs = pr.probs()
         cfg = CacheConfig(cfg.resident_LE, cfg.dynamic_L, cfg.policy,
                           PrefetchConfig(probs, cfg.prefetch.threshold, cfg.prefetch.max_count), cfg.cpu)
-    return simulate_cache(pr.counts_SLE, cfg, pr.timing, record_from=pr.plan_steps, batch=pr.batch)
+    return replay(pr.counts_SLE, cfg, pr.timing, record_from=pr.plan_steps, batch=pr.batch)
 
 
 def belady_bound(pr: OffloadProblem, slots: int) -> int:
@@ -283,19 +324,15 @@ def belady_bound(pr: OffloadProblem, slots: int) -> int:
 
 
 def baselines(pr: OffloadProblem) -> dict[str, CacheConfig]:
-    """The published caches at the same expert slots: per-layer even LRU (mixtral-offloading),
-    global top-k frequency set (KTransformers' GPU set; also with every miss run on the CPU, as
-    KTransformers runs its CPU experts), and per-layer LFU of the same size."""
+    """The published caches at the same expert slots (:data:`planner.solve.cache.BASELINES`,
+    fitted on the planning steps): per-layer even LRU (mixtral-offloading), the global top-k
+    frequency set (KTransformers' GPU set), the same with every miss run on the CPU (as
+    KTransformers runs its CPU experts); and per-layer LFU of the same size."""
     L, E = pr.model.num_moe_layers, pr.model.num_experts
-    slots = pr.budget.slots
-    lru = even_lru(L, E, slots)
-    top = global_topk(pr.counts_SLE[: pr.plan_steps], slots)
-    return {
-        "even-lru (mixtral-offloading)": lru,
-        "even-lfu": CacheConfig(lru.resident_LE, lru.dynamic_L, "lfu"),
-        "global-topk (KTransformers)": CacheConfig(top, np.zeros(L, np.int64), "lru"),
-        "global-topk, misses on CPU": CacheConfig(top, np.zeros(L, np.int64), "lru", cpu="all"),
-    }
+    out = baseline_configs(pr.counts_SLE[: pr.plan_steps], L, E, pr.budget.slots)
+    lru = out[BASELINES[0]]
+    out["even-lfu"] = CacheConfig(lru.resident_LE, lru.dynamic_L, "lfu")
+    return out
 
 
 # ---- solve ------------------------------------------------------------------------------------
@@ -349,6 +386,10 @@ def solve_offload(pr: OffloadProblem, **solve_kw: Any) -> Plan:
         time_s=round(time_s, 3), candidates=candidates,
     )
     if chosen != "all-resident":
+        if sol.sampled_steps is not None:
+            err = "" if sol.sample_error is None else f" (relative standard error of its step time {sol.sample_error:.1%})"
+            predicted.notes.append(f"the policy search scored {sol.sampled_steps} of the {P} planning steps, in windows{err}")
+        predicted.notes.extend(f"not tried: {x}" for x in sol.skipped)
         predicted.notes.append(f"policy chosen on the planning steps: {chosen}")
     return Plan(
         model=m, cluster=ClusterSpec(hardware=hw.name, num_nodes=1, gpus_per_node=1), workload=pr.workload,
@@ -434,21 +475,20 @@ def simulate_plan(plan: Plan, trace: Trace, hw: HardwareProfile, *, train_fracti
     """Replay ``trace`` (decode-shaped at the plan's batch) through an offload plan. The prefetch
     predictor is refitted on the first ``train_fraction`` of its steps; figures are over the rest."""
     b = plan.workload.micro_batch or 1
-    tr = decode_trace(trace, b, DECODE_TOKENS)
+    tr, P, how = decode_split(trace, b, min(train_fraction, 1 - 1e-9), DECODE_TOKENS)
     counts = step_counts(tr.topk_ids, tr.step, tr.num_experts)
     S = counts.shape[0]
     if S < 2:
         raise InputError(f"simulate: the trace gives {S} decode step(s) at batch {b}; needs >= 2")
-    P = int(min(max(round(S * train_fraction), 1), S - 1))
     _, s_T = np.unique(tr.step, return_inverse=True)
     pred = fit_predictor(tr.topk_ids[:, s_T < P], tr.num_experts)
     probs = step_probs(pred, tr.topk_ids, tr.step, tr.num_experts)
     cfg = plan_config(plan, probs)
     timing = offload_timing(plan.model, hw, b, plan.workload.seq_len)
-    sim = simulate_cache(counts, cfg, timing, record_from=P, batch=b)
+    sim = replay(counts, cfg, timing, record_from=P, batch=b)
     out = sim.summary()
     out["hit_rate_per_layer"] = [float(x) for x in sim.hit_rate_L]
-    out["evaluated_on"] = f"decode steps {P}..{S - 1} of {S} (prefetch predictor fitted on the first {P})"
+    out["evaluated_on"] = f"{how}; prefetch predictor fitted on the planning steps"
     return out
 
 

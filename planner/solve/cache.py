@@ -25,9 +25,10 @@ from planner.cachesim import (
     OffloadTiming,
     PrefetchConfig,
     access_lists,
-    simulate_cache,
 )
+from planner.cachesim_fast import fast_supported, replay
 from planner.errors import InfeasibleError, InputError
+from planner.solve.cache_lru import hybrid_stall_tables, miss_stall
 
 #: Dynamic slots per layer tried by :func:`solve_cache`.
 DYNAMIC_CHOICES = (0, 2)
@@ -40,6 +41,16 @@ THRESHOLDS_DYNAMIC = (None, 0.5)
 TIME_TOLERANCE = 0.05
 #: CPU execution of missed experts tried (planner.cachesim, Fiddler's rule).
 CPU_CHOICES = ("off", "fastest")
+#: The published caches always scored; the plan is never slower than the best of them on the
+#: planning steps: per-layer even LRU (mixtral-offloading), the global top-k frequency set
+#: (KTransformers' GPU set), and the same with every miss run on the CPU (KTransformers).
+BASELINES = ("even-lru (mixtral-offloading)", "global-topk (KTransformers)", "global-topk, misses on CPU")
+#: Planning steps above this are subsampled (:func:`sample_windows`).
+MAX_PLAN_STEPS = 24576
+#: Consecutive steps per window of the subsample.
+WINDOW_STEPS = 2048
+#: Prefetch candidates need the reference (event-loop) replay: tried up to this many steps.
+REFERENCE_STEPS = 4096
 
 
 def frequency_order(counts_SLE: np.ndarray) -> np.ndarray:
@@ -177,12 +188,15 @@ class CacheSolution:
     config: CacheConfig
     threshold: float | None
     prefetch_count: int
-    planning: CacheSimResult  #: the chosen config on the planning steps
+    planning: CacheSimResult  #: the chosen config on the (scored) planning steps
     candidates: dict[str, float]  #: mean step ms on the planning steps by candidate name
     transfers: dict[str, int]  #: copies on the planning steps by candidate name
     chosen: str
     time_s: float
     stopped_by_time: bool = False  #: the time limit cut the candidate search short
+    sampled_steps: int | None = None  #: planning steps scored when the search subsampled them
+    sample_error: float | None = None  #: relative standard error of the chosen step time (subsample)
+    skipped: tuple[str, ...] = ()  #: candidate families not tried, with the reason
 
 
 def solve_cache(
@@ -199,29 +213,57 @@ def solve_cache(
     cpu_choices: tuple[str, ...] = CPU_CHOICES,
     time_tolerance: float = TIME_TOLERANCE,
     time_limit: float | None = None,
+    max_steps: int = MAX_PLAN_STEPS,
 ) -> CacheSolution:
     """Choose the cache for ``slots`` expert slots (module docstring, step 3). ``counts_SLE`` are
     the planning steps, ``prob_SLE`` the prefetch probabilities on them (None: no prefetch);
     ``prefetch_count`` the prefetch staging buffers (taken from ``slots`` when prefetching). The
     first ``warmup_steps`` warm dynamic caches and are not scored. ``time_tolerance``: candidates
-    this close to the fastest tie and the fewest copies wins (more trades time for PCIe traffic).
-    ``time_limit`` (s): candidates are not started past it (the global top-k set is always scored);
-    a safety stop, reported as ``stopped_by_time``."""
+    this close to the fastest tie and the fewest copies wins. ``time_limit`` (s): candidates are
+    not started past it (the baselines are always scored), reported as ``stopped_by_time``.
+    ``max_steps``: more planning steps than this are subsampled (:func:`sample_windows`)."""
     t0 = time.perf_counter()
     S, L, E = counts_SLE.shape
     if slots < 0:
         raise InfeasibleError(f"the expert budget holds {slots} slots: no room for a cache")
-    order = frequency_order(counts_SLE[warmup_steps:] if warmup_steps < S else counts_SLE)
+    sampled, windows = None, None
+    skipped: list[str] = []
+    if S > max_steps:
+        idx, windows = sample_windows(S, max_steps)
+        counts_SLE, sampled, warmup_steps = counts_SLE[idx], idx.size, min(warmup_steps, WINDOW_STEPS // 4)
+        prob_SLE = None
+        skipped.append(f"prefetch (the planning steps were subsampled to {idx.size} of {S})")
+        S = counts_SLE.shape[0]
     rec = min(warmup_steps, S - 1)
-    acc = access_lists(counts_SLE)
+    acc: list = []
 
     def run(cfg: CacheConfig) -> CacheSimResult:
-        return simulate_cache(counts_SLE, cfg, timing, record_from=rec, batch=batch, accesses=acc)
+        if not fast_supported(cfg) and not acc:
+            acc.append(access_lists(counts_SLE))
+        return replay(counts_SLE, cfg, timing, record_from=rec, batch=batch, accesses=acc[0] if acc else None)
+
+    def late() -> bool:
+        return time_limit is not None and time.perf_counter() - t0 > time_limit
 
     results: dict[str, tuple[CacheConfig, CacheSimResult, float | None]] = {}
-    topk = CacheConfig(global_topk(counts_SLE[rec:], slots), np.zeros(L, np.int64), "lru")
-    results["global-topk"] = (topk, run(topk), None)
+    for name, cfg in baseline_configs(counts_SLE[rec:], L, E, slots).items():
+        results[name] = (cfg, run(cfg), None)
     stopped = False
+    scored = counts_SLE[rec:]
+    order = frequency_order(scored)
+    cpus = [c for c in cpu_choices if c == "off" or timing.cpu_ms_M is not None]
+    if late():
+        stopped = True
+    else:
+        for name, cfg in hybrid_candidates(scored, timing, order, slots, cpus).items():
+            if late():
+                stopped = True
+                break
+            results[name] = (cfg, run(cfg), None)
+    probs = prob_SLE[rec:] if prob_SLE is not None else None
+    if prob_SLE is not None and S > REFERENCE_STEPS:
+        skipped.append(f"prefetch ({S} planning steps: more than the {REFERENCE_STEPS} the reference replay takes)")
+        prob_SLE = probs = None
     for d in dynamic_choices:
         for thr in thresholds if d == 0 else [t for t in thresholds if t in THRESHOLDS_DYNAMIC]:
             if thr is not None and (prob_SLE is None or prefetch_count <= 0):
@@ -231,29 +273,71 @@ def solve_cache(
             if static < 0 or d > E:
                 continue
             pf = PrefetchConfig(prob_SLE, thr, prefetch_count) if thr is not None else None
-            for cpu in cpu_choices:
-                if cpu != "off" and timing.cpu_ms_M is None:
-                    continue
-                if time_limit is not None and time.perf_counter() - t0 > time_limit:
+            for cpu in cpus:
+                if late():
                     stopped = True
                     break
-                probs = prob_SLE[rec:] if prob_SLE is not None else None
-                f = layer_stall_table(counts_SLE[rec:], timing, order, probs, thr, cpu)
+                f = layer_stall_table(scored, timing, order, probs, thr, cpu)
                 r_L = allocate(f, static)
                 dyn = np.minimum(np.full(L, d, np.int64), E - r_L)
-                res = resident_from_counts(order, r_L)
-                cfg = CacheConfig(res, dyn, "lru", pf, cpu)
+                cfg = CacheConfig(resident_from_counts(order, r_L), dyn, "lru", pf, cpu)
                 name = f"dp(d={d}, prefetch={'off' if thr is None else f'p>={thr}'}, cpu={cpu})"
                 results[name] = (cfg, run(cfg), thr)
-    limit = results["global-topk"][1].transfers
-    ok = {k: v for k, v in results.items() if v[1].transfers <= limit}
-    fastest = min(float(v[1].step_ms_S.mean()) for v in ok.values())
-    near = {k: v for k, v in ok.items() if v[1].step_ms_S.mean() <= fastest * (1 + time_tolerance)}
-    chosen = min(near, key=lambda k: (near[k][1].transfers, near[k][1].step_ms_S.mean(), k))
-    cfg, sim, thr = ok[chosen]
+    chosen = choose(results, time_tolerance)
+    cfg, sim, thr = results[chosen]
+    err = None
+    if windows is not None and windows > 1:
+        win = np.arange(rec, S) // (S // windows)
+        w = np.bincount(win, weights=sim.step_ms_S) / np.maximum(np.bincount(win), 1)
+        err = float(w.std(ddof=1) / np.sqrt(w.size) / max(w.mean(), 1e-12))
     return CacheSolution(
         config=cfg, threshold=thr, prefetch_count=prefetch_count if thr is not None else 0, planning=sim,
         candidates={k: float(v[1].step_ms_S.mean()) for k, v in results.items()},
         transfers={k: v[1].transfers for k, v in results.items()}, chosen=chosen, time_s=time.perf_counter() - t0,
-        stopped_by_time=stopped,
+        stopped_by_time=stopped, sampled_steps=sampled, sample_error=err, skipped=tuple(skipped),
     )
+
+
+def choose(results: dict[str, tuple[CacheConfig, CacheSimResult, float | None]], time_tolerance: float) -> str:
+    """The candidate to keep: among those no slower than the best baseline (:data:`BASELINES`,
+    always scored), the ones within ``time_tolerance`` of the fastest tie and the fewest copies
+    wins (then the faster, then the name)."""
+    ms = {k: float(v[1].step_ms_S.mean()) for k, v in results.items()}
+    best_base = min(ms[k] for k in BASELINES if k in ms)
+    fastest = min(ms.values())
+    near = [k for k in ms if ms[k] <= best_base and ms[k] <= fastest * (1 + time_tolerance)]
+    return min(near, key=lambda k: (results[k][1].transfers, ms[k], k))
+
+
+def baseline_configs(counts_SLE: np.ndarray, L: int, E: int, slots: int) -> dict[str, CacheConfig]:
+    """The published caches the search always scores (:data:`BASELINES`), at ``slots`` slots."""
+    top = global_topk(counts_SLE, slots)
+    zero = np.zeros(L, np.int64)
+    return dict(zip(BASELINES, (even_lru(L, E, slots), CacheConfig(top, zero, "lru"),
+                                CacheConfig(top, zero.copy(), "lru", cpu="all")), strict=True))
+
+
+def hybrid_candidates(
+    counts_SLE: np.ndarray, timing: OffloadTiming, order_LE: np.ndarray, slots: int, cpus: list[str]
+) -> dict[str, CacheConfig]:
+    """Per layer r pinned + d LRU slots, (r, d) by the exact DP over layers on the stack-distance
+    stall table (:mod:`planner.solve.cache_lru`), one candidate per CPU mode."""
+    S, L, E = counts_SLE.shape
+    gs = {cpu: miss_stall(counts_SLE, timing, cpu) for cpu in cpus}
+    tables = hybrid_stall_tables(counts_SLE, order_LE, gs)
+    out = {}
+    for cpu, (cost, best_r, _) in tables.items():
+        n_L = allocate(cost, min(slots, L * E))
+        r_L = best_r[np.arange(L), n_L]
+        out[f"hybrid(pinned + LRU, cpu={cpu})"] = CacheConfig(resident_from_counts(order_LE, r_L), (n_L - r_L).astype(np.int64),
+                                                             "lru", None, cpu)
+    return out
+
+
+def sample_windows(S: int, max_steps: int) -> tuple[np.ndarray, int]:
+    """Step positions of evenly spaced windows of :data:`WINDOW_STEPS` consecutive steps, at most
+    ``max_steps`` in all (windows keep the cache's locality), and the number of windows."""
+    w = min(WINDOW_STEPS, max_steps)
+    n = max(1, max_steps // w)
+    starts = np.linspace(0, S - w, n).astype(np.int64)
+    return (starts[:, None] + np.arange(w)[None, :]).ravel(), n
