@@ -71,7 +71,7 @@ SEQS_PER_RANK: tuple[int, ...] = (1, 4, 16)
 RANK_TOP = 16
 RANK_WINDOW = 16
 #: Rows of the [rows, E] score table built at once by the cross-layer prediction.
-_CHUNK_CELLS = 1 << 22
+_CHUNK_CELLS = 1 << 18
 
 NO_SEQUENCES = "the trace has no seq_id: sequences are needed"
 
@@ -195,6 +195,22 @@ def _top(key: np.ndarray, n: int) -> np.ndarray:
     return np.argpartition(-key, n - 1, axis=-1)[..., :n]
 
 
+def _top_mask(score: np.ndarray, n: int) -> np.ndarray:
+    """Boolean [rows, E]: the n highest scores of each row, ties to the lower column."""
+    if n >= score.shape[1]:
+        return np.ones(score.shape, dtype=bool)
+    thr = np.partition(score, score.shape[1] - n, axis=1)[:, score.shape[1] - n, None]
+    above = score > thr
+    tied = score == thr
+    room = n - above.sum(axis=1)
+    over = np.nonzero(tied.sum(axis=1) > room)[0]  # rows with more ties than room: lower ids first
+    above |= tied
+    if over.size:
+        t = tied[over]
+        above[over] = (above[over] & ~t) | (t & (np.cumsum(t, axis=1) <= room[over, None]))
+    return above
+
+
 def cross_layer_prediction(
     trace: Trace, seed: int = 0, fit: np.ndarray | None = None
 ) -> dict[str, np.ndarray] | None:
@@ -222,11 +238,14 @@ def cross_layer_prediction(
         top1_hits = set_hits = 0
         for lo in range(0, n_test, rows):
             sa, sb = at[lo: lo + rows], bt[lo: lo + rows]
-            rank = np.argsort(-lift[sa].sum(axis=1), axis=1, kind="stable")[:, :k]  # [rows, k]
-            truth = np.zeros((sa.shape[0], E), dtype=bool)
+            n = sa.shape[0]
+            onehot = np.zeros((n, E))
+            np.put_along_axis(onehot, sa, 1.0, axis=1)
+            score = onehot @ lift  # [rows, E]
+            truth = np.zeros((n, E), dtype=bool)
             np.put_along_axis(truth, sb, True, axis=1)
-            top1_hits += int(truth[np.arange(sa.shape[0]), rank[:, 0]].sum())
-            set_hits += int(np.take_along_axis(truth, rank, axis=1).sum())
+            top1_hits += int(truth[np.arange(n), score.argmax(axis=1)].sum())
+            set_hits += int((truth & _top_mask(score, k)).sum())
         out["top1_precision"][layer] = top1_hits / n_test
         out["set_recall"][layer] = set_hits / (n_test * k)
         out["popularity_precision"][layer] = float((bt == int(pop.argmax())).any(axis=1).mean())
