@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from planner.traces.realism import (
+    RANK_WINDOW,
     SEQS_PER_RANK,
     SKEW_BATCHES,
     WORKING_SET_WINDOWS,
@@ -254,6 +255,9 @@ def trace_stats(trace: Trace | CountsTrace, seed: int = 0) -> dict[str, Any]:
             unavailable["xlayer"] = unavailable["lift"] = unavailable["cross_layer"]
     for what, why in unavailable_reasons(trace).items():
         unavailable.setdefault(what, why)
+    realism = _summarize(trace, rows, seed)
+    if is_tokens and trace.has_sequences and all(realism[f"rank_locality_own_{n}"] is None for n in SEQS_PER_RANK):
+        unavailable["rank_locality"] = f"fewer than 2 windows of {RANK_WINDOW} decode steps"
     ranks = None
     if is_tokens and trace.source_rank is not None:
         ranks = int(trace.source_rank.max()) + 1
@@ -276,7 +280,7 @@ def trace_stats(trace: Trace | CountsTrace, seed: int = 0) -> dict[str, Any]:
             "entropy_min": _f(np.nanmin(ent)) if np.isfinite(ent).any() else None,
             "cross_layer": cross,
             "coactivation": coact,
-            "realism": _summarize(trace, rows, seed),
+            "realism": realism,
         },
         "unavailable": unavailable,
     }

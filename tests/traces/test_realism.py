@@ -139,7 +139,8 @@ def test_unavailable_reasons():
 def test_trace_stats_carries_the_realism_rows():
     s = trace_stats(two_sequences())
     json.dumps(s, allow_nan=False)
-    assert s["num_sequences"] == 2 and s["unavailable"] == {}
+    assert s["num_sequences"] == 2
+    assert s["unavailable"] == {"rank_locality": "fewer than 2 windows of 16 decode steps"}  # 3 steps
     assert s["layers"][0]["reuse"] == pytest.approx(5 / 8)
     assert s["layers"][1]["reuse"] == pytest.approx(4 / 8)
     assert s["layers"][0]["skew_seq_16"] is None  # T = 6 < 16
@@ -171,3 +172,12 @@ def test_real_deepseek_v2_lite_against_published_figures():
     assert own == pytest.approx([0.42, 0.36, 0.34], abs=0.015)
     assert every == pytest.approx([0.35, 0.34, 0.34], abs=0.015)
     assert own[0] - every[0] > 0.05 and abs(own[2] - every[2]) < 0.02  # locality fades with more sequences
+
+
+def test_too_little_to_measure_is_unavailable_with_a_reason():
+    one = Trace(np.array([[[0, 1], [1, 2]], [[2, 3], [0, 3]]]), 4, seq_id=np.array([5, 5]), pos=np.array([0, 1]))
+    s = trace_stats(one)
+    assert s["unavailable"]["xlayer"] == "the trace has one sequence: none is left to test the fitted table on"
+    assert s["unavailable"]["rank_locality"] == "fewer than 2 windows of 16 decode steps"
+    assert s["summary"]["realism"]["xlayer_top1_precision"] is None
+    assert s["summary"]["realism"]["reuse_first_layer"] == pytest.approx(0.5)  # {1,2} after {0,1}
