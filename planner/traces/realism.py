@@ -104,14 +104,16 @@ def batch_skew(trace: Trace, batch: int, order: np.ndarray) -> np.ndarray:
     nb = order.size // batch
     if nb == 0:
         return np.full(L, np.nan)
-    idx = order[: nb * batch]
-    b_of = np.repeat(np.arange(nb, dtype=np.int64) * E, batch * k)
-    mean = batch * k / E
-    out = np.empty(L)
-    for layer in range(L):
-        c = np.bincount(b_of + trace.topk_ids[layer, idx].ravel(), minlength=nb * E)
-        out[layer] = c.reshape(nb, E).max(axis=1).mean() / mean
-    return out
+    per_chunk = max(1, (1 << 22) // E)  # batches counted at once: about 2^22 (batch, expert) cells
+    top = np.zeros(L)
+    for b0 in range(0, nb, per_chunk):
+        nc = min(per_chunk, nb - b0)
+        idx = order[b0 * batch: (b0 + nc) * batch]
+        b_of = np.repeat(np.arange(nc, dtype=np.int64) * E, batch * k)
+        for layer in range(L):
+            c = np.bincount(b_of + trace.topk_ids[layer, idx].ravel(), minlength=nc * E)
+            top[layer] += c.reshape(nc, E).max(axis=1).sum()
+    return top / nb / (batch * k / E)
 
 
 def skew_table(trace: Trace, seed: int = 0) -> dict[str, np.ndarray]:
@@ -280,32 +282,42 @@ def pair_lifts(trace: Trace) -> list[np.ndarray]:
 # ---- 7. rank locality -------------------------------------------------------------------------
 
 
+def _window_coverage(dec: Trace, w0: int, w1: int, ranks: int, window: int, n: int) -> np.ndarray:
+    """(own hits, all hits, choices) of windows w0+1 .. w1-1 by their previous window, over
+    all layers: int64 [3]. ``dec`` is sorted by step."""
+    E = dec.num_experts
+    lo, hi = np.searchsorted(dec.step, [w0 * window, w1 * window])
+    cell = (dec.step[lo:hi] // window - w0) * ranks + dec.source_rank[lo:hi]  # (window, rank)
+    cell_k = np.repeat(cell, dec.top_k) * E
+    tie = np.arange(E - 1, -1, -1, dtype=np.int64)
+    out = np.zeros(3, dtype=np.int64)
+    for layer in range(dec.num_layers):
+        c = np.bincount(cell_k + dec.topk_ids[layer, lo:hi].ravel(), minlength=(w1 - w0) * ranks * E)
+        c = c.reshape(w1 - w0, ranks, E)
+        hist, nxt = c[:-1], c[1:]
+        own = _top(hist * E + tie, n)
+        every = np.repeat(_top(hist.sum(axis=1) * E + tie, n)[:, None, :], ranks, axis=1)
+        out += (np.take_along_axis(nxt, own, axis=2).sum(), np.take_along_axis(nxt, every, axis=2).sum(), nxt.sum())
+    return out
+
+
 def rank_locality(
     trace: Trace, per_rank: int, ranks: int = RANKS, top: int = RANK_TOP, window: int = RANK_WINDOW
 ) -> tuple[float | None, float | None]:
     """(own, all) coverage of a rank's next window by the top-``top`` experts of its own / all
-    ranks' previous window (module docstring 7); None when there are fewer than 2 windows."""
+    ranks' previous window (module docstring 7); None when there are fewer than 2 windows.
+    Windows are counted in chunks of about 2^22 (window, rank, expert) cells."""
     dec = decode_steps(trace, batch=ranks * per_rank, ranks=ranks, deal="least-loaded")
-    L, E = dec.num_layers, dec.num_experts
     nw = int(dec.step.max()) // window + 1
     if nw < 2:
         return None, None
-    cell = (dec.step // window) * ranks + dec.source_rank  # [T]: (window, rank)
-    own_hits = all_hits = total = 0
-    tie = np.arange(E - 1, -1, -1, dtype=np.int64)
-    n = min(top, E)
-    for layer in range(L):
-        codes = (np.repeat(cell, dec.top_k) * E + dec.topk_ids[layer].ravel())
-        c = np.bincount(codes, minlength=nw * ranks * E).reshape(nw, ranks, E)
-        hist, nxt = c[:-1], c[1:]
-        own = _top(hist * E + tie, n)
-        every = _top(hist.sum(axis=1) * E + tie, n)  # [nw - 1, n]
-        own_hits += int(np.take_along_axis(nxt, own, axis=2).sum())
-        all_hits += int(np.take_along_axis(nxt, np.repeat(every[:, None, :], ranks, axis=1), axis=2).sum())
-        total += int(nxt.sum())
-    if total == 0:
+    per_chunk = max(1, (1 << 22) // (ranks * dec.num_experts))
+    tot = np.zeros(3, dtype=np.int64)
+    for w0 in range(0, nw - 1, per_chunk):  # chunks overlap by one window (the history)
+        tot += _window_coverage(dec, w0, min(w0 + per_chunk + 1, nw), ranks, window, min(top, dec.num_experts))
+    if tot[2] == 0:
         return None, None
-    return own_hits / total, all_hits / total
+    return float(tot[0] / tot[2]), float(tot[1] / tot[2])
 
 
 def unavailable_reasons(trace: Any) -> dict[str, str]:

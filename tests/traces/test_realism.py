@@ -181,3 +181,22 @@ def test_too_little_to_measure_is_unavailable_with_a_reason():
     assert s["unavailable"]["rank_locality"] == "fewer than 2 windows of 16 decode steps"
     assert s["summary"]["realism"]["xlayer_top1_precision"] is None
     assert s["summary"]["realism"]["reuse_first_layer"] == pytest.approx(0.5)  # {1,2} after {0,1}
+
+
+def test_many_experts_are_counted_in_chunks_with_the_same_result():
+    """E = 65536: batches and rank windows are counted a few at a time; a plain loop agrees."""
+    rng = np.random.default_rng(4)
+    E, T = 1 << 16, 400
+    ids = rng.integers(0, 8, size=(1, T, 1)) * 8191  # 8 distinct experts spread over the range
+    seq, pos = np.repeat([0, 1], T // 2), np.tile(np.arange(T // 2), 2)
+    tr = Trace(ids, E, seq_id=seq, pos=pos)
+    order = np.arange(T)
+    want = np.mean([np.bincount(ids[0, b: b + 4, 0] // 8191).max() / (4 / E) for b in range(0, T, 4)])
+    assert R.batch_skew(tr, 4, order)[0] == pytest.approx(want)  # 100 batches, chunks of 64
+    # 2 ranks of 1 sequence, windows of 1 step, top-1: the own guess is the rank's previous token,
+    # the all-ranks guess the lower of the two previous experts
+    a, b = ids[0, : T // 2, 0], ids[0, T // 2:, 0]
+    own = ((a[1:] == a[:-1]).sum() + (b[1:] == b[:-1]).sum()) / (T - 2)
+    low = np.minimum(a[:-1], b[:-1])
+    every = ((a[1:] == low).sum() + (b[1:] == low).sum()) / (T - 2)
+    assert R.rank_locality(tr, per_rank=1, ranks=2, top=1, window=1) == pytest.approx((own, every))
