@@ -1,14 +1,20 @@
 """Synthetic routing traces with the structure real MoE routing shows.
 
-Each property is one parameter, reproducible from ``seed``:
+Each property is one parameter, reproducible from ``seed``. Structure parameters left at None
+take the values fitted to real routing for the model (:mod:`planner.traces.synth_defaults`,
+``planner/data/synth_defaults.json``: DeepSeek-V2-Lite per token, Qwen3-30B-A3B, OLMoE,
+Mixtral-8x7B and DeepSeek-V3 from published counts; other models their family's entry or the
+generic one, DeepSeek-V2-Lite's fit).
 
 - ``skew`` — per-layer expert popularity. Layer l has Zipf exponent
   ``s_l = skew · exp(0.35 · N(0, 1))`` (so layers differ) over a random ranking of its experts
   (which experts are hot differs by layer): log-popularity ``-s_l · log(1 + rank)``.
 - ``affinity`` — cross-layer affinity. Each layer l has a random permutation
   ``next_l: E -> E`` (an expert's preferred successor, mapping co-activation clusters onto
-  clusters); each of a token's k experts at layer l is followed at layer l+1 by its successor
-  with probability ``affinity``.
+  clusters); each of a token's k experts e at layer l is followed at layer l+1 by its successor
+  with probability ``a_l(e)``, drawn per expert uniformly over the widest range in [0, 1] whose
+  mean is ``affinity`` (some experts have near-certain successors, others none: the best guess
+  of the next layer is more reliable than the rest, as in real routing).
 - ``coactivation`` — experts come in clusters of ``cluster_size`` (within a routing group when
   groups exist). Each token has a preference of standard deviation ``coactivation`` per
   cluster, added to the logits of all the cluster's experts, so picking one raises the chance
@@ -17,10 +23,18 @@ Each property is one parameter, reproducible from ``seed``:
   fresh`` so that the experts it picks freely agree with those it follows.
 - ``drift`` — popularity moves over steps: a Gaussian random walk on the log-popularity whose
   total standard deviation from the first to the last step is ``drift``.
+- sequences — tokens belong to requests (``seq_id``, ``pos`` in the trace) of log-normal length
+  (median ``seq_len``, log-spread ``seq_len_spread``). ``topic``: each sequence has per-layer
+  log-popularity offsets of that standard deviation, drifting along the sequence
+  (``topic_drift``); ``reuse``: offsets of that standard deviation shared by runs of about
+  ``reuse_span`` consecutive tokens, so that a token re-picks the experts its sequence just
+  used. Both scale with depth (weaker at the first layers, :data:`_SEQ_STRENGTH`). Details:
+  :mod:`planner.traces.synth_seq`. Per-sequence topics are also what makes small batches more
+  skewed than large ones, and ranks holding few sequences differ.
 - ``rank_mix`` — data-parallel ranks see different inputs. There are ``num_domains`` input
   domains with their own log-popularity offsets (N(0, domain_spread²) per layer and expert,
-  centred so that an even mix of domains has the layer's Zipf popularity); each token
-  belongs to one domain, drawn from its rank's mixture for that step:
+  centred so that an even mix of domains has the layer's Zipf popularity); each sequence
+  belongs to one domain, drawn from the mixture of the rank and step it starts on:
   ``(1 - rank_mix) · uniform + rank_mix · Dirichlet(0.3)``, drawn afresh each step
   (sequences are reassigned to ranks every step, docs/facts.md §6). ``rank_mix = 0``: every rank
   sees the same mixture. ``sticky_ranks``: each rank keeps its mixture for every step instead
@@ -32,8 +46,11 @@ Each property is one parameter, reproducible from ``seed``:
 
 Sampling (:func:`_sample_layer`) is Plackett-Luce by the Gumbel-top-k trick.
 
-Tokens of a step are laid out rank by rank in equal contiguous blocks (the default of
-:meth:`planner.traces.Trace.source_ranks`) and ``source_rank`` is stored explicitly.
+Steps and ranks: sequences in arrival order fill steps of ``tokens_per_step`` tokens (whole
+sequences, or chunks of a long one); the tokens of a step are laid out rank by rank in equal
+contiguous blocks (the default of :meth:`planner.traces.Trace.source_ranks`) and
+``source_rank`` is stored explicitly. A workload can re-form steps from ``seq_id`` / ``pos``
+(:mod:`planner.traces.steps`).
 
 The structure (popularity, successors, clusters, domains) depends only on the seed and the
 model shape, not on the number of tokens: a longer trace with the same seed has the same
@@ -48,6 +65,8 @@ import numpy as np
 
 from planner.errors import InputError
 from planner.specs.model import ModelSpec
+from planner.traces import synth_defaults
+from planner.traces.synth_seq import Layout, build_layout, segment_table, seq_lengths, topic_table
 from planner.traces.trace import Trace
 
 #: Logit bonus that makes an affinity-forced expert win its top-k slot (perturbed scores are
@@ -55,6 +74,12 @@ from planner.traces.trace import Trace
 _BOOST = np.float32(1.0e4)
 #: Spread of the per-layer Zipf exponent around ``skew`` (log-normal sigma).
 _SKEW_SPREAD = 0.35
+#: Strength of the sequence structure (topic and reuse offsets) by relative depth l / (L - 1):
+#: linear between these points, the shape of DeepSeek-V2-Lite's per-layer temporal reuse on
+#: Puffin prompts (arXiv 2508.17137's recording: 0.14 at the first MoE layer, ~0.33 at 40% depth,
+#: 0.20 at the last).
+_SEQ_DEPTH = (0.0, 0.4, 1.0)
+_SEQ_STRENGTH = (0.25, 1.0, 0.7)
 #: Dirichlet concentration of a rank's domain mixture at rank_mix = 1 (small: 1-2 domains).
 _RANK_DIRICHLET = 0.3
 
@@ -94,7 +119,8 @@ def _topk_desc(score_TE: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     key ^= b  # negative floats: flip magnitude bits so that int order = float order
     key &= np.int32(~((1 << bits) - 1))
     key |= np.arange(E, dtype=np.int32)
-    top = np.sort(key, axis=1)[:, : E - k - 1 : -1]  # largest k, descending
+    key.sort(axis=1)  # in place: key is a fresh array
+    top = key[:, : E - k - 1 : -1]  # largest k, descending
     ids = top & np.int32((1 << bits) - 1)
     top &= np.int32(~((1 << bits) - 1))
     m = top >> 31
@@ -112,9 +138,9 @@ def synth_trace(
     num_tokens: int = 8192,
     tokens_per_step: int = 512,
     num_ranks: int = 8,
-    skew: float = 0.4,
-    affinity: float = 0.5,
-    coactivation: float = 2.0,
+    skew: float | None = None,
+    affinity: float | None = None,
+    coactivation: float | None = None,
     drift: float = 0.3,
     rank_mix: float = 0.5,
     sticky_ranks: bool = False,
@@ -122,68 +148,91 @@ def synth_trace(
     n_group: int | None = None,
     topk_group: int | None = None,
     num_domains: int = 8,
-    domain_spread: float = 1.0,
+    domain_spread: float | None = None,
     cluster_size: int | None = None,
     weights: bool = True,
     model_name: str | None = None,
     seed: int = 0,
+    seq_len: float | None = None,
+    seq_len_spread: float | None = None,
+    topic: float | None = None,
+    topic_drift: float | None = None,
+    reuse: float | None = None,
+    reuse_span: float | None = None,
 ) -> Trace:
-    """A synthetic per-token :class:`Trace` (properties and parameters: module docstring).
+    """A synthetic per-token :class:`Trace` with sequences (properties and parameters: module
+    docstring).
 
     ``model`` fills ``num_layers`` (its MoE layers), ``num_experts``, ``top_k``, ``n_group``,
-    ``topk_group`` and the name; explicit values must agree with it. ``cluster_size`` defaults
-    to the largest divisor of the experts per group that is <= max(2, top_k // 2).
+    ``topk_group`` and the name; explicit values must agree with it. Structure parameters left
+    at None take the values fitted for the model (:func:`synth_defaults`). ``cluster_size``
+    defaults to the largest divisor of the experts per group that is <= max(2, top_k // 2).
     ``weights=False`` leaves ``topk_weights`` out; ``model_name`` names a trace made without
     a model.
     """
     L, E, k, G, TG = _shape(model, num_layers, num_experts, top_k, n_group, topk_group,
                             num_tokens, tokens_per_step, num_ranks, num_domains)
-    skew = _check_range("skew", skew, 0.0)
-    affinity = _check_range("affinity", affinity, 0.0, 1.0)
-    coactivation = _check_range("coactivation", coactivation, 0.0)
+    name = model_name if model_name is not None else (model.name if model is not None else None)
+    p = _params(model, name, dict(skew=skew, affinity=affinity, coactivation=coactivation,
+                                  domain_spread=domain_spread, seq_len=seq_len, seq_len_spread=seq_len_spread,
+                                  topic=topic, topic_drift=topic_drift, reuse=reuse, reuse_span=reuse_span))
     drift = _check_range("drift", drift, 0.0)
     rank_mix = _check_range("rank_mix", rank_mix, 0.0, 1.0)
-    domain_spread = _check_range("domain_spread", domain_spread, 0.0)
     T, tps, R, D = int(num_tokens), int(tokens_per_step), int(num_ranks), int(num_domains)
     S = -(-T // tps)
     cs = _cluster_size(cluster_size, k, E // G)
+    if rank_groups <= 0 or R % rank_groups:
+        raise InputError(f"synth: rank_groups must be > 0 and divide num_ranks {R} (got {rank_groups})")
 
-    # One generator per concern, drawn in this order: structure, drift, rank mixtures, tokens.
+    # One generator per concern, drawn in this order: structure, drift, rank mixtures, tokens,
+    # sequences (lengths, layout, then each layer's topics and reuse offsets).
     ss = np.random.SeedSequence(int(seed))
-    s_struct, s_drift, s_mix, s_tok = (np.random.default_rng(s) for s in ss.spawn(4))
-    st = _structure(s_struct, L, E, G, cs, D, skew, domain_spread)
+    s_struct, s_drift, s_mix, s_tok, s_seq = (np.random.default_rng(s) for s in ss.spawn(5))
+    st = _structure(s_struct, L, E, G, cs, D, p["skew"], p["domain_spread"], p["affinity"])
     walk_SLE = _drift_walk(s_drift, S, L, E, drift)
-    step_T, rank_T, table_index_T = _token_domains(
-        s_mix, s_tok, T, tps, S, R, D, int(rank_groups), rank_mix, sticky_ranks
-    )
+    lens = seq_lengths(s_seq, T, p["seq_len"], p["seq_len_spread"])
+    lay = build_layout(s_seq, T, tps, R, lens, p["reuse_span"], p["topic_drift"])
+    dom_N = _seq_domains(s_mix, s_tok, lay, S, R, D, int(rank_groups), rank_mix, sticky_ranks)
+    row_G = lay.step_T[lay.seg_first_G] * D + dom_N[lay.seq_T[lay.seg_first_G]]
 
     ids_LTk = np.empty((L, T, k), dtype=np.int32)
     w_LTk = np.empty((L, T, k), dtype=np.float32) if weights else None
     prev: np.ndarray | None = None
     pref_TC: np.ndarray | None = None
+    affinity, coactivation = p["affinity"], p["coactivation"]
     for layer in range(L):
-        # logits [T, E] = popularity at the token's step + its domain's offsets
+        # logits [T, E] = popularity at the step + domain + topic + reuse offsets of the token's segment
         table = (st.logpop_LE[layer] + walk_SLE[:, layer])[:, None, :] + st.domain_DLE[None, :, layer, :]
-        logits = table.reshape(S * D, E).astype(np.float32)[table_index_T]
+        h = float(np.interp(layer / max(L - 1, 1), _SEQ_DEPTH, _SEQ_STRENGTH))
+        topic_BE = topic_table(s_seq, lay, E, h * p["topic"], p["topic_drift"])
+        seg_GE = segment_table(s_seq, lay, row_G, table.reshape(S * D, E), topic_BE, h * p["reuse"])
+        logits = seg_GE[lay.seg_T]
         if coactivation > 0.0:
             pref_TC = _add_cluster_preferences(s_tok, logits, pref_TC, st, layer, coactivation, affinity)
-        top, val = _sample_layer(s_tok, logits, prev, st, layer, k, affinity, G, TG)
+        top, val = _sample_layer(s_tok, logits, prev, st, layer, k, affinity, G, TG, lay.seg_T, len(seg_GE))
         ids_LTk[layer] = st.relabel_LE[layer][top]
         if w_LTk is not None:
             e = np.exp(val - val.max(axis=1, keepdims=True))
             w_LTk[layer] = e / e.sum(axis=1, keepdims=True)
         prev = top
 
-    name = model_name if model_name is not None else (model.name if model is not None else None)
     return Trace(
         ids_LTk,
         E,
         topk_weights=w_LTk,
-        step=step_T,
-        source_rank=rank_T,
+        step=lay.step_T,
+        source_rank=lay.rank_T,
         model=name,
         source="synth",
+        seq_id=lay.seq_T,
+        pos=lay.pos_T,
     )
+
+
+def _params(model: ModelSpec | None, name: str | None, given: dict[str, float | None]) -> dict[str, float]:
+    """The structure parameters: given values, checked, else the model's fitted defaults."""
+    base = synth_defaults.defaults_for(name, model.family if model is not None else None)
+    return {p: synth_defaults.check(p, v if v is not None else base[p]) for p, v in given.items()}
 
 
 def _shape(
@@ -247,6 +296,7 @@ class _Structure:
     cluster_E: np.ndarray  # [E] cluster of each internal id
     cnext_LC: np.ndarray | None  # [L-1, C] cluster successor map (contiguous clusters only)
     next_LE: np.ndarray  # [L-1, E] expert successor permutation, layer l -> l+1
+    follow_LE: np.ndarray  # [L-1, E] probability that an expert is followed by its successor
     C: int  # clusters
     cs: int  # cluster size
     contiguous: bool  # clusters tile every group exactly
@@ -254,7 +304,7 @@ class _Structure:
 
 def _structure(
     rng: np.random.Generator, L: int, E: int, G: int, cs: int, D: int, skew: float,
-    domain_spread: float,
+    domain_spread: float, affinity: float,
 ) -> _Structure:
     """Popularity, domains, clusters and successors, drawn from ``rng`` in a fixed order."""
     epg = E // G
@@ -281,7 +331,11 @@ def _structure(
         )
     else:
         next_LE = np.argsort(rng.random((max(L - 1, 1), E)), axis=1)
-    return _Structure(relabel_LE, logpop_LE, domain_DLE, cluster_E, cnext_LC, next_LE, C, cs, contiguous)
+    # follow probabilities: uniform, as wide as [0, 1] allows, with mean ``affinity``
+    u = rng.random((max(L - 1, 1), E))
+    follow_LE = np.where(affinity <= 0.5, 2.0 * affinity * u, 1.0 - 2.0 * (1.0 - affinity) * u)
+    return _Structure(relabel_LE, logpop_LE, domain_DLE, cluster_E, cnext_LC, next_LE, follow_LE, C, cs,
+                      contiguous)
 
 
 def _drift_walk(rng: np.random.Generator, S: int, L: int, E: int, drift: float) -> np.ndarray:
@@ -291,26 +345,20 @@ def _drift_walk(rng: np.random.Generator, S: int, L: int, E: int, drift: float) 
     return np.cumsum(inc_SLE, axis=0)
 
 
-def _token_domains(
-    s_mix: np.random.Generator, s_tok: np.random.Generator, T: int, tps: int, S: int, R: int,
-    D: int, rank_groups: int, rank_mix: float, sticky_ranks: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each token's step, source rank and row of the (step, domain) logit table, all [T]."""
-    step_T = np.arange(T, dtype=np.int64) // tps
-    starts = np.arange(S) * tps
-    sizes = np.minimum(starts + tps, T) - starts
-    pos_T = np.arange(T) - starts[step_T]
-    rank_T = pos_T * R // sizes[step_T]
-    if rank_groups <= 0 or R % rank_groups:
-        raise InputError(f"synth: rank_groups must be > 0 and divide num_ranks {R} (got {rank_groups})")
+def _seq_domains(
+    s_mix: np.random.Generator, s_tok: np.random.Generator, lay: Layout, S: int, R: int, D: int,
+    rank_groups: int, rank_mix: float, sticky_ranks: bool,
+) -> np.ndarray:
+    """Each sequence's input domain [N], drawn from the mixture of the step and rank it starts on."""
     blocks = R // rank_groups
     mix = s_mix.dirichlet(np.full(D, _RANK_DIRICHLET), size=(1 if sticky_ranks else S, blocks))
     mix = np.repeat(np.broadcast_to(mix, (S, blocks, D)), rank_groups, axis=1)
     mix_SRD = (1.0 - rank_mix) / D + rank_mix * mix
     cum_SRD = np.cumsum(mix_SRD, axis=-1)
-    u_T = s_tok.random(T)
-    domain_T = np.minimum((u_T[:, None] > cum_SRD[step_T, rank_T]).sum(axis=1), D - 1)
-    return step_T, rank_T, step_T * D + domain_T
+    first = lay.seq_first_N
+    u_N = s_tok.random(len(first))
+    cum_ND = cum_SRD[lay.step_T[first], lay.rank_T[first]]
+    return np.minimum((u_N[:, None] > cum_ND).sum(axis=1), D - 1)
 
 
 def _add_cluster_preferences(
@@ -340,31 +388,32 @@ def _add_cluster_preferences(
 
 def _sample_layer(
     rng: np.random.Generator, logits_TE: np.ndarray, prev_Tk: np.ndarray | None, st: _Structure,
-    layer: int, k: int, affinity: float, G: int, TG: int,
+    layer: int, k: int, affinity: float, G: int, TG: int, seg_T: np.ndarray, num_seg: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gumbel-top-k of ``logits_TE`` (overwritten): internal ids [T, k] and scores [T, k].
 
     Sampling: a token's k experts at a layer are drawn without replacement with probability
     proportional to exp(logit) (Plackett-Luce), vectorized over tokens as the top k of
-    ``logit + Gumbel noise`` (the Gumbel-top-k trick, noise ``-log(-log U)``); experts forced by
+    ``logit + Gumbel noise`` (the Gumbel-top-k trick, noise ``-log X``, X ~ Exp(1)); experts forced by
     affinity get a large bonus so they are kept. Gate weights are the softmax of the selected experts' perturbed
     scores (positive, summing to 1 per token), and each token's ids are ordered by descending
     weight, as a router's ``topk`` returns them.
 
-    Experts that follow the previous layer's picks (``prev_Tk``) by affinity are boosted to
-    win; with group-limited routing only the ``TG`` best groups of ``G`` stay eligible.
+    Experts that follow the previous layer's picks (``prev_Tk``) by affinity (a coin per reuse
+    segment and expert, ``seg_T`` [T]) are boosted to win; with group-limited routing only the
+    ``TG`` best groups of ``G`` stay eligible.
     """
     T, E = logits_TE.shape
     rows_T = np.arange(T)[:, None]
-    # logit - log(-log U) is logit + Gumbel noise (U = 0 gives -inf: never picked)
-    u = rng.random((T, E), dtype=np.float32)
-    with np.errstate(divide="ignore"):
-        np.log(u, out=u)
-        np.negative(u, out=u)
-        np.log(u, out=u)
+    # logit - log X, X ~ Exp(1), is logit + Gumbel noise (X floored: float32 draws can be 0)
+    u = rng.standard_exponential((T, E), dtype=np.float32)
+    np.maximum(u, np.float32(1e-30), out=u)
+    np.log(u, out=u)
     score = np.subtract(logits_TE, u, out=logits_TE)
     if prev_Tk is not None and affinity > 0.0:
-        follow = rng.random((T, k)) < affinity
+        # one coin per (reuse segment, expert): the tokens of a segment follow alike
+        coin = rng.random((num_seg, E), dtype=np.float32)
+        follow = coin[seg_T[:, None], prev_Tk] < st.follow_LE[layer - 1][prev_Tk]
         target = st.next_LE[layer - 1][prev_Tk]
         flat = (rows_T * E + target)[follow]  # distinct within a token: next_LE is a permutation
         score.reshape(-1)[flat] += _BOOST

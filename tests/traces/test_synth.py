@@ -11,6 +11,8 @@ from planner.traces.synth import _topk_desc
 from tests.conftest import make_model
 
 SMALL = dict(num_layers=4, num_experts=32, top_k=4)
+#: No sequence structure (no per-sequence topics or reuse): isolates the property a test is about.
+NOSEQ = dict(topic=0.0, reuse=0.0)
 
 
 def tv(p: np.ndarray, q: np.ndarray) -> float:
@@ -112,7 +114,8 @@ def test_affinity_raises_cross_layer_predictability():
 
 
 def test_coactivation_raises_pair_lift():
-    kw = dict(num_layers=3, num_experts=64, top_k=8, num_tokens=8192, tokens_per_step=1024, seed=4)
+    kw = dict(num_layers=3, num_experts=64, top_k=8, num_tokens=8192, tokens_per_step=1024, affinity=0.0, seed=4,
+              **NOSEQ)
     none = trace_stats(synth_trace(**kw, coactivation=0.0))["summary"]["coactivation"]
     strong = trace_stats(synth_trace(**kw, coactivation=3.0))["summary"]["coactivation"]
     assert strong["top_pair_lift"] > none["top_pair_lift"] + 1.0
@@ -132,7 +135,9 @@ def test_drift_moves_popularity_between_first_and_last_steps():
 
 
 def test_rank_mix_makes_ranks_differ():
-    kw = dict(**SMALL, num_tokens=8 * 2048, tokens_per_step=2048, num_ranks=4, drift=0.0, seed=6)
+    # short sequences: a rank's step holds many requests, each with its rank's input mix
+    kw = dict(**SMALL, num_tokens=8 * 2048, tokens_per_step=2048, num_ranks=4, drift=0.0, seed=6, seq_len=2,
+              seq_len_spread=0.0, **NOSEQ)
 
     def rank_tv(rank_mix):
         t = synth_trace(**kw, rank_mix=rank_mix)
@@ -179,7 +184,8 @@ def _rank_step_profile(tr, rank, step):
 
 def test_sticky_ranks_keep_their_mix_across_steps():
     kw = dict(num_layers=1, num_experts=32, top_k=2, num_tokens=64_000, tokens_per_step=16_000, num_ranks=4,
-              rank_mix=1.0, skew=0.0, drift=0.0, affinity=0.0, coactivation=0.0, weights=False, seed=3, model_name="t")
+              rank_mix=1.0, skew=0.0, drift=0.0, affinity=0.0, coactivation=0.0, weights=False, seed=3, model_name="t",
+              **NOSEQ)
 
     def corr(tr):  # mean over ranks of the correlation of a rank's expert counts in steps 0 and 3
         return np.mean([np.corrcoef(_rank_step_profile(tr, r, 0), _rank_step_profile(tr, r, 3))[0, 1] for r in range(4)])
@@ -192,3 +198,88 @@ def test_sticky_ranks_keep_their_mix_across_steps():
     assert same > 0.9 > other + 0.2
     with pytest.raises(InputError, match="rank_groups must be > 0 and divide num_ranks 4"):
         synth_trace(rank_groups=3, **kw)
+
+
+# ---- sequences -------------------------------------------------------------------------------
+
+
+def test_sequences_present_and_valid():
+    t = synth_trace(**SMALL, num_tokens=5000, tokens_per_step=512, num_ranks=4, seq_len=20, seed=2)
+    assert t.has_sequences
+    sid, pos = t.seq_id, t.pos
+    # sequences arrive one after the other: ids non-decreasing, positions count up from 0
+    assert (np.diff(sid) >= 0).all() and sid[0] == 0 and np.array_equal(np.unique(sid), np.arange(sid[-1] + 1))
+    starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+    lens = np.diff(np.r_[starts, len(sid)])
+    assert np.array_equal(pos, np.arange(len(sid)) - np.repeat(starts, lens))
+    assert lens[:-1].min() >= 2  # the last one may be cut to fit num_tokens
+    assert 14 <= np.median(lens) <= 28  # log-normal around seq_len = 20
+    # steps of tokens_per_step tokens, each dealt to the ranks in contiguous blocks
+    assert np.bincount(t.step).tolist() == [512] * 9 + [392]
+    assert np.array_equal(t.source_rank, Trace_default_ranks(t, 4))
+
+
+def test_sequences_deterministic_and_lengths_follow_parameters():
+    a = synth_trace(**SMALL, num_tokens=4096, seq_len=8, seq_len_spread=0.0, seed=5)
+    b = synth_trace(**SMALL, num_tokens=4096, seq_len=8, seq_len_spread=0.0, seed=5)
+    assert np.array_equal(a.seq_id, b.seq_id) and np.array_equal(a.pos, b.pos)
+    assert np.array_equal(a.topk_ids, b.topk_ids)
+    assert set(np.bincount(a.seq_id)[:-1].tolist()) == {8}  # no spread: every sequence 8 tokens
+    long = synth_trace(**SMALL, num_tokens=4096, seq_len=200, seed=5)
+    assert long.seq_id.max() < a.seq_id.max() / 5
+
+
+def _realism(t):
+    from planner.traces.stats import summary_statistics
+
+    return summary_statistics(t, seed=0)
+
+
+def test_reuse_and_topic_give_sequences_their_experts():
+    kw = dict(num_layers=3, num_experts=64, top_k=6, num_tokens=8192, tokens_per_step=1024, seq_len=64,
+              seq_len_spread=0.5, skew=0.0, domain_spread=0.0, affinity=0.0, coactivation=0.0, seed=1)
+    none = _realism(synth_trace(**kw, **NOSEQ))
+    reuse = _realism(synth_trace(**kw, topic=0.0, reuse=2.0))
+    topic = _realism(synth_trace(**kw, topic=2.0, reuse=0.0))
+    # without sequence structure a token reuses its predecessor's experts about as often as chance
+    assert abs(none["reuse_mean"] - none["reuse_random"]) < 0.05
+    assert reuse["reuse_mean"] > none["reuse_mean"] + 0.05
+    assert reuse["working_set_4"] < none["working_set_4"] - 1
+    # a sequence's topic makes its consecutive tokens more skewed than random ones
+    assert none["skew_seq_16"] < 1.1 * none["skew_random_16"]
+    assert topic["skew_seq_16"] > 1.3 * topic["skew_random_16"]
+    assert topic["skew_seq_256"] > 1.3 * topic["skew_random_256"]
+
+
+def test_topic_drift_widens_a_sequence_working_set():
+    kw = dict(num_layers=3, num_experts=64, top_k=6, num_tokens=8192, seq_len=1000, seq_len_spread=0.0,
+              topic=2.0, reuse=0.0, affinity=0.0, coactivation=0.0, seed=3)
+    still = synth_trace(**kw, topic_drift=0.0).topk_ids
+    moving = synth_trace(**kw, topic_drift=4.0).topk_ids
+
+    def first_last_tv(ids):  # mean TV between a sequence's first and last 256 tokens' expert counts
+        out = []
+        for s in range(8):
+            a = ids[:, s * 1000 : s * 1000 + 256].reshape(3, -1)
+            b = ids[:, s * 1000 + 744 : (s + 1) * 1000].reshape(3, -1)
+            out += [tv(np.bincount(a[layer], minlength=64), np.bincount(b[layer], minlength=64)) for layer in range(3)]
+        return float(np.mean(out))
+
+    assert first_last_tv(moving) > first_last_tv(still) + 0.1
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(seq_len=1), r"synth: seq_len must be >= 2 \(got 1\)"),
+        (dict(seq_len_spread=4), r"synth: seq_len_spread must be in \[0, 3\] \(got 4\)"),
+        (dict(topic=-0.5), r"synth: topic must be >= 0 \(got -0.5\)"),
+        (dict(topic_drift=float("nan")), r"synth: topic_drift must be >= 0 \(got nan\)"),
+        (dict(reuse=-1), r"synth: reuse must be >= 0 \(got -1\)"),
+        (dict(reuse_span=0.5), r"synth: reuse_span must be >= 1 \(got 0.5\)"),
+        (dict(reuse="x"), r"synth: reuse must be a number \(got 'x'\)"),
+    ],
+)
+def test_bad_sequence_parameters(kw, message):
+    with pytest.raises(InputError, match=message):
+        synth_trace(**SMALL, num_tokens=64, **kw)

@@ -1,0 +1,222 @@
+"""Fit the synthetic generator's per-model defaults to real routing (planner/data/synth_defaults.json).
+
+    python tools/calibrate_synth.py              # fit, print the tables, write the defaults file
+    python tools/calibrate_synth.py --check      # print the tables at the current defaults only
+
+Real routing is read from ``$MOE_PLANNER_REAL_TRACES`` (see ``benchmarks/real_traces.py``); the
+files and their sources:
+
+- DeepSeek-V2-Lite-Chat, per token, 1,000 Puffin prompts: github ngavhane/moe-beyond @ 4dca2eac,
+  the data of arXiv 2508.17137 ("MoE-Beyond"). Every statistic of
+  :func:`planner.traces.stats.summary_statistics` is fitted here (``FIT_KEYS``), by a coarse
+  deterministic coordinate search over ``SEARCH`` (multiplicative steps, a few passes)
+  minimizing the weighted sum of squared log-ratios generator / real. Sequence lengths are
+  fitted directly: the prompts' median length, and the log-normal spread that matches their
+  90th percentile.
+- Qwen3-30B-A3B decode counts (github doramirdor/mbolt @ e7e9dbf): ``skew`` such that the median
+  over layers of busiest / mean expert over the whole trace matches.
+- OLMoE-1B-7B and Mixtral-8x7B per-domain counts (github allenai/OLMoE @ 357454f, the OLMoE
+  paper's routing analysis): ``skew`` such that the median over (domain, layer) of busiest / mean
+  matches, generated with one input domain (the counts are per domain).
+- DeepSeek-V3 / R1 on GPQA (github johanna-rock/moe-balance @ 700358b): ``skew`` such that the
+  median over layers of busiest / mean matches; the top-32 share is reported, not fitted.
+
+Models fitted on counts take DeepSeek-V2-Lite's sequence, reuse, cross-layer and co-activation
+parameters (the only per-token recording). Generated traces: ``TOKENS`` tokens, seed 0; the
+search is deterministic. Each fit prints "statistic | real | generator | ratio" (Markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a source checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.real_traces import real_trace_path  # noqa: E402
+from planner.specs.model_io import load_model  # noqa: E402
+from planner.traces import load_trace, synth_trace  # noqa: E402
+from planner.traces.stats import summary_statistics  # noqa: E402
+from planner.traces.synth_defaults import PARAMS  # noqa: E402
+
+OUT = ROOT / "planner" / "data" / "synth_defaults.json"
+TOKENS = 32768
+#: Statistics of summary_statistics fitted on DeepSeek-V2-Lite, with their weight in the loss.
+FIT_KEYS: dict[str, float] = {
+    "imbalance_whole_mean": 1.0, "skew_random_16": 1.0, "skew_random_256": 1.0, "skew_random_4096": 1.0,
+    "skew_seq_16": 1.0, "skew_seq_256": 1.0, "skew_seq_4096": 1.0,
+    "reuse_mean": 1.0, "reuse_first_layer": 0.5, "reuse_last_layer": 0.5,
+    "working_set_4": 1.0, "working_set_16": 1.0, "working_set_64": 1.0,
+    "xlayer_top1_precision": 1.0, "xlayer_set_recall": 1.0,
+    "lift_p50": 0.5, "lift_p99": 0.5, "lift_max": 0.25,
+    "rank_locality_own_1": 1.0, "rank_locality_own_4": 0.5, "rank_locality_own_16": 0.5,
+    "rank_locality_all_1": 0.5,
+}
+#: Parameters searched on DeepSeek-V2-Lite: start, lower and upper bound.
+SEARCH: dict[str, tuple[float, float, float]] = {
+    "skew": (0.4, 0.05, 2.0), "topic": (2.3, 0.0, 6.0), "reuse": (1.4, 0.0, 6.0), "reuse_span": (7.0, 1.0, 64.0),
+    "topic_drift": (0.8, 0.0, 8.0), "affinity": (0.45, 0.0, 0.95), "coactivation": (3.6, 0.0, 10.0),
+}
+STEPS = (1.4, 1.15)  # multiplicative step of each pass (a pass tries value × step and value / step)
+SOURCES = {
+    "deepseek-v2-lite": "arXiv 2508.17137 (MoE-Beyond), github ngavhane/moe-beyond @ 4dca2eac: "
+                        "DeepSeek-V2-Lite-Chat routing on 1,000 Puffin prompts, per token",
+    "qwen3-30b-a3b": "github doramirdor/mbolt @ e7e9dbf (MIT): Qwen3-30B-A3B decode counts, 75,773 tokens",
+    "olmoe-1b-7b": "github allenai/OLMoE @ 357454f (Apache-2.0): per-domain counts at layers 0/7/15, 5 domains",
+    "mixtral-8x7b": "github allenai/OLMoE @ 357454f (Apache-2.0): Mixtral-8x7B per-domain counts at layers 0/7/15",
+    "deepseek-v3": "github johanna-rock/moe-balance @ 700358b: DeepSeek-V3/R1 on GPQA (178 requests), "
+                   "per-layer busiest-expert share",
+}
+
+
+def busiest_over_mean(counts_LE: np.ndarray) -> np.ndarray:
+    """Busiest expert / mean expert load of each row."""
+    c = np.asarray(counts_LE, dtype=np.float64)
+    return c.max(axis=-1) / c.mean(axis=-1)
+
+
+def seq_len_fit(tr) -> tuple[float, float]:
+    """Median prompt length and the log-normal spread that puts the 90th percentile where the
+    prompts' is (the long tail holds most tokens)."""
+    lens = np.bincount(tr.seq_id)
+    lens = lens[lens > 0]
+    median = float(np.median(lens))
+    return median, round(float(np.log(np.percentile(lens, 90) / median) / 1.2816), 2)
+
+
+def loss(gen: dict, real: dict) -> float:
+    return float(sum(w * np.log(gen[k] / real[k]) ** 2 for k, w in FIT_KEYS.items()
+                     if gen.get(k) and real.get(k)))
+
+
+def fit_v2_lite(real_dir: Path | None, tokens: int, log) -> tuple[dict, list]:
+    """Coordinate search on the per-token DeepSeek-V2-Lite trace; (values, table rows)."""
+    tr = load_trace(real_trace_path("deepseek-v2-lite-chat-puffin-a.npz") if real_dir is None
+                    else real_dir / "deepseek-v2-lite-chat-puffin-a.npz")
+    real = summary_statistics(tr, seed=0)
+    model = load_model("deepseek-v2-lite")
+    median, spread = seq_len_fit(tr)
+    fixed = {"seq_len": median, "seq_len_spread": spread}
+
+    def stats(v):
+        t = synth_trace(model, num_tokens=tokens, weights=False, seed=0, **fixed, **v)
+        return summary_statistics(t, seed=0)
+
+    values = {p: s for p, (s, _, _) in SEARCH.items()}
+    best = loss(stats(values), real)
+    for step in STEPS:
+        for p, (_, lo, hi) in SEARCH.items():
+            for cand in (values[p] * step, values[p] / step):
+                cand = round(float(np.clip(cand, lo, hi)), 3)
+                if cand == values[p]:
+                    continue
+                trial = dict(values, **{p: cand})
+                cur = loss(stats(trial), real)
+                if cur < best - 1e-9:
+                    best, values = cur, trial
+                    log(f"  {p} = {cand} (loss {best:.4f})")
+    values |= fixed
+    gen = stats({p: values[p] for p in SEARCH})
+    rows = [(k, real[k], gen[k]) for k in FIT_KEYS if real.get(k) is not None]
+    return values, rows
+
+
+def fit_skew(model_name: str, target, measure, tokens: int, base: dict, **kw) -> tuple[float, float]:
+    """Bisection on ``skew`` (busiest / mean grows with it) so that ``measure(trace)`` = target."""
+    model = load_model(model_name)
+    lo, hi = 0.0, 3.0
+    for _ in range(12):
+        mid = 0.5 * (lo + hi)
+        t = synth_trace(model, num_tokens=tokens, weights=False, seed=0, **(base | {"skew": mid}), **kw)
+        if measure(t) < target:
+            lo = mid
+        else:
+            hi = mid
+    skew = round(0.5 * (lo + hi), 3)
+    t = synth_trace(model, num_tokens=tokens, weights=False, seed=0, **(base | {"skew": skew}), **kw)
+    return skew, measure(t)
+
+
+def fit_counts(real_dir: Path | None, tokens: int, base: dict) -> dict[str, tuple[dict, list]]:
+    """The skew of the models recorded as counts; {model: (values, rows)}."""
+
+    def path(name):
+        return real_trace_path(name) if real_dir is None else real_dir / name
+
+    out = {}
+    q = np.load(path("qwen3-30b-a3b-decode-counts.npz"))["counts"].sum(axis=0)
+    real = float(np.median(busiest_over_mean(q)))
+    skew, gen = fit_skew("qwen3-30b-a3b", real, lambda t: float(np.median(busiest_over_mean(t.counts()))), tokens, base)
+    out["qwen3-30b-a3b"] = ({"skew": skew}, [("busiest/mean per layer, median (whole trace)", real, gen)])
+    for name, file in (("olmoe-1b-7b", "olmoe-1b-7b-domain-counts.npz"), ("mixtral-8x7b", "mixtral-8x7b-domain-counts.npz")):
+        c = np.load(path(file))["counts"]  # [domains, layers, E]
+        real = float(np.median(busiest_over_mean(c.reshape(-1, c.shape[-1]))))
+        skew, gen = fit_skew(name, real, lambda t: float(np.median(busiest_over_mean(t.counts()))), tokens, base,
+                             num_domains=1)
+        out[name] = ({"skew": skew}, [("busiest/mean per (domain, layer), median", real, gen)])
+    pub = json.loads(path("deepseek-v3-published-balance.json").read_text())["gpqa"]
+    real = float(np.median(pub["max_over_mean_per_layer"]))
+    skew, gen = fit_skew("deepseek-v3", real, lambda t: float(np.median(busiest_over_mean(t.counts()))),
+                         tokens // 2, base)
+    t = synth_trace(load_model("deepseek-v3"), num_tokens=tokens // 2, weights=False, seed=0, **(base | {"skew": skew}))
+    c = np.sort(t.counts(), axis=1)[:, ::-1]
+    top32 = float(np.median(c[:, :32].sum(axis=1) / c.sum(axis=1) * 100))
+    out["deepseek-v3"] = ({"skew": skew}, [
+        ("busiest/mean per layer, median", real, gen),
+        ("top-32 experts' share of activations, %, median (not fitted)",
+         float(np.median(pub["top32_experts_combined_pct_per_layer"])), top32)])
+    return out
+
+
+def table(title: str, rows: list) -> str:
+    lines = [f"\n{title}\n", "| statistic | real | generator | ratio |", "|---|---|---|---|"]
+    for k, r, g in rows:
+        ratio = f"{g / r:.2f}" if r and g is not None else ""
+        lines.append(f"| {k} | {r:.3f} | {g:.3f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--real-dir", type=Path, default=None, help="folder of the real routing files (default: "
+                    "$MOE_PLANNER_REAL_TRACES, as benchmarks/real_traces.py finds it)")
+    ap.add_argument("--tokens", type=int, default=TOKENS, help=f"tokens per generated trace (default {TOKENS})")
+    ap.add_argument("--out", type=Path, default=OUT, help="defaults file to write (default: planner/data/synth_defaults.json)")
+    ap.add_argument("--check", action="store_true", help="only print the tables at the current defaults")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    data = json.loads(OUT.read_text(encoding="utf-8"))
+    if args.check:
+        global STEPS
+        STEPS = ()
+        SEARCH.update({p: (data["generic"]["values"][p], lo, hi) for p, (_, lo, hi) in SEARCH.items()})
+    v2, rows = fit_v2_lite(args.real_dir, args.tokens, lambda s: print(s, flush=True))
+    print(table(f"DeepSeek-V2-Lite ({SOURCES['deepseek-v2-lite']}); generator: {args.tokens} tokens, seed 0", rows))
+    base = {p: v2[p] for p in PARAMS if p != "skew" and p in v2}
+    counts = fit_counts(args.real_dir, args.tokens, base)
+    for name, (_, crow) in counts.items():
+        print(table(f"{name} ({SOURCES[name]})", crow))
+    models = {"deepseek-v2-lite": {"source": SOURCES["deepseek-v2-lite"], "fitted": sorted(v2),
+                                   "values": {p: v2[p] for p in PARAMS if p in v2},
+                                   "table": [[k, round(r, 4), round(g, 4)] for k, r, g in rows]}}
+    for name, (values, crow) in counts.items():
+        models[name] = {"source": SOURCES[name], "fitted": sorted(values), "values": values,
+                        "table": [[k, round(r, 4), round(g, 4)] for k, r, g in crow]}
+    data["generic"]["values"] = {p: v2.get(p, data["generic"]["values"][p]) for p in PARAMS}
+    data["models"] = models
+    if not args.check:
+        args.out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"\nwrote {args.out}")
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
