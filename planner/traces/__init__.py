@@ -7,7 +7,9 @@
   traces larger than memory.
 - :mod:`planner.traces.sglang` — SGLang ``logical_count`` (``.json`` / ``.pt``).
 - :mod:`planner.traces.synth` — :func:`synth_trace`, synthetic traces with real-routing structure.
-- :mod:`planner.traces.stats` — :func:`trace_stats`.
+- :mod:`planner.traces.stats` — :func:`trace_stats`, :func:`summary_statistics`;
+  :mod:`planner.traces.realism` defines the statistics of real routing (skew at batch sizes,
+  temporal reuse, working sets, cross-layer prediction, pair lift, rank locality).
 - :mod:`planner.traces.steps` — :func:`prefill_steps` / :func:`decode_steps`: steps a workload
   forms from a trace's sequences (``seq_id`` / ``pos``).
 
@@ -21,7 +23,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from planner.traces.npz import load_trace, save_trace
-from planner.traces.stats import trace_stats
+from planner.traces.stats import summary_statistics, trace_stats
 from planner.traces.steps import decode_steps, prefill_steps
 from planner.traces.synth import synth_trace
 from planner.traces.trace import CountsTrace, Trace, check_against_model
@@ -33,6 +35,7 @@ __all__ = [
     "save_trace",
     "synth_trace",
     "trace_stats",
+    "summary_statistics",
     "prefill_steps",
     "decode_steps",
     "default_trace_path",
