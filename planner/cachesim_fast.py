@@ -100,23 +100,36 @@ def replay_fast(
 def layer_times(
     cnt: np.ndarray, hit: np.ndarray, copied: np.ndarray, on_cpu: np.ndarray, timing: OffloadTiming
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Layer time and compute time [C, L] of the module docstring's closed form (masks [C, L, E])."""
+    """Layer time and compute time [C, L] of the module docstring's closed form (masks [C, L, E]).
+    Works on the needed experts only, packed in id order into [C, L, k] (k the most per layer)."""
+    C, L, E = cnt.shape
+    c_i, l_i, e_i = np.nonzero(cnt > 0)
+    n_cl = np.bincount(c_i * L + l_i, minlength=C * L)
+    k = int(n_cl.max()) if n_cl.size else 0
+    first = np.r_[0, np.cumsum(n_cl)[:-1]]
+    j_i = np.arange(c_i.size) - first[c_i * L + l_i]
+
+    def pack(x: np.ndarray, fill: float | bool) -> np.ndarray:
+        out = np.full((C, L, max(k, 1)), fill, dtype=x.dtype)
+        out[c_i, l_i, j_i] = x[c_i, l_i, e_i]
+        return out
+
     ffn = np.asarray(timing.ffn_ms_M, np.float64)
-    m = np.minimum(cnt, ffn.size - 1)
-    K = ffn[m]
+    m = pack(cnt, 0)
+    K = np.where(m > 0, ffn[np.minimum(m, ffn.size - 1)], 0.0)
+    h, cp, oc = pack(hit, False), pack(copied, False), pack(on_cpu, False)
     pre, c = timing.pre_ms, timing.copy_ms
-    k_hit = np.where(hit, K, 0.0).sum(axis=2)
-    k_cp = np.where(copied, K, 0.0)
-    n_cp = copied.sum(axis=2)
-    idx = np.cumsum(copied, axis=2)  # i of the i-th copied miss (id order)
+    k_cp = np.where(cp, K, 0.0)
+    n_cp = cp.sum(axis=2)
+    idx = np.cumsum(cp, axis=2)  # i of the i-th copied miss (id order)
     tail = np.cumsum(k_cp[:, :, ::-1], axis=2)[:, :, ::-1]  # Σ_{copied j >= i} K_j
-    late = np.where(copied, pre + idx * c + tail, -np.inf).max(axis=2)
-    kern = k_hit + k_cp.sum(axis=2)
+    late = np.where(cp, pre + idx * c + tail, -np.inf).max(axis=2)
+    kern = np.where(h, K, 0.0).sum(axis=2) + k_cp.sum(axis=2)
     t = np.maximum(pre + kern, late)
-    if on_cpu.any():
+    if oc.any():
         cpu = np.asarray(timing.cpu_ms_M, np.float64)
-        k_cpu = np.where(on_cpu, cpu[np.minimum(cnt, cpu.size - 1)], 0.0).sum(axis=2)
-        t = np.where(on_cpu.any(axis=2), np.maximum(t, pre + k_cpu), t)
+        k_cpu = np.where(oc, cpu[np.minimum(m, cpu.size - 1)], 0.0).sum(axis=2)
+        t = np.where(oc.any(axis=2), np.maximum(t, pre + k_cpu), t)
     t = t + (1.0 - timing.overlap) * np.minimum(n_cp * c, pre + kern)
     return t, pre + kern
 
@@ -139,6 +152,7 @@ class _State:
         self.ffn = np.asarray(timing.ffn_ms_M, np.float64)
         self.cpu = np.asarray(timing.cpu_ms_M, np.float64) if timing.cpu_ms_M is not None else None
         self.step = 0
+        self.patterns: dict[int, np.ndarray] = {}
 
     def run(self, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Hit, copied and CPU masks [C, L, E] of the steps ``cnt`` [C, L, E], updating the caches."""
@@ -186,17 +200,20 @@ class _State:
         return hit, copied, on_cpu
 
     def _trim(self, over: np.ndarray) -> None:
-        """Keep the ``cap`` largest keys of the overfull layers."""
+        """Keep the ``cap`` largest keys of the overfull layers (a layer overflows only after an
+        insert, so its ``cap`` is >= 1)."""
         rows = np.flatnonzero(over)
         cached = self.cached[rows]
+        cap = self.cap[rows]
         st = np.where(cached, self.stamp[rows], -np.inf)
         if self.lfu:
             order = np.lexsort((st, np.where(cached, self.freq[rows], -np.inf)), axis=1)
-        else:
-            order = np.argsort(st, axis=1)
-        rank = np.empty_like(order)
-        np.put_along_axis(rank, order, np.broadcast_to(np.arange(self.E), order.shape), axis=1)
-        self.cached[rows] = cached & (rank >= self.E - self.cap[rows][:, None])
+            rank = np.empty_like(order)
+            np.put_along_axis(rank, order, np.broadcast_to(np.arange(self.E), order.shape), axis=1)
+            self.cached[rows] = cached & (rank >= self.E - cap[:, None])
+        else:  # stamps are distinct: the cap-th largest is the threshold
+            thr = np.sort(st, axis=1)[np.arange(rows.size), self.E - cap]
+            self.cached[rows] = cached & (st >= thr[:, None])
 
     def _fastest(self, miss: np.ndarray, cnt: np.ndarray) -> np.ndarray:
         """Fiddler's rule miss by miss in id order (module docstring), all layers at once."""
@@ -207,6 +224,10 @@ class _State:
             return on_cpu
         rank = np.cumsum(miss, axis=1) - 1
         n_miss = miss.sum(axis=1)
+        mm = cnt[miss]
+        if mm.min() == mm.max():  # every miss has the same tokens (batch 1): a fixed pattern by rank
+            pat = self._pattern(int(mm[0]))
+            return miss & pat[np.clip(rank, 0, E - 1)]
         cpu_q = np.zeros(L)  # CPU busy time so far
         n_cp = np.zeros(L)  # copies so far
         rows = np.arange(L)
@@ -220,3 +241,18 @@ class _State:
             cpu_q = np.where(go, cpu_q + kc, cpu_q)
             n_cp = np.where(act & ~go, n_cp + 1, n_cp)
         return on_cpu
+
+    def _pattern(self, m: int) -> np.ndarray:
+        """Whether the j-th miss of a layer goes to the CPU when every miss has ``m`` tokens: bool [E]."""
+        if m not in self.patterns:
+            kc = float(self.cpu[min(m, self.cpu.size - 1)])
+            kg = float(self.ffn[min(m, self.ffn.size - 1)])
+            pat = np.zeros(self.E, bool)
+            q = n_cp = 0.0
+            for j in range(self.E):
+                if q + kc < n_cp * self.c + self.c + kg:
+                    pat[j], q = True, q + kc
+                else:
+                    n_cp += 1
+            self.patterns[m] = pat
+        return self.patterns[m]

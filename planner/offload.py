@@ -74,7 +74,13 @@ from planner.errors import InfeasibleError, InputError
 from planner.io import atomic_write_bytes, atomic_write_text
 from planner.provenance import input_hash, make_provenance
 from planner.resolve import resolve_hardware, resolve_trace
-from planner.solve.cache import BASELINES, CacheSolution, baseline_configs, solve_cache
+from planner.solve.cache import (
+    BASELINES,
+    REFERENCE_STEPS,
+    CacheSolution,
+    baseline_configs,
+    solve_cache,
+)
 from planner.specs.cluster import ClusterSpec
 from planner.specs.hardware import HardwareProfile
 from planner.specs.model import ModelSpec
@@ -342,14 +348,14 @@ def solve_offload(pr: OffloadProblem, **solve_kw: Any) -> Plan:
     """Size and fill the cache on the planning steps, score it on the held-out steps: a Plan."""
     m, hw = pr.model, pr.hardware
     L, E = m.num_moe_layers, m.num_experts
-    probs = pr.probs()
     P = pr.plan_steps
+    probs = pr.probs() if P <= REFERENCE_STEPS else None  # prefetch is tried on short traces only
     if pr.budget.slots >= L * E:  # everything fits: nothing to offload
         sol_cfg = CacheConfig(np.ones((L, E), bool), np.zeros(L, np.int64), "lru")
         chosen, status, candidates, time_s, thr, pf_count = "all-resident", "optimal", {}, 0.0, None, 0
     else:
         sol: CacheSolution = solve_cache(
-            pr.counts_SLE[:P], probs[:P], pr.timing, pr.budget.slots, pr.prefetch_count, batch=pr.batch,
+            pr.counts_SLE[:P], None if probs is None else probs[:P], pr.timing, pr.budget.slots, pr.prefetch_count, batch=pr.batch,
             **{"time_limit": pr.time_limit, **solve_kw},
         )
         sol_cfg, chosen, status = sol.config, sol.chosen, "time_limit" if sol.stopped_by_time else "heuristic"
@@ -390,6 +396,9 @@ def solve_offload(pr: OffloadProblem, **solve_kw: Any) -> Plan:
             err = "" if sol.sample_error is None else f" (relative standard error of its step time {sol.sample_error:.1%})"
             predicted.notes.append(f"the policy search scored {sol.sampled_steps} of the {P} planning steps, in windows{err}")
         predicted.notes.extend(f"not tried: {x}" for x in sol.skipped)
+        if probs is None:
+            predicted.notes.append(f"not tried: prefetch ({P} planning steps: more than the {REFERENCE_STEPS} the reference"
+                                   " replay takes)")
         predicted.notes.append(f"policy chosen on the planning steps: {chosen}")
     return Plan(
         model=m, cluster=ClusterSpec(hardware=hw.name, num_nodes=1, gpus_per_node=1), workload=pr.workload,

@@ -51,6 +51,8 @@ MAX_PLAN_STEPS = 24576
 WINDOW_STEPS = 2048
 #: Prefetch candidates need the reference (event-loop) replay: tried up to this many steps.
 REFERENCE_STEPS = 4096
+#: Steps (evenly spaced) the static stall table of step 1 averages over.
+TABLE_STEPS = 4096
 
 
 def frequency_order(counts_SLE: np.ndarray) -> np.ndarray:
@@ -277,7 +279,8 @@ def solve_cache(
                 if late():
                     stopped = True
                     break
-                f = layer_stall_table(scored, timing, order, probs, thr, cpu)
+                stride = -(-scored.shape[0] // TABLE_STEPS)  # the table is a mean over steps: a sample will do
+                f = layer_stall_table(scored[::stride], timing, order, None if probs is None else probs[::stride], thr, cpu)
                 r_L = allocate(f, static)
                 dyn = np.minimum(np.full(L, d, np.int64), E - r_L)
                 cfg = CacheConfig(resident_from_counts(order, r_L), dyn, "lru", pf, cpu)
