@@ -91,7 +91,7 @@ def test_topk_helper_matches_argsort():
 
 def test_skew_differs_by_layer():
     kw = dict(num_layers=8, num_experts=64, top_k=4, num_tokens=8192, tokens_per_step=1024, affinity=0.0,
-              coactivation=0.0, drift=0.0, rank_mix=0.0, seed=3)
+              coactivation=0.0, drift=0.0, rank_mix=0.0, seed=3, **NOSEQ)
     skewed = trace_stats(synth_trace(**kw, skew=1.0))
     flat = trace_stats(synth_trace(**kw, skew=0.0, domain_spread=0.0))
     ent = np.array([row["entropy"] for row in skewed["layers"]])
@@ -124,7 +124,7 @@ def test_coactivation_raises_pair_lift():
 
 
 def test_drift_moves_popularity_between_first_and_last_steps():
-    kw = dict(**SMALL, num_tokens=16 * 1024, tokens_per_step=1024, rank_mix=0.0, seed=5)
+    kw = dict(**SMALL, num_tokens=16 * 1024, tokens_per_step=1024, rank_mix=0.0, seed=5, **NOSEQ)
 
     def first_last_tv(drift):
         c = synth_trace(**kw, drift=drift).counts_per_step()  # [S, L, E]
@@ -137,7 +137,7 @@ def test_drift_moves_popularity_between_first_and_last_steps():
 def test_rank_mix_makes_ranks_differ():
     # short sequences: a rank's step holds many requests, each with its rank's input mix
     kw = dict(**SMALL, num_tokens=8 * 2048, tokens_per_step=2048, num_ranks=4, drift=0.0, seed=6, seq_len=2,
-              seq_len_spread=0.0, **NOSEQ)
+              seq_len_spread=0.0, affinity=0.0, coactivation=0.0, **NOSEQ)
 
     def rank_tv(rank_mix):
         t = synth_trace(**kw, rank_mix=rank_mix)
@@ -185,7 +185,7 @@ def _rank_step_profile(tr, rank, step):
 def test_sticky_ranks_keep_their_mix_across_steps():
     kw = dict(num_layers=1, num_experts=32, top_k=2, num_tokens=64_000, tokens_per_step=16_000, num_ranks=4,
               rank_mix=1.0, skew=0.0, drift=0.0, affinity=0.0, coactivation=0.0, weights=False, seed=3, model_name="t",
-              **NOSEQ)
+              seq_len=2, seq_len_spread=0.0, **NOSEQ)  # short requests: a rank's step holds many
 
     def corr(tr):  # mean over ranks of the correlation of a rank's expert counts in steps 0 and 3
         return np.mean([np.corrcoef(_rank_step_profile(tr, r, 0), _rank_step_profile(tr, r, 3))[0, 1] for r in range(4)])
