@@ -24,8 +24,19 @@ placement by the simulator on the second half:
     nodes a token reaches: stage 1b of the solver (expert swaps between nodes) works here.
 (b) Mixtral-8x7B on one 8-GPU H100 node as MoETuner ran it (EP 4 × expert-TP 2, no replicas),
     8,192-token steps over 8 ranks, 16 steps; also EP 8.
+(r) Real routing: DeepSeek-V2-Lite-Chat on 1,000 Puffin prompts (``benchmarks/real_traces.py``
+    ``real_trace_path()``; arXiv 2508.17137's data). Prefill steps of whole prompts up to 4,096
+    tokens, prompts dealt round-robin to the data-parallel ranks, one rank per GPU
+    (:func:`planner.traces.steps.prefill_steps`): 26 steps, planned on the first 13 and scored on
+    the last 13. On 2 × 8 H100 (EP 16, 16 redundant experts) and 4 × 8 (EP 32, 32 redundant),
+    ``even`` and ``nearest`` dispatch, same-rank relay; EPLB with the redundant slots, contiguous
+    and round-robin without (same GPUs), and the solver with and without the redundant slots
+    (without them ``even`` and ``nearest`` are the same placement problem). Time limit 60 s.
+    Writes ``benchmarks/results/placement-real.json``.
 
-    python benchmarks/placement.py            # prints the Markdown table (~11 minutes on 2 cores)
+    python benchmarks/placement.py            # prints the Markdown tables (~14 minutes on 2 cores)
+    python benchmarks/placement.py --real-only   # only the real-routing cases (r) (~3 minutes)
+
     python benchmarks/placement.py --quick    # smaller traces, for a smoke run
     python benchmarks/placement.py --trace my.npz [--model deepseek-v3 --nodes 8 --gpus-per-node 8 --redundant 64]
                                               # cases (a) and (a3) on your own trace
@@ -36,7 +47,9 @@ Trace memory: ids are int32, 58 layers × 8 choices × 4 B = 1.9 kB per token (3
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -44,6 +57,14 @@ import planner
 from planner.api import prepare, solve
 from planner.score import baseline_placement, simulate_stage, summarize
 from planner.specs.model_io import load_model
+from planner.traces.steps import prefill_steps
+
+try:  # run as a script (python benchmarks/placement.py) or as a module (python -m benchmarks.placement)
+    from real_traces import real_trace_path
+except ImportError:  # pragma: no cover
+    from benchmarks.real_traces import real_trace_path
+
+REAL_OUT = Path(__file__).resolve().parent / "results" / "placement-real.json"
 
 
 def score(p2l, pr, relay, par=None):
@@ -133,10 +154,14 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=8, help="nodes for --trace (default 8)")
     ap.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node for --trace (default 8)")
     ap.add_argument("--redundant", type=int, default=64, help="redundant experts for --trace (default 64)")
+    ap.add_argument("--real-only", action="store_true", help="only the real-routing cases (r)")
     args = ap.parse_args()
     q = args.quick
     if args.trace:
         own_trace(args)
+        return
+    if args.real_only:
+        real_cases()
         return
     print("| case | relay | method | MoE ms/step | MoE layer ms | vs EPLB | vs contiguous | imbalance "
           "| NVLink GB/step | inter-node GB/step | inter vs EPLB | solver |")
@@ -177,6 +202,7 @@ def main() -> None:
               f"(MoETuner reports 9.3% end-to-end on one 8×H100 node, EP4-TP2; ours is the MoE layers only)")
     rebalance_timing()
     print(f"\n(trace synthesis: {synth_a:.0f} s for case a, {synth_b:.0f} s for case b)")
+    real_cases()
 
 
 def own_trace(args) -> None:
@@ -191,6 +217,84 @@ def own_trace(args) -> None:
     res_near, _ = run_case(f"{name}, nearest dispatch", args.model, dispatch="nearest", **kw)
     check_targets(res_even, "even dispatch")
     check_targets(res_near, "nearest dispatch")
+
+
+def real_cases(out: Path = REAL_OUT) -> None:
+    """Cases (r): DeepSeek-V2-Lite real routing, held-out prefill steps (module docstring)."""
+    m = load_model("deepseek-v2-lite")
+    raw = planner.load_trace(str(real_trace_path()), model=m)
+    results = []
+    for nodes in (2, 4):
+        gpus = 8 * nodes
+        red = gpus  # one redundant slot per GPU: 16 on 2 × 8, 32 on 4 × 8
+        tr = prefill_steps(raw, 4096, ranks=gpus)
+        kw = dict(nodes=nodes, gpus_per_node=8, mode="prefill", trace=tr, ep=gpus, etp=1, tp=1, pp=1,
+                  train_fraction=0.5, time_limit=60.0)
+        pr0 = prepare(m, "h100-sxm", redundant_experts=0, dispatch="even", **kw)
+        t0 = time.perf_counter()
+        plan0 = solve(pr0, relay="same-rank")
+        solved0 = (plan0.predicted, time.perf_counter() - t0, plan0.solver.status)
+        w = pr0.plan_counts_LE.astype(float)
+        for dispatch in ("even", "nearest"):
+            pr = prepare(m, "h100-sxm", redundant_experts=red, dispatch=dispatch, **kw)
+            pr0d = prepare(m, "h100-sxm", redundant_experts=0, dispatch=dispatch, **kw)
+            rows = {
+                "contiguous (no replicas)": (score(baseline_placement("contiguous", w, m, pr0d.cluster, pr0d.parallel, 0),
+                                                   pr0d, "same-rank"), None, ""),
+                "round-robin (no replicas)": (score(baseline_placement("round-robin", w, m, pr0d.cluster,
+                                                                       pr0d.parallel, 0), pr0d, "same-rank"), None, ""),
+                f"EPLB (R={red})": (score(baseline_placement("eplb", w, m, pr.cluster, pr.parallel, red), pr,
+                                          "same-rank"), None, ""),
+            }
+            t0 = time.perf_counter()
+            plan = solve(pr, relay="same-rank")
+            rows[f"**placement solver** (R={red})"] = (plan.predicted, time.perf_counter() - t0, plan.solver.status)
+            rows["placement solver (no replicas)"] = solved0
+            label = f"(r) DeepSeek-V2-Lite real routing, {nodes}×8 H100, EP {gpus}, {dispatch} dispatch"
+            results.append(real_table(label, rows, f"EPLB (R={red})", pr))
+    real_targets(results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"trace": real_trace_path().name, "steps": "prefill_steps(trace, 4096, ranks=GPUs), "
+                               "planned on the first half, scored on the second", "cases": results}, indent=1) + "\n")
+    print(f"\n(written to {out.relative_to(out.parents[2])})")
+
+
+def real_table(label: str, rows: dict, ref_name: str, pr) -> dict:
+    """Print one real-routing case's table; returns its figures."""
+    ref = rows[ref_name][0]
+    print(f"\n{label} ({pr.evaluated_on})\n")
+    print("| method | MoE-layer ms | vs EPLB | inter-node bytes vs EPLB | imbalance | compute ms | comm ms | solve s |")
+    print("|---|---|---|---|---|---|---|---|")
+    out = {"case": label, "evaluated_on": pr.evaluated_on, "rows": {}}
+    for name, (p, t, status) in rows.items():
+        d_t = p.moe_layer_ms / ref.moe_layer_ms - 1
+        d_x = p.inter_node_bytes_per_step / ref.inter_node_bytes_per_step - 1
+        solve_s = f"{t:.1f} ({status})" if t is not None else ""
+        print(f"| {name} | {p.moe_layer_ms:.4f} | {d_t * 100:+.1f}% | {d_x * 100:+.1f}% | {p.imbalance:.3f} "
+              f"| {p.compute_ms:.4f} | {p.comm_ms:.4f} | {solve_s} |")
+        out["rows"][name] = {"moe_layer_ms": p.moe_layer_ms, "vs_eplb": d_t, "inter_node_vs_eplb": d_x,
+                             "imbalance": p.imbalance, "compute_ms": p.compute_ms, "comm_ms": p.comm_ms,
+                             "inter_node_bytes_per_step": p.inter_node_bytes_per_step,
+                             "solve_s": None if t is None else round(t, 1)}
+    return out
+
+
+def real_targets(results: list[dict]) -> None:
+    """Issue 16's targets on the 2 × 8 cases: the solver with its redundant slots against EPLB."""
+    print("\nTargets, DeepSeek-V2-Lite real routing, 2×8 H100, EP 16, 16 redundant experts (held-out steps):")
+    for res in results:
+        if "2×8" not in res["case"]:
+            continue
+        (ename, e), = ((k, v) for k, v in res["rows"].items() if k.startswith("EPLB"))
+        (_, p), = ((k, v) for k, v in res["rows"].items() if k.startswith("**placement solver**"))
+        dispatch = res["case"].rsplit(", ", 1)[1]
+        for name, ok, val in (
+            ("inter-node bytes <= 0.80x EPLB", p["inter_node_vs_eplb"] <= -0.2, f"{p['inter_node_vs_eplb'] * 100:+.1f}%"),
+            ("MoE-layer time <= 0.85x EPLB", p["vs_eplb"] <= -0.15, f"{p['vs_eplb'] * 100:+.1f}%"),
+            ("imbalance <= 1.05x EPLB's", p["imbalance"] <= 1.05 * e["imbalance"],
+             f"{p['imbalance']:.3f} vs {e['imbalance']:.3f}"),
+        ):
+            print(f"- [{dispatch}] {name}: {'met' if ok else 'NOT met'} ({val})")
 
 
 def rebalance_timing() -> None:
