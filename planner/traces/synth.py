@@ -159,6 +159,7 @@ def synth_trace(
     topic_drift: float | None = None,
     reuse: float | None = None,
     reuse_span: float | None = None,
+    sequences: bool = True,
 ) -> Trace:
     """A synthetic per-token :class:`Trace` with sequences (properties and parameters: module
     docstring).
@@ -168,7 +169,8 @@ def synth_trace(
     at None take the values fitted for the model (:func:`synth_defaults`). ``cluster_size``
     defaults to the largest divisor of the experts per group that is <= max(2, top_k // 2).
     ``weights=False`` leaves ``topk_weights`` out; ``model_name`` names a trace made without
-    a model.
+    a model. ``sequences=False`` leaves ``seq_id`` / ``pos`` out (same routing): the planner then
+    keeps the trace's steps instead of forming steps from its sequences for a workload.
     """
     L, E, k, G, TG = _shape(model, num_layers, num_experts, top_k, n_group, topk_group,
                             num_tokens, tokens_per_step, num_ranks, num_domains)
@@ -224,8 +226,8 @@ def synth_trace(
         source_rank=lay.rank_T,
         model=name,
         source="synth",
-        seq_id=lay.seq_T,
-        pos=lay.pos_T,
+        seq_id=lay.seq_T if sequences else None,
+        pos=lay.pos_T if sequences else None,
     )
 
 

@@ -283,3 +283,10 @@ def test_topic_drift_widens_a_sequence_working_set():
 def test_bad_sequence_parameters(kw, message):
     with pytest.raises(InputError, match=message):
         synth_trace(**SMALL, num_tokens=64, **kw)
+
+
+def test_sequences_false_keeps_routing_and_drops_ids():
+    a = synth_trace(**SMALL, num_tokens=300, seed=4)
+    b = synth_trace(**SMALL, num_tokens=300, seed=4, sequences=False)
+    assert a.has_sequences and not b.has_sequences and b.pos is None
+    assert np.array_equal(a.topk_ids, b.topk_ids) and np.array_equal(a.step, b.step)
