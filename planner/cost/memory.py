@@ -5,25 +5,37 @@ a attention heads, V vocabulary, s sequence length, b micro-batch (sequences), L
 pipeline stage (⌈layers / pp⌉), L_moe MoE layers of a stage (⌈MoE layers / pp⌉), S slots per GPU
 (experts incl. redundant replicas), tp/pp/dp/ep/etp/vpp the parallel degrees.
 
-**Weights** (every mode)::
+**Weights** (serving: in the checkpoint's dtypes, ``expert_dtype`` and ``weight_dtype``)::
 
     experts_g    = S · 3·h·f · B_expert · L_moe / etp          (replicas count: a slot is a copy)
     non_expert_g = non-expert parameters · B_weight / (tp · pp)
     weights_g    = experts_g + non_expert_g                      (:func:`weights_per_gpu_bytes`)
 
-**Training** (Megatron-LM mixed precision with Adam; docs/facts.md §6): 2 (bf16 weight) + 4
-(fp32 gradient) + 12 (fp32 master weight, Adam m and v) bytes per parameter; the distributed
-optimizer shards the 12 over the data-parallel group (experts over ``edp = dp·tp/(ep·etp)``).
-Activations per layer and micro-batch follow Korthikanti et al. 2022 (Table 2) with sequence
+**Training** (Megatron-LM mixed precision with Adam; docs/facts.md §6) prices the weights in the
+*training* dtype, not the checkpoint's (DeepSeek-V3's fp8 ``expert_dtype`` is how it is served):
+
+- ``train_dtype="bf16"``: 2 (bf16 weight) + 4 (fp32 gradient) + 12 (fp32 master weight, Adam m
+  and v) = 18 bytes per parameter.
+- ``train_dtype="fp8"``: the linear layers' weights (routed and shared experts, dense FFNs,
+  attention projections) are held in fp8, 1 byte (Transformer Engine fp8 parameters, Megatron
+  ``--fp8-param-gather``); embeddings, output head and router gates stay bf16 (DeepSeek-V3
+  technical report, arXiv 2412.19437 §3.3.1, keeps them in higher precision). Gradients stay
+  fp32 (4) and the optimizer keeps fp32 master weights and fp32 Adam m and v (12), as
+  Megatron's optimizer does: 17 bytes per linear parameter. (DeepSeek-V3 §3.3.2 also keeps
+  fp32 master weights and gradients but stores Adam's moments in bf16; not modelled.)
+
+The distributed optimizer shards the 12 over the data-parallel group (experts over
+``edp = dp·tp/(ep·etp)``). Activations per layer and micro-batch follow Korthikanti et al. 2022 (Table 2) with sequence
 parallelism and the recompute mode, and a 1F1B first stage holds ``min(pp, micro-batches)`` of
 them (× ``1 + (pp − 1)/(pp·vpp)`` interleaved). Formulas in full: docs/cost_model.md §4.
 
 **Inference**::
 
-    kv_g   = kv_tokens · L_st · kv_bytes_per_token_per_layer / tp_kv
-             (GQA/MHA: 2·kv_heads·head_dim·B per token and layer, each TP rank keeping
-              ⌈kv_heads/tp⌉ heads; MLA: (kv_lora_rank + qk_rope_head_dim)·B, divided by tp as in
-              docs/facts.md §6)
+    kv_g   = kv_tokens · L_st · kv_rank
+             GQA/MHA: kv_rank = 2·⌈kv_heads/tp⌉·head_dim·B  (heads split over TP; one
+                      replicated head per rank when tp > kv_heads)
+             MLA:     kv_rank = (kv_lora_rank + qk_rope_head_dim)·B  (not divided by tp:
+                      every TP rank keeps the whole latent cache; docs/facts.md §6)
     act_g  = T · B_act · (2h + (a + 2·kv_heads)·head_dim/tp + 2·k·h + 3·k·f/etp)   (one layer at a time)
     disp_g = 2 · T · k · h · B_act                                      (dispatch send + receive buffers)
 
@@ -42,9 +54,14 @@ from planner.errors import InputError
 from planner.specs.model import DTYPE_BYTES, ModelSpec
 
 GIB = 1024**3
-#: Training bytes per parameter besides the bf16 weight: fp32 gradient, then optimizer states.
+#: Training bytes per parameter besides the weight: fp32 gradient, then optimizer states
+#: (fp32 master weight, Adam m and v), whatever the training dtype.
 GRAD_BYTES = 4
 OPTIMIZER_BYTES = 12
+#: Training dtypes and the bytes of a weight of a linear layer in each.
+TRAIN_DTYPES: dict[str, float] = {"bf16": 2.0, "fp8": 1.0}
+#: Weights that stay bf16 in fp8 training (embeddings, output head, router gates).
+HIGH_PRECISION_BYTES = 2.0
 
 Recompute = Literal["none", "selective", "full"]
 
@@ -60,6 +77,22 @@ def weights_per_gpu_bytes(model: ModelSpec, slots_per_gpu: int, tp: int, pp: int
     moe_layers_per_stage = math.ceil(model.num_moe_layers / pp)
     experts = slots_per_gpu * model.expert_bytes * moe_layers_per_stage / etp
     return experts + model.non_expert_bytes / (tp * pp)
+
+
+def train_weight_bytes(model: ModelSpec, slots_per_gpu: int, tp: int, pp: int, etp: int, train_dtype: str = "bf16") -> float:
+    """Bytes of weights one GPU holds in training (module docstring, **Training**): every weight
+    in ``train_dtype``, except that fp8 keeps embeddings, output head and routers in bf16."""
+    try:
+        b = TRAIN_DTYPES[train_dtype]
+    except KeyError:
+        raise InputError(
+            f"train_dtype must be one of {', '.join(TRAIN_DTYPES)} (got {train_dtype!r})", field="train_dtype"
+        ) from None
+    moe_layers_per_stage = math.ceil(model.num_moe_layers / pp)
+    experts = slots_per_gpu * model.expert_params * moe_layers_per_stage / etp * b
+    high = model.embedding_params + model.num_moe_layers * model.router_params_per_layer
+    linear = model.non_expert_params - high
+    return experts + (linear * b + high * HIGH_PRECISION_BYTES) / (tp * pp)
 
 
 @dataclass(frozen=True)
@@ -122,8 +155,10 @@ def training_memory(
     num_microbatches: int | None = None,
     distributed_optimizer: bool = True,
     recompute: Recompute = "selective",
+    train_dtype: str = "bf16",
 ) -> MemoryBreakdown:
-    """Bytes per GPU of the first pipeline stage (the fullest) in Megatron-style training."""
+    """Bytes per GPU of the first pipeline stage (the fullest) in Megatron-style training, the
+    weights in ``train_dtype`` (``bf16`` or ``fp8``; module docstring)."""
     _positive(slots_per_gpu=slots_per_gpu, tp=tp, pp=pp, dp=dp, ep=ep, etp=etp, vpp=vpp)
     if (dp * tp) % (ep * etp):
         raise InputError(f"ep × etp ({ep} × {etp}) must divide dp × tp ({dp} × {tp}): experts shard inside a stage")
@@ -133,7 +168,7 @@ def training_memory(
     dense_per_stage = max(0, layers_per_stage - moe_per_stage)
     expert_params = slots_per_gpu * model.expert_params * moe_per_stage / etp
     other_params = model.non_expert_params / (tp * pp)
-    weights = weights_per_gpu_bytes(model, slots_per_gpu, tp, pp, etp)
+    weights = train_weight_bytes(model, slots_per_gpu, tp, pp, etp, train_dtype)
     grads = GRAD_BYTES * (expert_params + other_params)
     if distributed_optimizer:
         optim = OPTIMIZER_BYTES * (expert_params / edp + other_params / dp)
@@ -149,7 +184,13 @@ def training_memory(
 
 
 def kv_bytes_per_token(model: ModelSpec, tp: int = 1, pp: int = 1, kv_dtype: str = "bf16") -> float:
-    """KV-cache bytes one token adds on one GPU (its stage's layers, its TP share)."""
+    """KV-cache bytes one token adds on one GPU (its stage's layers, its TP share).
+
+    GQA/MHA heads split over TP, each rank keeping ⌈kv_heads/tp⌉ (one replicated head when
+    tp > kv_heads: vLLM's attention layers keep ``max(1, kv_heads // tp)``). The MLA latent is
+    one vector per token that cannot be split by heads, so every TP rank keeps all of it (vLLM:
+    "MLA is always replicated"; SGLang's DP-attention guide: TP over MLA duplicates the KV cache
+    on every GPU; docs/facts.md §6)."""
     _positive(tp=tp, pp=pp)
     try:
         b = DTYPE_BYTES[kv_dtype]
@@ -157,9 +198,9 @@ def kv_bytes_per_token(model: ModelSpec, tp: int = 1, pp: int = 1, kv_dtype: str
         raise InputError(f"kv_dtype: unknown dtype {kv_dtype!r}; known: {', '.join(DTYPE_BYTES)}") from None
     att = model.attention
     layers = math.ceil(model.num_layers / pp)
-    if att.kind == "mla":
-        return layers * att.kv_bytes_per_token_per_layer(b) / tp
-    heads = math.ceil(att.num_kv_heads / tp)  # a TP rank keeps at least one KV head
+    if att.kind == "mla":  # one latent per token, not split by heads: every TP rank keeps all of it
+        return layers * att.kv_bytes_per_token_per_layer(b)
+    heads = math.ceil(att.num_kv_heads / tp)  # tp > kv_heads: each rank keeps one replicated head
     return layers * 2 * heads * att.head_dim * b
 
 

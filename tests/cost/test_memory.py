@@ -85,7 +85,54 @@ def test_kv_cache_per_token():
     assert kv_bytes_per_token(m, tp=4) == 3 * 2 * 1 * 16 * 2  # a TP rank keeps at least one KV head
     v3 = load_model("deepseek-v3")
     assert kv_bytes_per_token(v3) == 61 * (512 + 64) * 2  # MLA latent: docs/facts.md §6
-    assert kv_bytes_per_token(v3, tp=8, kv_dtype="fp8") == 61 * (512 + 64) / 8
+    # the latent is not split by TP: every rank keeps all of it (vLLM, SGLang)
+    assert kv_bytes_per_token(v3, tp=8, kv_dtype="fp8") == 61 * (512 + 64) * 1
+    assert kv_bytes_per_token(v3, tp=8, pp=2) == 31 * (512 + 64) * 2  # ⌈61/2⌉ layers on the first stage
+
+
+def test_gqa_kv_heads_split_by_tp_and_replicated_past_the_head_count():
+    # 8 KV heads of 128, 2 layers, bf16: per token and layer 2·heads·128·2 bytes on one rank
+    m = make_model(num_layers=2, attention={"kind": "gqa", "num_heads": 32, "num_kv_heads": 8, "head_dim": 128})
+    per_head = 2 * 2 * 128 * 2  # layers · (K and V) · head_dim · bf16
+    assert kv_bytes_per_token(m, tp=1) == 8 * per_head
+    assert kv_bytes_per_token(m, tp=2) == 4 * per_head
+    assert kv_bytes_per_token(m, tp=8) == 1 * per_head
+    assert kv_bytes_per_token(m, tp=16) == 1 * per_head  # 16 ranks, 8 heads: each head on 2 ranks
+    # the whole cluster holds ⌈kv/tp⌉·tp heads: 8 at tp ≤ 8, 16 at tp 16 (the replicas)
+    assert [kv_bytes_per_token(m, tp=t) * t / per_head for t in (1, 2, 4, 8, 16)] == [8, 8, 8, 8, 16]
+    # an MLA model of the same layers: the per-rank cache does not fall with tp
+    mla = make_model(num_layers=2, attention={"kind": "mla", "num_heads": 32, "num_kv_heads": 32, "head_dim": 192,
+                                              "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
+                                              "v_head_dim": 128})
+    assert {kv_bytes_per_token(mla, tp=t) for t in (1, 2, 8, 16)} == {2 * (512 + 64) * 2}
+    tp8 = inference_memory(mla, slots_per_gpu=4, tp=8, kv_tokens=1000)
+    assert tp8.kv_cache == 1000 * 2 * 576 * 2
+
+
+def test_training_weights_in_the_training_dtype_not_the_checkpoint():
+    # experts stored fp8 (as DeepSeek-V3 ships them): training still holds them in bf16
+    m = make_model(expert_dtype="fp8")
+    bf16 = training_memory(m, slots_per_gpu=4, dp=2, ep=2, seq_len=8, micro_batch=1)
+    experts = 4 * EXPERT * 3  # 73728 parameters on the GPU
+    assert bf16.weights == 2 * (experts + NON_EXPERT)
+    # fp8 training: linear weights 1 byte; embeddings (12800) and routers (1536) stay bf16
+    fp8 = training_memory(m, slots_per_gpu=4, dp=2, ep=2, seq_len=8, micro_batch=1, train_dtype="fp8")
+    high = 12800 + 1536
+    assert fp8.weights == 1 * (experts + NON_EXPERT - high) + 2 * high  # 73728 + 36864 + 28672 = 139264
+    # gradients (fp32) and optimizer states (fp32 master, Adam m, v) do not depend on the dtype
+    assert fp8.gradients == bf16.gradients == 4 * (experts + NON_EXPERT)
+    assert fp8.optimizer == bf16.optimizer
+    assert bf16.weights - fp8.weights == experts + NON_EXPERT - high  # one byte per linear parameter
+    with pytest.raises(InputError, match="train_dtype must be one of bf16, fp8"):
+        training_memory(m, slots_per_gpu=4, seq_len=8, micro_batch=1, train_dtype="fp4")
+
+
+def test_deepseek_v3_training_experts_at_bf16():
+    v3 = load_model("deepseek-v3")
+    assert v3.expert_dtype == "fp8"  # served in fp8
+    mem = training_memory(v3, slots_per_gpu=8, tp=1, pp=16, dp=64, ep=64, seq_len=4096, micro_batch=1)
+    moe_stage = -(-v3.num_moe_layers // 16)
+    assert mem.weights >= 8 * moe_stage * v3.expert_params * 2  # bf16 experts, twice their fp8 bytes
 
 
 def test_inference_memory_parts():
