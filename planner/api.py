@@ -261,6 +261,7 @@ def prepare(
     latency_target_ms: float | None = None,
     cross_node: bool = False,
     expert_kernel: str = "loop",
+    train_dtype: str = "bf16",
 ) -> Problem | OffloadProblem:
     """Load and check every input of a planning run; raises :class:`InputError` on bad input.
 
@@ -278,9 +279,13 @@ def prepare(
         workload = Workload(
             mode=mode, seq_len=seq_len, micro_batch=micro_batch, global_batch=global_batch,
             tokens_per_step=tokens_per_step, gpu_memory_gb=gpu_memory_gb, expert_kernel=expert_kernel,
+            train_dtype=train_dtype,
         )
     except ValidationError as e:
         raise InputError(format_validation_error("workload", e)) from None
+    if mode == "train" and train_dtype != "bf16":  # until planner.solve.search_memory passes it on
+        raise InputError(f"train_dtype {train_dtype}: the parallelism search prices training weights in bf16 only "
+                         "so far (planner.cost.memory.training_memory takes train_dtype)", field="train_dtype")
     if mode == "offload":  # one GPU, experts in host memory: planner.offload
         tr, trace_label, _recorded = resolve_trace(trace, m, seed, tokens_per_step)
         return prepare_offload(

@@ -63,6 +63,9 @@ class PlanOptions(BaseModel):
     micro_batch: int | None = _opt(None, "Micro-batch size (sequences)")
     cp: int | None = _opt(None, "Context-parallel degree (train; omitted: searched)")
     recompute: Literal["none", "selective", "full"] | None = _opt(None, "Activation recompute (train; omitted: searched)")
+    train_dtype: Literal["bf16", "fp8"] = _opt(
+        "bf16", "Train: dtype of the weights in training (bf16, or fp8 linear layers); gradients and optimizer states fp32"
+    )
     latency_target_ms: float | None = _opt(None, "Serving: per-token latency target for the parallelism search, ms")
     cross_node: bool = _opt(False, "Let TP and EP×ETP groups span nodes in the parallelism search")
     global_batch: int | None = _opt(None, "Global batch size (sequences)")

@@ -29,6 +29,14 @@ class Workload(Spec):
         "kernels run them)",
     )
 
+    train_dtype: Literal["bf16", "fp8"] = Field(
+        default="bf16",
+        description="Train: dtype the weights are held in during training (not the checkpoint's serving dtype): "
+        "'bf16' (Megatron mixed precision) or 'fp8' (linear layers' weights in fp8, embeddings, output head and "
+        "routers in bf16); gradients (fp32) and optimizer states (fp32 master weights, Adam m and v) are the same "
+        "in both (docs/cost_model.md §4)",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> Workload:
         if self.mode == "offload" and self.gpu_memory_gb is None:
