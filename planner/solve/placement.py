@@ -10,7 +10,8 @@ objective, constraints, what is exact and what heuristic, the bound — is docs/
   :mod:`planner.solve.milp`, swaps through :mod:`planner.solve.nodeswap`);
 - §5.2-§5.4 replicas inside nodes and their GPUs: :mod:`planner.solve.gpus`,
   :mod:`planner.solve.gpusearch`;
-- §5.5 replicas on other nodes (``nearest`` dispatch): :mod:`planner.solve.xnode`;
+- §5.5 replicas on other nodes (``nearest`` dispatch): :mod:`planner.solve.xnode`, with the
+  node sets that keep whole tokens on their node from :mod:`planner.solve.cover`;
 - §5.6 the final choice among candidates: :mod:`planner.solve.scoring`;
 - §6 the bound: :mod:`planner.solve.bound`; migration (§3): :mod:`planner.solve.migration`.
 

@@ -24,7 +24,9 @@ node-aligned; layers whose experts are not node-aligned are left as they are):
    that the most tokens still need from elsewhere (under DeepEP's relay its NICs receive the
    most, and with one routing group per node a popular group makes its node's NICs the slowest
    link of the layer) gives up the expert whose replicas save the most of those copies.
-   Greedy on coverage objectives (heuristic).
+   Greedy on coverage objectives (heuristic). ``cover`` and ``cover weighted``: the node sets
+   chosen with the home sets together, keeping the most planning tokens whole on their node
+   (:mod:`planner.solve.cover`; stages 2-3 are then its own: each node's set once, packed).
 2. *Which own replicas make room* — the node keeps each of its experts once and fills its
    remaining slots by water-filling on the tokens that still reach it (its own tokens, and
    other nodes' tokens for experts they do not hold, spread over all holders): EPLB's rule,
