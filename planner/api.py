@@ -21,6 +21,7 @@ from planner.cost.memory import GIB, weights_per_gpu_bytes
 from planner.errors import InfeasibleError, InputError
 from planner.exports.launch import launch_args
 from planner.offload import OffloadProblem, OffloadSimulationReport, prepare_offload, solve_offload
+from planner.progress import stage
 from planner.provenance import array_hash, input_hash, make_provenance, version
 from planner.resolve import (
     counts_only,
@@ -303,6 +304,7 @@ def prepare(
         "tp": tp, "pp": pp, "dp": dp, "ep": ep, "etp": etp, "vpp": vpp, "cp": cp, "micro_batch": micro_batch,
         "recompute": recompute, "distributed_optimizer": distributed_optimizer,
     }
+    stage("parallelism search")
     found = _search_parallel(
         m, hw, cluster, tr, mode=mode, seq_len=seq_len, global_batch=global_batch, fixed=fixed,
         redundant=redundant_experts, latency_target_ms=latency_target_ms, cross_node=cross_node,
@@ -456,10 +458,12 @@ def solve(
             f"previous re-plans with the solver; it has no effect with baseline {pr.baseline}", field="previous"
         )
     prev = previous_placement(previous, pr) if previous is not None and pr.baseline is None else None
+    stage("baseline placement" if pr.baseline is not None else "placement solver")
     p2l, res = _place(pr, prev, migration_weight, relay, notes)
     # the solver already scored its pick on the planning steps (no migration term without --previous)
     known = res.objective if res is not None and previous is None else None
     notes += _replica_cost_note(pr, p2l, relay, known)
+    stage("scoring on held-out steps")
     sim = simulate_stage(p2l, pr.eval_trace, m, hw, cluster, par, pr.dispatch, relay, pr.workload.expert_kernel)
     if relay != DEFAULT_RELAY:
         notes.append(f"traffic scored with the simulator's {relay!r} relay convention")
