@@ -233,8 +233,9 @@ def solve_cache(
     if S > max_steps:
         idx, windows = sample_windows(S, max_steps)
         counts_SLE, sampled, warmup_steps = counts_SLE[idx], idx.size, min(warmup_steps, WINDOW_STEPS // 4)
+        if prob_SLE is not None:
+            skipped.append(f"prefetch (the planning steps were subsampled to {idx.size} of {S})")
         prob_SLE = None
-        skipped.append(f"prefetch (the planning steps were subsampled to {idx.size} of {S})")
         S = counts_SLE.shape[0]
     rec = min(warmup_steps, S - 1)
     acc: list = []
