@@ -40,6 +40,9 @@ import numpy as np
 from planner.cachesim import OffloadTiming
 from planner.cachesim_fast import layer_times
 
+#: Elements of a [steps, accesses, E + 1] block the table builds at once (memory, not the result).
+CHUNK_ELEMENTS = 1 << 22
+
 
 def miss_stall(counts_SLE: np.ndarray, timing: OffloadTiming, cpu: str = "off") -> np.ndarray:
     """``g(m)`` for m = 0..n (module docstring): float [n + 1], n the most experts a layer needs."""
@@ -82,23 +85,28 @@ def _fastest_pattern(miss: np.ndarray, cnt: np.ndarray, timing: OffloadTiming) -
     return out
 
 
-def stack_distances(need_SE: np.ndarray, order_E: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One layer's accesses and their distances for every number r of pinned experts.
+def stack_distances(
+    need_SE: np.ndarray, order_E: np.ndarray, lo: int = 0, hi: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One layer's accesses of steps ``lo..hi − 1`` and their distances for every number r of
+    pinned experts (earlier steps count as history).
 
-    Returns ``step`` int [N], ``rank`` int [N] (the accessed expert's frequency rank) and ``D``
-    int16 [N, E + 1] (``D[a, r]``, module docstring; E for a first access, meaning always a miss).
+    Returns ``step`` int [N] (from ``lo``), ``rank`` int [N] (the accessed expert's frequency
+    rank) and ``D`` int16 [N, E + 1] (``D[a, r]``, module docstring; E for a first access, meaning
+    always a miss).
     """
     S, E = need_SE.shape
+    hi = S if hi is None else hi
     rank_of = np.empty(E, np.int64)
     rank_of[order_E] = np.arange(E)
-    s_idx, e_idx = np.nonzero(need_SE)  # step, then expert id: the access order
-    tau = np.where(need_SE, np.arange(S)[:, None] * E + np.arange(E)[None, :], -1)
+    tau = np.where(need_SE[:hi], np.arange(hi)[:, None] * E + np.arange(E)[None, :], -1)
     last_incl = np.maximum.accumulate(tau, axis=0)
-    last_before = np.vstack([np.full((1, E), -1), last_incl[:-1]])  # [S, E]
+    last_before = np.vstack([np.full((1, E), -1), last_incl[:-1]])[lo:]  # [hi − lo, E]
+    need = need_SE[lo:hi]
+    s_idx, e_idx = np.nonzero(need)  # step, then expert id: the access order
     prev = last_before[s_idx, e_idx]  # previous access of the same expert (-1: none)
-    lb = last_before[s_idx]  # [N, E]
-    ind = lb > prev[:, None]
-    ind |= need_SE[s_idx] & (np.arange(E)[None, :] < e_idx[:, None])  # earlier in the same step
+    ind = last_before[s_idx] > prev[:, None]
+    ind |= need[s_idx] & (np.arange(E)[None, :] < e_idx[:, None])  # earlier in the same step
     ind = ind[:, order_E]  # columns in rank order
     D = np.zeros((s_idx.size, E + 1), np.int16)
     D[:, :E] = np.cumsum(ind[:, ::-1], axis=1, dtype=np.int16)[:, ::-1]
@@ -116,8 +124,14 @@ def hybrid_stall_tables(
     out = {k: (np.zeros((L, E + 1)), np.zeros((L, E + 1), np.int64), np.zeros((L, E + 1))) for k in g_by_name}
     n_idx = np.arange(E + 1)
     for layer in range(L):
-        sd, rk, D = stack_distances(counts_SLE[:, layer] > 0, order_LE[layer])
-        C = _tail_counts(S, E, sd, rk, D)
+        need = counts_SLE[:, layer] > 0
+        k = int(need.sum(axis=1).max()) if S else 0
+        chunk = max(256, CHUNK_ELEMENTS // max(1, k * (E + 1)))
+        C = np.zeros((E + 1, k, E + 1), np.int64)
+        for lo in range(0, S, chunk):
+            hi = min(S, lo + chunk)
+            sd, rk, D = stack_distances(need, order_LE[layer], lo, hi)
+            C += _tail_counts(hi - lo, E, sd, rk, D, k)
         miss = C.sum(axis=1).astype(np.float64)
         for name, g in g_by_name.items():
             dg = np.diff(g)
@@ -134,12 +148,13 @@ def hybrid_stall_tables(
     return out
 
 
-def _tail_counts(S: int, E: int, step: np.ndarray, rank: np.ndarray, D: np.ndarray) -> np.ndarray:
-    """``C[r, j, d]`` = #{steps whose j-th largest distance with r pinned is >= d}: int [E + 1, k, E + 1]."""
+def _tail_counts(S: int, E: int, step: np.ndarray, rank: np.ndarray, D: np.ndarray, k: int | None = None) -> np.ndarray:
+    """``C[r, j, d]`` = #{steps whose j-th largest distance with r pinned is >= d}: int [E + 1, k, E + 1]
+    (k: at least the most accesses of a step)."""
     R = E + 1
     V = np.where(rank[:, None] >= np.arange(R, dtype=np.int16)[None, :], D, np.int16(-1))  # -1: pinned
     n_s = np.bincount(step, minlength=S)
-    k = int(n_s.max()) if n_s.size else 0
+    k = max(int(n_s.max()) if n_s.size else 0, k or 0)
     slot = np.arange(step.size) - np.r_[0, np.cumsum(n_s)[:-1]][step]
     W = np.full((S, k, R), -1, np.int16)
     W[step, slot] = V

@@ -164,3 +164,18 @@ def test_real_routing_plan_never_worse_than_baselines_on_planning_steps():
     cand = p.solver.candidates
     assert all(b in cand for b in BASELINES)
     assert p.solver.objective <= min(cand[b] for b in BASELINES) + 1e-9
+
+
+def test_stall_tables_do_not_depend_on_the_chunking(monkeypatch):
+    import planner.solve.cache_lru as cl
+
+    rng = np.random.default_rng(4)
+    counts = _counts(rng, L=2, E=8, k=3, T=900, batch=2)
+    order = frequency_order(counts)
+    gs = {"off": cl.miss_stall(counts, _timing(), "off"), "fastest": cl.miss_stall(counts, _timing(), "fastest")}
+    whole = cl.hybrid_stall_tables(counts, order, gs)
+    monkeypatch.setattr(cl, "CHUNK_ELEMENTS", 1)  # 256 steps per chunk
+    parts = cl.hybrid_stall_tables(counts, order, gs)
+    for name in gs:
+        for a, b in zip(whole[name], parts[name], strict=True):
+            np.testing.assert_allclose(a, b)
