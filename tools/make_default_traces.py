@@ -3,9 +3,11 @@
     python tools/make_default_traces.py            # writes planner/data/traces/
     python tools/make_default_traces.py --out DIR
 
-Each trace is ``synth_trace`` at its default structure parameters for a model preset:
-16 steps × 512 tokens over 8 data-parallel ranks, seed 0, without gate weights (ids in
-router order; the planner uses ids, steps and ranks only). Equivalent CLI, per model:
+Each trace is ``synth_trace`` at the model's calibrated default structure parameters
+(``planner/data/synth_defaults.json``, fitted by ``tools/calibrate_synth.py``): 16 steps × 512
+tokens over 8 data-parallel ranks, seed 0, without gate weights (ids in router order), with the
+tokens' sequences (``seq_id`` / ``pos``: a workload forms its own steps from them). Equivalent
+CLI, per model:
 
     moe-planner trace synth --model qwen3-30b-a3b --tokens 8192 --tokens-per-step 512 \\
         --ranks 8 --seed 0 --no-weights --out planner/data/traces/qwen3-30b-a3b.npz --force

@@ -28,7 +28,10 @@ generic one, DeepSeek-V2-Lite's fit).
   log-popularity offsets of that standard deviation, drifting along the sequence
   (``topic_drift``); ``reuse``: offsets of that standard deviation shared by runs of about
   ``reuse_span`` consecutive tokens, so that a token re-picks the experts its sequence just
-  used. Both scale with depth (weaker at the first layers, :data:`_SEQ_STRENGTH`). Details:
+  used; ``repick``: a token at an odd position re-picks each expert of a neighbour with this
+  probability (tokens at even positions are drawn first). All three scale with depth (weaker
+  at the first layers, :data:`_SEQ_STRENGTH`); a run of ``reuse_span`` tokens also shares its
+  affinity coins (a segment follows alike). Details:
   :mod:`planner.traces.synth_seq`. Per-sequence topics are also what makes small batches more
   skewed than large ones, and ranks holding few sequences differ.
 - ``rank_mix`` — data-parallel ranks see different inputs. There are ``num_domains`` input
@@ -74,12 +77,12 @@ from planner.traces.trace import Trace
 _BOOST = np.float32(1.0e4)
 #: Spread of the per-layer Zipf exponent around ``skew`` (log-normal sigma).
 _SKEW_SPREAD = 0.35
-#: Strength of the sequence structure (topic and reuse offsets) by relative depth l / (L - 1):
+#: Strength of the sequence structure (topic, reuse, repick) by relative depth l / (L - 1):
 #: linear between these points, the shape of DeepSeek-V2-Lite's per-layer temporal reuse on
 #: Puffin prompts (arXiv 2508.17137's recording: 0.14 at the first MoE layer, ~0.33 at 40% depth,
 #: 0.20 at the last).
 _SEQ_DEPTH = (0.0, 0.4, 1.0)
-_SEQ_STRENGTH = (0.25, 1.0, 0.7)
+_SEQ_STRENGTH = (0.2, 1.0, 0.65)
 #: Dirichlet concentration of a rank's domain mixture at rank_mix = 1 (small: 1-2 domains).
 _RANK_DIRICHLET = 0.3
 
@@ -159,6 +162,7 @@ def synth_trace(
     topic_drift: float | None = None,
     reuse: float | None = None,
     reuse_span: float | None = None,
+    repick: float | None = None,
     sequences: bool = True,
 ) -> Trace:
     """A synthetic per-token :class:`Trace` with sequences (properties and parameters: module
@@ -177,7 +181,8 @@ def synth_trace(
     name = model_name if model_name is not None else (model.name if model is not None else None)
     p = _params(model, name, dict(skew=skew, affinity=affinity, coactivation=coactivation,
                                   domain_spread=domain_spread, seq_len=seq_len, seq_len_spread=seq_len_spread,
-                                  topic=topic, topic_drift=topic_drift, reuse=reuse, reuse_span=reuse_span))
+                                  topic=topic, topic_drift=topic_drift, reuse=reuse, reuse_span=reuse_span,
+                                  repick=repick))
     drift = _check_range("drift", drift, 0.0)
     rank_mix = _check_range("rank_mix", rank_mix, 0.0, 1.0)
     T, tps, R, D = int(num_tokens), int(tokens_per_step), int(num_ranks), int(num_domains)
@@ -197,26 +202,7 @@ def synth_trace(
     dom_N = _seq_domains(s_mix, s_tok, lay, S, R, D, int(rank_groups), rank_mix, sticky_ranks)
     row_G = lay.step_T[lay.seg_first_G] * D + dom_N[lay.seq_T[lay.seg_first_G]]
 
-    ids_LTk = np.empty((L, T, k), dtype=np.int32)
-    w_LTk = np.empty((L, T, k), dtype=np.float32) if weights else None
-    prev: np.ndarray | None = None
-    pref_TC: np.ndarray | None = None
-    affinity, coactivation = p["affinity"], p["coactivation"]
-    for layer in range(L):
-        # logits [T, E] = popularity at the step + domain + topic + reuse offsets of the token's segment
-        table = (st.logpop_LE[layer] + walk_SLE[:, layer])[:, None, :] + st.domain_DLE[None, :, layer, :]
-        h = float(np.interp(layer / max(L - 1, 1), _SEQ_DEPTH, _SEQ_STRENGTH))
-        topic_BE = topic_table(s_seq, lay, E, h * p["topic"], p["topic_drift"])
-        seg_GE = segment_table(s_seq, lay, row_G, table.reshape(S * D, E), topic_BE, h * p["reuse"])
-        logits = seg_GE[lay.seg_T]
-        if coactivation > 0.0:
-            pref_TC = _add_cluster_preferences(s_tok, logits, pref_TC, st, layer, coactivation, affinity)
-        top, val = _sample_layer(s_tok, logits, prev, st, layer, k, affinity, G, TG, lay.seg_T, len(seg_GE))
-        ids_LTk[layer] = st.relabel_LE[layer][top]
-        if w_LTk is not None:
-            e = np.exp(val - val.max(axis=1, keepdims=True))
-            w_LTk[layer] = e / e.sum(axis=1, keepdims=True)
-        prev = top
+    ids_LTk, w_LTk = _route(st, lay, p, s_seq, s_tok, walk_SLE, row_G, L, E, k, S, D, G, TG, weights)
 
     return Trace(
         ids_LTk,
@@ -229,6 +215,58 @@ def synth_trace(
         seq_id=lay.seq_T if sequences else None,
         pos=lay.pos_T if sequences else None,
     )
+
+
+def _route(
+    st: _Structure, lay: Layout, p: dict[str, float], s_seq: np.random.Generator, s_tok: np.random.Generator,
+    walk_SLE: np.ndarray, row_G: np.ndarray, L: int, E: int, k: int, S: int, D: int, G: int, TG: int,
+    weights: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every layer's choices (published ids [L, T, k]) and gate weights ([L, T, k] or None).
+
+    With ``repick`` > 0 the tokens at even positions are drawn first, then those at odd
+    positions, which re-pick each expert a neighbour (same sequence, either side) chose at this
+    layer with probability ``repick`` (forced like an affinity successor): each pair of
+    consecutive tokens shares experts beyond what their segment and topic give.
+    """
+    T = len(lay.seq_T)
+    ids_LTk = np.empty((L, T, k), dtype=np.int32)
+    w_LTk = np.empty((L, T, k), dtype=np.float32) if weights else None
+    affinity, coactivation, repick = p["affinity"], p["coactivation"], p["repick"]
+    if repick > 0.0:
+        odd = lay.pos_T % 2 == 1
+        parts = [np.flatnonzero(~odd), np.flatnonzero(odd)]
+        left = parts[1] - 1  # an odd position has its predecessor in its sequence
+        right = np.minimum(parts[1] + 1, T - 1)
+        right = np.where(lay.seq_T[right] == lay.seq_T[parts[1]], right, left)
+        rows = np.arange(len(parts[1]))[:, None]
+    else:
+        parts = [np.arange(T)]
+    prev: list[np.ndarray | None] = [None] * len(parts)
+    pref: list[np.ndarray | None] = [None] * len(parts)
+    top_T = np.empty((T, k), dtype=np.int32)
+    val_T = np.empty((T, k), dtype=np.float32)
+    for layer in range(L):
+        # logits [T, E] = popularity at the step + domain + topic + reuse offsets of the token's segment
+        table = (st.logpop_LE[layer] + walk_SLE[:, layer])[:, None, :] + st.domain_DLE[None, :, layer, :]
+        h = float(np.interp(layer / max(L - 1, 1), _SEQ_DEPTH, _SEQ_STRENGTH))
+        topic_BE = topic_table(s_seq, lay, E, h * p["topic"], p["topic_drift"])
+        seg_GE = segment_table(s_seq, lay, row_G, table.reshape(S * D, E), topic_BE, h * p["reuse"])
+        for j, idx in enumerate(parts):
+            seg = lay.seg_T[idx]
+            logits = seg_GE[seg]
+            if coactivation > 0.0:
+                pref[j] = _add_cluster_preferences(s_tok, logits, pref[j], st, layer, coactivation, affinity)
+            if j == 1:  # odd positions: re-pick the neighbours' experts
+                tgt = np.concatenate([top_T[left], top_T[right]], axis=1)
+                _force(logits, (rows * E + tgt)[s_tok.random(tgt.shape) < h * repick])
+            top, val = _sample_layer(s_tok, logits, prev[j], st, layer, k, affinity, G, TG, seg, len(seg_GE))
+            top_T[idx], val_T[idx], prev[j] = top, val, top
+        ids_LTk[layer] = st.relabel_LE[layer][top_T]
+        if w_LTk is not None:
+            e = np.exp(val_T - val_T.max(axis=1, keepdims=True))
+            w_LTk[layer] = e / e.sum(axis=1, keepdims=True)
+    return ids_LTk, w_LTk
 
 
 def _params(model: ModelSpec | None, name: str | None, given: dict[str, float | None]) -> dict[str, float]:
@@ -388,6 +426,14 @@ def _add_cluster_preferences(
     return fresh
 
 
+def _force(score_TE: np.ndarray, flat: np.ndarray) -> None:
+    """Give the flat positions ``flat`` of ``score_TE`` the bonus that wins a top-k slot (once,
+    even when named twice or already forced)."""
+    view = score_TE.reshape(-1)
+    cur = view[flat]
+    view[flat] = np.where(cur > _BOOST / 2, cur, cur + _BOOST)
+
+
 def _sample_layer(
     rng: np.random.Generator, logits_TE: np.ndarray, prev_Tk: np.ndarray | None, st: _Structure,
     layer: int, k: int, affinity: float, G: int, TG: int, seg_T: np.ndarray, num_seg: int,
@@ -417,8 +463,7 @@ def _sample_layer(
         coin = rng.random((num_seg, E), dtype=np.float32)
         follow = coin[seg_T[:, None], prev_Tk] < st.follow_LE[layer - 1][prev_Tk]
         target = st.next_LE[layer - 1][prev_Tk]
-        flat = (rows_T * E + target)[follow]  # distinct within a token: next_LE is a permutation
-        score.reshape(-1)[flat] += _BOOST
+        _force(score, (rows_T * E + target)[follow])
     if G > 1 and TG < G:
         epg = E // G
         group_TG = score.reshape(T, G, epg).max(axis=2)

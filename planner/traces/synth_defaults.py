@@ -27,6 +27,7 @@ PARAMS: dict[str, tuple[float, float | None]] = {
     "topic_drift": (0.0, None),
     "reuse": (0.0, None),
     "reuse_span": (1.0, None),
+    "repick": (0.0, 1.0),
 }
 
 

@@ -12,7 +12,7 @@ from tests.conftest import make_model
 
 SMALL = dict(num_layers=4, num_experts=32, top_k=4)
 #: No sequence structure (no per-sequence topics or reuse): isolates the property a test is about.
-NOSEQ = dict(topic=0.0, reuse=0.0)
+NOSEQ = dict(topic=0.0, reuse=0.0, repick=0.0)
 
 
 def tv(p: np.ndarray, q: np.ndarray) -> float:
@@ -239,12 +239,15 @@ def test_reuse_and_topic_give_sequences_their_experts():
     kw = dict(num_layers=3, num_experts=64, top_k=6, num_tokens=8192, tokens_per_step=1024, seq_len=64,
               seq_len_spread=0.5, skew=0.0, domain_spread=0.0, affinity=0.0, coactivation=0.0, seed=1)
     none = _realism(synth_trace(**kw, **NOSEQ))
-    reuse = _realism(synth_trace(**kw, topic=0.0, reuse=2.0))
-    topic = _realism(synth_trace(**kw, topic=2.0, reuse=0.0))
+    reuse = _realism(synth_trace(**kw, topic=0.0, reuse=2.0, repick=0.0))
+    repick = _realism(synth_trace(**kw, topic=0.0, reuse=0.0, repick=0.3))
+    topic = _realism(synth_trace(**kw, topic=2.0, reuse=0.0, repick=0.0))
     # without sequence structure a token reuses its predecessor's experts about as often as chance
     assert abs(none["reuse_mean"] - none["reuse_random"]) < 0.05
     assert reuse["reuse_mean"] > none["reuse_mean"] + 0.05
     assert reuse["working_set_4"] < none["working_set_4"] - 1
+    assert repick["reuse_mean"] > none["reuse_mean"] + 0.1  # ~0.3 of a neighbour's experts, by depth
+    assert repick["working_set_4"] < none["working_set_4"] - 1
     # a sequence's topic makes its consecutive tokens more skewed than random ones
     assert none["skew_seq_16"] < 1.1 * none["skew_random_16"]
     assert topic["skew_seq_16"] > 1.3 * topic["skew_random_16"]
@@ -253,7 +256,7 @@ def test_reuse_and_topic_give_sequences_their_experts():
 
 def test_topic_drift_widens_a_sequence_working_set():
     kw = dict(num_layers=3, num_experts=64, top_k=6, num_tokens=8192, seq_len=1000, seq_len_spread=0.0,
-              topic=2.0, reuse=0.0, affinity=0.0, coactivation=0.0, seed=3)
+              topic=2.0, reuse=0.0, repick=0.0, affinity=0.0, coactivation=0.0, seed=3)
     still = synth_trace(**kw, topic_drift=0.0).topk_ids
     moving = synth_trace(**kw, topic_drift=4.0).topk_ids
 
@@ -278,6 +281,7 @@ def test_topic_drift_widens_a_sequence_working_set():
         (dict(reuse=-1), r"synth: reuse must be >= 0 \(got -1\)"),
         (dict(reuse_span=0.5), r"synth: reuse_span must be >= 1 \(got 0.5\)"),
         (dict(reuse="x"), r"synth: reuse must be a number \(got 'x'\)"),
+        (dict(repick=1.5), r"synth: repick must be in \[0, 1\] \(got 1.5\)"),
     ],
 )
 def test_bad_sequence_parameters(kw, message):
