@@ -16,6 +16,7 @@ import click
 from planner.errors import InputError
 from planner.io import check_writable
 from planner.offload import sizing_curve, write_sizing_curve
+from planner.progress import StderrProgress, reporting, stage, wants_progress
 from planner.resolve import resolve_hardware, resolve_model, resolve_trace
 
 
@@ -40,7 +41,10 @@ def _budgets(text: str) -> list[float]:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Write OUT/sizing.csv and OUT/sizing.png")
 @click.option("--force", is_flag=True, help="Overwrite existing files in OUT")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON on stdout")
-def offload_curve(model, hardware, trace_path, budgets, micro_batch, seq_len, seed, out_dir, force, as_json) -> None:
+@click.option("--progress", "show_progress", is_flag=True,
+              help="Show progress on stderr even when it is not a terminal (on a terminal it always shows)")
+def offload_curve(model, hardware, trace_path, budgets, micro_batch, seq_len, seed, out_dir, force, as_json,
+                  show_progress) -> None:
     """Sizing curve of an offloaded deployment: hit rate and predicted tokens/s against GPU memory."""
     for name in ("sizing.csv", "sizing.png"):
         check_writable(Path(out_dir) / name, force)
@@ -48,8 +52,13 @@ def offload_curve(model, hardware, trace_path, budgets, micro_batch, seq_len, se
     m = resolve_model(model)
     hw = resolve_hardware(hardware)
     tr, label, _ = resolve_trace(trace_path, m, seed)
-    rows = sizing_curve(m, hw, tr, label, grid, batch=micro_batch, seq_len=seq_len, seed=seed)
-    csv, png = write_sizing_curve(rows, out_dir, f"{m.name} on {hw.name}, offloaded decode ({label})")
+    rows = []
+    with reporting(StderrProgress("offload-curve") if wants_progress(show_progress) else None):
+        for i, gb in enumerate(grid):  # one budget at a time: each is solved on its own
+            stage(f"budget {gb:g} GB", i, len(grid))
+            rows += sizing_curve(m, hw, tr, label, [gb], batch=micro_batch, seq_len=seq_len, seed=seed)
+        stage("writing the curve", len(grid), len(grid))
+        csv, png = write_sizing_curve(rows, out_dir, f"{m.name} on {hw.name}, offloaded decode ({label})")
     if as_json:
         click.echo(json.dumps(rows, indent=1))
     else:

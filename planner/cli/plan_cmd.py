@@ -19,6 +19,8 @@ from planner.api import prepare, solve
 from planner.cli.render import render_launch
 from planner.cost.memory import GIB
 from planner.io import check_writable
+from planner.offload import OffloadProblem
+from planner.progress import StderrProgress, reporting, stage, wants_progress
 from planner.specs.options import PlanOptions, flag_info, option_kinds
 from planner.specs.plan import Plan
 
@@ -49,29 +51,66 @@ def render_plan(plan: Plan) -> str:
     if sol.bound is not None and sol.gap is not None:
         lines.append(f"  bound      {sol.bound:.3f} ms (gap {100 * sol.gap:.1f}%), solved in {sol.time_s:.1f} s")
     if pred is not None:
-        worst = max(pred.per_layer, key=lambda lp: lp.total_ms)
+        lines += _predicted_lines(plan)
+    lines += render_launch(plan)  # parallelism search and launch arguments (planner.cli.render)
+    lines += render_cache(plan)  # offload mode: the GPU expert cache
+    return "\n".join(lines)
+
+
+def _predicted_lines(plan: Plan) -> list[str]:
+    """The predicted figures, labelled by what they are: an offload plan (one GPU, experts in
+    host memory) has no dispatch, imbalance or NVLink traffic, its time beside compute is the
+    stall waiting for expert copies; a serving plan's step time is a step, not a token."""
+    m, pred = plan.model, plan.predicted
+    assert pred is not None
+    worst = max(pred.per_layer, key=lambda lp: lp.total_ms)
+    offload = plan.cache is not None
+    lines = [f"  scored on  {pred.evaluated_on}, {pred.tokens_per_step:.0f} tokens per step", "",
+             f"  {'':34}{'per MoE layer':>16}"]
+    if offload:
         lines += [
-            f"  scored on  {pred.evaluated_on}, {pred.tokens_per_step:.0f} tokens per step",
-            "",
-            f"  {'':34}{'per MoE layer':>16}",
+            f"  {'compute (attention, router, FFNs)':34}{pred.compute_ms:>13.4f} ms",
+            f"  {'stall (expert copies, CPU experts)':34}{pred.comm_ms:>13.4f} ms",
+            f"  {'layer':34}{pred.moe_layer_ms:>13.4f} ms",
+        ]
+    else:
+        lines += [
             f"  {'load imbalance (max/mean GPU)':34}{pred.imbalance:>16.3f}",
             f"  {'expert compute, slowest GPU (' + plan.workload.expert_kernel + ')':34}{pred.compute_ms:>13.4f} ms",
             f"  {'dispatch + combine (exposed)':34}{pred.comm_ms:>13.4f} ms",
             f"  {'MoE layer':34}{pred.moe_layer_ms:>13.4f} ms",
-            f"  {'slowest layer (#' + str(worst.layer) + ')':34}{worst.total_ms:>13.4f} ms",
-            "",
-            f"  all {m.num_moe_layers} MoE layers per step: {pred.moe_time_per_step_ms:.3f} ms"
-            f" (p50 {pred.moe_time_p50_ms:.3f}, p99 {pred.moe_time_p99_ms:.3f})",
-            f"  bytes per step: NVLink {_fmt_bytes(pred.intra_node_bytes_per_step)},"
-            f" inter-node {_fmt_bytes(pred.inter_node_bytes_per_step)}",
-            f"  {'memory' if pred.memory_breakdown_gib else 'weights'} per GPU: {pred.memory_per_gpu_gib:.2f} GiB"
-            + (" (" + ", ".join(f"{k} {v:.1f}" for k, v in pred.memory_breakdown_gib.items() if v > 0.05) + ")"
-               if pred.memory_breakdown_gib else ""),
         ]
-        lines += [f"  note: {n}" for n in pred.notes]
-    lines += render_launch(plan)  # parallelism search and launch arguments (planner.cli.render)
-    lines += render_cache(plan)  # offload mode: the GPU expert cache
-    return "\n".join(lines)
+    lines += [f"  {'slowest layer (#' + str(worst.layer) + ')':34}{worst.total_ms:>13.4f} ms", ""]
+    what = "layers of one decode step" if offload else "MoE layers per step"
+    lines.append(f"  all {m.num_moe_layers} {what}: {pred.moe_time_per_step_ms:.3f} ms"
+                 f" (p50 {pred.moe_time_p50_ms:.3f}, p99 {pred.moe_time_p99_ms:.3f})")
+    lines += _step_lines(plan)
+    if not offload:
+        lines.append(f"  bytes per step: NVLink {_fmt_bytes(pred.intra_node_bytes_per_step)},"
+                     f" inter-node {_fmt_bytes(pred.inter_node_bytes_per_step)}")
+    lines.append(
+        f"  {'memory' if pred.memory_breakdown_gib else 'weights'} per GPU: {pred.memory_per_gpu_gib:.2f} GiB"
+        + (" (" + ", ".join(f"{k} {v:.1f}" for k, v in pred.memory_breakdown_gib.items() if v > 0.05) + ")"
+           if pred.memory_breakdown_gib else "")
+    )
+    return lines + [f"  note: {n}" for n in pred.notes]
+
+
+def _step_lines(plan: Plan) -> list[str]:
+    """The whole step of the step-time model, and what it means per token for serving."""
+    pred, mode = plan.predicted, plan.workload.mode
+    assert pred is not None
+    if pred.step_time_ms is None:
+        return []
+    what = {"train": "optimizer step", "prefill": "prefill step", "decode": "decode step"}.get(mode, "step")
+    line = f"  whole {what} (step-time model): {pred.step_time_ms:.3f} ms"
+    if pred.latency_per_token_ms is not None and mode == "prefill":
+        line += f"; time to first token {pred.latency_per_token_ms:.3f} ms"
+    elif pred.latency_per_token_ms is not None and mode == "decode":
+        line += f"; {pred.latency_per_token_ms:.3f} ms per output token"
+    if pred.tokens_per_s is not None:
+        line += f"; {pred.tokens_per_s:,.0f} tokens/s"
+    return [line]
 
 
 def render_cache(plan: Plan) -> list[str]:
@@ -138,7 +177,9 @@ def plan_flags(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--force", is_flag=True, help="Overwrite OUT/plan.json if it exists")
 @click.option("--dry-run", is_flag=True, help="Check the inputs and print the problem size; solve nothing")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan (or the dry-run report) as JSON on stdout")
-def plan(out_dir, force, dry_run, as_json, model, hardware, previous, **opts) -> None:
+@click.option("--progress", "show_progress", is_flag=True,
+              help="Show the stages on stderr even when it is not a terminal (on a terminal they always show)")
+def plan(out_dir, force, dry_run, as_json, show_progress, model, hardware, previous, **opts) -> None:
     """Plan expert placement (and, later, parallelism and caching) for an MoE deployment.
 
     With no arguments it plans the embedded default: Qwen3-30B-A3B on one 8-GPU H100 node,
@@ -147,9 +188,18 @@ def plan(out_dir, force, dry_run, as_json, model, hardware, previous, **opts) ->
     out_file = Path(out_dir) / "plan.json" if out_dir else None
     if out_file is not None:
         check_writable(out_file, force)
-    problem = prepare(model, hardware, **opts)
+    offload = opts.get("mode") == "offload"
+    bar = StderrProgress("plan", stages=2 if offload else 4) if wants_progress(show_progress) else None
+    with reporting(bar):
+        stage("loading inputs")
+        problem = prepare(model, hardware, **opts)
+        if dry_run:
+            problem.check_memory()  # infeasible weights exit 1 here too, before anything is solved
+        else:
+            if isinstance(problem, OffloadProblem):
+                stage("expert-cache search (offload)")
+            result = solve(problem, previous=previous) if previous else solve(problem)
     if dry_run:
-        problem.check_memory()  # infeasible weights exit 1 here too, before anything is solved
         size = problem.size()
         if as_json:
             click.echo(json.dumps(size, indent=1))
@@ -158,7 +208,6 @@ def plan(out_dir, force, dry_run, as_json, model, hardware, previous, **opts) ->
             for k, v in size.items():
                 click.echo(f"  {k:16} {v}")
         return
-    result = solve(problem, previous=previous) if previous else solve(problem)
     if out_file is not None:
         result.save(out_file)
     if as_json:

@@ -10,12 +10,26 @@ from __future__ import annotations
 import shlex
 
 from planner.specs.plan import Plan
+from planner.specs.search import Alternative
 
 _ENGINES = (
     ("megatron", "pretrain_gpt.py"),
     ("vllm", "vllm serve MODEL"),
     ("sglang", "python -m sglang.launch_server --model-path MODEL"),
 )
+
+
+def _figure(a: Alternative, mode: str) -> str:
+    """The candidate's headline figure, named for what it is: training throughput per GPU, the
+    time to first token (prefill: one step holds whole prompts) or the time per output token
+    (decode: one step adds a token to every sequence)."""
+    if a.tflops_per_gpu is not None:
+        return f"{a.tflops_per_gpu:.0f} TFLOP/s/GPU"
+    if a.latency_ms is None:
+        return "no latency figure"
+    if mode == "prefill":
+        return f"time to first token {a.latency_ms:.2f} ms"
+    return f"{a.latency_ms:.2f} ms per output token"
 
 
 def render_launch(plan: Plan) -> list[str]:
@@ -35,7 +49,7 @@ def render_launch(plan: Plan) -> list[str]:
         for i, a in enumerate(s.alternatives):
             extra = (f" mb {a.micro_batch} {a.recompute}{' distopt' if a.distributed_optimizer else ''}"
                      f" cp {a.cp} vpp {a.vpp}") if a.micro_batch else f" batch {a.sequences}"
-            fig = (f"{a.tflops_per_gpu:.0f} TFLOP/s/GPU" if a.tflops_per_gpu is not None else f"{a.latency_ms:.2f} ms/token")
+            fig = _figure(a, plan.workload.mode)
             lines.append(
                 f"  {'*' if i == 0 else ' '} dp {a.dp} tp {a.tp} pp {a.pp} ep {a.ep} etp {a.etp}{extra}: "
                 f"{a.step_ms:.1f} ms/step, {a.tokens_per_s:,.0f} tok/s, {fig}, {a.memory_gib:.1f} GiB"

@@ -164,7 +164,7 @@ def test_plan_options_are_the_flags_prepare_and_solve_keywords():
             continue
         opt = flags[name]
         assert opt.opts == ["--" + name.replace("_", "-")] and opt.default == f.default and opt.help == f.description
-    assert set(flags) - set(fields) == {"out_dir", "force", "dry_run", "as_json"}
+    assert set(flags) - set(fields) == {"out_dir", "force", "dry_run", "as_json", "show_progress"}
 
 
 @pytest.mark.parametrize(
