@@ -489,9 +489,12 @@ def simulate_plan(plan: Plan, trace: Trace, hw: HardwareProfile, *, train_fracti
     S = counts.shape[0]
     if S < 2:
         raise InputError(f"simulate: the trace gives {S} decode step(s) at batch {b}; needs >= 2")
-    _, s_T = np.unique(tr.step, return_inverse=True)
-    pred = fit_predictor(tr.topk_ids[:, s_T < P], tr.num_experts)
-    probs = step_probs(pred, tr.topk_ids, tr.step, tr.num_experts)
+    probs = None
+    pf = plan.cache.prefetch if plan.cache is not None else None
+    if pf is not None and pf.count > 0:  # the predictor only matters to a plan that prefetches
+        _, s_T = np.unique(tr.step, return_inverse=True)
+        pred = fit_predictor(tr.topk_ids[:, s_T < P], tr.num_experts)
+        probs = step_probs(pred, tr.topk_ids, tr.step, tr.num_experts)
     cfg = plan_config(plan, probs)
     timing = offload_timing(plan.model, hw, b, plan.workload.seq_len)
     sim = replay(counts, cfg, timing, record_from=P, batch=b)
