@@ -41,7 +41,8 @@ def render_plan(plan: Plan) -> str:
         f"  trace      {plan.provenance.trace}",
         f"  parallel   dp {par.dp}  tp {par.tp}  pp {par.pp}  ep {par.ep}  etp {par.etp}",
         f"  placement  {m.num_experts} experts + {n_phys - m.num_experts} redundant = {n_phys} slots,"
-        f" {pl.slots_per_gpu} per GPU; dispatch {plan.dispatch}",
+        f" {pl.slots_per_gpu} per GPU; dispatch {plan.dispatch}" if plan.cache is None else
+        f"  experts    {m.num_experts} per MoE layer in pinned host memory, cached on the GPU (cache below)",
     ]
     if sol.candidates:
         cand = ", ".join(f"{k} {v:.3f} ms" for k, v in sol.candidates.items())
