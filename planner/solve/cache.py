@@ -1,17 +1,19 @@
 """Cache sizing for offloaded decoding: how many experts of each layer stay resident, which ones,
 how many dynamic slots and how much prefetch — under a GPU memory budget.
 
-Three steps, specified in docs/offload.md ("Cache sizing: the formulation", §1-§3):
+Specified in docs/offload.md ("Cache sizing: the formulation", §1-§5):
 :func:`layer_stall_table` prices r resident experts per layer from the planning steps (demand
 copies, prefetch that arrives in time, CPU execution of misses); :func:`allocate` divides the
 budget over layers exactly by dynamic programming (a multiple-choice knapsack, AdapMoE-style,
-docs/facts.md §5); :func:`solve_cache` replays every candidate policy (dynamic LRU slots,
-prefetch threshold, CPU execution, and the global top-k of KTransformers) through the full cache
-simulator and keeps, among those copying no more than the global top-k, the fastest within
-:data:`TIME_TOLERANCE` with the fewest copies. Why a replay and not the table alone: the table
-assumes an idle copy engine at each layer, while the simulator carries the queue between layers.
+docs/facts.md §5); :mod:`planner.solve.cache_lru` prices every split of a layer into r pinned
+experts and d LRU slots from stack distances, divided over layers by the same DP.
+:func:`solve_cache` replays every candidate (the published caches of :data:`BASELINES`, always;
+the pinned + LRU split; static sets with dynamic LRU slots, prefetch threshold and CPU execution)
+through the cache simulator (:func:`planner.cachesim_fast.replay`) and keeps, among those no
+slower than the best published cache, the fastest within :data:`TIME_TOLERANCE` with the fewest
+copies. Why a replay and not the tables alone: they price a typical step of a layer, while the
+simulator follows the cache, the copy queue and the CPU step by step.
 """
-
 from __future__ import annotations
 
 import time
