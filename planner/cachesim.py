@@ -31,6 +31,9 @@ times; tokens/s = b / step time.
 **Belady** (:func:`planner.cache_bounds.belady_misses`): the offline optimum for a given number
 of slots, a lower bound on the demand copies of any cache of that many slots.
 
+Without prefetch the same model is replayed vectorised by :mod:`planner.cachesim_fast` (tests
+check the two agree); this event loop is the reference and the path for prefetch.
+
 Policies are simulated over the planning steps first (``record_from``), so dynamic caches start
 warm on the held-out steps as they would in service; only the recorded steps are counted.
 """
