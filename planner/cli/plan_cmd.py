@@ -106,7 +106,8 @@ def _step_lines(plan: Plan) -> list[str]:
     what = {"train": "optimizer step", "prefill": "prefill step", "decode": "decode step"}.get(mode, "step")
     line = f"  whole {what} (step-time model): {pred.step_time_ms:.3f} ms"
     if pred.latency_per_token_ms is not None and mode == "prefill":
-        line += f"; time to first token {pred.latency_per_token_ms:.3f} ms"
+        same = abs(pred.latency_per_token_ms - pred.step_time_ms) <= 1e-9 * max(1.0, pred.step_time_ms)
+        line += " = time to first token" if same else f"; time to first token {pred.latency_per_token_ms:.3f} ms"
     elif pred.latency_per_token_ms is not None and mode == "decode":
         line += f"; {pred.latency_per_token_ms:.3f} ms per output token"
     if pred.tokens_per_s is not None:
