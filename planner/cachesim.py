@@ -69,11 +69,13 @@ def decode_steps(trace: Trace, batch: int = 1) -> Trace:
 
 
 def step_counts(ids_LTk: np.ndarray, step_T: np.ndarray, num_experts: int) -> np.ndarray:
-    """Tokens routed to each expert in each step: int32 [S, L, E] (steps renumbered 0..S−1)."""
+    """Tokens routed to each expert in each step: int [S, L, E] (steps renumbered 0..S−1; int16
+    when every step holds fewer than 2¹⁵ tokens, which halves a long decode trace's memory)."""
     L, T, k = ids_LTk.shape
     _, s_T = np.unique(step_T, return_inverse=True)
     S = int(s_T.max()) + 1 if T else 0
-    counts = np.zeros((S, L, num_experts), dtype=np.int32)
+    small = T == 0 or int(np.bincount(s_T).max()) < 2**15
+    counts = np.zeros((S, L, num_experts), dtype=np.int16 if small else np.int32)
     flat = (s_T[None, :, None] * L + np.arange(L)[:, None, None]) * num_experts + ids_LTk
     np.add.at(counts.reshape(-1), flat.reshape(-1), 1)
     return counts
