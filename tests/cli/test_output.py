@@ -195,3 +195,27 @@ def _offload_plan(tmp_path) -> Plan:
     layers = p.model.num_moe_layers
     cache = CachePlan(budget_bytes=2**30, resident=[[0]] * layers, dynamic_slots=[0] * layers)
     return p.model_copy(update={"cache": cache})
+
+
+@pytest.fixture(scope="module")
+def small_trace(tmp_path_factory):
+    p = tmp_path_factory.mktemp("tr") / "ds.npz"
+    assert main(["trace", "synth", "--model", "deepseek-v2-lite", "--tokens", "384", "--tokens-per-step", "384",
+                 "--ranks", "6", "--no-weights", "--out", str(p)]) == 0
+    return p
+
+
+def test_offload_progress_on_stderr_only(capsys, tmp_path, small_trace):
+    code, out, err = run(capsys, "offload-curve", "--model", "deepseek-v2-lite", "--trace", small_trace,
+                         "--budgets", "8,40", "--out", tmp_path, "--json", "--progress")
+    assert code == 0, err
+    assert [r["gpu_memory_gb"] for r in json.loads(out)] == [8, 40]  # stdout: the rows alone
+    lines = [ln.rsplit("  ", 1)[0] for ln in err.splitlines() if ln.startswith("offload-curve [")]
+    assert lines == ["offload-curve [0/2] budget 8 GB", "offload-curve [1/2] budget 40 GB",
+                     "offload-curve [2/2] writing the curve"]
+    code, out, err = run(capsys, "plan", "--mode", "offload", "--model", "deepseek-v2-lite", "--gpu-memory-gb", "10",
+                         "--trace", small_trace, "--json", "--progress")
+    assert code == 0, err
+    Plan.model_validate(json.loads(out))
+    stages = [ln.split("] ", 1)[1].rsplit("  ", 1)[0] for ln in err.splitlines() if ln.startswith("plan [")]
+    assert stages == ["loading inputs", "expert-cache search (offload)"]
