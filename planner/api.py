@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from planner.cost.memory import GIB, weights_per_gpu_bytes
+from planner.cost.memory import GIB, train_weight_bytes, weights_per_gpu_bytes
 from planner.errors import InfeasibleError, InputError
 from planner.exports.launch import launch_args
 from planner.offload import OffloadProblem, OffloadSimulationReport, prepare_offload, solve_offload
@@ -148,8 +148,11 @@ class Problem:
         }
 
     def weights_per_gpu(self) -> float:
-        """Bytes of weights one GPU holds with this problem's slots and degrees."""
-        par = self.parallel
+        """Bytes of weights one GPU holds with this problem's slots and degrees (training: in the
+        training dtype, :func:`planner.cost.memory.train_weight_bytes`)."""
+        par, w = self.parallel, self.workload
+        if w.mode == "train":
+            return train_weight_bytes(self.model, self.slots_per_gpu, par.tp, par.pp, par.etp, w.train_dtype)
         return weights_per_gpu_bytes(self.model, self.slots_per_gpu, par.tp, par.pp, par.etp)
 
     def check_memory(self) -> float:
