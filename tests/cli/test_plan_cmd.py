@@ -185,3 +185,20 @@ def test_plan_keywords_are_checked_against_plan_options(kwargs, message):
 
     with pytest.raises(InputError, match=re.escape(message)):
         planner.plan("mixtral-8x7b", **kwargs)
+
+
+def test_training_dry_run_prices_weights_in_the_training_dtype(capsys):
+    """DeepSeek-V3 ships fp8 experts for serving; a bf16 training run holds them in bf16."""
+    from planner.cost.memory import GIB, train_weight_bytes, weights_per_gpu_bytes
+    from planner.specs.model_io import load_model
+
+    code, out, err = run(capsys, "plan", "--model", "deepseek-v3", "--nodes", "128", "--mode", "train",
+                         "--dry-run", "--json")
+    assert code == 0, err
+    size = json.loads(out)
+    m, par = load_model("deepseek-v3"), size["parallel"]
+    args = (m, size["slots_per_gpu"], par["tp"], par["pp"], par["etp"])
+    assert size["weights_per_gpu_gib"] == round(train_weight_bytes(*args) / GIB, 3)
+    # the experts' bytes double (fp8 → bf16); the rest is bf16 either way
+    experts_fp8 = size["slots_per_gpu"] * m.expert_bytes * -(-m.num_moe_layers // par["pp"]) / par["etp"]
+    assert train_weight_bytes(*args) - weights_per_gpu_bytes(*args) == pytest.approx(experts_fp8)
