@@ -1,8 +1,8 @@
 """``moe-planner validate`` for offload plans: run the offloaded stack and compare with the prediction.
 
-The plan's trace (its own, or ``--trace``) is put in decode shape at the plan's batch
-(:func:`planner.offload.decode_trace`); the prefetch predictor is fitted on the first 75% of the
-decode steps and the held-out steps are replayed (``steps`` keeps the first N of them,
+The plan's trace (its own, or ``--trace``) is put in decode shape at the plan's batch and split
+(:func:`planner.offload.decode_split`: by sequences when the trace has them, else by steps);
+the prefetch predictor is fitted on the first 75% and the held-out steps are replayed (``steps`` keeps the first N of them,
 ``layers`` the first N MoE layers) through :func:`planner_kernels.offload_stack.run_offloaded_stack`
 with the plan's resident sets, dynamic slots, prefetch and CPU policy.
 
@@ -38,7 +38,7 @@ from planner.cachesim import (
 )
 from planner.errors import InputError
 from planner.kernel_loader import load_kernels
-from planner.offload import DECODE_TOKENS, decode_trace, offload_timing, plan_config
+from planner.offload import DECODE_TOKENS, decode_split, offload_timing, plan_config
 from planner.resolve import resolve_hardware, resolve_trace
 from planner.specs.plan import Plan
 from planner.traces import default_trace_path
@@ -76,10 +76,9 @@ def validate_offload(
     m, hw = plan.model, resolve_hardware(plan.cluster.hardware)
     b = plan.workload.micro_batch or 1
     tr, label = _trace(plan, trace)
-    tr = decode_trace(tr, b, DECODE_TOKENS)
+    tr, P, _how = decode_split(tr, b, TRAIN_FRACTION, DECODE_TOKENS)  # by sequences when the trace has them
     counts = step_counts(tr.topk_ids, tr.step, tr.num_experts)
     S = counts.shape[0]
-    P = int(min(max(round(S * TRAIN_FRACTION), 1), S - 1))
     _, s_T = np.unique(tr.step, return_inverse=True)
     probs = step_probs(fit_predictor(tr.topk_ids[:, s_T < P], tr.num_experts), tr.topk_ids, tr.step, tr.num_experts)
     cfg = plan_config(plan, probs)

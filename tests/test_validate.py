@@ -56,7 +56,7 @@ def test_a_foreign_trace_is_evaluated_on_all_its_steps(tmp_path):
     m = make_model()
     p = plan(m)
     path = tmp_path / "other.npz"
-    save_trace(synth_trace(m, num_tokens=600, tokens_per_step=200, seed=3), path)
+    save_trace(synth_trace(m, num_tokens=600, tokens_per_step=200, seed=3, sequences=False), path)
     tr, label, which = plan_trace(p, path)
     assert label == "other.npz" and tr.num_steps == 3 and "all 3 steps" in which
 
@@ -64,13 +64,26 @@ def test_a_foreign_trace_is_evaluated_on_all_its_steps(tmp_path):
 def test_the_plans_own_trace_file_gives_its_held_out_steps(tmp_path):
     m = make_model()
     path = tmp_path / "mine.npz"
-    save_trace(synth_trace(m, num_tokens=1600, tokens_per_step=200, seed=4), path)
+    save_trace(synth_trace(m, num_tokens=1600, tokens_per_step=200, seed=4, sequences=False), path)
     p = plan(m, trace=str(path))
     with pytest.raises(InputError, match="pass `trace` FILE") as e:
         plan_trace(p, None)
     assert e.value.for_flags().endswith("pass --trace FILE")
     tr, _, which = plan_trace(p, path)
     assert tr.num_steps == 2 and list(tr.steps) == [6, 7] and "last 2 of 8" in which
+
+
+def test_a_trace_with_sequences_gets_the_plans_steps_back(tmp_path):
+    m = make_model()
+    path = tmp_path / "seq.npz"
+    save_trace(synth_trace(m, num_tokens=1600, seed=4), path)
+    p = plan(m, trace=str(path), tokens_per_step=64)
+    assert any(n.startswith("steps formed from the trace's") for n in p.predicted.notes)
+    tr, _, which = plan_trace(p, path)
+    S = int(p.predicted.evaluated_on.split(" of ")[1].split(" ")[0].rstrip(")"))
+    held = int(p.predicted.evaluated_on.split("the last ")[1].split(" ")[0])
+    assert tr.num_steps == held and f"last {held} of {S}" in which
+    assert np.bincount(tr.step_index).max() <= 64  # decode steps of 64 concurrent sequences
 
 
 def test_a_trace_of_another_model_is_refused(tmp_path):

@@ -75,7 +75,7 @@ def test_validate_offload_plan_on_cpu(capsys, tmp_path):
     from planner.specs.model_io import load_model
     from planner.traces import save_trace, synth_trace
 
-    tr = synth_trace(load_model("deepseek-v2-lite"), num_tokens=256, tokens_per_step=256, num_ranks=4, weights=False, seed=1)
+    tr = synth_trace(load_model("deepseek-v2-lite"), num_tokens=512, tokens_per_step=256, num_ranks=4, weights=False, seed=1)
     save_trace(tr, tmp_path / "t.npz")
     assert main(["plan", "--mode", "offload", "--model", "deepseek-v2-lite", "--gpu-memory-gb", "9",
                  "--trace", str(tmp_path / "t.npz"), "--out", str(tmp_path)]) == 0
