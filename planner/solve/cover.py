@@ -51,15 +51,16 @@ def node_gains(ids_Tk: np.ndarray, w_T: np.ndarray, has_E: np.ndarray) -> np.nda
     miss_Tk = ~has_E[ids_Tk]
     miss = miss_Tk.sum(axis=1)
     whole = miss == 0
-    lose = np.bincount(ids_Tk[whole].ravel(), weights=np.repeat(w_T[whole], k), minlength=E)
+    # (bincount of an empty selection is int64 whatever the weights: cast)
+    lose = np.bincount(ids_Tk[whole].ravel(), weights=np.repeat(w_T[whole], k), minlength=E).astype(np.float64)
     one = miss == 1
     ids1, m1, w1 = ids_Tk[one], miss_Tk[one], w_T[one]
     y_T = ids1[m1]  # the one expert each such token misses
-    add = np.bincount(y_T, weights=w1, minlength=E)
+    add = np.bincount(y_T, weights=w1, minlength=E).astype(np.float64)
     if k > 1:
         others = ids1[~m1].reshape(-1, k - 1)
         pair = np.bincount((others * E + y_T[:, None]).ravel(), weights=np.repeat(w1, k - 1),
-                           minlength=E * E).reshape(E, E)
+                           minlength=E * E).reshape(E, E).astype(np.float64)
     else:
         pair = np.zeros((E, E))
     g = add[None, :] - lose[:, None] - pair

@@ -123,3 +123,10 @@ def test_solver_cuts_inter_node_copies_of_co_activated_pairs_under_nearest():
 
     w = np.bincount(ids[plan].ravel(), minlength=E)[None].astype(float)
     assert inter_bytes(res.phy2log_LP) < 0.8 * inter_bytes(eplb(w, 20, 1, 2, 4))
+
+
+def test_gains_when_no_token_is_whole_or_one_short():
+    # every token misses two experts of the node: no gain anywhere, and the matrix is float
+    has = np.array([True, True, False, False, False, False])
+    g = node_gains(np.array([[2, 3], [4, 5]]), np.ones(2), has)
+    assert g.dtype == np.float64 and np.all(g[np.ix_(has, ~has)] == 0)
