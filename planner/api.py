@@ -219,6 +219,7 @@ def _split_trace(
 def _search_parallel(
     m: ModelSpec, hw: HardwareProfile, cluster: ClusterSpec, tr: Trace, *, mode: str, seq_len: int,
     global_batch: int | None, fixed: dict[str, Any], redundant: int, latency_target_ms: float | None, cross_node: bool,
+    train_dtype: str = "bf16",
 ) -> Any:
     """The parallelism search's result (:func:`planner.solve.parallel.search`) for the modes it
     serves, else ``None``; decode's batch defaults to the trace's tokens per step."""
@@ -230,7 +231,7 @@ def _search_parallel(
         batch = global_batch
     return parallel_search.search(
         m, hw, cluster, mode=mode, seq_len=seq_len, global_batch=batch, fixed=fixed, redundant=redundant,
-        latency_target_ms=latency_target_ms, cross_node=cross_node,
+        latency_target_ms=latency_target_ms, cross_node=cross_node, train_dtype=train_dtype,
     )
 
 
@@ -287,9 +288,6 @@ def prepare(
         )
     except ValidationError as e:
         raise InputError(format_validation_error("workload", e)) from None
-    if mode == "train" and train_dtype != "bf16":  # until planner.solve.search_memory passes it on
-        raise InputError(f"train_dtype {train_dtype}: the parallelism search prices training weights in bf16 only "
-                         "so far (planner.cost.memory.training_memory takes train_dtype)", field="train_dtype")
     if mode == "offload":  # one GPU, experts in host memory: planner.offload
         tr, trace_label, _recorded = resolve_trace(trace, m, seed, tokens_per_step)
         return prepare_offload(
@@ -311,6 +309,7 @@ def prepare(
     found = _search_parallel(
         m, hw, cluster, tr, mode=mode, seq_len=seq_len, global_batch=global_batch, fixed=fixed,
         redundant=redundant_experts, latency_target_ms=latency_target_ms, cross_node=cross_node,
+        train_dtype=train_dtype,
     )
     if found is not None:
         b = found.best

@@ -151,6 +151,7 @@ def search(
     redundant: int = 0,
     latency_target_ms: float | None = None,
     cross_node: bool = False,
+    train_dtype: str = "bf16",
     top_n: int = 5,
     max_rejected: int = 5,
 ) -> SearchResult:
@@ -214,7 +215,7 @@ def search(
                                     continue
                                 if mode == "train":
                                     t.evaluated += _train_variants(
-                                        sm, model, hw, N, base, gb, seq_len, rc_opts, do_opts, budget, t.feasible, t.mem_rejected
+                                        sm, model, hw, N, base, gb, seq_len, rc_opts, do_opts, budget, t.feasible, t.mem_rejected, train_dtype
                                     )
                                 else:
                                     t.evaluated += _serve_variants(
@@ -273,6 +274,7 @@ def _finish(
 def _train_variants(
     sm: StepModel, model: ModelSpec, hw: HardwareProfile, N: int, base: Candidate, gb: int, seq_len: int,
     rc_opts: list[str], do_opts: list[bool], budget: float, feasible: list[Candidate], mem_rejected: list[Rejected],
+    train_dtype: str = "bf16",
 ) -> int:
     timed = 0
     for do in do_opts:
@@ -281,7 +283,7 @@ def _train_variants(
         for rc in rc_opts:  # none < selective < full in time: the first that fits dominates
             c = Candidate(mode="train", dp=base.dp, tp=base.tp, pp=base.pp, ep=base.ep, etp=base.etp, cp=base.cp,
                           vpp=base.vpp, micro_batch=base.micro_batch, recompute=rc, distributed_optimizer=do)
-            mem = candidate_memory(model, c, seq_len=seq_len, global_batch=gb)
+            mem = candidate_memory(model, c, seq_len=seq_len, global_batch=gb, train_dtype=train_dtype)
             object.__setattr__(c, "memory", mem)  # c is local until appended
             if mem.total <= budget:
                 fit = c

@@ -22,7 +22,9 @@ def budget_bytes(hw: HardwareProfile) -> float:
     return hw.hbm_bytes - MEMORY_RESERVE_GIB * GIB
 
 
-def candidate_memory(model: ModelSpec, c: Candidate, *, seq_len: int, global_batch: int = 0, redundant: int = 0) -> MemoryBreakdown:
+def candidate_memory(
+    model: ModelSpec, c: Candidate, *, seq_len: int, global_batch: int = 0, redundant: int = 0, train_dtype: str = "bf16"
+) -> MemoryBreakdown:
     """Memory per GPU of ``c``: training with its recompute and optimizer choice, or inference
     weights + KV cache + activations."""
     if c.mode == "train":
@@ -31,6 +33,7 @@ def candidate_memory(model: ModelSpec, c: Candidate, *, seq_len: int, global_bat
             vpp=c.vpp, seq_len=seq_len // c.cp, micro_batch=c.micro_batch,
             num_microbatches=global_batch // (c.dp * c.micro_batch) if global_batch else None,
             distributed_optimizer=c.distributed_optimizer, recompute=c.recompute,  # type: ignore[arg-type]
+            train_dtype=train_dtype,
         )
     per_rank = math.ceil(c.sequences / c.dp)
     new = 1 if c.mode == "decode" else seq_len

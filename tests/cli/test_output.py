@@ -101,7 +101,6 @@ def test_json_survives_a_solver_writing_on_descriptor_1_in_process(capfd, monkey
         (["--mode", "fly"], 2, {"kind": "usage", "field": "mode", "flag": "--mode"}),
         (["--model", "nope"], 2, {"kind": "input"}),
         (["--model", "deepseek-v3"], 1, {"kind": "infeasible"}),
-        (["--mode", "train", "--train-dtype", "fp8"], 2, {"kind": "input", "field": "train_dtype"}),
     ],
 )
 def test_errors_under_json_are_a_json_object_on_stdout(capsys, args, code, want):
