@@ -55,8 +55,14 @@ from planner.solve.nodeswap import sole_needs
 from planner.solve.problem import SEARCH_MAX_TOKENS, PlacementInputs, TokenSample
 from planner.solve.scoring import simulated_ms
 
-#: Rounds of the cover search per layer and weighting (:func:`planner.solve.cover.cover_sets`).
+#: Rounds of the cover search per layer and weighting (:func:`planner.solve.cover.cover_sets`)
+#: when no time limit sets them (:func:`cover_rounds`).
 COVER_ROUNDS = 64
+#: Share of the time limit the cover searches may use, and the array elements per second they
+#: process on one core (measured on a 2-core x86 VM: 2-4e8): the budget becomes a number of
+#: rounds from the problem's sizes, so the result does not depend on the machine's speed.
+COVER_SHARE = 0.1
+COVER_ELEMENTS_PER_S = 3e8
 
 
 @dataclass
@@ -215,6 +221,7 @@ def cross_node_replicas(
     deadline: float,
     fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),  # the ``everywhere m`` variants, m = f · r
     load_T: np.ndarray | None = None,
+    rounds: int = COVER_ROUNDS,
 ) -> tuple[np.ndarray, XNodeStats]:
     """Apply the stages of the module docstring to every layer of ``phy2log_LP`` [L, P].
 
@@ -223,7 +230,8 @@ def cross_node_replicas(
     planning objective of layer ``l`` with ``row`` as its placement. Returns the new placement
     and statistics (replicas moved off their node, layers changed, stopped by the deadline).
     ``load_T``: tokens of each planning token's (step, source GPU), the weight of the ``cover
-    weighted`` variant (:mod:`planner.solve.cover`; without it only ``cover`` is tried).
+    weighted`` variant (:mod:`planner.solve.cover`; without it only ``cover`` is tried);
+    ``rounds`` of each cover search per layer.
     """
     L, P = phy2log_LP.shape
     E = weight_NLE.shape[2]
@@ -252,7 +260,8 @@ def cross_node_replicas(
             for name, order in (("everywhere", shared), ("busiest", busiest)) for m in ms
         ]
         rows = [(name, node_row(node_E, remote, weight_NLE[:, l], spn, gpus_per_node)) for name, remote in variants]
-        rows += cover_variants(ids_LTk[l], src_node_T, node_E, weight_NLE[:, l], spn, gpus_per_node, load_T)
+        rows += cover_variants(ids_LTk[l], src_node_T, node_E, weight_NLE[:, l], spn, gpus_per_node, load_T,
+                               rounds)
         for name, row in rows:
             t = layer_ms(l, row)
             if t < best_ms * (1 - 1e-9):
@@ -266,7 +275,8 @@ def cross_node_replicas(
 
 
 def cover_variants(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.ndarray, w_NE: np.ndarray,
-                   slots_per_node: int, gpus_per_node: int, load_T: np.ndarray | None) -> list[tuple[str, np.ndarray]]:
+                   slots_per_node: int, gpus_per_node: int, load_T: np.ndarray | None,
+                   rounds: int = COVER_ROUNDS) -> list[tuple[str, np.ndarray]]:
     """Rows whose node sets keep the most planning tokens whole on their node
     (:mod:`planner.solve.cover`): by token count (``cover``) and weighted by the load of the
     token's GPU (``cover weighted``); none when a node's slots could hold every expert."""
@@ -277,18 +287,29 @@ def cover_variants(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.ndarra
     weights = [("cover", np.ones(ids_Tk.shape[0]))] + ([("cover weighted", load_T)] if load_T is not None else [])
     out = []
     for name, w_T in weights:
-        has, _ = cover_sets(ids_Tk, src_node_T, w_T, start, max_rounds=COVER_ROUNDS)
+        has, _ = cover_sets(ids_Tk, src_node_T, w_T, start, max_rounds=rounds)
         out.append((name, cover_row(has, w_NE, slots_per_node, gpus_per_node)))
     return out
 
 
+def cover_rounds(num_tokens: int, top_k: int, num_experts: int, num_nodes: int, num_layers: int,
+                 time_limit: float) -> int:
+    """Rounds of each cover search (two per layer) from :data:`COVER_SHARE` of the time limit:
+    a round builds ``N`` gain matrices and ``N (N - 1) / 2`` sums of two (``E × E`` each) from
+    the tokens' counts."""
+    pairs = num_nodes + num_nodes * (num_nodes - 1) // 2
+    per_round = 4 * pairs * num_experts ** 2 + num_tokens * top_k * (top_k + 4)
+    return max(1, int(COVER_SHARE * time_limit * COVER_ELEMENTS_PER_S / per_round / (2 * num_layers)))
+
+
 def nearest_replicas(phy2log_LP: np.ndarray, inp: PlacementInputs, sample: TokenSample,
-                     deadline: float) -> tuple[np.ndarray, XNodeStats]:
+                     deadline: float, time_limit: float | None = None) -> tuple[np.ndarray, XNodeStats]:
     """Stage 5 of the placement (docs/placement.md §5.5) on ``phy2log_LP`` [L, P] whose experts
     sit on ``inp.num_nodes`` nodes: :func:`cross_node_replicas` with every variant scored by the
     simulator on whole planning steps, evenly spaced, about :data:`SEARCH_MAX_TOKENS` tokens in all
     (per-step loads as planned); ``sample`` the search's tokens for the coverage counts. A deadline
-    already past returns the input, marked as stopped by time."""
+    already past returns the input, marked as stopped by time. ``time_limit`` sets the cover
+    searches' rounds (:func:`cover_rounds`; :data:`COVER_ROUNDS` without it)."""
     if time.perf_counter() > deadline:
         return phy2log_LP, XNodeStats(stopped_by_time=True)
     L, E, N = inp.num_layers, inp.num_experts, inp.num_nodes
@@ -311,4 +332,5 @@ def nearest_replicas(phy2log_LP: np.ndarray, inp: PlacementInputs, sample: Token
         phy2log_LP, sample.ids_LTk, sample.src_T // gpn, w_NLE, N, gpn,
         lambda l, row: simulated_ms(inp, row[None, :], x_ids[l][None], x_step, x_src, x_grp, keep.size),
         deadline, load_T=rank_load(sample.step_T, sample.src_T),
+        rounds=COVER_ROUNDS if time_limit is None else cover_rounds(*sample.ids_LTk.shape[1:], E, N, L, time_limit),
     )
