@@ -5,7 +5,10 @@ import numpy as np
 
 import planner
 from planner.api import prepare, solve
+from planner.solve import nodes
 from planner.solve.nodeswap import _gains, node_copies, swap_experts
+from planner.solve.placement import PlacementCost, PlacementInputs
+from planner.solve.problem import search_sample
 
 
 def brute_copies(ids, src, node_E):
@@ -134,3 +137,31 @@ def test_migration_weight_keeps_previous_node_sets():
     moved = solve(prepare(m, "h100-sxm", time_limit=30, **kw), previous=prev, migration_weight=0.0)
     assert node_sets(np.asarray(stay.placement.physical_to_logical)) == node_sets(p2l_prev)
     assert node_sets(np.asarray(moved.placement.physical_to_logical)) != node_sets(p2l_prev)
+
+
+def test_node_load_slack_lets_a_balanced_start_join_co_activated_pairs(monkeypatch):
+    """EPLB-like start with equal node loads (experts {0, 2} | {1, 3}), tokens picking the pairs
+    {0, 1} (101 per step) or {2, 3} (99): joining the pairs halves the inter-node copies and
+    puts one node 1% above the mean — allowed by the 2% slack, refused without it."""
+    S = 4
+    ids = np.array([[0, 1]] * 101 + [[2, 3]] * 99)
+    ids = np.tile(ids, (S, 1))
+    T = ids.shape[0]
+    src = np.arange(T) % 4  # 4 GPUs on 2 nodes
+    cost = PlacementCost(ffn_ms=lambda n: 0.001 * np.asarray(n, float), token_bytes=4096, nvlink_gbps=400.0,
+                         nvlink_latency_us=2.0, nic_gbps=25.0, nic_latency_us=5.0)
+    inp = PlacementInputs(ids_LTk=ids[None], step_T=np.arange(T) // 200, src_T=src, tok_index_T=np.arange(T),
+                          num_steps=S, num_experts=4, num_gpus=4, gpus_per_node=2, slots_per_gpu=1, cost=cost)
+    weight_LE = inp.counts_LE() / S
+    assert weight_LE[0].tolist() == [101, 101, 99, 99]
+
+    def run():
+        node_LE = np.array([[0, 1, 0, 1]])
+        nodes.swap_nodes(node_LE, search_sample(inp), weight_LE, 2, inp, None, 0.0, time_limit=10.0,
+                         deadline=float("inf"))
+        return node_LE[0]
+
+    joined = run()
+    assert joined[0] == joined[1] != joined[2] == joined[3]
+    monkeypatch.setattr(nodes, "SWAP_LOAD_SLACK", 0.0)
+    assert run().tolist() == [0, 1, 0, 1]
