@@ -238,7 +238,7 @@ def _route(
         parts = [np.flatnonzero(~odd), np.flatnonzero(odd)]
         left = parts[1] - 1  # an odd position has its predecessor in its sequence
         right = np.minimum(parts[1] + 1, T - 1)
-        right = np.where(lay.seq_T[right] == lay.seq_T[parts[1]], right, left)
+        right = np.where((parts[1] + 1 < T) & (lay.seq_T[right] == lay.seq_T[parts[1]]), right, left)
         rows = np.arange(len(parts[1]))[:, None]
     else:
         parts = [np.arange(T)]
@@ -374,6 +374,12 @@ def _structure(
     # follow probabilities: uniform, as wide as [0, 1] allows, with mean ``affinity``
     u = rng.random((max(L - 1, 1), E))
     follow_LE = np.where(affinity <= 0.5, 2.0 * affinity * u, 1.0 - 2.0 * (1.0 - affinity) * u)
+    # an expert whose predecessor is often followed gets many forced picks: lower its free picks
+    # by log(1 - a_pred) so that unequal follow probabilities leave the popularity as it was
+    for i in range(L - 1):
+        pred = np.argsort(next_LE[i])  # pred[f]: the expert whose successor is f
+        comp = np.log(np.maximum(1.0 - follow_LE[i][pred], 0.02))
+        logpop_LE[i + 1] += comp - comp.mean()
     return _Structure(relabel_LE, logpop_LE, domain_DLE, cluster_E, cnext_LC, next_LE, follow_LE, C, cs,
                       contiguous)
 

@@ -114,7 +114,7 @@ def test_affinity_raises_cross_layer_predictability():
 
 
 def test_coactivation_raises_pair_lift():
-    kw = dict(num_layers=3, num_experts=64, top_k=8, num_tokens=8192, tokens_per_step=1024, affinity=0.0, seed=4,
+    kw = dict(num_layers=3, num_experts=64, top_k=8, num_tokens=8192, tokens_per_step=1024, affinity=0.0, skew=0.4, seed=4,
               **NOSEQ)
     none = trace_stats(synth_trace(**kw, coactivation=0.0))["summary"]["coactivation"]
     strong = trace_stats(synth_trace(**kw, coactivation=3.0))["summary"]["coactivation"]
@@ -294,3 +294,10 @@ def test_sequences_false_keeps_routing_and_drops_ids():
     b = synth_trace(**SMALL, num_tokens=300, seed=4, sequences=False)
     assert a.has_sequences and not b.has_sequences and b.pos is None
     assert np.array_equal(a.topk_ids, b.topk_ids) and np.array_equal(a.step, b.step)
+
+
+@pytest.mark.parametrize("num_tokens", [2, 3, 64, 65])
+def test_odd_last_token_repicks_from_its_left_neighbour_only(num_tokens):
+    # a trace ending on an odd position: its last token has no right neighbour
+    t = synth_trace(**SMALL, num_tokens=num_tokens, seq_len=1000, repick=1.0, seed=0)
+    assert t.topk_ids.min() >= 0 and t.topk_ids.max() < 32
