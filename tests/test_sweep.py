@@ -263,7 +263,7 @@ def test_relative_trace_path_is_read_next_to_the_spec(tmp_path):
     folder = tmp_path / "specs"
     folder.mkdir()
     model = planner.load_model("mixtral-8x7b")
-    planner.save_trace(planner.synth_trace(model, num_tokens=2048, tokens_per_step=256, seed=3), folder / "t.npz")
+    planner.save_trace(planner.synth_trace(model, num_tokens=2048, tokens_per_step=256, seed=3, sequences=False), folder / "t.npz")
     spec = write(folder, "base: {model: mixtral-8x7b, baseline: eplb, trace: t.npz}\ngrid: {seed: [0]}\n")
     r = run_sweep(spec, tmp_path / "out", jobs=1, plots=False, progress=False)
     assert r.rows[0]["status"] == "ok", r.rows[0].get("error")

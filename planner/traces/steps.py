@@ -12,8 +12,10 @@ Sequences arrive in the order of their first token in the file; a sequence's tok
   prefill), its last chunk opening a step the next prompts may join.
 - :func:`decode_steps` — ``batch`` concurrent sequences (slots); each step runs one token of every
   active sequence; when a sequence ends its slot takes the next waiting sequence at the next step.
-  Every token of the file is decoded (a teacher-forced trace routes token t as decoding it after
-  the same prefix would).
+  A teacher-forced trace routes token t as decoding it after the same prefix would, so every
+  token is a decode token. A server at steady state keeps its batch full; a finite trace ends
+  with a drain (slots idle once no sequence waits): steps in which fewer than half the slots are
+  busy are dropped, and a batch larger than the trace's sequences is cut to their number.
 
 Ranks (data-parallel attention ranks, the ``source_rank`` a token starts on), ``deal``:
 
@@ -38,6 +40,7 @@ import numpy as np
 
 from planner.errors import InputError
 from planner.specs.workload import Workload
+from planner.traces.stream import StreamedTrace
 from planner.traces.trace import Trace
 
 Deal = Literal["round-robin", "least-loaded"]
@@ -119,7 +122,8 @@ def decode_steps(trace: Trace, batch: int, ranks: int = 1, deal: Deal = "round-r
     _check(trace, "decode", batch, "batch", ranks, deal)
     order, starts, lengths = sequences(trace)
     R = int(ranks)
-    slots = [(0, s) for s in range(int(batch))]  # (step the slot is free from, slot)
+    batch = min(int(batch), int(starts.size))
+    slots = [(0, s) for s in range(batch)]  # (step the slot is free from, slot)
     begin = np.empty(starts.size, dtype=np.int64)
     slot_of = np.empty(starts.size, dtype=np.int64)
     for j, n in enumerate(lengths.tolist()):
@@ -129,7 +133,9 @@ def decode_steps(trace: Trace, batch: int, ranks: int = 1, deal: Deal = "round-r
     seq_T = np.repeat(np.arange(starts.size, dtype=np.int64), lengths)
     step_T = begin[seq_T] + (np.arange(order.size, dtype=np.int64) - starts[seq_T])
     rank_S = np.arange(starts.size, dtype=np.int64) % R if deal == "round-robin" else slot_of % R
-    return _build(trace, order, step_T, rank_S[seq_T])
+    busy = np.bincount(step_T)
+    keep = busy[step_T] * 2 >= batch  # the drain: fewer than half the slots busy (module docstring)
+    return _build(trace, order[keep], step_T[keep], rank_S[seq_T][keep])
 
 
 #: Prefill / training token budget per step across the cluster when the workload gives none.
@@ -151,11 +157,16 @@ def workload_steps(trace: Trace, workload: Workload, ranks: int) -> tuple[Trace,
     """
     if not trace.has_sequences or workload.mode == "offload":
         return trace, None
+    if isinstance(trace, StreamedTrace):  # a sample of the file's steps: sequences are cut
+        return trace, "a streamed trace keeps its file's steps (its sequences are only sampled)"
     n_seq = int(np.unique(trace.seq_id).size)
     if workload.mode == "decode":
         b = workload.tokens_per_step or DEFAULT_DECODE_BATCH
         out = decode_steps(trace, b, ranks)
-        how = f"decode steps of {b} concurrent sequences (one token each)"
+        n_seq_b = min(b, n_seq)
+        how = f"decode steps of {n_seq_b} concurrent sequences (one token each; the drain at the end dropped)"
+        if n_seq_b < b:
+            how += f"; the batch {b} is cut to the trace's {n_seq} sequences"
     else:
         budget = workload.tokens_per_step or (
             workload.global_batch * workload.seq_len

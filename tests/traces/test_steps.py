@@ -101,3 +101,13 @@ def test_without_pos_file_order_is_the_order_in_a_sequence():
 def test_errors(call, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         call(_trace(SEQ, POS))
+
+
+def test_decode_drops_the_drain_and_cuts_a_batch_larger_than_the_trace():
+    # 4 sequences of lengths 3, 2, 4, 1 at batch 4: steps 0..3 hold 4, 3, 2, 1 busy slots
+    # (seq 1 ends after step 0, seq 2 after 1, seq 5 after 2); fewer than half busy: step 3 dropped
+    tr = decode_steps(_trace(SEQ, POS), batch=4)
+    assert tr.step.tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2]
+    assert 9 in tr.seq_id.tolist() and tr.num_tokens == 9  # seq 9's last token (pos 3) fell in the drain
+    # batch 10 > 4 sequences: cut to 4, the same steps
+    assert decode_steps(_trace(SEQ, POS), batch=10).step.tolist() == tr.step.tolist()
