@@ -183,15 +183,24 @@ def attention_ms(
         raise InputError(f"kv_dtype: unknown dtype {kv_dtype!r}; known: {', '.join(DTYPE_BYTES)}")
     if mode == "prefill":
         flops = 2.0 * sequences * seq_len * seq_len * heads * att.head_dim
-        nbytes = tokens * (2 * heads + 2 * max(1, att.num_kv_heads // tp)) * att.head_dim * ACTIVATION_BYTES
+        nbytes = tokens * (2 * heads + 2 * kv_heads_per_rank(att.num_kv_heads, tp)) * att.head_dim * ACTIVATION_BYTES
     else:
         flops = 4.0 * sequences * context * heads * att.head_dim
         kv_tok = att.kv_bytes_per_token_per_layer(kv_b)
-        kv_tok = kv_tok / tp if att.kind == "mla" else 2 * max(1, att.num_kv_heads // tp) * att.head_dim * kv_b
+        # MLA: every TP rank reads the whole latent cache (vLLM and SGLang replicate it, docs/facts.md §6);
+        # GQA / MHA: a rank reads its ⌈kv_heads / tp⌉ heads (one replicated head when tp > kv_heads)
+        if att.kind != "mla":
+            kv_tok = 2 * kv_heads_per_rank(att.num_kv_heads, tp) * att.head_dim * kv_b
         nbytes = sequences * context * kv_tok
     p = fit.softmax_p
     core = fit.fixed_ms / _FFN_KERNELS + ((flops / peak * 1e3) ** p + (nbytes / bw * 1e3) ** p) ** (1.0 / p)
     return AttentionTime(proj, float(core))
+
+
+def kv_heads_per_rank(kv_heads: int, tp: int) -> int:
+    """KV heads one TP rank keeps: ⌈kv_heads / tp⌉ (a replicated head when tp > kv_heads), the rule
+    :func:`planner.cost.memory.kv_bytes_per_token` prices."""
+    return -(-kv_heads // tp)
 
 
 def training_ms(forward_ms: float) -> float:

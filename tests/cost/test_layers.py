@@ -77,3 +77,18 @@ def test_uniform_moe_layer_closed_forms():
     assert totals[0] == 0 and all(b >= a for a, b in zip(totals, totals[1:], strict=False))
     with pytest.raises(InputError, match=r"^ep \(3\) must divide"):
         uniform_moe_layer(H100, m, 100, ep=3)
+
+
+def test_decode_attention_reads_the_whole_mla_cache_and_ceil_kv_heads_per_rank():
+    assert [layers.kv_heads_per_rank(8, t) for t in (1, 2, 3, 8, 16)] == [8, 4, 3, 1, 1]
+    hw = load_hardware("h100-sxm")
+
+    def core(name, tp):
+        return layers.attention_ms(hw, load_model(name), mode="decode", sequences=64, context=32768, tp=tp).core_ms
+
+    # MLA (DeepSeek-V3): long-context decode is bound by reading the latent cache, which every TP
+    # rank holds whole: TP 8 is not faster than TP 1 (it was 8x before the rule)
+    assert core("deepseek-v3", 8) == pytest.approx(core("deepseek-v3", 1), rel=0.01)
+    # GQA with 4 KV heads (Qwen3-30B-A3B): TP 4 and TP 8 both keep one head per rank
+    assert core("qwen3-30b-a3b", 8) == pytest.approx(core("qwen3-30b-a3b", 4))
+    assert core("qwen3-30b-a3b", 2) == pytest.approx(2 * core("qwen3-30b-a3b", 4), rel=0.02)
