@@ -134,7 +134,7 @@ def solve_placement(
     stats = PlacementStats(nodes=N, gpus_per_node=G // N, stage1=s1, search=search)
     # §5.5: replicas on other nodes (nearest dispatch)
     if inp.dispatch == "nearest" and node_LE is not None and P > E:
-        new, stats.cross_node_replicas = nearest_replicas(new, inp, sample, deadline, time_limit)
+        new, stats.cross_node_replicas = nearest_replicas(new, inp, sample, deadline, time_limit, warm)
     # §5.6: the best candidate on the planning objective
     placements = {SOLVER: new, "eplb": warm, **({"previous": previous_LP} if previous_LP is not None else {})}
     placements.update({n: np.asarray(p, dtype=np.int64) for n, p in (extra_candidates or {}).items()})

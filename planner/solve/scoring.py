@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from planner.simulator import combine_groups, simulate_arrays
+from planner.simulator import SimResult, combine_groups, simulate_arrays
 from planner.solve.migration import migration_ms
 from planner.solve.problem import Clock, PlacementInputs
 
@@ -31,6 +31,20 @@ def simulated_ms(inp: PlacementInputs, phy2log_LP: np.ndarray, ids_LTk: np.ndarr
     """Predicted MoE ms per step of ``phy2log_LP`` [L, P] on the given tokens (``ids_LTk`` [L, T, k]
     for the same L layers, ``step_T`` / ``src_T`` / ``group_T`` [T]), with ``inp``'s cost model,
     dispatch and relay (the simulator)."""
+    return float(simulated(inp, phy2log_LP, ids_LTk, step_T, src_T, group_T, num_steps).step_ms_S.mean())
+
+
+def simulated_time_imbalance(inp: PlacementInputs, phy2log_LP: np.ndarray, ids_LTk: np.ndarray,
+                             step_T: np.ndarray, src_T: np.ndarray, group_T: np.ndarray | None,
+                             num_steps: int) -> tuple[float, float]:
+    """(:func:`simulated_ms`, the mean per-GPU token imbalance over steps and layers) of one simulation."""
+    sim = simulated(inp, phy2log_LP, ids_LTk, step_T, src_T, group_T, num_steps)
+    return float(sim.step_ms_S.mean()), float(sim.imbalance_SL.mean())
+
+
+def simulated(inp: PlacementInputs, phy2log_LP: np.ndarray, ids_LTk: np.ndarray, step_T: np.ndarray,
+              src_T: np.ndarray, group_T: np.ndarray | None, num_steps: int) -> SimResult:
+    """The simulation behind :func:`simulated_ms` (groups combined)."""
     group_T = np.zeros(ids_LTk.shape[1], dtype=np.int64) if group_T is None else group_T
     results = []
     for grp in range(int(group_T.max()) + 1):
@@ -41,7 +55,7 @@ def simulated_ms(inp: PlacementInputs, phy2log_LP: np.ndarray, ids_LTk: np.ndarr
             num_experts=inp.num_experts, gpus_per_node=inp.gpus_per_node, dispatch=inp.dispatch,
             num_steps=num_steps, relay=inp.relay,
         ))
-    return float(combine_groups(results).step_ms_S.mean())
+    return combine_groups(results)
 
 
 def reserve_s(inp: PlacementInputs, time_limit: float) -> float:

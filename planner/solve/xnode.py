@@ -35,7 +35,9 @@ node-aligned; layers whose experts are not node-aligned are left as they are):
    expected load (heuristic).
 4. *Which variant* — each variant's layer is scored by the simulator on whole planning steps
    (the exact planning objective of that layer on those steps) and the best is kept, the input
-   placement included: the layer never gets worse on those steps.
+   placement included: the layer never gets worse on those steps. A variant whose per-GPU token
+   imbalance on those steps exceeds the input's or EPLB's (the larger) by more than
+   :data:`IMBALANCE_TOLERANCE` is not taken.
 
 Deterministic (no clock decides a result; the deadline only stops early, keeping the input
 placement for the layers not reached).
@@ -53,7 +55,7 @@ from planner.solve import baselines
 from planner.solve.cover import cover_row, cover_sets, rank_load, start_sets
 from planner.solve.nodeswap import sole_needs
 from planner.solve.problem import SEARCH_MAX_TOKENS, PlacementInputs, TokenSample
-from planner.solve.scoring import simulated_ms
+from planner.solve.scoring import simulated_time_imbalance
 
 #: Rounds of the cover search per layer and weighting (:func:`planner.solve.cover.cover_sets`)
 #: when no time limit sets them (:func:`cover_rounds`).
@@ -63,6 +65,11 @@ COVER_ROUNDS = 64
 #: rounds from the problem's sizes, so the result does not depend on the machine's speed.
 COVER_SHARE = 0.1
 COVER_ELEMENTS_PER_S = 3e8
+#: A variant is kept only when its per-GPU token imbalance on the planning steps is at most this
+#: share above the input's or EPLB's, whichever is larger: the cover rows hold each expert once
+#: per node, so a popular expert cannot be split inside a node, and a plan should not give up
+#: more than 5% of EPLB's balance for traffic (4% here: held-out steps differ).
+IMBALANCE_TOLERANCE = 0.04
 
 
 @dataclass
@@ -217,17 +224,20 @@ def cross_node_replicas(
     weight_NLE: np.ndarray,
     num_nodes: int,
     gpus_per_node: int,
-    layer_ms: Callable[[int, np.ndarray], float],
+    layer_ms: Callable[[int, np.ndarray], float | tuple[float, float]],
     deadline: float,
     fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),  # the ``everywhere m`` variants, m = f · r
     load_T: np.ndarray | None = None,
     rounds: int = COVER_ROUNDS,
+    reference_LP: np.ndarray | None = None,
 ) -> tuple[np.ndarray, XNodeStats]:
     """Apply the stages of the module docstring to every layer of ``phy2log_LP`` [L, P].
 
     ``ids_LTk`` planning tokens (a subsample is fine) with their source node ``src_node_T``;
     ``weight_NLE`` tokens per step by source node, layer and expert; ``layer_ms(l, row)`` the
-    planning objective of layer ``l`` with ``row`` as its placement. Returns the new placement
+    planning objective of layer ``l`` with ``row`` as its placement, or (that, the per-GPU token
+    imbalance): a variant more than :data:`IMBALANCE_TOLERANCE` above the larger of the input's
+    and ``reference_LP``'s (EPLB's) imbalance is then not taken. Returns the new placement
     and statistics (replicas moved off their node, layers changed, stopped by the deadline).
     ``load_T``: tokens of each planning token's (step, source GPU), the weight of the ``cover
     weighted`` variant (:mod:`planner.solve.cover`; without it only ``cover`` is tried);
@@ -252,7 +262,10 @@ def cross_node_replicas(
             continue
         ms = sorted({max(1, round(f * r)) for f in fractions})
         picks = [pick_remote(ids_LTk[l][by_node[v]], node_E, v, r, num_nodes) for v in range(num_nodes)]
-        best, best_ms, label = phy2log_LP[l], layer_ms(l, phy2log_LP[l]), "none"
+        best_ms, imb0 = _time_imbalance(layer_ms(l, phy2log_LP[l]))
+        best, label = phy2log_LP[l], "none"
+        if imb0 is not None and reference_LP is not None:
+            imb0 = max(imb0, _time_imbalance(layer_ms(l, reference_LP[l]))[1] or imb0)
         shared = spread_everywhere(ids_LTk[l], src_node_T, node_E, num_nodes, r)
         busiest = relieve_busiest(ids_LTk[l], src_node_T, node_E, num_nodes, r)
         variants = [(f"per-node {r}", picks)] + [
@@ -263,7 +276,9 @@ def cross_node_replicas(
         rows += cover_variants(ids_LTk[l], src_node_T, node_E, weight_NLE[:, l], spn, gpus_per_node, load_T,
                                rounds)
         for name, row in rows:
-            t = layer_ms(l, row)
+            t, imb = _time_imbalance(layer_ms(l, row))
+            if imb is not None and imb0 is not None and imb > imb0 * (1 + IMBALANCE_TOLERANCE):
+                continue  # faster, but gives up more balance than a plan may
             if t < best_ms * (1 - 1e-9):
                 best, best_ms, label = row, t, name
         stats.chosen[label] = stats.chosen.get(label, 0) + 1
@@ -272,6 +287,13 @@ def cross_node_replicas(
             stats.layers_changed += 1
             stats.remote_replicas += int((np.arange(P) // spn != node_E[best]).sum())
     return out, stats
+
+
+def _time_imbalance(score: float | tuple[float, float]) -> tuple[float, float | None]:
+    """``layer_ms``'s answer as (ms, imbalance or None)."""
+    if isinstance(score, tuple):
+        return float(score[0]), float(score[1])
+    return float(score), None
 
 
 def cover_variants(ids_Tk: np.ndarray, src_node_T: np.ndarray, node_E: np.ndarray, w_NE: np.ndarray,
@@ -303,13 +325,15 @@ def cover_rounds(num_tokens: int, top_k: int, num_experts: int, num_nodes: int, 
 
 
 def nearest_replicas(phy2log_LP: np.ndarray, inp: PlacementInputs, sample: TokenSample,
-                     deadline: float, time_limit: float | None = None) -> tuple[np.ndarray, XNodeStats]:
+                     deadline: float, time_limit: float | None = None,
+                     reference_LP: np.ndarray | None = None) -> tuple[np.ndarray, XNodeStats]:
     """Stage 5 of the placement (docs/placement.md §5.5) on ``phy2log_LP`` [L, P] whose experts
     sit on ``inp.num_nodes`` nodes: :func:`cross_node_replicas` with every variant scored by the
     simulator on whole planning steps, evenly spaced, about :data:`SEARCH_MAX_TOKENS` tokens in all
     (per-step loads as planned); ``sample`` the search's tokens for the coverage counts. A deadline
     already past returns the input, marked as stopped by time. ``time_limit`` sets the cover
-    searches' rounds (:func:`cover_rounds`; :data:`COVER_ROUNDS` without it)."""
+    searches' rounds (:func:`cover_rounds`; :data:`COVER_ROUNDS` without it); ``reference_LP``
+    (EPLB's placement) the balance a variant may use up to (:data:`IMBALANCE_TOLERANCE`)."""
     if time.perf_counter() > deadline:
         return phy2log_LP, XNodeStats(stopped_by_time=True)
     L, E, N = inp.num_layers, inp.num_experts, inp.num_nodes
@@ -330,7 +354,8 @@ def nearest_replicas(phy2log_LP: np.ndarray, inp: PlacementInputs, sample: Token
         w_NLE[:, l] = np.bincount(flat, minlength=N * E).reshape(N, E) / n_steps / inp.token_groups
     return cross_node_replicas(
         phy2log_LP, sample.ids_LTk, sample.src_T // gpn, w_NLE, N, gpn,
-        lambda l, row: simulated_ms(inp, row[None, :], x_ids[l][None], x_step, x_src, x_grp, keep.size),
+        lambda l, row: simulated_time_imbalance(inp, row[None, :], x_ids[l][None], x_step, x_src, x_grp, keep.size),
         deadline, load_T=rank_load(sample.step_T, sample.src_T),
         rounds=COVER_ROUNDS if time_limit is None else cover_rounds(*sample.ids_LTk.shape[1:], E, N, L, time_limit),
+        reference_LP=reference_LP,
     )

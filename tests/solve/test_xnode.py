@@ -147,3 +147,29 @@ def test_stage5_skipped_by_the_deadline_says_time_limit():
     assert res.stages.cross_node_replicas is not None and res.stages.cross_node_replicas.stopped_by_time
     assert res.status == "time_limit"
     assert all(np.bincount(row, minlength=32).min() >= 1 for row in res.phy2log_LP)
+
+
+def test_a_faster_variant_that_gives_up_balance_is_not_taken():
+    # every changed row is faster; on layer 0 its imbalance is 10% above the input's (refused),
+    # on layer 1 3% above (taken); EPLB's reference on layer 2 is worse than the input and sets
+    # the cap there (15% above the input: taken)
+    L, E = 3, 8
+    base = np.array([[0, 1, 2, 3, 0, 1, 4, 5, 6, 7, 4, 5]] * L)
+    ref = base.copy()
+    ref[2, 0] = 7  # a distinct row stands for EPLB's layer 2
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, E, (L, 200, 1))
+    src = rng.integers(0, 2, 200)
+    w = np.stack([np.stack([np.bincount(ids[l, src == v, 0], minlength=E) for l in range(L)]) for v in range(2)])
+
+    def layer_ms(l, row):
+        if np.array_equal(row, base[l]):
+            return 1.0, 1.2
+        if np.array_equal(row, ref[l]):
+            return 1.0, 1.2 * 1.12
+        return 0.5, 1.2 * (1.10, 1.03, 1.15)[l]
+
+    out, st = cross_node_replicas(base, ids, src, w.astype(float), 2, 2, layer_ms, deadline=float("inf"),
+                                  reference_LP=ref)
+    assert np.array_equal(out[0], base[0]) and not np.array_equal(out[1], base[1])
+    assert not np.array_equal(out[2], base[2]) and st.layers_changed == 2
