@@ -476,7 +476,7 @@ def _sample_layer(
         keep = np.argpartition(group_TG, G - TG, axis=1)[:, G - TG :]
         allowed = np.zeros((T, G), dtype=bool)
         allowed[rows_T, keep] = True
-        score[~np.repeat(allowed, epg, axis=1)] = -np.inf
+        score.reshape(T, G, epg)[~allowed] = -np.inf
     top, val = _topk_desc(score, k)
     boosted = val > _BOOST / 2
     if boosted.any():  # forced experts sorted first; order by the token's own scores
