@@ -216,23 +216,11 @@ def _split_trace(
     return plan_tr, eval_tr, evaluated_on, plan_counts
 
 
-def _search_parallel(
-    m: ModelSpec, hw: HardwareProfile, cluster: ClusterSpec, tr: Trace, *, mode: str, seq_len: int,
-    global_batch: int | None, fixed: dict[str, Any], redundant: int, latency_target_ms: float | None, cross_node: bool,
-    train_dtype: str = "bf16",
-) -> Any:
-    """The parallelism search's result (:func:`planner.solve.parallel.search`) for the modes it
-    serves, else ``None``; decode's batch defaults to the trace's tokens per step."""
-    if mode not in parallel_search.MODES:
+def _mean_sequence_len(tr: Trace) -> float | None:
+    """Mean tokens per sequence of a trace with sequences (not a streamed sample), else None."""
+    if not tr.has_sequences or tr.seq_id is None or tr.num_tokens == 0:
         return None
-    if mode == "decode" and global_batch is None:
-        batch = max(1, round(tr.num_tokens / max(1, tr.num_steps)))  # the trace's tokens per step
-    else:
-        batch = global_batch
-    return parallel_search.search(
-        m, hw, cluster, mode=mode, seq_len=seq_len, global_batch=batch, fixed=fixed, redundant=redundant,
-        latency_target_ms=latency_target_ms, cross_node=cross_node, train_dtype=train_dtype,
-    )
+    return tr.num_tokens / int(np.unique(tr.seq_id).size)
 
 
 def prepare(
@@ -267,14 +255,25 @@ def prepare(
     cross_node: bool = False,
     expert_kernel: str = "loop",
     train_dtype: str = "bf16",
+    batch: int | None = None,
+    prompt_len: int | None = None,
+    output_len: int | None = None,
+    request_rate: float | None = None,
+    kv_dtype: str = "bf16",
+    ttft_ms: float | None = None,
+    tpot_ms: float | None = None,
 ) -> Problem | OffloadProblem:
     """Load and check every input of a planning run; raises :class:`InputError` on bad input.
 
     The keywords and their defaults are :class:`planner.specs.options.PlanOptions`' (a test keeps
     them equal). For ``train``, ``prefill`` and ``decode`` the degrees given are fixed and the rest
     chosen by the parallelism search (:mod:`planner.solve.parallel`; ``cp``, ``recompute``,
-    ``distributed_optimizer``, ``latency_target_ms`` and ``cross_node`` are its options; decode's
-    batch defaults to the trace's tokens per step). :class:`InfeasibleError` when nothing fits.
+    ``distributed_optimizer``, ``latency_target_ms`` and ``cross_node`` are its options). Serving
+    is stated by ``prompt_len``, ``output_len``, ``batch``, ``request_rate``, ``kv_dtype``,
+    ``ttft_ms`` and ``tpot_ms`` (:class:`~planner.specs.workload.Workload`); an omitted decode
+    batch is the largest that fits memory and meets the targets, and the steps the placement is
+    planned and scored on hold that batch (:func:`planner.traces.steps.workload_steps`).
+    :class:`InfeasibleError` when nothing fits.
     """
     _check_options(time_limit, train_fraction, dispatch, baseline, nodes, gpus_per_node)
     m = resolve_model(model)
@@ -284,39 +283,41 @@ def prepare(
         workload = Workload(
             mode=mode, seq_len=seq_len, micro_batch=micro_batch, global_batch=global_batch,
             tokens_per_step=tokens_per_step, gpu_memory_gb=gpu_memory_gb, expert_kernel=expert_kernel,
-            train_dtype=train_dtype,
+            train_dtype=train_dtype, batch=batch, prompt_len=prompt_len, output_len=output_len,
+            request_rate=request_rate, kv_dtype=kv_dtype, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
         )
     except ValidationError as e:
         raise InputError(format_validation_error("workload", e)) from None
     if mode == "offload":  # one GPU, experts in host memory: planner.offload
         tr, trace_label, _recorded = resolve_trace(trace, m, seed, tokens_per_step)
         return prepare_offload(
-            m, hw, tr, trace_label, gpu_memory_gb=gpu_memory_gb, batch=micro_batch, seq_len=seq_len, seed=seed,
+            m, hw, tr, trace_label, gpu_memory_gb=gpu_memory_gb, batch=micro_batch if micro_batch is not None else batch,
+            seq_len=seq_len, seed=seed,
             time_limit=time_limit, train_fraction=train_fraction, workload=workload,
             notes=trace_notes(tr, trace_label),
         )
     par = resolve_degrees(m, cluster, ep=ep, tp=tp, pp=pp, dp=dp, etp=etp, vpp=vpp, redundant=redundant_experts)
     check_baseline(baseline, redundant_experts)
     tr, trace_label, recorded_counts = resolve_trace(trace, m, seed, tokens_per_step)
-    tr, steps_note = workload_steps(tr, workload, cluster.num_gpus)
-    plan_tr, eval_tr, evaluated_on, plan_counts = _split_trace(tr, train_fraction, recorded_counts)
-    # parallelism search (planner.solve.parallel): the degrees given are fixed, the rest searched
+    # parallelism search (planner.solve.parallel): the degrees given are fixed, the rest searched;
+    # serving: it also finds the batch, which then decides the steps the placement is planned on
     fixed = {
         "tp": tp, "pp": pp, "dp": dp, "ep": ep, "etp": etp, "vpp": vpp, "cp": cp, "micro_batch": micro_batch,
         "recompute": recompute, "distributed_optimizer": distributed_optimizer,
     }
     stage("parallelism search")
-    found = _search_parallel(
-        m, hw, cluster, tr, mode=mode, seq_len=seq_len, global_batch=global_batch, fixed=fixed,
-        redundant=redundant_experts, latency_target_ms=latency_target_ms, cross_node=cross_node,
-        train_dtype=train_dtype,
+    found, workload = parallel_search.search_workload(
+        m, hw, cluster, workload, fixed=fixed, redundant=redundant_experts, latency_target_ms=latency_target_ms,
+        cross_node=cross_node, mean_sequence_len=_mean_sequence_len(tr),
     )
+    tr, steps_note = workload_steps(tr, workload, cluster.num_gpus, seed, regroup=recorded_counts is None)
+    plan_tr, eval_tr, evaluated_on, plan_counts = _split_trace(tr, train_fraction, recorded_counts)
     if found is not None:
         b = found.best
         par = Parallel(dp=b.dp, tp=b.tp, pp=b.pp, ep=b.ep, etp=b.etp, vpp=b.vpp, cp=b.cp)
     options = {
         "cp": cp, "recompute": recompute, "distributed_optimizer": distributed_optimizer,
-        "latency_target_ms": latency_target_ms, "cross_node": cross_node,
+        "latency_target_ms": latency_target_ms, "cross_node": cross_node, "batch": batch,
         "ep": ep, "tp": tp, "pp": pp, "dp": dp, "etp": etp, "vpp": vpp,
         "redundant_experts": redundant_experts, "baseline": baseline, "dispatch": dispatch,
         "seed": seed, "train_fraction": train_fraction,
@@ -585,8 +586,8 @@ def simulate(
         return OffloadSimulationReport.run(p, trace, hardware, tokens_per_step)
     hw = resolve_hardware(hardware if hardware is not None else p.cluster.hardware)
     relay = check_relay(relay)
-    tr, label, _counts = resolve_trace(trace, p.model, p.provenance.seed, tokens_per_step)
-    tr, steps_note = workload_steps(tr, p.workload, p.cluster.num_gpus)
+    tr, label, counts = resolve_trace(trace, p.model, p.provenance.seed, tokens_per_step)
+    tr, steps_note = workload_steps(tr, p.workload, p.cluster.num_gpus, p.provenance.seed, regroup=counts is None)
     notes = trace_notes(tr, label) + ((steps_note,) if steps_note else ())
     p2l = np.asarray(p.placement.physical_to_logical, dtype=np.int64)
     cluster = ClusterSpec(hardware=hw.name, num_nodes=p.cluster.num_nodes, gpus_per_node=p.cluster.gpus_per_node)

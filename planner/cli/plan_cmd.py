@@ -159,8 +159,9 @@ def plan_flags(f: Callable[..., Any]) -> Callable[..., Any]:
         kind, choices, _ = kinds[name]
         flag = "--" + name.replace("_", "-")
         default = field.default
+        names = (flag, *info.get("aliases", ()))
         if kind == "bool":
-            f = click.option(flag, is_flag=True, default=default, help=field.description)(f)
+            f = click.option(*names, is_flag=True, default=default, help=field.description)(f)
             continue
         if choices is not None:
             typ: Any = click.Choice(list(choices))
@@ -168,7 +169,7 @@ def plan_flags(f: Callable[..., Any]) -> Callable[..., Any]:
             typ = click.Path(dir_okay=False)
         else:
             typ = {"int": int, "float": float, "str": None}[kind]
-        f = click.option(flag, type=typ, default=default, show_default=default is not None,
+        f = click.option(*names, name, type=typ, default=default, show_default=default is not None,
                          help=field.description)(f)
     return f
 

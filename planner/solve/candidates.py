@@ -42,6 +42,10 @@ class Candidate:
     latency_ms: float | None = None
     memory: MemoryBreakdown | None = None
     detail: dict[str, float] = field(default_factory=dict)
+    #: serving: what set the batch (``memory``, ``latency``, ``stated``, ``default``, ``ceiling``)
+    binding: str = ""
+    #: serving: that bound in words and numbers (the plan's note)
+    binding_note: str = ""
 
     def degrees(self) -> dict[str, Any]:
         d: dict[str, Any] = {"dp": self.dp, "tp": self.tp, "pp": self.pp, "ep": self.ep, "etp": self.etp}

@@ -43,6 +43,7 @@ from planner.errors import InfeasibleError, InputError
 from planner.solve.candidates import TIE_RELATIVE, Candidate, Rejected, SearchResult, rank
 from planner.solve.search_memory import (
     MEMORY_RESERVE_GIB,
+    SERVE_MEMORY_FIELDS,
     budget_bytes,
     candidate_memory,
     memory_reason,
@@ -58,16 +59,18 @@ from planner.specs.degrees import (
 )
 from planner.specs.hardware import HardwareProfile
 from planner.specs.model import ModelSpec
+from planner.specs.workload import Workload, serving_lengths
 
 __all__ = [
     "FIXABLE", "MEMORY_RESERVE_GIB", "MODES", "TIE_RELATIVE", "Candidate", "Rejected", "SearchResult",
     "budget_bytes", "candidate_memory", "default_global_batch", "memory_reason", "predicted_figures", "rank",
-    "rule_violation", "search", "to_report",
+    "rule_violation", "search", "search_workload", "to_report",
 ]
 
 MICRO_BATCHES = (1, 2, 4, 8)
-#: Decode: sequences per GPU tried when the batch is not given (powers of two up to this).
-MAX_DECODE_SEQUENCES_PER_GPU = 256
+#: Decode: the search's ceiling on sequences per data-parallel rank (a bound of arithmetic, far
+#: above what memory allows any preset).
+MAX_SEQUENCES_PER_RANK = 1 << 20
 MODES = ("train", "prefill", "decode")
 FIXABLE = ("tp", "pp", "dp", "ep", "etp", "vpp", "cp", "micro_batch", "recompute", "distributed_optimizer")
 
@@ -154,17 +157,27 @@ def search(
     train_dtype: str = "bf16",
     top_n: int = 5,
     max_rejected: int = 5,
+    output_len: int | None = None,
+    kv_dtype: str = "bf16",
+    ttft_ms: float | None = None,
+    request_rate: float | None = None,
 ) -> SearchResult:
     """Search the parallel configuration of ``mode`` (module docstring).
 
     ``fixed``: degrees the user gave (keys of :data:`FIXABLE`; ``None`` values are searched).
     ``global_batch``: training sequences per step (default :func:`default_global_batch`); serving
-    sequences per step (default: decode tries powers of two per GPU and keeps the best that fits,
-    prefill one prompt per GPU). Raises :class:`InputError` when a fixed degree breaks a rule and
+    sequences per step (default: decode the largest batch within memory and the target, prefill
+    one prompt per GPU). Serving: ``seq_len`` is the prompt, ``output_len`` the tokens a decode
+    sequence adds (its KV cache grows to ``seq_len + output_len``; time at the mean context,
+    ``seq_len + output_len / 2``), ``latency_target_ms`` the TPOT (decode) or TTFT (prefill)
+    target, ``ttft_ms`` (decode) a prefill of one prompt per data-parallel rank, ``kv_dtype`` the
+    cache's dtype, ``request_rate`` a rate to report the plan against. Raises :class:`InputError` when a fixed degree breaks a rule and
     :class:`InfeasibleError` when nothing fits, naming the binding constraint.
     """
     t0 = time.perf_counter()
     fixed = _checked_fixed(mode, fixed, seq_len, latency_target_ms, redundant)
+    require_positive(output_len=output_len, ttft_ms=ttft_ms, request_rate=request_rate)
+    sv = ServeSpec(output_len=output_len, kv_dtype=kv_dtype, ttft_ms=ttft_ms, request_rate=request_rate)
     N, n = cluster.num_gpus, cluster.gpus_per_node
     budget = budget_bytes(hw)
     sm = StepModel(model, hw, n)
@@ -220,9 +233,28 @@ def search(
                                 else:
                                     t.evaluated += _serve_variants(
                                         model, hw, cluster, base, gb, seq_len, redundant, budget, latency_target_ms,
-                                        t.feasible, t.mem_rejected, t.lat_rejected,
+                                        t.feasible, t.mem_rejected, t.lat_rejected, sv,
                                     )
-    return _finish(t, model, hw, N, mode, fixed, budget, top_n, max_rejected, t0)
+    result = _finish(t, model, hw, N, mode, fixed, budget, top_n, max_rejected, t0)
+    if mode != "train":
+        result.notes.extend(_serve_notes(result.best, mode, seq_len, sv, N))
+    return result
+
+
+def _serve_notes(best: Candidate, mode: str, seq_len: int, sv: ServeSpec, N: int) -> list[str]:
+    """What set the chosen serving batch, and the request rate against the rate the plan sustains."""
+    notes = [best.binding_note] if best.binding_note else []
+    per_request = (sv.output_len or 0) if mode == "decode" else seq_len
+    if sv.request_rate is not None and per_request and best.tokens_per_s > 0:
+        rate = best.tokens_per_s / per_request
+        copies = math.ceil(sv.request_rate / rate - 1e-9)
+        what = f"{per_request} output tokens" if mode == "decode" else f"a {per_request}-token prompt"
+        notes.append(
+            f"request rate: the plan sustains {rate:,.2f} requests/s ({best.tokens_per_s:,.0f} tokens/s, {what} "
+            f"each); {sv.request_rate:g} requests/s need {copies} such deployment(s), {copies * N} GPUs"
+            + (" (this one suffices)" if copies <= 1 else "")
+        )
+    return notes
 
 
 def _finish(
@@ -245,10 +277,17 @@ def _finish(
     if not feasible:
         if lat_rejected:  # these fit in memory: the latency target is what binds
             fastest = min(lat_rejected, key=lambda r: r.candidate.latency_ms or math.inf)
-            raise InfeasibleError(f"no configuration meets the latency target; the fastest ({fastest.candidate.label()}) {fastest.reason}")
+            which = "time-to-first-token" if fastest.rule == "ttft" or mode == "prefill" else "per-output-token"
+            raise InfeasibleError(  # the reason names fields in backquotes: the CLI shows them as flags
+                f"no configuration meets the {which} latency target; the fastest ({fastest.candidate.label()}) {fastest.reason}",
+                mentions=("batch", "prompt_len"))
         if mem_rejected:
             closest = explained(min(mem_rejected, key=lambda r: (r.candidate.memory.total if r.candidate.memory else math.inf)))
-            raise InfeasibleError(f"no configuration fits in memory; the closest ({closest.candidate.label()}) {closest.reason}")
+            one = " with one sequence per data-parallel rank" if mode == "decode" else ""
+            raise InfeasibleError(
+                f"no configuration fits in memory{one}; the closest ({closest.candidate.label()}) {closest.reason}",
+                mentions=SERVE_MEMORY_FIELDS if mode != "train" else (),
+            )
         ex = max(rule_examples.values(), key=lambda r: rule_counts[r.rule]) if rule_examples else None
         raise InfeasibleError(f"no valid factorization of {N} GPUs: {ex.reason if ex else 'none enumerated'}")
     feasible = rank(feasible)
@@ -311,41 +350,157 @@ def _train_variants(
     return timed
 
 
+@dataclass(frozen=True)
+class ServeSpec:
+    """What a serving search needs besides the degrees (:func:`search`'s serving keywords)."""
+
+    output_len: int | None = None
+    kv_dtype: str = "bf16"
+    ttft_ms: float | None = None  #: decode: one prompt per data-parallel rank prefilled within this
+    request_rate: float | None = None
+
+
+def _largest(ok: Any, hi: int | None = None) -> int:
+    """The largest r >= 1 with ``ok(r)``, ``ok`` monotone (true then false) and ``ok(1)`` true;
+    ``hi``: a known upper end (else found by doubling up to :data:`MAX_SEQUENCES_PER_RANK`)."""
+    lo = 1
+    if hi is None:
+        hi = 2
+        while hi < MAX_SEQUENCES_PER_RANK and ok(hi):
+            lo, hi = hi, hi * 2
+        if hi >= MAX_SEQUENCES_PER_RANK and ok(MAX_SEQUENCES_PER_RANK):
+            return MAX_SEQUENCES_PER_RANK
+    elif ok(hi):
+        return hi
+    while hi - lo > 1:  # ok(lo), not ok(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
 def _serve_variants(
     model: ModelSpec, hw: HardwareProfile, cluster: ClusterSpec, base: Candidate, gb: int | None, seq_len: int,
     redundant: int, budget: float, target: float | None, feasible: list[Candidate], mem_rejected: list[Rejected],
-    lat_rejected: list[Rejected],
+    lat_rejected: list[Rejected], sv: ServeSpec = ServeSpec(),
 ) -> int:
-    N = cluster.num_gpus
-    if gb is not None:
-        batches = [gb]
-    elif base.mode == "decode":
-        batches = [N * (2**i) for i in range(int(math.log2(MAX_DECODE_SEQUENCES_PER_GPU)) + 1)]
-    else:  # prefill: one prompt per GPU
-        batches = [N]
+    """The serving candidate of ``base``'s degrees at its batch: the stated one, one prompt per GPU
+    (prefill), or the largest decode batch that fits memory and meets the target (module
+    docstring); appends it to ``feasible`` or a rejection. Returns the steps timed."""
+    N, decode = cluster.num_gpus, base.mode == "decode"
+    ctx_time = seq_len + (sv.output_len // 2 if decode and sv.output_len else 0)  # mean context of a decode
     timed = 0
-    best_here: Candidate | None = None
-    for seqs in batches:
-        c = replace(base, sequences=seqs)
-        mem = candidate_memory(model, c, seq_len=seq_len, redundant=redundant)
-        c = replace(c, memory=mem)
-        if mem.total > budget:
-            if best_here is None:
-                mem_rejected.append(Rejected(c, "memory", memory_reason(mem, budget, hw, base.mode)))
-            break
-        st = serve_step(model, hw, mode=base.mode, num_gpus=N, gpus_per_node=cluster.gpus_per_node, tp=c.tp, pp=c.pp,
-                        ep=c.ep, etp=c.etp, sequences=seqs, seq_len=seq_len, redundant=redundant)
+
+    def memory(seqs: int) -> Any:
+        return candidate_memory(model, replace(base, sequences=seqs), seq_len=seq_len, redundant=redundant,
+                                output_len=sv.output_len, kv_dtype=sv.kv_dtype)
+
+    def step(seqs: int, mode: str = base.mode) -> Any:
+        nonlocal timed
         timed += 1
-        c = replace(c, step_ms=st.step_ms, tokens_per_s=st.throughput_tokens_per_s, latency_ms=st.latency_per_token_ms,
-                    detail={"moe_layer_ms": st.moe_layer_ms, "attention_ms": st.attention_ms, "tokens_per_step": st.tokens_per_step})
-        if target is not None and st.latency_per_token_ms > target:
-            if best_here is None:
-                lat_rejected.append(Rejected(
-                    c, "latency", f"predicts {st.latency_per_token_ms:.2f} ms per token, over the {target:g} ms target; "
-                    "raise ep or tp, or lower the batch"))
-            break
-        if best_here is None or c.sort_key() < best_here.sort_key():
-            best_here = c
-    if best_here is not None:
-        feasible.append(best_here)
+        return serve_step(model, hw, mode=mode, num_gpus=N, gpus_per_node=cluster.gpus_per_node, tp=base.tp,
+                          pp=base.pp, ep=base.ep, etp=base.etp, sequences=seqs,
+                          seq_len=ctx_time if mode == "decode" else seq_len, redundant=redundant)
+
+    dp = base.dp
+    first = replace(base, sequences=gb or (N if not decode else dp), memory=memory(gb or (N if not decode else dp)))
+    if first.memory is not None and first.memory.total > budget:
+        mem_rejected.append(Rejected(first, "memory", memory_reason(first.memory, budget, hw, base.mode)))
+        return timed
+    if decode and sv.ttft_ms is not None:
+        pf = step(dp, "prefill").step_ms
+        if pf > sv.ttft_ms:
+            lat_rejected.append(Rejected(replace(first, latency_ms=pf), "ttft", (
+                f"prefills one {seq_len}-token prompt per data-parallel rank in {pf:.2f} ms, over the "
+                f"{sv.ttft_ms:g} ms time-to-first-token target; raise tp or ep, or shorten the prompt (`prompt_len`)")))
+            return timed
+    what = "per output token" if decode else "to first token"
+    if gb is not None or not decode:
+        seqs, binding = (gb, "stated") if gb is not None else (N, "default")
+        note = (f"batch {seqs} as stated" if gb is not None else
+                f"prefill batch: one {seq_len}-token prompt per GPU ({N})")
+    else:  # the largest batch (sequences per data-parallel rank × dp) within memory, then the target
+        r_mem = _largest(lambda r: memory(r * dp).total <= budget)
+        r, binding = r_mem, ("ceiling" if r_mem >= MAX_SEQUENCES_PER_RANK else "memory")
+        over = memory((r_mem + 1) * dp)
+        kv_seq = over.kv_cache / (r_mem + 1) if over.kv_cache else 0.0
+        note = (f"decode batch {r_mem * dp} ({r_mem} per data-parallel rank × {dp}): memory binds — {r_mem + 1} per "
+                f"rank would need {over.total / GIB:.1f} GiB per GPU, over the {budget / GIB:.1f} GiB budget "
+                f"(KV cache {kv_seq / 2**20:.1f} MiB per sequence at {seq_len + (sv.output_len or 1)} tokens in "
+                f"{sv.kv_dtype})")
+        if target is not None and step(r_mem * dp).latency_per_token_ms > target:
+            if step(dp).latency_per_token_ms > target:
+                r, binding = 1, "latency"  # even one sequence per rank misses the target: rejected below
+            else:
+                r = _largest(lambda r: step(r * dp).latency_per_token_ms <= target, r_mem)
+                slower = step((r + 1) * dp).latency_per_token_ms
+                binding = "latency"
+                note = (f"decode batch {r * dp} ({r} per data-parallel rank × {dp}): the {target:g} ms per-output-token "
+                        f"target binds — {r + 1} per rank predicts {slower:.2f} ms (memory would hold {r_mem} per rank)")
+        seqs = r * dp
+    c = replace(base, sequences=seqs, memory=memory(seqs))
+    st = step(seqs)
+    c = replace(c, step_ms=st.step_ms, tokens_per_s=st.throughput_tokens_per_s, latency_ms=st.latency_per_token_ms,
+                detail={"moe_layer_ms": st.moe_layer_ms, "attention_ms": st.attention_ms,
+                        "tokens_per_step": st.tokens_per_step},
+                binding=binding, binding_note=note)
+    if c.memory is not None and c.memory.total > budget:
+        mem_rejected.append(Rejected(c, "memory", memory_reason(c.memory, budget, hw, base.mode)))
+    elif target is not None and st.latency_per_token_ms > target:
+        lat_rejected.append(Rejected(
+            c, "latency", f"predicts {st.latency_per_token_ms:.2f} ms {what} at batch {seqs}, over the {target:g} ms "
+            "target; raise ep or tp" + (", or lower the batch (`batch`)" if gb is not None else "")))
+    else:
+        feasible.append(c)
     return timed
+
+
+def _serving_targets(
+    mode: str, latency_target_ms: float | None, tpot_ms: float | None, ttft_ms: float | None
+) -> tuple[float | None, float | None]:
+    """(the search's latency target, decode's TTFT target): TPOT in decode, TTFT in prefill;
+    ``latency_target_ms`` is the older name of the mode's one."""
+    if mode == "prefill" and tpot_ms is not None:
+        raise InputError("tpot_ms applies to mode decode (a prefill step's target is ttft_ms)", field="tpot_ms")
+    own, name = (tpot_ms, "tpot_ms") if mode == "decode" else (ttft_ms, "ttft_ms")
+    if latency_target_ms is not None and own is not None and latency_target_ms != own:
+        raise InputError(
+            f"latency_target_ms ({latency_target_ms:g}) is the older name of {name} ({own:g}) in mode {mode}; give one",
+            field="latency_target_ms",
+        )
+    target = own if own is not None else latency_target_ms
+    return target, ttft_ms if mode == "decode" else None
+
+
+def search_workload(
+    model: ModelSpec, hw: HardwareProfile, cluster: ClusterSpec, workload: Workload, *, fixed: dict[str, Any],
+    redundant: int = 0, latency_target_ms: float | None = None, cross_node: bool = False,
+    mean_sequence_len: float | None = None,
+) -> tuple[SearchResult | None, Workload]:
+    """:func:`search` for ``workload`` (``None`` for the modes it does not serve), and the workload
+    with what serving resolved written in — prompt and output lengths
+    (:func:`~planner.specs.workload.serving_lengths`; ``mean_sequence_len``: the trace's, when it
+    has sequences) and the batch found — so that the plan records them and simulate and validate
+    form the same steps."""
+    mode = workload.mode
+    if mode not in MODES:
+        return None, workload
+    if mode == "train":
+        found = search(
+            model, hw, cluster, mode=mode, seq_len=workload.seq_len, global_batch=workload.global_batch, fixed=fixed,
+            redundant=redundant, latency_target_ms=latency_target_ms, cross_node=cross_node,
+            train_dtype=workload.train_dtype,
+        )
+        return found, workload
+    target, ttft = _serving_targets(mode, latency_target_ms, workload.tpot_ms, workload.ttft_ms)
+    prompt, output, how = serving_lengths(workload, mean_sequence_len if mode == "decode" else None)
+    found = search(
+        model, hw, cluster, mode=mode, seq_len=prompt, global_batch=workload.serving_batch, fixed=fixed,
+        redundant=redundant, latency_target_ms=target, cross_node=cross_node,
+        output_len=output if mode == "decode" else None, kv_dtype=workload.kv_dtype, ttft_ms=ttft,
+        request_rate=workload.request_rate,
+    )
+    found.notes.insert(0, f"serving lengths: {how}" if mode == "decode" else f"serving lengths: prompt {prompt}")
+    update: dict[str, Any] = {"batch": found.best.sequences, "prompt_len": prompt}
+    if mode == "decode":
+        update["output_len"] = output
+    return found, workload.model_copy(update=update)

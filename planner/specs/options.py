@@ -35,8 +35,11 @@ OBJECT_OPTIONS = ("model", "hardware", "trace", "previous")
 SOLVE_OPTIONS = ("previous", "migration_weight", "relay")
 
 
-def _opt(default: Any, description: str, *, flag: bool = True, path: bool = False) -> Any:
-    return Field(default, description=description, json_schema_extra={"flag": flag, "path": path})
+def _opt(
+    default: Any, description: str, *, flag: bool = True, path: bool = False, aliases: tuple[str, ...] = ()
+) -> Any:
+    return Field(default, description=description,
+                 json_schema_extra={"flag": flag, "path": path, "aliases": list(aliases)})
 
 
 class PlanOptions(BaseModel):
@@ -66,10 +69,26 @@ class PlanOptions(BaseModel):
     train_dtype: Literal["bf16", "fp8"] = _opt(
         "bf16", "Train: dtype of the weights in training (bf16, or fp8 linear layers); gradients and optimizer states fp32"
     )
-    latency_target_ms: float | None = _opt(None, "Serving: per-token latency target for the parallelism search, ms")
+    latency_target_ms: float | None = _opt(
+        None, "Serving, older name of the latency target: --tpot-ms in decode, --ttft-ms in prefill"
+    )
     cross_node: bool = _opt(False, "Let TP and EP×ETP groups span nodes in the parallelism search")
-    global_batch: int | None = _opt(None, "Global batch size (sequences)")
-    seq_len: int = _opt(4096, "Sequence length")
+    global_batch: int | None = _opt(None, "Train: global batch size (sequences); serving: older name of --batch")
+    seq_len: int = _opt(4096, "Sequence length (train); serving: the prompt length when --prompt-len is omitted")
+    batch: int | None = _opt(
+        None, "Serving: concurrent sequences across the cluster (decode: in flight; prefill: prompts per step); "
+        "omitted: the largest that fits memory and meets --tpot-ms / --ttft-ms", aliases=("--concurrency",)
+    )
+    prompt_len: int | None = _opt(None, "Serving: prompt tokens per request (omitted: --seq-len)")
+    output_len: int | None = _opt(
+        None, "Serving: output tokens per request (omitted: the mean length of the trace's sequences, else 1024)"
+    )
+    request_rate: float | None = _opt(
+        None, "Serving: requests/s to sustain; the plan says how many copies of the deployment that takes"
+    )
+    kv_dtype: Literal["bf16", "fp8"] = _opt("bf16", "Serving: KV-cache dtype")
+    ttft_ms: float | None = _opt(None, "Serving: time-to-first-token target, ms")
+    tpot_ms: float | None = _opt(None, "Decode: time-per-output-token target, ms")
     tokens_per_step: int | None = _opt(None, "Tokens per step when the trace has no step array")
     redundant_experts: int = _opt(0, "Extra physical expert slots for replicas")
     gpu_memory_gb: float | None = _opt(None, "GPU memory budget (offload mode)")
@@ -122,7 +141,8 @@ def option_kinds() -> dict[str, tuple[str, tuple[str, ...] | None, bool]]:
 
 
 def flag_info(name: str) -> dict[str, Any]:
-    """``{"flag": bool, "path": bool}`` of an option (how it appears on the command line)."""
+    """``{"flag": bool, "path": bool, "aliases": [str]}`` of an option (how it appears on the
+    command line; ``aliases``: further flag names, ``--concurrency`` for ``--batch``)."""
     extra = PlanOptions.model_fields[name].json_schema_extra
     assert isinstance(extra, dict)
     return extra

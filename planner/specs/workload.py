@@ -1,4 +1,10 @@
-"""Workload: what the deployment runs (training, prefill, decode or offloaded decode)."""
+"""Workload: what the deployment runs (training, prefill, decode or offloaded decode).
+
+Serving is stated as users state it: prompt and output lengths, concurrent sequences
+(``batch``), a request rate, the KV-cache dtype and TTFT / TPOT targets. What is omitted is
+searched or derived (:mod:`planner.solve.parallel` finds the largest decode batch that fits
+memory and meets the targets; :func:`serving_lengths` resolves the lengths).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +21,47 @@ class Workload(Spec):
     """Mode and batch shape of the deployment."""
 
     mode: Mode = Field(default="decode", description="train, prefill, decode, or offload (experts in host memory)")
-    seq_len: int = Field(default=4096, gt=0, description="Sequence length in tokens")
+    seq_len: int = Field(
+        default=4096, gt=0,
+        description="Sequence length in tokens (train); serving: the prompt length when prompt_len is omitted",
+    )
     micro_batch: int | None = Field(default=None, gt=0, description="Micro-batch size in sequences (train); None: searched")
-    global_batch: int | None = Field(default=None, gt=0, description="Global batch size in sequences (train)")
+    global_batch: int | None = Field(
+        default=None, gt=0,
+        description="Global batch size in sequences (train); serving: the same as batch (kept for older plans)",
+    )
+    prompt_len: int | None = Field(
+        default=None, gt=0,
+        description="Serving: prompt tokens per request (prefill holds them; decode's context starts there); "
+        "None: seq_len",
+    )
+    output_len: int | None = Field(
+        default=None, gt=0,
+        description="Serving: output tokens per request (decode steps per sequence); None: the mean length of the "
+        "trace's sequences when it has them (each is replayed as one request's decode), else 1024",
+    )
+    batch: int | None = Field(
+        default=None, gt=0,
+        description="Serving: concurrent sequences across the cluster in one step (decode: sequences in flight; "
+        "prefill: prompts per step); None: searched — the largest that fits memory and meets the targets (the "
+        "plan stores the batch found)",
+    )
+    request_rate: float | None = Field(
+        default=None, gt=0,
+        description="Serving: requests per second the deployment must sustain; reported against the rate the plan "
+        "sustains (tokens/s ÷ output_len in decode, ÷ prompt_len in prefill) as the copies of it that rate needs",
+    )
+    kv_dtype: Literal["bf16", "fp8"] = Field(
+        default="bf16", description="Serving: KV-cache dtype (fp8 halves the cache: vLLM/SGLang --kv-cache-dtype fp8_e4m3)"
+    )
+    ttft_ms: float | None = Field(
+        default=None, gt=0,
+        description="Serving: time-to-first-token target, ms (prefill: the step that holds a prompt; decode: a "
+        "prefill of one prompt per data-parallel rank on the same GPUs)",
+    )
+    tpot_ms: float | None = Field(
+        default=None, gt=0, description="Decode: time-per-output-token target, ms (one decode step)"
+    )
     tokens_per_step: int | None = Field(
         default=None, gt=0, description="Tokens in one step across the cluster when the trace does not mark steps"
     )
@@ -45,4 +89,31 @@ class Workload(Spec):
             raise ValueError(
                 f"global_batch ({self.global_batch}) must be a multiple of micro_batch ({self.micro_batch})"
             )
+        if self.batch is not None and self.global_batch is not None and self.mode != "train" \
+                and self.batch != self.global_batch:
+            raise ValueError(f"batch ({self.batch}) and global_batch ({self.global_batch}) differ; give one")
         return self
+
+    @property
+    def serving_batch(self) -> int | None:
+        """Concurrent sequences stated for serving (``batch``, or ``global_batch`` as its old name)."""
+        return self.batch if self.batch is not None else (self.global_batch if self.mode != "train" else None)
+
+
+#: Output tokens per request when neither the workload nor the trace's sequences give them
+#: (SGLang's bench_serving --random-output-len default is 1024).
+DEFAULT_OUTPUT_LEN = 1024
+
+
+def serving_lengths(workload: Workload, mean_sequence_len: float | None = None) -> tuple[int, int, str]:
+    """(prompt tokens, output tokens, where they come from) of a serving workload:
+    ``prompt_len`` or ``seq_len``; ``output_len``, else ``mean_sequence_len`` (the trace's
+    sequences, rounded), else :data:`DEFAULT_OUTPUT_LEN`."""
+    prompt = workload.prompt_len or workload.seq_len
+    src = "stated" if workload.prompt_len else "seq_len"
+    if workload.output_len is not None:
+        return prompt, workload.output_len, f"prompt {prompt} ({src}), output {workload.output_len} (stated)"
+    if mean_sequence_len is not None and mean_sequence_len >= 1:
+        out = max(1, round(mean_sequence_len))
+        return prompt, out, f"prompt {prompt} ({src}), output {out} (the mean length of the trace's sequences)"
+    return prompt, DEFAULT_OUTPUT_LEN, f"prompt {prompt} ({src}), output {DEFAULT_OUTPUT_LEN} (default)"

@@ -138,43 +138,110 @@ def decode_steps(trace: Trace, batch: int, ranks: int = 1, deal: Deal = "round-r
     return _build(trace, order[keep], step_T[keep], rank_S[seq_T][keep])
 
 
-#: Prefill / training token budget per step across the cluster when the workload gives none.
+#: Training token budget per step across the cluster when the workload gives none.
 DEFAULT_STEP_TOKENS = 4096
+#: Prefill token budget per step across the cluster (one engine) when the workload gives none:
+#: SGLang's default ``--chunked-prefill-size`` on GPUs of 35-160 GiB (A100, H100, H200; 16384
+#: above, 2048 below), a budget for the whole engine that DP attention divides over its ranks
+#: (sgl-project/sglang, python/sglang/srt/server_args.py: ``chunked_prefill_size = 8192``,
+#: ``chunked_prefill_size // dp_size`` under ``enable_dp_attention``).
+CHUNKED_PREFILL_TOKENS = 8192
 #: Concurrent decode sequences across the cluster when the workload gives none.
 DEFAULT_DECODE_BATCH = 256
+#: Steps drawn when a trace without sequences holds fewer tokens than one step of the workload.
+RESAMPLED_STEPS = 4
 
 
-def workload_steps(trace: Trace, workload: Workload, ranks: int) -> tuple[Trace, str | None]:
-    """The steps ``workload`` forms from ``trace``'s sequences, and a note saying how (None, and
-    the trace unchanged, when it has no sequences or the mode is offload — offload forms its
-    own decode steps).
+def regroup_tokens(trace: Trace, step_tokens: int, ranks: int = 1, seed: int = 0) -> tuple[Trace, str]:
+    """Steps of ``step_tokens`` tokens from a trace without sequences, and how they were formed:
+    its tokens in file order, ``step_tokens`` at a time (the last, partial group dropped when
+    there is more than one step), dealt round-robin to ``ranks`` within a step; a trace with
+    fewer tokens than one step gives :data:`RESAMPLED_STEPS` steps of tokens drawn with
+    replacement (``seed``). Routing of a token is kept whole (all its layers)."""
+    if int(step_tokens) <= 0:
+        raise InputError(f"step_tokens must be > 0 (got {step_tokens})", field="step_tokens")
+    T, B = trace.num_tokens, int(step_tokens)
+    if T >= B:
+        S = T // B
+        idx = np.arange(S * B, dtype=np.int64)
+        how = (f"its {T} tokens regrouped in file order into {S} steps of {B}"
+               + (f" ({T - S * B} left over dropped)" if T > S * B else ""))
+    else:
+        S = RESAMPLED_STEPS
+        idx = np.sort(np.random.default_rng(seed).integers(0, T, size=S * B)) if T else np.zeros(0, np.int64)
+        how = f"its {T} tokens are fewer than one step of {B}: {S} steps of {B} tokens drawn with replacement"
+    within = np.tile(np.arange(B, dtype=np.int64), S)
+    out = Trace(
+        trace.topk_ids[:, idx], trace.num_experts,
+        topk_weights=None if trace.topk_weights is None else trace.topk_weights[:, idx],
+        step=np.repeat(np.arange(S, dtype=np.int64), B), source_rank=within % max(1, int(ranks)),
+        model=trace.model, source=trace.source,
+    )
+    return out, how
 
-    ``prefill`` / ``train``: :func:`prefill_steps` with the workload's ``tokens_per_step``, else
-    ``global_batch · seq_len`` (train), else :data:`DEFAULT_STEP_TOKENS`. ``decode``:
-    :func:`decode_steps` with ``tokens_per_step`` concurrent sequences, else
-    :data:`DEFAULT_DECODE_BATCH`. Sequences are dealt round-robin to ``ranks`` data-parallel
-    ranks (one per GPU: attention data parallelism, as DeepSeek-style serving runs it).
+
+def _step_size(workload: Workload) -> tuple[str, int, str]:
+    """(kind, size, words): decode sequences in flight, or prefill / train tokens per step."""
+    if workload.mode == "decode":
+        b = workload.serving_batch or workload.tokens_per_step or DEFAULT_DECODE_BATCH
+        return "decode", b, f"{b} concurrent sequences"
+    if workload.mode == "prefill":
+        b = workload.tokens_per_step or CHUNKED_PREFILL_TOKENS
+        src = "" if workload.tokens_per_step else " (SGLang's default --chunked-prefill-size)"
+        return "prefill", b, f"{b} tokens{src}"
+    b = workload.tokens_per_step or (
+        workload.global_batch * workload.seq_len if workload.global_batch is not None else DEFAULT_STEP_TOKENS
+    )
+    return "train", b, f"{b} tokens"
+
+
+def workload_steps(
+    trace: Trace, workload: Workload, ranks: int, seed: int = 0, regroup: bool = True
+) -> tuple[Trace, str | None]:
+    """The steps ``workload`` forms from ``trace``, and a note saying how (None, and the trace
+    unchanged, when the mode is offload — offload forms its own decode steps).
+
+    With sequences: ``prefill`` — :func:`prefill_steps` with the workload's ``tokens_per_step``,
+    else :data:`CHUNKED_PREFILL_TOKENS` (SGLang's chunked prefill); ``train`` — the same with
+    ``tokens_per_step``, else ``global_batch · seq_len``, else :data:`DEFAULT_STEP_TOKENS`;
+    ``decode`` — :func:`decode_steps` with ``batch`` concurrent sequences (stated or found by
+    the parallelism search), else ``tokens_per_step``, else :data:`DEFAULT_DECODE_BATCH`.
+    Sequences are dealt round-robin to ``ranks`` data-parallel ranks (one per GPU: attention
+    data parallelism, as DeepSeek-style serving runs it).
+
+    Without sequences, a serving workload with a batch (decode) or a token budget (prefill) has
+    the trace's tokens regrouped to its step size (:func:`regroup_tokens`); otherwise (train, no
+    batch, or ``regroup`` false: tokens sampled from recorded per-step counts, whose steps the
+    plan balances on) the file's steps are kept. A streamed trace keeps its file's steps.
     """
-    if not trace.has_sequences or workload.mode == "offload":
+    if workload.mode == "offload":
         return trace, None
     if isinstance(trace, StreamedTrace):  # a sample of the file's steps: sequences are cut
-        return trace, "a streamed trace keeps its file's steps (its sequences are only sampled)"
+        if trace.has_sequences:
+            return trace, "a streamed trace keeps its file's steps (its sequences are only sampled)"
+        return trace, None
+    kind, size, words = _step_size(workload)
+    if not trace.has_sequences:
+        stated = workload.serving_batch if kind == "decode" else workload.tokens_per_step if kind == "prefill" else None
+        if stated is None or trace.num_tokens == 0 or not regroup:
+            return trace, None
+        step_tokens = stated  # a decode step holds one token of every sequence
+        file_size = trace.num_tokens / max(1, trace.num_steps)
+        if abs(file_size - step_tokens) < 0.5:
+            return trace, None
+        out, how = regroup_tokens(trace, step_tokens, ranks, seed)
+        return out, (f"the trace has no sequences: {how} ({kind} steps of {words}; its file's steps held "
+                     f"{file_size:.0f} tokens on average)")
     n_seq = int(np.unique(trace.seq_id).size)
-    if workload.mode == "decode":
-        b = workload.tokens_per_step or DEFAULT_DECODE_BATCH
-        out = decode_steps(trace, b, ranks)
-        n_seq_b = min(b, n_seq)
+    if kind == "decode":
+        out = decode_steps(trace, size, ranks)
+        n_seq_b = min(size, n_seq)
         how = f"decode steps of {n_seq_b} concurrent sequences (one token each; the drain at the end dropped)"
-        if n_seq_b < b:
-            how += f"; the batch {b} is cut to the trace's {n_seq} sequences"
+        if n_seq_b < size:
+            how += f"; the batch {size} is cut to the trace's {n_seq} sequences"
     else:
-        budget = workload.tokens_per_step or (
-            workload.global_batch * workload.seq_len
-            if workload.mode == "train" and workload.global_batch is not None
-            else DEFAULT_STEP_TOKENS
-        )
-        out = prefill_steps(trace, budget, ranks)
-        how = f"{workload.mode} steps of whole prompts up to {budget} tokens"
+        out = prefill_steps(trace, size, ranks)
+        how = f"{kind} steps of whole prompts up to {words}"
     return out, (
         f"steps formed from the trace's {n_seq} sequences: {how}, sequences dealt round-robin to {ranks} "
         f"data-parallel ranks ({out.num_steps} steps)"

@@ -89,8 +89,8 @@ def test_infeasible_names_the_binding_constraint(tmp_path, capsys):
 
 
 def test_dry_run_solves_nothing(tmp_path, capsys):
-    code, out, err = run(capsys, "plan", "--model", "deepseek-v2-lite", "--redundant-experts", "8", "--dry-run",
-                         "--json", "--out", str(tmp_path / "o"))
+    code, out, err = run(capsys, "plan", "--model", "deepseek-v2-lite", "--redundant-experts", "8", "--ep", "8",
+                         "--dry-run", "--json", "--out", str(tmp_path / "o"))
     assert code == 0, err
     size = json.loads(out)
     assert size["physical_slots"] == 72 and size["slots_per_gpu"] == 9 and size["moe_layers"] == 26
@@ -163,7 +163,8 @@ def test_plan_options_are_the_flags_prepare_and_solve_keywords():
             assert name not in flags, name
             continue
         opt = flags[name]
-        assert opt.opts == ["--" + name.replace("_", "-")] and opt.default == f.default and opt.help == f.description
+        assert opt.opts == ["--" + name.replace("_", "-"), *flag_info(name)["aliases"]], name
+        assert opt.default == f.default and opt.help == f.description
     assert set(flags) - set(fields) == {"out_dir", "force", "dry_run", "as_json", "show_progress"}
 
 
