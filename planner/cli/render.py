@@ -7,6 +7,7 @@ CLI owns the wording.
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from planner.specs.plan import Plan
@@ -17,6 +18,11 @@ _ENGINES = (
     ("vllm", "vllm serve MODEL"),
     ("sglang", "python -m sglang.launch_server --model-path MODEL"),
 )
+
+
+def _flags(text: str) -> str:
+    """``text`` with the fields it names in backquotes (`gpus_per_node`) spelled as flags."""
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
 
 def _figure(a: Alternative, mode: str) -> str:
@@ -55,8 +61,8 @@ def render_launch(plan: Plan) -> list[str]:
                 f"{a.step_ms:.1f} ms/step, {a.tokens_per_s:,.0f} tok/s, {fig}, {a.memory_gib:.1f} GiB"
             )
         for r in s.rejected[:3]:
-            lines.append(f"    rejected {r.config}: {r.reason}")
-        lines += [f"  note: {n}" for n in s.notes]
+            lines.append(f"    rejected {r.config}: {_flags(r.reason)}")
+        lines += [f"  note: {_flags(n)}" for n in s.notes]
     if la is not None:
         for name, cmd in _ENGINES:
             argv = getattr(la, name)

@@ -21,6 +21,19 @@ heuristics: for one set of degrees, recompute none is faster than selective, whi
 full, so the first recompute that fits memory is the only one timed (the slower ones that also
 fit are dominated); memory is checked before timing.
 
+**Serving batch.** A decode candidate's batch (sequences in flight across the cluster, ``r``
+per data-parallel rank × dp) is the stated one, or the largest that (1) fits memory — weights,
+activations and the KV cache of ``r`` sequences at their longest, prompt + output tokens, in the
+KV dtype (:func:`~planner.solve.search_memory.candidate_memory`; memory grows with ``r``, so a
+bisection finds the largest) — and (2) meets the time-per-output-token target, one decode step
+timed at the mean context prompt + output / 2 (step time grows with ``r``: a bisection below the
+memory bound). The candidate records which bound set its batch and by how much the next one
+misses it (``binding``, ``binding_note``: the plan's note). A decode TTFT target is checked on a
+prefill of one prompt per data-parallel rank on the same GPUs. Prefill steps hold one prompt per
+GPU unless a batch is stated, the step time being the time to first token. A candidate is
+rejected only when one sequence per rank does not fit or misses the target; the error then
+names the fields that would change it (the CLI spells them as flags).
+
 **Ranking.** Training: step time (equivalently tokens/s at the fixed global batch). Serving:
 throughput among candidates within the latency target. Near-ties go to the simplest
 configuration (:func:`planner.solve.candidates.rank`).
@@ -280,7 +293,7 @@ def _finish(
             which = "time-to-first-token" if fastest.rule == "ttft" or mode == "prefill" else "per-output-token"
             raise InfeasibleError(  # the reason names fields in backquotes: the CLI shows them as flags
                 f"no configuration meets the {which} latency target; the fastest ({fastest.candidate.label()}) {fastest.reason}",
-                mentions=("batch", "prompt_len"))
+                mentions=("batch", "prompt_len", "tpot_ms", "ttft_ms"))
         if mem_rejected:
             closest = explained(min(mem_rejected, key=lambda r: (r.candidate.memory.total if r.candidate.memory else math.inf)))
             one = " with one sequence per data-parallel rank" if mode == "decode" else ""
@@ -411,7 +424,8 @@ def _serve_variants(
         if pf > sv.ttft_ms:
             lat_rejected.append(Rejected(replace(first, latency_ms=pf), "ttft", (
                 f"prefills one {seq_len}-token prompt per data-parallel rank in {pf:.2f} ms, over the "
-                f"{sv.ttft_ms:g} ms time-to-first-token target; raise tp or ep, or shorten the prompt (`prompt_len`)")))
+                f"{sv.ttft_ms:g} ms time-to-first-token target; raise tp or ep, shorten the prompt (`prompt_len`) or relax "
+                "the target (`ttft_ms`)")))
             return timed
     what = "per output token" if decode else "to first token"
     if gb is not None or not decode:
@@ -448,7 +462,8 @@ def _serve_variants(
     elif target is not None and st.latency_per_token_ms > target:
         lat_rejected.append(Rejected(
             c, "latency", f"predicts {st.latency_per_token_ms:.2f} ms {what} at batch {seqs}, over the {target:g} ms "
-            "target; raise ep or tp" + (", or lower the batch (`batch`)" if gb is not None else "")))
+            "target; raise ep or tp" + (", lower the batch (`batch`)" if gb is not None else "")
+            + (", or relax the target (`tpot_ms`)" if decode else ", or relax the target (`ttft_ms`)")))
     else:
         feasible.append(c)
     return timed

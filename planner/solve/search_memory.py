@@ -52,6 +52,9 @@ def memory_reason(mem: MemoryBreakdown, budget: float, hw: HardwareProfile, mode
     parts = ", ".join(f"{k} {v:.1f}" for k, v in g.items() if k != "total" and v > 0.05)
     if mode == "train":
         fix = "raise pp or ep" + (", use recompute full" if recompute != "full" else "") + ", or add GPUs"
+    elif mem.weights > budget:
+        fix = (f"the weights alone need {mem.weights / GIB:.1f} GiB per GPU: raise ep or tp, or add GPUs "
+               "(`nodes`, `gpus_per_node`)")
     elif mode == "decode":
         fix = ("raise ep or tp, or add GPUs (`nodes`, `gpus_per_node`); a smaller batch (`batch`), a shorter context "
                "(`prompt_len`, `output_len`) or `kv_dtype` fp8 shrinks the KV cache")
