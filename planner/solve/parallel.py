@@ -296,7 +296,9 @@ def _finish(
                 mentions=("batch", "prompt_len", "tpot_ms", "ttft_ms"))
         if mem_rejected:
             closest = explained(min(mem_rejected, key=lambda r: (r.candidate.memory.total if r.candidate.memory else math.inf)))
-            one = " with one sequence per data-parallel rank" if mode == "decode" else ""
+            cc = closest.candidate
+            one = (" with one sequence per data-parallel rank" if cc.sequences == cc.dp else f" at batch {cc.sequences}"
+                   ) if mode == "decode" else ""
             raise InfeasibleError(
                 f"no configuration fits in memory{one}; the closest ({closest.candidate.label()}) {closest.reason}",
                 mentions=SERVE_MEMORY_FIELDS if mode != "train" else (),

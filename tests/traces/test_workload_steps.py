@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import planner
 from planner.specs.workload import Workload
@@ -48,3 +49,49 @@ def test_plan_and_simulate_form_the_same_steps():
     rep = planner.simulate(p, tr)
     assert any(n == note for n in rep.notes)
     assert rep.result.tokens_S.shape == (expected_steps,)
+
+
+def test_moe_figures_follow_the_batch_and_the_mode():
+    """The trace says which experts tokens pick; the workload says how many a step holds:
+    decode at batch 4 and 16, and prefill, give different steps and MoE figures."""
+    m = make_model()
+    tr = _seq_trace(m, n_seq=120)
+    kw = dict(trace=tr, ep=2, baseline="eplb", prompt_len=64, output_len=24)
+    small = planner.plan(m, mode="decode", batch=4, **kw)
+    large = planner.plan(m, mode="decode", batch=16, **kw)
+    assert small.workload.batch == 4 and large.workload.batch == 16
+    assert small.predicted.tokens_per_step == pytest.approx(4, abs=0.5)
+    # held-out steps: the last quarter, where the trace's end drains up to half the slots
+    assert 12 <= large.predicted.tokens_per_step <= 16
+    assert large.predicted.moe_layer_ms > small.predicted.moe_layer_ms
+    pre = planner.plan(m, mode="prefill", tokens_per_step=200, **{k: v for k, v in kw.items() if k != "output_len"})
+    assert 100 < pre.predicted.tokens_per_step <= 200  # whole prompts (8-39 tokens) up to 200 per step
+    assert pre.predicted.moe_layer_ms > large.predicted.moe_layer_ms
+
+
+def test_decode_without_sequences_regroups_tokens_to_the_batch():
+    m = make_model()
+    seq = _seq_trace(m)
+    flat = Trace(seq.topk_ids, seq.num_experts, step=np.arange(seq.num_tokens) // 50)  # file steps of 50
+    out, note = workload_steps(flat, Workload(mode="decode", batch=8), ranks=2)
+    assert np.bincount(out.step_index).tolist() == [8] * (flat.num_tokens // 8)
+    assert note.startswith(f"the trace has no sequences: its {flat.num_tokens} tokens regrouped in file order")
+    assert out.source_rank[:4].tolist() == [0, 1, 0, 1]
+    # the same tokens, in order: the first step is the file's first 8 tokens
+    assert np.array_equal(out.topk_ids[:, :8], flat.topk_ids[:, :8])
+    # fewer tokens than one step: 4 steps drawn with replacement, deterministic for the seed
+    few = Trace(seq.topk_ids[:, :5], seq.num_experts)
+    a, note = workload_steps(few, Workload(mode="decode", batch=8), ranks=1, seed=3)
+    b, _ = workload_steps(few, Workload(mode="decode", batch=8), ranks=1, seed=3)
+    assert a.num_steps == 4 and np.array_equal(a.topk_ids, b.topk_ids) and "drawn with replacement" in note
+    # no batch (train), or tokens sampled from recorded counts: the file's steps are kept
+    assert workload_steps(flat, Workload(mode="train"), ranks=2) == (flat, None)
+    assert workload_steps(flat, Workload(mode="decode", batch=8), ranks=2, regroup=False) == (flat, None)
+
+
+def test_prefill_default_budget_is_sglang_chunked_prefill():
+    m = make_model()
+    tr = _seq_trace(m, n_seq=400)  # 400 prompts of 8-39 tokens: more than one 8192-token step
+    out, note = workload_steps(tr, Workload(mode="prefill"), ranks=8)
+    assert np.bincount(out.step_index).max() <= 8192 < tr.num_tokens
+    assert "up to 8192 tokens (SGLang's default --chunked-prefill-size)" in note
