@@ -6,11 +6,17 @@
 Each trace is ``synth_trace`` at the model's calibrated default structure parameters
 (``planner/data/synth_defaults.json``, fitted by ``tools/calibrate_synth.py``): 16 steps × 512
 tokens over 8 data-parallel ranks, seed 0, without gate weights (ids in router order), with the
-tokens' sequences (``seq_id`` / ``pos``: a workload forms its own steps from them). Equivalent
-CLI, per model:
+tokens' sequences (``seq_id`` / ``pos``: a workload forms its own steps from them): 512 requests
+of 16 tokens each (``seq_len`` 16, ``seq_len_spread`` 0 instead of the calibrated prompt lengths,
+median 25 with a long tail, so that the default decode workload, 256 concurrent sequences, forms
+32 full steps from 8,192 tokens; the calibrated lengths would give ~100 requests and steps that
+dwindle to one token). Equivalent CLI, per model:
 
     moe-planner trace synth --model qwen3-30b-a3b --tokens 8192 --tokens-per-step 512 \\
-        --ranks 8 --seed 0 --no-weights --out planner/data/traces/qwen3-30b-a3b.npz --force
+        --ranks 8 --seed 0 --no-weights --seq-len 16 --seq-len-spread 0 \\
+        --out planner/data/traces/qwen3-30b-a3b.npz --force
+
+(``--seq-len`` / ``--seq-len-spread``: requested of ``trace synth``.)
 
 ``qwen3-30b-a3b`` (48 MoE layers, 128 experts, top-8) is the embedded default of
 ``moe-planner plan``; ``mixtral-8x7b`` (32 layers, 8 experts, top-2) and ``deepseek-v2-lite``
@@ -33,6 +39,7 @@ from planner.traces import save_trace, synth_trace  # noqa: E402
 TRACES = ROOT / "planner" / "data" / "traces"
 MODELS = ("qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite")
 STEPS, TOKENS_PER_STEP, RANKS, SEED = 16, 512, 8, 0
+SEQ_LEN = 16  # tokens per request (no spread): 512 requests
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             num_ranks=RANKS,
             weights=False,
             seed=SEED,
+            seq_len=SEQ_LEN,
+            seq_len_spread=0.0,
         )
         path = args.out / f"{name}.npz"
         save_trace(tr, path)
