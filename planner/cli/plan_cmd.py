@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from planner.api import prepare, solve
-from planner.cli.render import render_launch
+from planner.cli.render import flags_text, render_launch
 from planner.cost.memory import GIB
 from planner.io import check_writable
 from planner.offload import OffloadProblem
@@ -94,7 +94,7 @@ def _predicted_lines(plan: Plan) -> list[str]:
         + (" (" + ", ".join(f"{k} {v:.1f}" for k, v in pred.memory_breakdown_gib.items() if v > 0.05) + ")"
            if pred.memory_breakdown_gib else "")
     )
-    return lines + [f"  note: {n}" for n in pred.notes]
+    return lines + [f"  note: {flags_text(n)}" for n in pred.notes]
 
 
 def _step_lines(plan: Plan) -> list[str]:

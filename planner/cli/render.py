@@ -20,7 +20,7 @@ _ENGINES = (
 )
 
 
-def _flags(text: str) -> str:
+def flags_text(text: str) -> str:
     """``text`` with the fields it names in backquotes (`gpus_per_node`) spelled as flags."""
     return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
@@ -61,8 +61,8 @@ def render_launch(plan: Plan) -> list[str]:
                 f"{a.step_ms:.1f} ms/step, {a.tokens_per_s:,.0f} tok/s, {fig}, {a.memory_gib:.1f} GiB"
             )
         for r in s.rejected[:3]:
-            lines.append(f"    rejected {r.config}: {_flags(r.reason)}")
-        lines += [f"  note: {_flags(n)}" for n in s.notes]
+            lines.append(f"    rejected {r.config}: {flags_text(r.reason)}")
+        lines += [f"  note: {flags_text(n)}" for n in s.notes]
     if la is not None:
         for name, cmd in _ENGINES:
             argv = getattr(la, name)

@@ -517,7 +517,8 @@ def search_workload(
         request_rate=workload.request_rate,
     )
     found.notes.insert(0, f"serving lengths: {how}" if mode == "decode" else f"serving lengths: prompt {prompt}")
-    update: dict[str, Any] = {"batch": found.best.sequences, "prompt_len": prompt}
+    update: dict[str, Any] = {"batch": found.best.sequences, "prompt_len": prompt,
+                              "batch_searched": workload.serving_batch is None}
     if mode == "decode":
         update["output_len"] = output
     return found, workload.model_copy(update=update)

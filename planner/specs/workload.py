@@ -46,6 +46,11 @@ class Workload(Spec):
         "prefill: prompts per step); None: searched — the largest that fits memory and meets the targets (the "
         "plan stores the batch found)",
     )
+    batch_searched: bool = Field(
+        default=False,
+        description="True when the parallelism search chose batch (written into the plan's workload); a trace "
+        "without sequences then keeps its file's steps, while a stated batch regroups its tokens",
+    )
     request_rate: float | None = Field(
         default=None, gt=0,
         description="Serving: requests per second the deployment must sustain; reported against the rate the plan "

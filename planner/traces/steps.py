@@ -209,10 +209,11 @@ def workload_steps(
     Sequences are dealt round-robin to ``ranks`` data-parallel ranks (one per GPU: attention
     data parallelism, as DeepSeek-style serving runs it).
 
-    Without sequences, a serving workload with a batch (decode) or a token budget (prefill) has
-    the trace's tokens regrouped to its step size (:func:`regroup_tokens`); otherwise (train, no
-    batch, or ``regroup`` false: tokens sampled from recorded per-step counts, whose steps the
-    plan balances on) the file's steps are kept. A streamed trace keeps its file's steps.
+    Without sequences, a serving workload with a stated batch (decode) or token budget (prefill)
+    has the trace's tokens regrouped to its step size (:func:`regroup_tokens`); otherwise (train,
+    no batch, a batch the search found — said in the note —, or ``regroup`` false: tokens sampled
+    from recorded per-step counts, whose steps the plan balances on) the file's steps are kept.
+    A streamed trace keeps its file's steps.
     """
     if workload.mode == "offload":
         return trace, None
@@ -223,7 +224,13 @@ def workload_steps(
     kind, size, words = _step_size(workload)
     if not trace.has_sequences:
         stated = workload.serving_batch if kind == "decode" else workload.tokens_per_step if kind == "prefill" else None
-        if stated is None or trace.num_tokens == 0 or not regroup:
+        if trace.num_tokens == 0 or not regroup:
+            return trace, None
+        if stated is None or (kind == "decode" and workload.batch_searched):
+            if kind == "decode" and workload.batch_searched:
+                return trace, (f"the trace has no sequences: its file's steps ({trace.num_tokens / max(1, trace.num_steps):.0f}"
+                               f" tokens on average) are replayed, not the batch of {stated} found; state the batch "
+                               "(`batch`) to regroup its tokens to it")
             return trace, None
         step_tokens = stated  # a decode step holds one token of every sequence
         file_size = trace.num_tokens / max(1, trace.num_steps)
