@@ -148,3 +148,15 @@ def test_search_workload_resolves_lengths_and_targets(tiny, hw):
                               latency_target_ms=5.0)
     ref, _ = search_workload(tiny, hw, _one_gpu(), w.model_copy(update={"output_len": 28}), fixed=ONE)
     assert same.best.sequences == ref.best.sequences  # the older name sets the same target
+
+
+def test_prefill_ttft_target_is_the_step(tiny, hw):
+    # prefill: one 100-token prompt on the one GPU; the step is the time to first token
+    pf = serve_step(tiny, hw, mode="prefill", num_gpus=1, gpus_per_node=1, tp=1, pp=1, ep=1, sequences=1,
+                    seq_len=100).step_ms
+    found, w = search_workload(tiny, hw, _one_gpu(), Workload(mode="prefill", prompt_len=100, ttft_ms=pf * 1.01),
+                               fixed=ONE)
+    assert found.best.latency_ms == pytest.approx(pf) and w.batch == 1 and w.output_len is None
+    with pytest.raises(InfeasibleError, match="time-to-first-token latency target") as e:
+        search_workload(tiny, hw, _one_gpu(), Workload(mode="prefill", prompt_len=100, ttft_ms=pf * 0.99), fixed=ONE)
+    assert "--ttft-ms" in e.value.for_flags()
