@@ -108,9 +108,18 @@ def trace() -> None:
 @click.option("--tokens-per-step", type=int, default=_D["tokens_per_step"], show_default=True, help="Tokens per step (batch).")
 @click.option("--ranks", type=int, default=_D["num_ranks"], show_default=True, help="Data-parallel ranks the tokens come from.")
 @click.option("--seed", type=int, default=_D["seed"], show_default=True, help="Random seed (same seed, same trace).")
-@click.option("--skew", type=float, default=_D["skew"], show_default=True, help="Zipf exponent of expert popularity (varies by layer around it).")
-@click.option("--affinity", type=float, default=_D["affinity"], show_default=True, help="Probability an expert is followed by its preferred next-layer expert, in [0, 1].")
-@click.option("--coactivation", type=float, default=_D["coactivation"], show_default=True, help="Strength of expert clusters chosen together (0: none).")
+@click.option("--skew", type=float, help="Zipf exponent of expert popularity (varies by layer around it). Default: the model's fitted value.")
+@click.option("--affinity", type=float, help="Mean probability an expert is followed by its preferred next-layer expert, in [0, 1]. Default: fitted.")
+@click.option("--coactivation", type=float, help="Strength of expert clusters chosen together (0: none). Default: fitted.")
+@click.option("--domain-spread", type=float, help="Spread of the input domains' popularity offsets. Default: fitted.")
+@click.option("--seq-len", type=float, help="Median request length in tokens (log-normal). Default: fitted.")
+@click.option("--seq-len-spread", type=float, help="Log-spread of request lengths (0: all the same). Default: fitted.")
+@click.option("--topic", type=float, help="Per-request topic strength (log-popularity offsets). Default: fitted.")
+@click.option("--topic-drift", type=float, help="How far a request's topic drifts along it. Default: fitted.")
+@click.option("--reuse", type=float, help="How strongly a run of tokens of a request shares its experts. Default: fitted.")
+@click.option("--reuse-span", type=float, help="Tokens in such a run. Default: fitted.")
+@click.option("--repick", type=float, help="Probability a token re-picks a neighbour's experts. Default: fitted.")
+@click.option("--no-sequences", is_flag=True, help="Leave seq_id / pos out (plans then keep the file's steps).")
 @click.option("--drift", type=float, default=_D["drift"], show_default=True, help="Change of log-popularity from first to last step (std).")
 @click.option("--rank-mix", type=float, default=_D["rank_mix"], show_default=True, help="How different the ranks' input mixes are, in [0, 1].")
 @click.option("--sticky-ranks", is_flag=True, help="Each rank keeps its input mix for every step (decode serving).")
@@ -130,9 +139,18 @@ def synth(
     tokens_per_step: int,
     ranks: int,
     seed: int,
-    skew: float,
-    affinity: float,
-    coactivation: float,
+    skew: float | None,
+    affinity: float | None,
+    coactivation: float | None,
+    domain_spread: float | None,
+    seq_len: float | None,
+    seq_len_spread: float | None,
+    topic: float | None,
+    topic_drift: float | None,
+    reuse: float | None,
+    reuse_span: float | None,
+    repick: float | None,
+    no_sequences: bool,
     drift: float,
     rank_mix: float,
     sticky_ranks: bool,
@@ -142,8 +160,9 @@ def synth(
     force: bool,
     as_json: bool,
 ) -> None:
-    """Write a synthetic routing trace with realistic structure (skew, cross-layer affinity,
-    co-activation, drift, per-rank input mixes)."""
+    """Write a synthetic routing trace with realistic structure (requests with their own topics and
+    reused experts, skew, cross-layer affinity, co-activation, drift, per-rank input mixes), fitted
+    to real routing per model (docs/synthetic-traces.md)."""
     if model_arg is None and None in (layers, experts, top_k):
         raise InputError("trace synth: give --model, or all of --layers, --experts and --top-k")
     path = _check_out(out, force)
@@ -167,6 +186,15 @@ def synth(
         topk_group=topk_group,
         weights=not no_weights,
         seed=seed,
+        domain_spread=domain_spread,
+        seq_len=seq_len,
+        seq_len_spread=seq_len_spread,
+        topic=topic,
+        topic_drift=topic_drift,
+        reuse=reuse,
+        reuse_span=reuse_span,
+        repick=repick,
+        sequences=not no_sequences,
     )
     save_trace(tr, path)
     d = _describe(tr) | {"out": str(path), "bytes": path.stat().st_size, "seed": seed}
