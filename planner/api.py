@@ -216,13 +216,6 @@ def _split_trace(
     return plan_tr, eval_tr, evaluated_on, plan_counts
 
 
-def _mean_sequence_len(tr: Trace) -> float | None:
-    """Mean tokens per sequence of a trace with sequences (not a streamed sample), else None."""
-    if not tr.has_sequences or tr.seq_id is None or tr.num_tokens == 0:
-        return None
-    return tr.num_tokens / int(np.unique(tr.seq_id).size)
-
-
 def prepare(
     model: str | ModelSpec = DEFAULT_MODEL,
     hardware: str | HardwareProfile = DEFAULT_HARDWARE,
@@ -308,8 +301,8 @@ def prepare(
     stage("parallelism search")
     found, workload = parallel_search.search_workload(
         m, hw, cluster, workload, fixed=fixed, redundant=redundant_experts, latency_target_ms=latency_target_ms,
-        cross_node=cross_node, mean_sequence_len=_mean_sequence_len(tr),
-    )
+        cross_node=cross_node,  # output length: stated or the default, not the trace's sequences (a
+    )                           # teacher-forced trace's sequences are whole requests, prompts included
     tr, steps_note = workload_steps(tr, workload, cluster.num_gpus, seed, regroup=recorded_counts is None)
     plan_tr, eval_tr, evaluated_on, plan_counts = _split_trace(tr, train_fraction, recorded_counts)
     if found is not None:
