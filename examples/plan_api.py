@@ -12,7 +12,7 @@ import planner
 
 
 def main(out_dir: str | None = None) -> None:
-    p = planner.plan("deepseek-v2-lite", "h100-sxm", nodes=2, gpus_per_node=8,
+    p = planner.plan("deepseek-v2-lite", "h100-sxm", nodes=2, gpus_per_node=8, ep=16,
                      baseline="eplb", redundant_experts=16)
     pr = p.predicted
     print(f"{p.model.name}: ep {p.parallel.ep}, {p.placement.slots_per_gpu} slots per GPU")

@@ -96,7 +96,7 @@ def plan_trace(plan: Plan, trace_path: str | Path | None) -> tuple[Trace, str, s
                 f"the plan was made from trace {label or '(unknown)'!r}, which validate cannot rebuild; pass `trace` FILE",
                 mentions=("trace",),
             )
-        tr, got, _ = resolve_trace(None, model, plan.provenance.seed, tps)
+        tr, got, counts = resolve_trace(None, model, plan.provenance.seed, tps)
         if got != label:
             raise InputError(
                 f"the plan was made from trace {label!r} but this install provides {got!r}; pass `trace` FILE",
@@ -104,10 +104,11 @@ def plan_trace(plan: Plan, trace_path: str | Path | None) -> tuple[Trace, str, s
             )
         own = True
     else:
-        tr, got, _ = resolve_trace(str(trace_path), model, plan.provenance.seed, tps)
+        tr, got, counts = resolve_trace(str(trace_path), model, plan.provenance.seed, tps)
         own = got == label
     check_against_model(tr, model, got)
-    tr, _how = workload_steps(tr, plan.workload, plan.cluster.num_gpus)
+    # the plan's steps: as planner.api.prepare forms them (regrouped unless sampled from counts)
+    tr, _how = workload_steps(tr, plan.workload, plan.cluster.num_gpus, plan.provenance.seed, regroup=counts is None)
     pred = plan.predicted
     m = _HELD_OUT_RE.search(pred.evaluated_on) if (own and pred is not None) else None
     if m and int(m.group(2)) == tr.num_steps:

@@ -51,7 +51,7 @@ def test_json_figures_match_the_api(capsys, plan_file):
 
 
 def test_relay_option_and_multi_node(capsys, tmp_path):
-    p = planner.plan("deepseek-v2-lite", nodes=2, redundant_experts=16, baseline="eplb")
+    p = planner.plan("deepseek-v2-lite", nodes=2, ep=16, redundant_experts=16, baseline="eplb")
     p.save(tmp_path / "plan.json")
     trace = "planner/data/traces/deepseek-v2-lite.npz"
     outs = {}
