@@ -19,7 +19,7 @@ def run(capsys, *args):
 
 @pytest.fixture(scope="module")
 def plan():
-    return planner.plan("deepseek-v2-lite", baseline="eplb", redundant_experts=8)
+    return planner.plan("deepseek-v2-lite", baseline="eplb", redundant_experts=8, ep=8)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ def run(capsys, *args):
 @pytest.fixture(scope="module")
 def plan_file(tmp_path_factory):
     d = tmp_path_factory.mktemp("plan")
-    planner.plan("deepseek-v2-lite", baseline="eplb", redundant_experts=8).save(d / "plan.json")
+    planner.plan("deepseek-v2-lite", baseline="eplb", redundant_experts=8, ep=8).save(d / "plan.json")
     return d / "plan.json"
 
 
