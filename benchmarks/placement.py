@@ -57,7 +57,6 @@ import planner
 from planner.api import prepare, solve
 from planner.score import baseline_placement, simulate_stage, summarize
 from planner.specs.model_io import load_model
-from planner.traces.steps import prefill_steps
 
 try:  # run as a script (python benchmarks/placement.py) or as a module (python -m benchmarks.placement)
     from real_traces import real_trace_path
@@ -99,6 +98,8 @@ def run_case(case, model, *, nodes, gpn, redundant, tokens, tps, ranks, relays, 
     etp = etp or 1
     ep = ep or nodes * gpn // etp  # the degrees are fixed: this benchmark is about placement, not the search
     fixed = {"tp": 1, "pp": 1}
+    if tps:  # the trace's own step size (prepare forms steps from sequences at the workload's token budget)
+        fixed["tokens_per_step"] = tps
     pr = prepare(m, "h100-sxm", nodes=nodes, gpus_per_node=gpn, mode="prefill", trace=tr, ep=ep, etp=etp,
                  redundant_experts=redundant, train_fraction=0.5, time_limit=time_limit, dispatch=dispatch, **fixed)
     w = pr.plan_counts_LE.astype(float)
@@ -227,9 +228,9 @@ def real_cases(out: Path = REAL_OUT) -> None:
     for nodes in (2, 4):
         gpus = 8 * nodes
         red = gpus  # one redundant slot per GPU: 16 on 2 × 8, 32 on 4 × 8
-        tr = prefill_steps(raw, 4096, ranks=gpus)
-        kw = dict(nodes=nodes, gpus_per_node=8, mode="prefill", trace=tr, ep=gpus, etp=1, tp=1, pp=1,
-                  train_fraction=0.5, time_limit=60.0)
+        # prepare forms these steps itself from the trace's sequences (prefill_steps(raw, 4096, ranks=gpus))
+        kw = dict(nodes=nodes, gpus_per_node=8, mode="prefill", trace=raw, ep=gpus, etp=1, tp=1, pp=1,
+                  tokens_per_step=4096, train_fraction=0.5, time_limit=60.0)
         pr0 = prepare(m, "h100-sxm", redundant_experts=0, dispatch="even", **kw)
         t0 = time.perf_counter()
         plan0 = solve(pr0, relay="same-rank")

@@ -16,9 +16,12 @@ def _problem(dispatch):
     raw = planner.load_trace(real_trace_file("deepseek-v2-lite-chat-puffin-a.npz"))
     L = m.num_moe_layers
     raw = Trace(raw.topk_ids[:L], raw.num_experts, seq_id=raw.seq_id, pos=raw.pos, source="puffin")
-    tr = prefill_steps(raw, 4096, ranks=16)
-    return m, prepare(m, "h100-sxm", nodes=2, gpus_per_node=8, mode="prefill", trace=tr, ep=16, etp=1, tp=1, pp=1,
-                      redundant_experts=16, train_fraction=0.5, time_limit=30, dispatch=dispatch)
+    # prepare forms prefill steps of whole prompts up to 4,096 tokens, one rank per GPU
+    pr = prepare(m, "h100-sxm", nodes=2, gpus_per_node=8, mode="prefill", trace=raw, ep=16, etp=1, tp=1, pp=1,
+                 tokens_per_step=4096, redundant_experts=16, train_fraction=0.5, time_limit=30, dispatch=dispatch)
+    want = prefill_steps(raw, 4096, ranks=16)
+    assert pr.trace.num_steps == want.num_steps and np.array_equal(pr.trace.source_rank, want.source_rank)
+    return m, pr
 
 
 def test_nearest_dispatch_keeps_whole_tokens_on_their_node_on_real_routing():
