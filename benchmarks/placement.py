@@ -34,8 +34,8 @@ placement by the simulator on the second half:
     (without them ``even`` and ``nearest`` are the same placement problem). Time limit 60 s.
     Writes ``benchmarks/results/placement-real.json``.
 
-    python benchmarks/placement.py            # prints the Markdown tables (~14 minutes on 2 cores)
-    python benchmarks/placement.py --real-only   # only the real-routing cases (r) (~3 minutes)
+    python benchmarks/placement.py            # prints the Markdown tables (~16 minutes on 2 cores)
+    python benchmarks/placement.py --real-only   # only the real-routing cases (r) (~2.5 minutes)
 
     python benchmarks/placement.py --quick    # smaller traces, for a smoke run
     python benchmarks/placement.py --trace my.npz [--model deepseek-v3 --nodes 8 --gpus-per-node 8 --redundant 64]
