@@ -383,8 +383,10 @@ def serve_step(
     seq_len: int,
     redundant: int = 0,
     dispatcher: str = "deepep",
+    kv_dtype: str = "bf16",
 ) -> ServeStep:
-    """One forward step of ``sequences`` across the cluster (docs/cost_model.md §5)."""
+    """One forward step of ``sequences`` across the cluster (docs/cost_model.md §5); decode
+    attention reads its KV cache in ``kv_dtype``."""
     if mode not in ("prefill", "decode"):
         raise InputError(f"mode must be 'prefill' or 'decode' (got {mode!r})")
     if num_gpus % (tp * pp):
@@ -394,7 +396,8 @@ def serve_step(
     new = 1 if mode == "decode" else seq_len
     t_rank = per_rank * new  # tokens of one attention-DP rank
     if mode == "decode":
-        att = attention_ms(hw, model, mode="decode", sequences=per_rank, context=seq_len, tp=tp).total_ms
+        att = attention_ms(hw, model, mode="decode", sequences=per_rank, context=seq_len, tp=tp,
+                           kv_dtype=kv_dtype).total_ms
     else:
         att = attention_ms(hw, model, mode="prefill", sequences=per_rank, seq_len=seq_len, tp=tp).total_ms
     tp_link = _link(hw, tp, 1, gpus_per_node)

@@ -414,7 +414,8 @@ def _serve_variants(
         timed += 1
         return serve_step(model, hw, mode=mode, num_gpus=N, gpus_per_node=cluster.gpus_per_node, tp=base.tp,
                           pp=base.pp, ep=base.ep, etp=base.etp, sequences=seqs,
-                          seq_len=ctx_time if mode == "decode" else seq_len, redundant=redundant)
+                          seq_len=ctx_time if mode == "decode" else seq_len, redundant=redundant,
+                          kv_dtype=sv.kv_dtype)
 
     dp = base.dp
     first = replace(base, sequences=gb or (N if not decode else dp), memory=memory(gb or (N if not decode else dp)))

@@ -108,3 +108,18 @@ def test_decode_throughput_is_batch_over_step(hw):
     # prefill: the step's tokens are sequences × prompt length
     pf = serve_step(q, hw, mode="prefill", num_gpus=8, gpus_per_node=8, tp=1, pp=1, ep=8, sequences=8, seq_len=2048)
     assert pf.tokens_per_step == 8 * 2048
+
+
+def test_decode_reads_its_kv_cache_in_kv_dtype():
+    from planner.specs.hardware import load_hardware
+
+    m, hw = load_model("qwen3-30b-a3b"), load_hardware("h100-sxm")
+    kw = dict(num_gpus=8, gpus_per_node=8, tp=1, pp=1, ep=8, sequences=1024, seq_len=8192)
+    bf16 = serve_step(m, hw, mode="decode", **kw)
+    fp8 = serve_step(m, hw, mode="decode", kv_dtype="fp8", **kw)
+    # 128 sequences per rank × 8192 tokens of GQA KV: attention is bound by the cache read, which
+    # fp8 halves; the MoE layers do not read the cache
+    assert fp8.attention_ms < 0.6 * bf16.attention_ms
+    assert fp8.moe_layer_ms == bf16.moe_layer_ms
+    pre = [serve_step(m, hw, mode="prefill", kv_dtype=d, **{**kw, "sequences": 8, "seq_len": 1024}) for d in ("bf16", "fp8")]
+    assert pre[0].step_ms == pre[1].step_ms  # prefill writes the cache; its time is the same model
