@@ -301,8 +301,8 @@ def prepare(
     stage("parallelism search")
     found, workload = parallel_search.search_workload(
         m, hw, cluster, workload, fixed=fixed, redundant=redundant_experts, latency_target_ms=latency_target_ms,
-        cross_node=cross_node,  # output length: stated or the default, not the trace's sequences (a
-    )                           # teacher-forced trace's sequences are whole requests, prompts included
+        cross_node=cross_node,
+    )  # output length: stated or the default, not the trace's sequences (those are whole requests)
     tr, steps_note = workload_steps(tr, workload, cluster.num_gpus, seed, regroup=recorded_counts is None)
     plan_tr, eval_tr, evaluated_on, plan_counts = _split_trace(tr, train_fraction, recorded_counts)
     if found is not None:

@@ -151,9 +151,7 @@ def decode_split(trace: Trace, batch: int, train_fraction: float, decode_tokens:
     seq_T[order] = np.repeat(np.arange(N), lengths)
     parts = []
     for sel in (seq_T < n_plan, seq_T >= n_plan):
-        sub = Trace(trace.topk_ids[:, sel], trace.num_experts, model=trace.model, source=trace.source,
-                    seq_id=trace.seq_id[sel], pos=None if trace.pos is None else trace.pos[sel])
-        parts.append(seq_decode_steps(sub, batch))
+        parts.append(seq_decode_steps(trace.take(sel), batch))
     P = int(parts[0].step.max()) + 1
     tr = Trace(np.concatenate([parts[0].topk_ids, parts[1].topk_ids], axis=1), trace.num_experts,
                step=np.concatenate([parts[0].step, parts[1].step + P]), model=trace.model, source=trace.source)

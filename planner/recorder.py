@@ -395,14 +395,18 @@ class RoutingRecorder:
         pos = np.concatenate([b for _, b in self._open_seq])
         self._open_seq.clear()
         if sid.size != tokens:
-            for h in self.hooks:
-                h.ids.clear()
-                h.weights.clear()
+            self._drop_open()
             raise InputError(
                 f"RoutingRecorder: the sequence marks of step {self.num_steps} cover {sid.size} tokens but its "
                 f"routers saw {tokens}; mark every token (mark_sequences) or pass record_sequences=False"
             )
         return sid, pos
+
+    def _drop_open(self) -> None:
+        """Forget what the routers returned since the last closed step."""
+        for h in self.hooks:
+            h.ids.clear()
+            h.weights.clear()
 
     def _sequence_arrays(self) -> dict[str, np.ndarray]:
         """``seq_id`` / ``pos`` for the trace when every closed step has them, else none."""
@@ -440,9 +444,7 @@ class RoutingRecorder:
         sizes = [0 if t is None else int(t.shape[0]) for t in per_layer]
         if len(set(sizes)) != 1:
             worst = min(range(len(sizes)), key=lambda i: sizes[i])
-            for h in self.hooks:
-                h.ids.clear()
-                h.weights.clear()
+            self._drop_open()
             raise InputError(
                 f"RoutingRecorder: MoE layer {worst} ({self.hooks[worst].name}) saw {sizes[worst]} tokens in step "
                 f"{self.num_steps}, layer 0 saw {sizes[0]}; every MoE layer must route the same tokens"

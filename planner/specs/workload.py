@@ -37,8 +37,8 @@ class Workload(Spec):
     )
     output_len: int | None = Field(
         default=None, gt=0,
-        description="Serving: output tokens per request (decode steps per sequence); None: the mean length of the "
-        "trace's sequences when it has them (each is replayed as one request's decode), else 1024",
+        description="Serving: output tokens per request (decode steps per sequence); None: 1024 (not the trace's "
+        "sequence lengths: a teacher-forced trace's sequences are whole requests, prompts included)",
     )
     batch: int | None = Field(
         default=None, gt=0,

@@ -79,14 +79,7 @@ def sequences(trace: Trace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _build(trace: Trace, order: np.ndarray, step_T: np.ndarray, rank_T: np.ndarray) -> Trace:
     """The trace's tokens ``order``-ed with their step and rank, sorted by (step, rank, order)."""
     k = np.lexsort((np.arange(order.size), rank_T, step_T))
-    idx = order[k]
-    return Trace(
-        trace.topk_ids[:, idx], trace.num_experts,
-        topk_weights=None if trace.topk_weights is None else trace.topk_weights[:, idx],
-        step=step_T[k], source_rank=rank_T[k], model=trace.model, source=trace.source,
-        seq_id=trace.seq_id[idx] if trace.seq_id is not None else None,
-        pos=None if trace.pos is None else trace.pos[idx],
-    )
+    return trace.take(order[k], step=step_T[k], source_rank=rank_T[k])
 
 
 def prefill_steps(trace: Trace, token_budget: int, ranks: int = 1, deal: Deal = "round-robin") -> Trace:
@@ -171,12 +164,7 @@ def regroup_tokens(trace: Trace, step_tokens: int, ranks: int = 1, seed: int = 0
         idx = np.sort(np.random.default_rng(seed).integers(0, T, size=S * B)) if T else np.zeros(0, np.int64)
         how = f"its {T} tokens are fewer than one step of {B}: {S} steps of {B} tokens drawn with replacement"
     within = np.tile(np.arange(B, dtype=np.int64), S)
-    out = Trace(
-        trace.topk_ids[:, idx], trace.num_experts,
-        topk_weights=None if trace.topk_weights is None else trace.topk_weights[:, idx],
-        step=np.repeat(np.arange(S, dtype=np.int64), B), source_rank=within % max(1, int(ranks)),
-        model=trace.model, source=trace.source,
-    )
+    out = trace.take(idx, step=np.repeat(np.arange(S, dtype=np.int64), B), source_rank=within % max(1, int(ranks)))
     return out, how
 
 
@@ -223,20 +211,17 @@ def workload_steps(
         return trace, None
     kind, size, words = _step_size(workload)
     if not trace.has_sequences:
-        stated = workload.serving_batch if kind == "decode" else workload.tokens_per_step if kind == "prefill" else None
         if trace.num_tokens == 0 or not regroup:
             return trace, None
-        if stated is None or (kind == "decode" and workload.batch_searched):
-            if kind == "decode" and workload.batch_searched:
-                return trace, (f"the trace has no sequences: its file's steps ({trace.num_tokens / max(1, trace.num_steps):.0f}"
-                               f" tokens on average) are replayed, not the batch of {stated} found; state the batch "
-                               "(`batch`) to regroup its tokens to it")
-            return trace, None
-        step_tokens = stated  # a decode step holds one token of every sequence
         file_size = trace.num_tokens / max(1, trace.num_steps)
-        if abs(file_size - step_tokens) < 0.5:
+        stated = workload.serving_batch if kind == "decode" else workload.tokens_per_step if kind == "prefill" else None
+        if kind == "decode" and workload.batch_searched:
+            return trace, (f"the trace has no sequences: its file's steps ({file_size:.0f} tokens on average) are "
+                           f"replayed, not the batch of {stated} found; state the batch (`batch`) to regroup its "
+                           "tokens to it")
+        if stated is None or abs(file_size - stated) < 0.5:  # a decode step holds one token of every sequence
             return trace, None
-        out, how = regroup_tokens(trace, step_tokens, ranks, seed)
+        out, how = regroup_tokens(trace, stated, ranks, seed)
         return out, (f"the trace has no sequences: {how} ({kind} steps of {words}; its file's steps held "
                      f"{file_size:.0f} tokens on average)")
     n_seq = int(np.unique(trace.seq_id).size)

@@ -276,20 +276,26 @@ class Trace:
 
     # ---- selections ---------------------------------------------------------------------
 
+    def take(
+        self, index: np.ndarray, *, step: np.ndarray | None = None, source_rank: np.ndarray | None = None
+    ) -> Trace:
+        """The tokens ``index`` selects (integer positions [T'] in the order given, or a boolean
+        mask [T]) with every per-token array (weights, ranks, sequences) kept; ``step`` and
+        ``source_rank`` [T'] replace the selected ones when given (a new step layout)."""
+        def sel(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[index]
+
+        return Trace(
+            self.topk_ids[:, index], self.num_experts, topk_weights=None if self.topk_weights is None else
+            self.topk_weights[:, index], step=self.step[index] if step is None else step,
+            source_rank=sel(self.source_rank) if source_rank is None else source_rank, model=self.model,
+            source=self.source, seq_id=sel(self.seq_id), pos=sel(self.pos),
+        )
+
     def _take_tokens(self, token_mask: np.ndarray) -> Trace:
         if not token_mask.any():
             raise InputError(f"{self.source}: the step selection holds no tokens")
-        return Trace(
-            self.topk_ids[:, token_mask],
-            self.num_experts,
-            topk_weights=None if self.topk_weights is None else self.topk_weights[:, token_mask],
-            step=self.step[token_mask],
-            source_rank=None if self.source_rank is None else self.source_rank[token_mask],
-            model=self.model,
-            source=self.source,
-            seq_id=None if self.seq_id is None else self.seq_id[token_mask],
-            pos=None if self.pos is None else self.pos[token_mask],
-        )
+        return self.take(token_mask)
 
     def select_steps(self, selector: StepSelector) -> Trace:
         """The tokens of some steps: ``selector`` is a slice or integer positions over the S
