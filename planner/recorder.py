@@ -1,7 +1,7 @@
 """``RoutingRecorder``: record a torch MoE model's routing while it trains or serves.
 
-Forward hooks on the model's router modules capture the top-k expert ids each token chose at
-each MoE layer; :meth:`RoutingRecorder.save` writes them as a docs/contracts.md routing trace
+Hooks on each MoE block (its experts module's inputs, or its router's output:
+:mod:`planner.recorder_hooks`) capture the top-k expert ids each token chose at each MoE layer; :meth:`RoutingRecorder.save` writes them as a docs/contracts.md routing trace
 (``topk_ids`` [L, T, k], ``step`` [T], optional ``topk_weights`` and ``source_rank``) that
 :func:`planner.load_trace` and ``moe-planner plan --trace`` read, :meth:`~RoutingRecorder.counts`
 gives per-expert counts [L, E], and ``rebalance_every=N`` re-places the experts with
@@ -9,8 +9,9 @@ gives per-expert counts [L, E], and ``rebalance_every=N`` re-places the experts 
 
 torch is imported only when a recorder is made (``import planner`` does not import it).
 
-Routers are found by :func:`find_routers` (the Hugging Face MoE blocks it knows are listed
-there). Any other router is hooked by naming it: ``routers=[...]`` takes module names or modules
+Routers are found by :func:`~planner.recorder_hooks.find_routers` (the Hugging Face MoE blocks
+it knows are listed there; a block that cannot be read is an error when the recorder is made,
+and a first forward that reaches none of the hooks is an error at that forward). Any other router is hooked by naming it: ``routers=[...]`` takes module names or modules
 whose output is, or contains, an integer tensor of top-k ids (a float tensor [T, E] of logits is
 taken as softmax routing with ``top_k``).
 
@@ -38,166 +39,24 @@ recomputation.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from planner.errors import InputError
+from planner.recorder_hooks import (
+    RouterHook,
+    deepseek_topk,
+    find_routers,
+    named_routers,
+    read_experts_args,
+    read_router_output,
+)
 from planner.solve.rebalance import rebalance
 from planner.traces import CountsTrace, Trace, save_trace
 
-#: MoE block classes whose router renormalises the top-k weights whatever its config says.
-ALWAYS_NORMALISE = ("MixtralSparseMoeBlock",)
-
-
-@dataclass
-class RouterHook:
-    """How to read one router's output: the hooked ``module``, its MoE-layer ``layer`` index,
-    ``top_k`` and ``num_experts`` (None: learnt from the first output) and, for logits, how to
-    route (``scoring`` softmax or deepseek)."""
-
-    name: str
-    module: Any
-    layer: int
-    top_k: int | None = None
-    num_experts: int | None = None
-    scoring: str = "softmax"  # softmax | deepseek
-    normalise: bool = False
-    n_group: int | None = None
-    topk_group: int | None = None
-    bias: Any = None  # DeepSeek-V3 e_score_correction_bias (a tensor), or None
-    handle: Any = None
-    ids: list[Any] = field(default_factory=list)  # this step's [T_i, k] device tensors
-    weights: list[Any] = field(default_factory=list)
-
-
-def _attr(objs: Iterable[Any], *names: str) -> Any:
-    """The first attribute found among ``names`` on ``objs`` (or their ``config``)."""
-    for o in objs:
-        if o is None:
-            continue
-        for src in (o, getattr(o, "config", None)):
-            if src is None:
-                continue
-            for n in names:
-                v = getattr(src, n, None)
-                if v is not None and not callable(v):
-                    return v
-    return None
-
-
-def _num_experts(gate: Any, block: Any) -> int | None:
-    w = getattr(gate, "weight", None)
-    if w is not None and getattr(w, "ndim", 0) == 2:
-        return int(w.shape[0])
-    v = _attr((block, gate), "num_experts", "n_routed_experts", "num_local_experts")
-    return int(v) if v is not None else None
-
-
-def find_routers(model: Any) -> list[RouterHook]:
-    """The router of every MoE block of ``model`` (a module with ``gate`` and ``experts``), in
-    module order.
-
-    Every module that has a ``gate`` submodule and an ``experts`` attribute is an MoE block, its
-    ``gate`` the router — the Hugging Face shapes of
-
-    ==========================  =====================================  ================================
-    block (transformers)        ``gate`` returns                       ids taken as
-    ==========================  =====================================  ================================
-    ``MixtralSparseMoeBlock``   ``nn.Linear``: logits [T, E]           top-k of softmax(logits), weights
-                                                                       renormalised over the top-k
-    ``Qwen2MoeSparseMoeBlock``, ``nn.Linear``: logits [T, E]           top-k of softmax(logits); weights
-    ``Qwen3MoeSparseMoeBlock``,                                        renormalised when the block's
-    ``OlmoeSparseMoeBlock``                                            ``norm_topk_prob`` is set
-    ``*TopKRouter`` (v5)        ``(logits, scores, indices)``          the integer tensor of the tuple
-    DeepSeek-V2/V3 ``MoEGate``  ``(topk_idx, topk_weight[, aux])``     the integer tensor of the tuple
-    ``DeepseekV3TopkRouter``    ``(indices, weights)``, or logits      integers as returned; from logits:
-                                [T, E] (newer releases)                sigmoid scores + the gate's
-                                                                       ``e_score_correction_bias``,
-                                                                       group-limited top-k (``n_group``,
-                                                                       ``topk_group``: the best
-                                                                       ``topk_group`` groups by the sum
-                                                                       of their two best scores), weights
-                                                                       the unbiased scores, normalised
-                                                                       when ``norm_topk_prob``
-    ==========================  =====================================  ================================
-
-    (Module names and outputs as in ``transformers``' ``modeling_mixtral.py``,
-    ``modeling_qwen2_moe.py``, ``modeling_qwen3_moe.py``, ``modeling_olmoe.py``,
-    ``modeling_deepseek_v3.py`` and DeepSeek's own ``modeling_deepseek.py``; the group-limited
-    routing is DeepSeek-V3's, docs/facts.md.)
-    """
-    import torch
-
-    out: list[RouterHook] = []
-    for name, block in model.named_modules():
-        gate = getattr(block, "gate", None)
-        if not isinstance(gate, torch.nn.Module) or not hasattr(block, "experts"):
-            continue
-        cls = type(block).__name__
-        deepseek = "deepseek" in cls.lower() or type(gate).__name__ in ("MoEGate", "DeepseekV3TopkRouter", "DeepseekV2TopkRouter")
-        top_k = _attr((block, gate), "top_k", "num_experts_per_tok")
-        hook = RouterHook(
-            name=f"{name}.gate" if name else "gate",
-            module=gate,
-            layer=len(out),
-            top_k=int(top_k) if top_k is not None else None,
-            num_experts=_num_experts(gate, block),
-            scoring="deepseek" if deepseek else "softmax",
-            normalise=cls in ALWAYS_NORMALISE or bool(_attr((block, gate), "norm_topk_prob")),
-        )
-        if deepseek:
-            hook.n_group = _attr((gate, block), "n_group")
-            hook.topk_group = _attr((gate, block), "topk_group")
-            hook.bias = getattr(gate, "e_score_correction_bias", None)
-        out.append(hook)
-    return out
-
-
-def named_routers(model: Any, routers: Iterable[Any], top_k: int | None, num_experts: int | None) -> list[RouterHook]:
-    """Hooks for routers named by the caller (module names of ``model``, or modules)."""
-    import torch
-
-    by_name = dict(model.named_modules())
-    by_id = {id(m): n for n, m in by_name.items()}
-    out = []
-    for r in routers:
-        if isinstance(r, str):
-            if r not in by_name:
-                raise InputError(f"RoutingRecorder: routers: the model has no module named {r!r}")
-            mod, name = by_name[r], r
-        elif isinstance(r, torch.nn.Module):
-            mod, name = r, by_id.get(id(r), type(r).__name__)
-        else:
-            raise InputError(f"RoutingRecorder: routers: expected module names or modules, got {type(r).__name__}")
-        k = top_k if top_k is not None else _attr((mod,), "top_k", "num_experts_per_tok")
-        out.append(RouterHook(name=name, module=mod, layer=len(out), top_k=int(k) if k is not None else None,
-                              num_experts=num_experts if num_experts is not None else _num_experts(mod, None)))
-    return out
-
-
-def deepseek_topk(logits: Any, top_k: int, n_group: int | None, topk_group: int | None, bias: Any, normalise: bool) -> tuple[Any, Any]:
-    """DeepSeek-V3 routing from router logits [T, E]: ids and weights [T, k] (:func:`find_routers`, ``DeepseekV3TopkRouter``)."""
-    import torch
-
-    scores = logits.float().sigmoid()
-    choice = scores + bias.float() if bias is not None else scores
-    T, E = choice.shape
-    if n_group and topk_group and n_group > 1 and E % n_group == 0:
-        per = E // n_group
-        grouped = choice.view(T, n_group, per)
-        group_score = grouped.topk(min(2, per), dim=-1).values.sum(dim=-1)  # [T, n_group]
-        keep = group_score.topk(topk_group, dim=-1).indices
-        mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)
-        choice = choice.masked_fill(~mask.repeat_interleave(per, dim=1), float("-inf"))
-    ids = choice.topk(top_k, dim=-1).indices
-    w = scores.gather(1, ids)
-    if normalise:
-        w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
-    return ids, w
-
+__all__ = ["RouterHook", "RoutingRecorder", "deepseek_topk", "find_routers", "named_routers"]
 
 class RoutingRecorder:
     """Record the top-k expert ids of every MoE layer of a torch model, step by step.
@@ -205,7 +64,7 @@ class RoutingRecorder:
     ``model``: a ``torch.nn.Module``. ``routers``: None to find the routers of the Hugging Face
     MoE blocks (:func:`find_routers`), or module names / modules to hook. ``top_k`` and
     ``num_experts`` fill in what a router does not say. ``record_weights`` keeps the gate
-    weights too (float16). ``keep_ids=False`` keeps per-step counts only (bounded memory for
+    weights too (float32: what the experts multiply by, :mod:`planner.recorder_hooks`). ``keep_ids=False`` keeps per-step counts only (bounded memory for
     long runs: :meth:`save` then writes a counts-only trace). ``rebalance_every=N`` calls
     :func:`planner.rebalance` every N steps with the counts of those steps on ``num_gpus``
     GPUs of ``num_nodes`` nodes with ``num_redundant`` extra slots (``num_groups``,
@@ -304,57 +163,28 @@ class RoutingRecorder:
     def _hook_for(self, h: RouterHook) -> Callable[..., None]:
         torch = self._torch
 
-        def hook(module: Any, args: Any, output: Any) -> None:
-            if not self._enabled:
-                return
-            with torch.no_grad():
-                ids, w = self._extract(h, output)
-                k = ids.shape[-1]
-                if h.top_k is None:
-                    h.top_k = k
-                h.ids.append(ids.reshape(-1, k).to(self._id_dtype(h)))
-                if self.record_weights and w is not None:
-                    h.weights.append(w.reshape(-1, k).to(torch.float16))
+        def keep(ids: Any, w: Any) -> None:
+            k = ids.shape[-1]
+            if h.top_k is None:
+                h.top_k = k
+            h.ids.append(ids.reshape(-1, k).to(self._id_dtype(h)))
+            if self.record_weights and w is not None:
+                h.weights.append(w.reshape(-1, k).to(torch.float32))
 
-        return hook
+        def on_output(module: Any, args: Any, output: Any) -> None:
+            if self._enabled:
+                with torch.no_grad():
+                    keep(*read_router_output(h, output, self.record_weights))
+
+        def on_experts(module: Any, args: Any, kwargs: Any) -> None:
+            if self._enabled:
+                with torch.no_grad():
+                    keep(*read_experts_args(h, args, kwargs))
+
+        return on_experts if h.point == "experts" else on_output
 
     def _id_dtype(self, h: RouterHook) -> Any:
         return self._torch.int16 if (h.num_experts or 2**31) <= 32767 else self._torch.int32
-
-    def _extract(self, h: RouterHook, output: Any) -> tuple[Any, Any]:
-        """(ids [.., k], weights [.., k] or None) from a router's output."""
-        torch = self._torch
-        if isinstance(output, tuple | list):
-            tensors = [t for t in output if isinstance(t, torch.Tensor)]
-            ints = [t for t in tensors if not t.is_floating_point() and t.dtype != torch.bool and t.ndim >= 1]
-            if ints:
-                ids = ints[0]
-                w = next((t for t in tensors if t.is_floating_point() and t.shape == ids.shape), None)
-                return ids.detach(), None if w is None else w.detach()
-            floats = [t for t in tensors if t.is_floating_point() and t.ndim >= 2]
-            if not floats:
-                raise InputError(f"RoutingRecorder: router {h.name} returned no tensor of ids or logits")
-            output = floats[0]
-        if not isinstance(output, torch.Tensor):
-            raise InputError(f"RoutingRecorder: router {h.name} returned {type(output).__name__}, not a tensor")
-        if not output.is_floating_point():
-            return output.detach(), None
-        logits = output.detach().reshape(-1, output.shape[-1])
-        if h.num_experts is None:
-            h.num_experts = int(logits.shape[-1])
-        if h.top_k is None:
-            raise InputError(f"RoutingRecorder: router {h.name} returns logits; pass top_k=")
-        if h.scoring == "deepseek":
-            return deepseek_topk(logits, h.top_k, h.n_group, h.topk_group, h.bias, h.normalise)
-        if not self.record_weights:
-            return logits.topk(h.top_k, dim=-1).indices, None  # softmax is monotone: same ids
-        # top-k of the logits (softmax is monotone), then the weights from the k values alone:
-        # softmax(l)_i = exp(l_i − logsumexp(l)); renormalised over the top k it is softmax(top k)
-        vals, ids = logits.topk(h.top_k, dim=-1)
-        vals = vals.float()
-        if h.normalise:
-            return ids, vals.softmax(dim=-1)
-        return ids, (vals - logits.float().logsumexp(dim=-1, keepdim=True)).exp()
 
     def _before_forward(self, module: Any, args: Any, kwargs: Any) -> None:
         """Sequence marks from the shape of the forward's integer input [B, S] (module docstring)."""
@@ -416,8 +246,16 @@ class RoutingRecorder:
         return {"seq_id": np.concatenate([a for a, _ in marks]), "pos": np.concatenate([b for _, b in marks])}
 
     def _after_forward(self, module: Any, args: Any, output: Any) -> None:
-        if self._enabled and any(h.ids for h in self.hooks):
+        if not self._enabled:
+            return
+        if any(h.ids for h in self.hooks):
             self.step()
+        elif self.num_steps == 0:  # the first forward reached no hook: say so now, not at save
+            self._open_seq.clear()
+            raise InputError(
+                f"RoutingRecorder: the model ran a forward pass but none of its {len(self.hooks)} hooked MoE "
+                f"layers ({self.hooks[0].name}, ...) saw a token; name the modules that route with routers=[...]"
+            )
 
     # ---- steps -----------------------------------------------------------------------------
 
@@ -573,7 +411,9 @@ class RoutingRecorder:
             self._pre = self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
         for h in self.hooks:
             if h.handle is None:
-                h.handle = h.module.register_forward_hook(self._hook_for(h))
+                fn = self._hook_for(h)
+                h.handle = (h.module.register_forward_pre_hook(fn, with_kwargs=True) if h.point == "experts"
+                            else h.module.register_forward_hook(fn))
 
     def detach(self) -> None:
         """Remove every hook from the model (what was recorded stays; :meth:`attach` re-registers)."""

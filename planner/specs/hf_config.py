@@ -355,13 +355,27 @@ def _from_olmoe(hf: _HF) -> dict[str, Any]:
     return _from_mixtral_like(hf, "num_experts")
 
 
+def _qwen_experts(hf: _HF) -> tuple[str, int]:
+    """Qwen's expert count and the field it came from: ``num_experts`` as published, or
+    ``num_local_experts``, which ``transformers`` 5's ``Qwen3MoeConfig.save_pretrained`` writes
+    instead (its ``attribute_map`` maps ``num_experts`` to it); both must agree when both are there."""
+    if not hf.has("num_local_experts"):
+        return "num_experts", hf.experts("num_experts")
+    local = hf.experts("num_local_experts")
+    if hf.has("num_experts") and hf.experts("num_experts") != local:
+        raise InputError(
+            f"{hf.source}: num_experts ({hf.experts('num_experts')}) and num_local_experts ({local}) must agree"
+        )
+    return "num_local_experts", local
+
+
 def _from_qwen(hf: _HF) -> dict[str, Any]:
     """Qwen2-MoE / Qwen3-MoE: ``decoder_sparse_step`` and ``mlp_only_layers`` pick dense layers."""
     hidden = hf.integer("hidden_size")
     n_layers = hf.layers("num_hidden_layers")
-    experts = hf.experts("num_experts")
+    experts_key, experts = _qwen_experts(hf)
     top_k = hf.integer("num_experts_per_tok")
-    _check_top_k(hf, "num_experts", experts, "num_experts_per_tok", top_k)
+    _check_top_k(hf, experts_key, experts, "num_experts_per_tok", top_k)
     step = hf.integer("decoder_sparse_step", default=1)
     mlp_only = hf.int_list("mlp_only_layers")
     for i, layer in enumerate(mlp_only):

@@ -398,3 +398,18 @@ def test_junk_values_never_crash(name, data):
             assert internal not in msg, msg
     else:
         assert isinstance(spec, ModelSpec)
+
+
+def test_qwen3_num_local_experts_as_transformers_5_saves_it():
+    # transformers 5's Qwen3MoeConfig.save_pretrained writes num_local_experts, not num_experts
+    # (its attribute_map); the import reads either, and both must agree.
+    cfg = hf("qwen3-30b-a3b")
+    cfg["num_local_experts"] = cfg.pop("num_experts")
+    spec = imp(cfg, name="qwen3-30b-a3b")
+    assert spec == load_preset("qwen3-30b-a3b")
+    cfg["num_experts"] = 64
+    assert err(cfg) == "config.json: num_experts (64) and num_local_experts (128) must agree"
+    cfg["num_experts"] = 128
+    assert imp(cfg).num_experts == 128
+    cfg["num_experts_per_tok"] = 129
+    assert err(cfg) == "config.json: num_experts_per_tok (129) must be <= num_local_experts (128)"
