@@ -159,6 +159,99 @@ class Provenance(Spec):
     trace: str | None = Field(default=None, description="Trace the plan was made from (file name or 'synthetic')")
 
 
+class PoolReport(Spec):
+    """``--mode serve``: one pool of the disaggregated deployment, or the colocated deployment it is
+    compared with (docs/serving.md)."""
+
+    role: Literal["prefill", "decode", "colocated"] = Field(description="What the pool runs")
+    nodes: int = Field(gt=0, description="Nodes of the pool (1 when pools split one node's GPUs)")
+    gpus: int = Field(gt=0, description="GPUs of the pool")
+    parallel: Parallel | None = Field(default=None, description="Parallel degrees (None when nothing fits)")
+    batch: int | None = Field(
+        default=None, gt=0,
+        description="Sequences per step across the pool: prompts per prefill step, sequences in flight in decode",
+    )
+    step_ms: float | None = Field(default=None, ge=0, description="One step, ms (colocated: the mean step, chunks included)")
+    ttft_ms: float | None = Field(
+        default=None, ge=0, description="Mean time to first token at the goodput rate, ms (prefill: KV copy included)"
+    )
+    tpot_ms: float | None = Field(default=None, ge=0, description="Mean time per output token at the goodput rate, ms")
+    capacity_rps: float = Field(
+        ge=0, description="Requests/s at full load, targets aside (colocated: its decode batch without prefill chunks)"
+    )
+    goodput_rps: float = Field(ge=0, description="Requests/s that meet both the TTFT and the TPOT target")
+    utilization: float = Field(
+        ge=0, le=1,
+        description="Prefill: share of capacity used at the goodput; colocated: share of steps carrying a prefill chunk",
+    )
+    memory_gib: float = Field(default=0.0, ge=0, description="Predicted memory per GPU, GiB")
+    binding: str = Field(default="", description="What limits the goodput (ttft, tpot, memory, utilization cap, ...)")
+    reason: str = Field(default="", description="Why the goodput is zero, when it is")
+    detail: dict[str, float] = Field(default_factory=dict, description="The model's intermediate figures (docs/serving.md)")
+    launch: LaunchArgs | None = Field(default=None, description="Engine flags of this pool (SGLang, vLLM)")
+
+
+class KVTransferReport(Spec):
+    """``--mode serve``: the KV cache a request's prefill hands to decode."""
+
+    bytes_per_token: float = Field(ge=0, description="KV bytes of one token, all layers, one copy, in the KV dtype")
+    bytes_per_request: float = Field(ge=0, description="bytes_per_token × prompt tokens")
+    bandwidth_gbps: float = Field(gt=0, description="Inter-node NIC bandwidth per GPU of the hardware profile, GB/s")
+    ms_per_request: float = Field(ge=0, description="One request's copy over one GPU's NIC (latency + bytes / bandwidth), ms")
+    max_rps: float = Field(ge=0, description="Requests/s the smaller pool's NICs carry")
+    utilization: float = Field(ge=0, description="Share of that at the disaggregated goodput")
+
+
+class SplitReport(Spec):
+    """One way of dividing the GPUs into a prefill and a decode pool, and its goodput."""
+
+    prefill_units: int = Field(gt=0, description="Nodes (GPUs when the cluster is one node) of the prefill pool")
+    decode_units: int = Field(gt=0, description="Nodes (GPUs when the cluster is one node) of the decode pool")
+    goodput_rps: float = Field(ge=0, description="Disaggregated goodput of this split, requests/s")
+    binding: str = Field(description="What binds it: prefill, decode or kv copy")
+
+
+class RateSizing(Spec):
+    """GPUs needed for a target request rate: copies of the best pool size."""
+
+    units: int = Field(gt=0, description="Nodes (or GPUs on one node) of one pool copy")
+    copies: int = Field(gt=0, description="Copies of that pool")
+    gpus: int = Field(gt=0, description="GPUs in all")
+
+
+class GpusNeeded(Spec):
+    """``--mode serve`` with ``--request-rate``: GPUs each deployment needs for that rate."""
+
+    request_rate: float = Field(gt=0, description="Requests/s to serve")
+    prefill: RateSizing | None = Field(default=None, description="Prefill pools (None: no size meets the targets)")
+    decode: RateSizing | None = Field(default=None, description="Decode pools (None: no size meets the targets)")
+    disaggregated_gpus: int | None = Field(default=None, description="Prefill + decode GPUs")
+    colocated: RateSizing | None = Field(default=None, description="Colocated deployments (None: none meets the targets)")
+
+
+class ServingReport(Spec):
+    """``--mode serve``: prefill and decode pools planned on the cluster, compared with a
+    colocated deployment of the same GPUs. The plan holding it is the decode pool's; the prefill
+    pool's own plan (placement, launch) is ``prefill_plan``."""
+
+    cluster: ClusterSpec = Field(description="All the GPUs (both pools)")
+    prompt_len: int = Field(gt=0, description="Prompt tokens per request")
+    output_len: int = Field(gt=0, description="Output tokens per request")
+    ttft_target_ms: float | None = Field(default=None, description="Time-to-first-token target, ms")
+    tpot_target_ms: float | None = Field(default=None, description="Time-per-output-token target, ms")
+    prefill_tokens: int = Field(gt=0, description="Prefill tokens per GPU in one prefill step (chunk budget)")
+    prefill: PoolReport = Field(description="The prefill pool")
+    decode: PoolReport = Field(description="The decode pool (this plan's parallel, placement and launch)")
+    colocated: PoolReport = Field(description="One engine doing both on all the GPUs, chunked prefill")
+    kv_transfer: KVTransferReport = Field(description="The KV copy from prefill to decode")
+    goodput_rps: float = Field(ge=0, description="Disaggregated goodput: min(prefill, decode, KV copy), requests/s")
+    binding: str = Field(description="What binds the disaggregated goodput: prefill, decode or kv copy")
+    splits: list[SplitReport] = Field(default_factory=list, description="Every split compared, prefill units ascending")
+    gpus_needed: GpusNeeded | None = Field(default=None, description="GPUs for request_rate (with --request-rate)")
+    prefill_plan: Plan = Field(description="The prefill pool's plan (placement, predicted figures, launch)")
+    notes: list[str] = Field(default_factory=list, description="The model's assumptions, in words")
+
+
 class Plan(Spec):
     """A deployment plan for one MoE model on one cluster."""
 
@@ -175,6 +268,9 @@ class Plan(Spec):
     predicted: Predicted | None = Field(default=None, description="Predicted figures")
     search: SearchReport | None = Field(default=None, description="Parallelism search: alternatives, rejections and the chosen settings")
     launch: LaunchArgs | None = Field(default=None, description="Launch arguments for Megatron-core, vLLM and SGLang")
+    serving: ServingReport | None = Field(
+        default=None, description="--mode serve: the prefill pool, the comparison with colocated serving (this plan is the decode pool)"
+    )
     solver: SolverReport = Field(description="Solver report")
     provenance: Provenance = Field(description="Provenance")
 
@@ -227,3 +323,7 @@ class Plan(Spec):
         if version is not None and version != SCHEMA_VERSION:
             raise InputError(f"{p.name}: schema_version must be '{SCHEMA_VERSION}' (got {show(version)})")
         return parse(cls, data, p.name)
+
+
+ServingReport.model_rebuild()
+Plan.model_rebuild()
