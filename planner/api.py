@@ -268,6 +268,8 @@ def prepare(
     planned and scored on hold that batch (:func:`planner.traces.steps.workload_steps`).
     :class:`InfeasibleError` when nothing fits.
     """
+    if mode == "serve":  # two pools, each a plan of its own: planner.serve_plan
+        raise InputError("mode 'serve' plans a prefill and a decode pool: call planner.plan_serving", field="mode")
     _check_options(time_limit, train_fraction, dispatch, baseline, nodes, gpus_per_node)
     m = resolve_model(model)
     hw = resolve_hardware(hardware)

@@ -17,8 +17,8 @@ nodes, each pool with its own parallel layout, KV caches copied from prefill to 
 - *decode pool*: the largest decode batch within memory and the TPOT target (the search, mode
   decode); goodput ``B / (O · t_step)`` (every slot busy: a request holds a slot for O steps);
 - *KV copy*: ``P × kv_bytes_per_token`` (whole model, one copy, in the KV dtype) over the
-  inter-node NIC of one GPU (each prefill rank sends its requests' caches from its own NIC), at
-  most ``min(GPUs_p, GPUs_d) × NIC bandwidth ÷ bytes`` requests/s;
+  inter-node NIC of one GPU (each prefill rank sends its requests' caches from its own NIC; NVLink
+  when both pools split one node), at most ``min(GPUs_p, GPUs_d) × bandwidth ÷ bytes`` requests/s;
 - *disaggregated goodput*: the smallest of the two pools' goodputs and the KV bound.
 
 **Colocated** (today's one engine doing both on all the GPUs, SGLang/vLLM chunked prefill): a step
@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from planner.cost.comm import nic
+from planner.cost.comm import nic, nvlink
 from planner.cost.memory import GIB, kv_bytes_per_token
 from planner.cost.step import serve_step
 from planner.errors import InfeasibleError, InputError
@@ -116,19 +116,21 @@ class KVCopy:
     bytes_per_request: float
     bandwidth_gbps: float
     ms_per_request: float
+    link: str = "nic"
 
     def max_rps(self, gpus: int) -> float:
-        """Requests/s ``gpus`` NICs carry (each GPU's NIC at its full bandwidth)."""
+        """Requests/s ``gpus`` GPUs' links carry (each at its full bandwidth)."""
         return gpus * self.bandwidth_gbps * 1e9 / self.bytes_per_request if self.bytes_per_request else math.inf
 
 
-def kv_copy(model: ModelSpec, hw: HardwareProfile, prompt_len: int, kv_dtype: str) -> KVCopy:
+def kv_copy(model: ModelSpec, hw: HardwareProfile, prompt_len: int, kv_dtype: str, same_node: bool = False) -> KVCopy:
     """KV cache of one prompt (all layers, one copy: the MLA latent is the same on every TP rank,
-    GQA heads are split, so whole = TP 1) and its time over one GPU's inter-node NIC."""
+    GQA heads are split, so whole = TP 1) and its time over one GPU's inter-node NIC, or over
+    NVLink when both pools share one node (``same_node``)."""
     per_tok = kv_bytes_per_token(model, 1, 1, kv_dtype)
     nbytes = prompt_len * per_tok
-    link = nic(hw)
-    return KVCopy(per_tok, nbytes, link.bandwidth_gbps, link.message_ms(nbytes))
+    link = nvlink(hw) if same_node else nic(hw)
+    return KVCopy(per_tok, nbytes, link.bandwidth_gbps, link.message_ms(nbytes), "nvlink" if same_node else "nic")
 
 
 def queue_factor(rho: float) -> float:

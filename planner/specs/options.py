@@ -51,8 +51,9 @@ class PlanOptions(BaseModel):
     hardware: str = _opt(DEFAULT_HARDWARE, "Hardware profile name or profile file")
     nodes: int = _opt(1, "Nodes")
     gpus_per_node: int = _opt(8, "GPUs per node")
-    mode: Literal["train", "prefill", "decode", "offload"] = _opt(
-        "decode", "What runs: training, prefill or decode serving, or decode on one GPU with experts offloaded to host memory"
+    mode: Literal["train", "prefill", "decode", "offload", "serve"] = _opt(
+        "decode", "What runs: training, prefill or decode serving, decode on one GPU with experts offloaded to host memory, "
+        "or serve (a prefill pool and a decode pool, compared with colocated serving)"
     )
     trace: str | None = _opt(
         None, "Routing trace (.npz, SGLang .json/.pt); default: the model's shipped trace or a synthetic one", path=True

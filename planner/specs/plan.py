@@ -196,9 +196,12 @@ class KVTransferReport(Spec):
 
     bytes_per_token: float = Field(ge=0, description="KV bytes of one token, all layers, one copy, in the KV dtype")
     bytes_per_request: float = Field(ge=0, description="bytes_per_token × prompt tokens")
-    bandwidth_gbps: float = Field(gt=0, description="Inter-node NIC bandwidth per GPU of the hardware profile, GB/s")
-    ms_per_request: float = Field(ge=0, description="One request's copy over one GPU's NIC (latency + bytes / bandwidth), ms")
-    max_rps: float = Field(ge=0, description="Requests/s the smaller pool's NICs carry")
+    link: Literal["nic", "nvlink"] = Field(
+        default="nic", description="The link that carries it: the inter-node NIC, or NVLink when both pools share one node"
+    )
+    bandwidth_gbps: float = Field(gt=0, description="That link's bandwidth per GPU in the hardware profile, GB/s")
+    ms_per_request: float = Field(ge=0, description="One request's copy over one GPU's link (latency + bytes / bandwidth), ms")
+    max_rps: float = Field(ge=0, description="Requests/s the smaller pool's links carry")
     utilization: float = Field(ge=0, description="Share of that at the disaggregated goodput")
 
 
