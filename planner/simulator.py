@@ -15,7 +15,9 @@ choices. The full specification is docs/cost_model.md §6.
 - **replica choice** (:data:`DISPATCH`, deterministic so plans and scores are reproducible):
   ``even`` — pair (t, j) goes to replica ``(t·k + j) mod c_e`` (:func:`even_replica`);
   ``local-first`` — a replica on the token's own GPU, else as ``even``; ``nearest`` — own GPU,
-  else own node, else as ``even`` (SGLang's static dispatch);
+  else own node, else as ``even`` (SGLang's ``dynamic`` dispatch under ``--moe-a2a-backend
+  deepep``); ``static`` — one replica pinned per (EP rank, expert), SGLang's static table
+  (:func:`static_table`);
 - **traffic** — :func:`planner.cost.comm.dispatch_copies` with DeepEP's rule; the inter-node
   copy lands by ``relay`` (:data:`RELAYS`): ``same-rank`` (default, DeepEP's normal kernels) or
   ``first-destination`` (kept for comparison; not how DeepEP routes).
@@ -44,9 +46,9 @@ from planner.cost.compute import (
 from planner.errors import InputError
 
 #: How a token picks among the replicas of its expert (see the docs/cost_model.md §6).
-DISPATCH = ("even", "local-first", "nearest")
+DISPATCH = ("even", "local-first", "nearest", "static")
 __all__ = ["DEFAULT_RELAY", "DISPATCH", "RELAYS", "SimResult", "choose_slots", "combine_groups", "describe",
-           "even_replica", "simulate_arrays", "simulate_placement"]
+           "even_replica", "simulate_arrays", "simulate_placement", "static_table"]
 #: The convention plans are scored with.
 DEFAULT_RELAY = "same-rank"
 
@@ -103,6 +105,8 @@ def choose_slots(
     cnt_E = np.bincount(phy2log_P, minlength=num_experts)
     if (cnt_E == 0).any():
         raise InputError(f"placement misses expert {int(np.argmin(cnt_E))}: every expert needs a slot")
+    if dispatch == "static":
+        return static_table(phy2log_P, slots_per_gpu, num_experts, gpus_per_node)[src_T[:, None], ids_Tk]
     # replica table: log2phy_ER[e, r] = r-th slot holding e
     order = np.argsort(phy2log_P, kind="stable")
     starts = np.concatenate([[0], np.cumsum(cnt_E)[:-1]])
@@ -132,6 +136,46 @@ def choose_slots(
         local = local_EG[ids_Tk, src_T[:, None]]
         slot_Tk = np.where(local >= 0, local, slot_Tk)
     return slot_Tk
+
+
+def static_table(
+    phy2log_P: np.ndarray, slots_per_gpu: int, num_experts: int, gpus_per_node: int | None = None
+) -> np.ndarray:
+    """SGLang's static dispatch table ``pin_GE`` [G, E]: the one physical slot EP rank ``g`` sends
+    every token of expert ``e`` to.
+
+    As SGLang 0.5.23 builds it (``compute_logical_to_rank_dispatch_physical_map`` and
+    ``_find_nearest_expert`` in ``python/sglang/srt/eplb/expert_location.py``): the expert's
+    only replica; else its first slot on rank ``g``'s GPU; else its first slot on ``g``'s node
+    when that node holds some but not all of its replicas; else a fair draw, every replica
+    taking ⌊n/c⌋ or ⌈n/c⌉ of the ``n`` ranks left. SGLang draws those with a seeded shuffle;
+    here they are dealt in rank order (the ``i``-th rank left takes replica ``(i + e) mod c``),
+    the same share per replica, deterministic. ``gpus_per_node`` ``None``: one node.
+    """
+    P = phy2log_P.shape[0]
+    G = P // slots_per_gpu
+    E = num_experts
+    cnt_E = np.bincount(phy2log_P, minlength=E)
+    order = np.argsort(phy2log_P, kind="stable")  # slots grouped by expert, increasing slot
+    starts = np.concatenate([[0], np.cumsum(cnt_E)[:-1]])
+    gpn = G if gpus_per_node is None else int(gpus_per_node)
+    N = max(1, -(-G // gpn))
+    slot_P = np.arange(P)
+    gpu_P = slot_P // slots_per_gpu
+    pin_GE = np.full((G, E), P, dtype=np.int64)
+    np.minimum.at(pin_GE, (gpu_P, phy2log_P), slot_P)  # the expert's first slot on the GPU
+    key_P = phy2log_P * N + gpu_P // gpn
+    first_EN = np.full(E * N, P, dtype=np.int64)
+    np.minimum.at(first_EN, key_P, slot_P)  # its first slot on the node
+    cnt_EN = np.bincount(key_P, minlength=E * N).reshape(E, N)
+    narrows_EN = (cnt_EN > 0) & (cnt_EN < cnt_E[:, None])
+    node_G = np.arange(G) // gpn
+    on_node_GE = np.where(narrows_EN[:, node_G].T, first_EN.reshape(E, N)[:, node_G].T, -1)
+    pin_GE = np.where(pin_GE < P, pin_GE, on_node_GE)
+    rest_GE = pin_GE < 0
+    i_GE = np.cumsum(rest_GE, axis=0) - 1
+    fair_GE = order[starts[None, :] + (i_GE + np.arange(E)[None, :]) % np.maximum(cnt_E, 1)[None, :]]
+    return np.where(rest_GE, fair_GE, pin_GE)
 
 
 def simulate_placement(

@@ -96,9 +96,10 @@ class PlanOptions(BaseModel):
     baseline: Literal["contiguous", "round-robin", "eplb"] | None = _opt(
         None, "Produce this baseline plan instead of solving"
     )
-    dispatch: Literal["even", "local-first", "nearest"] = _opt(
+    dispatch: Literal["even", "local-first", "nearest", "static"] = _opt(
         "even",
-        "How tokens pick among replicas: even spread, own GPU first, or nearest (own GPU, then own node: "
+        "How tokens pick among replicas: even spread, own GPU first, nearest (own GPU, then own node: "
+        "SGLang --ep-dispatch-algorithm dynamic with deepep), or static (one replica pinned per rank: "
         "SGLang --ep-dispatch-algorithm static)",
     )
     expert_kernel: Literal["loop", "grouped"] = _opt(

@@ -264,7 +264,7 @@ class Plan(Spec):
     workload: Workload = Field(description="Mode and batch shape")
     parallel: Parallel = Field(description="Parallel degrees")
     placement: Placement = Field(description="Expert placement per MoE layer")
-    dispatch: Literal["even", "local-first", "nearest"] = Field(
+    dispatch: Literal["even", "local-first", "nearest", "static"] = Field(
         default="even", description="How a token picks among replicas of its expert (planner.simulator)"
     )
     cache: CachePlan | None = Field(default=None, description="Offload mode: GPU expert cache")

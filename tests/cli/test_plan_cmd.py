@@ -173,7 +173,7 @@ def test_plan_options_are_the_flags_prepare_and_solve_keywords():
     [
         ({"nodez": 2}, "unknown plan option 'nodez'; did you mean nodes"),
         ({"nodes": "2"}, "nodes must be an integer (got '2')"),
-        ({"dispatch": "far"}, "dispatch must be one of even, local-first, nearest (got 'far')"),
+        ({"dispatch": "far"}, "dispatch must be one of even, local-first, nearest, static (got 'far')"),
         ({"cross_node": 1}, "cross_node must be true or false (got 1)"),
         ({"seed": None}, "seed may not be null"),
     ],
