@@ -74,6 +74,7 @@ from planner.errors import InfeasibleError, InputError
 from planner.io import atomic_write_bytes, atomic_write_text
 from planner.provenance import input_hash, make_provenance
 from planner.resolve import resolve_hardware, resolve_trace
+from planner.solve import precision as prec_ilp
 from planner.solve.cache import (
     BASELINES,
     REFERENCE_STEPS,
@@ -161,8 +162,9 @@ def decode_split(trace: Trace, batch: int, train_fraction: float, decode_tokens:
     return tr, P, how
 
 
-def offload_timing(model: ModelSpec, hw: HardwareProfile, batch: int, context: int) -> OffloadTiming:
-    """Cost figures of one decode step (module docstring)."""
+def offload_timing(model: ModelSpec, hw: HardwareProfile, batch: int, context: int, dtype: str | None = None) -> OffloadTiming:
+    """Cost figures of one decode step (module docstring); ``dtype``: the experts in that precision."""
+    model = model if dtype is None else ModelSpec.model_validate({**model.model_dump(), "expert_dtype": dtype})
     b = batch
     att = attention_ms(hw, model, mode="decode", sequences=b, context=context).total_ms
     pre = att + router_ms(hw, model, b) + shared_experts_ms(hw, model, b) + permute_ms(hw, model, b) + combine_ms(hw, model, b)
@@ -243,6 +245,7 @@ class OffloadProblem:
     options: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     split: str = ""  #: what was held out (decode_split)
+    precision: prec_ilp.PrecisionSpec | None = None  #: a precision per expert (planner.solve.precision)
 
     @property
     def evaluated_on(self) -> str:
@@ -279,7 +282,8 @@ class OffloadProblem:
 def prepare_offload(
     model: ModelSpec, hw: HardwareProfile, trace: Trace, trace_label: str, *, gpu_memory_gb: float, batch: int | None,
     seq_len: int, seed: int, time_limit: float, train_fraction: float, decode_tokens: int = DECODE_TOKENS,
-    workload: Workload | None = None, notes: tuple[str, ...] = (),
+    workload: Workload | None = None, notes: tuple[str, ...] = (), expert_precisions: str | None = None,
+    max_accuracy_cost: float | None = None,
 ) -> OffloadProblem:
     """Check the inputs of an offload run and build the problem (module docstring)."""
     b = 1 if batch is None else int(batch)
@@ -299,13 +303,14 @@ def prepare_offload(
     if S < 2:
         raise InputError(f"{trace_label}: offload planning needs >= 2 decode steps (got {S})")
     budget = memory_budget(model, gpu_memory_gb, b, seq_len)
+    prec = prec_ilp.parse_precisions(expert_precisions, model.expert_dtype, max_accuracy_cost)
     wl = workload or Workload(mode="offload", seq_len=seq_len, micro_batch=b, gpu_memory_gb=gpu_memory_gb)
     return OffloadProblem(
         model=model, hardware=hw, workload=wl, trace=tr, trace_label=trace_label, plan_steps=plan_steps, counts_SLE=counts,
         timing=offload_timing(model, hw, b, seq_len), budget=budget, batch=b, seed=seed, time_limit=time_limit,
         options={"gpu_memory_gb": gpu_memory_gb, "micro_batch": b, "seq_len": seq_len, "seed": seed,
-                 "train_fraction": train_fraction, "decode_tokens": decode_tokens},
-        notes=notes, split=split,
+                 "train_fraction": train_fraction, "decode_tokens": decode_tokens, **(prec.options() if prec else {})},
+        notes=notes, split=split, precision=prec,
     )
 
 
@@ -351,6 +356,12 @@ def solve_offload(pr: OffloadProblem, **solve_kw: Any) -> Plan:
     if pr.budget.slots >= L * E:  # everything fits: nothing to offload
         sol_cfg = CacheConfig(np.ones((L, E), bool), np.zeros(L, np.int64), "lru")
         chosen, status, candidates, time_s, thr, pf_count = "all-resident", "optimal", {}, 0.0, None, 0
+    elif pr.precision is not None:  # a precision per expert: the ILP of planner.solve.precision (docs/offload.md §6)
+        tims = [offload_timing(m, hw, pr.batch, pr.workload.seq_len, p) for p in pr.precision.names]
+        sol = prec_ilp.solve_precision(pr.counts_SLE[:P], tims, pr.precision, pr.budget.experts, m.expert_params,
+                                       batch=pr.batch, time_limit=pr.time_limit)
+        sol_cfg, chosen, status, candidates, time_s = sol.config, sol.chosen, sol.answer.status, sol.candidates, sol.time_s
+        thr, pf_count = None, 0
     else:
         sol: CacheSolution = solve_cache(
             pr.counts_SLE[:P], None if probs is None else probs[:P], pr.timing, pr.budget.slots, pr.prefetch_count, batch=pr.batch,
@@ -358,23 +369,22 @@ def solve_offload(pr: OffloadProblem, **solve_kw: Any) -> Plan:
         )
         sol_cfg, chosen, status = sol.config, sol.chosen, "time_limit" if sol.stopped_by_time else "heuristic"
         candidates, time_s, thr, pf_count = sol.candidates, sol.time_s, sol.threshold, sol.prefetch_count
-    sim = evaluate(pr, sol_cfg, probs)
-    bel = belady_bound(pr, pr.budget.slots)
-    held = pr.counts_SLE.shape[0] - P
-    pf = None
-    if thr is not None:
-        pf = Prefetch(count=pf_count, predictor="cross-layer-transition", threshold=thr, accuracy=sim.prefetch_accuracy)
-    used_slots = int(sol_cfg.resident_LE.sum() + sol_cfg.dynamic_L.sum()) + pf_count
-    exp_bytes = (used_slots + pr.budget.staging_slots) * m.expert_bytes
+    mixed = sol.answer if chosen != "all-resident" and isinstance(sol, prec_ilp.PrecisionSolution) else None
+    sim = evaluate(pr, sol_cfg, probs) if mixed is None else prec_ilp.replay_precision(
+        pr.counts_SLE, mixed.resident_LE, mixed.precision_LE, tims, sol_cfg.cpu, record_from=P, batch=pr.batch)
+    bel, held = belady_bound(pr, pr.budget.slots), pr.counts_SLE.shape[0] - P
+    pf = None if thr is None else Prefetch(count=pf_count, predictor="cross-layer-transition", threshold=thr,
+                                           accuracy=sim.prefetch_accuracy)
+    used_slots = int(sol_cfg.resident_LE.sum() + sol_cfg.dynamic_L.sum()) + pf_count + pr.budget.staging_slots
+    exp_bytes = used_slots * m.expert_bytes if mixed is None else mixed.resident_bytes + pr.budget.staging
     stats = sim.summary()
     cache = CachePlan(
         budget_bytes=int(pr.budget.experts + pr.budget.staging),
         resident=[np.flatnonzero(sol_cfg.resident_LE[i]).tolist() for i in range(L)],
-        dynamic_slots=sol_cfg.dynamic_L.astype(int).tolist(),
-        policy=sol_cfg.policy,
-        prefetch=pf,
-        staging_slots=pr.budget.staging_slots,
-        cpu_execution=sol_cfg.cpu,
+        dynamic_slots=sol_cfg.dynamic_L.astype(int).tolist(), policy=sol_cfg.policy,
+        prefetch=pf, staging_slots=pr.budget.staging_slots,
+        cpu_execution=sol_cfg.cpu, accuracy_cost=None if mixed is None else mixed.accuracy_cost,
+        expert_precision=None if mixed is None else np.asarray(pr.precision.names)[mixed.precision_LE].tolist(),
         predicted=CachePredicted(
             hit_rate=sim.hit_rate, hit_rate_per_layer=[float(x) for x in sim.hit_rate_L],
             transfers_per_step=stats["transfers_per_step"], cpu_per_step=stats["cpu_per_step"],
@@ -386,8 +396,8 @@ def solve_offload(pr: OffloadProblem, **solve_kw: Any) -> Plan:
     predicted = _predicted(pr, sim, (pr.budget.non_expert + exp_bytes) / GIB)
     plan_sim = sol.planning if chosen != "all-resident" else None
     solver = SolverReport(
-        name="cache-dp", status=status, objective=float(plan_sim.step_ms_S.mean()) if plan_sim is not None else None,
-        time_s=round(time_s, 3), candidates=candidates,
+        name="cache-dp" if mixed is None else "precision-ilp", status=status,
+        objective=None if plan_sim is None else float(plan_sim.step_ms_S.mean()), time_s=round(time_s, 3), candidates=candidates,
     )
     if chosen != "all-resident":
         if sol.sampled_steps is not None:
@@ -437,7 +447,8 @@ def cache_memory_problems(cache: CachePlan, model: ModelSpec, hw: HardwareProfil
     out = []
     slots = sum(len(r) for r in cache.resident) + sum(cache.dynamic_slots) + cache.staging_slots
     slots += cache.prefetch.count if cache.prefetch is not None else 0
-    need = slots * model.expert_bytes
+    need = slots * model.expert_bytes if cache.expert_precision is None else cache.staging_slots * model.expert_bytes + (
+        prec_ilp.resident_bytes(cache.resident, cache.expert_precision, model.expert_params))
     if need > cache.budget_bytes * (1 + 1e-9):
         out.append(
             f"cache: {slots} expert buffers × {model.expert_bytes / 1e6:.1f} MB = {need / GIB:.2f} GiB exceed"
@@ -495,7 +506,10 @@ def simulate_plan(plan: Plan, trace: Trace, hw: HardwareProfile, *, train_fracti
         probs = step_probs(pred, tr.topk_ids, tr.step, tr.num_experts)
     cfg = plan_config(plan, probs)
     timing = offload_timing(plan.model, hw, b, plan.workload.seq_len)
-    sim = replay(counts, cfg, timing, record_from=P, batch=b)
+    names, prec_LE = prec_ilp.precision_index(plan.cache.expert_precision) if plan.cache.expert_precision else ((), None)
+    tims = [offload_timing(plan.model, hw, b, plan.workload.seq_len, p) for p in names]
+    sim = (replay(counts, cfg, timing, record_from=P, batch=b) if prec_LE is None
+           else prec_ilp.replay_precision(counts, cfg.resident_LE, prec_LE, tims, cfg.cpu, record_from=P, batch=b))
     out = sim.summary()
     out["hit_rate_per_layer"] = [float(x) for x in sim.hit_rate_L]
     out["evaluated_on"] = f"{how}; prefetch predictor fitted on the planning steps"

@@ -75,6 +75,14 @@ class CachePlan(Spec):
         default="off",
         description="Missed experts: always copied (off), run on the host CPU when that finishes first (fastest), always on the CPU (all)",
     )
+    expert_precision: list[list[str]] | None = Field(
+        default=None,
+        description="[num_moe_layers][num_experts] precision each expert is kept in (bf16 / fp8 / int4), chosen per expert "
+        "under the budget (--expert-precisions); None: every expert in the model's expert_dtype",
+    )
+    accuracy_cost: float | None = Field(
+        default=None, ge=0, description="With expert_precision: routed-token-weighted mean of the experts' stated precision costs",
+    )
     predicted: CachePredicted | None = Field(default=None, description="Offload figures predicted on the evaluated steps")
 
 
@@ -306,6 +314,10 @@ class Plan(Spec):
         if self.cache is not None:
             if len(self.cache.resident) != m.num_moe_layers or len(self.cache.dynamic_slots) != m.num_moe_layers:
                 raise ValueError(f"cache.resident and cache.dynamic_slots need {m.num_moe_layers} layers")
+            ep = self.cache.expert_precision
+            if ep is not None and (len(ep) != m.num_moe_layers or any(len(r) != m.num_experts for r in ep)
+                                   or any(x not in ("bf16", "fp8", "int4") for r in ep for x in r)):
+                raise ValueError(f"cache.expert_precision needs {m.num_moe_layers} layers × {m.num_experts} of bf16, fp8, int4")
         return self
 
     # ---- files ---------------------------------------------------------------------------------
