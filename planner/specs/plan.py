@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_serializer, model_validator
 
 from planner.errors import InputError
 from planner.io import atomic_write_text
@@ -284,6 +284,31 @@ class Plan(Spec):
     )
     solver: SolverReport = Field(description="Solver report")
     provenance: Provenance = Field(description="Provenance")
+
+    # plan.json's `model` carries the derived numbers scripts rely on (docs/contracts.md, "Plan
+    # file": `num_moe_layers`); they are written, checked when read back, and never settings.
+    @field_serializer("model", mode="wrap")
+    def _model_with_derived(self, model: ModelSpec, handler: Any) -> Any:
+        out = handler(model)
+        if isinstance(out, dict):
+            out["num_moe_layers"] = model.num_moe_layers
+        return out
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _derived_model_fields(cls, data: Any, handler: Any) -> Any:
+        stated = None
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "num_moe_layers" in data["model"]:
+            model = dict(data["model"])
+            stated = model.pop("num_moe_layers")
+            data = {**data, "model": model}
+        plan = handler(data)
+        if stated is not None and stated != plan.model.num_moe_layers:
+            raise ValueError(
+                f"model.num_moe_layers is {show(stated)} but the model's layers give {plan.model.num_moe_layers} "
+                "(a derived number, not a setting)"
+            )
+        return plan
 
     @model_validator(mode="after")
     def _check(self) -> Plan:
