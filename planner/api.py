@@ -255,6 +255,8 @@ def prepare(
     kv_dtype: str = "bf16",
     ttft_ms: float | None = None,
     tpot_ms: float | None = None,
+    expert_precisions: str | None = None,
+    max_accuracy_cost: float | None = None,
 ) -> Problem | OffloadProblem:
     """Load and check every input of a planning run; raises :class:`InputError` on bad input.
 
@@ -289,8 +291,10 @@ def prepare(
             m, hw, tr, trace_label, gpu_memory_gb=gpu_memory_gb, batch=micro_batch if micro_batch is not None else batch,
             seq_len=seq_len, seed=seed,
             time_limit=time_limit, train_fraction=train_fraction, workload=workload,
-            notes=trace_notes(tr, trace_label),
+            notes=trace_notes(tr, trace_label), expert_precisions=expert_precisions, max_accuracy_cost=max_accuracy_cost,
         )
+    if expert_precisions is not None or max_accuracy_cost is not None:
+        raise InputError("expert_precisions / max_accuracy_cost choose precisions in mode offload only", field="expert_precisions")
     par = resolve_degrees(m, cluster, ep=ep, tp=tp, pp=pp, dp=dp, etp=etp, vpp=vpp, redundant=redundant_experts)
     check_baseline(baseline, redundant_experts)
     tr, trace_label, recorded_counts = resolve_trace(trace, m, seed, tokens_per_step)

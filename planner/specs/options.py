@@ -93,6 +93,13 @@ class PlanOptions(BaseModel):
     tokens_per_step: int | None = _opt(None, "Tokens per step when the trace has no step array")
     redundant_experts: int = _opt(0, "Extra physical expert slots for replicas")
     gpu_memory_gb: float | None = _opt(None, "GPU memory budget (offload mode)")
+    expert_precisions: str | None = _opt(
+        None, "Offload: precisions an expert may take with their accuracy cost, e.g. fp8=0.1,int4=2.9 (the model's expert "
+        "dtype costs 0; no default costs), chosen per expert under the budget (docs/offload.md); omitted: the model's dtype"
+    )
+    max_accuracy_cost: float | None = _opt(
+        None, "Offload with --expert-precisions: cap on the plan's accuracy cost (routed-token-weighted mean of the experts')"
+    )
     baseline: Literal["contiguous", "round-robin", "eplb"] | None = _opt(
         None, "Produce this baseline plan instead of solving"
     )
