@@ -38,6 +38,11 @@ FIXTURES = {
     "qwen3-235b-a22b": "qwen3_moe",
     "qwen3-30b-a3b": "qwen3_moe",
 }
+#: Presets without a fixture here, with the reason.
+NO_FIXTURE = {
+    "deepseek-moe-16b": "model_type deepseek (DeepSeekMoE v1) is not imported by planner/specs/hf_config.py yet",
+    "sigma-moe-tiny": "no published config.json found (the preset cites the technical report)",
+}
 
 
 def hf(name: str) -> dict:
@@ -58,8 +63,8 @@ def err(cfg: dict) -> str:
 
 
 def test_there_is_a_fixture_for_every_preset_and_every_model_type():
-    assert sorted(FIXTURES) == PRESETS
-    assert sorted(p.stem for p in HF_DIR.glob("*.json")) == PRESETS
+    assert sorted([*FIXTURES, *NO_FIXTURE]) == PRESETS
+    assert sorted(p.stem for p in HF_DIR.glob("*.json")) == sorted(FIXTURES)
     assert set(FIXTURES.values()) == set(HF_MODEL_TYPES)
     for name, model_type in FIXTURES.items():
         assert hf(name)["model_type"] == model_type

@@ -33,6 +33,8 @@ def _fields(name: str) -> dict:
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_save_pretrained_config_imports_as_the_preset(name, tmp_path):
+    if not (HF_DIR / f"{name}.json").exists():
+        pytest.skip(f"{name}: no published config.json fixture (tests/specs/test_hf_config.py NO_FIXTURE)")
     fields = _fields(name)
     cls_name = CONFIG_CLASSES.get(fields["model_type"])
     if cls_name is None or not hasattr(transformers, cls_name):

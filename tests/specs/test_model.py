@@ -19,6 +19,7 @@ HF_DIR = Path(__file__).resolve().parents[1] / "data" / "hf"
 
 EXPECTED_PRESETS = [
     "dbrx",
+    "deepseek-moe-16b",
     "deepseek-v2",
     "deepseek-v2-lite",
     "deepseek-v3",
@@ -31,6 +32,7 @@ EXPECTED_PRESETS = [
     "qwen1.5-moe-a2.7b",
     "qwen3-235b-a22b",
     "qwen3-30b-a3b",
+    "sigma-moe-tiny",
 ]
 
 
@@ -65,6 +67,9 @@ FACTS_TABLE = {
     "olmoe-1b-7b": (2048, 1024, 64, 8, 0, 16, 0, "12.6"),
     "gpt-oss-20b": (2880, 2880, 32, 4, 0, 24, 0, "49.8"),
     "gpt-oss-120b": (2880, 2880, 128, 4, 0, 36, 0, "49.8"),
+    # not in docs/facts.md: the shapes cited in their preset files (config.json / technical report)
+    "deepseek-moe-16b": (2048, 1408, 64, 6, 2, 28, 1, "17.3"),
+    "sigma-moe-tiny": (1536, 768, 96, 1, 0, 56, 0, "7.08"),
 }
 
 
@@ -173,7 +178,8 @@ def test_deepseek_v3_mla_matches_facts():
 # billions. Tolerance: half a unit in the last published digit (publishers round), plus 0.5%
 # for weights a ModelSpec leaves out (norms, attention/expert biases, gpt-oss attention sinks,
 # Qwen1.5's shared-expert gate vector): all well under 0.5% of any of these models.
-# Active-figure conventions: "with" counts the input embedding, "without" leaves it out (a
+# Active-figure conventions ("non-vocab": neither embedding nor head; Sigma-MoE-Tiny's 0.5B is met
+# only so): "with" counts the input embedding, "without" leaves it out (a
 # lookup, not a matmul), "unstated": the publisher does not say, so the figure must lie between
 # the two counts (widened by the tolerance). Totals count both embedding and head; DeepSeek-V3's
 # 671B excludes its MTP module (11.5B more), as does the preset.
@@ -191,6 +197,8 @@ PUBLISHED = {
     "olmoe-1b-7b": ("6.9", "1.3", "with", "OLMoE paper: 6.9B total, 1.3B active"),
     "gpt-oss-20b": ("20.9", "3.6", "without", "gpt-oss model card: 20.9B total, 3.6B active"),
     "gpt-oss-120b": ("116.8", "5.1", "without", "gpt-oss model card: 116.8B total, 5.1B active"),
+    "deepseek-moe-16b": ("16.4", "2.8", "unstated", "DeepSeekMoE paper (arXiv 2401.06066): 16.4B total, 2.8B activated"),
+    "sigma-moe-tiny": ("20", "0.5", "non-vocab", "Sigma-MoE-Tiny report (arXiv 2512.16248): 20B total, 0.5B activated"),
 }
 
 
@@ -224,6 +232,9 @@ def test_active_params_match_published(name):
         assert abs(with_emb - published) <= tol, f"{with_emb:.2f}B vs {source}"
     elif convention == "without":
         assert abs(without_emb - published) <= tol, f"{without_emb:.2f}B vs {source}"
+    elif convention == "non-vocab":  # neither the input embedding nor the output head
+        non_vocab = without_emb - s.vocab_size * s.hidden_size / 1e9
+        assert abs(non_vocab - published) <= tol, f"{non_vocab:.2f}B vs {source}"
     else:
         assert without_emb - tol <= published <= with_emb + tol, (without_emb, with_emb, source)
 
