@@ -60,7 +60,7 @@ from planner.specs.options import (
     require_time_limit,
 )
 from planner.specs.plan import Parallel, Placement, Plan, SolverReport
-from planner.specs.workload import Workload
+from planner.specs.workload import DEFAULT_PREFILL_TOKENS, Workload, check_pool_options
 from planner.traces import CountsTrace, Trace
 from planner.traces.stats import group_limit_excess
 from planner.traces.steps import workload_steps
@@ -255,6 +255,9 @@ def prepare(
     kv_dtype: str = "bf16",
     ttft_ms: float | None = None,
     tpot_ms: float | None = None,
+    prefill_nodes: int | None = None,
+    decode_nodes: int | None = None,
+    prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
     expert_precisions: str | None = None,
     max_accuracy_cost: float | None = None,
 ) -> Problem | OffloadProblem:
@@ -272,6 +275,7 @@ def prepare(
     """
     if mode == "serve":  # two pools, each a plan of its own: planner.serve_plan
         raise InputError("mode 'serve' plans a prefill and a decode pool: call planner.plan_serving", field="mode")
+    check_pool_options(mode, prefill_nodes, decode_nodes, prefill_tokens)
     _check_options(time_limit, train_fraction, dispatch, baseline, nodes, gpus_per_node)
     m = resolve_model(model)
     hw = resolve_hardware(hardware)

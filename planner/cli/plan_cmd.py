@@ -24,7 +24,6 @@ from planner.io import check_writable
 from planner.offload import OffloadProblem
 from planner.progress import StderrProgress, reporting, stage, wants_progress
 from planner.serve_plan import plan_serving
-from planner.solve.pools import DEFAULT_PREFILL_TOKENS
 from planner.specs.options import PlanOptions, flag_info, option_kinds
 from planner.specs.plan import Plan
 
@@ -186,15 +185,7 @@ def plan_flags(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan (or the dry-run report) as JSON on stdout")
 @click.option("--progress", "show_progress", is_flag=True,
               help="Show the stages on stderr even when it is not a terminal (on a terminal they always show)")
-@click.option("--prefill-nodes", type=int, default=None,
-              help="Serve: nodes of the prefill pool (GPUs on one node); omitted: every split is compared")
-@click.option("--decode-nodes", type=int, default=None,
-              help="Serve: nodes of the decode pool (GPUs on one node); omitted: the rest, or every split compared")
-@click.option("--prefill-tokens", type=int, default=None,
-              help=f"Serve: prefill tokens per GPU in one prefill step (SGLang --max-prefill-tokens per DP rank; "
-                   f"default {DEFAULT_PREFILL_TOKENS})")
-def plan(out_dir, force, dry_run, as_json, show_progress, model, hardware, previous, prefill_nodes, decode_nodes,
-         prefill_tokens, **opts) -> None:
+def plan(out_dir, force, dry_run, as_json, show_progress, model, hardware, previous, **opts) -> None:
     """Plan expert placement (and, later, parallelism and caching) for an MoE deployment.
 
     With no arguments it plans the embedded default: Qwen3-30B-A3B on one 8-GPU H100 node,
@@ -204,13 +195,9 @@ def plan(out_dir, force, dry_run, as_json, show_progress, model, hardware, previ
     out_file = Path(out_dir) / "plan.json" if out_dir else None
     if out_file is not None:
         check_writable(out_file, force)
-    serve = {"prefill_nodes": prefill_nodes, "decode_nodes": decode_nodes, "prefill_tokens": prefill_tokens}
     if opts.get("mode") == "serve":
-        _serve(out_file, dry_run, as_json, show_progress, model, hardware, previous, serve, opts)
+        _serve(out_file, dry_run, as_json, show_progress, model, hardware, previous, opts)
         return
-    for k, v in serve.items():
-        if v is not None:
-            raise InputError(f"{k} applies to mode serve only", field=k)
     offload = opts.get("mode") == "offload"
     bar = StderrProgress("plan", stages=2 if offload else 4) if wants_progress(show_progress) else None
     with reporting(bar):
@@ -242,16 +229,14 @@ def plan(out_dir, force, dry_run, as_json, show_progress, model, hardware, previ
 
 
 def _serve(out_file: Path | None, dry_run: bool, as_json: bool, show_progress: bool, model: str, hardware: str,
-           previous: str | None, serve: dict[str, Any], opts: dict[str, Any]) -> None:
+           previous: str | None, opts: dict[str, Any]) -> None:
     """``plan --mode serve``: :func:`planner.serve_plan.plan_serving`, rendered."""
     if dry_run:
         raise InputError("dry_run is not available with mode serve (pool sizes are searched)", field="dry_run")
     opts = {k: v for k, v in opts.items() if k != "mode"}
-    if serve["prefill_tokens"] is None:
-        serve = {**serve, "prefill_tokens": DEFAULT_PREFILL_TOKENS}
     bar = StderrProgress("plan", stages=5) if wants_progress(show_progress) else None
     with reporting(bar):
-        result = plan_serving(model, hardware, previous=previous, **serve, **opts)
+        result = plan_serving(model, hardware, previous=previous, **opts)
     if out_file is not None:
         result.save(out_file)
     if as_json:

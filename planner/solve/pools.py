@@ -52,11 +52,8 @@ from planner.solve.parallel import search
 from planner.specs.cluster import ClusterSpec
 from planner.specs.hardware import HardwareProfile
 from planner.specs.model import ModelSpec
+from planner.specs.workload import DEFAULT_PREFILL_TOKENS
 
-#: Prefill tokens per GPU in one step when none is given: SGLang's ``--max-prefill-tokens``
-#: default (16384, python/sglang/srt/server_args.py), the per-rank budget of its DP-attention
-#: prefill servers in the large-scale EP deployment.
-DEFAULT_PREFILL_TOKENS = 16384
 #: Highest share of a pool's capacity (prefill) or of steps carrying a chunk (colocated) taken
 #: when no TTFT target bounds it: the queue stays finite.
 MAX_UTILIZATION = 0.95

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from planner.errors import InputError
 from planner.specs.base import show
+from planner.specs.workload import DEFAULT_PREFILL_TOKENS
 
 DEFAULT_MODEL = "qwen3-30b-a3b"
 DEFAULT_HARDWARE = "h100-sxm"
@@ -90,6 +91,13 @@ class PlanOptions(BaseModel):
     kv_dtype: Literal["bf16", "fp8"] = _opt("bf16", "Serving: KV-cache dtype")
     ttft_ms: float | None = _opt(None, "Serving: time-to-first-token target, ms")
     tpot_ms: float | None = _opt(None, "Decode: time-per-output-token target, ms")
+    prefill_nodes: int | None = _opt(
+        None, "Serve: nodes of the prefill pool (GPUs when --nodes is 1); omitted: every split is compared"
+    )
+    decode_nodes: int | None = _opt(None, "Serve: nodes of the decode pool (GPUs when --nodes is 1); omitted: the rest")
+    prefill_tokens: int = _opt(
+        DEFAULT_PREFILL_TOKENS, "Serve: prefill tokens per GPU in one prefill step (SGLang --max-prefill-tokens per DP rank)"
+    )
     tokens_per_step: int | None = _opt(None, "Tokens per step when the trace has no step array")
     redundant_experts: int = _opt(0, "Extra physical expert slots for replicas")
     gpu_memory_gb: float | None = _opt(None, "GPU memory budget (offload mode)")

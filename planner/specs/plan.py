@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_serializer, model_validator
 
@@ -344,6 +344,16 @@ class Plan(Spec):
                                    or any(x not in ("bf16", "fp8", "int4") for r in ep for x in r)):
                 raise ValueError(f"cache.expert_precision needs {m.num_moe_layers} layers × {m.num_experts} of bf16, fp8, int4")
         return self
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The schema with Plan at the top level (a serve plan nests the prefill pool's Plan, so
+        pydantic would otherwise answer with a bare ``$ref`` into ``$defs``)."""
+        s = super().model_json_schema(*args, **kwargs)
+        ref = s.pop("$ref", None)
+        if ref is not None:
+            s = {**s["$defs"][ref.rsplit("/", 1)[-1]], "$defs": s["$defs"]}
+        return s
 
     # ---- files ---------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from planner.errors import InputError
 from planner.specs.base import Spec
 
 Mode = Literal["train", "prefill", "decode", "offload"]
@@ -103,6 +104,23 @@ class Workload(Spec):
     def serving_batch(self) -> int | None:
         """Concurrent sequences stated for serving (``batch``, or ``global_batch`` as its old name)."""
         return self.batch if self.batch is not None else (self.global_batch if self.mode != "train" else None)
+
+
+#: Prefill tokens per GPU in one prefill step when none is given (``--mode serve``): SGLang's
+#: ``--max-prefill-tokens`` default (16384, python/sglang/srt/server_args.py), the per-rank budget
+#: of its DP-attention prefill servers in the large-scale EP deployment.
+DEFAULT_PREFILL_TOKENS = 16384
+
+
+def check_pool_options(mode: str, prefill_nodes: int | None, decode_nodes: int | None, prefill_tokens: int) -> None:
+    """The pool options (``prefill_nodes``, ``decode_nodes``, ``prefill_tokens``) apply to mode
+    serve only: :class:`InputError` naming the first given in another mode."""
+    if mode == "serve":
+        return
+    for name, v, default in (("prefill_nodes", prefill_nodes, None), ("decode_nodes", decode_nodes, None),
+                             ("prefill_tokens", prefill_tokens, DEFAULT_PREFILL_TOKENS)):
+        if v != default:
+            raise InputError(f"{name} applies to mode serve only (got mode {mode!r})", field=name)
 
 
 #: Output tokens per request when neither the workload nor the trace's sequences give them
