@@ -91,3 +91,23 @@ def test_bad_input(kwargs, match):
         synthetic_router(1, 4, 1, scoring="relu")
     with pytest.raises(InputError, match="top_k"):
         synthetic_router(1, 4, 5)
+
+
+def test_cli_bias_sim_json_from_a_trace(tmp_path, capsys):
+    import json
+
+    from planner.cli import main
+    from planner.traces import save_trace, synth_trace
+
+    t = tmp_path / "t.npz"
+    save_trace(synth_trace(num_layers=2, num_experts=16, top_k=2, num_tokens=2048, seed=1), t)
+    code = main(["trace", "bias-sim", "--experts", "16", "--top-k", "2", "--trace", str(t), "--layers", "2",
+                 "--steps", "40", "--tokens-per-step", "512", "--gpus", "4", "--redundant", "4", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["router"].startswith("fitted to a trace's counts") and d["steps"] == 40 and d["layers"] == 2
+    assert set(d["series"]) == {"experts", "gpus (contiguous)", "gpus (eplb on unbalanced loads)",
+                                "gpus (eplb on unbalanced loads, +4 replicas)"}
+    code = main(["trace", "bias-sim", "--top-k", "2"])
+    assert code == 2 and "needs --model" in capsys.readouterr().err

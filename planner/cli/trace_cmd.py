@@ -1,4 +1,4 @@
-"""``moe-planner trace synth|convert|stats|compare``: make, convert and summarise routing traces.
+"""``moe-planner trace synth|convert|stats|compare|bias-sim``: make, convert and summarise routing traces.
 
 - ``synth`` writes a synthetic per-token trace (:func:`planner.traces.synth_trace`) for a model
   (``--model``) or a bare shape (``--layers --experts --top-k``).
@@ -25,6 +25,7 @@ from typing import Any
 
 import click
 
+from planner.cli.bias_cmd import bias_sim
 from planner.errors import InputError
 from planner.io import check_writable
 from planner.specs.model import ModelSpec
@@ -377,3 +378,6 @@ def compare(file_a: str, file_b: str, model_arg: str | None, tokens_per_step: in
     for key in SUMMARY_KEYS:
         lines.append(f"{key:<{w}}  {_num(sa[key])}  {_num(sb[key])}  {_fmt(ratio[key], '.3f', 6)}")
     click.echo("\n".join(lines))
+
+
+trace.add_command(bias_sim)  # planner/cli/bias_cmd.py: auxiliary-loss-free balancing over steps
