@@ -347,6 +347,7 @@ def place_on_gpus(
     inp: PlacementInputs, sample: TokenSample, weight_LE: np.ndarray, warm_LP: np.ndarray,
     node_LE: np.ndarray | None, num_nodes: int, previous_LP: np.ndarray | None, mig_w: float, exact_setting: bool,
     *, time_limit: float, deadline: float, balance_tolerance: float, search_evals: int | None,
+    budget_instances: int | None = None,
 ) -> tuple[np.ndarray, SearchStats]:
     """Stages 2-4 (docs/placement.md §5.2-§5.4) on every layer: the placement int [L, P] and its
     statistics.
@@ -355,14 +356,16 @@ def place_on_gpus(
     ``num_nodes`` is 1 and EPLB's ``warm_LP`` [L, P] is the start); ``exact_setting``: the
     per-node objective is the simulator's layer time (§5), so nodes are enumerated without the
     balance guard. ``search_evals`` neighbourhoods per node (default: :func:`search_seconds`
-    converted to a count from the sizes).
+    converted to a count from the sizes). ``budget_instances``: the (layer, node) problems that
+    budget is shared by (default: these layers' ``L`` × nodes; a solve of some layers of a larger
+    problem passes the whole problem's count, so each gets the budget it gets there).
     """
     L, P = warm_LP.shape
     G, S, E = inp.num_gpus, inp.slots_per_gpu, inp.num_experts
     gpn = G // num_nodes
     exp_rows, gpu_rows = initial_items(weight_LE, node_LE, warm_LP, num_nodes, gpn, S)
     exhaustive = count_assignments(P // num_nodes, gpn, S) <= EXHAUSTIVE_LIMIT
-    instances = L * num_nodes
+    instances = budget_instances if budget_instances is not None else L * num_nodes
     search_s = search_seconds(instances, time_limit)
     stats = SearchStats(exhaustive=exhaustive, search_budget_s=round(search_s, 2))
     new = np.empty((L, P), dtype=np.int64)

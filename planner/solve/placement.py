@@ -33,8 +33,9 @@ import numpy as np
 
 from planner.errors import InputError
 from planner.solve.bound import lower_bound
-from planner.solve.gpus import SearchStats, place_on_gpus
+from planner.solve.gpus import SearchStats
 from planner.solve.gpusearch import NodeProblem, NodeSearch
+from planner.solve.layer_map import LayerMap, place_layers
 from planner.solve.milp import milp_solver_name
 from planner.solve.nodes import Stage1Stats, assign_nodes, stage1_layer
 from planner.solve.problem import (
@@ -100,6 +101,7 @@ def solve_placement(
     extra_candidates: dict[str, np.ndarray] | None = None,
     balance_tolerance: float = 0.02,
     search_evals: int | None = None,
+    map_layers: LayerMap | None = None,
 ) -> PlacementResult:
     """Place experts for ``inp`` (docs/placement.md §5); returns within ``time_limit`` seconds.
 
@@ -108,7 +110,9 @@ def solve_placement(
     further placements to compare (e.g. contiguous). ``previous_LP`` [L, P] with
     ``migration_weight`` > 0 adds the migration penalty. ``search_evals`` bounds the local
     search per node (default: a count derived from the sizes, so the result is reproducible).
-    The placement is deterministic and takes no seed.
+    The placement is deterministic and takes no seed. ``map_layers(fn, items)`` solves stages
+    2-4 one task per layer (e.g. :func:`planner.ray_map.ray_map`, Ray workers): the same placement
+    (:mod:`planner.solve.layer_map`).
     """
     clock = Clock(require_time_limit(time_limit))
     L, E, G, P = inp.num_layers, inp.num_experts, inp.num_gpus, inp.num_physical
@@ -126,9 +130,9 @@ def solve_placement(
     n_eff = G // inp.gpus_per_node if node_LE is not None else 1
     exact = _exact_setting(inp, n_eff, sample, mig_w)
     # §5.2-§5.4: replicas inside nodes, their GPUs
-    new, search = place_on_gpus(inp, sample, weight_LE, warm, node_LE, n_eff, previous_LP, mig_w, exact,
-                                time_limit=time_limit, deadline=deadline, balance_tolerance=balance_tolerance,
-                                search_evals=search_evals)
+    new, search = place_layers(map_layers, inp, sample, weight_LE, warm, node_LE, n_eff, previous_LP, mig_w, exact,
+                               time_limit=time_limit, deadline=deadline, balance_tolerance=balance_tolerance,
+                               search_evals=search_evals)
     search.time_s = round(clock.elapsed() - s1.time_s, 3)
     N = nodes_of(G, inp.gpus_per_node)
     stats = PlacementStats(nodes=N, gpus_per_node=G // N, stage1=s1, search=search)
