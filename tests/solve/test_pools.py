@@ -1,0 +1,154 @@
+"""Prefill/decode pools and the colocated comparison (planner.solve.pools): the queueing and KV
+rules by hand, each pool's goodput consistent with its targets under the model, splits that sum
+to the cluster, and comparisons that move the right way."""
+
+import math
+
+import pytest
+
+from planner.errors import InputError
+from planner.resolve import resolve_hardware, resolve_model
+from planner.solve import pools as P
+from planner.specs.cluster import ClusterSpec
+
+HW = resolve_hardware("h100-sxm")
+OLMOE = resolve_model("olmoe-1b-7b")
+
+
+def node(gpus: int = 8, nodes: int = 1) -> ClusterSpec:
+    return ClusterSpec(hardware=HW.name, num_nodes=nodes, gpus_per_node=gpus)
+
+
+def targets(**kw) -> P.ServeTargets:
+    base = dict(prompt_len=1024, output_len=256, ttft_ms=500.0, tpot_ms=30.0)
+    base.update(kw)
+    return P.ServeTargets(**base)
+
+
+def test_queue_rules_by_hand():
+    # M/D/1: time in system / service = 1 + rho / (2 (1 - rho)); at rho 0.8 that is 3
+    assert P.queue_factor(0.8) == pytest.approx(3.0)
+    assert P.queue_factor(0.0) == 1.0 and math.isinf(P.queue_factor(1.0))
+    # a 300 ms budget over a 100 ms step: s = 2, rho* = 2s / (1 + 2s) = 0.8, and it meets the budget exactly
+    assert P.max_utilization(100.0, 300.0) == pytest.approx(0.8)
+    assert 100.0 * P.queue_factor(P.max_utilization(100.0, 300.0)) == pytest.approx(300.0)
+    assert P.max_utilization(100.0, 50.0) == 0.0  # one step alone misses the target
+    assert P.max_utilization(100.0, None) == P.MAX_UTILIZATION
+    assert P.max_utilization(1.0, 1e9) == P.MAX_UTILIZATION  # capped
+
+
+def test_kv_copy_by_hand():
+    # OLMoE: 16 layers x 2 (K, V) x 16 KV heads x 128 head dim x 2 bytes = 131,072 bytes per token
+    c = P.kv_copy(OLMOE, HW, 1000, "bf16")
+    assert c.bytes_per_token == 16 * 2 * 16 * 128 * 2
+    assert c.bytes_per_request == 1000 * c.bytes_per_token
+    assert c.link == "nic" and c.bandwidth_gbps == HW.nic.bandwidth_gbps
+    assert c.ms_per_request == pytest.approx(HW.nic.latency_us * 1e-3 + c.bytes_per_request / (HW.nic.bandwidth_gbps * 1e6))
+    assert c.max_rps(4) == pytest.approx(4 * HW.nic.bandwidth_gbps * 1e9 / c.bytes_per_request)
+    assert P.kv_copy(OLMOE, HW, 1000, "fp8").bytes_per_request == c.bytes_per_request / 2
+    same = P.kv_copy(OLMOE, HW, 1000, "bf16", same_node=True)
+    assert same.link == "nvlink" and same.ms_per_request < c.ms_per_request
+    # DeepSeek-V3's MLA latent: 61 layers x (512 + 64) x 2 bytes, not split by heads
+    ds = resolve_model("deepseek-v3")
+    assert P.kv_copy(ds, HW, 2000, "bf16").bytes_per_token == 61 * (512 + 64) * 2
+
+
+def test_prefill_pool_goodput_follows_the_ttft_model():
+    t = targets()
+    copy = P.kv_copy(OLMOE, HW, t.prompt_len, "bf16", same_node=True)
+    f = P.prefill_pool(OLMOE, HW, node(2), t, copy)
+    c = f.candidate
+    assert c is not None and f.reason == ""
+    assert f.capacity_rps == pytest.approx(c.tokens_per_s / t.prompt_len)
+    assert f.goodput_rps == pytest.approx(f.utilization * f.capacity_rps)
+    assert f.ttft_ms == pytest.approx(c.step_ms * P.queue_factor(f.utilization) + copy.ms_per_request)
+    assert f.ttft_ms <= t.ttft_ms + 1e-6
+    # a tighter TTFT target never raises the goodput
+    tight = P.prefill_pool(OLMOE, HW, node(2), targets(ttft_ms=f.ttft_ms / 2), copy)
+    assert tight.goodput_rps <= f.goodput_rps + 1e-9
+    assert tight.ttft_ms is None or tight.ttft_ms <= f.ttft_ms / 2 + 1e-6
+
+
+def test_prefill_pool_names_why_nothing_fits():
+    t = targets(ttft_ms=0.001)
+    copy = P.kv_copy(OLMOE, HW, t.prompt_len, "bf16")
+    f = P.prefill_pool(OLMOE, HW, node(2), t, copy)
+    assert f.goodput_rps == 0 and "KV copy alone" in f.reason
+
+
+def test_decode_pool_goodput_is_batch_over_output_time():
+    t = targets()
+    f = P.decode_pool(OLMOE, HW, node(4), t)
+    c = f.candidate
+    assert c is not None
+    assert f.tpot_ms == c.step_ms <= t.tpot_ms
+    assert f.goodput_rps == pytest.approx(c.sequences / (t.output_len * c.step_ms * 1e-3))
+    loose = P.decode_pool(OLMOE, HW, node(4), targets(tpot_ms=None))
+    assert loose.goodput_rps >= f.goodput_rps
+
+
+def test_colocated_figures_are_the_mixed_step_model():
+    t = targets()
+    f = P.colocated(OLMOE, HW, node(8), t)
+    c, d = f.candidate, f.detail
+    assert c is not None and f.reason == ""
+    C = d["chunk_tokens_per_gpu"] * c.tp
+    r = c.sequences // c.dp
+    assert d["chunk_share"] == pytest.approx(r * t.prompt_len / (t.output_len * C))
+    assert d["mixed_step_ms"] == pytest.approx(max(d["decode_step_ms"], d["chunk_step_ms"],
+                                                   d["decode_step_ms"] + d["chunk_step_ms"] - d["fixed_step_ms"]))
+    tpot = d["decode_step_ms"] + d["chunk_share"] * (d["mixed_step_ms"] - d["decode_step_ms"])
+    assert f.tpot_ms == pytest.approx(tpot) and f.tpot_ms <= t.tpot_ms
+    ttft = math.ceil(t.prompt_len / C) * d["mixed_step_ms"] * P.queue_factor(d["chunk_share"])
+    assert f.ttft_ms == pytest.approx(ttft) and f.ttft_ms <= t.ttft_ms
+    assert f.goodput_rps == pytest.approx(c.sequences / (t.output_len * f.tpot_ms * 1e-3))
+    # interference: goodput below what the same batch decodes without prefill chunks
+    assert f.goodput_rps < f.capacity_rps
+    # a tighter TPOT target never raises the goodput
+    assert P.colocated(OLMOE, HW, node(8), targets(tpot_ms=f.tpot_ms * 0.9)).goodput_rps <= f.goodput_rps
+
+
+def test_splits_sum_to_the_cluster_and_the_best_is_kept():
+    t = targets()
+    table = P.PoolTable(OLMOE, HW, node(8), t, P.kv_copy(OLMOE, HW, t.prompt_len, "bf16", same_node=True))
+    best, splits = P.best_split(table)
+    assert [(s.prefill_units, s.decode_units) for s in splits] == [(p, 8 - p) for p in range(1, 8)]
+    assert best.goodput_rps == max(s.goodput_rps for s in splits) > 0
+    for s in splits:
+        p, d = table.get("prefill", s.prefill_units), table.get("decode", s.decode_units)
+        assert p.gpus + d.gpus == 8
+        assert s.goodput_rps == pytest.approx(min(p.goodput_rps, d.goodput_rps, table.copy.max_rps(min(p.gpus, d.gpus))))
+    fixed, only = P.best_split(table, prefill_units=3)
+    assert (fixed.prefill_units, fixed.decode_units) == (3, 5) and len(only) == 1
+    with pytest.raises(InputError) as e:
+        P.best_split(table, prefill_units=5, decode_units=4)
+    assert e.value.field == "prefill_nodes"
+    with pytest.raises(InputError) as e:
+        P.best_split(table, decode_units=8)
+    assert e.value.field == "prefill_nodes"
+
+
+def test_units_for_rate_takes_the_fewest_gpus():
+    t = targets()
+    table = P.PoolTable(OLMOE, HW, node(8), t, P.kv_copy(OLMOE, HW, t.prompt_len, "bf16", same_node=True))
+    rate = 1000.0
+    u, copies, gpus = P.units_for_rate(table, "decode", rate, [1, 2, 4, 8])
+    assert gpus == copies * u and copies * table.get("decode", u).goodput_rps >= rate
+    for v in (1, 2, 4, 8):
+        g = min(table.get("decode", v).goodput_rps, table.copy.max_rps(v))
+        if g > 0:
+            assert math.ceil(rate / g - 1e-9) * v >= gpus
+
+
+def test_multi_node_pools_are_whole_nodes():
+    cl = node(8, 3)
+    assert P.units_of(cl) == 3 and P.pool_cluster(2, cl).num_gpus == 16
+    assert P.units_of(node(8)) == 8 and P.pool_cluster(3, node(8)).num_gpus == 3
+
+
+@pytest.mark.parametrize("field, value", [("prompt_len", 0), ("output_len", -1), ("prefill_tokens", 0),
+                                          ("ttft_ms", 0.0), ("tpot_ms", float("nan")), ("request_rate", -1.0)])
+def test_bad_targets_name_their_field(field, value):
+    with pytest.raises(InputError) as e:
+        targets(**{field: value}).check()
+    assert e.value.field == field
