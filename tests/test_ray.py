@@ -39,3 +39,28 @@ def test_sweep_on_ray_writes_the_process_pools_rows(local_ray, tmp_path):
     for x, y in zip(a, b, strict=True):
         assert {c: v for c, v in x.items() if c not in TIMING_COLUMNS} == {
             c: v for c, v in y.items() if c not in TIMING_COLUMNS}
+
+
+def test_placement_layers_on_ray_workers_give_the_one_process_placement(local_ray):
+    import numpy as np
+
+    import planner
+    from planner.api import placement_inputs, prepare
+    from planner.ray_map import ray_map
+    from planner.solve.placement import solve_placement
+    from planner.specs.model_io import load_model
+
+    m = load_model("deepseek-v2-lite")
+    tr = planner.synth_trace(m, num_tokens=4 * 4096, tokens_per_step=4096, num_ranks=16, weights=False, seed=0)
+    pr = prepare(m, "h100-sxm", nodes=2, gpus_per_node=8, mode="prefill", trace=tr, ep=16, etp=1,
+                 redundant_experts=16, train_fraction=0.5, tp=1, pp=1, tokens_per_step=4096)
+    inp = placement_inputs(pr, "same-rank")
+    one = solve_placement(inp, time_limit=30)
+    apart = solve_placement(inp, time_limit=30, map_layers=ray_map(2))
+    assert one.status != "time_limit" and apart.status != "time_limit"
+    assert one.stages.search.evals > 0  # the per-node local search ran (the part solved apart)
+    assert np.array_equal(one.phy2log_LP, apart.phy2log_LP)
+    assert (one.objective, one.chosen, one.candidates) == (apart.objective, apart.chosen, apart.candidates)
+    s1, s2 = one.stages.search, apart.stages.search
+    assert (s1.instances, s1.evals, s1.accepted, s1.search_budget_s) == (s2.instances, s2.evals, s2.accepted,
+                                                                          s2.search_budget_s)
