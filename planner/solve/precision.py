@@ -125,10 +125,16 @@ def expert_stats(counts_SLE: np.ndarray, timings: list[OffloadTiming]) -> Expert
     """:class:`ExpertStats` of ``counts_SLE`` (planning steps) under the per-precision timings."""
     need = counts_SLE > 0
     tot = max(int(counts_SLE.sum()), 1)
+    S = counts_SLE.shape[0]
+    top = int(counts_SLE.max()) if counts_SLE.size else 0
+    # steps with m tokens per expert, m = 1..top (decode batches are small): [top, L, E]
+    hist = np.stack([(counts_SLE == m).sum(axis=0) for m in range(1, top + 1)]) if 0 < top <= 64 else None
 
     def mean_of(tab: np.ndarray) -> np.ndarray:
         tab = np.asarray(tab, np.float64)
-        return tab[np.minimum(counts_SLE, tab.size - 1)].mean(axis=0)
+        if hist is None:
+            return tab[np.minimum(counts_SLE, tab.size - 1)].mean(axis=0)
+        return np.tensordot(tab[np.minimum(np.arange(1, top + 1), tab.size - 1)], hist, axes=1) / S
 
     T = np.stack([mean_of(t.ffn_ms_M) for t in timings])
     has_cpu = all(t.cpu_ms_M is not None for t in timings)
@@ -386,3 +392,15 @@ def solve_precision(
         config=cfg, answer=ans, planning=sim, candidates=ms, transfers={k: v[1].transfers for k, v in results.items()},
         chosen=chosen, time_s=time.perf_counter() - t0,
     )
+
+
+def precision_index(expert_precision: list[list[str]]) -> tuple[tuple[str, ...], np.ndarray]:
+    """A plan's per-expert precision names [L][E] as (the precisions used, int [L, E] into them)."""
+    arr = np.asarray(expert_precision)
+    names, idx = np.unique(arr, return_inverse=True)
+    return tuple(str(x) for x in names), idx.reshape(arr.shape)
+
+
+def resident_bytes(resident: list[list[int]], expert_precision: list[list[str]], expert_params: float) -> float:
+    """GPU bytes of a plan's resident experts, each in its own precision."""
+    return float(sum(expert_params * DTYPE_BYTES[expert_precision[i][e]] for i, row in enumerate(resident) for e in row))

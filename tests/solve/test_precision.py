@@ -131,3 +131,14 @@ def test_parse_rules():
         parse_precisions(None, "bf16", 1.0)
     with pytest.raises(InputError, match=">= 0"):
         parse_precisions("int4=-1", "bf16")
+
+
+def test_stats_histogram_path_equals_direct_means():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 4, size=(30, 2, 5))
+    t = OffloadTiming(copy_ms=1.0, ffn_ms_M=np.array([0.0, 0.1, 0.15, 0.3]), pre_ms=0.0, other_ms=0.0, overlap=1.0,
+                      expert_bytes=1.0, cpu_ms_M=np.array([0.0, 1.0, 1.5, 2.5]))
+    st = expert_stats(counts, [t])
+    assert np.allclose(st.T[0], t.ffn_ms_M[counts].mean(axis=0))
+    assert np.allclose(st.U[0], t.cpu_ms_M[counts].mean(axis=0))
+    assert np.allclose(st.f, (counts > 0).mean(axis=0)) and np.isclose(st.w.sum(), 1.0)
