@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -424,3 +425,97 @@ def test_steps_without_marks_leave_sequences_out():
     model(torch.tensor([[0, 1]]))
     model(torch.tensor([[2, 3]]))  # no marks
     assert rec.trace().seq_id is None
+
+
+# ---- hook points of transformers' own shapes (issue 18) ------------------------------------
+
+
+class RoutedExperts(nn.Module):
+    """transformers 5's experts module: called with the routing (hidden, ids, weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        self.seen.append((top_k_index.detach().clone(), top_k_weights.detach().clone()))
+        return torch.zeros_like(hidden_states)
+
+
+class GatelessDeepseekV2Moe(nn.Module):
+    """DeepSeek-V2's block on transformers 5.0-5.10: it routes with F.linear(x, self.gate.weight)
+    and never calls its gate (a forward hook on the gate never fires)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = known_gate(1)
+        self.experts = RoutedExperts()
+        self.top_k, self.routed_scaling_factor = 2, 1.5
+
+    def forward(self, x):
+        x = x.reshape(-1, D)
+        scores = nn.functional.linear(x, self.gate.weight).softmax(-1)
+        w, ids = torch.topk(scores, self.top_k, dim=-1)
+        return self.experts(x, ids, w * self.routed_scaling_factor)
+
+
+def test_a_block_that_never_calls_its_gate_is_read_at_its_experts():
+    block = GatelessDeepseekV2Moe()
+    model = _wrap(block)
+    rec = RoutingRecorder(model, record_weights=True)
+    assert [h.name for h in rec.hooks] == ["layers.0.experts"]
+    model(nn.functional.one_hot(torch.tensor([[0, 3, 2]]), D).float())
+    t = rec.trace()
+    ids, w = block.experts.seen[0]
+    assert t.topk_ids[0].tolist() == ids.tolist() == [[1, 2], [0, 1], [3, 0]]
+    assert np.allclose(t.topk_weights[0], w.numpy(), atol=1e-6)  # scaling factor included, float32
+
+
+def test_a_router_named_router_and_dbrx_p_norm():
+    class DbrxFFN(nn.Module):  # a `router` returning logits, per-expert MLPs, DBRX's L1 norm
+        def __init__(self):
+            super().__init__()
+            self.router = known_gate(0)
+            self.experts = nn.ModuleList(ZeroExpert() for _ in range(E))
+            self.top_k, self.moe_normalize_expert_weights = 2, 1.0
+
+        def forward(self, x):
+            self.router(x.reshape(-1, D))
+            return torch.zeros_like(x)
+
+    model = _wrap(DbrxFFN())
+    rec = RoutingRecorder(model, record_weights=True)
+    model(nn.functional.one_hot(torch.tensor([[2]]), D).float())
+    t = rec.trace()
+    assert rec.hooks[0].name == "layers.0.router" and t.topk_ids[0].tolist() == [[2, 3]]
+    p = np.exp([10.0, 5.0]) / (np.exp(10) + np.exp(5) + 2)
+    assert np.allclose(t.topk_weights[0, 0], p / p.sum(), atol=1e-6)  # top-k over its L1 norm
+
+
+def test_logits_router_without_top_k_fails_at_construction_and_config_top_k_is_not_read():
+    class Block(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.gate = nn.Linear(D, E, bias=False)
+            self.experts = nn.ModuleList(ZeroExpert() for _ in range(E))
+            self.config = config
+
+    with pytest.raises(InputError, match="returns logits and its block says no top-k"):
+        RoutingRecorder(_wrap(Block(types.SimpleNamespace(top_k=50))))  # a generation default, not the routing's
+    rec = RoutingRecorder(_wrap(Block(types.SimpleNamespace(top_k=50, num_experts_per_tok=2))))
+    assert rec.hooks[0].top_k == 2
+
+
+def test_deepseek_logits_weights_include_routed_scaling_factor():
+    gate = DeepseekV3TopkRouter()
+    gate.routed_scaling_factor = 2.5
+    block = DeepseekV3MoE(gate)
+    block.num_experts_per_tok = 3
+    model = _wrap(block)
+    rec = RoutingRecorder(model, record_weights=True, auto_step=False)
+    x = torch.randn(1, 8, D, generator=torch.Generator().manual_seed(3))
+    model(x)
+    rec.step()
+    logits = nn.functional.linear(x.reshape(-1, D), gate.weight).detach()
+    _, w = deepseek_topk(logits, 3, 4, 2, gate.e_score_correction_bias, True)
+    assert np.allclose(rec.trace().topk_weights[0], 2.5 * w.numpy(), atol=1e-6)
