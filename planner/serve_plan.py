@@ -186,13 +186,14 @@ def plan_serving(
             why = "each pool's degrees and batch are searched" if k in SERVE_UNUSED else "it has no effect on serving pools"
             raise InputError(f"{k} does not apply to mode serve: {why}", field=k)
     if nodes <= 0 or gpus_per_node <= 0:
-        raise InputError("nodes and gpus_per_node must be > 0", field="nodes" if nodes <= 0 else "gpus_per_node")
+        name = "nodes" if nodes <= 0 else "gpus_per_node"
+        raise InputError(f"{name} must be > 0", field=name)
     if kv_dtype not in ("bf16", "fp8"):
         raise InputError(f"kv_dtype must be bf16 or fp8 (got {kv_dtype!r})", field="kv_dtype")
     m, hw = resolve_model(model), resolve_hardware(hardware)
     cluster = ClusterSpec(hardware=hw.name, num_nodes=nodes, gpus_per_node=gpus_per_node)
     if units_of(cluster) < 2:
-        raise InputError("mode serve needs at least two GPUs (one per pool)", field="gpus_per_node")
+        raise InputError("gpus_per_node: mode serve needs at least two GPUs (one per pool)", field="gpus_per_node")
     out_src = "stated" if output_len is not None else "default"
     t = ServeTargets(prompt_len=prompt_len or seq_len, output_len=output_len or DEFAULT_OUTPUT_LEN, ttft_ms=ttft_ms,
                      tpot_ms=tpot_ms, kv_dtype=kv_dtype, redundant=redundant_experts, prefill_tokens=prefill_tokens,

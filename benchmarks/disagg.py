@@ -1,0 +1,185 @@
+"""Prefill/decode disaggregation against SGLang's published DeepSeek-V3 deployment on H100, and
+disaggregated against colocated serving of DeepSeek-V3 on 8-16 nodes.
+
+    python benchmarks/disagg.py [--nodes 8,12,16] [--out benchmarks/results/disagg.json]
+
+**Published runs** (LMSYS blog 2025-05-05, "Deploying DeepSeek with PD Disaggregation and
+Large-scale Expert Parallelism on 96 H100 GPUs", https://lmsys.org/blog/2025-05-05-large-scale-ep/):
+prefill pool EP32 on 4 nodes (DP-attention 32), 57,674 / 54,543 / 50,302 input tokens/s per node
+for 1K / 2K / 4K-token prompts; decode pool EP72 on 9 nodes (DP-attention 72), 22,282 output
+tokens/s per node with 2,000-token inputs (headline: 52.3k in / 22.3k out per node at 2,000 tokens);
+32 redundant experts (EPLB), DeepEP, fp8 experts. Each row fixes the published degrees and
+predicts with :mod:`planner.solve.pools` (the pools ``plan --mode serve`` plans); no constant is
+fitted to these figures (the published runs are the test). Prefill steps hold 16,384 tokens per GPU
+(SGLang's ``--max-prefill-tokens`` default) as whole prompts; the decode batch is the largest that
+fits memory at 2,000 + 100 tokens (the planner's), and, beside it, 256 sequences per GPU.
+
+**The planner's own choice** on the same GPUs: degrees searched (prefill 4 nodes, decode 9 nodes).
+
+**Disaggregated vs colocated** DeepSeek-V3 on ``--nodes`` nodes, prompt 2,000, output 100, TTFT
+≤ 2 s, TPOT ≤ 50 ms (the SLO pair of the SGLang H800 disaggregation study, TTFT < 2 s, ITL <
+50 ms), 32 redundant experts: every split compared (:func:`planner.solve.pools.best_split`), the
+colocated deployment of all the nodes, and the GPUs each needs for 100 requests/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from planner.cost.step import serve_step
+from planner.io import atomic_write_text
+from planner.resolve import resolve_hardware, resolve_model
+from planner.solve.pools import (
+    PoolTable,
+    ServeTargets,
+    best_split,
+    decode_pool,
+    kv_copy,
+    prefill_pool,
+    units_for_rate,
+)
+from planner.specs.cluster import ClusterSpec
+
+HW, MODEL = "h100-sxm", "deepseek-v3"
+TOLERANCE = 0.15
+SOURCE = "LMSYS blog 2025-05-05 (SGLang, 96 H100)"
+#: (prompt tokens, published input tokens/s per node) of the prefill pool at EP32 on 4 nodes
+PREFILL_PUBLISHED = ((1000, 57674.0), (2000, 54543.0), (4000, 50302.0))
+DECODE_PUBLISHED = 22282.0  # output tokens/s per node, EP72 on 9 nodes, 2,000-token inputs
+REDUNDANT = 32
+SLO = dict(ttft_ms=2000.0, tpot_ms=50.0)
+RATE = 100.0
+
+
+def cluster(nodes: int) -> ClusterSpec:
+    return ClusterSpec(hardware=HW, num_nodes=nodes, gpus_per_node=8)
+
+
+def _row(run: str, metric: str, published: float | None, predicted: float, config: str, note: str) -> dict:
+    err = None if published is None else 100.0 * (predicted / published - 1.0)
+    return dict(run=run, source=SOURCE, metric=metric, published=published, predicted=round(predicted, 1),
+                error_pct=None if err is None else round(err, 1),
+                within_tolerance=None if err is None else abs(err) <= 100 * TOLERANCE, config=config, note=note)
+
+
+def published_rows() -> list[dict]:
+    m, hw = resolve_model(MODEL), resolve_hardware(HW)
+    hw_hidden = hw.model_copy(update={"comm_overlap": 1.0})
+    rows = []
+    for prompt, pub in PREFILL_PUBLISHED:
+        t = ServeTargets(prompt_len=prompt, output_len=100, redundant=REDUNDANT)
+        copy = kv_copy(m, hw, prompt, "bf16")
+        for own in (False, True):
+            fixed = None if own else dict(ep=32, tp=1, pp=1)
+            f = prefill_pool(m, hw, cluster(4), t, copy, fixed=fixed)
+            c = f.candidate
+            assert c is not None, f.reason
+            # the same degrees with dispatch/combine wholly hidden (hardware comm_overlap 1): the bound
+            # two-batch overlap (SGLang --enable-two-batch-overlap) approaches; not a fitted figure
+            hidden = prefill_pool(m, hw_hidden, cluster(4), t, copy, fixed=dict(ep=c.ep, tp=c.tp, pp=c.pp))
+            what = "the planner's choice" if own else "EP32 DP32 fixed"
+            rows.append(_row(f"prefill, 4 nodes, {prompt}-token prompts, {what}", "input tokens/s per node",
+                             pub, c.tokens_per_s / 4, f"{c.label()}",
+                             f"{int(f.detail['prompts_per_gpu'])} prompts per GPU per step (16,384 tokens), "
+                             f"step {c.step_ms:.0f} ms; {hidden.candidate.tokens_per_s / 4:,.0f} with dispatch and "
+                             "combine wholly hidden"))
+    t = ServeTargets(prompt_len=2000, output_len=100, redundant=REDUNDANT)
+    for label, fixed in (("EP72 DP72 fixed, batch: memory-bound", dict(ep=72, tp=1, pp=1)),
+                         ("the planner's choice", None)):
+        f = decode_pool(m, hw, cluster(9), t, fixed=fixed)
+        c = f.candidate
+        assert c is not None, f.reason
+        rows.append(_row(f"decode, 9 nodes, {label}", "output tokens/s per node", DECODE_PUBLISHED,
+                         c.tokens_per_s / 9, c.label(),
+                         f"{c.sequences // c.dp} sequences per GPU, context 2,000 + 100 (timed at 2,050), "
+                         f"step {c.step_ms:.1f} ms, {c.memory.total / 2**30:.1f} GiB/GPU"))
+    # SGLang's 256 sequences per GPU: timed by the step model although the planner's memory budget
+    # (4 GiB reserved) rejects it by 1.6 GiB
+    st = serve_step(m, hw, mode="decode", num_gpus=72, gpus_per_node=8, tp=1, pp=1, ep=72, sequences=256 * 72,
+                    seq_len=2050, redundant=REDUNDANT)
+    rows.append(_row("decode, 9 nodes, EP72 DP72 fixed, 256 sequences per GPU (SGLang's batch)",
+                     "output tokens/s per node", DECODE_PUBLISHED, st.throughput_tokens_per_s / 9,
+                     "dp72 tp1 pp1 ep72 etp1 batch 18432",
+                     f"timed at context 2,050, step {st.step_ms:.1f} ms; over the planner's memory budget by 1.6 GiB"))
+    return rows
+
+
+def comparison(nodes: int) -> dict:
+    m, hw = resolve_model(MODEL), resolve_hardware(HW)
+    t = ServeTargets(prompt_len=2000, output_len=100, redundant=REDUNDANT, **SLO)
+    cl = cluster(nodes)
+    t0 = time.perf_counter()
+    table = PoolTable(m, hw, cl, t, kv_copy(m, hw, 2000, "bf16"))
+    split, splits = best_split(table)
+    col = table.get("colocated", nodes)
+    p, d = table.get("prefill", split.prefill_units), table.get("decode", split.decode_units)
+    sizes = sorted({1, 2, 4, 8, split.prefill_units, split.decode_units, nodes} - {0})
+    sizes = [s for s in sizes if s <= nodes]
+    need = {r: units_for_rate(table, r, RATE, sizes) for r in ("prefill", "decode", "colocated")}
+    dis_gpus = need["prefill"][2] + need["decode"][2] if need["prefill"] and need["decode"] else None
+    return dict(
+        nodes=nodes, prefill_nodes=split.prefill_units, decode_nodes=split.decode_units,
+        prefill=dict(config=p.candidate.label() if p.candidate else None, goodput_rps=round(p.goodput_rps, 2),
+                     ttft_ms=round(p.ttft_ms, 1) if p.ttft_ms else None, binding=p.binding),
+        decode=dict(config=d.candidate.label() if d.candidate else None, goodput_rps=round(d.goodput_rps, 2),
+                    tpot_ms=round(d.tpot_ms, 2) if d.tpot_ms else None, binding=d.binding),
+        disaggregated_goodput_rps=round(split.goodput_rps, 2), disaggregated_binding=split.binding,
+        colocated=dict(config=col.candidate.label() if col.candidate else None, goodput_rps=round(col.goodput_rps, 2),
+                       ttft_ms=round(col.ttft_ms, 1) if col.ttft_ms else None,
+                       tpot_ms=round(col.tpot_ms, 2) if col.tpot_ms else None, binding=col.binding,
+                       chunk_tokens_per_gpu=col.detail.get("chunk_tokens_per_gpu"), reason=col.reason),
+        ratio=round(split.goodput_rps / col.goodput_rps, 2) if col.goodput_rps else None,
+        gpus_for_rate=dict(rate_rps=RATE, disaggregated=dis_gpus, colocated=need["colocated"][2] if need["colocated"] else None),
+        splits={f"{s.prefill_units}+{s.decode_units}": round(s.goodput_rps, 1) for s in splits},
+        time_s=round(time.perf_counter() - t0, 1),
+    )
+
+
+def table_md(rows: list[dict]) -> str:
+    out = ["| run | metric | published | predicted | error | config | note |", "|---|---|---:|---:|---:|---|---|"]
+    for r in rows:
+        err = "-" if r["error_pct"] is None else f"{r['error_pct']:+.1f}%"
+        out.append(f"| {r['run']} | {r['metric']} | {r['published']:,.0f} | {r['predicted']:,.0f} | {err} | "
+                   f"{r['config']} | {r['note']} |")
+    return "\n".join(out)
+
+
+def comparison_md(cmp: list[dict]) -> str:
+    out = ["| nodes | split P+D | prefill | decode | disaggregated req/s | colocated | colocated req/s | ratio | "
+           "GPUs for 100 req/s (disagg / coloc) |", "|---:|---|---|---|---:|---|---:|---:|---|"]
+    for c in cmp:
+        p, d, col = c["prefill"], c["decode"], c["colocated"]
+        out.append(
+            f"| {c['nodes']} | {c['prefill_nodes']}+{c['decode_nodes']} | {p['config']}, TTFT {p['ttft_ms']} ms | "
+            f"{d['config']}, TPOT {d['tpot_ms']} ms | {c['disaggregated_goodput_rps']:,.1f} ({c['disaggregated_binding']}) | "
+            f"{col['config']}, chunk {col['chunk_tokens_per_gpu']}, TTFT {col['ttft_ms']} ms, TPOT {col['tpot_ms']} ms | "
+            f"{col['goodput_rps']:,.1f} ({col['binding']}) | {c['ratio']} | "
+            f"{c['gpus_for_rate']['disaggregated']} / {c['gpus_for_rate']['colocated']} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", default="8,12,16", help="cluster sizes of the disaggregated-vs-colocated comparison")
+    ap.add_argument("--out", default="benchmarks/results/disagg.json")
+    a = ap.parse_args()
+    t0 = time.perf_counter()
+    rows = published_rows()
+    print(table_md(rows), flush=True)
+    cmp = []
+    for n in (int(x) for x in a.nodes.split(",")):
+        cmp.append(comparison(n))
+        print(json.dumps(cmp[-1]), flush=True)
+    print(comparison_md(cmp))
+    res = dict(hardware=HW, model=MODEL, tolerance=TOLERANCE, published=rows, comparison=cmp,
+               slo=SLO, rate_rps=RATE, time_s=round(time.perf_counter() - t0, 1),
+               command="python benchmarks/disagg.py" + (f" --nodes {a.nodes}" if a.nodes != "8,12,16" else ""))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(a.out), json.dumps(res, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
