@@ -47,6 +47,7 @@ from planner.cost.comm import nic, nvlink
 from planner.cost.memory import GIB, kv_bytes_per_token
 from planner.cost.step import serve_step
 from planner.errors import InfeasibleError, InputError
+from planner.progress import stage
 from planner.solve.candidates import Candidate
 from planner.solve.parallel import search
 from planner.specs.cluster import ClusterSpec
@@ -392,7 +393,8 @@ def best_split(table: PoolTable, prefill_units: int | None = None, decode_units:
                 f"each pool needs at least one {'node' if table.cluster.num_nodes > 1 else 'GPU'} "
                 f"(prefill {p}, decode {d} of {total})", field="prefill_nodes" if p < 1 else "decode_nodes")
     splits = []
-    for p, d in pairs:
+    for i, (p, d) in enumerate(pairs):
+        stage("pool sizes: prefill and decode pools of every split", i, len(pairs))
         g, why = table.pair_goodput(p, d)
         splits.append(Split(p, d, g, why))
     best = max(splits, key=lambda s: (s.goodput_rps, -s.prefill_units))
