@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shlex
 
+from planner.exports.launch import launch_notes
 from planner.specs.plan import Plan
 from planner.specs.search import Alternative
 
@@ -68,4 +69,5 @@ def render_launch(plan: Plan) -> list[str]:
             argv = getattr(la, name)
             if argv:
                 lines.append(f"  {name}: {cmd} {shlex.join(argv)}")
+        lines += [f"  note: {n}" for n in launch_notes(plan)]
     return lines

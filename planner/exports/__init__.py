@@ -6,8 +6,8 @@
 ``sglang``       ``.json`` / ``.pt``     ``--init-expert-location``: ``physical_to_logical_map``
                                          [num_hidden_layers, P], dense layers included
                                          (:mod:`~planner.exports.sglang`)
-``vllm``         ``.pt`` / ``.npz``      ``EplbState`` tensors over MoE layers
-                                         (:mod:`~planner.exports.vllm`)
+``vllm``         ``.pt`` / ``.npz``      ``EplbState``'s ``physical_to_logical_map`` [MoE layers,
+                                         P], what ``update_mapping`` takes (:mod:`~planner.exports.vllm`)
 ``vllm-ascend``  ``.json``               ``{"moe_layer_count", "layer_list": [...]}`` expert map
                                          (:mod:`~planner.exports.vllm`)
 ``eplb``         ``.pt`` / ``.npz``      ``phy2log``, ``log2phy``, ``logcnt`` as DeepSeek EPLB
@@ -59,7 +59,7 @@ _FORMATS: dict[str, _Format] = {
     "sglang": _Format(sglang.build, sglang.flags, sglang.notes, sglang.dumps, sglang.load, sglang.SUFFIXES,
                       "SGLang --init-expert-location file"),
     "vllm": _Format(vllm.build, vllm.flags, vllm.notes, vllm.dumps, vllm.load, vllm.SUFFIXES,
-                    "vLLM EPLB state tensors"),
+                    "vLLM EPLB physical_to_logical_map"),
     "vllm-ascend": _Format(vllm.build_ascend, vllm.flags_ascend, vllm.notes_ascend, vllm.dumps_ascend,
                            vllm.load_ascend, vllm.ASCEND_SUFFIXES, "vllm-ascend expert map"),
     "eplb": _Format(eplb.build, eplb.flags, eplb.notes, eplb.dumps, eplb.load, eplb.SUFFIXES,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from planner.exports.megatron import args as megatron_args
 from planner.exports.sglang import flags as sglang_flags
+from planner.exports.sglang import node_notes as sglang_node_notes
 from planner.exports.vllm import flags as vllm_flags
+from planner.exports.vllm import node_notes as vllm_node_notes
 from planner.specs.plan import Plan
 from planner.specs.search import LaunchArgs
 
@@ -23,3 +25,11 @@ def launch_args(plan: Plan) -> LaunchArgs:
     if par.pp > 1:
         v += ["--pipeline-parallel-size", str(par.pp)]
     return LaunchArgs(vllm=v, sglang=sglang_flags(plan, None))
+
+
+def launch_notes(plan: Plan) -> list[str]:
+    """What the launch lines leave to the user: on several nodes, how the other nodes' lines
+    differ from node 0's (the lines are node 0's; ``HEAD_NODE_IP`` is a placeholder)."""
+    if plan.workload.mode == "train":
+        return []
+    return [f"vllm: {n}" for n in vllm_node_notes(plan)] + [f"sglang: {n}" for n in sglang_node_notes(plan)]

@@ -24,10 +24,33 @@ Reading a file back with a model keeps the rows of ``model.moe_layer_indices``.
 
 Flags to pass: ``--init-expert-location FILE --ep-size G --ep-num-redundant-experts R``
 (``server_args.py``: ``--expert-parallel-size``/``--ep-size``, ``--ep-num-redundant-experts``,
-``--init-expert-location``), plus the attention layout the plan assumes, and
-``--ep-dispatch-algorithm static`` for plans made with ``nearest`` dispatch (SGLang's static
-per-rank map picks a replica on the rank's GPU, then on its node, else a fair draw — what
-:func:`planner.simulator.choose_slots` models as ``nearest``).
+``--init-expert-location``), plus the attention layout the plan assumes, the dispatch (below)
+and, on several nodes, ``--nnodes N --node-rank n --dist-init-addr HEAD_NODE_IP:PORT`` (the
+same line on every node, ``--node-rank`` 0 … N−1; the address is node 0's, a placeholder here).
+
+**Dispatch** (SGLang 0.5.23, ``handle_eplb_and_dispatch`` in
+``python/sglang/srt/arg_groups/parallel_hook.py`` and ``expert_location.py``). With a file given
+and no ``--ep-dispatch-algorithm``, SGLang picks ``static`` under an all-to-all backend
+(``--moe-a2a-backend deepep``) and ``dynamic`` without one; ``static`` (and ``lp``) without an
+all-to-all backend is refused at start ("picks a different physical replica per rank …"). So:
+
+==============  =============================================================================
+plan            printed
+==============  =============================================================================
+``static``      ``--moe-a2a-backend deepep --ep-dispatch-algorithm static``: one replica pinned
+                per (rank, expert) — own GPU, else the first on the node when the node holds
+                some but not all replicas, else a seeded fair draw
+                (:func:`planner.simulator.static_table` models it)
+``nearest``,    ``--moe-a2a-backend deepep --ep-dispatch-algorithm dynamic``: each rank's
+``local-first`` candidates are cut to its own-GPU replica, else to the first on its node
+                (same rule), else all replicas, and each token draws one at random
+``even``        ``--ep-dispatch-algorithm dynamic`` without an all-to-all backend: every rank
+                picks replica ``token row mod c`` of all ``c`` replicas (the ``even`` spread);
+                SGLang then runs EP without DeepEP's all-to-all (the plan's traffic assumes it)
+==============  =============================================================================
+
+With no redundant slots every expert has one replica, dispatch has no choice to make, and the
+line asks for ``--moe-a2a-backend deepep`` alone.
 """
 
 from __future__ import annotations
@@ -70,7 +93,23 @@ def build(plan: Plan) -> dict[str, np.ndarray]:
     return {KEY: all_layers_map(phy2log_of(plan), plan.model)}
 
 
+#: Placeholder for node 0's address in multi-node launch lines (and the port SGLang's examples use).
+HEAD_ADDR = "HEAD_NODE_IP:5000"
+
+
+def dispatch_flags(plan: Plan) -> list[str]:
+    """``--moe-a2a-backend`` / ``--ep-dispatch-algorithm`` for the plan's dispatch (module table)."""
+    if redundant_of(plan) == 0:
+        return ["--moe-a2a-backend", "deepep"]
+    if plan.dispatch == "static":
+        return ["--moe-a2a-backend", "deepep", "--ep-dispatch-algorithm", "static"]
+    if plan.dispatch in ("nearest", "local-first"):
+        return ["--moe-a2a-backend", "deepep", "--ep-dispatch-algorithm", "dynamic"]
+    return ["--ep-dispatch-algorithm", "dynamic"]
+
+
 def flags(plan: Plan, path: str | Path | None) -> list[str]:
+    """``python -m sglang.launch_server`` arguments for the plan (node 0's line on several nodes)."""
     par = plan.parallel
     out = [
         "--init-expert-location", str(path) if path is not None else "FILE",
@@ -82,12 +121,19 @@ def flags(plan: Plan, path: str | Path | None) -> list[str]:
         out += ["--dp-size", str(par.dp), "--enable-dp-attention"]
     if par.pp > 1:
         out += ["--pp-size", str(par.pp)]
+    out += dispatch_flags(plan)
     if plan.cluster.num_nodes > 1:
-        out += ["--nnodes", str(plan.cluster.num_nodes)]
-    if plan.dispatch == "nearest":
-        # the static per-rank map: a replica on the rank's GPU, then its node, else a fair draw
-        out += ["--ep-dispatch-algorithm", "static"]
+        out += ["--nnodes", str(plan.cluster.num_nodes), "--node-rank", "0", "--dist-init-addr", HEAD_ADDR]
     return out
+
+
+def node_notes(plan: Plan) -> list[str]:
+    """How the other nodes' lines differ from node 0's."""
+    n = plan.cluster.num_nodes
+    if n <= 1:
+        return []
+    return [f"run the same line on each of the {n} nodes with --node-rank 0 … {n - 1}; "
+            f"{HEAD_ADDR} stands for node 0's address and a free port"]
 
 
 def notes(plan: Plan) -> list[str]:
@@ -104,12 +150,27 @@ def notes(plan: Plan) -> list[str]:
             f"SGLang takes its EP group to be the whole TP group ({stage} GPUs per stage); "
             f"this plan has ep {par.ep} × etp {par.etp}"
         )
-    if plan.dispatch == "even" and redundant_of(plan) > 0:
-        out.append(
-            "SGLang switches to its static dispatch when --init-expert-location is given (a replica on the "
-            "rank's GPU first, then on its node in versions that prefer the same node); this plan was made for "
-            "even dispatch: re-plan with --dispatch nearest (or local-first) to place for what SGLang will do"
-        )
+    out += node_notes(plan)
+    if redundant_of(plan) > 0:
+        if plan.dispatch == "even":
+            out.append(
+                "even dispatch in SGLang is --ep-dispatch-algorithm dynamic without an all-to-all backend (replica "
+                "token row mod c on every rank), so EP runs without DeepEP's all-to-all the plan's traffic assumes; "
+                "with --moe-a2a-backend deepep SGLang prefers local replicas: re-plan with --dispatch static "
+                "(SGLang's default then) or nearest to place for what it will do"
+            )
+        elif plan.dispatch == "nearest":
+            out.append(
+                "SGLang's dynamic dispatch under deepep takes a replica on the rank's GPU, else the first one on its "
+                "node when the node holds some but not all, else one at random per token; nearest spreads a token "
+                "over its node's replicas instead of taking the first"
+            )
+        elif plan.dispatch == "local-first":
+            out.append(
+                "SGLang's dynamic dispatch under deepep takes a replica on the rank's GPU, else (on several nodes) "
+                "the first one on its node when the node holds some but not all, else one at random per token; "
+                "local-first skips the node step"
+            )
     return out
 
 

@@ -96,11 +96,40 @@ def test_pt_file_holds_one_int64_tensor(plan_replicas, tmp_path):
     assert tuple(d["physical_to_logical_map"].shape) == (27, 72)
 
 
-def test_nearest_dispatch_asks_for_sglangs_static_dispatch(plan_replicas_2n):
+def _value(flags, name):
+    return flags[flags.index(name) + 1] if name in flags else None
+
+
+def test_static_dispatch_is_printed_only_with_deepep(plan_replicas_2n):
+    # SGLang refuses --ep-dispatch-algorithm static without an all-to-all backend
+    # (handle_eplb_and_dispatch: "static picks a different physical replica per rank ...")
+    for dispatch, algo, a2a in [("static", "static", "deepep"), ("nearest", "dynamic", "deepep"),
+                                ("local-first", "dynamic", "deepep"), ("even", "dynamic", None)]:
+        f = export(plan_replicas_2n.model_copy(update={"dispatch": dispatch}), "sglang").flags
+        assert (_value(f, "--ep-dispatch-algorithm"), _value(f, "--moe-a2a-backend")) == (algo, a2a), dispatch
+        if _value(f, "--ep-dispatch-algorithm") == "static":
+            assert _value(f, "--moe-a2a-backend") == "deepep"
+
+
+def test_notes_say_what_sglang_does_with_each_dispatch(plan_replicas_2n):
     even = export(plan_replicas_2n, "sglang")
-    assert "--ep-dispatch-algorithm" not in even.flags
-    assert any("re-plan with --dispatch nearest" in n for n in even.notes)  # SGLang will not spread evenly
-    near = plan_replicas_2n.model_copy(update={"dispatch": "nearest"})
-    r = export(near, "sglang")
-    assert r.flags[r.flags.index("--ep-dispatch-algorithm") + 1] == "static"
-    assert not any("re-plan with --dispatch" in n for n in r.notes)
+    assert any("re-plan with --dispatch static" in n and "without DeepEP's all-to-all" in n for n in even.notes)
+    near = export(plan_replicas_2n.model_copy(update={"dispatch": "nearest"}), "sglang")
+    assert any("dynamic dispatch under deepep" in n for n in near.notes)
+    static = export(plan_replicas_2n.model_copy(update={"dispatch": "static"}), "sglang")
+    assert not any("re-plan" in n or "dynamic dispatch" in n for n in static.notes)
+
+
+def test_without_redundant_slots_deepep_alone(plan_perm_2n):
+    f = export(plan_perm_2n, "sglang").flags
+    assert _value(f, "--moe-a2a-backend") == "deepep" and "--ep-dispatch-algorithm" not in f
+
+
+def test_multi_node_lines_name_the_node_rank_and_the_head_address(plan_replicas, plan_replicas_2n):
+    r = export(plan_replicas_2n, "sglang")
+    f = r.flags
+    assert _value(f, "--nnodes") == "2" and _value(f, "--node-rank") == "0"
+    assert _value(f, "--dist-init-addr") == "HEAD_NODE_IP:5000"
+    assert any("--node-rank 0 … 1" in n for n in r.notes)
+    one = export(plan_replicas, "sglang").flags
+    assert "--nnodes" not in one and "--node-rank" not in one and "--dist-init-addr" not in one

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from planner.errors import InputError
-from planner.exports import export, import_placement
+from planner.exports import export, import_placement, vllm
 from planner.exports._common import logical_to_physical, phy2log_of
 
 
@@ -21,51 +21,108 @@ def test_matches_the_example_in_vllms_eplb_state_docstring():
     assert count.tolist() == [[2, 2, 1, 1], [3, 1, 1, 1]]
 
 
-def test_tensors_shapes_padding_and_counts(plan_replicas, tmp_path):
+def test_the_file_is_the_physical_to_logical_map_update_mapping_takes(plan_replicas, tmp_path):
+    # vLLM's EplbState.add_model allocates logical_to_physical_map 1024 wide (MAX_EXPERT_REDUNDANCY + 1)
+    # and update_mapping derives it from physical_to_logical_map: an R+1-wide copy would not fit
     out = tmp_path / "eplb_state.npz"
     r = export(plan_replicas, "vllm", out)
     z = np.load(out)
-    assert sorted(z.files) == ["logical_replica_count", "logical_to_physical_map", "physical_to_logical_map"]
-    p2l, l2p, cnt = z["physical_to_logical_map"], z["logical_to_physical_map"], z["logical_replica_count"]
-    assert all(a.dtype == np.int64 for a in (p2l, l2p, cnt))
-    assert p2l.shape == (26, 72) and l2p.shape == (26, 64, 9) and cnt.shape == (26, 64)  # R + 1 = 9
+    assert z.files == ["physical_to_logical_map"]
+    p2l = z["physical_to_logical_map"]
+    assert p2l.dtype == np.int64 and p2l.shape == (26, 72)
     assert np.array_equal(p2l, phy2log_of(plan_replicas))
-    assert np.array_equal(cnt, (l2p != -1).sum(-1))  # "exactly the non--1 count"
-    assert cnt.sum(1).tolist() == [72] * 26
-    for l in range(26):
-        for e in range(64):
-            slots = l2p[l, e, : cnt[l, e]]
-            assert np.all(p2l[l, slots] == e) and np.all(np.diff(slots) > 0)
-            assert np.all(l2p[l, e, cnt[l, e]:] == -1)
+    assert any("EplbState.update_mapping" in n and "compute_logical_maps" in n for n in r.notes)
     assert r.flags == [
         "--enable-expert-parallel", "--tensor-parallel-size", "1", "--data-parallel-size", "8",
         "--enable-eplb", "--eplb-config", '{"num_redundant_experts": 8}',
     ]
 
 
-def test_without_replicas_the_map_is_one_wide(plan_perm):
+def test_docstring_names_vllms_current_api():
+    import planner.exports.vllm as v
+
+    assert "EplbState.build" not in v.__doc__
+    assert "update_mapping" in v.__doc__ and "from_mapping" in v.__doc__ and "add_model" in v.__doc__
+
+
+def test_without_replicas_the_count_is_zero(plan_perm):
     r = export(plan_perm, "vllm")
-    assert r.shapes()["logical_to_physical_map"] == [26, 64, 1]
-    assert r.payload["logical_replica_count"].tolist() == [[1] * 64] * 26
+    assert r.shapes() == {"physical_to_logical_map": [26, 64]}
     assert '{"num_redundant_experts": 0}' in r.flags
 
 
-def test_inconsistent_maps_are_refused(plan_replicas, tmp_path):
-    r = export(plan_replicas, "vllm")
-    bad = dict(r.payload)
-    cnt = bad["logical_replica_count"].copy()
+def test_three_map_files_of_earlier_releases_still_read_and_must_agree(plan_replicas, tmp_path):
+    p2l = phy2log_of(plan_replicas)
+    l2p, cnt = logical_to_physical(p2l, 64, 9)
+    p = tmp_path / "old.npz"
+    np.savez(p, physical_to_logical_map=p2l, logical_to_physical_map=l2p, logical_replica_count=cnt)
+    assert import_placement(p, "vllm", model="deepseek-v2-lite", ep=8).same_as(plan_replicas)
+    cnt = cnt.copy()
     cnt[3, 5] += 1
-    bad["logical_replica_count"] = cnt
-    p = tmp_path / "bad.npz"
-    np.savez(p, **bad)
-    with pytest.raises(InputError, match=r"bad.npz: logical_replica_count\[3\]\[5\] is \d+, physical_to_logical_map gives expert 5"):
+    np.savez(p, physical_to_logical_map=p2l, logical_to_physical_map=l2p, logical_replica_count=cnt)
+    with pytest.raises(InputError, match=r"old.npz: logical_replica_count\[3\]\[5\] is \d+, physical_to_logical_map gives expert 5"):
         import_placement(p, "vllm")
-    np.savez(p, physical_to_logical_map=r.payload["physical_to_logical_map"])
-    with pytest.raises(InputError, match="bad.npz: missing 'logical_to_physical_map'"):
+    np.savez(p, physical_to_logical_map=p2l, logical_replica_count=cnt)
+    with pytest.raises(InputError, match="old.npz: missing 'logical_to_physical_map'"):
         import_placement(p, "vllm")
+    np.savez(p, physical_to_logical_map=p2l[:, :70])
+    with pytest.raises(InputError, match="not a multiple of ep"):
+        import_placement(p, "vllm", ep=8)
     p.write_bytes(b"not a zip")
-    with pytest.raises(InputError, match=r"bad.npz: not a readable .npz file"):
+    with pytest.raises(InputError, match=r"old.npz: not a readable .npz file"):
         import_placement(p, "vllm")
+
+
+def test_multi_node_lines_name_the_local_dp_size_and_the_head_address(plan_replicas_2n):
+    f = export(plan_replicas_2n, "vllm").flags  # 2 nodes × 8 GPUs, dp 16 tp 1
+    assert f[f.index("--data-parallel-size") + 1] == "16"
+    assert f[f.index("--data-parallel-size-local") + 1] == "8"
+    assert f[f.index("--data-parallel-address") + 1] == "HEAD_NODE_IP"
+    assert "--data-parallel-rpc-port" in f
+    notes = export(plan_replicas_2n, "vllm").notes
+    assert any("--headless --data-parallel-start-rank n × 8" in n for n in notes)
+    one = export(plan_replicas_2n.model_copy(update={"cluster": plan_replicas_2n.cluster.model_copy(update={"num_nodes": 1, "gpus_per_node": 16})}), "vllm")
+    assert "--data-parallel-size-local" not in one.flags and "--data-parallel-address" not in one.flags
+
+
+def _per_rank(phy2log, S):
+    return phy2log.reshape(phy2log.shape[0], -1, S)
+
+
+def test_vllm_ascend_swaps_same_rank_copies_apart(plan_replicas):
+    # the EPLB baseline puts two copies of one expert on rank 0 in layer 11; vllm-ascend would take
+    # rank 0's distinct experts (8) as the slots per rank and shift every other rank's slots
+    S = plan_replicas.placement.slots_per_gpu
+    before = _per_rank(phy2log_of(plan_replicas), S)
+    assert len(np.unique(before[11, 0])) < S
+    fixed, swaps = vllm.ascend_placement(plan_replicas)
+    after = _per_rank(fixed, S)
+    assert swaps > 0
+    assert all(len(np.unique(after[l, g])) == S for l in range(26) for g in range(8))
+    for l in range(26):  # a permutation of the same slots: every expert keeps its copy count
+        assert np.array_equal(np.sort(fixed[l]), np.sort(phy2log_of(plan_replicas)[l]))
+    assert (fixed != phy2log_of(plan_replicas)).sum() == 2 * swaps
+    r = export(plan_replicas, "vllm-ascend")
+    assert any(f"{swaps} slot swap(s)" in n for n in r.notes)
+    flat = np.array([[e for d in layer["device_list"] for e in d["device_expert"]] for layer in r.payload["layer_list"]])
+    assert np.array_equal(flat, fixed)
+
+
+def test_vllm_ascend_refuses_more_copies_than_ranks(plan_replicas):
+    row = [0] * 9 + list(range(1, 64)) * 1  # 72 slots: expert 0 nine times on 8 ranks
+    bad = plan_replicas.model_copy(update={"placement": plan_replicas.placement.model_copy(
+        update={"physical_to_logical": [row] * 26})})
+    with pytest.raises(InputError, match=r"^vllm-ascend: MoE layer 0 holds 9 copies of expert 0 on 8 EP ranks"):
+        export(bad, "vllm-ascend")
+
+
+def test_vllm_ascend_flags_carry_the_redundant_count(plan_replicas, plan_perm, tmp_path):
+    out = tmp_path / "m.json"
+    f = export(plan_replicas, "vllm-ascend", out).flags
+    cfg = json.loads(f[f.index("--additional-config") + 1])
+    assert cfg == {"eplb_config": {"expert_map_path": str(out), "num_redundant_experts": 8}}
+    f0 = export(plan_perm, "vllm-ascend").flags
+    assert json.loads(f0[f0.index("--additional-config") + 1])["eplb_config"]["num_redundant_experts"] == 0
 
 
 def test_vllm_ascend_json_layout(plan_replicas_2n, tmp_path):
@@ -76,12 +133,12 @@ def test_vllm_ascend_json_layout(plan_replicas_2n, tmp_path):
     layer = data["layer_list"][7]
     assert layer["layer_id"] == 7 and layer["device_count"] == 16
     assert [d["device_id"] for d in layer["device_list"]] == list(range(16))
-    row = plan_replicas_2n.placement.physical_to_logical[7]
+    row = vllm.ascend_placement(plan_replicas_2n)[0][7].tolist()
     assert layer["device_list"][3]["device_expert"] == row[15:20]  # rank 3 holds slots 15..19
     flat = [e for d in layer["device_list"] for e in d["device_expert"]]
     assert flat == row
     cfg = r.flags[r.flags.index("--additional-config") + 1]
-    assert json.loads(cfg) == {"eplb_config": {"expert_map_path": str(out)}}
+    assert json.loads(cfg) == {"eplb_config": {"expert_map_path": str(out), "num_redundant_experts": 16}}
 
 
 def test_vllm_ascend_bad_files(tmp_path):

@@ -1,0 +1,32 @@
+"""Launch lines ``moe-planner plan`` prints for serving plans (planner.exports.launch)."""
+
+from planner.cli.render import render_launch
+from planner.exports.launch import launch_args, launch_notes
+
+
+def _value(flags, name):
+    return flags[flags.index(name) + 1] if name in flags else None
+
+
+def test_two_node_serving_lines_are_complete(plan_replicas_2n):
+    assert plan_replicas_2n.workload.mode != "train" and plan_replicas_2n.cluster.num_nodes == 2
+    la = launch_args(plan_replicas_2n)
+    assert _value(la.vllm, "--data-parallel-size-local") == "8"
+    assert _value(la.vllm, "--data-parallel-address") == "HEAD_NODE_IP"
+    assert _value(la.sglang, "--node-rank") == "0"
+    assert _value(la.sglang, "--dist-init-addr") == "HEAD_NODE_IP:5000"
+    static = launch_args(plan_replicas_2n.model_copy(update={"dispatch": "static"}))
+    assert _value(static.sglang, "--ep-dispatch-algorithm") == "static"
+    assert _value(static.sglang, "--moe-a2a-backend") == "deepep"
+    notes = launch_notes(plan_replicas_2n)
+    assert any(n.startswith("vllm: ") and "--headless" in n for n in notes)
+    assert any(n.startswith("sglang: ") and "--node-rank" in n for n in notes)
+    lines = render_launch(plan_replicas_2n.model_copy(update={"launch": la}))
+    assert any("vllm serve MODEL" in ln and "--data-parallel-size-local 8" in ln for ln in lines)
+    assert any("note: sglang: run the same line" in ln for ln in lines)
+
+
+def test_one_node_lines_have_no_node_flags_or_notes(plan_replicas):
+    la = launch_args(plan_replicas)
+    assert "--data-parallel-address" not in la.vllm and "--dist-init-addr" not in la.sglang
+    assert launch_notes(plan_replicas) == []
