@@ -31,6 +31,21 @@ Formulas (docs/facts.md §1-2, §6)::
                 b·c·kv_bytes_per_token_per_layer (docs/facts.md §6)
     training    forward + backward ≈ 3 × forward (backward computes input and weight gradients)
 
+**fp8 training** (Transformer Engine's recipes, Megatron ``--fp8-format``): the GEMMs run on the
+profile's fp8 tables and fp8 peak (``dtype="fp8"``); every GEMM operand that is not already fp8 is
+cast first: in the forward the input activations, in the backward the output gradients, each
+element costing :data:`FP8_CAST_BYTES` (amax read, cast-transpose read, fp8 copy and transpose
+written: TE's ``cast_transpose`` kernels with current scaling), priced as one memory pass
+(:func:`fp8_cast_ms`). Weights are cast once per step, not per micro-batch (TE caches them over
+gradient accumulation).
+
+**Token-dispatcher bookkeeping**: Megatron's ``alltoall`` dispatcher copies the per-expert token
+counts to the host before each all-to-all (the split sizes NCCL needs), which empties the GPU's
+queue: the GPU waits for that copy (the profile's PCIe copy latency) and for the host to issue
+the next kernel (:func:`dispatcher_sync_ms`, :data:`HOST_KERNEL_US` per kernel: the profile's
+measured host issue time of eager kernels). Router and permute / unpermute are memory passes and
+GEMMs priced as below, each paying the per-kernel fixed cost of the device fit.
+
 The projections of MLA (DeepSeek) are the model's attention parameters as GEMMs of the same
 total size; the core uses ``num_heads`` and ``head_dim`` (q/k) as for standard attention.
 
@@ -66,6 +81,17 @@ MEMORY_OP_EFFICIENCY = 0.5
 BACKWARD_FACTOR = 2.0
 #: Kernels of an expert FFN whose fixed cost the device fit's ``fixed_ms`` covers.
 _FFN_KERNELS = 4
+#: Bytes one fp8 cast moves per GEMM operand element (module docstring, **fp8 training**): the
+#: amax pass of current scaling reads the bf16 tensor (2), the fused cast-transpose reads it
+#: again (2) and writes the fp8 copy and its transpose (1 + 1).
+FP8_CAST_BYTES = 6.0
+#: Host time to issue one eager kernel (µs), measured on the H100 (host speed, not the GPU's): 60.5 µs for an eager expert FFN of five kernels
+#: (hwprofiles/measurements/h100-sxm-2026-11-23.json, ``ffn_host_us``, median of 240 rows).
+HOST_KERNEL_US = 60.5 / 5
+#: Kernels of Megatron's ``alltoall`` token dispatcher issued after its device-to-host sync before
+#: the GPU has queued work again (megatron/core/transformer/moe/token_dispatcher.py: the splits
+#: reach the host, then the all-to-all of the tokens is the next kernel): one.
+DISPATCH_KERNELS_AFTER_SYNC = 1
 
 
 def _kernel_fixed_ms(hw: HardwareProfile, dtype: str) -> float:
@@ -117,18 +143,40 @@ def combine_ms(hw: HardwareProfile, model: ModelSpec, tokens: float, efficiency:
     return permute_ms(hw, model, tokens, efficiency)
 
 
-def shared_experts_ms(hw: HardwareProfile, model: ModelSpec, tokens: float, etp: int = 1) -> float:
-    """Shared experts of one MoE layer: an FFN of width ``shared_ffn_size / etp`` over all tokens."""
+def shared_experts_ms(
+    hw: HardwareProfile, model: ModelSpec, tokens: float, etp: int = 1, dtype: str | None = None
+) -> float:
+    """Shared experts of one MoE layer: an FFN of width ``shared_ffn_size / etp`` over all tokens
+    (``dtype``: the GEMMs' dtype, default the model's ``weight_dtype``)."""
     if model.shared_ffn_size == 0 or tokens <= 0:
         return 0.0
-    return float(expert_ffn_ms(hw, model.hidden_size, max(1, model.shared_ffn_size // etp), model.weight_dtype, tokens))
+    dt = dtype or model.weight_dtype
+    return float(expert_ffn_ms(hw, model.hidden_size, max(1, model.shared_ffn_size // etp), dt, tokens))
 
 
-def dense_ffn_ms(hw: HardwareProfile, model: ModelSpec, tokens: float, tp: int = 1) -> float:
+def dense_ffn_ms(hw: HardwareProfile, model: ModelSpec, tokens: float, tp: int = 1, dtype: str | None = None) -> float:
     """The FFN of one dense layer (width ``dense_intermediate_size / tp``) over ``tokens``."""
     if model.dense_intermediate_size == 0 or tokens <= 0:
         return 0.0
-    return float(expert_ffn_ms(hw, model.hidden_size, max(1, model.dense_intermediate_size // tp), model.weight_dtype, tokens))
+    dt = dtype or model.weight_dtype
+    return float(expert_ffn_ms(hw, model.hidden_size, max(1, model.dense_intermediate_size // tp), dt, tokens))
+
+
+def fp8_cast_ms(hw: HardwareProfile, elements: float) -> float:
+    """Transformer Engine's fp8 casts of ``elements`` GEMM operand elements (module docstring,
+    **fp8 training**): :data:`FP8_CAST_BYTES` per element in one memory pass; 0 elements → 0."""
+    if elements < 0:
+        raise InputError(f"elements must be >= 0 (got {elements:g})")
+    return memory_pass_ms(hw, FP8_CAST_BYTES * elements) if elements else 0.0
+
+
+def dispatcher_sync_ms(hw: HardwareProfile, kernels_after: int = DISPATCH_KERNELS_AFTER_SYNC) -> float:
+    """Host time the GPU waits for in one token dispatch (module docstring, **token-dispatcher
+    bookkeeping**): the device-to-host copy of the split sizes, then ``kernels_after`` kernels
+    issued from an empty queue, at the profile's measured host issue time per eager kernel."""
+    if kernels_after < 0:
+        raise InputError(f"kernels_after must be >= 0 (got {kernels_after})")
+    return (hw.pcie.copy_latency_us + kernels_after * HOST_KERNEL_US) * 1e-3
 
 
 @dataclass(frozen=True)
@@ -153,11 +201,13 @@ def attention_ms(
     context: int = 0,
     tp: int = 1,
     kv_dtype: str = "bf16",
+    weight_dtype: str | None = None,
 ) -> AttentionTime:
     """Attention of one layer for ``sequences`` on one GPU (module docstring).
 
     ``mode``: ``prefill`` (``seq_len`` new tokens each) or ``decode`` (one new token each,
-    ``context`` tokens of KV cache each). Heads and projections are split over ``tp``.
+    ``context`` tokens of KV cache each). Heads and projections are split over ``tp``;
+    ``weight_dtype`` prices the projections in another dtype than the model's (fp8 training).
     """
     if mode not in ("prefill", "decode"):
         raise InputError(f"mode must be 'prefill' or 'decode' (got {mode!r})")
@@ -173,7 +223,7 @@ def attention_ms(
     tokens = sequences * (seq_len if mode == "prefill" else 1)
     # projections: the attention weights as one square-ish GEMM of the same size, split over tp
     params = att.params_per_layer(h) / tp
-    proj = gemm_ms(hw, tokens, max(1, int(params // h)), h, model.weight_dtype)
+    proj = gemm_ms(hw, tokens, max(1, int(params // h)), h, weight_dtype or model.weight_dtype)
     heads = max(1, att.num_heads // tp)
     fit = device_fit(hw, "bf16")
     peak = fit.compute_eff * peak_tflops(hw, "bf16") * 1e12

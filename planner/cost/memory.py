@@ -27,7 +27,9 @@ pipeline stage (⌈layers / pp⌉), L_moe MoE layers of a stage (⌈MoE layers /
 The distributed optimizer shards the 12 over the data-parallel group (experts over
 ``edp = dp·tp/(ep·etp)``). Activations per layer and micro-batch follow Korthikanti et al. 2022 (Table 2) with sequence
 parallelism and the recompute mode, and a 1F1B first stage holds ``min(pp, micro-batches)`` of
-them (× ``1 + (pp − 1)/(pp·vpp)`` interleaved). Formulas in full: docs/cost_model.md §4.
+them (× ``1 + (pp − 1)/(pp·vpp)`` interleaved); rank r holds ``min(pp − r, micro-batches)`` of its
+own layers (an uneven layout can make another rank the fullest), and the fullest rank counts.
+Formulas in full: docs/cost_model.md §4.
 
 **Inference**::
 
@@ -51,6 +53,7 @@ from typing import Literal
 
 from planner.cost.compute import ACTIVATION_BYTES
 from planner.errors import InputError
+from planner.specs.degrees import pipeline_layout
 from planner.specs.model import DTYPE_BYTES, ModelSpec
 
 GIB = 1024**3
@@ -156,16 +159,18 @@ def training_memory(
     distributed_optimizer: bool = True,
     recompute: Recompute = "selective",
     train_dtype: str = "bf16",
+    pp_first: int | None = None,
+    pp_last: int | None = None,
 ) -> MemoryBreakdown:
-    """Bytes per GPU of the first pipeline stage (the fullest) in Megatron-style training, the
-    weights in ``train_dtype`` (``bf16`` or ``fp8``; module docstring)."""
+    """Bytes per GPU in Megatron-style training, the weights in ``train_dtype`` (``bf16`` or
+    ``fp8``; module docstring): weights, gradients and optimizer of a stage of ⌈L/pp⌉ layers,
+    activations of the pipeline rank holding the most (its layers of the pipeline layout,
+    ``pp_first`` / ``pp_last`` as :func:`planner.specs.degrees.pipeline_layout` takes them)."""
     _positive(slots_per_gpu=slots_per_gpu, tp=tp, pp=pp, dp=dp, ep=ep, etp=etp, vpp=vpp)
     if (dp * tp) % (ep * etp):
         raise InputError(f"ep × etp ({ep} × {etp}) must divide dp × tp ({dp} × {tp}): experts shard inside a stage")
     edp = dp * tp // (ep * etp)
     moe_per_stage = math.ceil(model.num_moe_layers / pp)
-    layers_per_stage = math.ceil(model.num_layers / pp)
-    dense_per_stage = max(0, layers_per_stage - moe_per_stage)
     expert_params = slots_per_gpu * model.expert_params * moe_per_stage / etp
     other_params = model.non_expert_params / (tp * pp)
     weights = train_weight_bytes(model, slots_per_gpu, tp, pp, etp, train_dtype)
@@ -174,13 +179,22 @@ def training_memory(
         optim = OPTIMIZER_BYTES * (expert_params / edp + other_params / dp)
     else:
         optim = OPTIMIZER_BYTES * (expert_params + other_params)
-    per_mb = moe_per_stage * activation_bytes_per_layer(model, seq_len, micro_batch, tp, recompute, moe=True)
-    if dense_per_stage:
-        per_mb += dense_per_stage * activation_bytes_per_layer(model, seq_len, micro_batch, tp, recompute, moe=False)
-    in_flight = float(pp if num_microbatches is None else max(1, min(pp, num_microbatches)))
-    if vpp > 1:
-        in_flight *= 1.0 + (pp - 1) / (pp * vpp)
-    return MemoryBreakdown(weights=weights, gradients=grads, optimizer=optim, activations=per_mb * in_flight)
+    act_moe = activation_bytes_per_layer(model, seq_len, micro_batch, tp, recompute, moe=True)
+    act_dense = activation_bytes_per_layer(model, seq_len, micro_batch, tp, recompute, moe=False) if model.num_dense_layers else 0.0
+    mbs = pp if num_microbatches is None else max(1, num_microbatches)
+    interleave = 1.0 + (pp - 1) / (pp * vpp) if vpp > 1 else 1.0
+    layout = pipeline_layout(model.num_layers, pp, vpp, mtp=model.mtp_layers, first=pp_first, last=pp_last)
+    moe_idx = set(model.moe_layers)
+    activations = 0.0
+    for r in range(pp):  # rank r of a 1F1B pipeline holds min(pp − r, micro-batches) in flight
+        if isinstance(layout, str):  # no layout Megatron runs (the rules say so elsewhere): ⌈L/pp⌉ each
+            n_moe, n_dense = moe_per_stage, max(0, math.ceil(model.num_layers / pp) - moe_per_stage)
+        else:
+            n_moe = sum(1 for lo, hi in layout.rank_ranges(r) for i in range(lo, hi) if i in moe_idx)
+            n_dense = layout.rank_layers(r) - n_moe
+        per_mb = n_moe * act_moe + n_dense * act_dense
+        activations = max(activations, per_mb * min(pp - r, mbs) * interleave)
+    return MemoryBreakdown(weights=weights, gradients=grads, optimizer=optim, activations=activations)
 
 
 def kv_bytes_per_token(model: ModelSpec, tp: int = 1, pp: int = 1, kv_dtype: str = "bf16") -> float:

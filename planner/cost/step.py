@@ -41,6 +41,8 @@ from planner.cost.layers import (
     attention_ms,
     combine_ms,
     dense_ffn_ms,
+    dispatcher_sync_ms,
+    fp8_cast_ms,
     gemm_ms,
     memory_pass_ms,
     permute_ms,
@@ -48,7 +50,9 @@ from planner.cost.layers import (
     shared_experts_ms,
     training_ms,
 )
+from planner.cost.memory import TRAIN_DTYPES
 from planner.errors import InputError
+from planner.specs.degrees import PipelineLayout, pipeline_layout
 from planner.specs.hardware import HardwareProfile
 from planner.specs.model import ModelSpec
 
@@ -143,7 +147,16 @@ def model_flops_per_step(model: ModelSpec, global_batch: int, seq_len: int) -> f
     matmul = model.active_params - (0 if model.tie_embeddings else model.hidden_size * model.vocab_size)
     tokens = float(global_batch) * seq_len
     qk = att.head_dim if att.kind != "mla" else (att.head_dim + (att.v_head_dim or att.head_dim)) / 2
-    return 6.0 * tokens * matmul + 12.0 * tokens * seq_len * model.num_layers * att.num_heads * qk
+    flops = 6.0 * tokens * matmul + 12.0 * tokens * seq_len * model.num_layers * att.num_heads * qk
+    if model.mtp_layers:  # Megatron counts each MTP layer as one more layer of the last layer's kind,
+        # its 2h -> h projection and one more output layer (num_floating_point_operations)
+        h = model.hidden_size
+        last_moe = (model.num_layers - 1) in set(model.moe_layers)
+        ffn = (model.top_k * model.expert_params + model.shared_params_per_layer + model.router_params_per_layer
+               if last_moe else model.dense_ffn_params_per_layer)
+        per = model.attention.params_per_layer(h) + ffn + 2 * h * h + h * model.vocab_size
+        flops += model.mtp_layers * (6.0 * tokens * per + 12.0 * tokens * seq_len * att.num_heads * qk)
+    return flops
 
 
 class StepModel:
@@ -151,31 +164,51 @@ class StepModel:
     :meth:`train_step` for thousands of candidates that share its per-layer pieces, so each
     piece is a pure method memoized on this instance (``functools.cache`` in ``__init__``)."""
 
-    def __init__(self, model: ModelSpec, hw: HardwareProfile, gpus_per_node: int) -> None:
+    def __init__(self, model: ModelSpec, hw: HardwareProfile, gpus_per_node: int, train_dtype: str = "bf16") -> None:
+        if train_dtype not in TRAIN_DTYPES:
+            raise InputError(f"train_dtype must be one of {', '.join(TRAIN_DTYPES)} (got {train_dtype!r})", field="train_dtype")
         self.model = model
         self.hw, self.gpn = hw, gpus_per_node
+        #: the dtype the linear layers compute in (the training dtype, never the checkpoint's)
+        self.gemm_dtype = train_dtype
         for name in ("_attention", "_moe_block", "_tok_ops", "_experts", "_dense", "_head", "_train_layers",
-                     "_split", "link"):
+                     "_split", "link", "_casts"):
             setattr(self, name, functools.cache(getattr(self, name)))
 
     # per-layer pieces -----------------------------------------------------------------------
 
     def _attention(self, tp: int, cp: int, b: int, s: int) -> tuple[float, float]:
-        a = attention_ms(self.hw, self.model, mode="prefill", sequences=b, seq_len=s, tp=tp)
+        a = attention_ms(self.hw, self.model, mode="prefill", sequences=b, seq_len=s, tp=tp, weight_dtype=self.gemm_dtype)
         return a.projections_ms / cp, a.core_ms / cp
+
+    def _casts(self, tp: int, etp: int, T: float) -> tuple[float, float, float]:
+        """fp8 training: casts of one micro-batch's GEMM operands (forward inputs and backward
+        output gradients, layers.fp8_cast_ms) of the attention, MoE and dense blocks; 0 in bf16."""
+        if self.gemm_dtype != "fp8":
+            return 0.0, 0.0, 0.0
+        m, hw, h = self.model, self.hw, self.model.hidden_size
+        n_att = m.attention.params_per_layer(h) / (h * tp)
+        att = fp8_cast_ms(hw, T * (h + n_att))
+        routed = m.top_k * T / tp  # token copies this GPU's experts see (uniform routing)
+        f = m.expert_intermediate_size / etp
+        moe = fp8_cast_ms(hw, routed * (2 * h + 3 * f))
+        if m.shared_ffn_size:
+            moe += fp8_cast_ms(hw, T * (2 * h + 3 * m.shared_ffn_size / tp))
+        dense = fp8_cast_ms(hw, T * (2 * h + 3 * m.dense_intermediate_size / tp)) if m.num_dense_layers else 0.0
+        return att, moe, dense
 
     def _tok_ops(self, tp: int, T: float) -> float:
         """Router, permute, combine and shared experts of one MoE block."""
         m, hw, t_gpu = self.model, self.hw, T / tp
         return (
             router_ms(hw, m, t_gpu) + permute_ms(hw, m, t_gpu) + combine_ms(hw, m, t_gpu)
-            + shared_experts_ms(hw, m, T, etp=tp)
+            + shared_experts_ms(hw, m, T, etp=tp, dtype=self.gemm_dtype)
         )
 
     def _experts(self, M: float, local: int, f: int) -> float:
         m = self.model
         tok = np.full((1, local), M)
-        return float(grouped_experts_ms(self.hw, m.hidden_size, f, m.expert_dtype, tok, kernel="grouped")[0])
+        return float(grouped_experts_ms(self.hw, m.hidden_size, f, self.gemm_dtype, tok, kernel="grouped")[0])
 
     def _moe_block(self, tp: int, cp: int, b: int, s: int, ep: int, etp: int, dispatcher: str) -> tuple[float, float]:
         m, hw = self.model, self.hw
@@ -196,7 +229,7 @@ class StepModel:
         return compute, comm
 
     def _dense(self, tp: int, T: float) -> float:
-        return dense_ffn_ms(self.hw, self.model, T, tp) if self.model.num_dense_layers else 0.0
+        return dense_ffn_ms(self.hw, self.model, T, tp, dtype=self.gemm_dtype) if self.model.num_dense_layers else 0.0
 
     def _head(self, tp: int, T: float) -> float:
         m, hw = self.model, self.hw
@@ -234,42 +267,61 @@ class StepModel:
     def _train_layers(
         self, tp: int, cp: int, b: int, s: int, ep: int, etp: int, dispatcher: str, recompute: str
     ) -> tuple[float, float, float, float, TrainLayerTimes]:
-        """Forward + backward of one attention+MoE layer, attention+dense layer and the LM head."""
+        """Forward + backward of one attention+MoE layer, attention+dense layer and the LM head
+        with its loss."""
         m, hw = self.model, self.hw
         lt = self.layer_times(tp=tp, cp=cp, b=b, s=s, ep=ep, etp=etp, dispatcher=dispatcher)
+        c_att, c_moe, c_dense = self._casts(tp, etp, b * s / cp)
+        # Megatron's alltoall dispatcher syncs the split sizes to the host in each forward
+        sync = dispatcher_sync_ms(hw) if ep > 1 and dispatcher == "pairs" else 0.0
 
-        def train_layer(compute: float, comm: float, core: float, params: float) -> float:
-            # backward: 2 × forward, the attention core 2.5 ×; fp32 main-grad accumulation
-            t = training_ms(compute) + (ATTN_BACKWARD_FACTOR - 2.0) * core + 2.0 * comm
+        def train_layer(compute: float, comm: float, core: float, params: float, cast: float, host: float) -> float:
+            # backward: 2 × forward, the attention core 2.5 ×; fp32 main-grad accumulation; fp8
+            # casts of the forward inputs and backward gradients (once each), host waits per forward
+            t = training_ms(compute) + (ATTN_BACKWARD_FACTOR - 2.0) * core + 2.0 * comm + cast + host
             t += memory_pass_ms(hw, MAIN_GRAD_BYTES * params)
             if recompute == "full":
-                t += compute + comm
+                t += compute + comm + cast / 2 + host
             elif recompute == "selective":
                 t += core
             return t
 
         p_attn = m.attention.params_per_layer(m.hidden_size) / tp
         p_moe = (m.num_experts // ep) * m.expert_params / etp + (m.shared_params_per_layer + m.router_params_per_layer) / tp
-        t_attn = train_layer(lt.attn_compute, lt.attn_comm, lt.attn_core, p_attn)
-        t_moe = t_attn + train_layer(lt.moe_compute, lt.moe_comm, 0.0, p_moe)
-        t_dense = t_attn + train_layer(lt.dense_compute, lt.dense_comm, 0.0, m.dense_ffn_params_per_layer / tp)
+        t_attn = train_layer(lt.attn_compute, lt.attn_comm, lt.attn_core, p_attn, c_att, 0.0)
+        t_moe = t_attn + train_layer(lt.moe_compute, lt.moe_comm, 0.0, p_moe, c_moe, sync)
+        t_dense = t_attn + train_layer(lt.dense_compute, lt.dense_comm, 0.0, m.dense_ffn_params_per_layer / tp, c_dense, 0.0)
         return t_attn, t_moe, t_dense, training_ms(lt.head_compute), lt
 
-    def _split(self, pp: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-        """(MoE, dense) layer counts of the first, last and a middle stage: stage i holds layers
-        [i·⌈L/pp⌉, …), an uneven split leaves the last stage fewer."""
+    def _split(self, pp: int, vpp: int, first: int | None, last: int | None) -> tuple[PipelineLayout, list[tuple[int, int]]]:
+        """The pipeline layout (specs.degrees.pipeline_layout) and the (MoE, dense) decoder-layer
+        counts of each pipeline rank."""
         m = self.model
-        per = math.ceil(m.num_layers / pp)
+        layout = pipeline_layout(m.num_layers, pp, vpp, mtp=m.mtp_layers, first=first, last=last)
+        if isinstance(layout, str):
+            raise InputError(f"pp: {layout}", field="pp")
         moe_idx = set(m.moe_layers)
+        counts = []
+        for r in range(pp):
+            n_moe = n_dense = 0
+            for lo, hi in layout.rank_ranges(r):
+                k = sum(1 for i in range(lo, hi) if i in moe_idx)
+                n_moe += k
+                n_dense += hi - lo - k
+            counts.append((n_moe, n_dense))
+        return layout, counts
 
-        def count(lo: int, hi: int) -> tuple[int, int]:
-            n_moe = sum(1 for i in range(lo, hi) if i in moe_idx)
-            return n_moe, max(0, hi - lo) - n_moe
-
-        first = count(0, min(per, m.num_layers))
-        last = count(min((pp - 1) * per, m.num_layers), m.num_layers) if pp > 1 else (0, 0)
-        mid = count(per, 2 * per) if pp > 2 else (0, 0)
-        return first, last, mid
+    def _stage_times(
+        self, pp: int, vpp: int, first: int | None, last: int | None, t_moe: float, t_dense: float, head: float,
+        embed: float, mtp: float,
+    ) -> list[float]:
+        """One micro-batch, forward + backward, of every pipeline rank: its decoder layers, the
+        embedding on rank 0, the output layer with its loss and the MTP layers on the last."""
+        _, counts = self._split(pp, vpp, first, last)
+        out = [n_moe * t_moe + n_dense * t_dense for n_moe, n_dense in counts]
+        out[0] += embed
+        out[-1] += head + mtp
+        return out
 
     def link(self, size: int, stride: int) -> Link:
         return _link(self.hw, size, stride, self.gpn)
@@ -292,8 +344,13 @@ class StepModel:
         recompute: str = "selective",
         distributed_optimizer: bool = True,
         dispatcher: str = "pairs",
+        pp_first: int | None = None,
+        pp_last: int | None = None,
     ) -> TrainStep:
-        """Predicted step of Megatron-style training (docs/cost_model.md §5)."""
+        """Predicted step of Megatron-style training (docs/cost_model.md §5); ``pp_first`` /
+        ``pp_last``: decoder layers of the first / last pipeline rank (default: the layout of
+        :func:`planner.specs.degrees.pipeline_layout`). ``dispatcher``: ``pairs`` (Megatron's
+        ``alltoall``) or ``deepep`` (``flex`` with DeepEP)."""
         m, hw = self.model, self.hw
         if recompute not in RECOMPUTE:
             raise InputError(f"recompute must be one of {', '.join(RECOMPUTE)} (got {recompute!r})")
@@ -309,11 +366,15 @@ class StepModel:
             )
         mbs = global_batch // (dp * micro_batch)
         t_attn, t_moe, t_dense, head, lt = self._train_layers(tp, cp, micro_batch, seq_len, ep, etp, dispatcher, recompute)
-        n_first, n_last, n_mid = self._split(pp)
-        first = n_first[0] * t_moe + n_first[1] * t_dense
-        last = n_last[0] * t_moe + n_last[1] * t_dense + head if pp > 1 else first + head
-        mid = n_mid[0] * t_moe + n_mid[1] * t_dense
-        stage = max(first, last, mid)
+        T = micro_batch * seq_len / cp
+        embed = memory_pass_ms(hw, 2.0 * 2.0 * T * m.hidden_size * ACTIVATION_BYTES / tp)  # lookup + grad scatter
+        mtp = 0.0
+        if m.mtp_layers:  # one more layer of the last layer's kind, its 2h -> h projection, one more head
+            last_moe = (m.num_layers - 1) in set(m.moe_layers)
+            proj = training_ms(gemm_ms(hw, T, max(1, m.hidden_size // tp), 2 * m.hidden_size, self.gemm_dtype))
+            mtp = m.mtp_layers * ((t_moe if last_moe else t_dense) + proj + head)
+        stages = self._stage_times(pp, vpp, pp_first, pp_last, t_moe, t_dense, head, embed, mtp)
+        stage = max(stages)
         pipe = (mbs + (pp - 1) / vpp) * stage
         bubble = (pp - 1) / (vpp * mbs) if pp > 1 else 0.0
         # pipeline p2p
@@ -331,7 +392,8 @@ class StepModel:
         elink = self.link(egrp, ep * etp)
         if distributed_optimizer:
             red = _coll("reduce_scatter", 4.0 * p_dense, dgrp, dlink) + _coll("reduce_scatter", 4.0 * p_exp, egrp, elink)
-            gat = _coll("all_gather", 2.0 * p_dense, dgrp, dlink) + _coll("all_gather", 2.0 * p_exp, egrp, elink)
+            wb = TRAIN_DTYPES[self.gemm_dtype]  # fp8: fp8 parameters are gathered (--fp8-param-gather)
+            gat = _coll("all_gather", wb * p_dense, dgrp, dlink) + _coll("all_gather", wb * p_exp, egrp, elink)
             shard = p_dense / dgrp + p_exp / egrp
         else:
             red = _coll("all_reduce", 4.0 * p_dense, dgrp, dlink) + _coll("all_reduce", 4.0 * p_exp, egrp, elink)

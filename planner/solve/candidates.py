@@ -35,6 +35,8 @@ class Candidate:
     micro_batch: int = 1
     recompute: str = "selective"
     distributed_optimizer: bool = True
+    pp_first: int | None = None  #: train: decoder layers of the first pipeline rank (None: the default layout)
+    pp_last: int | None = None  #: train: decoder layers of the last pipeline rank
     sequences: int = 0  #: serving: sequences in one step across the cluster
     step_ms: float = math.inf
     tokens_per_s: float = 0.0
@@ -52,6 +54,8 @@ class Candidate:
         if self.mode == "train":
             d.update(cp=self.cp, vpp=self.vpp, micro_batch=self.micro_batch, recompute=self.recompute,
                      distributed_optimizer=self.distributed_optimizer)
+            if self.pp_first is not None or self.pp_last is not None:
+                d.update(pp_first=self.pp_first, pp_last=self.pp_last)
         else:
             d.update(sequences=self.sequences)
         return d
@@ -61,6 +65,8 @@ class Candidate:
         if self.mode == "train":
             s += f" cp{self.cp} vpp{self.vpp} mb{self.micro_batch} {self.recompute}"
             s += " distopt" if self.distributed_optimizer else " no-distopt"
+            if self.pp_first is not None or self.pp_last is not None:
+                s += f" pp-first {self.pp_first or '-'} pp-last {self.pp_last or '-'}"
         elif self.sequences:
             s += f" batch {self.sequences}"
         return s

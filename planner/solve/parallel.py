@@ -67,6 +67,7 @@ from planner.specs.degrees import (
     Degrees,
     divisors,
     iter_degree_problems,
+    pipeline_layout,
     require_positive,
     require_redundant,
 )
@@ -85,19 +86,28 @@ MICRO_BATCHES = (1, 2, 4, 8)
 #: above what memory allows any preset).
 MAX_SEQUENCES_PER_RANK = 1 << 20
 MODES = ("train", "prefill", "decode")
-FIXABLE = ("tp", "pp", "dp", "ep", "etp", "vpp", "cp", "micro_batch", "recompute", "distributed_optimizer")
+FIXABLE = ("tp", "pp", "dp", "ep", "etp", "vpp", "cp", "micro_batch", "recompute", "distributed_optimizer",
+           "pp_first", "pp_last")
+#: Interleaving depths the search tries besides the divisors of the layers per rank (the others
+#: need an uneven layout, :func:`planner.specs.degrees.pipeline_layout`).
+VPP_EXTRA = (2, 3, 4, 6, 8)
+#: Training token dispatchers: Megatron's ``alltoall`` (every (token, expert) pair sent) or
+#: ``deepep`` (``flex`` with DeepEP: one copy per destination GPU / node).
+DISPATCHERS = {"alltoall": "pairs", "deepep": "deepep"}
 
 
 def rule_violation(
     model: ModelSpec, cluster: ClusterSpec, c: Candidate, *, seq_len: int, global_batch: int | None = None,
-    redundant: int = 0, cross_node: bool = False,
+    redundant: int = 0, cross_node: bool = False, fixed: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[str, str] | None:
-    """(rule, reason) for the first rule ``c`` breaks (memory and latency excluded), or None."""
+    """(rule, reason) for the first rule ``c`` breaks (memory and latency excluded), or None.
+    ``fixed``: the degrees the user gave; a fixed tp or ep (etp) is honoured across nodes (the
+    in-node policy applies to what the search chooses)."""
     train = c.mode == "train"
-    d = Degrees(c.dp, c.tp, c.pp, c.ep, c.etp, c.vpp, c.cp, c.micro_batch)
+    d = Degrees(c.dp, c.tp, c.pp, c.ep, c.etp, c.vpp, c.cp, c.micro_batch, c.pp_first, c.pp_last)
     problems = iter_degree_problems(
-        model, cluster, d, redundant=0 if train else redundant, tp_in_node=not cross_node,
-        ep_in_node=train and not cross_node, seq_len=seq_len if train else None,
+        model, cluster, d, redundant=0 if train else redundant, tp_in_node=not cross_node and "tp" not in fixed,
+        ep_in_node=train and not cross_node and not ({"ep", "etp"} & set(fixed)), seq_len=seq_len if train else None,
         global_batch=global_batch if train else None,
     )
     first = next(problems, None)
@@ -124,13 +134,15 @@ def _checked_fixed(
     bad = set(fixed) - set(FIXABLE)
     if bad:
         raise InputError(f"fixed degrees: unknown {sorted(bad)}; known: {', '.join(FIXABLE)}")
+    if ("pp_first" in fixed or "pp_last" in fixed) and "pp" not in fixed:
+        raise InputError("pp_first/pp_last need pp fixed too (they split the layers of that pipeline)", field="pp_first")
     require_positive(**{k: v for k, v in fixed.items() if isinstance(v, int)})
     if "recompute" in fixed and fixed["recompute"] not in RECOMPUTE:
         raise InputError(
             f"recompute must be one of {', '.join(RECOMPUTE)} (got {fixed['recompute']!r})", field="recompute"
         )
     if mode != "train":
-        for k in ("cp", "vpp", "micro_batch", "recompute", "distributed_optimizer"):
+        for k in ("cp", "vpp", "micro_batch", "recompute", "distributed_optimizer", "pp_first", "pp_last"):
             if k in fixed and fixed[k] not in (1, None):
                 raise InputError(f"{k} applies to mode 'train' only", field=k)
     require_positive(seq_len=seq_len, latency_target_ms=latency_target_ms)
@@ -168,6 +180,7 @@ def search(
     latency_target_ms: float | None = None,
     cross_node: bool = False,
     train_dtype: str = "bf16",
+    dispatcher: str = "alltoall",
     top_n: int = 5,
     max_rejected: int = 5,
     output_len: int | None = None,
@@ -184,7 +197,9 @@ def search(
     sequence adds (its KV cache grows to ``seq_len + output_len``; time at the mean context,
     ``seq_len + output_len / 2``), ``latency_target_ms`` the TPOT (decode) or TTFT (prefill)
     target, ``ttft_ms`` (decode) a prefill of one prompt per data-parallel rank, ``kv_dtype`` the
-    cache's dtype, ``request_rate`` a rate to report the plan against. Raises :class:`InputError` when a fixed degree breaks a rule and
+    cache's dtype, ``request_rate`` a rate to report the plan against. Training: ``train_dtype``
+    (``bf16`` or ``fp8``) prices GEMMs, casts and memory; ``dispatcher`` (:data:`DISPATCHERS`) the
+    token all-to-all. Raises :class:`InputError` when a fixed degree breaks a rule and
     :class:`InfeasibleError` when nothing fits, naming the binding constraint.
     """
     t0 = time.perf_counter()
@@ -193,7 +208,9 @@ def search(
     sv = ServeSpec(output_len=output_len, kv_dtype=kv_dtype, ttft_ms=ttft_ms, request_rate=request_rate)
     N, n = cluster.num_gpus, cluster.gpus_per_node
     budget = budget_bytes(hw)
-    sm = StepModel(model, hw, n)
+    if dispatcher not in DISPATCHERS:
+        raise InputError(f"dispatcher must be one of {', '.join(DISPATCHERS)} (got {dispatcher!r})", field="dispatcher")
+    sm = StepModel(model, hw, n, train_dtype if mode == "train" else "bf16")
     if mode == "train":
         gb = global_batch or default_global_batch(N)
     else:
@@ -226,22 +243,25 @@ def search(
                 if "dp" in fixed and fixed["dp"] != dp:
                     continue
                 vpp_opts = _opts(fixed, "vpp", [1] + [v for v in range(2, model.num_layers // max(pp, 1) + 1)
-                                                      if pp > 1 and model.num_layers % (pp * v) == 0] if mode == "train" else [1])
+                                                      if pp > 1 and (model.num_layers % (pp * v) == 0 or v in VPP_EXTRA)]
+                                 if mode == "train" else [1])
                 for ep in ep_opts:
                     for etp in etp_opts:
                         for vpp in vpp_opts:
                             for mb in mb_opts:
                                 t.enumerated += 1
                                 base = Candidate(mode=mode, dp=dp, tp=tp, pp=pp, ep=ep, etp=etp, cp=cp, vpp=vpp,
-                                                 micro_batch=mb, recompute=rc_opts[-1], distributed_optimizer=True)
+                                                 micro_batch=mb, recompute=rc_opts[-1], distributed_optimizer=True,
+                                                 pp_first=fixed.get("pp_first"), pp_last=fixed.get("pp_last"))
                                 v = rule_violation(model, cluster, base, seq_len=seq_len, global_batch=gb if mode == "train" else None,
-                                                   redundant=redundant, cross_node=cross_node)
+                                                   redundant=redundant, cross_node=cross_node, fixed=set(fixed))
                                 if v is not None:
                                     t.reject_rule(base, *v)
                                     continue
                                 if mode == "train":
                                     t.evaluated += _train_variants(
-                                        sm, model, hw, N, base, gb, seq_len, rc_opts, do_opts, budget, t.feasible, t.mem_rejected, train_dtype
+                                        sm, model, hw, N, base, gb, seq_len, rc_opts, do_opts, budget, t.feasible, t.mem_rejected,
+                                        train_dtype, DISPATCHERS[dispatcher],
                                     )
                                 else:
                                     t.evaluated += _serve_variants(
@@ -249,7 +269,9 @@ def search(
                                         t.feasible, t.mem_rejected, t.lat_rejected, sv,
                                     )
     result = _finish(t, model, hw, N, mode, fixed, budget, top_n, max_rejected, t0)
-    if mode != "train":
+    if mode == "train":
+        result.notes.extend(_train_notes(result.best, model, cluster, fixed, cross_node, dispatcher, train_dtype))
+    else:
         result.notes.extend(_serve_notes(result.best, mode, seq_len, sv, N))
     return result
 
@@ -267,6 +289,31 @@ def _serve_notes(best: Candidate, mode: str, seq_len: int, sv: ServeSpec, N: int
             f"each); {sv.request_rate:g} requests/s need {copies} such deployment(s), {copies * N} GPUs"
             + (" (this one suffices)" if copies <= 1 else "")
         )
+    return notes
+
+
+def _train_notes(
+    best: Candidate, model: ModelSpec, cluster: ClusterSpec, fixed: dict[str, Any], cross_node: bool, dispatcher: str,
+    train_dtype: str,
+) -> list[str]:
+    """The chosen training layout's caveats: an uneven pipeline and how Megatron sets it, a
+    fixed degree that spans nodes and how it is priced, the dispatcher and dtype assumed."""
+    notes = []
+    layout = pipeline_layout(model.num_layers, best.pp, best.vpp, mtp=model.mtp_layers, first=best.pp_first,
+                             last=best.pp_last)
+    if not isinstance(layout, str) and layout.note():
+        notes.append(layout.note())
+    n = cluster.gpus_per_node
+    if not cross_node and best.ep * best.etp > n and {"ep", "etp"} & set(fixed):
+        notes.append(
+            f"ep × etp ({best.ep} × {best.etp} = {best.ep * best.etp}) as fixed spans "
+            f"{best.ep * best.etp // n} nodes: the expert all-to-all crosses the network, priced at the "
+            f"inter-node all-to-all bandwidth of the profile ({dispatcher} dispatcher)")
+    if not cross_node and best.tp > n and "tp" in fixed:
+        notes.append(f"tp {best.tp} as fixed spans nodes: its collectives are priced over the network")
+    if train_dtype == "fp8":
+        notes.append("fp8 training: GEMMs priced on the fp8 tables with Transformer Engine's casts; "
+                     "dispatch/combine moved in bf16; fp8 weights, fp32 gradients, master weights and Adam states")
     return notes
 
 
@@ -312,13 +359,7 @@ def _finish(
     rej = sorted(mem_rejected + lat_rejected, key=lambda r: r.candidate.sort_key())
     rej = [r for r in rej if r.candidate.sort_key() < key_best][:max_rejected] or rej[:max_rejected]
     rej = [explained(r) for r in rej] + sorted(rule_examples.values(), key=lambda r: r.rule)
-    notes = []
-    if best.pp > 1 and model.num_layers % best.pp:
-        per = math.ceil(model.num_layers / best.pp)
-        notes.append(
-            f"uneven pipeline: {per} layers per stage, {model.num_layers - (best.pp - 1) * per} on the last "
-            f"(Megatron: --decoder-last-pipeline-num-layers)"
-        )
+    notes: list[str] = []
     return SearchResult(
         best=best, alternatives=feasible[:top_n], rejected=rej, rule_counts=dict(sorted(rule_counts.items())),
         evaluated=t.evaluated, enumerated=t.enumerated, time_s=time.perf_counter() - t0, budget_gib=budget / GIB, notes=notes,
@@ -328,15 +369,14 @@ def _finish(
 def _train_variants(
     sm: StepModel, model: ModelSpec, hw: HardwareProfile, N: int, base: Candidate, gb: int, seq_len: int,
     rc_opts: list[str], do_opts: list[bool], budget: float, feasible: list[Candidate], mem_rejected: list[Rejected],
-    train_dtype: str = "bf16",
+    train_dtype: str = "bf16", dispatcher: str = "pairs",
 ) -> int:
     timed = 0
     for do in do_opts:
         fit = None
         lean = None
         for rc in rc_opts:  # none < selective < full in time: the first that fits dominates
-            c = Candidate(mode="train", dp=base.dp, tp=base.tp, pp=base.pp, ep=base.ep, etp=base.etp, cp=base.cp,
-                          vpp=base.vpp, micro_batch=base.micro_batch, recompute=rc, distributed_optimizer=do)
+            c = replace(base, recompute=rc, distributed_optimizer=do)
             mem = candidate_memory(model, c, seq_len=seq_len, global_batch=gb, train_dtype=train_dtype)
             object.__setattr__(c, "memory", mem)  # c is local until appended
             if mem.total <= budget:
@@ -347,7 +387,8 @@ def _train_variants(
             if lean is not None and lean.memory is not None and lean.memory.total <= 1.5 * budget:
                 st = sm.train_step(num_gpus=N, tp=lean.tp, pp=lean.pp, ep=lean.ep, etp=lean.etp, cp=lean.cp, vpp=lean.vpp,
                                    micro_batch=lean.micro_batch, global_batch=gb, seq_len=seq_len, recompute=lean.recompute,
-                                   distributed_optimizer=do)
+                                   distributed_optimizer=do, dispatcher=dispatcher, pp_first=lean.pp_first,
+                                   pp_last=lean.pp_last)
                 timed += 1
                 lean = replace(lean, step_ms=st.step_ms, tokens_per_s=st.tokens_per_s, tflops_per_gpu=st.tflops_per_gpu)
             if lean is not None:
@@ -355,7 +396,7 @@ def _train_variants(
             continue
         st = sm.train_step(num_gpus=N, tp=fit.tp, pp=fit.pp, ep=fit.ep, etp=fit.etp, cp=fit.cp, vpp=fit.vpp,
                            micro_batch=fit.micro_batch, global_batch=gb, seq_len=seq_len, recompute=fit.recompute,
-                           distributed_optimizer=do)
+                           distributed_optimizer=do, dispatcher=dispatcher, pp_first=fit.pp_first, pp_last=fit.pp_last)
         timed += 1
         feasible.append(replace(
             fit, step_ms=st.step_ms, tokens_per_s=st.tokens_per_s, tflops_per_gpu=st.tflops_per_gpu,

@@ -20,6 +20,7 @@ def _alternative(c: Candidate, global_batch: int | None) -> Alternative:
         dp=c.dp, tp=c.tp, pp=c.pp, ep=c.ep, etp=c.etp, cp=c.cp, vpp=c.vpp,
         micro_batch=c.micro_batch if train else None, recompute=c.recompute if train else None,  # type: ignore[arg-type]
         distributed_optimizer=c.distributed_optimizer if train else None,
+        pp_first=c.pp_first if train else None, pp_last=c.pp_last if train else None,
         global_batch=int(c.detail.get("global_batch", global_batch or 0)) or None if train else None,
         sequences=c.sequences if not train and c.sequences else None,
         step_ms=c.step_ms, tokens_per_s=c.tokens_per_s, tflops_per_gpu=c.tflops_per_gpu, latency_ms=c.latency_ms,

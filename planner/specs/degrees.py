@@ -13,17 +13,19 @@ search's output). The consumers differ only in how many problems they want:
 The rules are the real systems' (Megatron-core, vLLM, SGLang): the degrees multiply to the GPUs;
 tp divides the attention heads (and the KV heads for GQA); etp divides the expert FFN width; ep
 divides the physical expert slots (every EP rank holds the same number); ep·etp divides the GPUs
-of a pipeline stage (Megatron's expert-data-parallel rule); every pipeline stage keeps a layer;
-interleaving (vpp > 1) needs pp > 1, layers divisible by pp·vpp and micro-batches divisible by pp;
+of a pipeline stage (Megatron's expert-data-parallel rule); the layers split over the pp·vpp
+virtual stages as Megatron-core can run them (:func:`pipeline_layout`: evenly, with
+``--decoder-first/last-pipeline-num-layers``, or with ``--pipeline-model-parallel-layout``);
+interleaving (vpp > 1) needs pp > 1 and micro-batches divisible by pp;
 cp > 1 needs the sequence divisible by 2·cp; the global batch divides by dp·micro-batch. Keeping
-TP (and, in training, EP·ETP) inside a node is the search's policy, asked for by the caller.
+TP (and, in training, EP·ETP) inside a node is the search's policy for the degrees it chooses,
+asked for by the caller; a degree the user fixes is honoured across nodes.
 
 Messages name fields (``ep``, ``global_batch``), never command-line flags.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -60,11 +62,15 @@ class Degrees:
     vpp: int = 1
     cp: int = 1
     micro_batch: int = 1
+    pp_first: int | None = None  #: decoder layers of the first pipeline rank (None: Megatron's default split)
+    pp_last: int | None = None  #: decoder layers of the last pipeline rank
 
     @classmethod
     def of(cls, par: object, micro_batch: int = 1) -> Degrees:
-        """From any object with ``dp, tp, pp, ep, etp, vpp, cp`` attributes."""
-        return cls(par.dp, par.tp, par.pp, par.ep, par.etp, par.vpp, par.cp, micro_batch)  # type: ignore[attr-defined]
+        """From any object with ``dp, tp, pp, ep, etp, vpp, cp`` attributes (and, optionally,
+        ``pp_first`` / ``pp_last``)."""
+        return cls(par.dp, par.tp, par.pp, par.ep, par.etp, par.vpp, par.cp, micro_batch,  # type: ignore[attr-defined]
+                   getattr(par, "pp_first", None), getattr(par, "pp_last", None))
 
 
 def iter_degree_problems(
@@ -123,21 +129,10 @@ def iter_degree_problems(
             f"ep × etp ({d.ep} × {d.etp} = {d.ep * d.etp}) must divide the {N // d.pp} GPUs of a pipeline stage"
             " (the experts of a stage shard over its GPUs: Megatron's expert-data-parallel rule)"
         ))
-    if d.pp > L:
-        yield DegreeProblem("pp-layers", "pp", f"pp ({d.pp}) must be <= the model's layers ({L})")
-    else:
-        per = math.ceil(L / d.pp)
-        if L - (d.pp - 1) * per < 1:
-            yield DegreeProblem(
-                "pp-layers", "pp", f"pp {d.pp} with ⌈{L}/{d.pp}⌉ = {per} layers per stage leaves the last stage empty"
-            )
-    if d.vpp > 1:
-        if d.pp == 1:
-            yield DegreeProblem("vpp", "vpp", f"vpp {d.vpp} needs pp > 1")
-        if L % (d.pp * d.vpp):
-            yield DegreeProblem(
-                "vpp", "pp", f"pp × vpp ({d.pp} × {d.vpp} = {d.pp * d.vpp}) must divide the model's {L} layers"
-            )
+    layout = pipeline_layout(L, d.pp, d.vpp, mtp=model.mtp_layers, first=d.pp_first, last=d.pp_last)
+    if isinstance(layout, str):
+        rule = "vpp" if d.vpp > 1 and d.pp_first is None and d.pp_last is None else "pp-layers"
+        yield DegreeProblem(rule, "pp" if "pp_first" not in layout else "pp_first", layout)
     if seq_len is not None and d.cp > 1 and seq_len % (2 * d.cp):
         yield DegreeProblem(
             "cp-seq", "cp", f"cp {d.cp} needs the sequence length {seq_len} divisible by 2 × cp = {2 * d.cp}"
@@ -169,3 +164,212 @@ def require_redundant(redundant: int) -> None:
     """InputError unless the redundant expert slots are >= 0."""
     if redundant < 0:
         raise InputError(f"redundant_experts must be >= 0 (got {redundant})", field="redundant_experts")
+
+
+# ---- pipeline layouts --------------------------------------------------------------------------
+
+#: Pipeline units of the embedding and of the output head + loss when balancing an uneven split:
+#: one decoder layer each, Megatron's ``--account-for-embedding-in-pipeline-split`` /
+#: ``--account-for-loss-in-pipeline-split`` convention (megatron/training/arguments.py). An MTP
+#: layer counts as one decoder layer (it is one: DeepSeek-V3 §2.2).
+EMBEDDING_UNITS = 1
+LOSS_UNITS = 1
+
+
+@dataclass(frozen=True)
+class PipelineLayout:
+    """Decoder layers of every virtual pipeline stage, as Megatron-core runs them.
+
+    ``chunks[c]`` is the decoder-layer count of virtual stage ``c`` in model order (chunk ``c``
+    lives on pipeline rank ``c % pp``, Megatron's interleaved order); the embedding sits on
+    chunk 0, the MTP layers (``mtp``) and the output head with the loss on the last chunk.
+    ``kind``: ``even`` (every chunk ⌈L/(pp·vpp)⌉ = L/(pp·vpp) layers: no argument), ``first-last``
+    (``--decoder-first-pipeline-num-layers`` / ``--decoder-last-pipeline-num-layers``, the
+    ``first`` / ``last`` layers of pipeline ranks 0 and pp − 1, every rank's layers split evenly
+    over its vpp chunks) or ``layout`` (``--pipeline-model-parallel-layout``, any split).
+    """
+
+    pp: int
+    vpp: int
+    chunks: tuple[int, ...]
+    mtp: int = 0
+    kind: str = "even"
+    first: int | None = None
+    last: int | None = None
+
+    def rank_ranges(self, rank: int) -> list[tuple[int, int]]:
+        """(first layer, end) of each chunk of pipeline ``rank`` (0-based decoder layer indices)."""
+        starts = [0]
+        for n in self.chunks:
+            starts.append(starts[-1] + n)
+        return [(starts[c], starts[c + 1]) for c in range(rank, len(self.chunks), self.pp)]
+
+    def rank_layers(self, rank: int) -> int:
+        return sum(self.chunks[rank::self.pp])
+
+    def string(self) -> str:
+        """Megatron's ``--pipeline-model-parallel-layout`` for these chunks ("E" embedding, "t"
+        decoder layer, "m" MTP layer, "L" loss, "|" between virtual stages, ``x*n`` and
+        ``(…)*n`` repeat; megatron/core/transformer/pipeline_parallel_layer_layout.py)."""
+        last = len(self.chunks) - 1
+        parts = []
+        for c, n in enumerate(self.chunks):
+            body = ("E" if c == 0 else "") + _rep("t", n) + (_rep("m", self.mtp) + "L" if c == last else "")
+            parts.append(body)
+        # compress runs of identical middle chunks: "(t*3|)*30"
+        out: list[str] = []
+        i = 0
+        while i < len(parts):
+            j = i
+            while j + 1 < len(parts) and parts[j + 1] == parts[i]:
+                j += 1
+            run = j - i + 1
+            if run > 2 and i > 0 and j < last:
+                out.append(f"({parts[i]}|)*{run}")
+                i = j + 1
+                continue
+            out.append(parts[i] + ("|" if i < last else ""))
+            i += 1
+        return "".join(out)
+
+    def megatron_args(self) -> list[str]:
+        """The Megatron-core arguments that set this layout (none when even, apart from vpp)."""
+        out: list[str] = []
+        if self.kind == "layout":
+            return ["--pipeline-model-parallel-layout", self.string()]
+        if self.kind == "first-last":
+            if self.first is not None:
+                out += ["--decoder-first-pipeline-num-layers", str(self.first)]
+            if self.last is not None:
+                out += ["--decoder-last-pipeline-num-layers", str(self.last)]
+            if self.vpp > 1:
+                out += ["--num-virtual-stages-per-pipeline-rank", str(self.vpp)]
+            return out
+        if self.vpp > 1:
+            out += ["--num-layers-per-virtual-pipeline-stage", str(self.chunks[0])]
+        return out
+
+    def note(self) -> str | None:
+        if self.kind == "even":
+            return None
+        ranks = [self.rank_layers(r) for r in range(self.pp)]
+        what = (f"first {self.first}" if self.first is not None else "") + (
+            (", " if self.first is not None and self.last is not None else "")
+            + (f"last {self.last}" if self.last is not None else ""))
+        how = (f"Megatron: {what} (--decoder-first/last-pipeline-num-layers)" if self.kind == "first-last"
+               else f"Megatron: --pipeline-model-parallel-layout {self.string()}")
+        return (f"uneven pipeline: decoder layers per pipeline rank {_ranks(ranks)}"
+                + (f" (+{self.mtp} MTP on the last)" if self.mtp else "") + f"; {how}")
+
+
+def _rep(ch: str, n: int) -> str:
+    return "" if n <= 0 else ch if n == 1 else f"{ch}*{n}"
+
+
+def _ranks(ranks: list[int]) -> str:
+    if len(set(ranks[1:-1])) <= 1 and len(ranks) > 2:
+        return f"{ranks[0]}, {ranks[1]} × {len(ranks) - 2}, {ranks[-1]}"
+    return ", ".join(map(str, ranks))
+
+
+def _first_last_problem(L: int, pp: int, vpp: int, first: int | None, last: int | None) -> str | None:
+    """Megatron-core's rule for ``--decoder-first/last-pipeline-num-layers``
+    (TransformerConfig.__post_init__, "Uneven PP"), as a message, or None when it holds."""
+    mid_layers, mid_ranks = L, pp
+    for name, n in (("pp_first", first), ("pp_last", last)):
+        if n is None:
+            continue
+        if n <= 0:
+            return f"{name} must be > 0 (got {n})"
+        if vpp > 1 and n % vpp:
+            return f"{name} ({n}) must be divisible by vpp ({vpp}): each virtual stage of the rank gets the same layers"
+        mid_layers -= n
+        mid_ranks -= 1
+    if mid_ranks < 0 or mid_layers < 0 or bool(mid_layers) != bool(mid_ranks):
+        return (f"pp_first/pp_last leave {mid_layers} layers for {max(mid_ranks, 0)} middle pipeline ranks "
+                f"(the model has {L} layers over pp {pp})")
+    if mid_ranks and mid_layers % mid_ranks:
+        return f"the {mid_layers} middle layers must divide over the {mid_ranks} middle pipeline ranks"
+    if mid_ranks and (mid_layers // mid_ranks) % vpp:
+        return f"the {mid_layers // mid_ranks} layers of each middle pipeline rank must divide over vpp ({vpp})"
+    return None
+
+
+def _first_last_chunks(L: int, pp: int, vpp: int, first: int | None, last: int | None) -> tuple[int, ...]:
+    ends = (first is not None) + (last is not None)
+    mid = (L - (first or 0) - (last or 0)) // max(1, pp - ends) if pp - ends else 0
+    per_rank = [mid] * pp
+    if first is not None:
+        per_rank[0] = first
+    if last is not None:
+        per_rank[-1] = last
+    return tuple(per_rank[c % pp] // vpp for c in range(pp * vpp))
+
+
+def pipeline_layout(
+    num_layers: int, pp: int, vpp: int = 1, *, mtp: int = 0, first: int | None = None, last: int | None = None,
+) -> PipelineLayout | str:
+    """The layout Megatron-core runs for ``num_layers`` decoder layers over ``pp`` ranks of ``vpp``
+    virtual stages (``mtp`` MTP layers on the last), or the reason there is none.
+
+    ``first`` / ``last`` given: those layers on the first / last pipeline rank, checked by
+    Megatron's rule (:func:`_first_last_problem`). Otherwise: even when pp·vpp divides the
+    layers; else the most balanced first/last split that Megatron's rule allows, counting the
+    embedding, the head + loss and each MTP layer as one layer (:data:`EMBEDDING_UNITS`,
+    :data:`LOSS_UNITS`; ties: the smaller first stage); else a ``--pipeline-model-parallel-layout``
+    that spreads those units over the pp·vpp virtual stages as evenly as whole layers allow.
+    """
+    L, S = num_layers, pp * vpp
+    if pp <= 0 or vpp <= 0:
+        return f"pp and vpp must be > 0 (got {pp}, {vpp})"
+    if vpp > 1 and pp == 1:
+        return f"vpp {vpp} needs pp > 1"
+    if first is not None or last is not None:
+        if pp == 1:
+            return "pp_first/pp_last need pp > 1"
+        problem = _first_last_problem(L, pp, vpp, first, last)
+        if problem:
+            return problem
+        return PipelineLayout(pp, vpp, _first_last_chunks(L, pp, vpp, first, last), mtp, "first-last", first, last)
+    if S > L and vpp == 1:
+        return f"pp ({pp}) must be <= the model's layers ({L})"
+    if S > L:
+        return f"pp × vpp ({pp} × {vpp} = {S}) must be <= the model's {L} layers (every virtual stage keeps a layer)"
+    if L % S == 0:
+        return PipelineLayout(pp, vpp, (L // S,) * S, mtp, "even")
+    head = LOSS_UNITS + mtp
+
+    def worst(f: int | None, z: int | None) -> tuple[int, int]:
+        ch = _first_last_chunks(L, pp, vpp, f, z)
+        units = [sum(ch[r::pp]) for r in range(pp)]
+        units[0] += EMBEDDING_UNITS
+        units[-1] += head
+        return max(units), f or 0
+
+    best: tuple[tuple[int, int], int | None, int | None] | None = None
+    for f in [None, *range(vpp, L + 1, vpp)]:
+        for z in [None, *range(vpp, L + 1, vpp)]:
+            if (f is None and z is None) or _first_last_problem(L, pp, vpp, f, z):
+                continue
+            key = worst(f, z)
+            if best is None or key < best[0]:
+                best = (key, f, z)
+    if best is not None:
+        _, f, z = best
+        return PipelineLayout(pp, vpp, _first_last_chunks(L, pp, vpp, f, z), mtp, "first-last", f, z)
+    # a layout string: U units over S chunks, the extra ones to the middle chunks
+    units = L + EMBEDDING_UNITS + head
+    q, r = divmod(units, S)
+    target = [q + (1 if 1 <= c <= r else 0) for c in range(S)]
+    if r > S - 2:  # not enough middle chunks for the remainder: the last ones take it
+        target = [q + (1 if c < r else 0) for c in range(S)]
+    chunks = [target[c] - (EMBEDDING_UNITS if c == 0 else 0) - (head if c == S - 1 else 0) for c in range(S)]
+    deficit = sum(max(0, -n) for n in chunks)
+    chunks = [max(0, n) for n in chunks]
+    c = 1
+    while deficit > 0 and S > 2:  # the head side took more than its chunk holds: move layers off
+        if chunks[c] > 0:
+            chunks[c] -= 1
+            deficit -= 1
+        c = c % (S - 2) + 1
+    return PipelineLayout(pp, vpp, tuple(chunks), mtp, "layout")

@@ -145,6 +145,10 @@ class ModelSpec(Spec):
     attention: AttentionSpec = Field(description="Attention block shape")
     vocab_size: StrictInt = Field(gt=0, description="Vocabulary size (embedding and output head)")
     tie_embeddings: StrictBool = Field(default=False, description="Whether the output head shares the embedding matrix")
+    mtp_layers: StrictInt = Field(
+        default=0, ge=0,
+        description="Multi-token-prediction layers trained after the last decoder layer (num_nextn_predict_layers; DeepSeek-V3: 1); not counted in the parameters",
+    )
     weight_dtype: Dtype = Field(default="bf16", description="Dtype of non-expert weights")
     expert_dtype: Dtype = Field(default="bf16", description="Dtype of routed-expert weights (e.g. fp8 for DeepSeek-V3, mxfp4 for gpt-oss)")
 

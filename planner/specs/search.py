@@ -23,6 +23,8 @@ class Alternative(Spec):
     recompute: Literal["none", "selective", "full"] | None = Field(default=None, description="Activation recompute (train)")
     distributed_optimizer: bool | None = Field(default=None, description="Megatron distributed optimizer (train)")
     global_batch: int | None = Field(default=None, gt=0, description="Sequences per training step (train)")
+    pp_first: int | None = Field(default=None, gt=0, description="Decoder layers of the first pipeline rank, as fixed by the user (train; None: the default layout)")
+    pp_last: int | None = Field(default=None, gt=0, description="Decoder layers of the last pipeline rank, as fixed by the user (train; None: the default layout)")
     sequences: int | None = Field(default=None, gt=0, description="Sequences in one serving step across the cluster (prefill/decode)")
     step_ms: float = Field(ge=0, description="Predicted step time, ms (train: one optimizer step; serving: one forward step)")
     tokens_per_s: float = Field(ge=0, description="Predicted tokens per second across the cluster")
