@@ -71,5 +71,8 @@ def render_serving(plan: Plan) -> list[str]:
             argv = getattr(r.launch, name)
             if argv:
                 lines.append(f"  {role} {name}: {cmd} {shlex.join(argv)}")
+    if s.prefill.launch is not None and s.prefill.launch.sglang:
+        lines.append("  sglang router: python -m sglang_router.launch_router --pd-disaggregation "
+                     "--prefill http://PREFILL_HOST:30000 8998 --decode http://DECODE_HOST:30000")
     lines += [f"  note: {n}" for n in s.notes]
     return lines
