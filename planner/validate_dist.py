@@ -47,6 +47,7 @@ import multiprocessing
 import os
 import socket
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -160,8 +161,11 @@ def _worker(rank: int, world: int, init_method: str, job: dict[str, Any], result
     cfg = ml.MoEConfig(**job["cfg"])
     S = job["slots_per_rank"]
     out_cases = []
-    for case in job["cases"]:
+    for k, case in enumerate(job["cases"]):
         l = case["layer"]
+        if rank == 0 and job.get("progress"):  # the slow part: one line per case on stderr
+            print(f"validate: case {k + 1}/{len(job['cases'])} (MoE layer {l}, step {case['step']})", file=sys.stderr,
+                  flush=True)
         # every rank draws the same layer and tokens from the same seeds, on its own device
         gen = torch.Generator(device=dev).manual_seed(job["seed"] * 100_003 + l)
         w_dev = ml.init_weights(cfg, dtype=dtype, device=dev, generator=gen)
@@ -297,7 +301,7 @@ def validate_distributed(
     cfg = ml.MoEConfig.from_model(plan.model)
     job = {
         "device": device, "dtype": dtype, "backend": backend, "a2a": a2a, "warmup": warmup, "reps": reps,
-        "seed": seed, "slots_per_rank": plan.placement.slots_per_gpu, "cases": cases, "float64_max_bytes": 512 << 20,
+        "seed": seed, "slots_per_rank": plan.placement.slots_per_gpu, "cases": cases, "progress": progress is not None, "float64_max_bytes": 512 << 20,
         "cfg": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
     }
     say(

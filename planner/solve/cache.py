@@ -30,6 +30,7 @@ from planner.cachesim import (
 )
 from planner.cachesim_fast import fast_supported, replay
 from planner.errors import InfeasibleError, InputError
+from planner.progress import stage
 from planner.solve.cache_lru import hybrid_stall_tables, miss_stall
 
 #: Dynamic slots per layer tried by :func:`solve_cache`.
@@ -242,7 +243,8 @@ def solve_cache(
     rec = min(warmup_steps, S - 1)
     acc: list = []
 
-    def run(cfg: CacheConfig) -> CacheSimResult:
+    def run(cfg: CacheConfig, name: str = "") -> CacheSimResult:
+        stage(f"offload search: {name}", len(results))  # each candidate is a replay of the planning steps
         if not fast_supported(cfg) and not acc:
             acc.append(access_lists(counts_SLE))
         return replay(counts_SLE, cfg, timing, record_from=rec, batch=batch, accesses=acc[0] if acc else None)
@@ -252,7 +254,7 @@ def solve_cache(
 
     results: dict[str, tuple[CacheConfig, CacheSimResult, float | None]] = {}
     for name, cfg in baseline_configs(counts_SLE[rec:], L, E, slots).items():
-        results[name] = (cfg, run(cfg), None)
+        results[name] = (cfg, run(cfg, name), None)
     stopped = False
     scored = counts_SLE[rec:]
     order = frequency_order(scored)
@@ -264,7 +266,7 @@ def solve_cache(
             if late():
                 stopped = True
                 break
-            results[name] = (cfg, run(cfg), None)
+            results[name] = (cfg, run(cfg, name), None)
     probs = prob_SLE[rec:] if prob_SLE is not None else None
     if prob_SLE is not None and S > REFERENCE_STEPS:
         skipped.append(f"prefetch ({S} planning steps: more than the {REFERENCE_STEPS} the reference replay takes)")
@@ -288,7 +290,7 @@ def solve_cache(
                 dyn = np.minimum(np.full(L, d, np.int64), E - r_L)
                 cfg = CacheConfig(resident_from_counts(order, r_L), dyn, "lru", pf, cpu)
                 name = f"dp(d={d}, prefetch={'off' if thr is None else f'p>={thr}'}, cpu={cpu})"
-                results[name] = (cfg, run(cfg), thr)
+                results[name] = (cfg, run(cfg, name), thr)
     chosen = choose(results, time_tolerance)
     cfg, sim, thr = results[chosen]
     err = None
