@@ -57,7 +57,7 @@ __all__ = ["SERVE_UNUSED", "disaggregation_flags", "plan_serving"]
 #: Options of ``plan`` that do not apply to ``--mode serve`` (each pool's degrees and batch are
 #: searched); a value other than the default is an error naming it.
 SERVE_UNUSED = ("ep", "tp", "pp", "dp", "etp", "vpp", "micro_batch", "cp", "recompute", "batch", "global_batch",
-                "latency_target_ms", "baseline", "previous", "gpu_memory_gb", "distributed_optimizer", "tokens_per_step")
+                "latency_target_ms", "previous", "gpu_memory_gb", "distributed_optimizer", "tokens_per_step")
 
 #: SGLang PD flags (python/sglang/srt/server_args.py: ``--disaggregation-mode null|prefill|decode``,
 #: ``--disaggregation-transfer-backend`` (default mooncake), ``--moe-a2a-backend deepep``,
@@ -170,10 +170,12 @@ def plan_serving(
     expert_kernel: str = "loop",
     train_fraction: float = 0.75,
     cross_node: bool = False,
+    baseline: str | None = None,
     **unused: Any,
 ) -> Plan:
     """Plan a prefill pool and a decode pool on ``nodes × gpus_per_node`` GPUs (module docstring).
 
+    ``baseline`` places both pools' experts with that baseline instead of the solver.
     ``prefill_nodes`` / ``decode_nodes`` fix the split (GPUs when ``nodes`` is 1); otherwise every
     split is compared and the one with the highest goodput kept. ``prefill_tokens``: prefill
     tokens per GPU in one step. Keywords of :data:`SERVE_UNUSED` given a value are an
@@ -215,7 +217,7 @@ def plan_serving(
     cf = table.get("colocated", units_of(cluster))
     common = dict(trace=trace, time_limit=time_limit, seed=seed, dispatch=dispatch, expert_kernel=expert_kernel,
                   train_fraction=train_fraction, redundant_experts=redundant_experts, kv_dtype=kv_dtype,
-                  prompt_len=t.prompt_len, cross_node=cross_node)
+                  prompt_len=t.prompt_len, cross_node=cross_node, baseline=baseline)
     plans = {}
     for role, f, units in (("prefill", pf, split.prefill_units), ("decode", df, split.decode_units)):
         stage(f"{role} pool: placement and scoring")

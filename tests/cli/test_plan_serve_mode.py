@@ -67,17 +67,19 @@ def test_plan_json_round_trip_and_old_plans_still_load(served, tmp_path):
 
 
 def test_deterministic(served):
-    again = plan_serving("olmoe-1b-7b", request_rate=500.0, **ARGS)
-
     def figures(p: Plan) -> dict:
         d = p.serving.model_dump(mode="json")
         d.pop("prefill_plan")
         return d
 
-    assert figures(again) == figures(served)
-    assert again.serving.prefill_plan.placement == served.serving.prefill_plan.placement
-    assert again.placement == served.placement
+    again = plan_serving("olmoe-1b-7b", request_rate=500.0, **ARGS)
+    assert figures(again) == figures(served)  # the pool figures do not depend on the solver's time
     assert again.provenance.input_hash == served.provenance.input_hash
+    # with a baseline (no time-limited solver) the placements are the same too
+    a, b = (plan_serving("olmoe-1b-7b", baseline="eplb", redundant_experts=8, **ARGS) for _ in range(2))
+    assert a.placement == b.placement and a.serving.prefill_plan.placement == b.serving.prefill_plan.placement
+    assert figures(a) == figures(b) and a.predicted == b.predicted
+    assert a.serving.prefill.launch.sglang[a.serving.prefill.launch.sglang.index("--ep-num-redundant-experts") + 1] == "8"
 
 
 def test_cli_text_and_json(capsys, tmp_path):
