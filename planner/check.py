@@ -16,8 +16,9 @@ the file in two passes instead:
      shared with the plan schema and the parallelism search);
    - placement: one row per MoE layer; ep × slots_per_gpu slots in every row (the same count on
      every EP rank); ids in [0, E); every expert at least once per layer;
-   - memory: weights per GPU (:func:`planner.cost.memory.weights_per_gpu_bytes`) within the
-     hardware profile's ``hbm_bytes``;
+   - memory: weights per GPU (:func:`planner.cost.memory.weights_per_gpu_bytes`; a training plan's
+     in its training dtype, :func:`planner.cost.memory.train_weight_bytes`) within the hardware
+     profile's ``hbm_bytes``;
    - predicted figures: one entry per MoE layer, numbered in order; a layer's total equal to its
      compute plus exposed communication; totals equal to the per-layer sums and means they
      summarize; imbalance within [1, ep]; p50 ≤ p99; memory equal to the weights of the
@@ -39,7 +40,7 @@ from typing import Any
 
 from pydantic import create_model
 
-from planner.cost.memory import GIB, weights_per_gpu_bytes
+from planner.cost.memory import GIB, train_weight_bytes, weights_per_gpu_bytes
 from planner.errors import InputError
 from planner.offload import cache_memory_problems
 from planner.specs.base import Spec, parse, read_mapping
@@ -74,7 +75,19 @@ def read_plan_fields(data: Mapping[str, Any] | str | Path, source: str | None = 
     version = raw.get("schema_version")
     if version is not None and version != SCHEMA_VERSION:
         raise InputError(f"{source}: schema_version must be '{SCHEMA_VERSION}' (got {version!r})")
-    return parse(_fields_only(), raw, source)
+    stated = None
+    if isinstance(raw.get("model"), dict) and "num_moe_layers" in raw["model"]:
+        # plan.json's model carries the derived num_moe_layers (docs/contracts.md, "Plan file"):
+        # not a field of the model's schema; checked against the model's layers instead
+        model = dict(raw["model"])
+        stated = model.pop("num_moe_layers")
+        raw = {**raw, "model": model}
+    parts = parse(_fields_only(), raw, source)
+    if stated is not None and stated != parts.model.num_moe_layers:
+        raise InputError(
+            f"{source}: model.num_moe_layers is {stated!r} but the model's layers give {parts.model.num_moe_layers} "
+            "(a derived number, not a setting)", field="model.num_moe_layers")
+    return parts
 
 
 def check_plan(
@@ -206,7 +219,7 @@ def memory_problems(parts: Any, m: ModelSpec, hw: HardwareProfile) -> list[str]:
     if parts.cache is not None:  # offload: experts live in host memory, the cache holds the GPU's share
         return cache_memory_problems(parts.cache, m, hw)
     par, pl = parts.parallel, parts.placement
-    need = weights_per_gpu_bytes(m, pl.slots_per_gpu, par.tp, par.pp, par.etp)
+    need = _weights(parts, m)
     cap = hw.hbm_bytes
     if need <= cap:
         return []
@@ -218,6 +231,15 @@ def memory_problems(parts: Any, m: ModelSpec, hw: HardwareProfile) -> list[str]:
     ]
 
 
+def _weights(parts: Any, m: ModelSpec) -> float:
+    """Weight bytes per GPU of the plan: in the training dtype for a training plan (the bytes the
+    parallelism search and the plan's memory figure use), in the checkpoint's dtypes otherwise."""
+    par, pl, w = parts.parallel, parts.placement, parts.workload
+    if w.mode == "train":
+        return train_weight_bytes(m, pl.slots_per_gpu, par.tp, par.pp, par.etp, w.train_dtype)
+    return weights_per_gpu_bytes(m, pl.slots_per_gpu, par.tp, par.pp, par.etp)
+
+
 # ---- predicted figures -----------------------------------------------------------------------
 
 
@@ -226,7 +248,7 @@ def _close(a: float, b: float, rel: float = REL_TOL) -> bool:
 
 
 def predicted_problems(parts: Any, m: ModelSpec) -> list[str]:
-    pred, par, c, pl = parts.predicted, parts.parallel, parts.cluster, parts.placement
+    pred, par, c = parts.predicted, parts.parallel, parts.cluster
     out = []
     layers = pred.per_layer
     L = len(layers)
@@ -266,7 +288,7 @@ def predicted_problems(parts: Any, m: ModelSpec) -> list[str]:
             )
     if pred.moe_time_p50_ms > pred.moe_time_p99_ms * (1 + REL_TOL):
         out.append(f"predicted.moe_time_p50_ms ({pred.moe_time_p50_ms:.6g}) exceeds moe_time_p99_ms ({pred.moe_time_p99_ms:.6g})")
-    mem = weights_per_gpu_bytes(m, pl.slots_per_gpu, par.tp, par.pp, par.etp) / GIB
+    mem = _weights(parts, m) / GIB
     # with the parallelism search's breakdown, memory_per_gpu_gib is the whole memory: check its weights
     got_w, what = pred.memory_per_gpu_gib, "predicted.memory_per_gpu_gib"
     if "weights" in pred.memory_breakdown_gib:

@@ -1,9 +1,15 @@
 """Megatron-core: the parallelism arguments, and the expert permutation that realizes a placement.
 
-**Arguments.** ``--tensor-model-parallel-size``, ``--pipeline-model-parallel-size``,
-``--expert-model-parallel-size``, ``--expert-tensor-parallel-size``, ``--context-parallel-size``
-(cp > 1), ``--num-layers-per-virtual-pipeline-stage`` (vpp > 1), ``--sequence-parallel``
-(tp > 1: required when EP and TP combine), the MoE shape (``--num-experts``,
+**Arguments** (names as Megatron-LM's ``megatron/training/arguments.py`` parses them; the test
+checks them against the list taken from it). ``--tensor-model-parallel-size``,
+``--pipeline-model-parallel-size``, ``--expert-model-parallel-size``,
+``--expert-tensor-parallel-size``, ``--context-parallel-size`` (cp > 1), the pipeline layout
+(:func:`planner.specs.degrees.pipeline_layout`: ``--num-layers-per-virtual-pipeline-stage`` when
+even, ``--decoder-first-pipeline-num-layers`` / ``--decoder-last-pipeline-num-layers`` (with
+``--num-virtual-stages-per-pipeline-rank``) or ``--pipeline-model-parallel-layout``),
+``--sequence-parallel`` (tp > 1: required when EP and TP combine), the model's shape
+(:func:`model_args`: layers, widths, heads, sequence, vocabulary, MTP), ``--bf16`` and in fp8
+training ``--fp8-format e4m3 --fp8-recipe tensorwise --fp8-param-gather``, the MoE shape (``--num-experts``,
 ``--moe-router-topk``, ``--moe-ffn-hidden-size``, ``--moe-layer-freq`` as a Python list pattern
 when the model has dense layers, ``--moe-router-num-groups``/``--moe-router-group-topk`` for
 group-limited routing, ``--moe-router-score-function``), ``--moe-grouped-gemm``,
@@ -54,6 +60,7 @@ import numpy as np
 import planner.exports._files as _files
 from planner.errors import InputError
 from planner.exports._common import ImportedPlacement, phy2log_of, redundant_of
+from planner.specs.degrees import pipeline_layout
 from planner.specs.model import ModelSpec
 from planner.specs.plan import Plan
 
@@ -90,9 +97,64 @@ def _layer_freq(model: ModelSpec) -> str:
     return "(" + "+".join(f"[{f}]*{n}" for f, n in runs) + ")"
 
 
+def model_args(m: ModelSpec, seq_len: int) -> list[str]:
+    """The model-shape arguments ``pretrain_gpt.py`` needs for ``m`` (names as Megatron-LM's
+    ``megatron/training/arguments.py`` parses them): layers, widths, heads (GQA or MLA), sequence
+    and positions, RMSNorm / SwiGLU / RoPE without biases, the vocabulary (NullTokenizer), the
+    MoE shape and its MTP layers."""
+    att = m.attention
+    out = [
+        "--num-layers", str(m.num_layers),
+        "--hidden-size", str(m.hidden_size),
+        # Megatron's ffn-hidden-size is the dense layers' width; a model without any takes the expert's
+        "--ffn-hidden-size", str(m.dense_intermediate_size or m.expert_intermediate_size),
+        "--num-attention-heads", str(att.num_heads),
+    ]
+    if att.kind == "mla":
+        out += ["--multi-latent-attention"]
+        if att.q_lora_rank:
+            out += ["--q-lora-rank", str(att.q_lora_rank)]
+        out += [
+            "--kv-lora-rank", str(att.kv_lora_rank),
+            "--qk-head-dim", str(att.qk_nope_head_dim),
+            "--qk-pos-emb-head-dim", str(att.qk_rope_head_dim),
+            "--v-head-dim", str(att.v_head_dim or att.head_dim),
+        ]
+    else:
+        out += ["--kv-channels", str(att.head_dim)]
+        if att.num_kv_heads != att.num_heads:
+            out += ["--group-query-attention", "--num-query-groups", str(att.num_kv_heads)]
+    if m.family == "qwen3_moe":
+        out += ["--qk-layernorm"]  # Qwen3 normalizes q and k per head (config.json: Qwen3MoeAttention q_norm/k_norm)
+    out += [
+        "--seq-length", str(seq_len), "--max-position-embeddings", str(seq_len),
+        "--position-embedding-type", "rope", "--normalization", "RMSNorm", "--swiglu", "--disable-bias-linear",
+        "--tokenizer-type", "NullTokenizer", "--vocab-size", str(m.vocab_size),
+    ]
+    if not m.tie_embeddings:
+        out += ["--untie-embeddings-and-output-weights"]
+    out += [
+        "--num-experts", str(m.num_experts),
+        "--moe-router-topk", str(m.top_k),
+        "--moe-ffn-hidden-size", str(m.expert_intermediate_size),
+    ]
+    if m.shared_ffn_size:
+        out += ["--moe-shared-expert-intermediate-size", str(m.shared_ffn_size)]
+    if m.num_dense_layers:
+        out += ["--moe-layer-freq", _layer_freq(m)]
+    if m.n_group is not None and m.topk_group is not None:
+        out += ["--moe-router-num-groups", str(m.n_group), "--moe-router-group-topk", str(m.topk_group)]
+    out += ["--moe-router-score-function", m.scoring]
+    if m.mtp_layers:
+        out += ["--mtp-num-layers", str(m.mtp_layers)]
+    return out
+
+
 def args(plan: Plan) -> list[str]:
-    """Megatron-core command-line arguments for the plan's degrees and the model's MoE shape."""
+    """Megatron-core command-line arguments for the plan's degrees, pipeline layout, precision and
+    the model's shape (:func:`model_args`)."""
     m, par = plan.model, plan.parallel
+    chosen = plan.search.chosen if plan.search is not None and plan.workload.mode == "train" else None
     out = [
         "--tensor-model-parallel-size", str(par.tp),
         "--pipeline-model-parallel-size", str(par.pp),
@@ -101,39 +163,23 @@ def args(plan: Plan) -> list[str]:
     ]
     if par.cp > 1:
         out += ["--context-parallel-size", str(par.cp)]
-    if par.vpp > 1:
-        stages = par.pp * par.vpp
-        if m.num_layers % stages:
-            raise InputError(
-                f"parallel: pp × vpp ({par.pp} × {par.vpp} = {stages}) must divide the model's {m.num_layers} layers "
-                "for --num-layers-per-virtual-pipeline-stage"
-            )
-        out += ["--num-layers-per-virtual-pipeline-stage", str(m.num_layers // stages)]
+    layout = pipeline_layout(m.num_layers, par.pp, par.vpp, mtp=m.mtp_layers,
+                             first=chosen.pp_first if chosen else None, last=chosen.pp_last if chosen else None)
+    if isinstance(layout, str):
+        raise InputError(f"parallel: {layout}", field="parallel")
+    out += layout.megatron_args()
     if par.tp > 1:
         out += ["--sequence-parallel"]
-    out += [
-        "--num-layers", str(m.num_layers),
-        "--num-experts", str(m.num_experts),
-        "--moe-router-topk", str(m.top_k),
-        "--moe-ffn-hidden-size", str(m.expert_intermediate_size),
-    ]
-    if m.num_dense_layers:
-        out += ["--moe-layer-freq", _layer_freq(m)]
-    if m.n_group is not None and m.topk_group is not None:
-        out += ["--moe-router-num-groups", str(m.n_group), "--moe-router-group-topk", str(m.topk_group)]
-    out += [
-        "--moe-router-score-function", m.scoring,
-        "--moe-grouped-gemm",
-        "--moe-token-dispatcher-type", "alltoall",
-    ]
-    chosen = plan.search.chosen if plan.search is not None and plan.workload.mode == "train" else None
+    out += model_args(m, plan.workload.seq_len)
+    out += ["--moe-grouped-gemm", "--moe-token-dispatcher-type", "alltoall"]
+    if plan.workload.mode == "train":
+        out += ["--bf16"]
+        if plan.workload.train_dtype == "fp8":  # Transformer Engine current scaling, fp8 weights
+            out += ["--fp8-format", "e4m3", "--fp8-recipe", "tensorwise", "--fp8-param-gather"]
     if chosen is None or chosen.distributed_optimizer:
         out += ["--use-distributed-optimizer"]
     if chosen is not None:  # the parallelism search's training settings (planner.solve.parallel)
-        per = -(-m.num_layers // par.pp)
-        if par.pp > 1 and m.num_layers % par.pp:
-            out += ["--decoder-last-pipeline-num-layers", str(m.num_layers - (par.pp - 1) * per)]
-        out += ["--seq-length", str(plan.workload.seq_len), "--micro-batch-size", str(chosen.micro_batch)]
+        out += ["--micro-batch-size", str(chosen.micro_batch)]
         if chosen.global_batch:
             out += ["--global-batch-size", str(chosen.global_batch)]
         if chosen.recompute == "selective":
@@ -345,11 +391,9 @@ def notes(plan: Plan) -> list[str]:
         out += group_notes(m, perm)
         if np.array_equal(perm, np.tile(np.arange(m.num_experts), (perm.shape[0], 1))):
             out.append("the placement is Megatron's contiguous one: the checkpoint needs no permutation")
-    if m.num_layers % par.pp:
-        out.append(
-            f"the model's {m.num_layers} layers do not divide over pp {par.pp}: set "
-            "--decoder-first-pipeline-num-layers / --decoder-last-pipeline-num-layers"
-        )
+    layout = pipeline_layout(m.num_layers, par.pp, par.vpp, mtp=m.mtp_layers)
+    if not isinstance(layout, str) and layout.note():
+        out.append(layout.note())
     return out
 
 

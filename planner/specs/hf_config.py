@@ -319,6 +319,8 @@ def _common(hf: _HF) -> dict[str, Any]:
     return {
         "vocab_size": hf.integer("vocab_size"),
         "tie_embeddings": hf.boolean("tie_word_embeddings", False),
+        # multi-token-prediction layers (DeepSeek-V3's num_nextn_predict_layers; absent: none)
+        "mtp_layers": hf.integer("num_nextn_predict_layers", minimum=0, default=0),
         **_dtypes(hf),
     }
 
