@@ -244,7 +244,7 @@ def solve_cache(
     acc: list = []
 
     def run(cfg: CacheConfig, name: str = "") -> CacheSimResult:
-        stage(f"offload search: {name}", len(results))  # each candidate is a replay of the planning steps
+        stage(f"offload search: {name}")  # each candidate is a replay of the planning steps
         if not fast_supported(cfg) and not acc:
             acc.append(access_lists(counts_SLE))
         return replay(counts_SLE, cfg, timing, record_from=rec, batch=batch, accesses=acc[0] if acc else None)

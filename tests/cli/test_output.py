@@ -217,4 +217,6 @@ def test_offload_progress_on_stderr_only(capsys, tmp_path, small_trace):
     assert code == 0, err
     Plan.model_validate(json.loads(out))
     stages = [ln.split("] ", 1)[1].rsplit("  ", 1)[0] for ln in err.splitlines() if ln.startswith("plan [")]
-    assert stages == ["loading inputs", "expert-cache search (offload)"]
+    assert stages[:2] == ["loading inputs", "expert-cache search (offload)"]
+    # inside the search, each candidate replayed (planner.solve.cache)
+    assert len(stages) > 2 and all(x.startswith("offload search: ") for x in stages[2:])
