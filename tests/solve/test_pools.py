@@ -152,3 +152,27 @@ def test_bad_targets_name_their_field(field, value):
     with pytest.raises(InputError) as e:
         targets(**{field: value}).check()
     assert e.value.field == field
+
+
+def test_decode_heavy_small_model_favours_colocated():
+    # 64-token prompts, 2048-token outputs: prefill is a sliver of the work, so a separate prefill
+    # pool idles GPUs that colocated serving decodes on, and the chunks barely stall decode
+    t = targets(prompt_len=64, output_len=2048, tpot_ms=40.0, ttft_ms=1000.0)
+    table = P.PoolTable(OLMOE, HW, node(8), t, P.kv_copy(OLMOE, HW, 64, "bf16", same_node=True))
+    best, _ = P.best_split(table)
+    col = table.get("colocated", 8)
+    assert col.detail["chunk_share"] < 0.05 and col.goodput_rps == pytest.approx(col.capacity_rps, rel=0.02)
+    assert col.goodput_rps > best.goodput_rps
+
+
+def test_deepseek_v3_long_prompts_favour_disaggregation():
+    # SGLang's workload shape (2,000-token prompts, 100-token outputs) under TTFT 2 s / TPOT 50 ms on
+    # 8 H100 nodes: every prefill chunk stalls a whole 64-GPU decode batch, so the colocated engine
+    # must keep chunks small and serves fewer requests than 6 prefill + 2 decode nodes
+    ds = resolve_model("deepseek-v3")
+    t = P.ServeTargets(prompt_len=2000, output_len=100, ttft_ms=2000.0, tpot_ms=50.0, redundant=32)
+    table = P.PoolTable(ds, HW, node(8, 8), t, P.kv_copy(ds, HW, 2000, "bf16"))
+    split, _ = P.best_split(table, prefill_units=6, decode_units=2)
+    col = table.get("colocated", 8)
+    assert col.reason == "" and split.goodput_rps > 1.2 * col.goodput_rps
+    assert col.detail["chunk_tokens_per_gpu"] < P.CHUNK_CHOICES[-1]  # the TPOT target forces small chunks
