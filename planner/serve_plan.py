@@ -71,13 +71,14 @@ def disaggregation_flags(role: str, pool: Plan, prefill_tokens: int) -> LaunchAr
     """The pool's launch arguments (:func:`planner.exports.launch.launch_args`, already in its
     plan) with the disaggregation flags of its role; a flag the builder already wrote is kept."""
     la = pool.launch or LaunchArgs()
-    par = pool.parallel
     sg = list(la.sglang or [])
     extra = ["--disaggregation-mode", role, "--disaggregation-transfer-backend", "mooncake"]
-    if par.ep > 1:
-        extra += ["--moe-a2a-backend", "deepep", "--deepep-mode", "normal" if role == "prefill" else "low_latency"]
+    # the all-to-all backend follows the plan's dispatch (planner.exports.sglang); under DeepEP each
+    # pool gets its kernels: normal for prefill, low-latency for decode (SGLang's large-scale EP runs)
+    if "--moe-a2a-backend" in sg and sg[sg.index("--moe-a2a-backend") + 1] == "deepep":
+        extra += ["--deepep-mode", "normal" if role == "prefill" else "low_latency"]
     if role == "prefill":
-        extra += ["--max-prefill-tokens", str(prefill_tokens * par.tp)]
+        extra += ["--max-prefill-tokens", str(prefill_tokens * pool.parallel.tp)]
     else:
         extra += ["--max-running-requests", str(pool.workload.batch)]
     for i in range(0, len(extra), 2):

@@ -120,3 +120,12 @@ def test_api_plan_points_to_plan_serving():
         planner.plan("olmoe-1b-7b", mode="serve")
     assert e.value.field == "mode" and "plan_serving" in str(e.value)
     assert planner.plan_serving is plan_serving
+
+
+def test_deepep_kernels_per_role_follow_the_dispatch():
+    p = plan_serving("olmoe-1b-7b", dispatch="nearest", baseline="eplb", redundant_experts=8, **ARGS)
+    for r, mode in ((p.serving.prefill, "normal"), (p.serving.decode, "low_latency")):
+        sg = r.launch.sglang
+        assert sg[sg.index("--moe-a2a-backend") + 1] == "deepep" and sg[sg.index("--deepep-mode") + 1] == mode
+    even = plan_serving("olmoe-1b-7b", baseline="eplb", redundant_experts=8, **ARGS)
+    assert "--deepep-mode" not in even.serving.decode.launch.sglang  # no DeepEP line: no DeepEP mode
