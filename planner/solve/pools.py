@@ -12,8 +12,9 @@ nodes, each pool with its own parallel layout, KV caches copied from prefill to 
   (:func:`planner.solve.parallel.search`, mode prefill) picks the degrees. Capacity
   ``μ = input tokens/s ÷ P``. A request waits for the step in flight and for the queue before
   its own: with deterministic steps of ``t`` ms its mean time to first token at utilisation ρ is
-  ``t·(1 + ρ / (2(1 − ρ)))`` (M/D/1 mean wait plus service) plus the KV copy to decode, so the
-  TTFT target allows ``ρ* = 2s / (1 + 2s)`` with ``s = (target − copy)/t − 1``; goodput ``ρ*·μ``;
+  ``t·(1 + ρ / (2(1 − ρ)))`` (M/D/1 mean wait plus service) plus the KV copy to decode (a step's
+  k prompts leave a GPU's link together: (k + 1)/2 copies on average), so the TTFT target allows
+  ``ρ* = 2s / (1 + 2s)`` with ``s = (target − copy)/t − 1``; goodput ``ρ*·μ``;
 - *decode pool*: the largest decode batch within memory and the TPOT target (the search, mode
   decode); goodput ``B / (O · t_step)`` (every slot busy: a request holds a slot for O steps);
 - *KV copy*: ``P × kv_bytes_per_token`` (whole model, one copy, in the KV dtype) over the
@@ -179,8 +180,7 @@ def prefill_pool(
     steps of ``k`` prompts per GPU, ``k`` = ``prompts_per_gpu`` or the best for goodput of
     ``max(1, C // P)`` and its halvings (a shorter step leaves more of the TTFT target to the queue)."""
     N = cluster.num_gpus
-    budget = None if t.ttft_ms is None else t.ttft_ms - copy.ms_per_request
-    if budget is not None and budget <= 0:
+    if t.ttft_ms is not None and t.ttft_ms <= copy.ms_per_request:
         return PoolFigures("prefill", N, cluster, reason=(
             f"the KV copy alone ({copy.ms_per_request:.1f} ms) exceeds the {t.ttft_ms:g} ms time-to-first-token "
             "target; relax `ttft_ms` or shorten the prompt (`prompt_len`)"))
@@ -189,6 +189,13 @@ def prefill_pool(
                                                                       reverse=True)
     best, why = None, ""
     for k in ks:
+        # a step's k prompts leave one GPU's link together: on average a request waits for (k + 1) / 2 copies
+        copy_ms = copy.ms_per_request * (k + 1) / 2
+        budget = None if t.ttft_ms is None else t.ttft_ms - copy_ms
+        if budget is not None and budget <= 0:
+            why = why or (f"{k} prompts per GPU: their KV copies ({copy_ms:.1f} ms) exceed the {t.ttft_ms:g} ms "
+                          "time-to-first-token target")
+            continue
         found, err = _search(model, hw, cluster, mode="prefill", seq_len=t.prompt_len, global_batch=k * N,
                              fixed=fixed, redundant=t.redundant, latency_target_ms=budget)
         if found is None:
@@ -197,10 +204,10 @@ def prefill_pool(
         c = found.best
         cap = c.tokens_per_s / t.prompt_len
         rho = max_utilization(c.step_ms, budget)
-        ttft = c.step_ms * queue_factor(rho) + copy.ms_per_request
+        ttft = c.step_ms * queue_factor(rho) + copy_ms
         binding = "ttft" if t.ttft_ms is not None and rho < MAX_UTILIZATION else "utilization cap"
         f = PoolFigures("prefill", N, cluster, c, c.step_ms, cap, rho * cap, rho, ttft_ms=ttft, binding=binding,
-                        detail={"prompts_per_gpu": k, "tokens_per_s": c.tokens_per_s})
+                        detail={"prompts_per_gpu": k, "tokens_per_s": c.tokens_per_s, "kv_copy_ms": copy_ms})
         if best is None or f.goodput_rps > best.goodput_rps * (1 + 1e-9):
             best = f
     return best if best is not None else PoolFigures("prefill", N, cluster, reason=why)

@@ -61,7 +61,9 @@ def test_prefill_pool_goodput_follows_the_ttft_model():
     assert c is not None and f.reason == ""
     assert f.capacity_rps == pytest.approx(c.tokens_per_s / t.prompt_len)
     assert f.goodput_rps == pytest.approx(f.utilization * f.capacity_rps)
-    assert f.ttft_ms == pytest.approx(c.step_ms * P.queue_factor(f.utilization) + copy.ms_per_request)
+    k = f.detail["prompts_per_gpu"]
+    assert f.detail["kv_copy_ms"] == pytest.approx(copy.ms_per_request * (k + 1) / 2)
+    assert f.ttft_ms == pytest.approx(c.step_ms * P.queue_factor(f.utilization) + f.detail["kv_copy_ms"])
     assert f.ttft_ms <= t.ttft_ms + 1e-6
     # a tighter TTFT target never raises the goodput
     tight = P.prefill_pool(OLMOE, HW, node(2), targets(ttft_ms=f.ttft_ms / 2), copy)
