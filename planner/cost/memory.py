@@ -184,14 +184,13 @@ def training_memory(
     mbs = pp if num_microbatches is None else max(1, num_microbatches)
     interleave = 1.0 + (pp - 1) / (pp * vpp) if vpp > 1 else 1.0
     layout = pipeline_layout(model.num_layers, pp, vpp, mtp=model.mtp_layers, first=pp_first, last=pp_last)
-    moe_idx = set(model.moe_layers)
+    counts = None if isinstance(layout, str) else layout.rank_counts(model.moe_layers)
     activations = 0.0
     for r in range(pp):  # rank r of a 1F1B pipeline holds min(pp − r, micro-batches) in flight
-        if isinstance(layout, str):  # no layout Megatron runs (the rules say so elsewhere): ⌈L/pp⌉ each
+        if counts is None:  # no layout Megatron runs (the rules say so elsewhere): ⌈L/pp⌉ each
             n_moe, n_dense = moe_per_stage, max(0, math.ceil(model.num_layers / pp) - moe_per_stage)
         else:
-            n_moe = sum(1 for lo, hi in layout.rank_ranges(r) for i in range(lo, hi) if i in moe_idx)
-            n_dense = layout.rank_layers(r) - n_moe
+            n_moe, n_dense = counts[r]
         per_mb = n_moe * act_moe + n_dense * act_dense
         activations = max(activations, per_mb * min(pp - r, mbs) * interleave)
     return MemoryBreakdown(weights=weights, gradients=grads, optimizer=optim, activations=activations)

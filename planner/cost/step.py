@@ -172,7 +172,7 @@ class StepModel:
         #: the dtype the linear layers compute in (the training dtype, never the checkpoint's)
         self.gemm_dtype = train_dtype
         for name in ("_attention", "_moe_block", "_tok_ops", "_experts", "_dense", "_head", "_train_layers",
-                     "_split", "link", "_casts"):
+                     "_split", "link", "_casts", "_mtp_proj", "_flops"):
             setattr(self, name, functools.cache(getattr(self, name)))
 
     # per-layer pieces -----------------------------------------------------------------------
@@ -180,6 +180,14 @@ class StepModel:
     def _attention(self, tp: int, cp: int, b: int, s: int) -> tuple[float, float]:
         a = attention_ms(self.hw, self.model, mode="prefill", sequences=b, seq_len=s, tp=tp, weight_dtype=self.gemm_dtype)
         return a.projections_ms / cp, a.core_ms / cp
+
+    def _mtp_proj(self, tp: int, T: float) -> float:
+        """Forward + backward of an MTP layer's 2h -> h projection (DeepSeek-V3 §2.2)."""
+        h = self.model.hidden_size
+        return training_ms(gemm_ms(self.hw, T, max(1, h // tp), 2 * h, self.gemm_dtype))
+
+    def _flops(self, global_batch: int, seq_len: int) -> float:
+        return model_flops_per_step(self.model, global_batch, seq_len)
 
     def _casts(self, tp: int, etp: int, T: float) -> tuple[float, float, float]:
         """fp8 training: casts of one micro-batch's GEMM operands (forward inputs and backward
@@ -300,15 +308,7 @@ class StepModel:
         layout = pipeline_layout(m.num_layers, pp, vpp, mtp=m.mtp_layers, first=first, last=last)
         if isinstance(layout, str):
             raise InputError(f"pp: {layout}", field="pp")
-        moe_idx = set(m.moe_layers)
-        counts = []
-        for r in range(pp):
-            n_moe = n_dense = 0
-            for lo, hi in layout.rank_ranges(r):
-                k = sum(1 for i in range(lo, hi) if i in moe_idx)
-                n_moe += k
-                n_dense += hi - lo - k
-            counts.append((n_moe, n_dense))
+        counts = list(layout.rank_counts(m.moe_layers))
         return layout, counts
 
     def _stage_times(
@@ -371,8 +371,7 @@ class StepModel:
         mtp = 0.0
         if m.mtp_layers:  # one more layer of the last layer's kind, its 2h -> h projection, one more head
             last_moe = (m.num_layers - 1) in set(m.moe_layers)
-            proj = training_ms(gemm_ms(hw, T, max(1, m.hidden_size // tp), 2 * m.hidden_size, self.gemm_dtype))
-            mtp = m.mtp_layers * ((t_moe if last_moe else t_dense) + proj + head)
+            mtp = m.mtp_layers * ((t_moe if last_moe else t_dense) + self._mtp_proj(tp, T) + head)
         stages = self._stage_times(pp, vpp, pp_first, pp_last, t_moe, t_dense, head, embed, mtp)
         stage = max(stages)
         pipe = (mbs + (pp - 1) / vpp) * stage
@@ -402,7 +401,7 @@ class StepModel:
         exposed = max(0.0, red - REDUCE_WINDOW * stage) + max(0.0, gat - GATHER_WINDOW * stage)
         optim = memory_pass_ms(hw, OPTIMIZER_STEP_BYTES * shard)
         step = pipe + p2p + exposed + optim
-        flops = model_flops_per_step(m, global_batch, seq_len)
+        flops = self._flops(global_batch, seq_len)
         return TrainStep(
             step_ms=step, stage_ms=stage, pipeline_ms=pipe, bubble_fraction=bubble, p2p_ms=p2p, dp_exposed_ms=exposed,
             optimizer_ms=optim, micro_batches=mbs, tokens_per_s=global_batch * seq_len / (step * 1e-3),

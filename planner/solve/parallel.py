@@ -90,7 +90,7 @@ FIXABLE = ("tp", "pp", "dp", "ep", "etp", "vpp", "cp", "micro_batch", "recompute
            "pp_first", "pp_last")
 #: Interleaving depths the search tries besides the divisors of the layers per rank (the others
 #: need an uneven layout, :func:`planner.specs.degrees.pipeline_layout`).
-VPP_EXTRA = (2, 3, 4, 6, 8)
+VPP_EXTRA = (2, 4)
 #: Training token dispatchers: Megatron's ``alltoall`` (every (token, expert) pair sent) or
 #: ``deepep`` (``flex`` with DeepEP: one copy per destination GPU / node).
 DISPATCHERS = {"alltoall": "pairs", "deepep": "deepep"}
@@ -376,7 +376,9 @@ def _train_variants(
         fit = None
         lean = None
         for rc in rc_opts:  # none < selective < full in time: the first that fits dominates
-            c = replace(base, recompute=rc, distributed_optimizer=do)
+            c = Candidate(mode="train", dp=base.dp, tp=base.tp, pp=base.pp, ep=base.ep, etp=base.etp, cp=base.cp,
+                          vpp=base.vpp, micro_batch=base.micro_batch, recompute=rc, distributed_optimizer=do,
+                          pp_first=base.pp_first, pp_last=base.pp_last)
             mem = candidate_memory(model, c, seq_len=seq_len, global_batch=gb, train_dtype=train_dtype)
             object.__setattr__(c, "memory", mem)  # c is local until appended
             if mem.total <= budget:

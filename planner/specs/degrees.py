@@ -26,6 +26,7 @@ Messages name fields (``ep``, ``global_batch``), never command-line flags.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -207,6 +208,16 @@ class PipelineLayout:
     def rank_layers(self, rank: int) -> int:
         return sum(self.chunks[rank::self.pp])
 
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (frozen and small; the search asks again and again)
+    def rank_counts(self, moe_layers: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+        """(MoE, dense) decoder layers of every pipeline rank, ``moe_layers`` the MoE layers' indices."""
+        moe = set(moe_layers)
+        out = []
+        for r in range(self.pp):
+            n_moe = sum(1 for lo, hi in self.rank_ranges(r) for i in range(lo, hi) if i in moe)
+            out.append((n_moe, self.rank_layers(r) - n_moe))
+        return tuple(out)
+
     def string(self) -> str:
         """Megatron's ``--pipeline-model-parallel-layout`` for these chunks ("E" embedding, "t"
         decoder layer, "m" MTP layer, "L" loss, "|" between virtual stages, ``x*n`` and
@@ -306,6 +317,7 @@ def _first_last_chunks(L: int, pp: int, vpp: int, first: int | None, last: int |
     return tuple(per_rank[c % pp] // vpp for c in range(pp * vpp))
 
 
+@functools.lru_cache(maxsize=4096)
 def pipeline_layout(
     num_layers: int, pp: int, vpp: int = 1, *, mtp: int = 0, first: int | None = None, last: int | None = None,
 ) -> PipelineLayout | str:
