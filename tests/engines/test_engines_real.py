@@ -16,7 +16,8 @@ stays) and runs this module after the README's command. What runs:
   exported ``physical_to_logical_map``; the ``vllm serve`` parser (``make_arg_parser``,
   ``AsyncEngineArgs.from_cli_args``) on the printed lines (vLLM and vllm-ascend).
 
-SGLang's ``sglang.srt.configs`` package imports ``torchvision`` for its vision models; PyPI's
+With ``MOE_PLANNER_ENGINES=require`` (``.ci/run`` sets it) a missing or broken engine package
+fails the tests instead of skipping them. SGLang's ``sglang.srt.configs`` package imports ``torchvision`` for its vision models; PyPI's
 torchvision wheel needs CUDA torch, so without a working torchvision a stand-in module is put in
 ``sys.modules`` while SGLang's modules load and run (no MoE code path uses it), after
 transformers has cached that torchvision is absent.
@@ -25,6 +26,8 @@ transformers has cached that torchvision is absent.
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.metadata
+import importlib.util
 import json
 import os
 import shlex
@@ -47,6 +50,17 @@ os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 SGLANG_VERSION = "0.5.23"
 VLLM_VERSION = "0.33.0"
 _TV = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
+
+
+def _engine(name: str, version: str) -> None:
+    """Skip without ``name`` (fail instead under ``MOE_PLANNER_ENGINES=require``); a present
+    package must import and be the pinned ``version``."""
+    if importlib.util.find_spec(name) is None:
+        if os.environ.get("MOE_PLANNER_ENGINES") == "require":
+            pytest.fail(f"{name} {version} is not installed (MOE_PLANNER_ENGINES=require)")
+        pytest.skip(f"{name} is not installed")
+    importlib.import_module(name)  # a broken install is an error, not a skip
+    assert importlib.metadata.version(name) == version, f"{name} {importlib.metadata.version(name)}, tests pin {version}"
 
 
 # ---- plans --------------------------------------------------------------------------------------
@@ -102,8 +116,7 @@ def _stand_in(name: str, **attrs) -> types.ModuleType:
 
 @pytest.fixture(scope="module")
 def sgl():
-    pytest.importorskip("sglang", minversion=SGLANG_VERSION)
-    pytest.importorskip("transformers")
+    _engine("sglang", SGLANG_VERSION)
     saved = {k: sys.modules.get(k) for k in _TV}
     if not _torchvision_works():
         for k in _TV:
@@ -207,8 +220,8 @@ def test_sglang_loads_the_plans_map_and_builds_the_static_table_we_model(request
 
 @pytest.fixture(scope="module")
 def vl():
-    pytest.importorskip("vllm", minversion=VLLM_VERSION)
-    torch = pytest.importorskip("torch")
+    _engine("vllm", VLLM_VERSION)
+    import torch
     from vllm.distributed.eplb.eplb_state import EplbState, compute_logical_maps
     from vllm.distributed.eplb.policy.default import DefaultEplbPolicy
     from vllm.engine.arg_utils import AsyncEngineArgs
