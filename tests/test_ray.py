@@ -61,6 +61,7 @@ def test_placement_layers_on_ray_workers_give_the_one_process_placement(local_ra
     assert one.stages.search.evals > 0  # the per-node local search ran (the part solved apart)
     assert np.array_equal(one.phy2log_LP, apart.phy2log_LP)
     assert (one.objective, one.chosen, one.candidates) == (apart.objective, apart.chosen, apart.candidates)
+    assert one.stages.stage1.swaps == apart.stages.stage1.swaps and one.stages.stage1.swaps.swaps > 0
     s1, s2 = one.stages.search, apart.stages.search
     assert (s1.instances, s1.evals, s1.accepted, s1.search_budget_s) == (s2.instances, s2.evals, s2.accepted,
                                                                           s2.search_budget_s)

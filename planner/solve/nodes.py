@@ -334,12 +334,14 @@ def _layer_nodes(s: _Stage1, l: int, clock: Clock, deadline: float) -> None:
 def assign_nodes(
     inp: PlacementInputs, sample: TokenSample, weight_LE: np.ndarray, warm_LP: np.ndarray,
     previous_LP: np.ndarray | None, mig_w: float, clock: Clock, *, time_limit: float, deadline: float,
+    swaps: bool = True,
 ) -> tuple[np.ndarray | None, Stage1Stats]:
     """Stages 1 and 1b (docs/placement.md §5.1, §5.1b): the node of every expert, int [L, E], or
     None when nodes are not used (one node, or experts / slots that do not split evenly over
     the nodes: EPLB's global placement is then the start), and the statistics.
 
     ``inp.gpus_per_node`` must divide ``inp.num_gpus`` into ``N > 1`` nodes for nodes to be used.
+    ``swaps=False`` leaves stage 1b to the caller (:mod:`planner.solve.layer_map` runs it per layer).
     """
     L, E, G, P = inp.num_layers, inp.num_experts, inp.num_gpus, inp.num_physical
     gpn = inp.gpus_per_node
@@ -363,18 +365,21 @@ def assign_nodes(
     s.stats.blocks = "groups" if nB < E else "experts"
     for l in range(L):
         _layer_nodes(s, l, clock, deadline)
-    s.stats.swaps = swap_nodes(s.node_LE, sample, weight_LE, N, inp, previous_LP, mig_w,
-                               time_limit=time_limit, deadline=deadline)
+    if swaps:
+        s.stats.swaps = swap_nodes(s.node_LE, sample, weight_LE, N, inp, previous_LP, mig_w,
+                                   time_limit=time_limit, deadline=deadline)
     s.stats.time_s = round(clock.elapsed(), 3)
     return s.node_LE, s.stats
 
 
 def swap_nodes(node_LE: np.ndarray, sample: TokenSample, weight_LE: np.ndarray, num_nodes: int,
                inp: PlacementInputs, previous_LP: np.ndarray | None, mig_w: float, *, time_limit: float,
-               deadline: float) -> SwapTotals:
+               deadline: float, budget_layers: int | None = None) -> SwapTotals:
     """Stage 1b (docs/placement.md §5.1b, :mod:`planner.solve.nodeswap`) on every layer, in place
     on ``node_LE`` [L, E]: at most :data:`SWAP_MAX_TOKENS` sampled tokens per layer and a number
-    of rounds from a work budget of :data:`SWAP_SHARE` of the time limit (sizes only: reproducible)."""
+    of rounds from a work budget of :data:`SWAP_SHARE` of the time limit (sizes only: reproducible),
+    shared by ``budget_layers`` layers (default: these ``L``; some layers of a larger problem pass
+    its count)."""
     ids_LTk, src_node_T = sample.ids_LTk, sample.src_T // inp.gpus_per_node
     L, T, k = ids_LTk.shape
     E, N = node_LE.shape[1], num_nodes
@@ -383,7 +388,7 @@ def swap_nodes(node_LE: np.ndarray, sample: TokenSample, weight_LE: np.ndarray, 
     stride = max(1, math.ceil(T / SWAP_MAX_TOKENS))
     ids_sub, src_sub = ids_LTk[:, ::stride], src_node_T[::stride]
     per_round = round_elements(ids_sub.shape[1], k, E, N)
-    max_rounds = max(1, int(SWAP_SHARE * time_limit * SWAP_ELEMENTS_PER_S / per_round / L))
+    max_rounds = max(1, int(SWAP_SHARE * time_limit * SWAP_ELEMENTS_PER_S / per_round / (budget_layers or L)))
     # ms per step of one inter-node copy per step of an expert-data-parallel group, spread over
     # a node's GPUs (the groups run side by side)
     lam_copy = (2.0 * (1.0 - inp.cost.overlap) * inp.cost.token_bytes * inp.cost.nic.ms_per_byte

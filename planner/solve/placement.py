@@ -111,7 +111,7 @@ def solve_placement(
     ``migration_weight`` > 0 adds the migration penalty. ``search_evals`` bounds the local
     search per node (default: a count derived from the sizes, so the result is reproducible).
     The placement is deterministic and takes no seed. ``map_layers(fn, items)`` solves stages
-    2-4 one task per layer (e.g. :func:`planner.ray_map.ray_map`, Ray workers): the same placement
+    1b-4 one task per layer (e.g. :func:`planner.ray_map.ray_map`, Ray workers): the same placement
     (:mod:`planner.solve.layer_map`).
     """
     clock = Clock(require_time_limit(time_limit))
@@ -126,13 +126,13 @@ def solve_placement(
     sample = search_sample(inp)
     # §5.1, §5.1b: experts -> nodes
     node_LE, s1 = assign_nodes(inp, sample, weight_LE, warm, previous_LP, mig_w, clock,
-                               time_limit=time_limit, deadline=deadline)
+                               time_limit=time_limit, deadline=deadline, swaps=map_layers is None)
     n_eff = G // inp.gpus_per_node if node_LE is not None else 1
     exact = _exact_setting(inp, n_eff, sample, mig_w)
     # §5.2-§5.4: replicas inside nodes, their GPUs
     new, search = place_layers(map_layers, inp, sample, weight_LE, warm, node_LE, n_eff, previous_LP, mig_w, exact,
                                time_limit=time_limit, deadline=deadline, balance_tolerance=balance_tolerance,
-                               search_evals=search_evals)
+                               search_evals=search_evals, stage1=s1)
     search.time_s = round(clock.elapsed() - s1.time_s, 3)
     N = nodes_of(G, inp.gpus_per_node)
     stats = PlacementStats(nodes=N, gpus_per_node=G // N, stage1=s1, search=search)
