@@ -260,6 +260,8 @@ def prepare(
     prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
     expert_precisions: str | None = None,
     max_accuracy_cost: float | None = None,
+    pp_first: int | None = None,
+    pp_last: int | None = None,
 ) -> Problem | OffloadProblem:
     """Load and check every input of a planning run; raises :class:`InputError` on bad input.
 
@@ -306,7 +308,7 @@ def prepare(
     # serving: it also finds the batch, which then decides the steps the placement is planned on
     fixed = {
         "tp": tp, "pp": pp, "dp": dp, "ep": ep, "etp": etp, "vpp": vpp, "cp": cp, "micro_batch": micro_batch,
-        "recompute": recompute, "distributed_optimizer": distributed_optimizer,
+        "recompute": recompute, "distributed_optimizer": distributed_optimizer, "pp_first": pp_first, "pp_last": pp_last,
     }
     stage("parallelism search")
     found, workload = parallel_search.search_workload(

@@ -65,6 +65,8 @@ class PlanOptions(BaseModel):
     dp: int | None = _opt(None, "Data-parallel degree")
     etp: int | None = _opt(None, "Expert tensor-parallel degree")
     vpp: int | None = _opt(None, "Virtual pipeline stages")
+    pp_first: int | None = _opt(None, "Train: decoder layers of the first pipeline rank (Megatron --decoder-first-pipeline-num-layers; omitted: the planner's layout)")
+    pp_last: int | None = _opt(None, "Train: decoder layers of the last pipeline rank (Megatron --decoder-last-pipeline-num-layers; omitted: the planner's layout)")
     micro_batch: int | None = _opt(None, "Micro-batch size (sequences)")
     cp: int | None = _opt(None, "Context-parallel degree (train; omitted: searched)")
     recompute: Literal["none", "selective", "full"] | None = _opt(None, "Activation recompute (train; omitted: searched)")
