@@ -47,6 +47,7 @@ sequences × context), ``T`` the tokens of one forward pass on this GPU, B_act =
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -179,9 +180,22 @@ def training_memory(
         optim = OPTIMIZER_BYTES * (expert_params / edp + other_params / dp)
     else:
         optim = OPTIMIZER_BYTES * (expert_params + other_params)
+    mbs = pp if num_microbatches is None else max(1, num_microbatches)
+    activations = _activations(model, seq_len, micro_batch, tp, pp, vpp, mbs, recompute, pp_first, pp_last)
+    return MemoryBreakdown(weights=weights, gradients=grads, optimizer=optim, activations=activations)
+
+
+
+@functools.lru_cache(maxsize=65536)
+def _activations(
+    model: ModelSpec, seq_len: int, micro_batch: int, tp: int, pp: int, vpp: int, mbs: int, recompute: Recompute,
+    pp_first: int | None, pp_last: int | None,
+) -> float:
+    """Activation bytes of the fullest pipeline rank (:func:`training_memory`); memoized, since
+    the parallelism search asks for the same pipeline under many expert layouts."""
+    moe_per_stage = math.ceil(model.num_moe_layers / pp)
     act_moe = activation_bytes_per_layer(model, seq_len, micro_batch, tp, recompute, moe=True)
     act_dense = activation_bytes_per_layer(model, seq_len, micro_batch, tp, recompute, moe=False) if model.num_dense_layers else 0.0
-    mbs = pp if num_microbatches is None else max(1, num_microbatches)
     interleave = 1.0 + (pp - 1) / (pp * vpp) if vpp > 1 else 1.0
     layout = pipeline_layout(model.num_layers, pp, vpp, mtp=model.mtp_layers, first=pp_first, last=pp_last)
     counts = None if isinstance(layout, str) else layout.rank_counts(model.moe_layers)
@@ -193,8 +207,7 @@ def training_memory(
             n_moe, n_dense = counts[r]
         per_mb = n_moe * act_moe + n_dense * act_dense
         activations = max(activations, per_mb * min(pp - r, mbs) * interleave)
-    return MemoryBreakdown(weights=weights, gradients=grads, optimizer=optim, activations=activations)
-
+    return activations
 
 def kv_bytes_per_token(model: ModelSpec, tp: int = 1, pp: int = 1, kv_dtype: str = "bf16") -> float:
     """KV-cache bytes one token adds on one GPU (its stage's layers, its TP share).
