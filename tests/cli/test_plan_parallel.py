@@ -52,9 +52,14 @@ def test_default_plan_prints_search_and_serving_flags(capsys):
 
 
 def test_rule_broken_by_a_fixed_degree_exits_2(capsys):
-    code, out, err = run(capsys, "plan", "--model", "mixtral-8x7b", "--nodes", "2", "--mode", "train", "--ep", "8", "--etp", "2")
+    code, out, err = run(capsys, "plan", "--model", "mixtral-8x7b", "--nodes", "2", "--mode", "train", "--ep", "3")
     assert code == 2
-    assert "spans more than one node" in err
+    assert "must divide the 16 GPUs of a pipeline stage" in err
+    # a fixed EP × ETP spanning nodes is honoured (issue 19), with a note saying how it is priced
+    code, out, err = run(capsys, "plan", "--model", "mixtral-8x7b", "--nodes", "2", "--mode", "train", "--ep", "8",
+                         "--etp", "2", "--time-limit", "5")
+    assert code == 0, err
+    assert "ep × etp (8 × 2 = 16) as fixed spans 2 nodes" in out
 
 
 def test_infeasible_training_exits_1_with_numbers(capsys):
