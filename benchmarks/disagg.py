@@ -1,7 +1,7 @@
 """Prefill/decode disaggregation against SGLang's published DeepSeek-V3 deployment on H100, and
-disaggregated against colocated serving of DeepSeek-V3 on 8-16 nodes.
+disaggregated against colocated serving of DeepSeek-V3 on 8-32 nodes.
 
-    python benchmarks/disagg.py [--nodes 8,12,16] [--out benchmarks/results/disagg.json]
+    python benchmarks/disagg.py [--nodes 8,12,16,32] [--out benchmarks/results/disagg.json]
 
 **Published runs** (LMSYS blog 2025-05-05, "Deploying DeepSeek with PD Disaggregation and
 Large-scale Expert Parallelism on 96 H100 GPUs", https://lmsys.org/blog/2025-05-05-large-scale-ep/):
@@ -163,7 +163,7 @@ def comparison_md(cmp: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--nodes", default="8,12,16", help="cluster sizes of the disaggregated-vs-colocated comparison")
+    ap.add_argument("--nodes", default="8,12,16,32", help="cluster sizes of the disaggregated-vs-colocated comparison")
     ap.add_argument("--out", default="benchmarks/results/disagg.json")
     a = ap.parse_args()
     t0 = time.perf_counter()
@@ -176,7 +176,7 @@ def main() -> None:
     print(comparison_md(cmp))
     res = dict(hardware=HW, model=MODEL, tolerance=TOLERANCE, published=rows, comparison=cmp,
                slo=SLO, rate_rps=RATE, time_s=round(time.perf_counter() - t0, 1),
-               command="python benchmarks/disagg.py" + (f" --nodes {a.nodes}" if a.nodes != "8,12,16" else ""))
+               command="python benchmarks/disagg.py" + (f" --nodes {a.nodes}" if a.nodes != "8,12,16,32" else ""))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(a.out), json.dumps(res, indent=1) + "\n")
 
