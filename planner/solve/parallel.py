@@ -101,12 +101,12 @@ def rule_violation(
     redundant: int = 0, cross_node: bool = False, fixed: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[str, str] | None:
     """(rule, reason) for the first rule ``c`` breaks (memory and latency excluded), or None.
-    ``fixed``: the degrees the user gave; a fixed tp or ep (etp) is honoured across nodes (the
-    in-node policy applies to what the search chooses)."""
+    ``fixed``: the degrees the user gave; in training a fixed tp or ep (etp) is honoured across
+    nodes (the in-node policy applies to what the search chooses; serving keeps its rules)."""
     train = c.mode == "train"
     d = Degrees(c.dp, c.tp, c.pp, c.ep, c.etp, c.vpp, c.cp, c.micro_batch, c.pp_first, c.pp_last)
     problems = iter_degree_problems(
-        model, cluster, d, redundant=0 if train else redundant, tp_in_node=not cross_node and "tp" not in fixed,
+        model, cluster, d, redundant=0 if train else redundant, tp_in_node=not cross_node and not (train and "tp" in fixed),
         ep_in_node=train and not cross_node and not ({"ep", "etp"} & set(fixed)), seq_len=seq_len if train else None,
         global_batch=global_batch if train else None,
     )

@@ -90,3 +90,15 @@ def test_published_layouts_plannable_as_published(hw):
                dispatcher="deepep")
     assert (r.best.pp_first, r.best.pp_last) == (4, 1) and r.best.tflops_per_gpu > 0
     assert any("first 4, last 1" in n and "+1 MTP" in n for n in r.notes)
+
+
+def test_fixed_tp_across_nodes_training_only(hw):
+    # training honours a fixed TP spanning nodes (with a note); serving keeps its in-node TP rule
+    from planner.errors import InputError
+
+    m = load_model("deepseek-v2-lite")  # 16 heads (MLA)
+    two = ClusterSpec(hardware="h100-sxm", num_nodes=2, gpus_per_node=8)
+    r = search(m, hw, two, mode="train", global_batch=64, fixed=dict(tp=16, ep=1))
+    assert r.best.tp == 16 and any("tp 16 as fixed spans nodes" in n for n in r.notes)
+    with pytest.raises(InputError, match="tp 16 spans more than one node"):
+        search(m, hw, two, mode="decode", seq_len=1024, fixed=dict(tp=16, ep=1))
