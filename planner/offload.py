@@ -407,7 +407,7 @@ def solve_offload(pr: OffloadProblem, **solve_kw: Any) -> Plan:
         if probs is None:
             predicted.notes.append(f"not tried: prefetch ({P} planning steps: more than the {REFERENCE_STEPS} the reference"
                                    " replay takes)")
-        predicted.notes.append(f"policy chosen on the planning steps: {chosen}")
+        predicted.notes.append(f"policy chosen on the planning steps: {chosen}" + (prec_ilp.describe(mixed, pr.precision) if mixed else ""))
     return Plan(
         model=m, cluster=ClusterSpec(hardware=hw.name, num_nodes=1, gpus_per_node=1), workload=pr.workload,
         parallel=Parallel(dp=1, tp=1, pp=1, ep=1),

@@ -404,3 +404,11 @@ def precision_index(expert_precision: list[list[str]]) -> tuple[tuple[str, ...],
 def resident_bytes(resident: list[list[int]], expert_precision: list[list[str]], expert_params: float) -> float:
     """GPU bytes of a plan's resident experts, each in its own precision."""
     return float(sum(expert_params * DTYPE_BYTES[expert_precision[i][e]] for i, row in enumerate(resident) for e in row))
+
+
+def describe(answer: PrecisionAnswer, spec: PrecisionSpec) -> str:
+    """``"; experts in bf16 1330 (70 resident), int4 334 (334 resident); accuracy cost 1.44"``."""
+    parts = [f"{p} {int((answer.precision_LE == j).sum())} ({int(((answer.precision_LE == j) & answer.resident_LE).sum())} resident)"
+             for j, p in enumerate(spec.names)]
+    cap = "" if spec.max_cost is None else f" (cap {spec.max_cost:g})"
+    return f"; experts in {', '.join(parts)}; accuracy cost {answer.accuracy_cost:.3g}{cap}"

@@ -36,6 +36,7 @@ def test_mixed_plan_fields_and_budget(mixed_plan):
     kinds = {x for r in c.expert_precision for x in r}
     assert kinds == {"bf16", "int4"}
     assert 0 < c.accuracy_cost <= 1.0 + 1e-9
+    assert any("experts in bf16" in n and "(cap 1)" in n for n in p.predicted.notes)
     resident = sum(m.expert_params * DTYPE_BYTES[c.expert_precision[i][e]] for i, r in enumerate(c.resident) for e in r)
     assert resident + c.staging_slots * m.expert_bytes <= c.budget_bytes
     # the resident set would not fit in bf16: check must price each expert in its own precision
