@@ -218,7 +218,9 @@ def find_routers(model: Any) -> list[RouterHook]:
 
 
 def named_routers(model: Any, routers: Iterable[Any], top_k: int | None, num_experts: int | None) -> list[RouterHook]:
-    """Hooks for routers named by the caller (module names of ``model``, or modules)."""
+    """Hooks for routers named by the caller (module names of ``model``, or modules); top-k and
+    DBRX's weight norm may come from the router's block (a named DBRX ``router``: ``DbrxFFN.top_k``).
+    A ``Linear`` router whose top-k is nowhere to be found is an error here, not at the first forward."""
     import torch
 
     by_name = dict(model.named_modules())
@@ -233,9 +235,16 @@ def named_routers(model: Any, routers: Iterable[Any], top_k: int | None, num_exp
             mod, name = r, by_id.get(id(r), type(r).__name__)
         else:
             raise InputError(f"RoutingRecorder: routers: expected module names or modules, got {type(r).__name__}")
-        k = top_k if top_k is not None else _top_k(mod)
-        out.append(RouterHook(name=name, module=mod, layer=len(out), top_k=k,
-                              num_experts=num_experts if num_experts is not None else _num_experts(mod, None)))
+        parent = by_name.get(name.rpartition(".")[0])  # its block (the model for a top-level name)
+        k = top_k if top_k is not None else _top_k(mod, parent)
+        if k is None and isinstance(mod, torch.nn.Linear):
+            raise InputError(f"RoutingRecorder: router {name} is a Linear (it returns logits) and no top-k is "
+                             "known from it or its block; pass top_k=")
+        hook = RouterHook(name=name, module=mod, layer=len(out), top_k=k,
+                          num_experts=num_experts if num_experts is not None else _num_experts(mod, parent))
+        p = _attr((parent, mod), "moe_normalize_expert_weights")
+        hook.norm_p = float(p) if p is not None else None
+        out.append(hook)
     return out
 
 

@@ -303,10 +303,8 @@ def test_generic_logits_router_needs_top_k():
     model = nn.Module()
     model.router = nn.Linear(D, E, bias=False)
     model.forward = lambda x: model.router(x)
-    rec = RoutingRecorder(model, routers=[model.router], auto_step=False)
-    with pytest.raises(InputError, match="pass top_k"):
-        model(torch.zeros(2, D))
-    rec.detach()
+    with pytest.raises(InputError, match="router router is a Linear .* pass top_k"):  # when made, not at a forward
+        RoutingRecorder(model, routers=[model.router], auto_step=False)
     rec = RoutingRecorder(model, routers=[model.router], top_k=1, auto_step=False)
     model(torch.eye(D)[:2])
     rec.step()
@@ -519,3 +517,22 @@ def test_deepseek_logits_weights_include_routed_scaling_factor():
     logits = nn.functional.linear(x.reshape(-1, D), gate.weight).detach()
     _, w = deepseek_topk(logits, 3, 4, 2, gate.e_score_correction_bias, True)
     assert np.allclose(rec.trace().topk_weights[0], 2.5 * w.numpy(), atol=1e-6)
+
+
+def test_a_named_router_takes_top_k_and_norm_from_its_block():
+    class DbrxFFN(nn.Module):  # transformers 5's DBRX block: the router returns logits, top_k on the block
+        def __init__(self):
+            super().__init__()
+            self.router = known_gate(0)
+            self.top_k, self.moe_normalize_expert_weights = 2, 1.0
+
+        def forward(self, x):
+            self.router(x.reshape(-1, D))
+            return torch.zeros_like(x)
+
+    model = _wrap(DbrxFFN())
+    rec = RoutingRecorder(model, routers=["layers.0.router"], record_weights=True)
+    assert rec.hooks[0].top_k == 2 and rec.hooks[0].norm_p == 1.0
+    model(nn.functional.one_hot(torch.tensor([[1]]), D).float())
+    w = rec.trace().topk_weights[0, 0]
+    assert rec.trace().topk_ids[0].tolist() == [[1, 2]] and np.isclose(w.sum(), 1.0, atol=1e-6)
