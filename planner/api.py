@@ -23,6 +23,7 @@ from planner.exports.launch import launch_args
 from planner.offload import OffloadProblem, OffloadSimulationReport, prepare_offload, solve_offload
 from planner.progress import stage
 from planner.provenance import array_hash, input_hash, make_provenance, version
+from planner.ray_map import ray_map
 from planner.resolve import (
     counts_only,
     resolve_hardware,
@@ -380,10 +381,11 @@ def _group_routing_note(pr: Problem) -> list[str]:
 
 
 def _place(
-    pr: Problem, prev: np.ndarray | None, migration_weight: float, relay: str, notes: list[str]
+    pr: Problem, prev: np.ndarray | None, migration_weight: float, relay: str, notes: list[str], workers: int = 0,
 ) -> tuple[np.ndarray, PlacementResult | None]:
-    """``phy2log`` [L, P] of the problem's baseline, or of the placement solver (with its result);
-    appends to ``notes`` when a baseline beat the solver's own placement."""
+    """``phy2log`` [L, P] of the problem's baseline, or of the placement solver (with its result;
+    its layers as Ray tasks on ``workers`` workers when > 0); appends to ``notes`` when a baseline
+    beat the solver's own placement."""
     m, hw, cluster, par = pr.model, pr.hardware, pr.cluster, pr.parallel
     weight_LE = pr.plan_counts_LE.astype(np.float64)
     if pr.baseline is not None:
@@ -400,7 +402,7 @@ def _place(
     res = solve_placement(
         placement_inputs(pr, relay), time_limit=pr.time_limit, previous_LP=prev,
         migration_weight=migration_weight if prev is not None else 0.0, evaluate=objective,
-        extra_candidates=extra,
+        extra_candidates=extra, map_layers=ray_map(workers) if workers else None,
     )
     if res.chosen != "placement-ilp" and "placement-ilp" in res.candidates:
         notes.append(
@@ -436,6 +438,7 @@ def solve(
     previous: Plan | str | Path | np.ndarray | None = None,
     migration_weight: float = 0.01,
     relay: str | None = None,
+    placement_workers: int = 0,
 ) -> Plan:
     """Place experts for a prepared problem and score the placement on held-out steps.
 
@@ -448,7 +451,12 @@ def solve(
     copy the moved experts' weights, per planning step (module docstring of
     :mod:`planner.solve.placement`). ``relay``: the simulator's convention for where an
     inter-node copy lands, for planning and scoring (default :data:`planner.simulator.DEFAULT_RELAY`).
+    ``placement_workers`` > 0 solves the placement's layers as Ray tasks on that many workers
+    (:func:`planner.ray_map.ray_map`; the same placement as one process, docs/sweep.md).
     """
+    if not isinstance(placement_workers, int) or isinstance(placement_workers, bool) or placement_workers < 0:
+        raise InputError(f"placement_workers must be an integer >= 0 (got {placement_workers!r})",
+                         field="placement_workers")
     if isinstance(problem, OffloadProblem):
         if previous is not None:
             raise InputError("previous re-plans expert placement; it has no effect with mode offload", field="previous")
@@ -467,7 +475,7 @@ def solve(
         )
     prev = previous_placement(previous, pr) if previous is not None and pr.baseline is None else None
     stage("baseline placement" if pr.baseline is not None else "placement solver")
-    p2l, res = _place(pr, prev, migration_weight, relay, notes)
+    p2l, res = _place(pr, prev, migration_weight, relay, notes, placement_workers)
     # the solver already scored its pick on the planning steps (no migration term without --previous)
     known = res.objective if res is not None and previous is None else None
     notes += _replica_cost_note(pr, p2l, relay, known)

@@ -172,6 +172,7 @@ def plan_serving(
     train_fraction: float = 0.75,
     cross_node: bool = False,
     baseline: str | None = None,
+    placement_workers: int = 0,
     **unused: Any,
 ) -> Plan:
     """Plan a prefill pool and a decode pool on ``nodes × gpus_per_node`` GPUs (module docstring).
@@ -218,7 +219,8 @@ def plan_serving(
     cf = table.get("colocated", units_of(cluster))
     common = dict(trace=trace, time_limit=time_limit, seed=seed, dispatch=dispatch, expert_kernel=expert_kernel,
                   train_fraction=train_fraction, redundant_experts=redundant_experts, kv_dtype=kv_dtype,
-                  prompt_len=t.prompt_len, cross_node=cross_node, baseline=baseline)
+                  prompt_len=t.prompt_len, cross_node=cross_node, baseline=baseline,
+                  placement_workers=placement_workers)
     plans = {}
     for role, f, units in (("prefill", pf, split.prefill_units), ("decode", df, split.decode_units)):
         stage(f"{role} pool: placement and scoring")

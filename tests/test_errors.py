@@ -2,6 +2,8 @@
 
 import pickle
 
+import pytest
+
 from planner.cli import main
 from planner.errors import InfeasibleError, InputError
 
@@ -30,3 +32,12 @@ def test_cli_prints_the_flag_spelling(capsys, tmp_path):
     spec.write_text("base: {}\ngrid: {seed: [0]}\n")
     assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--jobs", "0"]) == 2
     assert "error: --jobs must be >= 1 (got 0)" in capsys.readouterr().err
+
+
+def test_placement_workers_must_be_a_count():
+    import planner
+
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InputError, match=r"placement_workers must be an integer") as e:
+            planner.plan("deepseek-v2-lite", baseline="eplb", placement_workers=bad)
+        assert e.value.field == "placement_workers"

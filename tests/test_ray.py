@@ -65,3 +65,26 @@ def test_placement_layers_on_ray_workers_give_the_one_process_placement(local_ra
     s1, s2 = one.stages.search, apart.stages.search
     assert (s1.instances, s1.evals, s1.accepted, s1.search_budget_s) == (s2.instances, s2.evals, s2.accepted,
                                                                           s2.search_budget_s)
+
+
+def test_plan_with_placement_workers_gives_the_one_process_plan(local_ray, capsys):
+    import json
+
+    import numpy as np
+
+    import planner
+    from planner.cli import main
+
+    kw = dict(model="deepseek-v2-lite", nodes=2, gpus_per_node=8, ep=16, redundant_experts=16, time_limit=30)
+    one = planner.plan(**kw)
+    apart = planner.plan(**kw, placement_workers=2)
+    assert one.solver.status != "time_limit" and apart.solver.status != "time_limit"
+    assert np.array_equal(one.placement.physical_to_logical, apart.placement.physical_to_logical)
+    assert one.predicted == apart.predicted
+    # the CLI flag reaches the solver (same placement written)
+    capsys.readouterr()
+    code = main(["plan", "--model", "deepseek-v2-lite", "--nodes", "2", "--ep", "16", "--redundant-experts", "16",
+                 "--time-limit", "30", "--placement-workers", "2", "--json"])
+    assert code == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert cli["placement"]["physical_to_logical"] == np.asarray(one.placement.physical_to_logical).tolist()

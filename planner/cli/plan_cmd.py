@@ -199,6 +199,7 @@ def plan(out_dir, force, dry_run, as_json, show_progress, model, hardware, previ
         _serve(out_file, dry_run, as_json, show_progress, model, hardware, previous, opts)
         return
     offload = opts.get("mode") == "offload"
+    workers = opts.pop("placement_workers", 0)
     bar = StderrProgress("plan", stages=2 if offload else 4) if wants_progress(show_progress) else None
     with reporting(bar):
         stage("loading inputs")
@@ -208,7 +209,7 @@ def plan(out_dir, force, dry_run, as_json, show_progress, model, hardware, previ
         else:
             if isinstance(problem, OffloadProblem):
                 stage("expert-cache search (offload)")
-            result = solve(problem, previous=previous) if previous else solve(problem)
+            result = solve(problem, previous=previous or None, placement_workers=workers)
     if dry_run:
         size = problem.size()
         if as_json:

@@ -33,7 +33,7 @@ DEFAULT_HARDWARE = "h100-sxm"
 #: Options that also take objects in Python (a ModelSpec, a HardwareProfile, a Trace, a Plan or array).
 OBJECT_OPTIONS = ("model", "hardware", "trace", "previous")
 #: Keywords of :func:`planner.api.solve` (the rest are :func:`planner.api.prepare`'s).
-SOLVE_OPTIONS = ("previous", "migration_weight", "relay")
+SOLVE_OPTIONS = ("previous", "migration_weight", "relay", "placement_workers")
 
 
 def _opt(
@@ -139,6 +139,10 @@ class PlanOptions(BaseModel):
     )
     relay: str | None = _opt(
         None, "Simulator convention for where an inter-node copy lands (omitted: the simulator's default)", flag=False
+    )
+    placement_workers: int = _opt(
+        0, "Solve the placement's layers as Ray tasks on this many workers (RAY_ADDRESS names the cluster, else a "
+        "local Ray instance; the same placement as one process); 0: in this process"
     )
 
 
