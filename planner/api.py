@@ -22,7 +22,7 @@ from planner.errors import InfeasibleError, InputError
 from planner.exports.launch import launch_args
 from planner.offload import OffloadProblem, OffloadSimulationReport, prepare_offload, solve_offload
 from planner.progress import stage
-from planner.provenance import array_hash, input_hash, make_provenance, version
+from planner.provenance import array_hash, input_hash, make_provenance
 from planner.ray_map import ray_map
 from planner.resolve import (
     counts_only,
@@ -34,13 +34,11 @@ from planner.resolve import (
 )
 from planner.score import (
     BASELINES,
-    TokenLayout,
     baseline_placement,
     check_baseline,
     ep_ranks_per_node,
     placement_cost,
     simulate_stage,
-    stage_source_gpus,
     summarize,
     token_layout,
 )
@@ -58,6 +56,7 @@ from planner.specs.options import (
     SOLVE_OPTIONS,
     check_plan_kwargs,
     require_migration_weight,
+    require_placement_workers,
     require_time_limit,
 )
 from planner.specs.plan import Parallel, Placement, Plan, SolverReport
@@ -66,12 +65,7 @@ from planner.traces import CountsTrace, Trace
 from planner.traces.stats import group_limit_excess
 from planner.traces.steps import workload_steps
 
-__all__ = [
-    "BASELINES", "DEFAULT_HARDWARE", "DEFAULT_MODEL", "Problem", "SimulationReport", "TokenLayout",
-    "baseline_placement", "counts_only", "ep_ranks_per_node", "placement_cost", "placement_inputs", "plan", "prepare",
-    "previous_placement", "resolve_hardware", "resolve_model", "resolve_trace", "simulate", "solve",
-    "stage_source_gpus", "summarize", "token_layout", "trace_notes", "version",
-]
+__all__ = ["Problem", "SimulationReport", "placement_inputs", "plan", "prepare", "simulate", "solve"]
 
 #: Share of tokens breaking the model's group-limited routing above which the plan says so.
 GROUP_EXCESS_NOTE = 0.01
@@ -454,9 +448,7 @@ def solve(
     ``placement_workers`` > 0 solves the placement's layers as Ray tasks on that many workers
     (:func:`planner.ray_map.ray_map`; the same placement as one process, docs/sweep.md).
     """
-    if not isinstance(placement_workers, int) or isinstance(placement_workers, bool) or placement_workers < 0:
-        raise InputError(f"placement_workers must be an integer >= 0 (got {placement_workers!r})",
-                         field="placement_workers")
+    require_placement_workers(placement_workers)
     if isinstance(problem, OffloadProblem):
         if previous is not None:
             raise InputError("previous re-plans expert placement; it has no effect with mode offload", field="previous")

@@ -237,6 +237,13 @@ def check_plan_kwargs(kwargs: dict[str, Any]) -> None:
             raise InputError(problem, field=name)
 
 
+def require_placement_workers(workers: int) -> int:
+    """The one rule on ``placement_workers`` (plan, solve): an integer >= 0."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise InputError(f"placement_workers must be an integer >= 0 (got {workers!r})", field="placement_workers")
+    return workers
+
+
 def require_time_limit(time_limit: float) -> float:
     """The one rule on a solver time limit: > 0 seconds (plan, placement, parallelism search)."""
     if not time_limit > 0:
