@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from planner.cli import main
 from planner.specs.hardware import load_hardware
 from planner.specs.model import AttentionSpec, ModelSpec
 from planner.specs.model_io import load_model
@@ -75,4 +76,14 @@ def real_trace_file(name: str) -> Path:
     p = REAL_TRACES / name
     if not p.is_file():
         pytest.skip(f"real trace {name} not found in {REAL_TRACES} (set MOE_PLANNER_REAL_TRACES)")
+    return p
+
+
+@pytest.fixture(scope="module")
+def ds_trace_file(tmp_path_factory):
+    """A small DeepSeek-V2-Lite trace file (384 tokens, one step, 6 ranks, no weights) written by
+    ``moe-planner trace synth``: the offload and CLI tests' input."""
+    p = tmp_path_factory.mktemp("tr") / "ds.npz"
+    assert main(["trace", "synth", "--model", "deepseek-v2-lite", "--tokens", "384", "--tokens-per-step", "384",
+                 "--ranks", "6", "--no-weights", "--out", str(p)]) == 0
     return p

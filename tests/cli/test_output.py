@@ -196,16 +196,8 @@ def _offload_plan(tmp_path) -> Plan:
     return p.model_copy(update={"cache": cache})
 
 
-@pytest.fixture(scope="module")
-def small_trace(tmp_path_factory):
-    p = tmp_path_factory.mktemp("tr") / "ds.npz"
-    assert main(["trace", "synth", "--model", "deepseek-v2-lite", "--tokens", "384", "--tokens-per-step", "384",
-                 "--ranks", "6", "--no-weights", "--out", str(p)]) == 0
-    return p
-
-
-def test_offload_progress_on_stderr_only(capsys, tmp_path, small_trace):
-    code, out, err = run(capsys, "offload-curve", "--model", "deepseek-v2-lite", "--trace", small_trace,
+def test_offload_progress_on_stderr_only(capsys, tmp_path, ds_trace_file):
+    code, out, err = run(capsys, "offload-curve", "--model", "deepseek-v2-lite", "--trace", ds_trace_file,
                          "--budgets", "8,40", "--out", tmp_path, "--json", "--progress")
     assert code == 0, err
     assert [r["gpu_memory_gb"] for r in json.loads(out)] == [8, 40]  # stdout: the rows alone
@@ -213,7 +205,7 @@ def test_offload_progress_on_stderr_only(capsys, tmp_path, small_trace):
     assert lines == ["offload-curve [0/2] budget 8 GB", "offload-curve [1/2] budget 40 GB",
                      "offload-curve [2/2] writing the curve"]
     code, out, err = run(capsys, "plan", "--mode", "offload", "--model", "deepseek-v2-lite", "--gpu-memory-gb", "10",
-                         "--trace", small_trace, "--json", "--progress")
+                         "--trace", ds_trace_file, "--json", "--progress")
     assert code == 0, err
     Plan.model_validate(json.loads(out))
     stages = [ln.split("] ", 1)[1].rsplit("  ", 1)[0] for ln in err.splitlines() if ln.startswith("plan [")]

@@ -18,17 +18,9 @@ def run(capsys, *args):
     return code, out, err
 
 
-@pytest.fixture(scope="module")
-def trace_file(tmp_path_factory):
-    p = tmp_path_factory.mktemp("tr") / "ds.npz"
-    assert main(["trace", "synth", "--model", "deepseek-v2-lite", "--tokens", "384", "--tokens-per-step", "384",
-                 "--ranks", "6", "--no-weights", "--out", str(p)]) == 0
-    return p
-
-
-def test_plan_offload_end_to_end(capsys, tmp_path, trace_file):
+def test_plan_offload_end_to_end(capsys, tmp_path, ds_trace_file):
     args = ["plan", "--mode", "offload", "--model", "deepseek-v2-lite", "--gpu-memory-gb", "10",
-            "--trace", str(trace_file), "--out", str(tmp_path)]
+            "--trace", str(ds_trace_file), "--out", str(tmp_path)]
     code, out, err = run(capsys, *args)
     assert code == 0, err
     assert "(offload)" in out and "cache " in out and "hit rate" in out and "tokens/s" in out
@@ -40,24 +32,24 @@ def test_plan_offload_end_to_end(capsys, tmp_path, trace_file):
     code, out, err = run(capsys, "check", "--plan", str(tmp_path / "plan.json"))
     assert code == 0 and "OK" in out, out + err
     # the plan replays through the cache simulator
-    code, out, err = run(capsys, "simulate", "--plan", str(tmp_path / "plan.json"), "--trace", str(trace_file), "--json")
+    code, out, err = run(capsys, "simulate", "--plan", str(tmp_path / "plan.json"), "--trace", str(ds_trace_file), "--json")
     assert code == 0, err
     s = json.loads(out)
     assert s["mode"] == "offload" and 0 < s["hit_rate"] < 1 and len(s["hit_rate_per_layer"]) == 26
-    code, out, err = run(capsys, "simulate", "--plan", str(tmp_path / "plan.json"), "--trace", str(trace_file))
+    code, out, err = run(capsys, "simulate", "--plan", str(tmp_path / "plan.json"), "--trace", str(ds_trace_file))
     assert code == 0 and "hit rate" in out
 
 
-def test_plan_offload_infeasible_and_bad_input(capsys, trace_file):
+def test_plan_offload_infeasible_and_bad_input(capsys, ds_trace_file):
     code, out, err = run(capsys, "plan", "--mode", "offload", "--model", "deepseek-v2-lite", "--gpu-memory-gb", "1",
-                         "--trace", str(trace_file))
+                         "--trace", str(ds_trace_file))
     assert code == 1 and "infeasible:" in err and "non-expert weights" in err and "GiB" in err
-    code, out, err = run(capsys, "plan", "--mode", "offload", "--model", "deepseek-v2-lite", "--trace", str(trace_file))
+    code, out, err = run(capsys, "plan", "--mode", "offload", "--model", "deepseek-v2-lite", "--trace", str(ds_trace_file))
     assert code == 2 and "gpu_memory_gb" in err
 
 
-def test_offload_curve(capsys, tmp_path, trace_file):
-    code, out, err = run(capsys, "offload-curve", "--model", "deepseek-v2-lite", "--trace", str(trace_file),
+def test_offload_curve(capsys, tmp_path, ds_trace_file):
+    code, out, err = run(capsys, "offload-curve", "--model", "deepseek-v2-lite", "--trace", str(ds_trace_file),
                          "--budgets", "1,8,40", "--out", str(tmp_path))
     assert code == 0, err
     rows = list(csv.DictReader(open(tmp_path / "sizing.csv")))

@@ -15,16 +15,8 @@ from planner.specs.plan import Plan
 
 
 @pytest.fixture(scope="module")
-def trace_file(tmp_path_factory):
-    p = tmp_path_factory.mktemp("tr") / "ds.npz"
-    assert main(["trace", "synth", "--model", "deepseek-v2-lite", "--tokens", "384", "--tokens-per-step", "384",
-                 "--ranks", "6", "--no-weights", "--out", str(p)]) == 0
-    return p
-
-
-@pytest.fixture(scope="module")
-def mixed_plan(trace_file):
-    return planner.plan("deepseek-v2-lite", mode="offload", gpu_memory_gb=8.0, trace=str(trace_file),
+def mixed_plan(ds_trace_file):
+    return planner.plan("deepseek-v2-lite", mode="offload", gpu_memory_gb=8.0, trace=str(ds_trace_file),
                         expert_precisions="int4=2.0", max_accuracy_cost=1.0, time_limit=30.0)
 
 
@@ -45,28 +37,28 @@ def test_mixed_plan_fields_and_budget(mixed_plan):
     assert cache_memory_problems(c, m, resolve_hardware(p.cluster.hardware)) == []
 
 
-def test_mixed_plan_round_trip_and_simulate(mixed_plan, trace_file, tmp_path):
+def test_mixed_plan_round_trip_and_simulate(mixed_plan, ds_trace_file, tmp_path):
     path = tmp_path / "plan.json"
     mixed_plan.save(path)
     back = Plan.load(path)
     assert back.cache.expert_precision == mixed_plan.cache.expert_precision
-    rep = planner.simulate(back, str(trace_file))
+    rep = planner.simulate(back, str(ds_trace_file))
     assert rep.summary()["tokens_per_s"] == pytest.approx(mixed_plan.cache.predicted.tokens_per_s)
     assert main(["check", "--plan", str(path)]) == 0
 
 
-def test_int4_beats_bf16_at_equal_memory_and_zero_cap_keeps_bf16(mixed_plan, trace_file):
-    zero = planner.plan("deepseek-v2-lite", mode="offload", gpu_memory_gb=8.0, trace=str(trace_file),
+def test_int4_beats_bf16_at_equal_memory_and_zero_cap_keeps_bf16(mixed_plan, ds_trace_file):
+    zero = planner.plan("deepseek-v2-lite", mode="offload", gpu_memory_gb=8.0, trace=str(ds_trace_file),
                         expert_precisions="int4=2.0", max_accuracy_cost=0.0, time_limit=30.0)
     assert {x for r in zero.cache.expert_precision for x in r} == {"bf16"} and zero.cache.accuracy_cost == 0.0
     assert mixed_plan.cache.predicted.tokens_per_s > zero.cache.predicted.tokens_per_s
 
 
-def test_rules(trace_file, capsys):
+def test_rules(ds_trace_file, capsys):
     with pytest.raises(InputError, match="mode offload only"):
         planner.plan("deepseek-v2-lite", mode="decode", expert_precisions="int4=1")
     code = main(["plan", "--mode", "offload", "--model", "deepseek-v2-lite", "--gpu-memory-gb", "8", "--trace",
-                 str(trace_file), "--expert-precisions", "int4", "--dry-run", "--json"])
+                 str(ds_trace_file), "--expert-precisions", "int4", "--dry-run", "--json"])
     out, _ = capsys.readouterr()
     assert code == 2
     err = json.loads(out)
