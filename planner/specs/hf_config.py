@@ -420,7 +420,9 @@ def _from_qwen(hf: _HF) -> dict[str, Any]:
 
 
 def _from_deepseek(hf: _HF) -> dict[str, Any]:
-    """DeepSeek-V2, DeepSeek-V3 and Kimi-K2 (which keeps DeepSeek-V3's field names)."""
+    """DeepSeekMoE (``deepseek``: standard attention, no routing groups), DeepSeek-V2, DeepSeek-V3
+    and Kimi-K2 (which keeps DeepSeek-V3's field names)."""
+    moe1 = hf.model_type == "deepseek"
     v2 = hf.model_type == "deepseek_v2"
     hidden = hf.integer("hidden_size")
     n_layers = hf.layers("num_hidden_layers")
@@ -437,7 +439,9 @@ def _from_deepseek(hf: _HF) -> dict[str, Any]:
             f"{hf.source}: first_k_dense_replace ({first_k}) and moe_layer_freq ({freq}) leave no "
             f"MoE layer among num_hidden_layers ({n_layers})"
         )
-    if v2:
+    if moe1:
+        groups: dict[str, int | None] = {"n_group": None, "topk_group": None}
+    elif v2:
         method = hf.string("topk_method", "greedy")
         groups = (
             _groups(hf, "n_routed_experts", experts, top_k)
@@ -447,7 +451,7 @@ def _from_deepseek(hf: _HF) -> dict[str, Any]:
     else:
         groups = _groups(hf, "n_routed_experts", experts, top_k)
     return {
-        "family": "deepseek_v2" if v2 else "deepseek_v3",
+        "family": "deepseek" if moe1 else "deepseek_v2" if v2 else "deepseek_v3",
         "hidden_size": hidden,
         "num_layers": n_layers,
         "first_k_dense": first_moe,
@@ -458,8 +462,8 @@ def _from_deepseek(hf: _HF) -> dict[str, Any]:
         "expert_intermediate_size": hf.integer("moe_intermediate_size"),
         "num_shared_experts": hf.integer("n_shared_experts", minimum=0, default=0),
         **groups,
-        "scoring": hf.choice("scoring_func", ("softmax", "sigmoid"), "softmax" if v2 else "sigmoid"),
-        "attention": _mla_attention(hf),
+        "scoring": hf.choice("scoring_func", ("softmax", "sigmoid"), "softmax" if (v2 or moe1) else "sigmoid"),
+        "attention": _std_attention(hf, hidden, "hidden_size") if moe1 else _mla_attention(hf),
         **_common(hf),
     }
 
@@ -512,6 +516,7 @@ _IMPORTERS: dict[str, Callable[[_HF], dict[str, Any]]] = {
     "mixtral": _from_mixtral,
     "qwen2_moe": _from_qwen,
     "qwen3_moe": _from_qwen,
+    "deepseek": _from_deepseek,
     "deepseek_v2": _from_deepseek,
     "deepseek_v3": _from_deepseek,
     "kimi_k2": _from_deepseek,

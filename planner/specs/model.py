@@ -116,7 +116,7 @@ class ModelSpec(Spec):
     name: str = Field(min_length=1, description="Model name (a preset name or the user's own)")
     family: str = Field(
         default="custom",
-        description="Architecture family: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, olmoe, gpt_oss, dbrx or custom",
+        description="Architecture family: mixtral, qwen2_moe, qwen3_moe, deepseek (DeepSeekMoE), deepseek_v2, deepseek_v3, olmoe, gpt_oss, dbrx or custom",
     )
     hidden_size: StrictInt = Field(gt=0, description="Model width h (hidden_size / d_model)")
     num_layers: StrictInt = Field(

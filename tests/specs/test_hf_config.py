@@ -27,6 +27,7 @@ FIXTURES = {
     "dbrx": "dbrx",
     "deepseek-v2": "deepseek_v2",
     "deepseek-v2-lite": "deepseek_v2",
+    "deepseek-moe-16b": "deepseek",
     "deepseek-v3": "deepseek_v3",
     "gpt-oss-120b": "gpt_oss",
     "gpt-oss-20b": "gpt_oss",
@@ -40,7 +41,6 @@ FIXTURES = {
 }
 #: Presets without a fixture here, with the reason.
 NO_FIXTURE = {
-    "deepseek-moe-16b": "model_type deepseek (DeepSeekMoE v1) is not imported by planner/specs/hf_config.py yet",
     "sigma-moe-tiny": "no published config.json found (the preset cites the technical report)",
 }
 
@@ -340,7 +340,7 @@ def test_model_type_errors():
     for t in HF_MODEL_TYPES:
         assert t in msg
     del cfg["model_type"]
-    assert err(cfg).startswith("config.json: model_type is required (supported: dbrx, deepseek_v2, ")
+    assert err(cfg).startswith("config.json: model_type is required (supported: dbrx, deepseek, deepseek_v2, ")
     cfg["model_type"] = 3
     assert "model_type 3 is not supported" in err(cfg)
     with pytest.raises(InputError, match="expected a mapping of fields, got list"):
