@@ -353,6 +353,14 @@ class Plan(Spec):
         ref = s.pop("$ref", None)
         if ref is not None:
             s = {**s["$defs"][ref.rsplit("/", 1)[-1]], "$defs": s["$defs"]}
+        # plan.json's model also carries the derived numbers it is written with (_model_with_derived)
+        spec = s["$defs"]["ModelSpec"]
+        s["$defs"]["PlanModel"] = {**spec, "title": "PlanModel", "properties": {**spec["properties"], "num_moe_layers": {
+            "type": "integer", "readOnly": True,
+            "description": "MoE layers (derived from num_layers, first_k_dense and moe_layer_freq; checked when read)"}}}
+        for plan_def in (s, s["$defs"].get("Plan", {})):
+            if "model" in plan_def.get("properties", {}):
+                plan_def["properties"]["model"] = {**plan_def["properties"]["model"], "$ref": "#/$defs/PlanModel"}
         return s
 
     # ---- files ---------------------------------------------------------------------------------
