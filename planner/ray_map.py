@@ -17,17 +17,29 @@ from typing import Any
 from planner.errors import InputError
 
 
+def import_ray(missing: InputError) -> Any:
+    """The ``ray`` module, or ``missing`` (the caller's one-line error) when it is not installed."""
+    try:
+        return importlib.import_module("ray")
+    except ImportError:
+        raise missing from None
+
+
+def connect(missing: InputError) -> Any:
+    """The ``ray`` module connected to ``RAY_ADDRESS``'s cluster, or to a local instance it starts
+    when that is unset and none is running (the sweep's executor and :func:`ray_map` alike)."""
+    ray = import_ray(missing)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, ignore_reinit_error=True, log_to_driver=False)
+    return ray
+
+
 def ray_map(num_workers: int | None = None) -> Callable[[Callable[[Any], Any], list[Any]], list[Any]]:
     """``run(fn, items)`` on Ray tasks of one CPU each, at most ``num_workers`` running at once
     (None: as many as the cluster takes)."""
     if num_workers is not None and num_workers < 1:
         raise InputError(f"ray_map: num_workers must be >= 1 (got {num_workers})", field="num_workers")
-    try:
-        ray = importlib.import_module("ray")
-    except ImportError:
-        raise InputError("ray_map: the 'ray' package is not installed (pip install 'moe-planner[ray]')") from None
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, ignore_reinit_error=True, log_to_driver=False)
+    ray = connect(InputError("ray_map: the 'ray' package is not installed (pip install 'moe-planner[ray]')"))
 
     def run(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         remote = ray.remote(num_cpus=1)(fn)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib
 import io
 import json
 import multiprocessing as mp
@@ -51,6 +50,7 @@ from typing import Any, TextIO, Union, get_args, get_origin
 from planner.api import plan
 from planner.errors import InfeasibleError, InputError
 from planner.io import atomic_write_text, check_writable
+from planner.ray_map import connect, import_ray
 from planner.specs.base import one_line
 from planner.specs.options import PlanOptions
 from planner.specs.plan import Predicted
@@ -212,22 +212,16 @@ def run_local(todo: list[Task], jobs: int) -> Iterator[dict[str, Any]]:
                 f.cancel()
 
 
-def import_ray() -> Any:
-    """The ``ray`` module, or a one-line InputError saying how to install it."""
-    try:
-        return importlib.import_module("ray")
-    except ImportError:
-        raise InputError(
-            "executor ray: the 'ray' package is not installed (pip install 'moe-planner[ray]'), "
-            "or use `executor` local", field="executor", mentions=("executor",)
-        ) from None
+def _ray_missing() -> InputError:
+    return InputError(
+        "executor ray: the 'ray' package is not installed (pip install 'moe-planner[ray]'), "
+        "or use `executor` local", field="executor", mentions=("executor",)
+    )
 
 
 def run_ray(todo: list[Task]) -> Iterator[dict[str, Any]]:
     """Rows of ``todo`` as Ray tasks finish (one task per combination)."""
-    ray = import_ray()
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, ignore_reinit_error=True, log_to_driver=False)
+    ray = connect(_ray_missing())
     remote = ray.remote(run_combination)
     pending = {remote.remote(t): t for t in todo}
     while pending:
@@ -353,7 +347,7 @@ def run_sweep(
     else:
         sp, base_dir = check_spec_file(spec), Path(spec).resolve().parent
     if executor == "ray" and runner is None:
-        import_ray()  # fail before anything else when ray is missing
+        import_ray(_ray_missing())  # fail before anything else when ray is missing
     out = Path(out_dir)
     csv_path = out / RESULTS
     if out.exists() and not out.is_dir():

@@ -24,7 +24,7 @@ from planner.io import check_writable
 from planner.offload import OffloadProblem
 from planner.progress import StderrProgress, reporting, stage, wants_progress
 from planner.serve_plan import plan_serving
-from planner.specs.options import PlanOptions, flag_info, option_kinds
+from planner.specs.options import SOLVE_OPTIONS, PlanOptions, flag_info, option_kinds
 from planner.specs.plan import Plan
 
 
@@ -199,7 +199,7 @@ def plan(out_dir, force, dry_run, as_json, show_progress, model, hardware, previ
         _serve(out_file, dry_run, as_json, show_progress, model, hardware, previous, opts)
         return
     offload = opts.get("mode") == "offload"
-    workers = opts.pop("placement_workers", 0)
+    solve_kw = {k: opts.pop(k) for k in SOLVE_OPTIONS if k in opts}  # the rest are prepare()'s
     bar = StderrProgress("plan", stages=2 if offload else 4) if wants_progress(show_progress) else None
     with reporting(bar):
         stage("loading inputs")
@@ -209,7 +209,7 @@ def plan(out_dir, force, dry_run, as_json, show_progress, model, hardware, previ
         else:
             if isinstance(problem, OffloadProblem):
                 stage("expert-cache search (offload)")
-            result = solve(problem, previous=previous or None, placement_workers=workers)
+            result = solve(problem, previous=previous or None, **solve_kw)
     if dry_run:
         size = problem.size()
         if as_json:
