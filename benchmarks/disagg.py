@@ -29,7 +29,7 @@ import json
 import time
 from pathlib import Path
 
-from planner.cost.step import serve_step
+from planner.cost.serve_step import serve_step
 from planner.io import atomic_write_text
 from planner.resolve import resolve_hardware, resolve_model
 from planner.solve.pools import (

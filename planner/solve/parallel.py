@@ -51,7 +51,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from planner.cost.memory import GIB
-from planner.cost.step import RECOMPUTE, StepModel, serve_step
+from planner.cost.serve_step import serve_step
+from planner.cost.step import RECOMPUTE, StepModel
 from planner.errors import InfeasibleError, InputError
 from planner.solve.candidates import TIE_RELATIVE, Candidate, Rejected, SearchResult, rank
 from planner.solve.search_memory import (

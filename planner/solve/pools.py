@@ -46,7 +46,7 @@ from typing import Any
 
 from planner.cost.comm import nic, nvlink
 from planner.cost.memory import GIB, kv_bytes_per_token
-from planner.cost.step import serve_step
+from planner.cost.serve_step import serve_step
 from planner.errors import InfeasibleError, InputError
 from planner.progress import stage
 from planner.solve.candidates import Candidate

@@ -7,7 +7,8 @@ import pytest
 
 from planner.cost.comm import collective_ms, nvlink
 from planner.cost.comm import collective_scalar_ms as _coll
-from planner.cost.step import StepModel, model_flops_per_step, serve_step
+from planner.cost.serve_step import serve_step
+from planner.cost.step import StepModel, model_flops_per_step
 from planner.errors import InputError
 from planner.solve.parallel import Candidate, candidate_memory
 from planner.specs.model_io import load_model

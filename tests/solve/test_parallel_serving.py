@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from planner.cost.step import serve_step
+from planner.cost.serve_step import serve_step
 from planner.errors import InfeasibleError, InputError
 from planner.solve.parallel import search, search_workload
 from planner.specs.cluster import ClusterSpec
