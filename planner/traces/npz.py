@@ -5,13 +5,14 @@ Per-token trace (docs/contracts.md "Routing trace (.npz)"):
 ==================  ======================  ===============================================
 key                 shape                   meaning
 ==================  ======================  ===============================================
-``topk_ids``        int [L, T, k]           logical expert ids per MoE layer and token
+``topk_ids``        int [L, T, k]           logical expert ids per MoE layer and token;
+                                            -1 = no expert (fewer than k, or a null expert)
 ``topk_weights``    float [L, T, k]         optional gate weights (finite, >= 0)
 ``step``            int [T]                 optional, non-decreasing step of each token
 ``source_rank``     int [T]                 optional data-parallel rank a token starts on
 ``seq_id``          int [T]                 optional request (sequence) of each token
 ``pos``             int [T]                 optional position of each token in its sequence
-``num_experts``     int scalar              experts per layer E (ids lie in [0, E))
+``num_experts``     int scalar              experts per layer E (ids lie in [-1, E))
 ``model``           str scalar              optional model name
 ==================  ======================  ===============================================
 
@@ -25,7 +26,7 @@ Counts-only trace (what ``moe-planner trace convert`` writes from SGLang ``logic
 
 A file holds ``topk_ids`` or ``counts``, never both; any other key is an error naming it.
 :func:`save_trace` stores ids, counts, steps and ranks in the smallest unsigned integer dtype
-that holds them (uint8 for up to 256 experts) with ``np.savez_compressed``; weights keep their
+that holds them (uint8 for up to 256 experts; int8/int16 when some id is -1) with ``np.savez_compressed``; weights keep their
 float dtype (cast to float16 before saving for a compact file).
 
 ``num_experts`` missing from a per-token file: taken from the ``model`` passed to
@@ -180,7 +181,8 @@ def trace_arrays(trace: Trace | CountsTrace) -> dict[str, np.ndarray]:
     """The arrays :func:`save_trace` writes, in their compact dtypes."""
     out: dict[str, np.ndarray] = {}
     if isinstance(trace, Trace):
-        out["topk_ids"] = trace.topk_ids.astype(_id_dtype(trace.num_experts))
+        ids = trace.topk_ids  # -1 (no expert) needs a signed dtype
+        out["topk_ids"] = _smallest_uint(ids) if trace.has_nulls else ids.astype(_id_dtype(trace.num_experts))
         if trace.topk_weights is not None:
             out["topk_weights"] = trace.topk_weights
         out["step"] = _smallest_uint(trace.step)

@@ -111,7 +111,8 @@ def batch_skew(trace: Trace, batch: int, order: np.ndarray) -> np.ndarray:
         idx = order[b0 * batch: (b0 + nc) * batch]
         b_of = np.repeat(np.arange(nc, dtype=np.int64) * E, batch * k)
         for layer in range(L):
-            c = np.bincount(b_of + trace.topk_ids[layer, idx].ravel(), minlength=nc * E)
+            ids = trace.topk_ids[layer, idx].ravel()
+            c = np.bincount((b_of + ids)[ids >= 0], minlength=nc * E)  # -1: no expert
             top[layer] += c.reshape(nc, E).max(axis=1).sum()
     return top / nb / (batch * k / E)
 
@@ -137,7 +138,7 @@ def _previous_use(a_Tk: np.ndarray) -> np.ndarray:
     k = a_Tk.shape[1]
     srt = np.argsort(flat, kind="stable")  # by expert, then by token
     prev = np.full(flat.size, -1, dtype=np.int64)
-    same = flat[srt[1:]] == flat[srt[:-1]]
+    same = (flat[srt[1:]] == flat[srt[:-1]]) & (flat[srt[1:]] >= 0)  # -1 (no expert) is never reused
     prev[srt[1:][same]] = srt[:-1][same] // k
     return prev
 
@@ -231,26 +232,29 @@ def cross_layer_prediction(
     for layer in range(L - 1):
         a, b = trace.topk_ids[layer].astype(np.int64), trace.topk_ids[layer + 1].astype(np.int64)
         af, bf = a[fit], b[fit]
-        m = np.bincount((af[:, :, None] * E + bf[:, None, :]).ravel(), minlength=E * E).reshape(E, E)
+        both = (af[:, :, None] >= 0) & (bf[:, None, :] >= 0)  # -1 (no expert) pairs with nothing
+        m = np.bincount((af[:, :, None] * E + bf[:, None, :])[both], minlength=E * E).reshape(E, E)
         lift = m / np.maximum(m.sum(axis=1, keepdims=True), 1) / np.maximum(m.sum(axis=0, keepdims=True), 1)
-        pop = np.bincount(bf.ravel(), minlength=E) * E + tie
+        pop = np.bincount(bf[bf >= 0], minlength=E) * E + tie
         pop_top = _top(pop, k)
         at, bt = a[test], b[test]
         top1_hits = set_hits = 0
         for lo in range(0, n_test, rows):
             sa, sb = at[lo: lo + rows], bt[lo: lo + rows]
             n = sa.shape[0]
-            onehot = np.zeros((n, E))
-            np.put_along_axis(onehot, sa, 1.0, axis=1)
-            score = onehot @ lift  # [rows, E]
-            truth = np.zeros((n, E), dtype=bool)
-            np.put_along_axis(truth, sb, True, axis=1)
+            onehot = np.zeros((n, E + 1))  # column E catches -1 (no expert), then is dropped
+            np.put_along_axis(onehot, np.where(sa >= 0, sa, E), 1.0, axis=1)
+            score = onehot[:, :E] @ lift  # [rows, E]
+            truth = np.zeros((n, E + 1), dtype=bool)
+            np.put_along_axis(truth, np.where(sb >= 0, sb, E), True, axis=1)
+            truth = truth[:, :E]
             top1_hits += int(truth[np.arange(n), score.argmax(axis=1)].sum())
             set_hits += int((truth & _top_mask(score, k)).sum())
         out["top1_precision"][layer] = top1_hits / n_test
-        out["set_recall"][layer] = set_hits / (n_test * k)
+        n_true = max(int((bt >= 0).sum()), 1)  # the test tokens' real choices (-1 is none)
+        out["set_recall"][layer] = set_hits / n_true
         out["popularity_precision"][layer] = float((bt == int(pop.argmax())).any(axis=1).mean())
-        out["popularity_recall"][layer] = float(np.isin(bt, pop_top).sum() / (n_test * k))
+        out["popularity_recall"][layer] = float(np.isin(bt, pop_top).sum() / n_true)
     return out
 
 
@@ -270,9 +274,10 @@ def pair_lifts(trace: Trace) -> list[np.ndarray]:
     for layer in range(L):
         ids = trace.topk_ids[layer].astype(np.int64)
         x, y = ids[:, ia], ids[:, ib]
-        code = (np.minimum(x, y) * E + np.maximum(x, y)).ravel()
+        lo = np.minimum(x, y)
+        code = (lo * E + np.maximum(x, y))[lo >= 0]  # pairs with -1 (no expert) skipped
         cij = np.bincount(code, minlength=E * E).reshape(E, E)[iu, ju].astype(np.float64)
-        c = np.bincount(ids.ravel(), minlength=E).astype(np.float64)
+        c = np.bincount(ids[ids >= 0], minlength=E).astype(np.float64)
         expected = c[iu] * c[ju] / T
         keep = expected >= MIN_EXPECTED
         out.append(cij[keep] / expected[keep])
@@ -292,7 +297,8 @@ def _window_coverage(dec: Trace, w0: int, w1: int, ranks: int, window: int, n: i
     tie = np.arange(E - 1, -1, -1, dtype=np.int64)
     out = np.zeros(3, dtype=np.int64)
     for layer in range(dec.num_layers):
-        c = np.bincount(cell_k + dec.topk_ids[layer, lo:hi].ravel(), minlength=(w1 - w0) * ranks * E)
+        ids = dec.topk_ids[layer, lo:hi].ravel()
+        c = np.bincount((cell_k + ids)[ids >= 0], minlength=(w1 - w0) * ranks * E)
         c = c.reshape(w1 - w0, ranks, E)
         hist, nxt = c[:-1], c[1:]
         own = _top(hist * E + tie, n)

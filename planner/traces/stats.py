@@ -77,7 +77,7 @@ def _step_imbalance_tokens(trace: Trace) -> np.ndarray:
     """
     L, E, S = trace.num_layers, trace.num_experts, trace.num_steps
     sl_LT = trace.step_index.astype(np.int64)[None, :] * L + np.arange(L, dtype=np.int64)[:, None]
-    codes = (sl_LT[:, :, None] * E + trace.topk_ids).ravel()
+    codes = (sl_LT[:, :, None] * E + trace.topk_ids)[trace.valid]  # -1 (no expert) skipped
     uniq, cnt = np.unique(codes, return_counts=True)
     sl = uniq // E
     top = np.zeros(S * L, dtype=np.int64)
@@ -114,12 +114,13 @@ def _cross_layer(trace: Trace, counts_LE: np.ndarray) -> list[dict[str, float]]:
     out = []
     for layer in range(L - 1):
         a, b = ids[layer], ids[layer + 1]
-        m = np.bincount((a[:, :, None] * E + b[:, None, :]).ravel(), minlength=E * E).reshape(E, E)
+        both = (a[:, :, None] >= 0) & (b[:, None, :] >= 0)  # -1 (no expert) pairs with nothing
+        m = np.bincount((a[:, :, None] * E + b[:, None, :])[both], minlength=E * E).reshape(E, E)
         succ = m.argmax(axis=1)
-        hit = (succ[a][:, :, None] == b[:, None, :]).any(axis=2)
+        hit = ((succ[a][:, :, None] == b[:, None, :]) & both).any(axis=2)[a >= 0]
         out.append(
             {
-                "next_top1": float(hit.mean()),
+                "next_top1": float(hit.mean()) if hit.size else float("nan"),
                 "next_top1_baseline": float(counts_LE[layer + 1].max() / T),
                 "next_mi_bits": _mi_bits(m),
             }
@@ -138,7 +139,7 @@ def _coactivation(trace: Trace, counts_LE: np.ndarray) -> list[dict[str, float]]
     for layer in range(L):
         x, y = ids[layer][:, ia], ids[layer][:, ib]
         lo, hi = np.minimum(x, y), np.maximum(x, y)
-        cij = np.bincount((lo * E + hi).ravel(), minlength=E * E).reshape(E, E)[iu, ju].astype(np.float64)
+        cij = np.bincount((lo * E + hi)[lo >= 0], minlength=E * E).reshape(E, E)[iu, ju].astype(np.float64)
         ci = counts_LE[layer].astype(np.float64)
         # pair counts if choices were independent, scaled to the number of pairs tokens made
         prod = ci[iu] * ci[ju]
@@ -165,8 +166,8 @@ def group_limit_excess(trace: Trace, n_group: int | None, topk_group: int | None
     if not n_group or not topk_group or n_group <= 1 or trace.num_experts % n_group:
         return 0.0
     ids = trace.topk_ids[:, :: max(1, -(-trace.num_tokens // max_tokens))]
-    g = np.sort(ids.astype(np.int64) // (trace.num_experts // n_group), axis=-1)
-    distinct = 1 + (g[..., 1:] != g[..., :-1]).sum(axis=-1)
+    g = np.sort(np.where(ids >= 0, ids.astype(np.int64) // (trace.num_experts // n_group), -1), axis=-1)
+    distinct = (g[..., :1] >= 0).sum(axis=-1) + ((g[..., 1:] != g[..., :-1]) & (g[..., 1:] >= 0)).sum(axis=-1)
     return float((distinct > topk_group).mean()) if distinct.size else 0.0
 
 
@@ -184,7 +185,8 @@ def trace_stats(trace: Trace | CountsTrace, seed: int = 0) -> dict[str, Any]:
     :mod:`planner.traces.realism`).
 
     Keys: ``kind`` ("tokens" or "counts"), ``model``, ``num_layers``, ``num_experts``,
-    ``top_k`` and ``num_tokens`` (None for counts), ``num_steps``, ``num_ranks`` (from
+    ``top_k``, ``num_tokens`` and ``null_fraction`` (share of choices that are -1, no expert;
+    None for counts), ``num_steps``, ``num_ranks`` (from
     ``source_rank``, else None), ``num_sequences`` (None without ``seq_id``), ``layers`` (one
     dict per MoE layer, with the per-layer statistics of :func:`realism.per_layer` the trace
     allows), ``summary`` (means over layers; ``cross_layer`` / ``coactivation`` are None when
@@ -268,6 +270,7 @@ def trace_stats(trace: Trace | CountsTrace, seed: int = 0) -> dict[str, Any]:
         "num_experts": trace.num_experts,
         "top_k": trace.top_k if is_tokens else None,
         "num_tokens": trace.num_tokens if is_tokens else None,
+        "null_fraction": trace.null_fraction() if is_tokens else None,
         "num_steps": trace.num_steps,
         "num_ranks": ranks,
         "num_sequences": num_sequences(trace),

@@ -40,7 +40,7 @@ import numpy as np
 from planner.errors import InputError
 from planner.specs.base import show
 from planner.traces.npy import check_keys, member_array, member_header
-from planner.traces.trace import Trace, _check_num_experts
+from planner.traces.trace import NULL_EXPERT, Trace, _check_num_experts
 
 #: Tokens decompressed and checked at a time (one layer's slice of them).
 CHUNK_TOKENS = 1 << 18
@@ -133,13 +133,15 @@ def _read_small(z: zipfile.ZipFile, key: str, name: str) -> np.ndarray | None:
 def _check_chunk(chunk: np.ndarray, num_experts: int, layer: int, first_token: int, name: str) -> None:
     bad = chunk >= num_experts
     if chunk.dtype.kind == "i":
-        bad |= chunk < 0
+        bad |= chunk < NULL_EXPERT
     if bad.any():
         value = int(chunk[bad][0])
-        raise InputError(f"{name}: topk_ids values must be in [0, {num_experts}) (found {value} at layer {layer})")
+        raise InputError(
+            f"{name}: topk_ids values must be in [-1, {num_experts}) (-1 = no expert; found {value} at layer {layer})"
+        )
     if chunk.shape[1] > 1:
         srt = np.sort(chunk, axis=-1)
-        dup = srt[:, 1:] == srt[:, :-1]
+        dup = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)  # -1 (no expert) may repeat
         if dup.any():
             t, j = (int(x[0]) for x in np.nonzero(dup))
             raise InputError(
@@ -261,8 +263,9 @@ def _stream(
                     buf = f.read(n * k * dtype.itemsize)
                     chunk = np.frombuffer(buf, dtype=dtype).reshape(n, k)
                     _check_chunk(chunk, E, layer, t0, name)
-                    flat = step_pos[t0: t0 + n, None] * E + chunk.astype(np.int64)
-                    counts[:, layer, :] += np.bincount(flat.ravel(), minlength=S * E).reshape(S, E)
+                    ids64 = chunk.astype(np.int64)
+                    flat = (step_pos[t0: t0 + n, None] * E + ids64)[ids64 >= 0]  # -1: no expert
+                    counts[:, layer, :] += np.bincount(flat, minlength=S * E).reshape(S, E)
                     m = keep_T[t0: t0 + n]
                     got = int(m.sum())
                     ids_keep[layer, out: out + got] = chunk[m]

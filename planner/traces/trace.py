@@ -3,6 +3,9 @@
 Two kinds, told apart by ``has_tokens``:
 
 - :class:`Trace` — per-token routing (``topk_ids`` [L, T, k]); every statistic is available.
+  An id of :data:`NULL_EXPERT` (-1) is "no expert": a token that used fewer than k experts
+  (threshold routing) or chose an AdaMoE null expert. It costs nothing: counts, compute and
+  traffic skip it (:func:`expert_counts`, :attr:`Trace.valid`).
 - :class:`CountsTrace` — per-step expert counts only (``counts_per_step`` [S, L, E]), as engines
   such as SGLang record them. Per-token statistics (cross-layer transitions, co-activation,
   dispatch traffic) cannot be computed from it: code that needs them checks ``has_tokens`` and
@@ -12,7 +15,7 @@ Legend: L = MoE layers, T = tokens, k = top_k, E = experts per layer, S = steps,
 
 Both are validated at construction; a violation raises :class:`~planner.errors.InputError`
 with one line naming the source, the array and the rule, e.g.
-``trace.npz: topk_ids values must be in [0, 64) (found 70 at layer 2)``.
+``trace.npz: topk_ids values must be in [-1, 64) (-1 = no expert; found 70 at layer 2)``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,26 @@ from planner.errors import InputError
 from planner.specs.model import MAX_EXPERTS, ModelSpec
 
 StepSelector = slice | np.ndarray | list[int] | list[bool]
+
+#: The id of "no expert" in ``topk_ids``: a choice that costs nothing (docs/contracts.md).
+NULL_EXPERT = -1
+
+
+def expert_counts(
+    ids_LTk: np.ndarray, num_experts: int, step_T: np.ndarray | None = None, num_steps: int | None = None
+) -> np.ndarray:
+    """Tokens routed to each expert, null choices (-1) skipped: int64 [L, E], or [S, L, E] per
+    step when ``step_T`` [T] (step indices in ``[0, num_steps)``) is given."""
+    ids = np.asarray(ids_LTk, dtype=np.int64)
+    L, E = ids.shape[0], int(num_experts)
+    base = (np.arange(L, dtype=np.int64) * E)[:, None, None]
+    S = 1
+    if step_T is not None:
+        S = int(num_steps) if num_steps is not None else (int(np.max(step_T)) + 1 if np.size(step_T) else 0)
+        base = base + np.asarray(step_T, dtype=np.int64)[None, :, None] * (L * E)
+    flat = (base + ids)[ids >= 0]
+    out = np.bincount(flat, minlength=S * L * E)
+    return out.reshape(L, E) if step_T is None else out.reshape(S, L, E)
 
 
 def _require_int(arr: np.ndarray, name: str, source: str) -> None:
@@ -37,6 +60,18 @@ def _as_int64(arr: np.ndarray, name: str, source: str) -> np.ndarray:
     if arr.dtype == np.uint64 and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
         raise InputError(f"{source}: {name} values must fit in int64 (found {int(arr.max())})")
     return arr.astype(np.int64)
+
+
+def check_ids_range(ids: np.ndarray, num_experts: int, source: str) -> None:
+    """``topk_ids`` values must lie in [-1, E): -1 is no expert, anything else an error line."""
+    bad = (ids < NULL_EXPERT) | (ids >= num_experts)
+    if bad.any():
+        L = ids.shape[0]
+        layer = int(np.argmax(bad.reshape(L, -1).any(axis=1)))
+        value = int(ids[layer][bad[layer]][0])
+        raise InputError(
+            f"{source}: topk_ids values must be in [-1, {num_experts}) (-1 = no expert; found {value} at layer {layer})"
+        )
 
 
 def _check_num_experts(num_experts: int, source: str) -> None:
@@ -119,7 +154,9 @@ class Trace:
 
     - ``topk_ids`` int32 [L, T, k]: logical expert ids token t chose at MoE layer l; token t is
       the same token in every layer. Stored as int32 whatever the input's integer dtype.
-    - ``topk_weights`` float [L, T, k] or None: gate weights, finite and >= 0.
+      -1 (:data:`NULL_EXPERT`) in any column = no expert (k is the most experts a token uses).
+    - ``topk_weights`` float [L, T, k] or None: gate weights, finite and >= 0 (a null choice's
+      weight is ignored).
     - ``step`` int64 [T]: step (batch) each token belongs to, non-decreasing. If not given:
       blocks of ``tokens_per_step`` tokens, or one single step when that is None too.
     - ``source_rank`` int64 [T] or None: data-parallel rank a token starts on (>= 0).
@@ -130,7 +167,7 @@ class Trace:
     With sequences, a workload forms the steps (:mod:`planner.traces.steps`); the file's ``step``
     is what it was recorded with.
 
-    ``num_experts`` is E (ids lie in [0, E)); ``model`` an optional model name; ``source``
+    ``num_experts`` is E (ids lie in [-1, E)); ``model`` an optional model name; ``source``
     the file or label used in error messages.
     """
 
@@ -160,19 +197,13 @@ class Trace:
             raise InputError(f"{source}: topk_ids must have at least one layer, token and choice, got shape {ids.shape}")
         num_experts = int(num_experts)
         _check_num_experts(num_experts, source)
+        check_ids_range(ids, num_experts, source)  # before top_k: a bad id is the real problem
         if k > num_experts:
             raise InputError(f"{source}: top_k ({k}) must be <= num_experts ({num_experts})")
-        bad = (ids < 0) | (ids >= num_experts)
-        if bad.any():
-            layer = int(np.argmax(bad.reshape(L, -1).any(axis=1)))
-            value = int(ids[layer][bad[layer]][0])
-            raise InputError(
-                f"{source}: topk_ids values must be in [0, {num_experts}) (found {value} at layer {layer})"
-            )
         ids = np.ascontiguousarray(ids, dtype=np.int32)
         if k > 1:
             srt = np.sort(ids, axis=-1)
-            dup = srt[..., 1:] == srt[..., :-1]
+            dup = (srt[..., 1:] == srt[..., :-1]) & (srt[..., 1:] >= 0)  # -1 may repeat
             if dup.any():
                 layer, token, j = (int(x[0]) for x in np.nonzero(dup))
                 raise InputError(
@@ -313,20 +344,27 @@ class Trace:
 
     # ---- counts -------------------------------------------------------------------------
 
+    @property
+    def valid(self) -> np.ndarray:
+        """bool [L, T, k]: the choices that name an expert (not -1, :data:`NULL_EXPERT`)."""
+        return self.topk_ids >= 0
+
+    @property
+    def has_nulls(self) -> bool:
+        """Whether some choice is -1 (a token used fewer than k experts)."""
+        return bool((self.topk_ids < 0).any())
+
+    def null_fraction(self) -> float:
+        """Share of the L·T·k choices that are -1 (no expert)."""
+        return float((self.topk_ids < 0).mean())
+
     def counts(self) -> np.ndarray:
-        """Tokens routed to each expert: int64 [L, E]."""
-        L, E = self.num_layers, self.num_experts
-        flat = (self.topk_ids + (np.arange(L, dtype=np.int64) * E)[:, None, None]).ravel()
-        return np.bincount(flat, minlength=L * E).reshape(L, E)
+        """Tokens routed to each expert: int64 [L, E] (null choices skipped)."""
+        return expert_counts(self.topk_ids, self.num_experts)
 
     def counts_per_step(self) -> np.ndarray:
-        """Tokens routed to each expert in each step: int64 [S, L, E]."""
-        S, L, E = self.num_steps, self.num_layers, self.num_experts
-        base = self._step_pos.astype(np.int64)[None, :, None] * (L * E) + (
-            np.arange(L, dtype=np.int64) * E
-        )[:, None, None]
-        flat = (base + self.topk_ids).ravel()
-        return np.bincount(flat, minlength=S * L * E).reshape(S, L, E)
+        """Tokens routed to each expert in each step: int64 [S, L, E] (null choices skipped)."""
+        return expert_counts(self.topk_ids, self.num_experts, self._step_pos, self.num_steps)
 
     def source_ranks(self, num_ranks: int) -> np.ndarray:
         """The data-parallel rank each token starts on: int64 [T].

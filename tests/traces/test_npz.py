@@ -123,7 +123,7 @@ def test_load_checks_against_model(tmp_path):
         ({"topk_ids": np.zeros((3, 100), dtype=np.int64), "num_experts": np.array(64)},
          "bad.npz: topk_ids must have shape [layers, tokens, top_k], got (3, 100)"),
         ({"topk_ids": np.full((3, 4, 1), 70), "num_experts": np.array(64)},
-         "bad.npz: topk_ids values must be in [0, 64) (found 70 at layer 0)"),
+         "bad.npz: topk_ids values must be in [-1, 64) (-1 = no expert; found 70 at layer 0)"),
         ({"topk_ids": np.zeros((1, 2, 2), dtype=np.int64), "num_experts": np.array(4)},
          "bad.npz: topk_ids must not repeat an expert in one token's top-k (expert 0 twice for token 0 at layer 0)"),
         ({"topk_ids": np.zeros((1, 2, 1)), "num_experts": np.array(4)},

@@ -62,7 +62,7 @@ def test_stream_applies_the_trace_rules(tmp_path, monkeypatch):
     ids = np.tile(np.array([[0, 1], [2, 3]], np.uint8), (2, 20, 1))  # [2, 40, 2]
     ids[1, 33] = [5, 9]
     np.savez(tmp_path / "bad.npz", topk_ids=ids, num_experts=np.array(8))
-    with pytest.raises(InputError, match=r"bad.npz: topk_ids values must be in \[0, 8\) \(found 9 at layer 1\)"):
+    with pytest.raises(InputError, match=r"bad.npz: topk_ids values must be in \[-1, 8\) \(-1 = no expert; found 9 at layer 1\)"):
         stream_npz(tmp_path / "bad.npz", max_bytes=1)
     ids[1, 33] = [4, 4]
     np.savez(tmp_path / "dup.npz", topk_ids=ids, num_experts=np.array(8))

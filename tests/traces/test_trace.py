@@ -44,13 +44,13 @@ def test_out_of_range_id_names_layer():
     ids[1, 2, 0] = 70
     with pytest.raises(InputError) as e:
         make(topk_ids=ids)
-    assert one_line_error(e) == "t.npz: topk_ids values must be in [0, 4) (found 70 at layer 1)"
+    assert one_line_error(e) == "t.npz: topk_ids values must be in [-1, 4) (-1 = no expert; found 70 at layer 1)"
 
 
 def test_negative_id():
     ids = small_ids()
-    ids[0, 0, 0] = -1
-    with pytest.raises(InputError, match=r"topk_ids values must be in \[0, 4\) \(found -1 at layer 0\)"):
+    ids[0, 0, 0] = -2  # -1 is a null expert (tests/traces/test_null_experts.py)
+    with pytest.raises(InputError, match=r"topk_ids values must be in \[-1, 4\) \(-1 = no expert; found -2 at layer 0\)"):
         make(topk_ids=ids)
 
 
