@@ -99,7 +99,7 @@ class PlacementInputs:
     def counts_LE(self) -> np.ndarray:
         """Planning tokens per expert: float [L, E]."""
         L, E = self.num_layers, self.num_experts
-        flat = (self.ids_LTk.astype(np.int64) + (np.arange(L, dtype=np.int64) * E)[:, None, None]).ravel()
+        flat = (self.ids_LTk.astype(np.int64) + (np.arange(L, dtype=np.int64) * E)[:, None, None])[self.ids_LTk >= 0]
         return np.bincount(flat, minlength=L * E).reshape(L, E).astype(np.float64)
 
 
