@@ -24,7 +24,7 @@ def lower_bound(inp: PlacementInputs) -> float:
     c = inp.cost
     L, E, G, S = inp.num_layers, inp.num_experts, inp.num_gpus, inp.slots_per_gpu
     n_steps = inp.num_steps
-    k = inp.ids_LTk.shape[2]
+    k = int((inp.ids_LTk >= 0).sum(axis=2).min())  # fewest experts a token uses (-1: none), so still a bound
     group_T = np.zeros(inp.ids_LTk.shape[1], dtype=np.int64) if inp.group_T is None else inp.group_T
     f1 = float(np.asarray(c.ffn_ms(np.array([1.0])))[0])
     need = max(0, math.ceil(k / S) - 1)  # copies every token needs: k experts do not fit in S slots
@@ -33,7 +33,7 @@ def lower_bound(inp: PlacementInputs) -> float:
         m = group_T == grp
         step = inp.step_T[m].astype(np.int64)
         ids = inp.ids_LTk[:, m].astype(np.int64)
-        flat = ((step[None, :, None] * L + np.arange(L)[:, None, None]) * E + ids).ravel()
+        flat = ((step[None, :, None] * L + np.arange(L)[:, None, None]) * E + ids)[ids >= 0]
         n_SLE = np.bincount(flat, minlength=n_steps * L * E).reshape(n_steps, L, E).astype(np.float64)
         top = max(1.0, float(n_SLE.max()))
         grid = np.unique(np.concatenate([np.geomspace(1.0, top, 256), [top]]))
