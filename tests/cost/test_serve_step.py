@@ -1,0 +1,87 @@
+"""Serving step (planner/cost/serve_step.py): two-batch overlap by hand, and decode experts priced
+over the experts a small batch activates."""
+
+import numpy as np
+import pytest
+
+from planner.cost.compute import grouped_experts_ms
+from planner.cost.serve_step import (
+    _pieces,
+    _replay,
+    _stages,
+    active_experts,
+    serve_step,
+    tbo_schedule,
+)
+from planner.errors import InputError
+from planner.specs.model_io import load_model
+
+Y = ("yield",)
+
+
+def test_two_micro_batches_by_hand():
+    # one layer, prefill's cut: [attention 2, dispatch 3] | [wait, experts 4, combine 3] | [shared 1, wait, output 1]
+    ops = [("c", 2.0), ("send", "d", 3.0), Y, ("wait", "d"), ("c", 4.0), ("send", "c", 3.0), Y,
+           ("c", 1.0), ("wait", "c"), ("c", 1.0)]
+    # A0 0-2, A's dispatch 2-5; B0 2-4, B's dispatch queues behind A's: 5-8; A1 waits to 5, runs 5-9,
+    # A's combine 9-12; B1 9-13 (its dispatch ended at 8), B's combine 13-16; A2 13-14, waits for
+    # its combine to 14, 14-15; B2 15-16, waits to 16, 16-17
+    assert tbo_schedule(ops, 1, 0) == pytest.approx(17.0)
+    # no communication: the two halves' compute back to back, 2 × (2 + 4 + 1 + 1)
+    quiet = [op if op[0] != "send" else ("send", op[1], 0.0) for op in ops]
+    assert tbo_schedule(quiet, 1, 0) == pytest.approx(16.0)
+    # B two stages behind A (decode's delta): A0, A1 run before B0
+    assert tbo_schedule(ops, 1, 2) == pytest.approx(_replay(_stages(ops), 2))
+    assert tbo_schedule(ops, 1, 2) > tbo_schedule(ops, 1, 0)  # A's stages cannot hide B's dispatch
+
+
+def test_periodic_extension_equals_the_full_replay():
+    ops = [("c", 1.3), ("send", "d", 2.1), Y, ("wait", "d"), ("c", 0.7), ("send", "c", 1.9), Y, ("c", 0.4),
+           ("wait", "c"), ("c", 0.2)]
+    for layers in (3, 8, 9, 58):
+        assert tbo_schedule(ops, layers, 0) == pytest.approx(_replay(_stages(ops * layers), 0), rel=1e-12)
+        assert tbo_schedule(ops, layers, 2) == pytest.approx(_replay(_stages(ops * layers), 2), rel=1e-12)
+
+
+def test_overlap_modes(hw):
+    m = load_model("deepseek-v3")
+    # EP32 over 4 nodes, 16 prompts of 1,000 tokens per GPU: dispatch and combine cross the NICs
+    kw = dict(mode="prefill", num_gpus=32, gpus_per_node=8, tp=1, pp=1, ep=32, sequences=512, seq_len=1000,
+              redundant=32)
+    off, on, auto = (serve_step(m, hw, two_batch_overlap=t, **kw) for t in ("off", "on", "auto"))
+    assert not off.two_batch_overlap and on.two_batch_overlap and off.tbo_layer_ms == 0.0
+    assert on.step_ms < off.step_ms and auto.step_ms == on.step_ms and auto.two_batch_overlap
+    assert serve_step(m, hw, two_batch_overlap=True, **kw).step_ms == on.step_ms
+    # the MoE layers' time is the overlapped schedule; dense layers and the head are the plain step's
+    moe_plain = m.num_moe_layers * (off.attention_ms + off.moe_layer_ms)
+    assert on.step_ms == pytest.approx(off.step_ms - moe_plain + m.num_moe_layers * on.tbo_layer_ms)
+    # no expert parallelism, nothing to hide: overlap only halves the GEMMs; auto keeps the plain step
+    one = dict(kw, num_gpus=8, ep=8, sequences=8, seq_len=4096, redundant=0)
+    q = load_model("mixtral-8x7b")
+    off1, on1, auto1 = (serve_step(q, hw, two_batch_overlap=t, **one) for t in ("off", "on", "auto"))
+    assert auto1.step_ms == min(off1.step_ms, on1.step_ms)
+    assert auto1.two_batch_overlap == (on1.step_ms < off1.step_ms)
+    # one decode sequence per rank cannot split
+    d = serve_step(q, hw, mode="decode", num_gpus=8, gpus_per_node=8, tp=1, pp=1, ep=8, sequences=8, seq_len=1024,
+                   two_batch_overlap="on")
+    assert not d.two_batch_overlap
+    with pytest.raises(InputError, match="two_batch_overlap"):
+        serve_step(q, hw, two_batch_overlap="sometimes", **one)
+
+
+def test_small_decode_batches_read_only_the_experts_they_activate(hw):
+    q = load_model("qwen3-30b-a3b")  # 128 experts, top-8
+    # one token picks 8 of 128: 8 experts active; 10,000 tokens activate them all
+    assert active_experts(128, 128, 8, 1) == pytest.approx(8.0)
+    assert active_experts(128, 128, 8, 10_000) == pytest.approx(128.0)
+    assert active_experts(16, 128, 8, 3) == pytest.approx(16 * (1 - (1 - 8 / 128) ** 3))
+    one = serve_step(q, hw, mode="decode", num_gpus=1, gpus_per_node=8, tp=1, pp=1, ep=1, sequences=1, seq_len=4096)
+    eight = float(grouped_experts_ms(hw, q.hidden_size, q.expert_intermediate_size, q.expert_dtype,
+                                     np.full((1, 8), 1.0), kernel="grouped")[0])
+    every = float(grouped_experts_ms(hw, q.hidden_size, q.expert_intermediate_size, q.expert_dtype,
+                                     np.full((1, 128), 8 / 128), kernel="grouped")[0])
+    # the step's MoE block holds the 8 experts' grouped GEMM, not all 128 experts' weight reads
+    p = _pieces(q, hw, mode="decode", seqs=1, seq_len=4096, tokens=1, tp=1, ep=1, etp=1, redundant=0,
+                gpus_per_node=8, dispatcher="deepep", kv_dtype="bf16")
+    assert p.experts == pytest.approx(eight, rel=1e-9)
+    assert eight < one.moe_layer_ms < every
