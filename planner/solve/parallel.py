@@ -188,6 +188,7 @@ def search(
     kv_dtype: str = "bf16",
     ttft_ms: float | None = None,
     request_rate: float | None = None,
+    two_batch_overlap: str = "off",
 ) -> SearchResult:
     """Search the parallel configuration of ``mode`` (module docstring).
 
@@ -198,7 +199,8 @@ def search(
     sequence adds (its KV cache grows to ``seq_len + output_len``; time at the mean context,
     ``seq_len + output_len / 2``), ``latency_target_ms`` the TPOT (decode) or TTFT (prefill)
     target, ``ttft_ms`` (decode) a prefill of one prompt per data-parallel rank, ``kv_dtype`` the
-    cache's dtype, ``request_rate`` a rate to report the plan against. Training: ``train_dtype``
+    cache's dtype, ``request_rate`` a rate to report the plan against, ``two_batch_overlap`` the
+    serving step's two-batch overlap (``off``, ``on``, ``auto``: the faster; planner.cost.serve_step). Training: ``train_dtype``
     (``bf16`` or ``fp8``) prices GEMMs, casts and memory; ``dispatcher`` (:data:`DISPATCHERS`) the
     token all-to-all. Raises :class:`InputError` when a fixed degree breaks a rule and
     :class:`InfeasibleError` when nothing fits, naming the binding constraint.
@@ -206,7 +208,8 @@ def search(
     t0 = time.perf_counter()
     fixed = _checked_fixed(mode, fixed, seq_len, latency_target_ms, redundant)
     require_positive(output_len=output_len, ttft_ms=ttft_ms, request_rate=request_rate)
-    sv = ServeSpec(output_len=output_len, kv_dtype=kv_dtype, ttft_ms=ttft_ms, request_rate=request_rate)
+    sv = ServeSpec(output_len=output_len, kv_dtype=kv_dtype, ttft_ms=ttft_ms, request_rate=request_rate,
+                   two_batch_overlap=two_batch_overlap)
     N, n = cluster.num_gpus, cluster.gpus_per_node
     budget = budget_bytes(hw)
     if dispatcher not in DISPATCHERS:
@@ -417,6 +420,7 @@ class ServeSpec:
     kv_dtype: str = "bf16"
     ttft_ms: float | None = None  #: decode: one prompt per data-parallel rank prefilled within this
     request_rate: float | None = None
+    two_batch_overlap: str = "off"  #: serve_step's mode (planner.cost.serve_step.TBO_MODES)
 
 
 def _largest(ok: Any, hi: int | None = None) -> int:
@@ -459,7 +463,7 @@ def _serve_variants(
         return serve_step(model, hw, mode=mode, num_gpus=N, gpus_per_node=cluster.gpus_per_node, tp=base.tp,
                           pp=base.pp, ep=base.ep, etp=base.etp, sequences=seqs,
                           seq_len=ctx_time if mode == "decode" else seq_len, redundant=redundant,
-                          kv_dtype=sv.kv_dtype)
+                          kv_dtype=sv.kv_dtype, two_batch_overlap=sv.two_batch_overlap)
 
     dp = base.dp
     first = replace(base, sequences=gb or (N if not decode else dp), memory=memory(gb or (N if not decode else dp)))
@@ -502,7 +506,7 @@ def _serve_variants(
     st = step(seqs)
     c = replace(c, step_ms=st.step_ms, tokens_per_s=st.throughput_tokens_per_s, latency_ms=st.latency_per_token_ms,
                 detail={"moe_layer_ms": st.moe_layer_ms, "attention_ms": st.attention_ms,
-                        "tokens_per_step": st.tokens_per_step},
+                        "tokens_per_step": st.tokens_per_step, "two_batch_overlap": float(st.two_batch_overlap)},
                 binding=binding, binding_note=note)
     if c.memory is not None and c.memory.total > budget:
         mem_rejected.append(Rejected(c, "memory", memory_reason(c.memory, budget, hw, base.mode)))
