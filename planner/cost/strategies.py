@@ -185,7 +185,7 @@ def moe_pieces(sm: StepModel, lay: Layout, st: TrainStep) -> MoePieces:
     t_gpu = lay.micro_batch * lay.seq_len / lay.cp / lay.tp
     return MoePieces(
         a2a=2.0 * alltoall_ms(sm.hw, m, t_gpu, lay.ep, lay.etp, sm.gpn, lay.dispatcher),
-        experts=_experts_ms(sm, lay, t_gpu),
+        experts=experts_ms(sm, lay, t_gpu),
         tokens=t_gpu,
         moe_layers=math.ceil(m.num_moe_layers / lay.pp),
         window=st.micro_batches + (lay.pp - 1) / lay.vpp,
@@ -193,7 +193,7 @@ def moe_pieces(sm: StepModel, lay: Layout, st: TrainStep) -> MoePieces:
     )
 
 
-def _experts_ms(sm: StepModel, lay: Layout, t_gpu: float) -> float:
+def experts_ms(sm: StepModel, lay: Layout, t_gpu: float) -> float:
     """Grouped GEMMs of the GPU's E/ep experts over ``t_gpu`` tokens routed uniformly."""
     m = sm.model
     per_expert = m.top_k * t_gpu * lay.ep * lay.etp / m.num_experts
@@ -240,12 +240,12 @@ def fsmoe_layer(sm: StepModel, lay: Layout, t_gpu: float) -> tuple[float, int, i
     """(saving in ms of one MoE layer's forward + backward against the serial Megatron layer,
     forward chunks, backward chunks)."""
     a2a1 = 2.0 * alltoall_ms(sm.hw, sm.model, t_gpu, lay.ep, lay.etp, sm.gpn, lay.dispatcher)
-    e1 = _experts_ms(sm, lay, t_gpu)
+    e1 = experts_ms(sm, lay, t_gpu)
     serial_f, serial_b = a2a1 + e1, a2a1 + 2.0 * e1
     best_f, best_b, rf, rb = serial_f, serial_b, 1, 1
     for r in CHUNKS[1:]:
         d = r * 2.0 * alltoall_ms(sm.hw, sm.model, t_gpu / r, lay.ep, lay.etp, sm.gpn, lay.dispatcher)
-        e = r * _experts_ms(sm, lay, t_gpu / r)
+        e = r * experts_ms(sm, lay, t_gpu / r)
         f, b = pipelined_ms(d, e, r), pipelined_ms(d, 2.0 * e, r)
         if f < best_f:
             best_f, rf = f, r
