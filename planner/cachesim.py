@@ -77,7 +77,7 @@ def step_counts(ids_LTk: np.ndarray, step_T: np.ndarray, num_experts: int) -> np
     small = T == 0 or int(np.bincount(s_T).max()) < 2**15
     counts = np.zeros((S, L, num_experts), dtype=np.int16 if small else np.int32)
     flat = (s_T[None, :, None] * L + np.arange(L)[:, None, None]) * num_experts + ids_LTk
-    np.add.at(counts.reshape(-1), flat.reshape(-1), 1)
+    np.add.at(counts.reshape(-1), flat[ids_LTk >= 0], 1)  # -1 (no expert) loads nothing
     return counts
 
 
@@ -94,9 +94,14 @@ class Predictor:
 
     def token_probs(self, ids_LTk: np.ndarray, layer: int) -> np.ndarray:
         """p_t(e') for layer ``layer`` + 1 from each token's layer-``layer`` experts: [T, E]."""
-        score = self.q_LEE[layer][ids_LTk[layer]].max(axis=1)  # [T, k, E] -> [T, E]
+        score = _rows(self.q_LEE[layer])[ids_LTk[layer]].max(axis=1)  # [T, k, E] -> [T, E]
         b = np.minimum((score * CALIB_BINS).astype(np.int64), CALIB_BINS - 1)
         return self.calib_B[b]
+
+
+def _rows(q_EE: np.ndarray) -> np.ndarray:
+    """``q_EE`` with a zero row appended, so that id -1 (no expert) predicts nothing."""
+    return np.vstack([q_EE, np.zeros((1, q_EE.shape[1]), dtype=q_EE.dtype)])
 
 
 def fit_predictor(ids_LTk: np.ndarray, num_experts: int) -> Predictor:
@@ -126,15 +131,15 @@ def fit_predictor(ids_LTk: np.ndarray, num_experts: int) -> Predictor:
     tot_B = np.zeros(CALIB_BINS)
     onehot = [None] * L
     for layer in range(L):
-        oh = np.zeros((T, E), dtype=np.float32)
+        oh = np.zeros((T, E + 1), dtype=np.float32)  # column E catches -1 (no expert)
         oh[rows, ids_LTk[layer]] = 1.0
-        onehot[layer] = oh
+        onehot[layer] = oh[:, :E]
     for layer in range(L - 1):
         trans = onehot[layer].T @ onehot[layer + 1]
         n = onehot[layer].sum(axis=0)
         q[layer] = trans / np.maximum(n, 1.0)[:, None]
     for layer in range(L - 1):
-        score = q[layer][ids_LTk[layer]].max(axis=1)
+        score = _rows(q[layer])[ids_LTk[layer]].max(axis=1)
         b = np.minimum((score * CALIB_BINS).astype(np.int64), CALIB_BINS - 1)
         hit_B += np.bincount(b.ravel(), weights=onehot[layer + 1].ravel(), minlength=CALIB_BINS)
         tot_B += np.bincount(b.ravel(), minlength=CALIB_BINS)

@@ -15,6 +15,11 @@ and a first forward that reaches none of the hooks is an error at that forward).
 whose output is, or contains, an integer tensor of top-k ids (a float tensor [T, E] of logits is
 taken as softmax routing with ``top_k``).
 
+Dynamic top-k: an id outside [0, ``num_experts``) is recorded as -1, no expert (weight 0), the
+trace contract's null choice. So an AdaMoE router (arXiv:2406.13233: top-k over E real plus n
+null experts) is recorded by passing the real E as ``num_experts``; a router that marks unused
+choices with a negative id (threshold routing) is recorded as it is.
+
 Overhead (``benchmarks/recorder.py``): a hook does a ``topk`` on the logits when the router
 returns only logits, a dtype cast to int16/int32 and a list append of a device tensor; no
 GPU→CPU copy and no synchronisation happens in a hook. At the end of a step the step's ids are
@@ -167,9 +172,15 @@ class RoutingRecorder:
             k = ids.shape[-1]
             if h.top_k is None:
                 h.top_k = k
-            h.ids.append(ids.reshape(-1, k).to(self._id_dtype(h)))
+            ids = ids.reshape(-1, k).to(self._id_dtype(h))
+            null = None
+            if h.num_experts is not None:  # AdaMoE null experts (ids >= E) and ids < 0: no expert, -1
+                null = (ids < 0) | (ids >= h.num_experts)
+                ids = ids.masked_fill(null, -1)
+            h.ids.append(ids)
             if self.record_weights and w is not None:
-                h.weights.append(w.reshape(-1, k).to(torch.float32))
+                w = w.reshape(-1, k).to(torch.float32)
+                h.weights.append(w if null is None else w.masked_fill(null, 0.0))
 
         def on_output(module: Any, args: Any, output: Any) -> None:
             if self._enabled:
@@ -295,9 +306,10 @@ class RoutingRecorder:
         if not any(h.num_experts for h in self.hooks):  # E unknown: the largest id so far + 1 (a sync)
             self._seen_experts = max(self._seen_experts, int(ids.max()) + 1)
         L, E = ids.shape[0], self.num_experts
-        flat = (ids.long() + torch.arange(L, device=ids.device)[:, None, None] * E).reshape(-1)
+        real = (ids >= 0).reshape(-1)  # -1: no expert, counted nowhere
+        flat = (ids.long().clamp(min=0) + torch.arange(L, device=ids.device)[:, None, None] * E).reshape(-1)
         counts = torch.zeros(L * E, dtype=torch.int64, device=ids.device)
-        counts.index_add_(0, flat, torch.ones_like(flat))
+        counts.index_add_(0, flat, real.long())
         self._dev_counts.append(counts.view(L, E))
         if self.keep_ids:
             self._dev_ids.append(ids)

@@ -22,6 +22,7 @@ choices. The full specification is docs/cost_model.md §6.
   copy lands by ``relay`` (:data:`RELAYS`): ``same-rank`` (default, DeepEP's normal kernels) or
   ``first-destination`` (kept for comparison; not how DeepEP routes).
 
+A null choice (id -1: dynamic top-k, AdaMoE null experts) has no slot, no compute and no copy.
 Tokens start on EP rank ``source_rank`` (the trace's, or each step's tokens in equal contiguous
 blocks). Shapes: ``S`` steps, ``L`` MoE layers, ``T`` tokens, ``k`` top-k, ``E`` experts,
 ``P`` physical slots, ``G`` EP ranks. The module is ``simulator`` so that ``planner.simulate``
@@ -98,7 +99,13 @@ def choose_slots(
     gpus_per_node: int | None = None,
 ) -> np.ndarray:
     """Physical slot serving each (token, choice) pair of one layer: ``slot_Tk`` (``gpus_per_node``
-    is needed by ``nearest``; without it all GPUs are one node)."""
+    is needed by ``nearest``; without it all GPUs are one node). A null choice (id -1, no
+    expert) is served nowhere: slot -1."""
+    null = np.asarray(ids_Tk) < 0
+    if null.any():
+        slot_Tk = choose_slots(np.where(null, 0, ids_Tk), src_T, phy2log_P, slots_per_gpu, num_experts, dispatch,
+                               gpus_per_node)
+        return np.where(null, -1, slot_Tk)
     P = phy2log_P.shape[0]
     G = P // slots_per_gpu
     T, k = ids_Tk.shape
@@ -268,8 +275,9 @@ def simulate_arrays(
     for l in range(L):
         ids = topk_ids_LTk[l]
         slot = choose_slots(ids, src_T, phy2log_LP[l], slots_per_gpu, num_experts, dispatch, gpus_per_node)
-        # --- compute: tokens per slot per step -> time per GPU
-        flat = (step_idx_T[:, None] * P + slot).reshape(-1)
+        # --- compute: tokens per slot per step -> time per GPU (null choices, slot -1, cost nothing)
+        served = slot >= 0
+        flat = (step_idx_T[:, None] * P + slot)[served]
         slot_tokens_SP = np.bincount(flat, minlength=S * P).reshape(S, P)
         t_SP = np.asarray(ffn_ms(slot_tokens_SP.reshape(-1)), dtype=np.float64).reshape(S, P)
         t_SG = t_SP.reshape(S, G, slots_per_gpu).sum(-1)
@@ -281,7 +289,8 @@ def simulate_arrays(
         imbalance[:, l] = np.where(mean > 0, tok_SG.max(axis=1) / np.where(mean > 0, mean, 1), 1.0)
         gpu_tokens[:, l] = tok_SG
         # --- traffic: one copy per distinct destination GPU (NVLink) / remote node (network)
-        nvl, net = dispatch_copies(slot // slots_per_gpu, src_T, num_gpus=G, gpus_per_node=gpus_per_node,
+        dest_Tk = np.where(served, slot // slots_per_gpu, src_T[:, None])  # a null choice stays home: no copy
+        nvl, net = dispatch_copies(dest_Tk, src_T, num_gpus=G, gpus_per_node=gpus_per_node,
                                    dispatcher="deepep", relay=relay)
         intra_send, intra_recv = _per_step_counts(nvl, step_idx_T, S, G)
         inter_send, inter_recv = _per_step_counts(net, step_idx_T, S, G)

@@ -1,7 +1,8 @@
 """``moe-planner trace synth|convert|stats|compare|bias-sim``: make, convert and summarise routing traces.
 
 - ``synth`` writes a synthetic per-token trace (:func:`planner.traces.synth_trace`) for a model
-  (``--model``) or a bare shape (``--layers --experts --top-k``).
+  (``--model``) or a bare shape (``--layers --experts --top-k``); ``--null-fraction`` makes a
+  seeded share of its choices -1, no expert (:func:`planner.traces.nulls.with_null_choices`).
 - ``convert`` reads any trace the planner accepts (``.npz``, SGLang ``logical_count`` in
   ``.json`` / ``.pt``) and writes it as ``.npz`` (counts-only input gives a counts-only file; a
   per-token file's sequences, ``seq_id`` / ``pos``, are kept).
@@ -31,6 +32,7 @@ from planner.io import check_writable
 from planner.specs.model import ModelSpec
 from planner.specs.model_io import load_model
 from planner.traces import load_trace, save_trace, synth_trace, trace_stats
+from planner.traces.nulls import with_null_choices
 from planner.traces.realism import SEQS_PER_RANK, SKEW_BATCHES, WORKING_SET_WINDOWS, num_sequences
 from planner.traces.stats import SUMMARY_KEYS, summary_statistics
 
@@ -126,6 +128,10 @@ def trace() -> None:
 @click.option("--sticky-ranks", is_flag=True, help="Each rank keeps its input mix for every step (decode serving).")
 @click.option("--rank-groups", type=int, default=1, show_default=True, help="Consecutive ranks sharing one input mix (e.g. GPUs per node).")
 @click.option("--no-weights", is_flag=True, help="Leave gate weights out (smaller file).")
+@click.option("--null-fraction", type=float, default=0.0, show_default=True,
+              help="Share of choices made -1 (no expert: dynamic top-k / AdaMoE null experts), seeded.")
+@click.option("--null-min-experts", type=int, default=0, show_default=True,
+              help="Experts every token keeps with --null-fraction (0: a token may use none; 1: threshold routing).")
 @click.option("--out", required=True, metavar="FILE.npz", help="Output trace file.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
@@ -157,6 +163,8 @@ def synth(
     sticky_ranks: bool,
     rank_groups: int,
     no_weights: bool,
+    null_fraction: float,
+    null_min_experts: int,
     out: str,
     force: bool,
     as_json: bool,
@@ -197,6 +205,8 @@ def synth(
         repick=repick,
         sequences=not no_sequences,
     )
+    if null_fraction or null_min_experts:
+        tr = with_null_choices(tr, null_fraction, seed, min_experts=null_min_experts)
     save_trace(tr, path)
     d = _describe(tr) | {"out": str(path), "bytes": path.stat().st_size, "seed": seed}
     if as_json:
