@@ -75,6 +75,29 @@ ELEMENTWISE_PASSES = 12.0
 #: Gradient accumulation into fp32 main gradients (Megatron's gradient-accumulation fusion): each
 #: micro-batch's weight-gradient GEMMs read and write 4 + 4 bytes per local parameter.
 MAIN_GRAD_BYTES = 8.0
+#: How Megatron runs a GPU's local experts in training: ``--moe-grouped-gemm`` with Transformer
+#: Engine is TEGroupedMLP -> te.GroupedLinear, whose GEMMs go through ``general_grouped_gemm`` ->
+#: ``nvte_multi_stream_cublas_gemm``: one cuBLAS GEMM per expert, spread over 4 compute streams
+#: (TransformerEngine transformer_engine/common/gemm/cublaslt_gemm.cu, ``num_streams = 4`` in
+#: include/transformer_engine/gemm.h), not one grouped kernel. So a GPU's experts cost the sum of
+#: the profile's per-expert FFN times (``kernel="loop"``: the measured bf16 / fp8 tables, the fp8
+#: one with its own cast of h), not the device-model grouped launch. The streams overlap only the
+#: fixed cost of small GEMMs; training's experts see thousands of tokens each (M = k·b·s·ep/E), where
+#: the tables run at 400-650 TFLOP/s and the overlap is small, so it is not credited.
+TRAIN_EXPERT_KERNEL = "loop"
+#: Flash-attention throughput (TFLOP/s, causal FLOPs convention 2·b·s²·a·d_h forward) of cuDNN's
+#: fused attention, what Transformer Engine runs on H100, head dim 128, bf16, by sequence length:
+#: FlashAttention-3 paper (Shah et al. 2024, arXiv 2407.08608), Fig. "Attention forward speed,
+#: head dim 128 (H100 80GB SXM5)" (cuDNN bars) and Fig. "Attention backward speed, head dim 128"
+#: (cuDNN bars). Measured without a causal mask: the causal kernel of the same length runs at most
+#: this fast, so these are optimistic bounds. Other head dims are priced with these (no table here).
+#: The profile's device fit is used on other GPUs (the figures are H100 measurements).
+#: The H100 SXM's dense bf16 peak (datasheet), the reference of :data:`CUDNN_ATTN_H100_TFLOPS`.
+H100_BF16_PEAK = 989.4
+CUDNN_ATTN_H100_TFLOPS = {  # seq_len: (forward, backward)
+    512: (497.0, 305.0), 1024: (574.0, 408.0), 2048: (617.0, 465.0), 4096: (609.0, 499.0),
+    8192: (600.0, 518.0), 16384: (595.0, 516.0),
+}
 
 
 # ---- links ------------------------------------------------------------------------------------
@@ -121,6 +144,8 @@ class TrainLayerTimes:
     dense_compute: float
     dense_comm: float
     head_compute: float
+    attn_core_bwd: float = 0.0  #: backward of the attention core (cuDNN's published throughput)
+    moe_sort: float = 0.0  #: the alltoall dispatcher's sort / unsort by local expert (in moe_compute)
 
 
 @dataclass(frozen=True)
@@ -159,6 +184,24 @@ def model_flops_per_step(model: ModelSpec, global_batch: int, seq_len: int) -> f
     return flops
 
 
+def attention_core_train_ms(hw: HardwareProfile, model: ModelSpec, b: int, s: int, tp: int) -> tuple[float, float]:
+    """Forward and backward (ms) of the causal flash-attention core of one layer over ``b``
+    sequences of ``s`` tokens, ``a/tp`` heads: 2·b·s²·(a/tp)·d_h FLOPs forward, 2.5 × that backward
+    (:data:`ATTN_BACKWARD_FACTOR`), at :data:`CUDNN_ATTN_H100_TFLOPS` (log-interpolated in s, clamped
+    at its ends) scaled by the profile's bf16 peak over the H100's 989.4 (a compute-bound kernel)."""
+    if b <= 0 or s <= 0 or tp <= 0:
+        raise InputError(f"b, s and tp must be > 0 (got {b}, {s}, {tp})")
+    att = model.attention
+    flops = 2.0 * b * s * s * max(1, att.num_heads // tp) * att.head_dim
+    lens = np.log2(np.array(sorted(CUDNN_ATTN_H100_TFLOPS), dtype=np.float64))
+    fw = np.array([CUDNN_ATTN_H100_TFLOPS[k][0] for k in sorted(CUDNN_ATTN_H100_TFLOPS)])
+    bw = np.array([CUDNN_ATTN_H100_TFLOPS[k][1] for k in sorted(CUDNN_ATTN_H100_TFLOPS)])
+    scale = hw.peak_tflops.get("bf16", H100_BF16_PEAK) / H100_BF16_PEAK
+    x = math.log2(s)
+    t_f, t_b = float(np.interp(x, lens, fw)) * scale, float(np.interp(x, lens, bw)) * scale
+    return flops / (t_f * 1e12) * 1e3, ATTN_BACKWARD_FACTOR * flops / (t_b * 1e12) * 1e3
+
+
 class StepModel:
     """The step-time cost object of one (model, hardware, node size): the search calls
     :meth:`train_step` for thousands of candidates that share its per-layer pieces, so each
@@ -172,14 +215,17 @@ class StepModel:
         #: the dtype the linear layers compute in (the training dtype, never the checkpoint's)
         self.gemm_dtype = train_dtype
         for name in ("_attention", "_moe_block", "_tok_ops", "_experts", "_dense", "_head", "_train_layers",
-                     "_split", "link", "_casts", "_mtp_proj", "_flops"):
+                     "_split", "link", "_casts", "_mtp_proj", "_flops", "_sort"):
             setattr(self, name, functools.cache(getattr(self, name)))
 
     # per-layer pieces -----------------------------------------------------------------------
 
-    def _attention(self, tp: int, cp: int, b: int, s: int) -> tuple[float, float]:
+    def _attention(self, tp: int, cp: int, b: int, s: int) -> tuple[float, float, float]:
+        """Projections (forward), attention core forward and core backward of one micro-batch:
+        the core at cuDNN's published flash-attention throughput (:func:`attention_core_train_ms`)."""
         a = attention_ms(self.hw, self.model, mode="prefill", sequences=b, seq_len=s, tp=tp, weight_dtype=self.gemm_dtype)
-        return a.projections_ms / cp, a.core_ms / cp
+        fwd, bwd = attention_core_train_ms(self.hw, self.model, b, s, tp)
+        return a.projections_ms / cp, fwd / cp, bwd / cp
 
     def _mtp_proj(self, tp: int, T: float) -> float:
         """Forward + backward of an MTP layer's 2h -> h projection (DeepSeek-V3 §2.2)."""
@@ -216,7 +262,21 @@ class StepModel:
     def _experts(self, M: float, local: int, f: int) -> float:
         m = self.model
         tok = np.full((1, local), M)
-        return float(grouped_experts_ms(self.hw, m.hidden_size, f, self.gemm_dtype, tok, kernel="grouped")[0])
+        return float(grouped_experts_ms(self.hw, m.hidden_size, f, self.gemm_dtype, tok, kernel=TRAIN_EXPERT_KERNEL)[0])
+
+    def _sort(self, tp: int, cp: int, b: int, s: int, ep: int, etp: int, dispatcher: str) -> float:
+        """Forward of Megatron's ``alltoall`` dispatcher's second permutation: with more than one
+        local expert, the tokens received from the EP ranks are sorted by local expert
+        (``sort_chunks_by_idxs`` after the all-to-all) and unsorted before the combine
+        (megatron/core/transformer/moe/token_dispatcher.py, MoEAlltoAllTokenDispatcher: "Permutation
+        2: Sort tokens by local expert"): two memory passes, each reading and writing the
+        R = k·T/tp·etp token copies this GPU's experts receive (uniform routing). DeepEP's
+        ``flex`` path permutes the received tokens once, which ``permute_ms`` / ``combine_ms`` price."""
+        m = self.model
+        if dispatcher != "pairs" or ep <= 1 or m.num_experts // ep <= 1:
+            return 0.0
+        R = m.top_k * b * s / cp / tp * etp
+        return 2.0 * memory_pass_ms(self.hw, 2.0 * R * m.hidden_size * ACTIVATION_BYTES)
 
     def _moe_block(self, tp: int, cp: int, b: int, s: int, ep: int, etp: int, dispatcher: str) -> tuple[float, float]:
         m, hw = self.model, self.hw
@@ -224,7 +284,8 @@ class StepModel:
         t_gpu = T / tp
         E = m.num_experts
         M = m.top_k * t_gpu * ep * etp / E
-        compute = self._tok_ops(tp, T) + self._experts(M, E // ep, m.expert_intermediate_size // etp)
+        compute = (self._tok_ops(tp, T) + self._experts(M, E // ep, m.expert_intermediate_size // etp)
+                   + self._sort(tp, cp, b, s, ep, etp, dispatcher))
         comm = 2.0 * alltoall_ms(hw, m, t_gpu, ep, etp, self.gpn, dispatcher)
         if etp > 1:
             buf = m.top_k * t_gpu * etp * m.hidden_size * ACTIVATION_BYTES
@@ -256,7 +317,7 @@ class StepModel:
         """Forward times of each kind of layer for one micro-batch (docs/cost_model.md §5)."""
         m, hw = self.model, self.hw
         T = b * s / cp
-        proj, core = self._attention(tp, cp, b, s)
+        proj, core, core_bwd = self._attention(tp, cp, b, s)
         attn_comm = self._tp_block_comm(tp, T)
         if cp > 1:
             att = m.attention
@@ -267,7 +328,8 @@ class StepModel:
         moe_c, moe_comm = self._moe_block(tp, cp, b, s, ep, etp, dispatcher) if m.num_moe_layers else (0.0, 0.0)
         elementwise = memory_pass_ms(hw, ELEMENTWISE_PASSES * T * m.hidden_size * ACTIVATION_BYTES)
         return TrainLayerTimes(
-            attn_core=core, attn_compute=proj + core + elementwise, attn_comm=attn_comm, moe_compute=moe_c,
+            attn_core=core, attn_core_bwd=core_bwd, moe_sort=self._sort(tp, cp, b, s, ep, etp, dispatcher) if m.num_moe_layers else 0.0,
+            attn_compute=proj + core + elementwise, attn_comm=attn_comm, moe_compute=moe_c,
             moe_comm=moe_comm + (self._tp_block_comm(tp, T) if m.shared_ffn_size == 0 else 0.0),
             dense_compute=self._dense(tp, T), dense_comm=self._tp_block_comm(tp, T), head_compute=self._head(tp, T),
         )
@@ -283,10 +345,13 @@ class StepModel:
         # Megatron's alltoall dispatcher syncs the split sizes to the host in each forward
         sync = dispatcher_sync_ms(hw) if ep > 1 and dispatcher == "pairs" else 0.0
 
-        def train_layer(compute: float, comm: float, core: float, params: float, cast: float, host: float) -> float:
-            # backward: 2 × forward, the attention core 2.5 ×; fp32 main-grad accumulation; fp8
-            # casts of the forward inputs and backward gradients (once each), host waits per forward
-            t = training_ms(compute) + (ATTN_BACKWARD_FACTOR - 2.0) * core + 2.0 * comm + cast + host
+        def train_layer(compute: float, comm: float, core: float, core_bwd: float, sort: float, params: float,
+                        cast: float, host: float) -> float:
+            # backward: 2 × forward, the attention core its own (cuDNN's backward throughput), the
+            # dispatcher's sort / unsort once more (its backward is the inverse permutation, one
+            # pass each); fp32 main-grad accumulation; fp8 casts of the forward inputs and backward
+            # gradients (once each), host waits per forward
+            t = training_ms(compute) + core_bwd - 2.0 * core - sort + 2.0 * comm + cast + host
             t += memory_pass_ms(hw, MAIN_GRAD_BYTES * params)
             if recompute == "full":
                 t += compute + comm + cast / 2 + host
@@ -296,9 +361,10 @@ class StepModel:
 
         p_attn = m.attention.params_per_layer(m.hidden_size) / tp
         p_moe = (m.num_experts // ep) * m.expert_params / etp + (m.shared_params_per_layer + m.router_params_per_layer) / tp
-        t_attn = train_layer(lt.attn_compute, lt.attn_comm, lt.attn_core, p_attn, c_att, 0.0)
-        t_moe = t_attn + train_layer(lt.moe_compute, lt.moe_comm, 0.0, p_moe, c_moe, sync)
-        t_dense = t_attn + train_layer(lt.dense_compute, lt.dense_comm, 0.0, m.dense_ffn_params_per_layer / tp, c_dense, 0.0)
+        t_attn = train_layer(lt.attn_compute, lt.attn_comm, lt.attn_core, lt.attn_core_bwd, 0.0, p_attn, c_att, 0.0)
+        t_moe = t_attn + train_layer(lt.moe_compute, lt.moe_comm, 0.0, 0.0, lt.moe_sort, p_moe, c_moe, sync)
+        t_dense = t_attn + train_layer(lt.dense_compute, lt.dense_comm, 0.0, 0.0, 0.0, m.dense_ffn_params_per_layer / tp,
+                                       c_dense, 0.0)
         return t_attn, t_moe, t_dense, training_ms(lt.head_compute), lt
 
     def _split(self, pp: int, vpp: int, first: int | None, last: int | None) -> tuple[PipelineLayout, list[tuple[int, int]]]:
@@ -410,5 +476,7 @@ class StepModel:
                 "attention_fwd_ms": lt.attn_compute, "attention_comm_fwd_ms": lt.attn_comm,
                 "moe_compute_fwd_ms": lt.moe_compute, "moe_comm_fwd_ms": lt.moe_comm,
                 "moe_layer_train_ms": t_moe, "dp_reduce_ms": red, "dp_gather_ms": gat,
+                "attention_core_fwd_ms": lt.attn_core, "attention_core_bwd_ms": lt.attn_core_bwd,
+                "moe_sort_fwd_ms": lt.moe_sort,
             },
         )
