@@ -20,8 +20,9 @@ from planner.solve.candidates import Candidate
 from planner.solve.parallel import DISPATCHERS, search
 from planner.solve.search_memory import budget_bytes
 from planner.specs.cluster import ClusterSpec
-from planner.specs.hardware import HardwareProfile
+from planner.specs.hardware import HardwareProfile, load_hardware
 from planner.specs.model import ModelSpec
+from planner.specs.plan import Plan
 
 #: The what-ifs priced beside the search's layout: (label, strategy, its settings).
 WHAT_IFS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -104,3 +105,17 @@ def what_if(
     sm = StepModel(model, hw, cluster.gpus_per_node, train_dtype)
     lay = layout_of(best, cluster.num_gpus, global_batch, seq_len, dispatcher)
     return price_rows(sm, lay, budget_bytes(hw), imbalance)
+
+
+def plan_what_if(plan: Plan, imbalance: float = 1.0) -> list[StrategyRow]:
+    """:func:`what_if` on a training plan's chosen layout (its search's first alternative)."""
+    if plan.workload.mode != "train" or plan.search is None or not plan.search.alternatives:
+        raise InputError("strategies apply to a training plan with a parallelism search (--mode train)",
+                         field="strategies")
+    a = plan.search.alternatives[0]
+    best = Candidate(mode="train", dp=a.dp, tp=a.tp, pp=a.pp, ep=a.ep, etp=a.etp, cp=a.cp, vpp=a.vpp,
+                     micro_batch=a.micro_batch or 1, recompute=a.recompute or "selective")
+    hw = load_hardware(plan.cluster.hardware)
+    gb = a.global_batch or plan.workload.global_batch
+    return what_if(plan.model, hw, plan.cluster, seq_len=plan.workload.seq_len, global_batch=gb,
+                   train_dtype=plan.workload.train_dtype, imbalance=imbalance, best=best)
