@@ -18,12 +18,14 @@ import click
 from planner.api import prepare, solve
 from planner.cli.render import flags_text, render_launch
 from planner.cli.render_serving import render_serving
+from planner.cli.render_strategies import render_strategies
 from planner.cost.memory import GIB
 from planner.errors import InputError
 from planner.io import check_writable
 from planner.offload import OffloadProblem
 from planner.progress import StderrProgress, reporting, stage, wants_progress
 from planner.serve_plan import plan_serving
+from planner.solve.strategies import plan_what_if
 from planner.specs.options import SOLVE_OPTIONS, PlanOptions, flag_info, option_kinds
 from planner.specs.plan import Plan
 
@@ -185,7 +187,10 @@ def plan_flags(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan (or the dry-run report) as JSON on stdout")
 @click.option("--progress", "show_progress", is_flag=True,
               help="Show the stages on stderr even when it is not a terminal (on a terminal they always show)")
-def plan(out_dir, force, dry_run, as_json, show_progress, model, hardware, previous, **opts) -> None:
+@click.option("--strategies", "show_strategies", is_flag=True,
+              help="--mode train: also price FSMoE, FSSDP (Hecate) and DeepSpeed-MoE on the chosen layout (docs/strategies.md)")
+def plan(out_dir, force, dry_run, as_json, show_progress, model, hardware, previous, show_strategies=False,
+         **opts) -> None:
     """Plan expert placement (and, later, parallelism and caching) for an MoE deployment.
 
     With no arguments it plans the embedded default: Qwen3-30B-A3B on one 8-GPU H100 node,
@@ -225,6 +230,8 @@ def plan(out_dir, force, dry_run, as_json, show_progress, model, hardware, previ
         click.echo(result.to_json(), nl=False)
     else:
         click.echo(render_plan(result))
+        if show_strategies:  # what-ifs beside the search's layout (planner.solve.strategies)
+            click.echo("\n".join(render_strategies(plan_what_if(result))))
     if out_file is not None:
         click.echo(f"wrote {out_file}", err=True)
 
