@@ -8,10 +8,12 @@ m = B/(dp·b) micro-batches. Times in ms. The full specification is docs/cost_mo
 Why a closed form: the parallelism search (:mod:`planner.solve.parallel`) prices thousands of
 layouts, so a step is a few sums over per-layer pieces that :class:`StepModel` memoizes:
 
-- **training, one micro-batch on one GPU**: attention (with CP ring and TP collectives), the MoE
-  block (router, permute, grouped experts, Megatron ``alltoall`` dispatch/combine under uniform
-  routing, ETP collectives), the dense FFN, the LM head; backward ≈ 2 × forward, the attention
-  core 2.5 × (:data:`ATTN_BACKWARD_FACTOR`), plus fp32 main-gradient accumulation and recompute;
+- **training, one micro-batch on one GPU**: attention (with CP ring and TP collectives; the core
+  at cuDNN's published flash-attention throughput, :data:`CUDNN_ATTN_H100_TFLOPS`), the MoE block
+  (router, permute, the experts as Transformer Engine runs them — one GEMM per expert,
+  :data:`TRAIN_EXPERT_KERNEL` —, the ``alltoall`` dispatcher's sort by local expert, dispatch /
+  combine under uniform routing, ETP collectives), the dense FFN, the LM head; backward ≈ 2 ×
+  forward, the attention core its own, plus fp32 main-gradient accumulation and recompute;
 - **pipeline** (1F1B, interleaved with vpp; Narayanan et al. 2021):
   ``t_pipe = (m + (pp − 1)/vpp) · t_stage`` plus exposed p2p when not interleaved;
 - **data-parallel sync** (Megatron DDP with overlap): reduce-scatter + all-gather (distributed
