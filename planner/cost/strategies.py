@@ -70,6 +70,7 @@ from planner.cost.step import (
     GATHER_WINDOW,
     OPTIMIZER_STEP_BYTES,
     REDUCE_WINDOW,
+    TRAIN_EXPERT_KERNEL,
     StepModel,
     TrainStep,
     alltoall_ms,
@@ -194,14 +195,15 @@ def moe_pieces(sm: StepModel, lay: Layout, st: TrainStep) -> MoePieces:
 
 
 def experts_ms(sm: StepModel, lay: Layout, t_gpu: float) -> float:
-    """Grouped GEMMs of the GPU's E/ep experts over ``t_gpu`` tokens routed uniformly."""
+    """The GPU's E/ep experts over ``t_gpu`` tokens routed uniformly, with the step model's
+    expert kernel (:data:`~planner.cost.step.TRAIN_EXPERT_KERNEL`)."""
     m = sm.model
     per_expert = m.top_k * t_gpu * lay.ep * lay.etp / m.num_experts
     if per_expert <= 0:
         return 0.0
     tok = np.full((1, m.num_experts // lay.ep), per_expert)
     return float(grouped_experts_ms(sm.hw, m.hidden_size, m.expert_intermediate_size // lay.etp, sm.gemm_dtype,
-                                     tok, kernel="grouped")[0])
+                                     tok, kernel=TRAIN_EXPERT_KERNEL)[0])
 
 
 def _result(name: str, sm: StepModel, lay: Layout, step_ms: float, mem: MemoryBreakdown,
