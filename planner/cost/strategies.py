@@ -29,8 +29,8 @@ not of its code):
   scatter with the last micro-batch's backward; FSMoE's gradient partitioning is taken to reach
   the same window (no change against Megatron; against DeepSpeed-MoE it hides the sync).
 - ``fssdp`` (Qing et al. 2025, Hecate, arXiv 2502.02581): expert parameters, gradients and
-  optimizer states sharded over all N GPUs; each MoE layer gathers the weights of the E/ep
-  experts a GPU computes (all-gather over N GPUs) in the forward, again in the backward
+  optimizer states sharded over the N/pp GPUs of a pipeline stage; each MoE layer gathers the
+  weights of the E/ep experts a GPU computes (all-gather over those GPUs) in the forward, again in the backward
   (freed in between, as ZeRO-3 does), and reduce-scatters their fp32 gradients, once per
   micro-batch; the gathers prefetch during the previous layer's compute, so only what exceeds
   one layer's compute is exposed. The experts' data-parallel sync of Megatron is gone. Placement
@@ -101,7 +101,7 @@ STRATEGIES: dict[str, tuple[str, ...]] = {
         "ETP/TP collectives and the rest of the layer unchanged",
     ),
     "fssdp": (
-        "experts' weights, gradients and optimizer states sharded over all GPUs",
+        "experts' weights, gradients and optimizer states sharded over the GPUs of a pipeline stage",
         "per MoE layer and micro-batch: all-gather of the E/ep experts' weights (forward and again in backward), "
         "reduce-scatter of their fp32 gradients, prefetched during one layer's compute",
         "expert load balanced by the per-iteration placement (imbalance 1)",

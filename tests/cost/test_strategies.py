@@ -214,3 +214,19 @@ def test_tflops_follow_the_step(sm):
         st = sm.train_step(num_gpus=8, tp=1, pp=1, ep=2, global_batch=16, seq_len=256)
         assert p.tflops_per_gpu == pytest.approx(st.model_flops / (p.step_ms * 1e-3) / 8 / 1e12)
         assert math.isfinite(p.step_ms) and p.assumptions
+
+
+def test_what_if_rows_on_a_given_layout():
+    from planner.solve.candidates import Candidate
+    from planner.solve.strategies import WHAT_IFS, what_if
+    from planner.specs.cluster import ClusterSpec
+
+    hw = tiny_hw()
+    best = Candidate(mode="train", dp=4, tp=1, pp=2, ep=2, micro_batch=1)
+    cl = ClusterSpec(hardware="h100-sxm", num_nodes=1, gpus_per_node=8)
+    rows = what_if(tiny_model(), hw, cl, seq_len=256, global_batch=16, best=best)
+    assert [r.label for r in rows] == [w[0] for w in WHAT_IFS]
+    sm = StepModel(tiny_model(), hw, 8)
+    assert rows[0].step_ms == pytest.approx(price("megatron", sm, lay(pp=2)).step_ms)
+    assert rows[0].layout.startswith("dp4 tp1 pp2 ep2") and rows[3].layout.startswith("dp8 tp1 pp1 ep2")
+    assert all(r.fits == (r.memory_gib * GIB <= hw.hbm_bytes - 4 * GIB) for r in rows)
