@@ -350,7 +350,7 @@ def nearest_replicas(phy2log_LP: np.ndarray, inp: PlacementInputs, sample: Token
     src_node_full = inp.src_T.astype(np.int64) // gpn
     w_NLE = np.zeros((N, L, E))
     for l in range(L):
-        flat = (src_node_full[:, None] * E + inp.ids_LTk[l]).ravel()
+        flat = (src_node_full[:, None] * E + inp.ids_LTk[l])[inp.ids_LTk[l] >= 0]  # -1: no expert
         w_NLE[:, l] = np.bincount(flat, minlength=N * E).reshape(N, E) / n_steps / inp.token_groups
     return cross_node_replicas(
         phy2log_LP, sample.ids_LTk, sample.src_T // gpn, w_NLE, N, gpn,
