@@ -62,14 +62,16 @@ SERVE_UNUSED = ("ep", "tp", "pp", "dp", "etp", "vpp", "micro_batch", "cp", "reco
 #: SGLang PD flags (python/sglang/srt/server_args.py: ``--disaggregation-mode null|prefill|decode``,
 #: ``--disaggregation-transfer-backend`` (default mooncake), ``--moe-a2a-backend deepep``,
 #: ``--deepep-mode auto|normal|low_latency``, ``--max-prefill-tokens``, ``--max-running-requests``)
+#: ``--enable-two-batch-overlap`` where the pool's step is priced with it (planner.cost.serve_step)
 #: and vLLM's (``--kv-transfer-config`` with the NIXL connector, both roles on each instance;
 #: vLLM docs "Disaggregated Prefilling", NixlConnector usage).
 VLLM_KV_TRANSFER = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
 
 
-def disaggregation_flags(role: str, pool: Plan, prefill_tokens: int) -> LaunchArgs:
+def disaggregation_flags(role: str, pool: Plan, prefill_tokens: int, two_batch_overlap: bool = False) -> LaunchArgs:
     """The pool's launch arguments (:func:`planner.exports.launch.launch_args`, already in its
-    plan) with the disaggregation flags of its role; a flag the builder already wrote is kept."""
+    plan) with the disaggregation flags of its role, and SGLang's ``--enable-two-batch-overlap``
+    when the pool's figures assume it; a flag the builder already wrote is kept."""
     la = pool.launch or LaunchArgs()
     sg = list(la.sglang or [])
     extra = ["--disaggregation-mode", role, "--disaggregation-transfer-backend", "mooncake"]
@@ -84,6 +86,8 @@ def disaggregation_flags(role: str, pool: Plan, prefill_tokens: int) -> LaunchAr
     for i in range(0, len(extra), 2):
         if extra[i] not in sg:
             sg += extra[i:i + 2]
+    if two_batch_overlap and "--enable-two-batch-overlap" not in sg:
+        sg.append("--enable-two-batch-overlap")
     vl = list(la.vllm or [])
     if "--kv-transfer-config" not in vl:
         vl += ["--kv-transfer-config", VLLM_KV_TRANSFER]
@@ -141,6 +145,9 @@ def _notes(t: ServeTargets, copy: KVCopy, output_src: str) -> list[str]:
         "colocated: each step runs the decode batch and, in a share f of steps, a prefill chunk; a chunk step costs "
         "decode + chunk − one near-empty step (weights read once); mean TPOT = decode + f × (chunk step − decode); "
         "the best chunk size of 512-16384 tokens per GPU is kept",
+        f"two-batch overlap ({t.two_batch_overlap}): "
+        + ("each pool's step priced with and without it, the faster kept" if t.two_batch_overlap == "auto" else
+           "forced " + t.two_batch_overlap) + "; SGLang --enable-two-batch-overlap where kept",
         "decode pools run with every slot busy (admission waits not modelled); without a TTFT target utilisation "
         f"is capped at {MAX_UTILIZATION:.0%}",
     ]
@@ -173,6 +180,7 @@ def plan_serving(
     cross_node: bool = False,
     baseline: str | None = None,
     placement_workers: int = 0,
+    two_batch_overlap: str = "auto",
     **unused: Any,
 ) -> Plan:
     """Plan a prefill pool and a decode pool on ``nodes × gpus_per_node`` GPUs (module docstring).
@@ -180,7 +188,9 @@ def plan_serving(
     ``baseline`` places both pools' experts with that baseline instead of the solver.
     ``prefill_nodes`` / ``decode_nodes`` fix the split (GPUs when ``nodes`` is 1); otherwise every
     split is compared and the one with the highest goodput kept. ``prefill_tokens``: prefill
-    tokens per GPU in one step. Keywords of :data:`SERVE_UNUSED` given a value are an
+    tokens per GPU in one step. ``two_batch_overlap``: ``auto`` prices each pool with SGLang's
+    two-batch overlap and without and keeps the faster (the launch line asks for it where kept),
+    ``on`` / ``off`` force it. Keywords of :data:`SERVE_UNUSED` given a value are an
     :class:`InputError`; :class:`InfeasibleError` when no split serves a request within the targets.
     """
     for k, v in unused.items():
@@ -201,7 +211,7 @@ def plan_serving(
     out_src = "stated" if output_len is not None else "default"
     t = ServeTargets(prompt_len=prompt_len or seq_len, output_len=output_len or DEFAULT_OUTPUT_LEN, ttft_ms=ttft_ms,
                      tpot_ms=tpot_ms, kv_dtype=kv_dtype, redundant=redundant_experts, prefill_tokens=prefill_tokens,
-                     request_rate=request_rate)
+                     request_rate=request_rate, two_batch_overlap=two_batch_overlap)
     t.check()
     copy = kv_copy(m, hw, t.prompt_len, kv_dtype, same_node=cluster.num_nodes == 1)
     table = PoolTable(m, hw, cluster, t, copy)
@@ -229,7 +239,8 @@ def plan_serving(
         extra = {"output_len": t.output_len} if role == "decode" else {}
         p = plan_pool(m, hw, nodes=pc.num_nodes, gpus_per_node=pc.gpus_per_node, mode=role, tp=c.tp, pp=c.pp, dp=c.dp,
                       ep=c.ep, etp=c.etp, batch=c.sequences, **common, **extra)
-        plans[role] = p.model_copy(update={"launch": disaggregation_flags(role, p, t.prefill_tokens)})
+        tbo = bool(f.detail.get("two_batch_overlap"))
+        plans[role] = p.model_copy(update={"launch": disaggregation_flags(role, p, t.prefill_tokens, tbo)})
     kv_max = copy.max_rps(min(pf.gpus, df.gpus))
     report = ServingReport(
         cluster=cluster, prompt_len=t.prompt_len, output_len=t.output_len, ttft_target_ms=ttft_ms,

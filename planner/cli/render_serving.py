@@ -22,7 +22,8 @@ def _pool_line(r: PoolReport) -> str:
     what = "prompts/step" if r.role == "prefill" else "in flight"
     return (
         f"  {r.role:10} {r.nodes} node(s), {r.gpus} GPUs: dp {par.dp} tp {par.tp} pp {par.pp} ep {par.ep} etp {par.etp}, "
-        f"batch {r.batch} {what}, step {r.step_ms or 0:,.1f} ms; {', '.join(lat) or 'no latency figure'}; "
+        f"batch {r.batch} {what}, step {r.step_ms or 0:,.1f} ms"
+        f"{' (two-batch overlap)' if r.detail.get('two_batch_overlap') else ''}; {', '.join(lat) or 'no latency figure'}; "
         f"capacity {r.capacity_rps:,.2f} req/s, goodput {r.goodput_rps:,.2f} req/s ({r.binding or '-'} binds), "
         f"{r.memory_gib:.1f} GiB/GPU" + (f"; {r.reason}" if r.reason else "")
     )

@@ -34,6 +34,11 @@ disaggregation removes — and the time to first token ``⌈P/C⌉·t_mix·(1 + 
 ``B / (O · TPOT)`` at the largest r meeting both targets (r within the decode search's memory
 and TPOT batch). Without a target, utilisation is capped at :data:`MAX_UTILIZATION`.
 
+**Two-batch overlap** (:mod:`planner.cost.serve_step`, SGLang ``--enable-two-batch-overlap``):
+``ServeTargets.two_batch_overlap`` ``auto`` (the default) prices every candidate's step with and
+without it and keeps the faster, so each pool says whether it runs with it (``detail``); ``on`` /
+``off`` force it. A colocated engine runs its decode and chunk steps with its decode step's choice.
+
 Everything is deterministic: the searches are, and pools are compared in a fixed order.
 """
 
@@ -46,7 +51,7 @@ from typing import Any
 
 from planner.cost.comm import nic, nvlink
 from planner.cost.memory import GIB, kv_bytes_per_token
-from planner.cost.serve_step import serve_step
+from planner.cost.serve_step import TBO_MODES, serve_step
 from planner.errors import InfeasibleError, InputError
 from planner.progress import stage
 from planner.solve.candidates import Candidate
@@ -73,6 +78,7 @@ class ServeTargets:
     redundant: int = 0
     prefill_tokens: int = DEFAULT_PREFILL_TOKENS
     request_rate: float | None = None
+    two_batch_overlap: str = "auto"  #: serve_step's mode: off, on, or auto (the faster per candidate)
 
     def check(self) -> None:
         for name in ("prompt_len", "output_len", "prefill_tokens"):
@@ -83,6 +89,9 @@ class ServeTargets:
             v = getattr(self, name)
             if v is not None and not (v > 0 and math.isfinite(v)):
                 raise InputError(f"{name} must be > 0 (got {v!r})", field=name)
+        if self.two_batch_overlap not in TBO_MODES:
+            raise InputError(f"two_batch_overlap must be one of {', '.join(TBO_MODES)} (got {self.two_batch_overlap!r})",
+                             field="two_batch_overlap")
         if self.redundant < 0:
             raise InputError(f"redundant_experts must be >= 0 (got {self.redundant})", field="redundant_experts")
 
@@ -165,6 +174,11 @@ def _largest(ok: Callable[[int], bool], hi: int) -> int:
     return lo
 
 
+def _tbo(c: Candidate) -> float:
+    """1.0 when the candidate's step was priced with two-batch overlap, else 0.0."""
+    return float(c.detail.get("two_batch_overlap", 0.0))
+
+
 def _search(model: ModelSpec, hw: HardwareProfile, cluster: ClusterSpec, **kw: Any) -> tuple[Any, str]:
     try:
         return search(model, hw, cluster, **kw), ""
@@ -197,7 +211,8 @@ def prefill_pool(
                           "time-to-first-token target")
             continue
         found, err = _search(model, hw, cluster, mode="prefill", seq_len=t.prompt_len, global_batch=k * N,
-                             fixed=fixed, redundant=t.redundant, latency_target_ms=budget)
+                             fixed=fixed, redundant=t.redundant, latency_target_ms=budget,
+                             two_batch_overlap=t.two_batch_overlap)
         if found is None:
             why = why or err
             continue
@@ -207,7 +222,8 @@ def prefill_pool(
         ttft = c.step_ms * queue_factor(rho) + copy_ms
         binding = "ttft" if t.ttft_ms is not None and rho < MAX_UTILIZATION else "utilization cap"
         f = PoolFigures("prefill", N, cluster, c, c.step_ms, cap, rho * cap, rho, ttft_ms=ttft, binding=binding,
-                        detail={"prompts_per_gpu": k, "tokens_per_s": c.tokens_per_s, "kv_copy_ms": copy_ms})
+                        detail={"prompts_per_gpu": k, "tokens_per_s": c.tokens_per_s, "kv_copy_ms": copy_ms,
+                                "two_batch_overlap": _tbo(c)})
         if best is None or f.goodput_rps > best.goodput_rps * (1 + 1e-9):
             best = f
     return best if best is not None else PoolFigures("prefill", N, cluster, reason=why)
@@ -222,13 +238,13 @@ def decode_pool(
     N = cluster.num_gpus
     found, why = _search(model, hw, cluster, mode="decode", seq_len=t.prompt_len, output_len=t.output_len,
                          global_batch=batch, fixed=fixed, redundant=t.redundant, latency_target_ms=t.tpot_ms,
-                         kv_dtype=t.kv_dtype)
+                         kv_dtype=t.kv_dtype, two_batch_overlap=t.two_batch_overlap)
     if found is None:
         return PoolFigures("decode", N, cluster, reason=why)
     c = found.best
     cap = c.sequences / (t.output_len * c.step_ms * 1e-3)
     return PoolFigures("decode", N, cluster, c, c.step_ms, cap, cap, 1.0, tpot_ms=c.step_ms, binding=c.binding,
-                       detail={"tokens_per_s": c.tokens_per_s})
+                       detail={"tokens_per_s": c.tokens_per_s, "two_batch_overlap": _tbo(c)})
 
 
 def _mixed(
@@ -238,12 +254,13 @@ def _mixed(
     GPU (module docstring), at the largest batch per rank meeting both targets within the
     candidate's batch."""
     N, dp, P, O = cluster.num_gpus, c.dp, t.prompt_len, t.output_len
+    tbo = "on" if _tbo(c) else "off"  # one engine: its decode step's choice for every step
     C = chunk * c.tp  # a rank's chunk: ``chunk`` tokens per GPU of its TP group
 
     def step(mode: str, seqs: int, seq_len: int) -> float:
         return serve_step(model, hw, mode=mode, num_gpus=N, gpus_per_node=cluster.gpus_per_node, tp=c.tp, pp=c.pp,
                           ep=c.ep, etp=c.etp, sequences=seqs, seq_len=seq_len, redundant=t.redundant,
-                          kv_dtype=t.kv_dtype).step_ms
+                          kv_dtype=t.kv_dtype, two_batch_overlap=tbo).step_ms
 
     # a chunk holds max(1, chunk // P) prompts per GPU (attention over each prompt's own tokens);
     # a chunk shorter than the prompt is priced as a prompt of its length
@@ -273,7 +290,8 @@ def _mixed(
 
     r_max = max(1, c.sequences // dp)
     r = _largest(ok, r_max)
-    detail = {"chunk_tokens_per_gpu": float(chunk), "chunk_step_ms": t_chunk, "fixed_step_ms": t0}
+    detail = {"chunk_tokens_per_gpu": float(chunk), "chunk_step_ms": t_chunk, "fixed_step_ms": t0,
+              "two_batch_overlap": _tbo(c)}
     if r == 0:
         td, tmix, f, tpot = figures(1)
         why = (f"one sequence per rank predicts {tpot:.2f} ms per output token (decode {td:.2f} ms, a step with a "
@@ -308,7 +326,8 @@ def colocated(
     :data:`CHUNK_CHOICES` under the mixed-step model (module docstring)."""
     N = cluster.num_gpus
     found, why = _search(model, hw, cluster, mode="decode", seq_len=t.prompt_len, output_len=t.output_len,
-                         fixed=fixed, redundant=t.redundant, latency_target_ms=t.tpot_ms, kv_dtype=t.kv_dtype)
+                         fixed=fixed, redundant=t.redundant, latency_target_ms=t.tpot_ms, kv_dtype=t.kv_dtype,
+                         two_batch_overlap=t.two_batch_overlap)
     if found is None:
         return PoolFigures("colocated", N, cluster, reason=why)
     best: PoolFigures | None = None

@@ -178,3 +178,42 @@ def test_deepseek_v3_long_prompts_favour_disaggregation():
     col = table.get("colocated", 8)
     assert col.reason == "" and split.goodput_rps > 1.2 * col.goodput_rps
     assert col.detail["chunk_tokens_per_gpu"] < P.CHUNK_CHOICES[-1]  # the TPOT target forces small chunks
+
+
+def test_pools_take_two_batch_overlap_where_it_is_faster():
+    # SGLang's EP32 prefill pool (4 nodes, 1,000-token prompts): dispatch and combine cross the NICs,
+    # so the overlapped step is the faster and auto keeps it; off forces the plain step
+    ds = resolve_model("deepseek-v3")
+    copy = P.kv_copy(ds, HW, 1000, "bf16")
+    fixed = dict(ep=32, tp=1, pp=1)
+    got = {m: P.prefill_pool(ds, HW, node(8, 4), P.ServeTargets(prompt_len=1000, output_len=100, redundant=32,
+                                                                  two_batch_overlap=m), copy, fixed=fixed)
+           for m in ("auto", "on", "off")}
+    assert got["auto"].detail["two_batch_overlap"] == got["on"].detail["two_batch_overlap"] == 1.0
+    assert got["off"].detail["two_batch_overlap"] == 0.0
+    assert got["auto"].step_ms == got["on"].step_ms < got["off"].step_ms
+    assert got["auto"].capacity_rps > got["off"].capacity_rps
+    # a small model on one node moves nothing between nodes: auto keeps whichever step is faster
+    t = targets()
+    for m in ("on", "off"):
+        assert P.decode_pool(OLMOE, HW, node(4), targets(two_batch_overlap=m)).goodput_rps <= \
+            P.decode_pool(OLMOE, HW, node(4), t).goodput_rps * (1 + 1e-9)
+    with pytest.raises(InputError) as e:
+        targets(two_batch_overlap="maybe").check()
+    assert e.value.field == "two_batch_overlap"
+
+
+def test_launch_line_asks_for_two_batch_overlap_when_the_pool_assumes_it():
+    from types import SimpleNamespace
+
+    from planner.serve_plan import disaggregation_flags
+    from planner.specs.search import LaunchArgs
+
+    pool = SimpleNamespace(launch=LaunchArgs(sglang=["--moe-a2a-backend", "deepep"], vllm=[]),
+                           parallel=SimpleNamespace(tp=1), workload=SimpleNamespace(batch=64))
+    on = disaggregation_flags("prefill", pool, 16384, True).sglang
+    off = disaggregation_flags("prefill", pool, 16384, False).sglang
+    assert on.count("--enable-two-batch-overlap") == 1 and "--enable-two-batch-overlap" not in off
+    assert on[on.index("--deepep-mode") + 1] == "normal"
+    dec = disaggregation_flags("decode", pool, 16384, True).sglang
+    assert "--enable-two-batch-overlap" in dec and dec[dec.index("--deepep-mode") + 1] == "low_latency"
