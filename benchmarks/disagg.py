@@ -12,7 +12,12 @@ tokens/s per node with 2,000-token inputs (headline: 52.3k in / 22.3k out per no
 predicts with :mod:`planner.solve.pools` (the pools ``plan --mode serve`` plans); no constant is
 fitted to these figures (the published runs are the test). Prefill steps hold 16,384 tokens per GPU
 (SGLang's ``--max-prefill-tokens`` default) as whole prompts; the decode batch is the largest that
-fits memory at 2,000 + 100 tokens (the planner's), and, beside it, 256 sequences per GPU.
+fits memory at 2,000 + 100 tokens (the planner's), and, beside it, 256 sequences per GPU. Both
+published pools ran SGLang's two-batch overlap (``--enable-two-batch-overlap`` in the reproduction
+instructions, sgl-project/sglang#6017; the blog's TBO ablation), so the published degrees are
+priced with it (:mod:`planner.cost.serve_step`); each row's note gives the same degrees without it.
+The blog also reports the prefill at 4,096-token inputs with "simulated perfect EPLB" (59,337),
+the balanced routing the step model assumes: a row compares with it.
 
 **The planner's own choice** on the same GPUs: degrees searched (prefill 4 nodes, decode 9 nodes).
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from planner.cost.serve_step import serve_step
@@ -49,6 +55,9 @@ SOURCE = "LMSYS blog 2025-05-05 (SGLang, 96 H100)"
 #: (prompt tokens, published input tokens/s per node) of the prefill pool at EP32 on 4 nodes
 PREFILL_PUBLISHED = ((1000, 57674.0), (2000, 54543.0), (4000, 50302.0))
 DECODE_PUBLISHED = 22282.0  # output tokens/s per node, EP72 on 9 nodes, 2,000-token inputs
+#: the blog's "SGLang + Simulated Perfect EPLB" prefill figure (16,384 tokens per GPU, 4,096-token
+#: inputs, random expert selection under group-limited routing): input tokens/s per node
+PREFILL_PERFECT_EPLB = 59337.0
 REDUNDANT = 32
 SLO = dict(ttft_ms=2000.0, tpot_ms=50.0)
 RATE = 100.0
@@ -67,44 +76,58 @@ def _row(run: str, metric: str, published: float | None, predicted: float, confi
 
 def published_rows() -> list[dict]:
     m, hw = resolve_model(MODEL), resolve_hardware(HW)
-    hw_hidden = hw.model_copy(update={"comm_overlap": 1.0})
     rows = []
-    for prompt, pub in PREFILL_PUBLISHED:
-        t = ServeTargets(prompt_len=prompt, output_len=100, redundant=REDUNDANT)
+    perfect = (4096, PREFILL_PERFECT_EPLB, " against SGLang's simulated perfect EPLB (balanced routing, as the step "
+               "model assumes)")
+    for prompt, pub, against in (*((p, v, "") for p, v in PREFILL_PUBLISHED), perfect):
         copy = kv_copy(m, hw, prompt, "bf16")
-        for own in (False, True):
+        for own in (False,) if against else (False, True):
             fixed = None if own else dict(ep=32, tp=1, pp=1)
+            # SGLang's prefill ran with --enable-two-batch-overlap: the published degrees are priced
+            # with it; the planner's own choice may take it or not (auto, the faster)
+            t = ServeTargets(prompt_len=prompt, output_len=100, redundant=REDUNDANT,
+                             two_batch_overlap="auto" if own else "on")
             f = prefill_pool(m, hw, cluster(4), t, copy, fixed=fixed)
             c = f.candidate
             assert c is not None, f.reason
-            # the same degrees with dispatch/combine wholly hidden (hardware comm_overlap 1): the bound
-            # two-batch overlap (SGLang --enable-two-batch-overlap) approaches; not a fitted figure
-            hidden = prefill_pool(m, hw_hidden, cluster(4), t, copy, fixed=dict(ep=c.ep, tp=c.tp, pp=c.pp))
+            k = int(f.detail["prompts_per_gpu"])
+            plain = prefill_pool(m, hw, cluster(4), replace(t, two_batch_overlap="off"), copy,
+                                 fixed=dict(ep=c.ep, tp=c.tp, pp=c.pp), prompts_per_gpu=k)
             what = "the planner's choice" if own else "EP32 DP32 fixed"
-            rows.append(_row(f"prefill, 4 nodes, {prompt}-token prompts, {what}", "input tokens/s per node",
+            rows.append(_row(f"prefill, 4 nodes, {prompt}-token prompts, {what}{against}", "input tokens/s per node",
                              pub, c.tokens_per_s / 4, f"{c.label()}",
-                             f"{int(f.detail['prompts_per_gpu'])} prompts per GPU per step (16,384 tokens), "
-                             f"step {c.step_ms:.0f} ms; {hidden.candidate.tokens_per_s / 4:,.0f} with dispatch and "
-                             "combine wholly hidden"))
-    t = ServeTargets(prompt_len=2000, output_len=100, redundant=REDUNDANT)
-    for label, fixed in (("EP72 DP72 fixed, batch: memory-bound", dict(ep=72, tp=1, pp=1)),
-                         ("the planner's choice", None)):
+                             f"{k} prompts per GPU per step ({k * prompt:,} tokens), step {c.step_ms:.0f} ms, "
+                             f"{_tbo(f)}; without two-batch overlap {plain.candidate.tokens_per_s / 4:,.0f} "
+                             f"(step {plain.candidate.step_ms:.0f} ms)"))
+    for label, fixed, tbo in (("EP72 DP72 fixed, batch: memory-bound", dict(ep=72, tp=1, pp=1), "on"),
+                              ("the planner's choice", None, "auto")):
+        t = ServeTargets(prompt_len=2000, output_len=100, redundant=REDUNDANT, two_batch_overlap=tbo)
         f = decode_pool(m, hw, cluster(9), t, fixed=fixed)
         c = f.candidate
         assert c is not None, f.reason
+        plain = decode_pool(m, hw, cluster(9), replace(t, two_batch_overlap="off"),
+                            fixed=dict(ep=c.ep, tp=c.tp, pp=c.pp), batch=c.sequences)
         rows.append(_row(f"decode, 9 nodes, {label}", "output tokens/s per node", DECODE_PUBLISHED,
                          c.tokens_per_s / 9, c.label(),
                          f"{c.sequences // c.dp} sequences per GPU, context 2,000 + 100 (timed at 2,050), "
-                         f"step {c.step_ms:.1f} ms, {c.memory.total / 2**30:.1f} GiB/GPU"))
+                         f"step {c.step_ms:.1f} ms, {_tbo(f)}, {c.memory.total / 2**30:.1f} GiB/GPU; without "
+                         f"two-batch overlap {plain.candidate.tokens_per_s / 9:,.0f} (step {plain.candidate.step_ms:.1f} ms)"))
     # SGLang's 256 sequences per GPU: timed by the step model although the planner's memory budget
     # (4 GiB reserved) rejects it by 1.6 GiB
-    st = serve_step(m, hw, mode="decode", num_gpus=72, gpus_per_node=8, tp=1, pp=1, ep=72, sequences=256 * 72,
-                    seq_len=2050, redundant=REDUNDANT)
+    kw = dict(mode="decode", num_gpus=72, gpus_per_node=8, tp=1, pp=1, ep=72, sequences=256 * 72, seq_len=2050,
+              redundant=REDUNDANT)
+    st, st0 = (serve_step(m, hw, two_batch_overlap=x, **kw) for x in ("on", "off"))
     rows.append(_row("decode, 9 nodes, EP72 DP72 fixed, 256 sequences per GPU (SGLang's batch)",
                      "output tokens/s per node", DECODE_PUBLISHED, st.throughput_tokens_per_s / 9,
                      "dp72 tp1 pp1 ep72 etp1 batch 18432",
-                     f"timed at context 2,050, step {st.step_ms:.1f} ms; over the planner's memory budget by 1.6 GiB"))
+                     f"timed at context 2,050, step {st.step_ms:.1f} ms with two-batch overlap; without it "
+                     f"{st0.throughput_tokens_per_s / 9:,.0f} (step {st0.step_ms:.1f} ms); over the planner's memory "
+                     "budget by 1.6 GiB"))
     return rows
+
+
+def _tbo(f: object) -> str:
+    return "two-batch overlap" if f.detail.get("two_batch_overlap") else "no two-batch overlap"  # type: ignore[attr-defined]
 
 
 def comparison(nodes: int) -> dict:
