@@ -178,12 +178,19 @@ class TokenSample:
 
 def search_sample(inp: PlacementInputs) -> TokenSample:
     """At most :data:`SEARCH_MAX_TOKENS` planning tokens, evenly strided (loads still come from
-    every token where the stages need them exact)."""
+    every token where the stages need them exact). A null choice (-1) is shown to the stages as a
+    repeat of its token's first real expert, which adds no destination (a token with none: expert
+    ``t mod E``); plans are still scored on the real ids."""
     T = inp.ids_LTk.shape[1]
     stride = max(1, math.ceil(T / SEARCH_MAX_TOKENS))
     sel = np.arange(0, T, stride)
+    ids = inp.ids_LTk[:, sel].astype(np.int64)
+    if (ids < 0).any():  # null choices (-1): the search stages see a repeat of a real expert (no extra destination)
+        first = np.take_along_axis(ids, np.argmax(ids >= 0, axis=2)[..., None], axis=2)  # a token's first real expert
+        first = np.where(first >= 0, first, (inp.tok_index_T[sel] % inp.num_experts)[None, :, None])  # none: spread
+        ids = np.where(ids >= 0, ids, first)
     return TokenSample(
-        ids_LTk=inp.ids_LTk[:, sel].astype(np.int64), step_T=inp.step_T[sel].astype(np.int64),
+        ids_LTk=ids, step_T=inp.step_T[sel].astype(np.int64),
         src_T=inp.src_T[sel].astype(np.int64), tok_index_T=inp.tok_index_T[sel].astype(np.int64),
         stride=stride, tscale=float(stride) / inp.token_groups,
     )
