@@ -177,3 +177,20 @@ def test_recorder_turns_adamoe_null_experts_into_minus_one():
     assert t.topk_ids[0].tolist() == [[0, 1], [0, -1], [-1, -1]]
     assert rec.counts().tolist() == [[2, 1, 0]] and t.counts().tolist() == [[2, 1, 0]]
     assert t.topk_weights[0, 1, 1] == 0 and t.topk_weights[0, 2].tolist() == [0, 0]
+
+
+def test_plan_and_simulate_take_null_choices():
+    """Placement (two nodes: the node and GPU search stages) and the replay run on a trace with
+    30% null choices, and the replayed token copies fall with them."""
+    from planner import api
+    from planner.traces import default_trace_path
+
+    tr = load_trace(default_trace_path("mixtral-8x7b")).select_steps(slice(0, 4))
+    nul = with_null_choices(tr, 0.3, seed=0)
+    out = {}
+    for name, t in (("full", tr), ("null", nul)):
+        p = api.plan("mixtral-8x7b", "h100-sxm", nodes=2, gpus_per_node=4, trace=t, time_limit=5)
+        out[name] = api.simulate(p, t).summary()
+    for key in ("intra_node_bytes_per_step", "inter_node_bytes_per_step"):
+        assert out["null"][key] < out["full"][key]
+    assert out["null"]["compute_ms"] < out["full"]["compute_ms"]
