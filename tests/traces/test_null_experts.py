@@ -194,3 +194,17 @@ def test_plan_and_simulate_take_null_choices():
     for key in ("intra_node_bytes_per_step", "inter_node_bytes_per_step"):
         assert out["null"][key] < out["full"][key]
     assert out["null"]["compute_ms"] < out["full"]["compute_ms"]
+
+
+def test_trace_synth_null_fraction(tmp_path, capsys):
+    from planner.cli import main
+
+    out = tmp_path / "n.npz"
+    args = ["trace", "synth", "--layers", "2", "--experts", "8", "--top-k", "2", "--tokens", "256",
+            "--tokens-per-step", "64", "--null-fraction", "0.3", "--null-min-experts", "1", "--out", str(out)]
+    assert main(args) == 0
+    tr = load_trace(out)
+    assert tr.null_fraction() == pytest.approx(round(0.3 * 1024) / 1024)  # 307 of 2·256·2 choices
+    assert (tr.topk_ids[:, :, 0] >= 0).all()  # min_experts 1: the first choice stays
+    assert main(args[:-2] + ["--null-fraction", "0.6", "--out", str(tmp_path / "m.npz")]) == 2  # the last value counts
+    assert "fraction must be in [0, 0.5]" in capsys.readouterr().err
