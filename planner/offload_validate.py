@@ -56,6 +56,7 @@ def _trace(plan: Plan, trace: str | Path | None):
                 "validate: this offload plan was not made from a shipped trace; give `trace` FILE", mentions=("trace",)
             )
     tr, label, _ = resolve_trace(trace, plan.model, plan.provenance.seed)
+    tr.refuse_nulls(f"validate (trace {label})")
     return tr, label
 
 

@@ -107,6 +107,7 @@ def plan_trace(plan: Plan, trace_path: str | Path | None) -> tuple[Trace, str, s
         tr, got, counts = resolve_trace(str(trace_path), model, plan.provenance.seed, tps)
         own = got == label
     check_against_model(tr, model, got)
+    tr.refuse_nulls(f"validate (trace {got})")
     # the plan's steps: as planner.api.prepare forms them (regrouped unless sampled from counts)
     tr, _how = workload_steps(tr, plan.workload, plan.cluster.num_gpus, plan.provenance.seed, regroup=counts is None)
     pred = plan.predicted

@@ -23,6 +23,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from planner.traces.npz import load_trace, save_trace
+from planner.traces.nulls import with_null_choices
 from planner.traces.stats import summary_statistics, trace_stats
 from planner.traces.steps import decode_steps, prefill_steps
 from planner.traces.synth import synth_trace
@@ -34,6 +35,7 @@ __all__ = [
     "load_trace",
     "save_trace",
     "synth_trace",
+    "with_null_choices",
     "trace_stats",
     "summary_statistics",
     "prefill_steps",

@@ -354,6 +354,16 @@ class Trace:
         """Whether some choice is -1 (a token used fewer than k experts)."""
         return bool((self.topk_ids < 0).any())
 
+    def refuse_nulls(self, what: str) -> None:
+        """One-line error for a consumer that runs exactly k experts per token (``what`` names it):
+        validation executes real MoE layers and does not run null choices yet."""
+        if self.has_nulls:
+            raise InputError(
+                f"{what}: {self.null_fraction() * 100:.1f}% of topk_ids are -1 (no expert); it runs exactly top_k "
+                "experts per token and does not execute null choices yet",
+                mentions=("trace",),
+            )
+
     def null_fraction(self) -> float:
         """Share of the L·T·k choices that are -1 (no expert)."""
         return float((self.topk_ids < 0).mean())

@@ -208,3 +208,12 @@ def test_trace_synth_null_fraction(tmp_path, capsys):
     assert (tr.topk_ids[:, :, 0] >= 0).all()  # min_experts 1: the first choice stays
     assert main(args[:-2] + ["--null-fraction", "0.6", "--out", str(tmp_path / "m.npz")]) == 2  # the last value counts
     assert "fraction must be in [0, 0.5]" in capsys.readouterr().err
+
+
+def test_validation_refuses_null_choices_in_one_line():
+    """Validation executes exactly k experts per token: a trace with nulls is refused, naming it."""
+    full = Trace(full_ids(), num_experts=2, step=np.zeros(T, np.int64))
+    full.refuse_nulls("validate (trace t)")  # no nulls: nothing to refuse
+    nul = Trace(null_ids(), num_experts=2, step=np.zeros(T, np.int64))
+    with pytest.raises(InputError, match=r"validate \(trace t\): 30\.0% of topk_ids are -1"):
+        nul.refuse_nulls("validate (trace t)")
