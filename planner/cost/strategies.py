@@ -29,12 +29,15 @@ not of its code):
   scatter with the last micro-batch's backward; FSMoE's gradient partitioning is taken to reach
   the same window (no change against Megatron; against DeepSpeed-MoE it hides the sync).
 - ``fssdp`` (Qing et al. 2025, Hecate, arXiv 2502.02581): expert parameters, gradients and
-  optimizer states sharded over the N/pp GPUs of a pipeline stage; each MoE layer gathers the
-  weights of the E/ep experts a GPU computes (all-gather over those GPUs) in the forward, again in the backward
-  (freed in between, as ZeRO-3 does), and reduce-scatters their fp32 gradients, once per
-  micro-batch; the gathers prefetch during the previous layer's compute, so only what exceeds
-  one layer's compute is exposed. The experts' data-parallel sync of Megatron is gone. Placement
-  is materialized anew each iteration, so the load is taken as balanced (ι = 1).
+  optimizer states sharded over the N/pp GPUs of a pipeline stage; "sparsely materializes MoE
+  parameters from scratch in each iteration" (the abstract): each MoE layer gathers the weights
+  of the E/ep experts a GPU computes (all-gather over those GPUs) once per training step,
+  prefetched during the previous layer's compute of the first micro-batch, keeps them for the
+  step, and reduce-scatters their fp32 gradients once, behind the last micro-batch's backward;
+  only what exceeds one layer's compute is exposed. (``per_micro_batch=True``: gathered again in
+  every micro-batch's forward and backward and freed in between, as ZeRO-3 does.) The experts'
+  data-parallel sync of Megatron is gone. Placement is materialized anew each iteration, so the
+  load is taken as balanced (ι = 1).
 - ``deepspeed-moe`` (Rajbhandari et al. 2022, DeepSpeed-MoE, arXiv 2201.05596 §4; ZeRO:
   Rajbhandari et al. 2020, arXiv 1910.02054 §5): experts over ep GPUs × N/ep expert-data-parallel,
   the rest data-parallel (tp kept, no pipeline: pp = 1), ZeRO stage z for memory: 2 + 2 + 12 bytes
@@ -102,8 +105,8 @@ STRATEGIES: dict[str, tuple[str, ...]] = {
     ),
     "fssdp": (
         "experts' weights, gradients and optimizer states sharded over the GPUs of a pipeline stage",
-        "per MoE layer and micro-batch: all-gather of the E/ep experts' weights (forward and again in backward), "
-        "reduce-scatter of their fp32 gradients, prefetched during one layer's compute",
+        "per MoE layer and training step: all-gather of the E/ep experts' weights before the first micro-batch, "
+        "reduce-scatter of their fp32 gradients after the last, each hidden behind one layer's compute",
         "expert load balanced by the per-iteration placement (imbalance 1)",
     ),
     "deepspeed-moe": (
@@ -309,34 +312,50 @@ def fssdp_layer_comm(sm: StepModel, lay: Layout) -> tuple[float, float]:
     return gather, gather + scatter
 
 
-def price_fssdp(sm: StepModel, lay: Layout) -> StrategyPrice:
-    """Hecate's fully sharded sparse data parallelism on ``lay`` (module docstring)."""
+def price_fssdp(sm: StepModel, lay: Layout, *, per_micro_batch: bool = False) -> StrategyPrice:
+    """Hecate's fully sharded sparse data parallelism on ``lay`` (module docstring).
+
+    Hecate "sparsely materializes MoE parameters from scratch in each iteration" (arXiv
+    2502.02581, abstract): each MoE layer's experts are gathered once per training step, before
+    the first micro-batch's forward reaches the layer (prefetched behind one layer's compute),
+    kept for the step's micro-batches, and their gradients reduce-scattered once, behind the last
+    micro-batch's backward of the layer. ``per_micro_batch`` prices the ZeRO-3-like variant
+    instead: gathered again in every micro-batch's forward and backward, freed in between."""
     st = _step(sm, lay)
     p = moe_pieces(sm, lay, st)
     lt = sm.layer_times(tp=lay.tp, cp=lay.cp, b=lay.micro_batch, s=lay.seq_len, ep=lay.ep, etp=lay.etp,
                         dispatcher=lay.dispatcher)
     fwd_layer = lt.attn_compute + lt.moe_compute  # the compute one prefetch hides behind
     g_f, g_b = fssdp_layer_comm(sm, lay)
-    delta = max(0.0, g_f - fwd_layer) + max(0.0, g_b - 2.0 * fwd_layer)
-    stage, step = _restep(st, p, delta)
-    # the experts' data-parallel sync leaves Megatron's step: only the dense part's is left
     wb = TRAIN_DTYPES[sm.gemm_dtype]
-    red_d, gat_d = _dense_sync(sm, lay, 4.0, wb, False)
-    new = max(0.0, red_d - REDUCE_WINDOW * stage) + max(0.0, gat_d - GATHER_WINDOW * stage)
-    step += new - st.dp_exposed_ms
-    # memory: the stage's experts over its N/pp GPUs (the optimizer's 12 bytes were already
-    # sharded so by the distributed optimizer), two layers of gathered weights (the one computing
-    # and the one prefetched) and one layer's fp32 gradient buffer
     mem = _memory(sm, lay)
     mp = p.expert_params
     per_layer = mp / p.moe_layers
     shard = mp * lay.ep * lay.etp * lay.pp / lay.num_gpus
-    mem = MemoryBreakdown(
-        weights=mem.weights - wb * mp + wb * (shard + 2 * per_layer),
-        gradients=mem.gradients - GRAD_BYTES * mp + GRAD_BYTES * (shard + per_layer),
-        optimizer=mem.optimizer, activations=mem.activations,
-    )
-    parts = {"gather_fwd_ms": g_f, "gather_scatter_bwd_ms": g_b, "exposed_per_moe_layer_ms": delta}
+    if per_micro_batch:
+        delta = max(0.0, g_f - fwd_layer) + max(0.0, g_b - 2.0 * fwd_layer)
+        stage, step = _restep(st, p, delta)
+        exposed_once = 0.0
+        # two layers of gathered weights (the one computing and the one prefetched), one layer's
+        # fp32 gradient buffer, the rest sharded
+        weights = mem.weights - wb * mp + wb * (shard + 2 * per_layer)
+        gradients = mem.gradients - GRAD_BYTES * mp + GRAD_BYTES * (shard + per_layer)
+    else:
+        delta = 0.0
+        stage, step = st.stage_ms, st.step_ms
+        scatter = g_b - g_f  # fssdp_layer_comm's backward is the gather again plus the reduce-scatter
+        exposed_once = p.moe_layers * (max(0.0, g_f - fwd_layer) + max(0.0, scatter - 2.0 * fwd_layer))
+        step += exposed_once
+        # the step's materialized experts stay (as Megatron's local experts) beside the shard
+        weights = mem.weights + wb * shard
+        gradients = mem.gradients
+    # the experts' data-parallel sync leaves Megatron's step: only the dense part's is left
+    red_d, gat_d = _dense_sync(sm, lay, 4.0, wb, False)
+    new = max(0.0, red_d - REDUCE_WINDOW * stage) + max(0.0, gat_d - GATHER_WINDOW * stage)
+    step += new - st.dp_exposed_ms
+    mem = MemoryBreakdown(weights=weights, gradients=gradients, optimizer=mem.optimizer, activations=mem.activations)
+    parts = {"gather_fwd_ms": g_f, "gather_scatter_bwd_ms": g_b, "exposed_per_moe_layer_ms": delta,
+             "exposed_once_per_step_ms": exposed_once}
     return _result("fssdp", sm, lay, step, mem, parts, st)
 
 

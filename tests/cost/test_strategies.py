@@ -135,7 +135,7 @@ def test_fssdp_collectives_and_memory_by_hand(sm):
     g_f, g_b = fssdp_layer_comm(sm, lay())
     assert g_f == pytest.approx(ag_ms(2 * 4 * P_E, 8), rel=1e-9)
     assert g_b == pytest.approx(ag_ms(2 * 4 * P_E, 8) + ag_ms(4 * 4 * P_E, 8), rel=1e-9)
-    base, fs = price_megatron(sm, lay()), price_fssdp(sm, lay())
+    base, fs = price_megatron(sm, lay()), price_fssdp(sm, lay(), per_micro_batch=True)
     mp = 4 * P_E * L  # 393216 expert parameters on a GPU under EP 2
     shard = mp * 2 / 8  # 98304: the stage's 8 · 4 · 24576 experts over 8 GPUs
     per_layer = 4 * P_E  # 98304
@@ -156,7 +156,25 @@ def test_fssdp_step_by_hand(sm):
     sync = max(0.0, ag_ms(4 * NON_EXPERT, 8) - REDUCE_WINDOW * stage) + max(0.0, ag_ms(2 * NON_EXPERT, 8)
                                                                            - GATHER_WINDOW * stage)
     want = st.step_ms + 2 * 4 * delta - st.dp_exposed_ms + sync
-    assert price_fssdp(sm, lay()).step_ms == pytest.approx(want, rel=1e-9)
+    assert price_fssdp(sm, lay(), per_micro_batch=True).step_ms == pytest.approx(want, rel=1e-9)
+
+
+def test_fssdp_once_per_step_by_hand(sm):
+    """Hecate's default: gathered once per step before the first micro-batch, gradients
+    reduce-scattered once after the last; the materialized experts stay beside the shard."""
+    st = sm.train_step(num_gpus=8, tp=1, pp=1, ep=2, global_batch=16, seq_len=256)
+    lt = sm.layer_times(tp=1, cp=1, b=1, s=256, ep=2, etp=1)
+    hide = lt.attn_compute + lt.moe_compute
+    once = 4 * (max(0.0, ag_ms(2 * 4 * P_E, 8) - hide) + max(0.0, ag_ms(4 * 4 * P_E, 8) - 2 * hide))
+    sync = max(0.0, ag_ms(4 * NON_EXPERT, 8) - REDUCE_WINDOW * st.stage_ms) + max(
+        0.0, ag_ms(2 * NON_EXPERT, 8) - GATHER_WINDOW * st.stage_ms)
+    fs, mb = price_fssdp(sm, lay()), price_fssdp(sm, lay(), per_micro_batch=True)
+    assert fs.step_ms == pytest.approx(st.step_ms + once - st.dp_exposed_ms + sync, rel=1e-9)
+    assert fs.step_ms <= mb.step_ms  # one gather per step never costs more than one per micro-batch
+    base = price_megatron(sm, lay())
+    shard = 4 * P_E * L * 2 / 8
+    assert fs.memory.weights - base.memory.weights == pytest.approx(2 * shard)
+    assert fs.memory.gradients == base.memory.gradients and fs.memory.optimizer == base.memory.optimizer
 
 
 @pytest.mark.parametrize("zero", [1, 2, 3])
