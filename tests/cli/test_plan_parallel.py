@@ -1,6 +1,7 @@
 """`moe-planner plan` with the parallelism search: figures, alternatives, launch arguments, errors."""
 
 import json
+import re
 
 from planner.cli import main
 from planner.specs.plan import Plan
@@ -66,3 +67,19 @@ def test_infeasible_training_exits_1_with_numbers(capsys):
     code, out, err = run(capsys, "plan", "--model", "deepseek-v3", "--mode", "train", "--global-batch", "64")
     assert code == 1
     assert "GiB per GPU" in err and "has 75.2" in err
+
+
+def test_train_plan_prints_the_strategies_what_if(capsys, tmp_path):
+    """`--strategies` adds one row per training strategy; Megatron's row is the search's own step."""
+    code, out, err = run(
+        capsys, "plan", "--model", "mixtral-8x7b", "--nodes", "8", "--mode", "train", "--global-batch", "256",
+        "--tp", "1", "--ep", "8", "--pp", "4", "--vpp", "8", "--cp", "1", "--micro-batch", "1", "--time-limit", "5",
+        "--strategies", "--out", str(tmp_path / "p"),
+    )
+    assert code == 0, err
+    table = out.split("training strategies (what-if on the chosen layout", 1)[1].splitlines()[2:]
+    rows = {re.split(r"\s{2,}", ln.strip())[0]: ln.split() for ln in table if ln.rstrip().endswith((" yes", " no"))}
+    assert {k.split(" ")[0].rstrip(":") for k in rows} == {"megatron", "fsmoe", "fssdp", "deepspeed-moe"}
+    chosen = re.search(r"\* dp 16 tp 1 pp 4 ep 8 .*?: ([0-9.]+) ms/step", out)
+    assert chosen is not None
+    assert float(rows["megatron (search's choice)"][-4]) == float(chosen.group(1))
