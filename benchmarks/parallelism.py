@@ -69,14 +69,13 @@ RECIPE = {  # the commit that added each release's table; its scripts/performanc
 }
 NAMES = {"qwen3-30b-a3b": "Qwen3-30B-A3B", "qwen3-235b-a22b": "Qwen3-235B-A22B", "gpt-oss-120b": "GPT-OSS-120B",
          "deepseek-v3": "DeepSeek-V3"}
-FORCE = "force-balanced routing (the archive's note: 'we force-balance the token distribution'; uniform, as modelled)"
-DROP = ("token-drop: apply_moe_token_drop (capacity factor 1.0, pad to capacity, alltoall) — every expert runs "
-        "exactly its capacity, the work of uniform routing, priced as uniform; the dropped tokens' loss is not priced")
-CS = "fp8 current scaling (TE tensorwise; the recipe's fp8_cs): fp8 GEMM tables, casts"
-P2509 = ("the 25.09 table has no precision column: its note ('numbers in parentheses indicate ... different "
-         "quantization granularities'; the 25.11 table writes the same pairs as 'FP8-CS (FP8-MX)') makes the "
-         "figure outside parentheses fp8 current scaling")
-NONE_RC = "recompute none (the recipe's recompute_granularity None)"
+FORCE = "force-balanced routing (the archive's note), uniform as modelled"
+DROP = ("token-drop (apply_moe_token_drop: capacity factor 1.0, padded to capacity, alltoall): every expert runs "
+        "exactly its capacity, the work of uniform routing, priced as uniform")
+CS = "fp8 = TE current scaling (tensorwise), the recipe's fp8_cs"
+P2509 = ("no precision column in 25.09: fp8 current scaling, read from its note on the figures in parentheses "
+         "(the 25.11 table writes such pairs 'FP8-CS (FP8-MX)')")
+NONE_RC = "the recipe's recompute: none"
 
 
 def bridge(release: str, model: str, gpus: int, prec: str, gbs: int, mbs: int, tp: int, pp: int, vp: int, ep: int,
@@ -149,12 +148,11 @@ PUBLISHED = [
     # ---- Megatron-Bridge, NeMo 25.09 (no precision column; see P2509) ----
     bridge("25.09", "deepseek-v3", 1024, "FP8-CS", 8192, 1, 2, 8, 4, 64, 1297, "338 (330 blockwise)",
            dtype="fp8", disp="deepep", recompute=None, exact=False, alt=dict(recompute="full"),
-           recipe="scripts/performance/run_script.py and configs/deepseek/deepseek_v3_llm_pretrain.yaml: dropless; "
-           "flex dispatcher with DeepEP on H100 and force-balanced routing; layout Et|(tt|)*30mL (the 'm' is the "
-           "MTP layer: one, as the model file's mtp_layers 1; the planner's own layout for PP8 VP4 is the same); "
-           "recompute_modules mla_up_proj, mlp — not expressible in none / selective / full: searched, the figure "
-           "with full in 'alt'; overlap_moe_expert_parallel_comm (1F1B all-to-all overlap, not priced); "
-           f"overlap_grad_reduce off; EP64 spans 8 nodes; {P2509}; {CS}"),
+           recipe="scripts/performance/run_script.py, configs/deepseek/deepseek_v3_llm_pretrain.yaml: dropless, flex "
+           "dispatcher with DeepEP and force-balanced routing on H100; layout Et|(tt|)*30mL, its 'm' one MTP layer (the "
+           "model file's mtp_layers 1; the planner's own PP8 VP4 layout is the same); recompute_modules mla_up_proj, "
+           "mlp: not one of none / selective / full, so searched, and full in 'alt'; 1F1B all-to-all overlap "
+           f"(overlap_moe_expert_parallel_comm) not priced; overlap_grad_reduce off; EP64 spans 8 nodes; {P2509}; {CS}"),
     _row("DeepSeek-V3, 1024 H100, FP8 blockwise, TP2 PP8 VP4 EP64 MBS1 GBS8192 (NeMo 25.09)", "deepseek-v3", 128,
          8192, dict(tp=2, pp=8, cp=1, vpp=4, ep=64, etp=1, micro_batch=1), "fp8", "deepep", TFL, 330.0,
          BRIDGE.format("25.09"), "the figure in parentheses of the row above",
@@ -218,8 +216,8 @@ def _fixed_search(m, hw, nodes: int, fixed: dict, kw: dict) -> tuple[object, str
         free = {k: v for k, v in fixed.items() if k != "recompute"}
         r = search(m, hw, cluster(nodes), fixed=free, **kw)
         need = str(e).split(" needs ", 1)[-1].split(" per GPU", 1)[0]
-        return r, (f"the recipe's recompute {fixed['recompute']} does not fit the planner's memory model (needs "
-                   f"{need} per GPU): recompute searched, {r.best.recompute} chosen")
+        return r, (f"recompute {fixed['recompute']} refused by the planner's memory model (needs {need}/GPU): "
+                   f"searched, {r.best.recompute} chosen")
 
 
 def rows() -> list[dict]:
