@@ -189,6 +189,7 @@ def search(
     ttft_ms: float | None = None,
     request_rate: float | None = None,
     two_batch_overlap: str = "off",
+    imbalance: Any = 1.0,
 ) -> SearchResult:
     """Search the parallel configuration of ``mode`` (module docstring).
 
@@ -200,7 +201,7 @@ def search(
     ``seq_len + output_len / 2``), ``latency_target_ms`` the TPOT (decode) or TTFT (prefill)
     target, ``ttft_ms`` (decode) a prefill of one prompt per data-parallel rank, ``kv_dtype`` the
     cache's dtype, ``request_rate`` a rate to report the plan against, ``two_batch_overlap`` the
-    serving step's two-batch overlap (``off``, ``on``, ``auto``: the faster; planner.cost.serve_step). Training: ``train_dtype``
+    serving step's two-batch overlap (``off``, ``on``, ``auto``: the faster; planner.cost.serve_step), ``imbalance`` its routing imbalance (serve_step's). Training: ``train_dtype``
     (``bf16`` or ``fp8``) prices GEMMs, casts and memory; ``dispatcher`` (:data:`DISPATCHERS`) the
     token all-to-all. Raises :class:`InputError` when a fixed degree breaks a rule and
     :class:`InfeasibleError` when nothing fits, naming the binding constraint.
@@ -209,7 +210,7 @@ def search(
     fixed = _checked_fixed(mode, fixed, seq_len, latency_target_ms, redundant)
     require_positive(output_len=output_len, ttft_ms=ttft_ms, request_rate=request_rate)
     sv = ServeSpec(output_len=output_len, kv_dtype=kv_dtype, ttft_ms=ttft_ms, request_rate=request_rate,
-                   two_batch_overlap=two_batch_overlap)
+                   two_batch_overlap=two_batch_overlap, imbalance=imbalance)
     N, n = cluster.num_gpus, cluster.gpus_per_node
     budget = budget_bytes(hw)
     if dispatcher not in DISPATCHERS:
@@ -421,6 +422,7 @@ class ServeSpec:
     ttft_ms: float | None = None  #: decode: one prompt per data-parallel rank prefilled within this
     request_rate: float | None = None
     two_batch_overlap: str = "off"  #: serve_step's mode (planner.cost.serve_step.TBO_MODES)
+    imbalance: Any = 1.0  #: serve_step's routing imbalance (a factor, a pair or a callable)
 
 
 def _largest(ok: Any, hi: int | None = None) -> int:
@@ -463,7 +465,7 @@ def _serve_variants(
         return serve_step(model, hw, mode=mode, num_gpus=N, gpus_per_node=cluster.gpus_per_node, tp=base.tp,
                           pp=base.pp, ep=base.ep, etp=base.etp, sequences=seqs,
                           seq_len=ctx_time if mode == "decode" else seq_len, redundant=redundant,
-                          kv_dtype=sv.kv_dtype, two_batch_overlap=sv.two_batch_overlap)
+                          kv_dtype=sv.kv_dtype, two_batch_overlap=sv.two_batch_overlap, imbalance=sv.imbalance)
 
     dp = base.dp
     first = replace(base, sequences=gb or (N if not decode else dp), memory=memory(gb or (N if not decode else dp)))
