@@ -21,12 +21,21 @@ SMs briefly or none while in flight (LMSYS blog 2025-05-05, TBO decode breakdown
 sets no limit there, so decode compute is not slowed. Dense layers and the LM head run on the
 whole batch (SGLang overlaps the MoE layers only: dense-layer TBO is not implemented there).
 The flat ``hw.comm_overlap`` factor applies only without two-batch overlap.
+
+**Routing imbalance** (``imbalance``). Uniform routing gives every GPU the mean load; a real step
+waits for the busiest GPU. ``imbalance`` is (experts, alltoall): the busiest GPU's expert tokens
+over the mean, and its dispatch copies (sent or received) over the mean, or a callable
+``(ep, tokens per GPU) -> (experts, alltoall)`` asked at each priced token count (a two-batch
+half at its own; :func:`planner.serve_imbalance.imbalance_fn` derives it from routing). The
+experts are priced at the busiest GPU (its slots hold ``experts ×`` the mean tokens: the kernel
+tables decide what that costs; at small M weight reads dominate and extra tokens cost little)
+and each dispatch/combine phase moves ``alltoall ×`` the mean bytes. Default 1.0: uniform.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +66,10 @@ TBO_MODES = ("off", "on", "auto")
 DEEPEP_NORMAL_SMS = 24
 #: Layers :func:`tbo_schedule` replays before extending the per-layer period to the rest.
 _TBO_REPLAY_LAYERS = 8
+
+#: ``imbalance`` as given: one factor for both, (experts, alltoall), or a callable (ep, tokens per
+#: GPU) -> (experts, alltoall)
+Imbalance = float | tuple[float, float] | Callable[[int, float], tuple[float, float]]
 
 #: one operation of a micro-batch: ("c", ms) compute; ("send", kind, ms) launch a dispatch or
 #: combine on the communication stream; ("wait", kind) the compute stream waits for it; ("yield",)
@@ -121,10 +134,12 @@ def _experts_ms(hw: HardwareProfile, model: ModelSpec, slots: int, phys: int, M:
 def _pieces(
     model: ModelSpec, hw: HardwareProfile, *, mode: str, seqs: int, seq_len: int, tokens: float, tp: int, ep: int,
     etp: int, redundant: int, gpus_per_node: int, dispatcher: str, kv_dtype: str, core_scale: float = 1.0,
+    imbalance: Imbalance = 1.0,
 ) -> _Pieces:
     """A layer's pieces for ``tokens`` tokens of one attention-DP rank (``seqs`` sequences of
     ``seq_len`` in prefill, or ``seqs`` decode sequences at context ``seq_len``). ``core_scale``
-    scales the prefill attention core (a half of a step holds half of its causal attention)."""
+    scales the prefill attention core (a half of a step holds half of its causal attention);
+    ``imbalance`` (module docstring) puts the experts and the all-to-all at the busiest GPU."""
     if mode == "decode":
         a = attention_ms(hw, model, mode="decode", sequences=seqs, context=seq_len, tp=tp, kv_dtype=kv_dtype)
         proj, core = a.projections_ms, a.core_ms
@@ -141,9 +156,11 @@ def _pieces(
         t_gpu = tokens / tp  # the MoE block splits a rank's tokens over its TP GPUs
         phys = model.num_experts + redundant
         slots = phys // ep
-        M = model.top_k * t_gpu * ep * etp / phys
-        experts = _experts_ms(hw, model, slots, phys, M, model.expert_intermediate_size // etp, t_gpu * ep * etp)
-        a2a = alltoall_ms(hw, model, t_gpu, ep, etp, gpus_per_node, dispatcher)
+        f_exp, f_a2a = imbalance_factors(imbalance, ep, t_gpu)
+        M = model.top_k * t_gpu * ep * etp / phys * f_exp
+        experts = _experts_ms(hw, model, slots, phys, M, model.expert_intermediate_size // etp,
+                              t_gpu * ep * etp * f_exp)
+        a2a = alltoall_ms(hw, model, t_gpu * f_a2a, ep, etp, gpus_per_node, dispatcher)
         if etp > 1:
             buf = model.top_k * t_gpu * etp * model.hidden_size * ACTIVATION_BYTES
             link = _link(hw, etp, 1, gpus_per_node)
@@ -152,6 +169,22 @@ def _pieces(
         shared = shared_experts_ms(hw, model, tokens, etp=tp)
     dense = dense_ffn_ms(hw, model, tokens, tp) if model.num_dense_layers else 0.0
     return _Pieces(proj, core, tp_comm, router, permute, comb, shared, experts, etp_comm, a2a, dense)
+
+
+def imbalance_factors(imbalance: Imbalance, ep: int, tokens_per_gpu: float) -> tuple[float, float]:
+    """(experts, alltoall) factors of ``imbalance`` (module docstring) at ``tokens_per_gpu``;
+    each must be >= 1 (the busiest GPU holds at least the mean)."""
+    if callable(imbalance):
+        f = imbalance(ep, tokens_per_gpu) if ep > 1 else (1.0, 1.0)
+    elif isinstance(imbalance, tuple):
+        f = imbalance
+    else:
+        f = (imbalance, imbalance)
+    f_exp, f_a2a = (float(x) for x in f)
+    if not (f_exp >= 1.0 and f_a2a >= 1.0 and math.isfinite(f_exp) and math.isfinite(f_a2a)):
+        raise InputError(f"imbalance must be >= 1 (busiest GPU over the mean; got {f_exp:g}, {f_a2a:g})",
+                         field="imbalance")
+    return f_exp, f_a2a
 
 
 def _stages(ops: Sequence[Op]) -> list[list[Op]]:
@@ -252,12 +285,13 @@ def serve_step(
     dispatcher: str = "deepep",
     kv_dtype: str = "bf16",
     two_batch_overlap: str | bool = "off",
+    imbalance: Imbalance = 1.0,
 ) -> ServeStep:
     """One forward step of ``sequences`` across the cluster (docs/cost_model.md §5); decode
     attention reads its KV cache in ``kv_dtype``. ``two_batch_overlap`` (:data:`TBO_MODES`, or a
     bool): price the MoE layers as two overlapped micro-batches (module docstring), not, or
     whichever is faster (``auto``); one decode sequence per rank cannot split and is priced
-    without."""
+    without. ``imbalance``: the busiest GPU over the mean (module docstring; 1.0 uniform)."""
     if mode not in ("prefill", "decode"):
         raise InputError(f"mode must be 'prefill' or 'decode' (got {mode!r})")
     if num_gpus % (tp * pp):
@@ -271,7 +305,7 @@ def serve_step(
     new = 1 if mode == "decode" else seq_len
     t_rank = per_rank * new  # tokens of one attention-DP rank
     kw = dict(mode=mode, tp=tp, ep=ep, etp=etp, redundant=redundant, gpus_per_node=gpus_per_node,
-              dispatcher=dispatcher, kv_dtype=kv_dtype)
+              dispatcher=dispatcher, kv_dtype=kv_dtype, imbalance=imbalance)
     full = _pieces(model, hw, seqs=per_rank, seq_len=seq_len, tokens=t_rank, **kw)  # type: ignore[arg-type]
     head_tokens = per_rank  # only the last position of each sequence needs logits
     head = gemm_ms(hw, head_tokens, max(1, model.vocab_size // tp), model.hidden_size, model.weight_dtype)
