@@ -26,7 +26,8 @@ pipeline stage (⌈layers / pp⌉), L_moe MoE layers of a stage (⌈MoE layers /
 
 The distributed optimizer shards the 12 over the data-parallel group (experts over
 ``edp = dp·tp/(ep·etp)``). Activations per layer and micro-batch follow Korthikanti et al. 2022 (Table 2) with sequence
-parallelism and the recompute mode, and a 1F1B first stage holds ``min(pp, micro-batches)`` of
+parallelism and the recompute mode, the attention core as flash attention (no s² tensors kept:
+without recompute only its fp32 log-sum-exp per head and query is added), and a 1F1B first stage holds ``min(pp, micro-batches)`` of
 them (× ``1 + (pp − 1)/(pp·vpp)`` interleaved); rank r holds ``min(pp − r, micro-batches)`` of its
 own layers (an uneven layout can make another rank the fullest), and the fullest rank counts.
 Formulas in full: docs/cost_model.md §4.
@@ -124,6 +125,10 @@ class MemoryBreakdown:
         return d
 
 
+#: Bytes flash attention keeps per head and query for its backward: the fp32 log-sum-exp.
+FLASH_LSE_BYTES = 4.0
+
+
 def activation_bytes_per_layer(
     model: ModelSpec, seq_len: int, micro_batch: int, tp: int, recompute: Recompute = "selective", moe: bool = True
 ) -> float:
@@ -140,7 +145,11 @@ def activation_bytes_per_layer(
         f_eff = model.dense_intermediate_size
     per = s * b * h * (18.0 + 4.0 * f_eff / h) / tp
     if recompute == "none":
-        per += 5.0 * model.attention.num_heads * s * s * b / tp
+        # Megatron runs the attention core as flash attention (Transformer Engine's fused
+        # attention): no s² score, softmax or dropout tensors are kept (Korthikanti's 5·a·s²·b),
+        # only the softmax statistics, one fp32 log-sum-exp per head and query (Dao et al. 2022,
+        # FlashAttention §3.1; Dao 2023, FlashAttention-2 §3.1.2)
+        per += FLASH_LSE_BYTES * model.attention.num_heads * s * b / tp
     return per
 
 
