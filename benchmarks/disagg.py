@@ -16,8 +16,13 @@ fits memory at 2,000 + 100 tokens (the planner's), and, beside it, 256 sequences
 published pools ran SGLang's two-batch overlap (``--enable-two-batch-overlap`` in the reproduction
 instructions, sgl-project/sglang#6017; the blog's TBO ablation), so the published degrees are
 priced with it (:mod:`planner.cost.serve_step`); each row's note gives the same degrees without it.
-The blog also reports the prefill at 4,096-token inputs with "simulated perfect EPLB" (59,337),
-the balanced routing the step model assumes: a row compares with it.
+Routing imbalance: as SGLang ran them, with EPLB and 32 redundant experts, every step waits for
+its busiest GPU; the pools derive by how much from routing at each step's tokens per GPU
+(:mod:`planner.serve_imbalance`: DeepSeek-V3's calibrated synthetic trace, EPLB fitted on half of
+its sequences, steps drawn from the other half), and each row's note gives the factors (busiest
+GPU's expert tokens and dispatch copies over the mean). The blog also reports the prefill at
+4,096-token inputs with "simulated perfect EPLB" (59,337), balanced routing: that row is priced at
+imbalance 1 (``routing="uniform"``).
 
 **The planner's own choice** on the same GPUs: degrees searched (prefill 4 nodes, decode 9 nodes).
 
@@ -38,6 +43,7 @@ from pathlib import Path
 from planner.cost.serve_step import serve_step
 from planner.io import atomic_write_text
 from planner.resolve import resolve_hardware, resolve_model
+from planner.serve_imbalance import imbalance_at, imbalance_fn
 from planner.solve.pools import (
     PoolTable,
     ServeTargets,
@@ -77,8 +83,7 @@ def _row(run: str, metric: str, published: float | None, predicted: float, confi
 def published_rows() -> list[dict]:
     m, hw = resolve_model(MODEL), resolve_hardware(HW)
     rows = []
-    perfect = (4096, PREFILL_PERFECT_EPLB, " against SGLang's simulated perfect EPLB (balanced routing, as the step "
-               "model assumes)")
+    perfect = (4096, PREFILL_PERFECT_EPLB, " against SGLang's simulated perfect EPLB (balanced routing: imbalance 1)")
     for prompt, pub, against in (*((p, v, "") for p, v in PREFILL_PUBLISHED), perfect):
         copy = kv_copy(m, hw, prompt, "bf16")
         for own in (False,) if against else (False, True):
@@ -86,7 +91,7 @@ def published_rows() -> list[dict]:
             # SGLang's prefill ran with --enable-two-batch-overlap: the published degrees are priced
             # with it; the planner's own choice may take it or not (auto, the faster)
             t = ServeTargets(prompt_len=prompt, output_len=100, redundant=REDUNDANT,
-                             two_batch_overlap="auto" if own else "on")
+                             two_batch_overlap="auto" if own else "on", routing="uniform" if against else "eplb")
             f = prefill_pool(m, hw, cluster(4), t, copy, fixed=fixed)
             c = f.candidate
             assert c is not None, f.reason
@@ -97,7 +102,7 @@ def published_rows() -> list[dict]:
             rows.append(_row(f"prefill, 4 nodes, {prompt}-token prompts, {what}{against}", "input tokens/s per node",
                              pub, c.tokens_per_s / 4, f"{c.label()}",
                              f"{k} prompts per GPU per step ({k * prompt:,} tokens), step {c.step_ms:.0f} ms, "
-                             f"{_tbo(f)}; without two-batch overlap {plain.candidate.tokens_per_s / 4:,.0f} "
+                             f"{_tbo(f)}, {_imb(f)}; without two-batch overlap {plain.candidate.tokens_per_s / 4:,.0f} "
                              f"(step {plain.candidate.step_ms:.0f} ms)"))
     for label, fixed, tbo in (("EP72 DP72 fixed, batch: memory-bound", dict(ep=72, tp=1, pp=1), "on"),
                               ("the planner's choice", None, "auto")):
@@ -110,20 +115,35 @@ def published_rows() -> list[dict]:
         rows.append(_row(f"decode, 9 nodes, {label}", "output tokens/s per node", DECODE_PUBLISHED,
                          c.tokens_per_s / 9, c.label(),
                          f"{c.sequences // c.dp} sequences per GPU, context 2,000 + 100 (timed at 2,050), "
-                         f"step {c.step_ms:.1f} ms, {_tbo(f)}, {c.memory.total / 2**30:.1f} GiB/GPU; without "
+                         f"step {c.step_ms:.1f} ms, {_tbo(f)}, {_imb(f)}, {c.memory.total / 2**30:.1f} GiB/GPU; without "
                          f"two-batch overlap {plain.candidate.tokens_per_s / 9:,.0f} (step {plain.candidate.step_ms:.1f} ms)"))
     # SGLang's 256 sequences per GPU: timed by the step model although the planner's memory budget
     # (4 GiB reserved) rejects it by 1.6 GiB
     kw = dict(mode="decode", num_gpus=72, gpus_per_node=8, tp=1, pp=1, ep=72, sequences=256 * 72, seq_len=2050,
-              redundant=REDUNDANT)
+              redundant=REDUNDANT, imbalance=imbalance_fn(m, REDUNDANT, "decode"))
     st, st0 = (serve_step(m, hw, two_batch_overlap=x, **kw) for x in ("on", "off"))
+    fe, fa = imbalance_at(m, 72, REDUNDANT, 256, "decode")
     rows.append(_row("decode, 9 nodes, EP72 DP72 fixed, 256 sequences per GPU (SGLang's batch)",
                      "output tokens/s per node", DECODE_PUBLISHED, st.throughput_tokens_per_s / 9,
                      "dp72 tp1 pp1 ep72 etp1 batch 18432",
-                     f"timed at context 2,050, step {st.step_ms:.1f} ms with two-batch overlap; without it "
+                     f"timed at context 2,050, step {st.step_ms:.1f} ms with two-batch overlap, routing imbalance "
+                     f"(EPLB) experts {fe:.2f}, dispatch {fa:.2f} (each half: {_imb_at(m, 72, 128)}); without it "
                      f"{st0.throughput_tokens_per_s / 9:,.0f} (step {st0.step_ms:.1f} ms); over the planner's memory "
                      "budget by 1.6 GiB"))
     return rows
+
+
+def _imb(f: object) -> str:
+    d = f.detail  # type: ignore[attr-defined]
+    if d.get("imbalance_experts", 1.0) == 1.0 and d.get("imbalance_alltoall", 1.0) == 1.0:
+        return "balanced routing (imbalance 1)"
+    return (f"routing imbalance (EPLB, {REDUNDANT} redundant) experts {d['imbalance_experts']:.2f}, "
+            f"dispatch {d['imbalance_alltoall']:.2f}")
+
+
+def _imb_at(m: object, ep: int, tokens: float) -> str:
+    fe, fa = imbalance_at(m, ep, REDUNDANT, tokens, "decode")  # type: ignore[arg-type]
+    return f"{fe:.2f} / {fa:.2f}"
 
 
 def _tbo(f: object) -> str:

@@ -19,13 +19,17 @@ pool, with the placement the pool would run, by replaying routing through the si
   :class:`planner.simulator.SimResult` calls imbalance) and ``alltoall`` = busiest GPU's dispatch
   copies (sent or received, whichever is larger) / the mean sent, on the link that bounds the
   phase (the network when any copy leaves a node, else NVLink; DeepEP's copy rule, the
-  simulator's ``same-rank`` relay); each is the mean over steps and layers.
+  simulator's ``same-rank`` relay; an EP group that does not fill its last node, e.g. 12 GPUs on
+  8-GPU nodes, is replayed on nodes of the largest divisor of ep that fits, 6); each is the mean
+  over steps and layers.
 
-Cost is bounded: at most :data:`MAX_STEPS` steps and a subset of evenly spaced layers such that
-steps × layers × tokens stays within :data:`TOKEN_LAYER_BUDGET` (at least :data:`MIN_STEPS`
-steps and one layer). Results are memoized per (model, ep, redundant experts, tokens per GPU,
+Cost is bounded: the experts' figure takes :data:`MAX_STEPS` steps and every layer in closed form
+(the simulator's ``even`` rule splits an expert's tokens evenly over its replicas:
+:func:`expert_imbalance`, whose cost does not grow with the step); the all-to-all's runs the
+simulator on as many of those steps (at least :data:`MIN_STEPS`) and evenly spaced layers (at
+least one) as keep steps × layers × tokens within :data:`TOKEN_LAYER_BUDGET`. Results are memoized per (model, ep, redundant experts, tokens per GPU,
 mode, GPUs per node); :func:`imbalance_fn` interpolates in log2(tokens per GPU) between the
-half-octave grid points ``2^(j/2)`` it derives, so a batch search reuses them. Deterministic in
+powers of two it derives, so a batch search reuses them. Deterministic in
 ``seed``.
 """
 
@@ -47,8 +51,13 @@ from planner.traces.trace import expert_counts
 
 #: Most steps sampled for one figure, fewest, and the bound on steps × layers × step tokens.
 MAX_STEPS = 8
-MIN_STEPS = 2
-TOKEN_LAYER_BUDGET = 1 << 22
+MIN_STEPS = 1
+TOKEN_LAYER_BUDGET = 1 << 21
+#: Tokens of the synthetic trace made for a model that ships none (seed 0). EPLB fitted on half of
+#: a small trace leaves fit noise the steps then pay: DeepSeek-V3's decode figure at 256 per GPU
+#: falls from 1.73 (8,192 tokens) to 1.47 (32,768), and in-sample (fit and steps on the whole
+#: trace, a lower bound) is 1.35-1.39 at both sizes (docs/serving.md).
+TRACE_TOKENS = 32768
 #: serve_step's ``imbalance`` callable: (ep, tokens per GPU) -> (experts, alltoall)
 ImbalanceFn = Callable[[int, float], tuple[float, float]]
 
@@ -98,25 +107,49 @@ def _halves(trace: Trace, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return fit, ~fit
 
 
-def _step_tokens(trace: Trace, test: np.ndarray, mode: str, n: int, steps: int, rng: np.random.Generator) -> np.ndarray:
-    """Token indices [steps · n] of ``steps`` steps of ``n`` tokens from the ``test`` half."""
+def _step_tokens(trace: Trace, test: np.ndarray, mode: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Token indices [n] of one step of ``n`` tokens from the ``test`` half (module docstring)."""
     idx = np.flatnonzero(test)
     if mode == "decode" or not trace.has_sequences:
-        return idx[rng.integers(0, idx.size, size=steps * n)]
+        return idx[rng.integers(0, idx.size, size=n)]
     seq = trace.seq_id[idx]
     order = np.lexsort((trace.pos[idx] if trace.pos is not None else np.arange(idx.size), seq))
     idx, seq = idx[order], seq[order]
     starts = np.flatnonzero(np.r_[True, seq[1:] != seq[:-1]])
     ends = np.r_[starts[1:], idx.size]
     out: list[np.ndarray] = []
-    for _ in range(steps):
-        got = 0
-        while got < n:
-            j = int(rng.integers(0, starts.size))
-            piece = idx[starts[j]:ends[j]][: n - got]
-            out.append(piece)
-            got += piece.size
+    got = 0
+    while got < n:
+        j = int(rng.integers(0, starts.size))
+        piece = idx[starts[j]:ends[j]][: n - got]
+        out.append(piece)
+        got += piece.size
     return np.concatenate(out)
+
+
+def expert_imbalance(phy2log_LP: np.ndarray, slots_per_gpu: int, ids_LTk: np.ndarray, mult_ST: np.ndarray,
+                     num_experts: int) -> float:
+    """Mean over steps and layers of the busiest GPU's expert tokens over the mean, step ``s``
+    holding token ``t`` of ``ids_LTk`` ``mult_ST[s, t]`` times, each expert's tokens split evenly
+    over its replicas: the simulator's ``even`` rule in closed form (exact when every replica
+    count divides the expert's tokens, else within one token per replica), so its cost does not
+    grow with the step's tokens. Null choices (-1) go nowhere."""
+    ids = np.asarray(ids_LTk, dtype=np.int64)
+    L, _, k = ids.shape
+    E = int(num_experts)
+    P = phy2log_LP.shape[1]
+    G = P // slots_per_gpu
+    rep_LE = np.stack([np.bincount(phy2log_LP[layer], minlength=E) for layer in range(L)])
+    key = np.where(ids >= 0, ids + (np.arange(L) * E)[:, None, None], 0).ravel()
+    out = []
+    for mult in np.asarray(mult_ST, dtype=np.float64):
+        w = np.where(ids >= 0, np.broadcast_to(mult[None, :, None], ids.shape), 0.0).ravel()
+        c_LE = np.bincount(key, weights=w, minlength=L * E).reshape(L, E)
+        share_LP = np.take_along_axis(c_LE / np.maximum(rep_LE, 1), phy2log_LP, axis=1)
+        g_LG = share_LP.reshape(L, G, slots_per_gpu).sum(-1)
+        mean = g_LG.mean(axis=1)
+        out.append(np.where(mean > 0, g_LG.max(axis=1) / np.where(mean > 0, mean, 1.0), 1.0))
+    return float(np.mean(out))
 
 
 def derive(
@@ -125,7 +158,9 @@ def derive(
 ) -> Imbalance:
     """The imbalance of steps of ``tokens_per_gpu`` tokens on each of ``ep`` GPUs, EPLB placement
     with ``redundant`` extra slots fitted on one half of ``trace``, steps from the other (module
-    docstring)."""
+    docstring): the experts' figure over :data:`MAX_STEPS` steps and every layer
+    (:func:`expert_imbalance`), the all-to-all's by the simulator over the steps and layers the
+    budget allows."""
     if mode not in ("prefill", "decode"):
         raise InputError(f"mode must be 'prefill' or 'decode' (got {mode!r})", field="mode")
     if ep < 1 or (num_experts + redundant) % ep:
@@ -137,26 +172,38 @@ def derive(
     fit, test = _halves(trace, seed)
     L = trace.topk_ids.shape[0]
     n = ep * tokens_per_gpu
+    slots = (num_experts + redundant) // ep
+    weight = expert_counts(trace.topk_ids[:, fit], num_experts).astype(np.float64) + 1e-9
+    nodes = ep // gpus_per_node if ep >= gpus_per_node and ep % gpus_per_node == 0 else 1
+    phy2log = baselines.eplb(weight, num_experts + redundant, n_group or 1, nodes, ep)
+    rng = np.random.default_rng(seed + 1)
+    toks = [_step_tokens(trace, test, mode, n, rng) for _ in range(MAX_STEPS)]
+    mult = np.stack([np.bincount(t, minlength=trace.num_tokens) for t in toks])
+    experts = expert_imbalance(phy2log, slots, trace.topk_ids, mult, num_experts)
+    # the all-to-all by the simulator, on as many of those steps and (evenly spaced) layers as the budget allows
     steps = max(MIN_STEPS, min(MAX_STEPS, TOKEN_LAYER_BUDGET // (n * L)))
     n_layers = max(1, min(L, TOKEN_LAYER_BUDGET // (n * steps)))
     layers = np.unique(np.linspace(0, L - 1, n_layers).round().astype(np.int64))
-    weight = expert_counts(trace.topk_ids[layers][:, fit], num_experts).astype(np.float64) + 1e-9
-    nodes = ep // gpus_per_node if ep >= gpus_per_node and ep % gpus_per_node == 0 else 1
-    phy2log = baselines.eplb(weight, num_experts + redundant, n_group or 1, nodes, ep)
-    tok = _step_tokens(trace, test, mode, n, steps, np.random.default_rng(seed + 1))
+    tok = np.concatenate(toks[:steps])
     ids = trace.topk_ids[layers][:, tok].astype(np.int64)
     within = np.tile(np.arange(n, dtype=np.int64), steps)
-    return measure(phy2log, (num_experts + redundant) // ep, ids, np.repeat(np.arange(steps), n),
-                   within // tokens_per_gpu, num_experts=num_experts, gpus_per_node=min(gpus_per_node, ep),
-                   num_steps=steps)
+    # whole nodes for the simulator's copy rule: an EP group that does not fill its last node is
+    # replayed on nodes of the largest divisor of ep that fits one
+    gpn = max(d for d in range(1, min(gpus_per_node, ep) + 1) if ep % d == 0)
+    a2a = measure(phy2log[layers], slots, ids, np.repeat(np.arange(steps), n), within // tokens_per_gpu,
+                  num_experts=num_experts, gpus_per_node=gpn, num_steps=steps)
+    return Imbalance(experts, a2a.alltoall, MAX_STEPS, L)
 
 
 @lru_cache(maxsize=8)
 def _model_trace(model: ModelSpec) -> Trace:
-    """The shipped trace, else the model's synthetic one (seed 0), as ``plan`` takes it."""
-    from planner.resolve import resolve_trace
+    """The model's shipped trace, else its synthetic one of :data:`TRACE_TOKENS` tokens (seed 0)."""
+    from planner.traces import default_trace_path, load_trace, synth_trace
 
-    return resolve_trace(None, model, 0)[0]
+    path = default_trace_path(model.name)
+    if path is not None:
+        return load_trace(path)
+    return synth_trace(model, num_tokens=TRACE_TOKENS, tokens_per_step=512, seed=0)
 
 
 @lru_cache(maxsize=4096)
@@ -169,17 +216,17 @@ def _at(model: ModelSpec, trace: Trace | None, ep: int, redundant: int, tokens: 
 
 def imbalance_at(model: ModelSpec, ep: int, redundant: int, tokens_per_gpu: float, mode: str,
                  gpus_per_node: int = 8, trace: Trace | None = None) -> tuple[float, float]:
-    """(experts, alltoall) at ``tokens_per_gpu``: interpolated in log2 between the half-octave
-    grid points around it (exact on the grid), each derived once (:func:`derive`) from ``trace``
+    """(experts, alltoall) at ``tokens_per_gpu``: interpolated in log2 between the powers of two
+    around it (exact at a power of two), each derived once (:func:`derive`) from ``trace``
     or the model's own trace."""
     if ep <= 1 or tokens_per_gpu <= 0 or not model.num_moe_layers:
         return 1.0, 1.0
-    x = 2.0 * math.log2(max(1.0, tokens_per_gpu))
+    x = math.log2(max(1.0, tokens_per_gpu))
     lo, hi = math.floor(x), math.ceil(x)
-    a = _at(model, trace, ep, redundant, round(2 ** (lo / 2)), mode, gpus_per_node)
+    a = _at(model, trace, ep, redundant, 2 ** lo, mode, gpus_per_node)
     if hi == lo:
         return a.experts, a.alltoall
-    b = _at(model, trace, ep, redundant, round(2 ** (hi / 2)), mode, gpus_per_node)
+    b = _at(model, trace, ep, redundant, 2 ** hi, mode, gpus_per_node)
     w = x - lo
     return (1 - w) * a.experts + w * b.experts, (1 - w) * a.alltoall + w * b.alltoall
 

@@ -39,6 +39,12 @@ and TPOT batch). Without a target, utilisation is capped at :data:`MAX_UTILIZATI
 without it and keeps the faster, so each pool says whether it runs with it (``detail``); ``on`` /
 ``off`` force it. A colocated engine runs its decode and chunk steps with its decode step's choice.
 
+**Routing imbalance** (``ServeTargets.routing``): ``eplb`` (the default) prices every step at its
+busiest GPU, the imbalance derived from routing at the step's tokens per GPU with DeepSeek's EPLB
+placement and the pool's redundant experts (:mod:`planner.serve_imbalance`: the model's trace, or
+``ServeTargets.trace``); ``uniform`` every GPU at the mean (imbalance 1). Each pool's ``detail``
+holds the factors of its step (``imbalance_experts``, ``imbalance_alltoall``).
+
 Everything is deterministic: the searches are, and pools are compared in a fixed order.
 """
 
@@ -54,6 +60,7 @@ from planner.cost.memory import GIB, kv_bytes_per_token
 from planner.cost.serve_step import TBO_MODES, serve_step
 from planner.errors import InfeasibleError, InputError
 from planner.progress import stage
+from planner.serve_imbalance import imbalance_at, imbalance_fn
 from planner.solve.candidates import Candidate
 from planner.solve.parallel import search
 from planner.specs.cluster import ClusterSpec
@@ -64,6 +71,8 @@ from planner.specs.workload import DEFAULT_PREFILL_TOKENS
 #: Highest share of a pool's capacity (prefill) or of steps carrying a chunk (colocated) taken
 #: when no TTFT target bounds it: the queue stays finite.
 MAX_UTILIZATION = 0.95
+#: ``ServeTargets.routing``: the busiest GPU under EPLB, derived from routing; or the mean load.
+ROUTINGS = ("eplb", "uniform")
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,8 @@ class ServeTargets:
     prefill_tokens: int = DEFAULT_PREFILL_TOKENS
     request_rate: float | None = None
     two_batch_overlap: str = "auto"  #: serve_step's mode: off, on, or auto (the faster per candidate)
+    routing: str = "eplb"  #: :data:`ROUTINGS`: the step's routing imbalance (module docstring)
+    trace: Any = field(default=None, compare=False)  #: routing to derive it from (None: the model's)
 
     def check(self) -> None:
         for name in ("prompt_len", "output_len", "prefill_tokens"):
@@ -92,6 +103,8 @@ class ServeTargets:
         if self.two_batch_overlap not in TBO_MODES:
             raise InputError(f"two_batch_overlap must be one of {', '.join(TBO_MODES)} (got {self.two_batch_overlap!r})",
                              field="two_batch_overlap")
+        if self.routing not in ROUTINGS:
+            raise InputError(f"routing must be one of {', '.join(ROUTINGS)} (got {self.routing!r})", field="routing")
         if self.redundant < 0:
             raise InputError(f"redundant_experts must be >= 0 (got {self.redundant})", field="redundant_experts")
 
@@ -179,6 +192,22 @@ def _tbo(c: Candidate) -> float:
     return float(c.detail.get("two_batch_overlap", 0.0))
 
 
+def imbalance_of(model: ModelSpec, cluster: ClusterSpec, t: ServeTargets, mode: str) -> Any:
+    """serve_step's ``imbalance`` for a pool of ``cluster`` serving ``mode`` (module docstring)."""
+    if t.routing == "uniform":
+        return 1.0
+    return imbalance_fn(model, t.redundant, mode, cluster.gpus_per_node, t.trace)
+
+
+def _imbalance_detail(model: ModelSpec, cluster: ClusterSpec, t: ServeTargets, mode: str, c: Candidate) -> dict:
+    """The factors of a candidate's whole step (tokens per GPU: its step's tokens over the GPUs)."""
+    if t.routing == "uniform" or not c.sequences:
+        return {"imbalance_experts": 1.0, "imbalance_alltoall": 1.0}
+    per_gpu = c.sequences * (t.prompt_len if mode == "prefill" else 1) / cluster.num_gpus * c.pp
+    f = imbalance_at(model, c.ep, t.redundant, per_gpu, mode, cluster.gpus_per_node, t.trace)
+    return {"imbalance_experts": f[0], "imbalance_alltoall": f[1]}
+
+
 def _search(model: ModelSpec, hw: HardwareProfile, cluster: ClusterSpec, **kw: Any) -> tuple[Any, str]:
     try:
         return search(model, hw, cluster, **kw), ""
@@ -212,7 +241,8 @@ def prefill_pool(
             continue
         found, err = _search(model, hw, cluster, mode="prefill", seq_len=t.prompt_len, global_batch=k * N,
                              fixed=fixed, redundant=t.redundant, latency_target_ms=budget,
-                             two_batch_overlap=t.two_batch_overlap)
+                             two_batch_overlap=t.two_batch_overlap,
+                             imbalance=imbalance_of(model, cluster, t, "prefill"))
         if found is None:
             why = why or err
             continue
@@ -223,7 +253,7 @@ def prefill_pool(
         binding = "ttft" if t.ttft_ms is not None and rho < MAX_UTILIZATION else "utilization cap"
         f = PoolFigures("prefill", N, cluster, c, c.step_ms, cap, rho * cap, rho, ttft_ms=ttft, binding=binding,
                         detail={"prompts_per_gpu": k, "tokens_per_s": c.tokens_per_s, "kv_copy_ms": copy_ms,
-                                "two_batch_overlap": _tbo(c)})
+                                "two_batch_overlap": _tbo(c), **_imbalance_detail(model, cluster, t, "prefill", c)})
         if best is None or f.goodput_rps > best.goodput_rps * (1 + 1e-9):
             best = f
     return best if best is not None else PoolFigures("prefill", N, cluster, reason=why)
@@ -238,13 +268,15 @@ def decode_pool(
     N = cluster.num_gpus
     found, why = _search(model, hw, cluster, mode="decode", seq_len=t.prompt_len, output_len=t.output_len,
                          global_batch=batch, fixed=fixed, redundant=t.redundant, latency_target_ms=t.tpot_ms,
-                         kv_dtype=t.kv_dtype, two_batch_overlap=t.two_batch_overlap)
+                         kv_dtype=t.kv_dtype, two_batch_overlap=t.two_batch_overlap,
+                         imbalance=imbalance_of(model, cluster, t, "decode"))
     if found is None:
         return PoolFigures("decode", N, cluster, reason=why)
     c = found.best
     cap = c.sequences / (t.output_len * c.step_ms * 1e-3)
     return PoolFigures("decode", N, cluster, c, c.step_ms, cap, cap, 1.0, tpot_ms=c.step_ms, binding=c.binding,
-                       detail={"tokens_per_s": c.tokens_per_s, "two_batch_overlap": _tbo(c)})
+                       detail={"tokens_per_s": c.tokens_per_s, "two_batch_overlap": _tbo(c),
+                               **_imbalance_detail(model, cluster, t, "decode", c)})
 
 
 def _mixed(
@@ -257,10 +289,12 @@ def _mixed(
     tbo = "on" if _tbo(c) else "off"  # one engine: its decode step's choice for every step
     C = chunk * c.tp  # a rank's chunk: ``chunk`` tokens per GPU of its TP group
 
+    imb = {m: imbalance_of(model, cluster, t, m) for m in ("prefill", "decode")}
+
     def step(mode: str, seqs: int, seq_len: int) -> float:
         return serve_step(model, hw, mode=mode, num_gpus=N, gpus_per_node=cluster.gpus_per_node, tp=c.tp, pp=c.pp,
                           ep=c.ep, etp=c.etp, sequences=seqs, seq_len=seq_len, redundant=t.redundant,
-                          kv_dtype=t.kv_dtype, two_batch_overlap=tbo).step_ms
+                          kv_dtype=t.kv_dtype, two_batch_overlap=tbo, imbalance=imb[mode]).step_ms
 
     # a chunk holds max(1, chunk // P) prompts per GPU (attention over each prompt's own tokens);
     # a chunk shorter than the prompt is priced as a prompt of its length
@@ -327,7 +361,7 @@ def colocated(
     N = cluster.num_gpus
     found, why = _search(model, hw, cluster, mode="decode", seq_len=t.prompt_len, output_len=t.output_len,
                          fixed=fixed, redundant=t.redundant, latency_target_ms=t.tpot_ms, kv_dtype=t.kv_dtype,
-                         two_batch_overlap=t.two_batch_overlap)
+                         two_batch_overlap=t.two_batch_overlap, imbalance=imbalance_of(model, cluster, t, "decode"))
     if found is None:
         return PoolFigures("colocated", N, cluster, reason=why)
     best: PoolFigures | None = None

@@ -85,3 +85,48 @@ def test_small_decode_batches_read_only_the_experts_they_activate(hw):
                 gpus_per_node=8, dispatcher="deepep", kv_dtype="bf16")
     assert p.experts == pytest.approx(eight, rel=1e-9)
     assert eight < one.moe_layer_ms < every
+
+
+def test_imbalance_prices_the_busiest_gpu_by_hand(hw):
+    from planner.cost.serve_step import imbalance_factors
+    from planner.cost.step import alltoall_ms
+
+    m = load_model("deepseek-v3")
+    kw = dict(mode="decode", num_gpus=16, gpus_per_node=8, tp=1, pp=1, ep=16, sequences=16 * 64, seq_len=1024,
+              redundant=32)
+    pk = dict(mode="decode", seqs=64, seq_len=1024, tokens=64, tp=1, ep=16, etp=1, redundant=32, gpus_per_node=8,
+              dispatcher="deepep", kv_dtype="bf16")
+    base = serve_step(m, hw, **kw)
+    assert serve_step(m, hw, imbalance=1.0, **kw).step_ms == base.step_ms  # the default is uniform routing
+    # the all-to-all at twice the mean bytes: each phase is the phase of 128 tokens per GPU, everything else kept
+    a2a = serve_step(m, hw, imbalance=(1.0, 2.0), **kw)
+    extra = 2.0 * (alltoall_ms(hw, m, 128, 16, 1, 8, "deepep") - alltoall_ms(hw, m, 64, 16, 1, 8, "deepep"))
+    assert a2a.step_ms - base.step_ms == pytest.approx(m.num_moe_layers * extra * (1.0 - hw.comm_overlap))
+    # the experts at 1.5 × the mean tokens: the grouped GEMM of the busiest GPU's slots
+    e = _pieces(m, hw, imbalance=(1.5, 1.0), **pk).experts
+    mean = _pieces(m, hw, **pk).experts
+    slots, phys = (256 + 32) // 16, 256 + 32
+    M = 8 * 64 * 16 / phys
+    assert e == pytest.approx(_experts_ms_by_hand(hw, m, slots, phys, 1.5 * M, 1.5 * 64 * 16))
+    assert e > mean
+    assert serve_step(m, hw, imbalance=(1.5, 1.0), **kw).step_ms - base.step_ms == pytest.approx(
+        m.num_moe_layers * (e - mean))
+    # a callable is asked at the tokens each GPU holds: the whole step, and each half under overlap
+    asked = []
+
+    def fn(ep, t):
+        asked.append((ep, t))
+        return 1.0, 1.0
+
+    serve_step(m, hw, imbalance=fn, two_batch_overlap="on", **kw)
+    assert (16, 64) in asked and (16, 32) in asked
+    assert imbalance_factors(1.2, 16, 64) == (1.2, 1.2)
+    with pytest.raises(InputError, match="imbalance"):
+        serve_step(m, hw, imbalance=0.9, **kw)
+
+
+def _experts_ms_by_hand(hw, m, slots, phys, M, group_tokens):
+    n = active_experts(slots, phys, m.top_k, group_tokens)
+    one, two = (float(grouped_experts_ms(hw, m.hidden_size, m.expert_intermediate_size, m.expert_dtype,
+                                         np.full((1, j), slots * M / n), kernel="grouped")[0]) for j in (1, 2))
+    return one + (n - 1.0) * (two - one)

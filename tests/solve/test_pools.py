@@ -20,7 +20,8 @@ def node(gpus: int = 8, nodes: int = 1) -> ClusterSpec:
 
 
 def targets(**kw) -> P.ServeTargets:
-    base = dict(prompt_len=1024, output_len=256, ttft_ms=500.0, tpot_ms=30.0)
+    # uniform routing unless a test asks for the derived imbalance (it needs a routing trace)
+    base = dict(prompt_len=1024, output_len=256, ttft_ms=500.0, tpot_ms=30.0, routing="uniform")
     base.update(kw)
     return P.ServeTargets(**base)
 
@@ -172,7 +173,7 @@ def test_deepseek_v3_long_prompts_favour_disaggregation():
     # 8 H100 nodes: every prefill chunk stalls a whole 64-GPU decode batch, so the colocated engine
     # must keep chunks small and serves fewer requests than 6 prefill + 2 decode nodes
     ds = resolve_model("deepseek-v3")
-    t = P.ServeTargets(prompt_len=2000, output_len=100, ttft_ms=2000.0, tpot_ms=50.0, redundant=32)
+    t = P.ServeTargets(prompt_len=2000, output_len=100, ttft_ms=2000.0, tpot_ms=50.0, redundant=32, routing="uniform")
     table = P.PoolTable(ds, HW, node(8, 8), t, P.kv_copy(ds, HW, 2000, "bf16"))
     split, _ = P.best_split(table, prefill_units=6, decode_units=2)
     col = table.get("colocated", 8)
@@ -187,7 +188,8 @@ def test_pools_take_two_batch_overlap_where_it_is_faster():
     copy = P.kv_copy(ds, HW, 1000, "bf16")
     fixed = dict(ep=32, tp=1, pp=1)
     got = {m: P.prefill_pool(ds, HW, node(8, 4), P.ServeTargets(prompt_len=1000, output_len=100, redundant=32,
-                                                                  two_batch_overlap=m), copy, fixed=fixed)
+                                                                  two_batch_overlap=m, routing="uniform"),
+                             copy, fixed=fixed)
            for m in ("auto", "on", "off")}
     assert got["auto"].detail["two_batch_overlap"] == got["on"].detail["two_batch_overlap"] == 1.0
     assert got["off"].detail["two_batch_overlap"] == 0.0
@@ -217,3 +219,33 @@ def test_launch_line_asks_for_two_batch_overlap_when_the_pool_assumes_it():
     assert on[on.index("--deepep-mode") + 1] == "normal"
     dec = disaggregation_flags("decode", pool, 16384, True).sglang
     assert "--enable-two-batch-overlap" in dec and dec[dec.index("--deepep-mode") + 1] == "low_latency"
+
+
+def test_pools_price_the_busiest_gpu_under_eplb():
+    # a routing trace that sends 3 of 4 choices to experts 0-7: EPLB's 8 spare slots cannot spread that
+    # over 4 GPUs at 16 tokens per GPU, so the decode pool's step runs slower than at the mean load
+    import numpy as np
+
+    from planner.serve_imbalance import imbalance_at
+    from planner.traces import Trace
+
+    rng = np.random.default_rng(0)
+    L, T = OLMOE.num_moe_layers, 2048
+    hot = rng.random((L, T, OLMOE.top_k)) < 0.75
+    ids = np.where(hot, rng.integers(0, 8, (L, T, OLMOE.top_k)), rng.integers(8, 64, (L, T, OLMOE.top_k)))
+    ids = np.sort(ids, axis=2)
+    ids = np.array([[np.r_[np.unique(r), np.setdiff1d(np.arange(64), r)[:OLMOE.top_k - np.unique(r).size]]
+                     for r in layer] for layer in ids])
+    tr = Trace(ids, 64, seq_id=np.arange(T) // 64, pos=np.arange(T) % 64)
+    fixed, batch = dict(ep=4, tp=1, pp=1), 4 * 16
+    even = P.decode_pool(OLMOE, HW, node(4), targets(redundant=8, tpot_ms=None), fixed=fixed, batch=batch)
+    skew = P.decode_pool(OLMOE, HW, node(4), targets(redundant=8, tpot_ms=None, routing="eplb", trace=tr),
+                         fixed=fixed, batch=batch)
+    fe, fa = imbalance_at(OLMOE, 4, 8, 16, "decode", 8, tr)
+    assert (even.detail["imbalance_experts"], even.detail["imbalance_alltoall"]) == (1.0, 1.0)
+    assert skew.detail["imbalance_experts"] == pytest.approx(fe) and fe > 1.0
+    assert skew.detail["imbalance_alltoall"] == pytest.approx(fa)
+    assert skew.step_ms > even.step_ms
+    with pytest.raises(InputError) as e:
+        targets(routing="skewed").check()
+    assert e.value.field == "routing"
