@@ -150,12 +150,14 @@ def _tbo(f: object) -> str:
     return "two-batch overlap" if f.detail.get("two_batch_overlap") else "no two-batch overlap"  # type: ignore[attr-defined]
 
 
-def comparison(nodes: int) -> dict:
+def comparison(nodes: int, shared: dict | None = None) -> dict:
+    """One cluster size; ``shared``: pool figures by (role, units) from other sizes (a pool of u
+    nodes is the same whatever cluster it is cut from, so each is computed once per run)."""
     m, hw = resolve_model(MODEL), resolve_hardware(HW)
     t = ServeTargets(prompt_len=2000, output_len=100, redundant=REDUNDANT, **SLO)
     cl = cluster(nodes)
     t0 = time.perf_counter()
-    table = PoolTable(m, hw, cl, t, kv_copy(m, hw, 2000, "bf16"))
+    table = PoolTable(m, hw, cl, t, kv_copy(m, hw, 2000, "bf16"), _cache={} if shared is None else shared)
     split, splits = best_split(table)
     col = table.get("colocated", nodes)
     p, d = table.get("prefill", split.prefill_units), table.get("decode", split.decode_units)
@@ -212,9 +214,9 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = published_rows()
     print(table_md(rows), flush=True)
-    cmp = []
+    cmp, shared = [], {}  # type: ignore[var-annotated]
     for n in (int(x) for x in a.nodes.split(",")):
-        cmp.append(comparison(n))
+        cmp.append(comparison(n, shared))
         print(json.dumps(cmp[-1]), flush=True)
     print(comparison_md(cmp))
     res = dict(hardware=HW, model=MODEL, tolerance=TOLERANCE, published=rows, comparison=cmp,

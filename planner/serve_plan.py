@@ -20,7 +20,7 @@ from planner.api import plan as plan_pool
 from planner.errors import InfeasibleError, InputError
 from planner.progress import stage
 from planner.provenance import input_hash
-from planner.resolve import resolve_hardware, resolve_model
+from planner.resolve import resolve_hardware, resolve_model, resolve_trace
 from planner.solve.pools import (
     DEFAULT_PREFILL_TOKENS,
     MAX_UTILIZATION,
@@ -148,6 +148,10 @@ def _notes(t: ServeTargets, copy: KVCopy, output_src: str) -> list[str]:
         f"two-batch overlap ({t.two_batch_overlap}): "
         + ("each pool's step priced with and without it, the faster kept" if t.two_batch_overlap == "auto" else
            "forced " + t.two_batch_overlap) + "; SGLang --enable-two-batch-overlap where kept",
+        ("routing imbalance: each pool's step priced at its busiest GPU under EPLB with "
+         f"{t.redundant} redundant experts, derived from {'the given' if t.trace is not None else 'the model'}'s "
+         "routing at the step's tokens per GPU (placement fitted on half the sequences, steps from the other half)"
+         if t.routing == "eplb" else "routing imbalance: uniform routing (every GPU at the mean load)"),
         "decode pools run with every slot busy (admission waits not modelled); without a TTFT target utilisation "
         f"is capped at {MAX_UTILIZATION:.0%}",
     ]
@@ -181,6 +185,7 @@ def plan_serving(
     baseline: str | None = None,
     placement_workers: int = 0,
     two_batch_overlap: str = "auto",
+    routing: str = "eplb",
     **unused: Any,
 ) -> Plan:
     """Plan a prefill pool and a decode pool on ``nodes × gpus_per_node`` GPUs (module docstring).
@@ -190,7 +195,10 @@ def plan_serving(
     split is compared and the one with the highest goodput kept. ``prefill_tokens``: prefill
     tokens per GPU in one step. ``two_batch_overlap``: ``auto`` prices each pool with SGLang's
     two-batch overlap and without and keeps the faster (the launch line asks for it where kept),
-    ``on`` / ``off`` force it. Keywords of :data:`SERVE_UNUSED` given a value are an
+    ``on`` / ``off`` force it. ``routing``: ``eplb`` prices each pool's step at its busiest GPU,
+    the imbalance derived from routing (``trace``, else the model's) at the step's tokens per GPU
+    with EPLB and ``redundant_experts`` (:mod:`planner.serve_imbalance`); ``uniform`` at the mean.
+    Keywords of :data:`SERVE_UNUSED` given a value are an
     :class:`InputError`; :class:`InfeasibleError` when no split serves a request within the targets.
     """
     for k, v in unused.items():
@@ -209,9 +217,11 @@ def plan_serving(
     if units_of(cluster) < 2:
         raise InputError("gpus_per_node: mode serve needs at least two GPUs (one per pool)", field="gpus_per_node")
     out_src = "stated" if output_len is not None else "default"
+    routed = resolve_trace(trace, m, seed)[0] if trace is not None else None
     t = ServeTargets(prompt_len=prompt_len or seq_len, output_len=output_len or DEFAULT_OUTPUT_LEN, ttft_ms=ttft_ms,
                      tpot_ms=tpot_ms, kv_dtype=kv_dtype, redundant=redundant_experts, prefill_tokens=prefill_tokens,
-                     request_rate=request_rate, two_batch_overlap=two_batch_overlap)
+                     request_rate=request_rate, two_batch_overlap=two_batch_overlap, routing=routing,
+                     trace=routed)
     t.check()
     copy = kv_copy(m, hw, t.prompt_len, kv_dtype, same_node=cluster.num_nodes == 1)
     table = PoolTable(m, hw, cluster, t, copy)
@@ -261,7 +271,8 @@ def plan_serving(
     dec = plans["decode"]
     digest = input_hash({"decode": dec.provenance.input_hash, "prefill": plans["prefill"].provenance.input_hash,
                          "serve": json.loads(json.dumps(
-                             {"cluster": cluster.model_dump(mode="json"), "targets": t.__dict__,
+                             {"cluster": cluster.model_dump(mode="json"),
+                              "targets": {k: v for k, v in t.__dict__.items() if k != "trace"},
                               "prefill_nodes": prefill_nodes, "decode_nodes": decode_nodes}, default=str))}, [])
     prov = dec.provenance.model_copy(update={"input_hash": digest})
     return dec.model_copy(update={"serving": report, "provenance": prov})

@@ -23,10 +23,18 @@ def _pool_line(r: PoolReport) -> str:
     return (
         f"  {r.role:10} {r.nodes} node(s), {r.gpus} GPUs: dp {par.dp} tp {par.tp} pp {par.pp} ep {par.ep} etp {par.etp}, "
         f"batch {r.batch} {what}, step {r.step_ms or 0:,.1f} ms"
-        f"{' (two-batch overlap)' if r.detail.get('two_batch_overlap') else ''}; {', '.join(lat) or 'no latency figure'}; "
+        f"{' (two-batch overlap)' if r.detail.get('two_batch_overlap') else ''}{_imbalance(r)}; "
+        f"{', '.join(lat) or 'no latency figure'}; "
         f"capacity {r.capacity_rps:,.2f} req/s, goodput {r.goodput_rps:,.2f} req/s ({r.binding or '-'} binds), "
         f"{r.memory_gib:.1f} GiB/GPU" + (f"; {r.reason}" if r.reason else "")
     )
+
+
+def _imbalance(r: object) -> str:
+    """The routing imbalance the pool's step is priced at (busiest GPU over the mean), when not 1."""
+    d = r.detail  # type: ignore[attr-defined]
+    fe, fa = d.get("imbalance_experts", 1.0), d.get("imbalance_alltoall", 1.0)
+    return "" if fe == fa == 1.0 else f", busiest GPU {fe:.2f}× the mean expert tokens, {fa:.2f}× the dispatch"
 
 
 def render_serving(plan: Plan) -> list[str]:
