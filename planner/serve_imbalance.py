@@ -54,9 +54,9 @@ MAX_STEPS = 8
 MIN_STEPS = 1
 TOKEN_LAYER_BUDGET = 1 << 21
 #: Tokens of the synthetic trace made for a model that ships none (seed 0). EPLB fitted on half of
-#: a small trace leaves fit noise the steps then pay: DeepSeek-V3's decode figure at 256 per GPU
-#: falls from 1.73 (8,192 tokens) to 1.47 (32,768), and in-sample (fit and steps on the whole
-#: trace, a lower bound) is 1.35-1.39 at both sizes (docs/serving.md).
+#: a finite trace leaves fit noise the steps then pay: DeepSeek-V3's EP72 decode figure at 256 per
+#: GPU falls from 1.69 (8,192 tokens) to 1.28 (32,768); in-sample (fit and steps on the whole
+#: trace, a lower bound) it is 1.06 at both sizes (docs/serving.md).
 TRACE_TOKENS = 32768
 #: serve_step's ``imbalance`` callable: (ep, tokens per GPU) -> (experts, alltoall)
 ImbalanceFn = Callable[[int, float], tuple[float, float]]
