@@ -18,7 +18,7 @@ instructions, sgl-project/sglang#6017; the blog's TBO ablation), so the publishe
 priced with it (:mod:`planner.cost.serve_step`); each row's note gives the same degrees without it.
 Routing imbalance: as SGLang ran them, with EPLB and 32 redundant experts, every step waits for
 its busiest GPU; the pools derive by how much from routing at each step's tokens per GPU
-(:mod:`planner.serve_imbalance`: DeepSeek-V3's calibrated synthetic trace, EPLB fitted on half of
+(:mod:`planner.solve.serve_imbalance`: DeepSeek-V3's calibrated synthetic trace, EPLB fitted on half of
 its sequences, steps drawn from the other half), and each row's note gives the factors (busiest
 GPU's expert tokens and dispatch copies over the mean). The blog also reports the prefill at
 4,096-token inputs with "simulated perfect EPLB" (59,337), balanced routing: that row is priced at
@@ -43,7 +43,6 @@ from pathlib import Path
 from planner.cost.serve_step import serve_step
 from planner.io import atomic_write_text
 from planner.resolve import resolve_hardware, resolve_model
-from planner.serve_imbalance import imbalance_at, imbalance_fn
 from planner.solve.pools import (
     PoolTable,
     ServeTargets,
@@ -53,6 +52,7 @@ from planner.solve.pools import (
     prefill_pool,
     units_for_rate,
 )
+from planner.solve.serve_imbalance import imbalance_at, imbalance_fn
 from planner.specs.cluster import ClusterSpec
 
 HW, MODEL = "h100-sxm", "deepseek-v3"

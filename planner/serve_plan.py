@@ -197,7 +197,7 @@ def plan_serving(
     two-batch overlap and without and keeps the faster (the launch line asks for it where kept),
     ``on`` / ``off`` force it. ``routing``: ``eplb`` prices each pool's step at its busiest GPU,
     the imbalance derived from routing (``trace``, else the model's) at the step's tokens per GPU
-    with EPLB and ``redundant_experts`` (:mod:`planner.serve_imbalance`); ``uniform`` at the mean.
+    with EPLB and ``redundant_experts`` (:mod:`planner.solve.serve_imbalance`); ``uniform`` at the mean.
     Keywords of :data:`SERVE_UNUSED` given a value are an
     :class:`InputError`; :class:`InfeasibleError` when no split serves a request within the targets.
     """

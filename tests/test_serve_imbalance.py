@@ -1,10 +1,10 @@
-"""Routing imbalance of a serving step (planner/serve_imbalance.py) by hand on tiny cases."""
+"""Routing imbalance of a serving step (planner/solve/serve_imbalance.py) by hand on tiny cases."""
 
 import numpy as np
 import pytest
 
 from planner.errors import InputError
-from planner.serve_imbalance import derive, expert_imbalance, imbalance_at, measure
+from planner.solve.serve_imbalance import derive, expert_imbalance, imbalance_at, measure
 from planner.traces import Trace
 
 

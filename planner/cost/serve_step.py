@@ -26,7 +26,7 @@ The flat ``hw.comm_overlap`` factor applies only without two-batch overlap.
 waits for the busiest GPU. ``imbalance`` is (experts, alltoall): the busiest GPU's expert tokens
 over the mean, and its dispatch copies (sent or received) over the mean, or a callable
 ``(ep, tokens per GPU) -> (experts, alltoall)`` asked at each priced token count (a two-batch
-half at its own; :func:`planner.serve_imbalance.imbalance_fn` derives it from routing). The
+half at its own; :func:`planner.solve.serve_imbalance.imbalance_fn` derives it from routing). The
 experts are priced at the busiest GPU (its slots hold ``experts ×`` the mean tokens: the kernel
 tables decide what that costs; at small M weight reads dominate and extra tokens cost little)
 and each dispatch/combine phase moves ``alltoall ×`` the mean bytes. Default 1.0: uniform.

@@ -41,7 +41,7 @@ without it and keeps the faster, so each pool says whether it runs with it (``de
 
 **Routing imbalance** (``ServeTargets.routing``): ``eplb`` (the default) prices every step at its
 busiest GPU, the imbalance derived from routing at the step's tokens per GPU with DeepSeek's EPLB
-placement and the pool's redundant experts (:mod:`planner.serve_imbalance`: the model's trace, or
+placement and the pool's redundant experts (:mod:`planner.solve.serve_imbalance`: the model's trace, or
 ``ServeTargets.trace``); ``uniform`` every GPU at the mean (imbalance 1). Each pool's ``detail``
 holds the factors of its step (``imbalance_experts``, ``imbalance_alltoall``).
 
@@ -60,9 +60,9 @@ from planner.cost.memory import GIB, kv_bytes_per_token
 from planner.cost.serve_step import TBO_MODES, serve_step
 from planner.errors import InfeasibleError, InputError
 from planner.progress import stage
-from planner.serve_imbalance import imbalance_at, imbalance_fn
 from planner.solve.candidates import Candidate
 from planner.solve.parallel import search
+from planner.solve.serve_imbalance import imbalance_at, imbalance_fn
 from planner.specs.cluster import ClusterSpec
 from planner.specs.hardware import HardwareProfile
 from planner.specs.model import ModelSpec

@@ -226,7 +226,7 @@ def test_pools_price_the_busiest_gpu_under_eplb():
     # over 4 GPUs at 16 tokens per GPU, so the decode pool's step runs slower than at the mean load
     import numpy as np
 
-    from planner.serve_imbalance import imbalance_at
+    from planner.solve.serve_imbalance import imbalance_at
     from planner.traces import Trace
 
     rng = np.random.default_rng(0)
