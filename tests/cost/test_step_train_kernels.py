@@ -11,13 +11,7 @@ import pytest
 from planner.cost.compute import expert_ffn_ms
 from planner.cost.layers import memory_pass_ms
 from planner.cost.step import CUDNN_ATTN_H100_TFLOPS, StepModel, attention_core_train_ms
-from planner.specs.hardware import load_hardware
 from planner.specs.model_io import load_model
-
-
-@pytest.fixture(scope="module")
-def hw():
-    return load_hardware("h100-sxm")
 
 
 @pytest.fixture(scope="module")
