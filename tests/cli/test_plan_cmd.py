@@ -165,7 +165,8 @@ def test_plan_options_are_the_flags_prepare_and_solve_keywords():
         opt = flags[name]
         assert opt.opts == ["--" + name.replace("_", "-"), *flag_info(name)["aliases"]], name
         assert opt.default == f.default and opt.help == f.description
-    assert set(flags) - set(fields) == {"out_dir", "force", "dry_run", "as_json", "show_progress"}
+    assert set(flags) - set(fields) == {"out_dir", "force", "dry_run", "as_json", "show_progress",
+                                        "show_strategies"}  # output-only flags: not plan options
 
 
 @pytest.mark.parametrize(
