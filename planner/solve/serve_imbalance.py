@@ -46,7 +46,7 @@ from planner.errors import InputError
 from planner.simulator import simulate_arrays
 from planner.solve import baselines
 from planner.specs.model import ModelSpec
-from planner.traces import Trace
+from planner.traces import Trace, default_trace_path, load_trace, synth_trace
 from planner.traces.trace import expert_counts
 
 #: Most steps sampled for one figure, fewest, and the bound on steps × layers × step tokens.
@@ -198,8 +198,6 @@ def derive(
 @lru_cache(maxsize=8)
 def _model_trace(model: ModelSpec) -> Trace:
     """The model's shipped trace, else its synthetic one of :data:`TRACE_TOKENS` tokens (seed 0)."""
-    from planner.traces import default_trace_path, load_trace, synth_trace
-
     path = default_trace_path(model.name)
     if path is not None:
         return load_trace(path)
