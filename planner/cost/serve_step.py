@@ -64,6 +64,12 @@ TBO_MODES = ("off", "on", "auto")
 #: training, SM usage reduced from 24 to 4-6"); SGLang passes ``SMs − this`` to DeepGEMM in TBO
 #: prefill (``operations_strategy.py``, ``deep_gemm_num_sms``).
 DEEPEP_NORMAL_SMS = 24
+#: Channels per fp32 scale when a dispatch is quantized to fp8: SGLang quantizes a token's hidden
+#: state to fp8 in groups of 128 channels before DeepEP's normal dispatch and dispatches fp8 through
+#: the low-latency kernels (``token_dispatcher/deepep.py``: ``per_token_group_quant_fp8(x, 128)``,
+#: ``low_latency_dispatch(use_fp8=True)``) when its DeepGEMM experts run in fp8; combine stays bf16.
+#: DeepEP's README measures its kernels the same way ("FP8 dispatching and BF16 combining").
+FP8_DISPATCH_GROUP = 128
 #: Layers :func:`tbo_schedule` replays before extending the per-layer period to the rest.
 _TBO_REPLAY_LAYERS = 8
 
@@ -103,8 +109,9 @@ class _Pieces:
     shared: float
     experts: float
     etp_comm: float
-    a2a: float  #: one dispatch phase (combine costs the same), not discounted
+    a2a: float  #: one dispatch phase, not discounted
     dense: float
+    a2a_combine: float  #: one combine phase, not discounted
 
 
 def active_experts(slots: int, experts: int, top_k: int, tokens: float) -> float:
@@ -151,7 +158,7 @@ def _pieces(
         core = a.core_ms * core_scale
     tp_comm = 2.0 * _coll("all_reduce", tokens * model.hidden_size * ACTIVATION_BYTES, tp,
                           _link(hw, tp, 1, gpus_per_node))
-    router = permute = comb = shared = experts = etp_comm = a2a = 0.0
+    router = permute = comb = shared = experts = etp_comm = a2a = a2a_c = 0.0
     if model.num_moe_layers:
         t_gpu = tokens / tp  # the MoE block splits a rank's tokens over its TP GPUs
         phys = model.num_experts + redundant
@@ -160,7 +167,7 @@ def _pieces(
         M = model.top_k * t_gpu * ep * etp / phys * f_exp
         experts = _experts_ms(hw, model, slots, phys, M, model.expert_intermediate_size // etp,
                               t_gpu * ep * etp * f_exp)
-        a2a = alltoall_ms(hw, model, t_gpu * f_a2a, ep, etp, gpus_per_node, dispatcher)
+        a2a, a2a_c = serve_alltoall_ms(hw, model, t_gpu * f_a2a, ep, etp, gpus_per_node, dispatcher, mode)
         if etp > 1:
             buf = model.top_k * t_gpu * etp * model.hidden_size * ACTIVATION_BYTES
             link = _link(hw, etp, 1, gpus_per_node)
@@ -168,7 +175,34 @@ def _pieces(
         router, permute, comb = router_ms(hw, model, t_gpu), permute_ms(hw, model, t_gpu), combine_ms(hw, model, t_gpu)
         shared = shared_experts_ms(hw, model, tokens, etp=tp)
     dense = dense_ffn_ms(hw, model, tokens, tp) if model.num_dense_layers else 0.0
-    return _Pieces(proj, core, tp_comm, router, permute, comb, shared, experts, etp_comm, a2a, dense)
+    return _Pieces(proj, core, tp_comm, router, permute, comb, shared, experts, etp_comm, a2a, dense, a2a_c)
+
+
+def dispatch_bytes_per_token(model: ModelSpec, dispatcher: str) -> float:
+    """Bytes one dispatched copy of a token moves: fp8 with one fp32 scale per
+    :data:`FP8_DISPATCH_GROUP` channels through DeepEP when the experts run in fp8, else bf16."""
+    h = model.hidden_size
+    if dispatcher == "deepep" and model.expert_dtype == "fp8":
+        return h + 4.0 * math.ceil(h / FP8_DISPATCH_GROUP)
+    return h * ACTIVATION_BYTES
+
+
+def serve_alltoall_ms(hw: HardwareProfile, model: ModelSpec, tokens: float, ep: int, etp: int, gpus_per_node: int,
+                      dispatcher: str, mode: str) -> tuple[float, float]:
+    """(dispatch, combine) ms of one serving MoE layer's ``tokens`` per GPU under uniform routing.
+    DeepEP runs its normal kernels in prefill (one copy per destination node, forwarded over NVLink
+    there) and its low-latency kernels in decode (SGLang ``--deepep-mode auto``), which send one copy
+    per selected expert straight to that expert's GPU — DeepEP's low-latency example and its measured
+    table count every top-k copy (README: 128 tokens, top-8, EP64: dispatch 173 µs, combine 314 µs),
+    peers of the same node over NVLink since DeepEP #173 (2025-06). Dispatch moves
+    :func:`dispatch_bytes_per_token`, combine the bf16 hidden state. Other dispatchers: bf16 both ways."""
+    if dispatcher != "deepep":
+        one = alltoall_ms(hw, model, tokens, ep, etp, gpus_per_node, dispatcher)
+        return one, one
+    copies = "pairs" if mode == "decode" else "deepep"
+    disp = alltoall_ms(hw, model, tokens, ep, etp, gpus_per_node, copies, dispatch_bytes_per_token(model, dispatcher))
+    comb = alltoall_ms(hw, model, tokens, ep, etp, gpus_per_node, copies, model.hidden_size * ACTIVATION_BYTES)
+    return disp, comb
 
 
 def imbalance_factors(imbalance: Imbalance, ep: int, tokens_per_gpu: float) -> tuple[float, float]:
@@ -247,10 +281,10 @@ def layer_ops(mode: str, p: _Pieces, slow: float = 1.0) -> list[Op]:
     y = ("yield",)
     if mode == "prefill":
         return [c(p.proj + p.core + p.tp_comm + p.router + p.permute), ("send", "d", p.a2a), y,
-                ("wait", "d"), c(p.experts + p.etp_comm), ("send", "c", p.a2a), y,
+                ("wait", "d"), c(p.experts + p.etp_comm), ("send", "c", p.a2a_combine), y,
                 c(p.shared), ("wait", "c"), c(p.combine)]
     return [c(p.proj), y, c(p.core + p.tp_comm + p.router), y, ("send", "d", p.a2a), c(p.shared), y,
-            ("wait", "d"), c(p.permute + p.experts + p.etp_comm), ("send", "c", p.a2a), y, ("wait", "c"), y,
+            ("wait", "d"), c(p.permute + p.experts + p.etp_comm), ("send", "c", p.a2a_combine), y, ("wait", "c"), y,
             c(p.combine)]
 
 
@@ -264,7 +298,7 @@ def _step(model: ModelSpec, hw: HardwareProfile, p: _Pieces, tbo_layers_ms: floa
 
 
 def _moe_ms(hw: HardwareProfile, p: _Pieces) -> float:
-    comm = 2.0 * p.a2a * (1.0 - hw.comm_overlap) + p.etp_comm
+    comm = (p.a2a + p.a2a_combine) * (1.0 - hw.comm_overlap) + p.etp_comm
     return p.router + p.permute + p.combine + p.shared + p.experts + comm
 
 

@@ -113,10 +113,12 @@ _coll = collective_scalar_ms
 
 
 def alltoall_ms(
-    hw: HardwareProfile, model: ModelSpec, tokens: float, ep: int, etp: int, gpus_per_node: int, dispatcher: str
+    hw: HardwareProfile, model: ModelSpec, tokens: float, ep: int, etp: int, gpus_per_node: int, dispatcher: str,
+    bytes_per_token: float | None = None,
 ) -> float:
     """One dispatch phase (ms) of ``tokens`` per GPU over an EP group of ``ep`` ranks ``etp`` GPUs
-    apart, under uniform routing (docs/cost_model.md §5); combine costs the same."""
+    apart, under uniform routing (docs/cost_model.md §5); each copy moves ``bytes_per_token``
+    (default: the hidden state in bf16, so combine costs the same as dispatch)."""
     if ep <= 1 or tokens <= 0:
         return 0.0
     n_ep = max(1, min(ep, gpus_per_node // etp, hw.nvlink.gpus_per_domain // etp))
@@ -125,7 +127,7 @@ def alltoall_ms(
     # Megatron's ``alltoall`` sends every pair; anything else is priced as DeepEP
     intra, inter = uniform_copies(model.num_experts, model.top_k, ep, n_ep,
                                   "pairs" if dispatcher == "pairs" else "deepep")
-    bpt = model.hidden_size * ACTIVATION_BYTES
+    bpt = model.hidden_size * ACTIVATION_BYTES if bytes_per_token is None else bytes_per_token
     t_nvl = nvlink(hw).message_ms(tokens * intra * bpt) if intra > 0 else 0.0
     t_nic = nic(hw).message_ms(tokens * inter * bpt) if inter > 0 else 0.0
     return max(t_nvl, t_nic)

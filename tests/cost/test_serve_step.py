@@ -88,8 +88,7 @@ def test_small_decode_batches_read_only_the_experts_they_activate(hw):
 
 
 def test_imbalance_prices_the_busiest_gpu_by_hand(hw):
-    from planner.cost.serve_step import imbalance_factors
-    from planner.cost.step import alltoall_ms
+    from planner.cost.serve_step import imbalance_factors, serve_alltoall_ms
 
     m = load_model("deepseek-v3")
     kw = dict(mode="decode", num_gpus=16, gpus_per_node=8, tp=1, pp=1, ep=16, sequences=16 * 64, seq_len=1024,
@@ -100,7 +99,8 @@ def test_imbalance_prices_the_busiest_gpu_by_hand(hw):
     assert serve_step(m, hw, imbalance=1.0, **kw).step_ms == base.step_ms  # the default is uniform routing
     # the all-to-all at twice the mean bytes: each phase is the phase of 128 tokens per GPU, everything else kept
     a2a = serve_step(m, hw, imbalance=(1.0, 2.0), **kw)
-    extra = 2.0 * (alltoall_ms(hw, m, 128, 16, 1, 8, "deepep") - alltoall_ms(hw, m, 64, 16, 1, 8, "deepep"))
+    extra = sum(serve_alltoall_ms(hw, m, 128, 16, 1, 8, "deepep", "decode")) - sum(
+        serve_alltoall_ms(hw, m, 64, 16, 1, 8, "deepep", "decode"))
     assert a2a.step_ms - base.step_ms == pytest.approx(m.num_moe_layers * extra * (1.0 - hw.comm_overlap))
     # the experts at 1.5 × the mean tokens: the grouped GEMM of the busiest GPU's slots
     e = _pieces(m, hw, imbalance=(1.5, 1.0), **pk).experts
@@ -130,3 +130,38 @@ def _experts_ms_by_hand(hw, m, slots, phys, M, group_tokens):
     one, two = (float(grouped_experts_ms(hw, m.hidden_size, m.expert_intermediate_size, m.expert_dtype,
                                          np.full((1, j), slots * M / n), kernel="grouped")[0]) for j in (1, 2))
     return one + (n - 1.0) * (two - one)
+
+
+def test_deepep_phases_by_hand(hw):
+    """Prefill (normal kernels): one copy per remote node; decode (low-latency kernels): one copy per
+    selected expert on another GPU. Dispatch moves fp8 plus one fp32 scale per 128 channels when
+    the experts run in fp8, combine bf16; other dispatchers bf16 both ways."""
+    from planner.cost.comm import nic, nvlink, uniform_remote_fractions
+    from planner.cost.serve_step import dispatch_bytes_per_token, serve_alltoall_ms
+
+    m = load_model("deepseek-v3")  # fp8 experts, hidden 7168, top-8 of 256
+    assert m.expert_dtype == "fp8" and m.hidden_size == 7168
+    assert dispatch_bytes_per_token(m, "deepep") == 7168 + 4 * 56
+    assert dispatch_bytes_per_token(m, "pairs") == 2 * 7168
+    fr = uniform_remote_fractions(256, 8, 64, 8)
+    tokens = 128
+    # decode at EP64, 8 GPUs per node: 8 · 7/64 copies over NVLink, 8 · 56/64 over the NIC
+    assert fr["pairs_inter"] == pytest.approx(8 * 56 / 64) and fr["pairs_intra"] == pytest.approx(8 * 7 / 64)
+    d, c = serve_alltoall_ms(hw, m, tokens, 64, 1, 8, "deepep", "decode")
+    want_d = max(nvlink(hw).message_ms(tokens * fr["pairs_intra"] * 7392), nic(hw).message_ms(tokens * 7.0 * 7392))
+    want_c = max(nvlink(hw).message_ms(tokens * fr["pairs_intra"] * 14336), nic(hw).message_ms(tokens * 7.0 * 14336))
+    assert (d, c) == (pytest.approx(want_d), pytest.approx(want_c))
+    # DeepEP's README measures these kernels at 128 tokens, top-8, hidden 7168, EP64 (H800, CX7):
+    # dispatch 173 µs, combine 314 µs, every copy over RDMA (before DeepEP #173); the NIC share here
+    # is 7 of 8 copies, so the model sits a little under those figures
+    assert 0.85 * 0.173 < d < 0.173 and 0.85 * 0.314 < c < 0.314
+    # prefill: one bf16 combine copy per remote node, the dispatch at 7392 / 14336 of its bytes
+    dp, cp = serve_alltoall_ms(hw, m, 4096, 64, 1, 8, "deepep", "prefill")
+    node = fr["node_inter"]
+    assert cp == pytest.approx(nic(hw).message_ms(4096 * node * 14336))
+    assert dp == pytest.approx(nic(hw).message_ms(4096 * node * 7392))
+    # a bf16-expert model dispatches bf16: both phases cost the same
+    b = load_model("qwen3-30b-a3b")
+    assert b.expert_dtype == "bf16"
+    bd, bc = serve_alltoall_ms(hw, b, 256, 8, 1, 8, "deepep", "prefill")
+    assert bd == bc > 0
