@@ -21,11 +21,11 @@ from planner.cost.memory import GIB, train_weight_bytes, weights_per_gpu_bytes
 from planner.errors import InfeasibleError, InputError
 from planner.exports.launch import launch_args
 from planner.offload import OffloadProblem, OffloadSimulationReport, prepare_offload, solve_offload
+from planner.plan_notes import group_routing_note, replica_cost_note
 from planner.progress import stage
 from planner.provenance import array_hash, input_hash, make_provenance
 from planner.ray_map import ray_map
 from planner.resolve import (
-    counts_only,
     resolve_hardware,
     resolve_model,
     resolve_trace,
@@ -36,7 +36,6 @@ from planner.score import (
     BASELINES,
     baseline_placement,
     check_baseline,
-    ep_ranks_per_node,
     placement_cost,
     simulate_stage,
     summarize,
@@ -62,13 +61,9 @@ from planner.specs.options import (
 from planner.specs.plan import Parallel, Placement, Plan, SolverReport
 from planner.specs.workload import DEFAULT_PREFILL_TOKENS, Workload, check_pool_options
 from planner.traces import CountsTrace, Trace
-from planner.traces.stats import group_limit_excess
 from planner.traces.steps import workload_steps
 
 __all__ = ["Problem", "SimulationReport", "placement_inputs", "plan", "prepare", "simulate", "solve"]
-
-#: Share of tokens breaking the model's group-limited routing above which the plan says so.
-GROUP_EXCESS_NOTE = 0.01
 
 
 def placement_inputs(problem: Problem, relay: str | None = None) -> PlacementInputs:
@@ -358,22 +353,6 @@ def previous_placement(previous: Plan | str | Path | np.ndarray, problem: Proble
     return arr
 
 
-def _group_routing_note(pr: Problem) -> list[str]:
-    """A note when the planning steps break the model's group-limited routing (tokens drawn from
-    counts carry no groups to check)."""
-    m, par = pr.model, pr.parallel
-    excess = 0.0 if counts_only(pr.trace_label) else group_limit_excess(pr.plan_trace, m.n_group, m.topk_group)
-    if excess <= GROUP_EXCESS_NOTE:
-        return []
-    return [
-        f"the trace does not follow {m.name}'s group-limited routing: {excess:.0%} of tokens pick experts in "
-        f"more than topk_group = {m.topk_group} of its n_group = {m.n_group} groups (recorded with another "
-        "model, or with group routing off?); EPLB keeps groups together regardless"
-        + ("; the solver moves single experts between nodes where that saves inter-node copies"
-           if ep_ranks_per_node(pr.cluster, par) < par.ep and pr.baseline is None else "")
-    ]
-
-
 def _place(
     pr: Problem, prev: np.ndarray | None, migration_weight: float, relay: str, notes: list[str], workers: int = 0,
 ) -> tuple[np.ndarray, PlacementResult | None]:
@@ -460,7 +439,7 @@ def solve(
     mem = pr.check_memory()
     require_migration_weight(migration_weight)
     notes = list(trace_notes(pr.trace, pr.trace_label)) + ([pr.steps_note] if pr.steps_note else [])
-    notes += _group_routing_note(pr)
+    notes += group_routing_note(m, cluster, par, pr.trace_label, pr.plan_trace, pr.baseline)
     if pr.baseline is not None and previous is not None:
         raise InputError(
             f"previous re-plans with the solver; it has no effect with baseline {pr.baseline}", field="previous"
@@ -470,7 +449,8 @@ def solve(
     p2l, res = _place(pr, prev, migration_weight, relay, notes, placement_workers)
     # the solver already scored its pick on the planning steps (no migration term without --previous)
     known = res.objective if res is not None and previous is None else None
-    notes += _replica_cost_note(pr, p2l, relay, known)
+    notes += replica_cost_note(pr.plan_trace, pr.plan_counts_LE, m, hw, cluster, par, pr.redundant_experts, pr.dispatch,
+                               pr.workload.expert_kernel, p2l, relay, known)
     stage("scoring on held-out steps")
     sim = simulate_stage(p2l, pr.eval_trace, m, hw, cluster, par, pr.dispatch, relay, pr.workload.expert_kernel)
     if relay != DEFAULT_RELAY:
@@ -503,33 +483,6 @@ def solve(
     if search_report is not None:
         out = out.model_copy(update={"launch": launch_args(out)})
     return out
-
-
-def _replica_cost_note(pr: Problem, p2l: np.ndarray, relay: str, t_plan: float | None = None) -> list[str]:
-    """A note when the same GPUs without redundant slots (contiguous, E / ep per GPU) predict less
-    MoE time on the planning steps than the plan: at small token counts an expert's GEMM is bound
-    by reading its weights, and every replica that receives tokens reads them once more.
-    ``t_plan``: the plan's planning-step MoE ms when already known (else simulated here)."""
-    m, par = pr.model, pr.parallel
-    if pr.redundant_experts <= 0 or m.num_experts % par.ep:
-        return []
-    kernel = pr.workload.expert_kernel
-    weight_LE = pr.plan_counts_LE.astype(np.float64)
-    plain = baseline_placement("contiguous", weight_LE, m, pr.cluster, par, 0)
-    def planning_ms(p: np.ndarray) -> float:
-        return float(simulate_stage(p, pr.plan_trace, m, pr.hardware, pr.cluster, par, pr.dispatch, relay, kernel)
-                     .step_ms_S.mean())
-
-    t_plain = planning_ms(plain)
-    if t_plan is None:
-        t_plan = planning_ms(p2l)
-    if t_plain >= t_plan:
-        return []
-    return [
-        f"without redundant slots (contiguous, {m.num_experts // par.ep} experts per GPU) the planning steps predict "
-        f"{t_plain:.3f} ms of MoE time per step against {t_plan:.3f} ms with {pr.redundant_experts}: at these token "
-        "counts a replica costs another read of its weights more than it balances; consider --redundant-experts 0"
-    ]
 
 
 def plan(model: str | ModelSpec = DEFAULT_MODEL, hardware: str | HardwareProfile = DEFAULT_HARDWARE, **kwargs: Any) -> Plan:
