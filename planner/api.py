@@ -252,6 +252,8 @@ def prepare(
     max_accuracy_cost: float | None = None,
     pp_first: int | None = None,
     pp_last: int | None = None,
+    two_batch_overlap: str | None = None,
+    routing: str | None = None,
 ) -> Problem | OffloadProblem:
     """Load and check every input of a planning run; raises :class:`InputError` on bad input.
 
@@ -260,7 +262,8 @@ def prepare(
     chosen by the parallelism search (:mod:`planner.solve.parallel`; ``cp``, ``recompute``,
     ``distributed_optimizer``, ``latency_target_ms`` and ``cross_node`` are its options). Serving
     is stated by ``prompt_len``, ``output_len``, ``batch``, ``request_rate``, ``kv_dtype``,
-    ``ttft_ms`` and ``tpot_ms`` (:class:`~planner.specs.workload.Workload`); an omitted decode
+    ``ttft_ms`` and ``tpot_ms`` (:class:`~planner.specs.workload.Workload`), its step priced with
+    ``two_batch_overlap`` (default off) and ``routing`` (default uniform); an omitted decode
     batch is the largest that fits memory and meets the targets, and the steps the placement is
     planned and scored on hold that batch (:func:`planner.traces.steps.workload_steps`).
     :class:`InfeasibleError` when nothing fits.
@@ -268,6 +271,7 @@ def prepare(
     if mode == "serve":  # two pools, each a plan of its own: planner.serve_plan
         raise InputError("mode 'serve' plans a prefill and a decode pool: call planner.plan_serving", field="mode")
     check_pool_options(mode, prefill_nodes, decode_nodes, prefill_tokens)
+    parallel_search.check_serving_pricing(mode, two_batch_overlap, routing)
     _check_options(time_limit, train_fraction, dispatch, baseline, nodes, gpus_per_node)
     m = resolve_model(model)
     hw = resolve_hardware(hardware)
@@ -303,7 +307,7 @@ def prepare(
     stage("parallelism search")
     found, workload = parallel_search.search_workload(
         m, hw, cluster, workload, fixed=fixed, redundant=redundant_experts, latency_target_ms=latency_target_ms,
-        cross_node=cross_node,
+        cross_node=cross_node, two_batch_overlap=two_batch_overlap, routing=routing, trace=tr if trace is not None else None,
     )  # output length: stated or the default, not the trace's sequences (those are whole requests)
     tr, steps_note = workload_steps(tr, workload, cluster.num_gpus, seed, regroup=recorded_counts is None)
     plan_tr, eval_tr, evaluated_on, plan_counts = _split_trace(tr, train_fraction, recorded_counts)
@@ -315,7 +319,7 @@ def prepare(
         "latency_target_ms": latency_target_ms, "cross_node": cross_node, "batch": batch,
         "ep": ep, "tp": tp, "pp": pp, "dp": dp, "etp": etp, "vpp": vpp,
         "redundant_experts": redundant_experts, "baseline": baseline, "dispatch": dispatch,
-        "seed": seed, "train_fraction": train_fraction,
+        "seed": seed, "train_fraction": train_fraction, "two_batch_overlap": two_batch_overlap, "routing": routing,
     }
     return Problem(
         model=m, hardware=hw, cluster=cluster, workload=workload, parallel=par, trace=tr,

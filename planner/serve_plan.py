@@ -184,8 +184,8 @@ def plan_serving(
     cross_node: bool = False,
     baseline: str | None = None,
     placement_workers: int = 0,
-    two_batch_overlap: str = "auto",
-    routing: str = "eplb",
+    two_batch_overlap: str | None = None,
+    routing: str | None = None,
     **unused: Any,
 ) -> Plan:
     """Plan a prefill pool and a decode pool on ``nodes × gpus_per_node`` GPUs (module docstring).
@@ -195,7 +195,7 @@ def plan_serving(
     split is compared and the one with the highest goodput kept. ``prefill_tokens``: prefill
     tokens per GPU in one step. ``two_batch_overlap``: ``auto`` prices each pool with SGLang's
     two-batch overlap and without and keeps the faster (the launch line asks for it where kept),
-    ``on`` / ``off`` force it. ``routing``: ``eplb`` prices each pool's step at its busiest GPU,
+    ``on`` / ``off`` force it (omitted: ``auto``). ``routing`` (omitted: ``eplb``): ``eplb`` prices each pool's step at its busiest GPU,
     the imbalance derived from routing (``trace``, else the model's) at the step's tokens per GPU
     with EPLB and ``redundant_experts`` (:mod:`planner.solve.serve_imbalance`); ``uniform`` at the mean.
     Keywords of :data:`SERVE_UNUSED` given a value are an
@@ -220,7 +220,7 @@ def plan_serving(
     routed = resolve_trace(trace, m, seed)[0] if trace is not None else None
     t = ServeTargets(prompt_len=prompt_len or seq_len, output_len=output_len or DEFAULT_OUTPUT_LEN, ttft_ms=ttft_ms,
                      tpot_ms=tpot_ms, kv_dtype=kv_dtype, redundant=redundant_experts, prefill_tokens=prefill_tokens,
-                     request_rate=request_rate, two_batch_overlap=two_batch_overlap, routing=routing,
+                     request_rate=request_rate, two_batch_overlap=two_batch_overlap or "auto", routing=routing or "eplb",
                      trace=routed)
     t.check()
     copy = kv_copy(m, hw, t.prompt_len, kv_dtype, same_node=cluster.num_nodes == 1)

@@ -48,7 +48,9 @@ def render_launch(plan: Plan) -> list[str]:
         lines += [
             f"  parallelism search: {s.enumerated} candidates, {s.evaluated} timed in {s.time_s:.2f} s; "
             f"ranked by {s.objective}" + (f"; fixed: {', '.join(s.fixed)}" if s.fixed else ""),
-            "  (whole-model step at uniform routing, experts as one grouped GEMM per GPU; the MoE figures above"
+            "  (whole-model step at "
+            + ("its busiest GPU (routing imbalance note below)" if any(n.startswith("routing imbalance") for n in s.notes)
+               else "uniform routing") + ", experts as one grouped GEMM per GPU; the MoE figures above"
             + (" replay the trace with grouped GEMMs too)" if plan.workload.expert_kernel == "grouped" else
                " replay the trace with experts run one after another (--expert-kernel loop), an upper bound for"
                " grouped kernels)"),

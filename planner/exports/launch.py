@@ -24,7 +24,10 @@ def launch_args(plan: Plan) -> LaunchArgs:
     v = vllm_flags(plan)
     if par.pp > 1:
         v += ["--pipeline-parallel-size", str(par.pp)]
-    return LaunchArgs(vllm=v, sglang=sglang_flags(plan, None))
+    sg = sglang_flags(plan, None)
+    if plan.search is not None and plan.search.chosen.two_batch_overlap:  # the step was priced with it
+        sg.append("--enable-two-batch-overlap")
+    return LaunchArgs(vllm=v, sglang=sg)
 
 
 def launch_notes(plan: Plan) -> list[str]:

@@ -51,7 +51,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from planner.cost.memory import GIB
-from planner.cost.serve_step import serve_step
+from planner.cost.serve_step import TBO_MODES, serve_step
 from planner.cost.step import RECOMPUTE, StepModel
 from planner.errors import InfeasibleError, InputError
 from planner.solve.candidates import TIE_RELATIVE, Candidate, Rejected, SearchResult, rank
@@ -63,6 +63,7 @@ from planner.solve.search_memory import (
     memory_reason,
 )
 from planner.solve.search_report import predicted_figures, to_report
+from planner.solve.serve_imbalance import ROUTINGS, imbalance_fn
 from planner.specs.cluster import ClusterSpec
 from planner.specs.degrees import (
     Degrees,
@@ -79,7 +80,7 @@ from planner.specs.workload import Workload, serving_lengths
 __all__ = [
     "FIXABLE", "MEMORY_RESERVE_GIB", "MODES", "TIE_RELATIVE", "Candidate", "Rejected", "SearchResult",
     "budget_bytes", "candidate_memory", "default_global_batch", "memory_reason", "predicted_figures", "rank",
-    "rule_violation", "search", "search_workload", "to_report",
+    "check_serving_pricing", "rule_violation", "search", "search_workload", "to_report",
 ]
 
 MICRO_BATCHES = (1, 2, 4, 8)
@@ -539,17 +540,32 @@ def _serving_targets(
     return target, ttft_ms if mode == "decode" else None
 
 
+def check_serving_pricing(mode: str, two_batch_overlap: str | None, routing: str | None) -> None:
+    """``two_batch_overlap`` and ``routing`` price serving steps: given, they must be allowed values
+    and the mode prefill or decode (serve takes them through :func:`planner.plan_serving`)."""
+    for name, value, allowed in (("two_batch_overlap", two_batch_overlap, TBO_MODES), ("routing", routing, ROUTINGS)):
+        if value is not None and mode not in ("prefill", "decode"):
+            raise InputError(f"{name} prices serving steps: it applies to modes prefill, decode and serve, not {mode}",
+                             field=name)
+        if value is not None and value not in allowed:
+            raise InputError(f"{name} must be one of {', '.join(allowed)} (got {value!r})", field=name)
+
+
 def search_workload(
     model: ModelSpec, hw: HardwareProfile, cluster: ClusterSpec, workload: Workload, *, fixed: dict[str, Any],
     redundant: int = 0, latency_target_ms: float | None = None, cross_node: bool = False,
-    mean_sequence_len: float | None = None,
+    mean_sequence_len: float | None = None, two_batch_overlap: str | None = None, routing: str | None = None,
+    trace: Any = None,
 ) -> tuple[SearchResult | None, Workload]:
     """:func:`search` for ``workload`` (``None`` for the modes it does not serve), and the workload
     with what serving resolved written in — prompt and output lengths
     (:func:`~planner.specs.workload.serving_lengths`; ``mean_sequence_len``: the trace's, when it
     has sequences) and the batch found — so that the plan records them and simulate and validate
-    form the same steps."""
+    form the same steps. Serving steps are priced with ``two_batch_overlap`` (default ``off``) and
+    ``routing`` (default ``uniform``; ``eplb``: the busiest GPU under EPLB, derived from ``trace``
+    or the model's, :func:`planner.solve.serve_imbalance.imbalance_fn`)."""
     mode = workload.mode
+    check_serving_pricing(mode, two_batch_overlap, routing)
     if mode not in MODES:
         return None, workload
     if mode == "train":
@@ -565,8 +581,12 @@ def search_workload(
         model, hw, cluster, mode=mode, seq_len=prompt, global_batch=workload.serving_batch, fixed=fixed,
         redundant=redundant, latency_target_ms=target, cross_node=cross_node,
         output_len=output if mode == "decode" else None, kv_dtype=workload.kv_dtype, ttft_ms=ttft,
-        request_rate=workload.request_rate,
+        request_rate=workload.request_rate, two_batch_overlap=two_batch_overlap or "off",
+        imbalance=imbalance_fn(model, redundant, mode, cluster.gpus_per_node, trace) if routing == "eplb" else 1.0,
     )
+    if routing == "eplb":
+        found.notes.insert(0, "routing imbalance: the step priced at its busiest GPU under EPLB with "
+                              f"{redundant} redundant experts, derived from routing at the step's tokens per GPU")
     found.notes.insert(0, f"serving lengths: {how}" if mode == "decode" else f"serving lengths: prompt {prompt}")
     update: dict[str, Any] = {"batch": found.best.sequences, "prompt_len": prompt,
                               "batch_searched": workload.serving_batch is None}

@@ -62,7 +62,7 @@ from planner.errors import InfeasibleError, InputError
 from planner.progress import stage
 from planner.solve.candidates import Candidate
 from planner.solve.parallel import search
-from planner.solve.serve_imbalance import imbalance_at, imbalance_fn
+from planner.solve.serve_imbalance import ROUTINGS, imbalance_at, imbalance_fn
 from planner.specs.cluster import ClusterSpec
 from planner.specs.hardware import HardwareProfile
 from planner.specs.model import ModelSpec
@@ -71,8 +71,6 @@ from planner.specs.workload import DEFAULT_PREFILL_TOKENS
 #: Highest share of a pool's capacity (prefill) or of steps carrying a chunk (colocated) taken
 #: when no TTFT target bounds it: the queue stays finite.
 MAX_UTILIZATION = 0.95
-#: ``ServeTargets.routing``: the busiest GPU under EPLB, derived from routing; or the mean load.
-ROUTINGS = ("eplb", "uniform")
 
 
 @dataclass(frozen=True)

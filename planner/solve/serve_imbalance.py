@@ -49,6 +49,8 @@ from planner.specs.model import ModelSpec
 from planner.traces import Trace, default_trace_path, load_trace, synth_trace
 from planner.traces.trace import expert_counts
 
+#: How a serving step's routing is priced: the busiest GPU under EPLB, derived here; or the mean load.
+ROUTINGS = ("eplb", "uniform")
 #: Most steps sampled for one figure, fewest, and the bound on steps × layers × step tokens.
 MAX_STEPS = 8
 MIN_STEPS = 1

@@ -100,6 +100,15 @@ class PlanOptions(BaseModel):
     prefill_tokens: int = _opt(
         DEFAULT_PREFILL_TOKENS, "Serve: prefill tokens per GPU in one prefill step (SGLang --max-prefill-tokens per DP rank)"
     )
+    two_batch_overlap: Literal["off", "on", "auto"] | None = _opt(
+        None, "Serving: price the MoE layers as SGLang's two-batch overlap (--enable-two-batch-overlap): on, off, or "
+        "auto (whichever step is faster); omitted: auto in serve mode, off in prefill and decode"
+    )
+    routing: Literal["eplb", "uniform"] | None = _opt(
+        None, "Serving: price each step at its busiest GPU under EPLB with the redundant experts, derived from the "
+        "trace at the step's tokens per GPU (eplb), or every GPU at the mean load (uniform); omitted: eplb in serve "
+        "mode, uniform in prefill and decode"
+    )
     tokens_per_step: int | None = _opt(None, "Tokens per step when the trace has no step array")
     redundant_experts: int = _opt(0, "Extra physical expert slots for replicas")
     gpu_memory_gb: float | None = _opt(None, "GPU memory budget (offload mode)")

@@ -30,6 +30,7 @@ class Alternative(Spec):
     tokens_per_s: float = Field(ge=0, description="Predicted tokens per second across the cluster")
     tflops_per_gpu: float | None = Field(default=None, ge=0, description="Train: model TFLOP/s per GPU (Megatron's FLOP count)")
     latency_ms: float | None = Field(default=None, ge=0, description="Serving: per-token latency (decode) or time to first token (prefill), ms")
+    two_batch_overlap: bool | None = Field(default=None, description="Serving: the step is priced with SGLang's two-batch overlap (--enable-two-batch-overlap)")
     memory_gib: float = Field(ge=0, description="Predicted memory per GPU for the mode, GiB")
 
 

@@ -204,3 +204,21 @@ def test_training_dry_run_prices_weights_in_the_training_dtype(capsys):
     # the experts' bytes double (fp8 → bf16); the rest is bf16 either way
     experts_fp8 = size["slots_per_gpu"] * m.expert_bytes * -(-m.num_moe_layers // par["pp"]) / par["etp"]
     assert train_weight_bytes(*args) - weights_per_gpu_bytes(*args) == pytest.approx(experts_fp8)
+
+
+def test_two_batch_overlap_flag_reaches_the_sglang_line(capsys):
+    """``--two-batch-overlap on`` prices the decode step with it and the SGLang line asks for it;
+    the default (off in decode) does not; ``--routing`` in train mode exits 2 (bad input) naming the flag."""
+    args = ("plan", "--model", "deepseek-v2-lite", "--batch", "512", "--time-limit", "5", "--json")
+    code, out, err = run(capsys, *args, "--two-batch-overlap", "on")
+    assert code == 0, err
+    plan = Plan.model_validate_json(out)
+    assert plan.search.chosen.two_batch_overlap is True
+    assert "--enable-two-batch-overlap" in plan.launch.sglang
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    plan = Plan.model_validate_json(out)
+    assert plan.search.chosen.two_batch_overlap is False
+    assert "--enable-two-batch-overlap" not in plan.launch.sglang
+    code, out, err = run(capsys, "plan", "--mode", "train", "--routing", "eplb")
+    assert code == 2 and "--routing prices serving steps" in err  # bad input: exit 2
