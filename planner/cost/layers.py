@@ -57,6 +57,7 @@ the copy bandwidth); pass ``efficiency`` to price such a layer.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -231,9 +232,10 @@ def attention_ms(
     kv_b = DTYPE_BYTES.get(kv_dtype)
     if kv_b is None:
         raise InputError(f"kv_dtype: unknown dtype {kv_dtype!r}; known: {', '.join(DTYPE_BYTES)}")
-    if mode == "prefill":
-        flops = 2.0 * sequences * seq_len * seq_len * heads * att.head_dim
+    if mode == "prefill":  # the causal flash-attention forward at its published throughput
         nbytes = tokens * (2 * heads + 2 * kv_heads_per_rank(att.num_kv_heads, tp)) * att.head_dim * ACTIVATION_BYTES
+        flash = flash_attention_ms(hw, model, sequences, seq_len, tp)[0]
+        return AttentionTime(proj, fit.fixed_ms / _FFN_KERNELS + max(flash, nbytes / bw * 1e3))
     else:
         flops = 4.0 * sequences * context * heads * att.head_dim
         kv_tok = att.kv_bytes_per_token_per_layer(kv_b)
@@ -245,6 +247,45 @@ def attention_ms(
     p = fit.softmax_p
     core = fit.fixed_ms / _FFN_KERNELS + ((flops / peak * 1e3) ** p + (nbytes / bw * 1e3) ** p) ** (1.0 / p)
     return AttentionTime(proj, float(core))
+
+
+#: Flash-attention throughput (TFLOP/s, causal FLOPs convention 2·b·s²·a·d_h forward) of cuDNN's
+#: fused attention, what Transformer Engine runs on H100, head dim 128, bf16, by sequence length:
+#: FlashAttention-3 paper (Shah et al. 2024, arXiv 2407.08608), Fig. "Attention forward speed,
+#: head dim 128 (H100 80GB SXM5)" (cuDNN bars) and Fig. "Attention backward speed, head dim 128"
+#: (cuDNN bars). Measured without a causal mask: the causal kernel of the same length runs at most
+#: this fast, so these are optimistic bounds. Other head dims are priced with these (no table here).
+#: The profile's device fit is used on other GPUs (the figures are H100 measurements).
+#: The H100 SXM's dense bf16 peak (datasheet), the reference of :data:`CUDNN_ATTN_H100_TFLOPS`.
+H100_BF16_PEAK = 989.4
+CUDNN_ATTN_H100_TFLOPS = {  # seq_len: (forward, backward)
+    512: (497.0, 305.0), 1024: (574.0, 408.0), 2048: (617.0, 465.0), 4096: (609.0, 499.0),
+    8192: (600.0, 518.0), 16384: (595.0, 516.0),
+}
+
+#: Flash-attention backward over forward for the attention core: the backward runs five matrix
+#: products to the forward's two (Dao 2023, FlashAttention-2, §3.1-3.2), so 2.5 rather than the
+#: 2 of a plain GEMM.
+ATTN_BACKWARD_FACTOR = 2.5
+
+
+def flash_attention_ms(hw: HardwareProfile, model: ModelSpec, b: int, s: int, tp: int) -> tuple[float, float]:
+    """Forward and backward (ms) of the causal flash-attention core of one layer over ``b``
+    sequences of ``s`` tokens, ``a/tp`` heads: 2·b·s²·(a/tp)·d_h FLOPs forward, 2.5 × that backward
+    (:data:`ATTN_BACKWARD_FACTOR`), at :data:`CUDNN_ATTN_H100_TFLOPS` (log-interpolated in s, clamped
+    at its ends) scaled by the profile's bf16 peak over the H100's 989.4 (a compute-bound kernel).
+    Training prices both; a serving prefill step its forward (:func:`attention_ms`)."""
+    if b <= 0 or s <= 0 or tp <= 0:
+        raise InputError(f"b, s and tp must be > 0 (got {b}, {s}, {tp})")
+    att = model.attention
+    flops = 2.0 * b * s * s * max(1, att.num_heads // tp) * att.head_dim
+    lens = np.log2(np.array(sorted(CUDNN_ATTN_H100_TFLOPS), dtype=np.float64))
+    fw = np.array([CUDNN_ATTN_H100_TFLOPS[k][0] for k in sorted(CUDNN_ATTN_H100_TFLOPS)])
+    bw = np.array([CUDNN_ATTN_H100_TFLOPS[k][1] for k in sorted(CUDNN_ATTN_H100_TFLOPS)])
+    scale = hw.peak_tflops.get("bf16", H100_BF16_PEAK) / H100_BF16_PEAK
+    x = math.log2(s)
+    t_f, t_b = float(np.interp(x, lens, fw)) * scale, float(np.interp(x, lens, bw)) * scale
+    return flops / (t_f * 1e12) * 1e3, ATTN_BACKWARD_FACTOR * flops / (t_b * 1e12) * 1e3
 
 
 def kv_heads_per_rank(kv_heads: int, tp: int) -> int:

@@ -44,6 +44,7 @@ from planner.cost.layers import (
     combine_ms,
     dense_ffn_ms,
     dispatcher_sync_ms,
+    flash_attention_ms,
     fp8_cast_ms,
     gemm_ms,
     memory_pass_ms,
@@ -66,10 +67,6 @@ OPTIMIZER_STEP_BYTES = 30.0
 #: all-gather can overlap (the forward of the first, ≈ 1/3).
 REDUCE_WINDOW, GATHER_WINDOW = 2.0 / 3.0, 1.0 / 3.0
 RECOMPUTE = ("none", "selective", "full")
-#: Flash-attention backward over forward for the attention core: the backward runs five matrix
-#: products to the forward's two (Dao 2023, FlashAttention-2, §3.1-3.2), so 2.5 rather than the
-#: 2 of a plain GEMM.
-ATTN_BACKWARD_FACTOR = 2.5
 #: Elementwise traffic of one layer's forward outside the GEMMs and the attention core, in units
 #: of T·h·2 bytes: two RMSNorms (read + write: 2 × 2), two residual adds (read 2, write 1: 2 × 3),
 #: RoPE on q and k (read + write ≈ 2 × (a + kv)·d_h / h, taken as 2 for GQA models).
@@ -87,19 +84,6 @@ MAIN_GRAD_BYTES = 8.0
 #: fixed cost of small GEMMs; training's experts see thousands of tokens each (M = k·b·s·ep/E), where
 #: the tables run at 400-650 TFLOP/s and the overlap is small, so it is not credited.
 TRAIN_EXPERT_KERNEL = "loop"
-#: Flash-attention throughput (TFLOP/s, causal FLOPs convention 2·b·s²·a·d_h forward) of cuDNN's
-#: fused attention, what Transformer Engine runs on H100, head dim 128, bf16, by sequence length:
-#: FlashAttention-3 paper (Shah et al. 2024, arXiv 2407.08608), Fig. "Attention forward speed,
-#: head dim 128 (H100 80GB SXM5)" (cuDNN bars) and Fig. "Attention backward speed, head dim 128"
-#: (cuDNN bars). Measured without a causal mask: the causal kernel of the same length runs at most
-#: this fast, so these are optimistic bounds. Other head dims are priced with these (no table here).
-#: The profile's device fit is used on other GPUs (the figures are H100 measurements).
-#: The H100 SXM's dense bf16 peak (datasheet), the reference of :data:`CUDNN_ATTN_H100_TFLOPS`.
-H100_BF16_PEAK = 989.4
-CUDNN_ATTN_H100_TFLOPS = {  # seq_len: (forward, backward)
-    512: (497.0, 305.0), 1024: (574.0, 408.0), 2048: (617.0, 465.0), 4096: (609.0, 499.0),
-    8192: (600.0, 518.0), 16384: (595.0, 516.0),
-}
 
 
 # ---- links ------------------------------------------------------------------------------------
@@ -188,24 +172,6 @@ def model_flops_per_step(model: ModelSpec, global_batch: int, seq_len: int) -> f
     return flops
 
 
-def attention_core_train_ms(hw: HardwareProfile, model: ModelSpec, b: int, s: int, tp: int) -> tuple[float, float]:
-    """Forward and backward (ms) of the causal flash-attention core of one layer over ``b``
-    sequences of ``s`` tokens, ``a/tp`` heads: 2·b·s²·(a/tp)·d_h FLOPs forward, 2.5 × that backward
-    (:data:`ATTN_BACKWARD_FACTOR`), at :data:`CUDNN_ATTN_H100_TFLOPS` (log-interpolated in s, clamped
-    at its ends) scaled by the profile's bf16 peak over the H100's 989.4 (a compute-bound kernel)."""
-    if b <= 0 or s <= 0 or tp <= 0:
-        raise InputError(f"b, s and tp must be > 0 (got {b}, {s}, {tp})")
-    att = model.attention
-    flops = 2.0 * b * s * s * max(1, att.num_heads // tp) * att.head_dim
-    lens = np.log2(np.array(sorted(CUDNN_ATTN_H100_TFLOPS), dtype=np.float64))
-    fw = np.array([CUDNN_ATTN_H100_TFLOPS[k][0] for k in sorted(CUDNN_ATTN_H100_TFLOPS)])
-    bw = np.array([CUDNN_ATTN_H100_TFLOPS[k][1] for k in sorted(CUDNN_ATTN_H100_TFLOPS)])
-    scale = hw.peak_tflops.get("bf16", H100_BF16_PEAK) / H100_BF16_PEAK
-    x = math.log2(s)
-    t_f, t_b = float(np.interp(x, lens, fw)) * scale, float(np.interp(x, lens, bw)) * scale
-    return flops / (t_f * 1e12) * 1e3, ATTN_BACKWARD_FACTOR * flops / (t_b * 1e12) * 1e3
-
-
 class StepModel:
     """The step-time cost object of one (model, hardware, node size): the search calls
     :meth:`train_step` for thousands of candidates that share its per-layer pieces, so each
@@ -226,9 +192,9 @@ class StepModel:
 
     def _attention(self, tp: int, cp: int, b: int, s: int) -> tuple[float, float, float]:
         """Projections (forward), attention core forward and core backward of one micro-batch:
-        the core at cuDNN's published flash-attention throughput (:func:`attention_core_train_ms`)."""
+        the core at cuDNN's published flash-attention throughput (:func:`~planner.cost.layers.flash_attention_ms`)."""
         a = attention_ms(self.hw, self.model, mode="prefill", sequences=b, seq_len=s, tp=tp, weight_dtype=self.gemm_dtype)
-        fwd, bwd = attention_core_train_ms(self.hw, self.model, b, s, tp)
+        fwd, bwd = flash_attention_ms(self.hw, self.model, b, s, tp)
         return a.projections_ms / cp, fwd / cp, bwd / cp
 
     def _mtp_proj(self, tp: int, T: float) -> float:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from planner.cost.compute import expert_ffn_ms
-from planner.cost.layers import memory_pass_ms
-from planner.cost.step import CUDNN_ATTN_H100_TFLOPS, StepModel, attention_core_train_ms
+from planner.cost.layers import CUDNN_ATTN_H100_TFLOPS, flash_attention_ms, memory_pass_ms
+from planner.cost.step import StepModel
 from planner.specs.model_io import load_model
 
 
@@ -52,20 +52,20 @@ def test_sort_by_local_expert_by_hand(hw, qwen):
 
 def test_attention_core_at_cudnn_throughput_by_hand(hw, qwen):
     flops = 2.0 * 2 * 4096**2 * 32 * 128  # 2·b·s²·a·d_h, b = 2, s = 4096, 32 heads of 128
-    fwd, bwd = attention_core_train_ms(hw, qwen, 2, 4096, 1)
+    fwd, bwd = flash_attention_ms(hw, qwen, 2, 4096, 1)
     assert fwd == pytest.approx(flops / 609e12 * 1e3)
     assert bwd == pytest.approx(2.5 * flops / 499e12 * 1e3)
     # TP splits the heads; between the published lengths the throughput is log-interpolated
-    assert attention_core_train_ms(hw, qwen, 2, 4096, 2)[0] == pytest.approx(fwd / 2)
+    assert flash_attention_ms(hw, qwen, 2, 4096, 2)[0] == pytest.approx(fwd / 2)
     x = (math.log2(3000) - 11) / 1.0
     tf = 617.0 + x * (609.0 - 617.0)
-    assert attention_core_train_ms(hw, qwen, 1, 3000, 1)[0] == pytest.approx(2.0 * 3000**2 * 32 * 128 / (tf * 1e12) * 1e3)
+    assert flash_attention_ms(hw, qwen, 1, 3000, 1)[0] == pytest.approx(2.0 * 3000**2 * 32 * 128 / (tf * 1e12) * 1e3)
     # monotone in tokens (sequence length and sequences)
-    ts = [attention_core_train_ms(hw, qwen, b, s, 1)[1] for b, s in ((1, 512), (1, 4096), (2, 4096), (1, 16384))]
+    ts = [flash_attention_ms(hw, qwen, b, s, 1)[1] for b, s in ((1, 512), (1, 4096), (2, 4096), (1, 16384))]
     assert ts == sorted(ts)
     assert set(CUDNN_ATTN_H100_TFLOPS) == {512, 1024, 2048, 4096, 8192, 16384}
     with pytest.raises(Exception, match="must be > 0"):
-        attention_core_train_ms(hw, qwen, 0, 4096, 1)
+        flash_attention_ms(hw, qwen, 0, 4096, 1)
 
 
 def test_step_reports_the_new_parts(hw, qwen):
