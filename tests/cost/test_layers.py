@@ -92,3 +92,18 @@ def test_decode_attention_reads_the_whole_mla_cache_and_ceil_kv_heads_per_rank()
     # GQA with 4 KV heads (Qwen3-30B-A3B): TP 4 and TP 8 both keep one head per rank
     assert core("qwen3-30b-a3b", 8) == pytest.approx(core("qwen3-30b-a3b", 4))
     assert core("qwen3-30b-a3b", 2) == pytest.approx(2 * core("qwen3-30b-a3b", 4), rel=0.02)
+
+
+def test_prefill_attention_core_runs_at_the_published_flash_throughput():
+    """DeepSeek-V3, 4 prompts of 4,000 tokens, 128 heads of 192: 2·4·4000²·128·192 FLOPs at the
+    cuDNN forward figure interpolated between 2,048 (617) and 4,096 (609) TFLOP/s, plus the fitted
+    per-kernel fixed cost; the same forward the training model prices."""
+    hw = load_hardware("h100-sxm")
+    m = load_model("deepseek-v3")
+    a = layers.attention_ms(hw, m, mode="prefill", sequences=4, seq_len=4000, tp=1)
+    x = (np.log2(4000) - 11.0)
+    tflops = 617.0 + x * (609.0 - 617.0)
+    flops = 2.0 * 4 * 4000**2 * 128 * 192
+    fixed = device_fit(hw, "bf16").fixed_ms / layers._FFN_KERNELS
+    assert a.core_ms == pytest.approx(fixed + flops / (tflops * 1e12) * 1e3, rel=1e-9)
+    assert a.core_ms == pytest.approx(fixed + layers.flash_attention_ms(hw, m, 4, 4000, 1)[0], rel=1e-12)
