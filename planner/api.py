@@ -315,10 +315,9 @@ def prepare(
         b = found.best
         par = Parallel(dp=b.dp, tp=b.tp, pp=b.pp, ep=b.ep, etp=b.etp, vpp=b.vpp, cp=b.cp)
     options = {
-        "cp": cp, "recompute": recompute, "distributed_optimizer": distributed_optimizer,
-        "latency_target_ms": latency_target_ms, "cross_node": cross_node, "batch": batch,
-        "ep": ep, "tp": tp, "pp": pp, "dp": dp, "etp": etp, "vpp": vpp,
-        "redundant_experts": redundant_experts, "baseline": baseline, "dispatch": dispatch,
+        "cp": cp, "recompute": recompute, "distributed_optimizer": distributed_optimizer, "latency_target_ms":
+        latency_target_ms, "cross_node": cross_node, "batch": batch, "ep": ep, "tp": tp, "pp": pp, "dp": dp, "etp": etp,
+        "vpp": vpp, "redundant_experts": redundant_experts, "baseline": baseline, "dispatch": dispatch,
         "seed": seed, "train_fraction": train_fraction, "two_batch_overlap": two_batch_overlap, "routing": routing,
     }
     return Problem(
