@@ -7,8 +7,10 @@ Mixtral-8x7B and DeepSeek-V3 from published counts; other models their family's 
 generic one, DeepSeek-V2-Lite's fit).
 
 - ``skew`` — per-layer expert popularity. Layer l has Zipf exponent
-  ``s_l = skew · exp(0.35 · N(0, 1))`` (so layers differ) over a random ranking of its experts
-  (which experts are hot differs by layer): log-popularity ``-s_l · log(1 + rank)``.
+  ``s_l = skew · exp(0.35 · z_l)`` (so layers differ; z_l the L quantiles of N(0, 1) in random
+  order, so that the layers' spread, and the median layer, are the same for every seed) over a
+  random ranking of its experts (which experts are hot differs by layer): log-popularity
+  ``-s_l · log(1 + rank)``.
 - ``affinity`` — cross-layer affinity. Each layer l has a random permutation
   ``next_l: E -> E`` (an expert's preferred successor, mapping co-activation clusters onto
   clusters); each of a token's k experts e at layer l is followed at layer l+1 by its successor
@@ -16,17 +18,26 @@ generic one, DeepSeek-V2-Lite's fit).
   mean is ``affinity`` (some experts have near-certain successors, others none: the best guess
   of the next layer is more reliable than the rest, as in real routing).
 - ``coactivation`` — experts come in clusters of ``cluster_size`` (within a routing group when
-  groups exist). Each token has a preference of standard deviation ``coactivation`` per
-  cluster, added to the logits of all the cluster's experts, so picking one raises the chance
-  of its partners. With affinity, a token's preferences at layer l+1 are
-  ``affinity · (its layer-l preferences, moved through the cluster map) + sqrt(1 - affinity²) ·
-  fresh`` so that the experts it picks freely agree with those it follows.
+  groups exist), and each cluster has a position in a latent space (a unit vector of
+  :data:`LATENT_DIM` dimensions, uniform on the sphere). Each token has a centre u there (a
+  unit vector) and adds ``coactivation · sqrt(d) · <u, x_c>`` (standard deviation
+  ``coactivation``) to the logits of cluster c's experts: its k experts come from one
+  neighbourhood, so nearby pairs are picked together far more often than at random and the many
+  distant pairs less (real routing's median pair lift is below independence and its top pairs
+  several times above). Successor clusters take their predecessors' positions at the next
+  layer, and a token's centre at layer l+1 is ``affinity · (its layer-l centre) +
+  sqrt(1 - affinity²) · fresh``, normalized, so that the experts it picks freely agree with those
+  it follows. A per-layer offset per cluster (:func:`_even_latent`) makes the latent
+  preferences (tokens' and requests') popularity-neutral: each cluster keeps its share of the
+  layer's popularity, and an isolated cluster is not hot.
 - ``drift`` — popularity moves over steps: a Gaussian random walk on the log-popularity whose
   total standard deviation from the first to the last step is ``drift``.
 - sequences — tokens belong to requests (``seq_id``, ``pos`` in the trace) of log-normal length
   (median ``seq_len``, log-spread ``seq_len_spread``). ``topic``: each sequence has per-layer
   log-popularity offsets of that standard deviation, drifting along the sequence
-  (``topic_drift``); ``reuse``: offsets of that standard deviation shared by runs of about
+  (``topic_drift``); ``topic_geometry`` (in [0, 1]): that share of the topic is latent, the
+  preferences of a sequence centre (carried across layers like a token's) rather than
+  independent per expert, so a request favours a neighbourhood of experts; ``reuse``: offsets of that standard deviation shared by runs of about
   ``reuse_span`` consecutive tokens, so that a token re-picks the experts its sequence just
   used; ``repick``: a token at an odd position re-picks each expert of a neighbour with this
   probability (tokens at even positions are drawn first). All three scale with depth (weaker
@@ -63,6 +74,7 @@ experts hot.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -77,12 +89,21 @@ from planner.traces.trace import Trace
 _BOOST = np.float32(1.0e4)
 #: Spread of the per-layer Zipf exponent around ``skew`` (log-normal sigma).
 _SKEW_SPREAD = 0.35
+_NORMAL = NormalDist()
 #: Strength of the sequence structure (topic, reuse, repick) by relative depth l / (L - 1):
 #: linear between these points, the shape of DeepSeek-V2-Lite's per-layer temporal reuse on
 #: Puffin prompts (arXiv 2508.17137's recording: 0.14 at the first MoE layer, ~0.33 at 40% depth,
 #: 0.20 at the last).
 _SEQ_DEPTH = (0.0, 0.4, 1.0)
-_SEQ_STRENGTH = (0.2, 1.0, 0.65)
+_SEQ_STRENGTH = (0.2, 1.0, 0.6)
+#: Dimension of the latent space of co-activation (experts' positions, tokens' and sequences'
+#: centres). Small, so that a centre favours a neighbourhood and most pairs of experts are far
+#: apart: on DeepSeek-V2-Lite's routing (tools/calibrate_synth.py) 4 matched the pair-lift
+#: percentiles best among 2, 3, 4, 6 and 8 (2-3: too few pairs stand out, 6-8: the median pair
+#: is not pushed below independence).
+LATENT_DIM = 4
+#: Sampled centres and fixed-point steps of the latent popularity correction (:func:`_even_latent`).
+_EVEN_SAMPLES, _EVEN_STEPS = 2048, 30
 #: Dirichlet concentration of a rank's domain mixture at rank_mix = 1 (small: 1-2 domains).
 _RANK_DIRICHLET = 0.3
 
@@ -160,6 +181,7 @@ def synth_trace(
     seq_len_spread: float | None = None,
     topic: float | None = None,
     topic_drift: float | None = None,
+    topic_geometry: float | None = None,
     reuse: float | None = None,
     reuse_span: float | None = None,
     repick: float | None = None,
@@ -181,8 +203,8 @@ def synth_trace(
     name = model_name if model_name is not None else (model.name if model is not None else None)
     p = _params(model, name, dict(skew=skew, affinity=affinity, coactivation=coactivation,
                                   domain_spread=domain_spread, seq_len=seq_len, seq_len_spread=seq_len_spread,
-                                  topic=topic, topic_drift=topic_drift, reuse=reuse, reuse_span=reuse_span,
-                                  repick=repick))
+                                  topic=topic, topic_drift=topic_drift, topic_geometry=topic_geometry,
+                                  reuse=reuse, reuse_span=reuse_span, repick=repick))
     drift = _check_range("drift", drift, 0.0)
     rank_mix = _check_range("rank_mix", rank_mix, 0.0, 1.0)
     T, tps, R, D = int(num_tokens), int(tokens_per_step), int(num_ranks), int(num_domains)
@@ -194,7 +216,7 @@ def synth_trace(
     # One generator per concern, drawn in this order: structure, drift, rank mixtures, tokens,
     # sequences (lengths, layout, then each layer's topics and reuse offsets).
     ss = np.random.SeedSequence(int(seed))
-    s_struct, s_drift, s_mix, s_tok, s_seq = (np.random.default_rng(s) for s in ss.spawn(5))
+    s_struct, s_drift, s_mix, s_tok, s_seq, s_even = (np.random.default_rng(s) for s in ss.spawn(6))
     st = _structure(s_struct, L, E, G, cs, D, p["skew"], p["domain_spread"], p["affinity"])
     walk_SLE = _drift_walk(s_drift, S, L, E, drift)
     lens = seq_lengths(s_seq, T, p["seq_len"], p["seq_len_spread"])
@@ -202,7 +224,7 @@ def synth_trace(
     dom_N = _seq_domains(s_mix, s_tok, lay, S, R, D, int(rank_groups), rank_mix, sticky_ranks)
     row_G = lay.step_T[lay.seg_first_G] * D + dom_N[lay.seq_T[lay.seg_first_G]]
 
-    ids_LTk, w_LTk = _route(st, lay, p, s_seq, s_tok, walk_SLE, row_G, L, E, k, S, D, G, TG, weights)
+    ids_LTk, w_LTk = _route(st, lay, p, s_seq, s_tok, s_even, walk_SLE, row_G, L, E, k, S, D, G, TG, weights)
 
     return Trace(
         ids_LTk,
@@ -219,7 +241,7 @@ def synth_trace(
 
 def _route(
     st: _Structure, lay: Layout, p: dict[str, float], s_seq: np.random.Generator, s_tok: np.random.Generator,
-    walk_SLE: np.ndarray, row_G: np.ndarray, L: int, E: int, k: int, S: int, D: int, G: int, TG: int,
+    s_even: np.random.Generator, walk_SLE: np.ndarray, row_G: np.ndarray, L: int, E: int, k: int, S: int, D: int, G: int, TG: int,
     weights: bool,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Every layer's choices (published ids [L, T, k]) and gate weights ([L, T, k] or None).
@@ -244,13 +266,19 @@ def _route(
         parts = [np.arange(T)]
     prev: list[np.ndarray | None] = [None] * len(parts)
     pref: list[np.ndarray | None] = [None] * len(parts)
+    geometry, u_seq = p["topic_geometry"], None
+    even_LE = _even_latent(s_even, st, L, coactivation, [p["topic"] * geometry * _depth(i, L) for i in range(L)])
     top_T = np.empty((T, k), dtype=np.int32)
     val_T = np.empty((T, k), dtype=np.float32)
     for layer in range(L):
         # logits [T, E] = popularity at the step + domain + topic + reuse offsets of the token's segment
-        table = (st.logpop_LE[layer] + walk_SLE[:, layer])[:, None, :] + st.domain_DLE[None, :, layer, :]
-        h = float(np.interp(layer / max(L - 1, 1), _SEQ_DEPTH, _SEQ_STRENGTH))
-        topic_BE = topic_table(s_seq, lay, E, h * p["topic"], p["topic_drift"])
+        table = (st.logpop_LE[layer] + even_LE[layer] + walk_SLE[:, layer])[:, None, :] + st.domain_DLE[None, :, layer, :]
+        h = _depth(layer, L)
+        geo_NE = None
+        if p["topic"] > 0.0 and geometry > 0.0:  # the sequences' centres, carried like the tokens'
+            u_seq = _centres(s_seq, lay.num_seq, u_seq, st, affinity)
+            geo_NE = _per_expert(_latent_preferences(u_seq, st, layer, 1.0), st)
+        topic_BE = topic_table(s_seq, lay, E, h * p["topic"], p["topic_drift"], geo_NE, geometry)
         seg_GE = segment_table(s_seq, lay, row_G, table.reshape(S * D, E), topic_BE, h * p["reuse"])
         for j, idx in enumerate(parts):
             seg = lay.seg_T[idx]
@@ -335,6 +363,7 @@ class _Structure:
     domain_DLE: np.ndarray  # [D, L, E] domain offsets
     cluster_E: np.ndarray  # [E] cluster of each internal id
     cnext_LC: np.ndarray | None  # [L-1, C] cluster successor map (contiguous clusters only)
+    pos_LCd: np.ndarray  # [L, C, LATENT_DIM] float32 latent position of each cluster (unit vectors)
     next_LE: np.ndarray  # [L-1, E] expert successor permutation, layer l -> l+1
     follow_LE: np.ndarray  # [L-1, E] probability that an expert is followed by its successor
     C: int  # clusters
@@ -351,7 +380,10 @@ def _structure(
     relabel_LE = np.stack(
         [np.concatenate([g * epg + rng.permutation(epg) for g in range(G)]) for _ in range(L)]
     )
-    exponent_L = skew * np.exp(_SKEW_SPREAD * rng.standard_normal(L))
+    # the layers' exponents are the L quantiles of the log-normal in random order: the spread
+    # between layers is the same for every seed (a random draw moves the median layer's skew)
+    z_L = np.array([_NORMAL.inv_cdf((i + 0.5) / L) for i in range(L)])[rng.permutation(L)]
+    exponent_L = skew * np.exp(_SKEW_SPREAD * z_L)
     rank_LE = np.argsort(rng.random((L, E)), axis=1)  # popularity rank of each expert
     logpop_LE = -exponent_L[:, None] * np.log1p(rank_LE)
     # domain offsets, centred so that an even mix of domains keeps the popularity exp(logpop)
@@ -380,8 +412,23 @@ def _structure(
         pred = np.argsort(next_LE[i])  # pred[f]: the expert whose successor is f
         comp = np.log(np.maximum(1.0 - follow_LE[i][pred], 0.02))
         logpop_LE[i + 1] += comp - comp.mean()
-    return _Structure(relabel_LE, logpop_LE, domain_DLE, cluster_E, cnext_LC, next_LE, follow_LE, C, cs,
+    pos_LCd = _latent_positions(rng, L, C, cnext_LC)
+    return _Structure(relabel_LE, logpop_LE, domain_DLE, cluster_E, cnext_LC, pos_LCd, next_LE, follow_LE, C, cs,
                       contiguous)
+
+
+def _latent_positions(rng: np.random.Generator, L: int, C: int, cnext_LC: np.ndarray | None) -> np.ndarray:
+    """Each cluster's latent position per layer, unit vectors float32 [L, C, LATENT_DIM]: uniform
+    on the sphere at the first layer; a cluster's successor (``cnext_LC``) takes its position at
+    the next layer (fresh positions per layer when clusters do not map onto clusters)."""
+    pos = np.empty((L, C, LATENT_DIM), dtype=np.float32)
+    for layer in range(L):
+        if layer and cnext_LC is not None:
+            pos[layer][cnext_LC[layer - 1]] = pos[layer - 1]
+        else:
+            x = rng.standard_normal((C, LATENT_DIM))
+            pos[layer] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return pos
 
 
 def _drift_walk(rng: np.random.Generator, S: int, L: int, E: int, drift: float) -> np.ndarray:
@@ -407,29 +454,93 @@ def _seq_domains(
     return np.minimum((u_N[:, None] > cum_ND).sum(axis=1), D - 1)
 
 
+def _centres(
+    rng: np.random.Generator, n: int, prev_nd: np.ndarray | None, st: _Structure, affinity: float
+) -> np.ndarray:
+    """``n`` latent centres, unit vectors float32 [n, LATENT_DIM]: uniform on the sphere, or mixed
+    with the previous layer's centres ``prev_nd`` with weight ``affinity`` (the successor clusters
+    sit where their predecessors were, so a centre carried on keeps its neighbourhood)."""
+    d = LATENT_DIM
+    u = rng.standard_normal((n, d), dtype=np.float32)
+    if prev_nd is not None and st.contiguous and affinity > 0.0:
+        u *= np.float32(np.sqrt(1.0 - affinity**2) / np.sqrt(d))
+        u += np.float32(affinity) * prev_nd
+    u /= np.maximum(np.linalg.norm(u, axis=1, keepdims=True), np.float32(1e-12))
+    return u
+
+
+def _latent_preferences(u_nd: np.ndarray, st: _Structure, layer: int, scale: float) -> np.ndarray:
+    """Preference of each centre for each cluster, ``scale · sqrt(d) · <u, x_c>`` (standard
+    deviation ``scale`` over uniform centres), float32 [n, C]."""
+    return u_nd @ (st.pos_LCd[layer].T * np.float32(scale * np.sqrt(LATENT_DIM)))
+
+
+def _depth(layer: int, L: int) -> float:
+    """Strength of the sequence structure at ``layer`` of ``L`` (:data:`_SEQ_STRENGTH`)."""
+    return float(np.interp(layer / max(L - 1, 1), _SEQ_DEPTH, _SEQ_STRENGTH))
+
+
+def _even_latent(
+    rng: np.random.Generator, st: _Structure, L: int, coactivation: float, seq_scale_L: list[float]
+) -> np.ndarray:
+    """Per-layer offsets [L, E] that leave every cluster's share of the layer's popularity as
+    it is under the latent preferences (zeros without them).
+
+    Clusters sit at random on the sphere, so some are isolated: a centre near one has no
+    rivals, and without a correction such clusters come out hot in a way that depends on the
+    seed (popularity is ``skew``'s job). With w_c the log of cluster c's total popularity
+    (sum of exp(logpop) over its experts) and P_c = softmax(w)_c its share, the offset b_c
+    solves mean over centres of softmax(w + pref + b)_c = P_c by fixed-point steps
+    b <- b - log(mean share / P) on
+    :data:`_EVEN_SAMPLES` sampled pairs of a token centre (scale ``coactivation``) and a
+    request centre (scale ``seq_scale_L[l]``), as ``follow_LE`` is compensated in
+    :func:`_structure`.
+    """
+    out = np.zeros((L, st.C), dtype=np.float32)
+    if _EVEN_STEPS and (coactivation > 0.0 or max(seq_scale_L, default=0.0) > 0.0):
+        u_tok = _centres(rng, _EVEN_SAMPLES, None, st, 0.0)
+        u_seq = _centres(rng, _EVEN_SAMPLES, None, st, 0.0)
+        for layer in range(L):
+            pref = _latent_preferences(u_tok, st, layer, coactivation)
+            pref += _latent_preferences(u_seq, st, layer, seq_scale_L[layer])
+            w_C = _cluster_logsumexp(st.logpop_LE[layer], st)
+            target = np.exp(w_C - w_C.max())
+            target /= target.sum()
+            b = out[layer]
+            for _ in range(_EVEN_STEPS):
+                z = pref + (w_C + b)
+                z -= z.max(axis=1, keepdims=True)
+                np.exp(z, out=z)
+                b -= np.log((z / z.sum(axis=1, keepdims=True)).mean(axis=0) / target).astype(np.float32)
+            b -= b.mean()
+    return _per_expert(out, st)
+
+
+def _cluster_logsumexp(logpop_E: np.ndarray, st: _Structure) -> np.ndarray:
+    """log of each cluster's total popularity, sum of exp(logpop) over its experts [C]."""
+    m = float(logpop_E.max())
+    return (np.log(np.bincount(st.cluster_E, weights=np.exp(logpop_E - m), minlength=st.C)) + m).astype(np.float32)
+
+
+def _per_expert(pref_nC: np.ndarray, st: _Structure) -> np.ndarray:
+    """Cluster preferences [n, C] spread to the clusters' experts (internal ids) [n, E]."""
+    return np.repeat(pref_nC, st.cs, axis=1) if st.contiguous else np.take(pref_nC, st.cluster_E, axis=1)
+
+
 def _add_cluster_preferences(
-    rng: np.random.Generator, logits_TE: np.ndarray, pref_TC: np.ndarray | None,
+    rng: np.random.Generator, logits_TE: np.ndarray, u_Td: np.ndarray | None,
     st: _Structure, layer: int, coactivation: float, affinity: float,
 ) -> np.ndarray:
-    """Add one preference per (token, cluster) to ``logits_TE`` in place; return them [T, C].
-
-    Fresh uniform noise of std ``coactivation``, mixed with the previous layer's preferences
-    carried through the cluster map.
-    """
+    """Add each token's latent preference (a fresh centre, mixed with its previous layer's) to
+    ``logits_TE`` in place; return the centres [T, LATENT_DIM]."""
     T = logits_TE.shape[0]
-    fresh = rng.random((T, st.C), dtype=np.float32)
-    fresh -= np.float32(0.5)
-    fresh *= np.float32(coactivation * np.sqrt(12.0))
-    if pref_TC is not None and st.contiguous and affinity > 0.0:
-        carried = np.empty_like(pref_TC)
-        carried[:, st.cnext_LC[layer - 1]] = pref_TC
-        fresh *= np.float32(np.sqrt(1.0 - affinity**2))
-        fresh += np.float32(affinity) * carried
+    u = _centres(rng, T, u_Td, st, affinity)
+    pref = _latent_preferences(u, st, layer, coactivation)
     if st.contiguous:
-        logits_TE.reshape(T, st.C, st.cs)[...] += fresh[:, :, None]
+        logits_TE.reshape(T, st.C, st.cs)[...] += pref[:, :, None]
     else:
-        logits_TE += np.take(fresh, st.cluster_E, axis=1)
-    return fresh
+        logits_TE += np.take(pref, st.cluster_E, axis=1)
+    return u
 
 
 def _force(score_TE: np.ndarray, flat: np.ndarray) -> None:

@@ -25,6 +25,7 @@ PARAMS: dict[str, tuple[float, float | None]] = {
     "seq_len_spread": (0.0, 3.0),
     "topic": (0.0, None),
     "topic_drift": (0.0, None),
+    "topic_geometry": (0.0, 1.0),
     "reuse": (0.0, None),
     "reuse_span": (1.0, None),
     "repick": (0.0, 1.0),

@@ -95,16 +95,21 @@ def build_layout(
 
 def topic_table(
     rng: np.random.Generator, lay: Layout, E: int, topic: float, topic_drift: float,
+    geo_NE: np.ndarray | None = None, geometry: float = 0.0,
 ) -> np.ndarray | None:
     """One layer's topic offsets per topic block, float32 [blocks, E] (None when ``topic`` is 0).
 
-    Block b of sequence s: ``topic · (z_s + w · W_b) · norm_b`` with z_s ~ N(0, 1) per sequence,
-    W_b the sum of N(0, 1) increments of the sequence's blocks after its first and
+    Block b of sequence s: ``topic · (z_s + w · W_b) · norm_b`` with z_s ~ N(0, 1) per sequence
+    and expert: ``sqrt(1 - geometry²) ·`` independent draws ``+ geometry · geo_NE[s]`` (the
+    sequence's latent preferences [sequences, E], standard deviation 1), W_b the sum of N(0, 1) increments of the sequence's blocks after its first and
     w = drift · sqrt(TOPIC_BLOCK / TOPIC_SCALE).
     """
     if topic <= 0.0:
         return None
     z = rng.standard_normal((lay.num_seq, E), dtype=np.float32)
+    if geo_NE is not None and geometry > 0.0:
+        z *= np.float32(np.sqrt(1.0 - geometry**2))
+        z += np.float32(geometry) * geo_NE
     base = z[lay.blk_seq_B]
     if topic_drift > 0.0:
         inc = rng.standard_normal((len(lay.blk_seq_B), E), dtype=np.float32)

@@ -6,7 +6,15 @@ import pytest
 
 from planner.errors import InputError
 from planner.traces import synth_trace, trace_stats
-from planner.traces.synth import _topk_desc
+from planner.traces.realism import pair_lifts
+from planner.traces.synth import (
+    _centres,
+    _even_latent,
+    _latent_preferences,
+    _per_expert,
+    _structure,
+    _topk_desc,
+)
 from tests.conftest import make_model
 
 SMALL = dict(num_layers=4, num_experts=32, top_k=4)
@@ -103,6 +111,37 @@ def test_skew_differs_by_layer():
     assert len(set(counts.argmax(axis=1).tolist())) >= 5
 
 
+def test_layer_exponents_are_the_same_spread_for_every_seed():
+    # the exponents are the layers' quantiles of skew · exp(0.35 N(0, 1)), in an order drawn per seed
+    def exponents(seed):  # without affinity, the second most popular expert's logpop is -s_l log 2
+        st = _structure(np.random.default_rng(seed), 9, 16, 1, 2, 1, 2.0, 0.0, 0.0)
+        return -np.sort(st.logpop_LE, axis=1)[:, -2] / np.log(2.0)
+
+    a, b = exponents(0), exponents(1)
+    assert not np.allclose(a, b)  # the order differs
+    assert np.allclose(np.sort(a), np.sort(b)) and np.median(a) == pytest.approx(2.0)
+    assert np.sort(a)[-1] == pytest.approx(2.0 * np.exp(0.35 * 1.5932), rel=1e-4)  # quantile 8.5 / 9: z = 1.5932
+
+
+def test_latent_preferences_keep_each_clusters_share_of_popularity():
+    # latent centres near an isolated cluster would make it hot; the per-cluster offsets keep every
+    # cluster's mean softmax share at its share of the layer's popularity
+    st = _structure(np.random.default_rng(0), 2, 64, 1, 2, 1, 1.0, 0.0, 0.0)
+    off_LE = _even_latent(np.random.default_rng(1), st, 2, 3.0, [2.0, 2.0])
+    u_tok, u_seq = (_centres(np.random.default_rng(s), 20000, None, st, 0.0) for s in (2, 3))
+
+    def shares(logit_nE):
+        z = np.exp(logit_nE - logit_nE.max(axis=-1, keepdims=True))
+        z /= z.sum(axis=-1, keepdims=True)
+        return np.bincount(st.cluster_E, weights=z.reshape(-1, 64).mean(axis=0), minlength=st.C)
+
+    for layer in range(2):
+        pref = _per_expert(_latent_preferences(u_tok, st, layer, 3.0) + _latent_preferences(u_seq, st, layer, 2.0), st)
+        target = shares(st.logpop_LE[layer])
+        assert tv(shares(st.logpop_LE[layer] + off_LE[layer] + pref), target) < 0.05  # 0.027
+        assert tv(shares(st.logpop_LE[layer] + pref), target) > 0.15  # uncorrected: 0.18-0.19
+
+
 def test_affinity_raises_cross_layer_predictability():
     kw = dict(**SMALL, num_tokens=4096, tokens_per_step=1024, seed=2)
     none = trace_stats(synth_trace(**kw, affinity=0.0))["summary"]["cross_layer"]
@@ -120,6 +159,32 @@ def test_coactivation_raises_pair_lift():
     assert strong["top_pair_lift"] > none["top_pair_lift"] + 1.0
     assert strong["top_pair_share"] > 2 * none["top_pair_share"]
     assert strong["top_pair_share"] > 3 * strong["top_pair_share_uniform"]
+
+
+def _lift_percentiles(t):
+    lifts = np.concatenate(pair_lifts(t))
+    return np.percentile(lifts, 50), np.percentile(lifts, 99)
+
+
+def test_latent_coactivation_pushes_the_median_pair_below_independence():
+    # a token's centre favours a neighbourhood of the latent space: pairs of nearby experts are
+    # picked together far more than at random, the many distant pairs less
+    kw = dict(num_layers=2, num_experts=64, top_k=6, num_tokens=8192, affinity=0.0, skew=0.0, domain_spread=0.0,
+              drift=0.0, rank_mix=0.0, cluster_size=1, seed=4, **NOSEQ)
+    p50_none, p99_none = _lift_percentiles(synth_trace(**kw, coactivation=0.0))
+    p50, p99 = _lift_percentiles(synth_trace(**kw, coactivation=4.0))
+    assert 0.75 < p50_none < 0.95 and p99_none < 1.3  # independent picks: (k - 1) E / (k (E - 1)) = 0.85
+    assert p50 < 0.75 and p99 > 2.5
+
+
+def test_topic_geometry_makes_sequences_coactivate():
+    # the same topic strength; as latent preferences, the experts a request favours are neighbours
+    kw = dict(num_layers=2, num_experts=64, top_k=6, num_tokens=8192, affinity=0.0, coactivation=0.0, skew=0.0,
+              domain_spread=0.0, drift=0.0, rank_mix=0.0, topic=3.0, topic_drift=0.0, reuse=0.0, repick=0.0,
+              cluster_size=1, seed=4)
+    free, geo = (pair_lifts(synth_trace(**kw, topic_geometry=g))[1] for g in (0.0, 1.0))  # layer 1: topic 0.65 · 3
+    assert np.percentile(geo, 50) < np.percentile(free, 50) - 0.05  # 0.64 against 0.75
+    assert np.percentile(geo, 99) > np.percentile(free, 99) + 0.4  # 3.1 against 2.4
 
 
 def test_drift_moves_popularity_between_first_and_last_steps():
@@ -269,6 +334,7 @@ def test_topic_drift_widens_a_sequence_working_set():
         (dict(reuse_span=0.5), r"synth: reuse_span must be >= 1 \(got 0.5\)"),
         (dict(reuse="x"), r"synth: reuse must be a number \(got 'x'\)"),
         (dict(repick=1.5), r"synth: repick must be in \[0, 1\] \(got 1.5\)"),
+        (dict(topic_geometry=-0.1), r"synth: topic_geometry must be in \[0, 1\] \(got -0.1\)"),
     ],
 )
 def test_bad_sequence_parameters(kw, message):

@@ -13,8 +13,9 @@ from tests.conftest import real_trace_file
 TABLE = synth_defaults.table()
 #: A fitted statistic must be within this relative distance of the real one, or have a reason.
 FIT_TOL = 0.15
-#: Extra room (log scale) for a trace of 8,192 tokens and another seed than the fit's
-#: (32,768 tokens, seed 0): sampling noise measured at seeds 1-4 stays below 0.08.
+#: Extra room (log scale) for another seed than the fit's (32,768 tokens, seeds 0 and 3) and, for
+#: the count models, a trace of 8,192 tokens: measured at seeds 1-4, the count models' figures
+#: stay within 0.12 of the real ones (Qwen3 at seed 2, OLMoE at seed 1).
 SEED_TOL = 0.10
 
 
@@ -59,7 +60,9 @@ def test_models_take_their_own_their_familys_or_the_generic_entry():
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_deepseek_v2_lite_statistics_match_the_real_trace(seed):
-    t = synth_trace(load_model("deepseek-v2-lite"), num_tokens=8192, weights=False, seed=seed)
+    # at the fit's 32,768 tokens: lift_max, the largest lift of ~2,000 pairs × 26 layers, grows as
+    # the trace shrinks (8,192 tokens: 12.8-13.0 at seeds 1 and 4, against 9.6-11.7 at 32,768)
+    t = synth_trace(load_model("deepseek-v2-lite"), num_tokens=32768, weights=False, seed=seed)
     s = summary_statistics(t, seed=0)
     for key, real, fit in _rows("deepseek-v2-lite"):
         room = max(np.log1p(FIT_TOL), abs(np.log(fit / real))) + SEED_TOL
@@ -73,12 +76,18 @@ def _busiest_over_mean(counts):
 
 @pytest.mark.parametrize("seed", [1, 2])
 @pytest.mark.parametrize("model, tokens, kw", [("qwen3-30b-a3b", 8192, {}), ("olmoe-1b-7b", 8192, {"num_domains": 1}),
-                                               ("mixtral-8x7b", 8192, {"num_domains": 1}), ("deepseek-v3", 4096, {})])
+                                               ("mixtral-8x7b", 8192, {"num_domains": 1}), ("deepseek-v3", 16384, {})])
 def test_counts_models_skew_matches_the_published_figure(model, tokens, kw, seed):
+    # DeepSeek-V3 at the fit's 16,384 tokens
     key, real, fit = _rows(model)[0]
     t = synth_trace(load_model(model), num_tokens=tokens, weights=False, seed=seed, **kw)
     got = _busiest_over_mean(t.counts())
     assert abs(np.log(got / real)) <= np.log1p(FIT_TOL) + SEED_TOL, f"{model} {key}: {got:.2f} vs {real:.2f}"
+    if model == "deepseek-v3":  # and the published top-32 share (fitted with topic_geometry)
+        key, real, _ = _rows(model)[1]
+        c = np.sort(t.counts(), axis=1)[:, ::-1]
+        got = float(np.median(c[:, :32].sum(axis=1) / c.sum(axis=1) * 100))
+        assert abs(np.log(got / real)) <= np.log1p(FIT_TOL) + SEED_TOL, f"{model} {key}: {got:.2f} vs {real:.2f}"
 
 
 @pytest.mark.slow
