@@ -44,7 +44,8 @@ def test_a_planner_made_plan_is_clean(plan, tmp_path, capsys):
 def test_every_problem_is_listed_not_just_the_first(raw, tmp_path, capsys):
     p2l = raw["placement"]["physical_to_logical"]
     p2l[3][5] = 99  # out of range, and the expert it replaced goes missing
-    p2l[4] = p2l[4][:-1]  # one slot short
+    dup = max(i for i, e in enumerate(p2l[4]) if p2l[4].count(e) > 1)
+    p2l[4] = p2l[4][:dup] + p2l[4][dup + 1 :]  # one slot short (a replica's: no expert goes missing)
     p2l.pop()  # one MoE layer short
     raw["parallel"]["dp"] = 4  # degrees no longer multiply to the GPUs
     raw["predicted"]["per_layer"][2]["total_ms"] += 1.0
