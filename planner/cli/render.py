@@ -11,6 +11,7 @@ import re
 import shlex
 
 from planner.exports.launch import launch_notes
+from planner.solve.serve_imbalance import IMBALANCE_NOTE
 from planner.specs.plan import Plan
 from planner.specs.search import Alternative
 
@@ -49,7 +50,7 @@ def render_launch(plan: Plan) -> list[str]:
             f"  parallelism search: {s.enumerated} candidates, {s.evaluated} timed in {s.time_s:.2f} s; "
             f"ranked by {s.objective}" + (f"; fixed: {', '.join(s.fixed)}" if s.fixed else ""),
             "  (whole-model step at "
-            + ("its busiest GPU (routing imbalance note below)" if any(n.startswith("routing imbalance") for n in s.notes)
+            + ("its busiest GPU (routing imbalance note below)" if any(n.startswith(IMBALANCE_NOTE) for n in s.notes)
                else "uniform routing") + ", experts as one grouped GEMM per GPU; the MoE figures above"
             + (" replay the trace with grouped GEMMs too)" if plan.workload.expert_kernel == "grouped" else
                " replay the trace with experts run one after another (--expert-kernel loop), an upper bound for"

@@ -267,6 +267,11 @@ CUDNN_ATTN_H100_TFLOPS = {  # seq_len: (forward, backward)
 #: products to the forward's two (Dao 2023, FlashAttention-2, §3.1-3.2), so 2.5 rather than the
 #: 2 of a plain GEMM.
 ATTN_BACKWARD_FACTOR = 2.5
+#: :data:`CUDNN_ATTN_H100_TFLOPS` as interpolation arrays (log2 seq_len, forward, backward), built
+#: once: :func:`flash_attention_ms` is on the serving search's path (every prefill candidate).
+_FLASH_LOG2_S = np.log2(np.array(sorted(CUDNN_ATTN_H100_TFLOPS), dtype=np.float64))
+_FLASH_FWD, _FLASH_BWD = (np.array([CUDNN_ATTN_H100_TFLOPS[k][i] for k in sorted(CUDNN_ATTN_H100_TFLOPS)])
+                          for i in (0, 1))
 
 
 def flash_attention_ms(hw: HardwareProfile, model: ModelSpec, b: int, s: int, tp: int) -> tuple[float, float]:
@@ -279,12 +284,10 @@ def flash_attention_ms(hw: HardwareProfile, model: ModelSpec, b: int, s: int, tp
         raise InputError(f"b, s and tp must be > 0 (got {b}, {s}, {tp})")
     att = model.attention
     flops = 2.0 * b * s * s * max(1, att.num_heads // tp) * att.head_dim
-    lens = np.log2(np.array(sorted(CUDNN_ATTN_H100_TFLOPS), dtype=np.float64))
-    fw = np.array([CUDNN_ATTN_H100_TFLOPS[k][0] for k in sorted(CUDNN_ATTN_H100_TFLOPS)])
-    bw = np.array([CUDNN_ATTN_H100_TFLOPS[k][1] for k in sorted(CUDNN_ATTN_H100_TFLOPS)])
     scale = hw.peak_tflops.get("bf16", H100_BF16_PEAK) / H100_BF16_PEAK
     x = math.log2(s)
-    t_f, t_b = float(np.interp(x, lens, fw)) * scale, float(np.interp(x, lens, bw)) * scale
+    t_f = float(np.interp(x, _FLASH_LOG2_S, _FLASH_FWD)) * scale
+    t_b = float(np.interp(x, _FLASH_LOG2_S, _FLASH_BWD)) * scale
     return flops / (t_f * 1e12) * 1e3, ATTN_BACKWARD_FACTOR * flops / (t_b * 1e12) * 1e3
 
 

@@ -110,8 +110,8 @@ class _Pieces:
     experts: float
     etp_comm: float
     a2a: float  #: one dispatch phase, not discounted
-    dense: float
     a2a_combine: float  #: one combine phase, not discounted
+    dense: float
 
 
 def active_experts(slots: int, experts: int, top_k: int, tokens: float) -> float:
@@ -175,7 +175,7 @@ def _pieces(
         router, permute, comb = router_ms(hw, model, t_gpu), permute_ms(hw, model, t_gpu), combine_ms(hw, model, t_gpu)
         shared = shared_experts_ms(hw, model, tokens, etp=tp)
     dense = dense_ffn_ms(hw, model, tokens, tp) if model.num_dense_layers else 0.0
-    return _Pieces(proj, core, tp_comm, router, permute, comb, shared, experts, etp_comm, a2a, dense, a2a_c)
+    return _Pieces(proj, core, tp_comm, router, permute, comb, shared, experts, etp_comm, a2a, a2a_c, dense)
 
 
 def dispatch_bytes_per_token(model: ModelSpec, dispatcher: str) -> float:

@@ -63,7 +63,7 @@ from planner.solve.search_memory import (
     memory_reason,
 )
 from planner.solve.search_report import predicted_figures, to_report
-from planner.solve.serve_imbalance import ROUTINGS, imbalance_fn
+from planner.solve.serve_imbalance import IMBALANCE_NOTE, ROUTINGS, imbalance_fn
 from planner.specs.cluster import ClusterSpec
 from planner.specs.degrees import (
     Degrees,
@@ -585,7 +585,7 @@ def search_workload(
         imbalance=imbalance_fn(model, redundant, mode, cluster.gpus_per_node, trace) if routing == "eplb" else 1.0,
     )
     if routing == "eplb":
-        found.notes.insert(0, "routing imbalance: the step priced at its busiest GPU under EPLB with "
+        found.notes.insert(0, IMBALANCE_NOTE + "the step priced at its busiest GPU under EPLB with "
                               f"{redundant} redundant experts, derived from routing at the step's tokens per GPU")
     found.notes.insert(0, f"serving lengths: {how}" if mode == "decode" else f"serving lengths: prompt {prompt}")
     update: dict[str, Any] = {"batch": found.best.sequences, "prompt_len": prompt,

@@ -51,6 +51,8 @@ from planner.traces.trace import expert_counts
 
 #: How a serving step's routing is priced: the busiest GPU under EPLB, derived here; or the mean load.
 ROUTINGS = ("eplb", "uniform")
+#: Opening of the search note that says a step was priced at its busiest GPU (the CLI looks for it).
+IMBALANCE_NOTE = "routing imbalance: "
 #: Most steps sampled for one figure, fewest, and the bound on steps × layers × step tokens.
 MAX_STEPS = 8
 MIN_STEPS = 1
