@@ -472,7 +472,13 @@ def _centres(
 def _latent_preferences(u_nd: np.ndarray, st: _Structure, layer: int, scale: float) -> np.ndarray:
     """Preference of each centre for each cluster, ``scale · sqrt(d) · <u, x_c>`` (standard
     deviation ``scale`` over uniform centres), float32 [n, C]."""
-    return u_nd @ (st.pos_LCd[layer].T * np.float32(scale * np.sqrt(LATENT_DIM)))
+    w_dC = st.pos_LCd[layer].T * np.float32(scale * np.sqrt(LATENT_DIM))
+    # LATENT_DIM multiply-adds instead of a matrix product: a BLAS call this thin costs more in
+    # thread wake-ups than in arithmetic (2-3x the generator's time on a busy 2-core machine)
+    out = u_nd[:, :1] * w_dC[0]
+    for d in range(1, LATENT_DIM):
+        out += u_nd[:, d : d + 1] * w_dC[d]
+    return out
 
 
 def _depth(layer: int, L: int) -> float:
@@ -506,12 +512,15 @@ def _even_latent(
             w_C = _cluster_logsumexp(st.logpop_LE[layer], st)
             target = np.exp(w_C - w_C.max())
             target /= target.sum()
+            # softmax(pref + a)_c = P_c · exp(a_c) / (P · exp(a)) with P = exp(pref) taken once:
+            # each step is two products with P instead of an exp over every sample and cluster
+            P = np.exp(pref - pref.max(axis=1, keepdims=True), dtype=np.float64)
             b = out[layer]
             for _ in range(_EVEN_STEPS):
-                z = pref + (w_C + b)
-                z -= z.max(axis=1, keepdims=True)
-                np.exp(z, out=z)
-                b -= np.log((z / z.sum(axis=1, keepdims=True)).mean(axis=0) / target).astype(np.float32)
+                a = w_C + b
+                v = np.exp(a - a.max(), dtype=np.float64)
+                share = v * (P.T @ (1.0 / (P @ v))) / len(P)
+                b -= np.log(share / target).astype(np.float32)
             b -= b.mean()
     return _per_expert(out, st)
 
