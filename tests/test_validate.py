@@ -77,7 +77,7 @@ def test_a_trace_with_sequences_gets_the_plans_steps_back(tmp_path):
     m = make_model()
     path = tmp_path / "seq.npz"
     save_trace(synth_trace(m, num_tokens=1600, seed=4), path)
-    p = plan(m, trace=str(path), tokens_per_step=64)
+    p = plan(m, trace=str(path), batch=64)
     assert any(n.startswith("steps formed from the trace's") for n in p.predicted.notes)
     tr, _, which = plan_trace(p, path)
     S = int(p.predicted.evaluated_on.split(" of ")[1].split(" ")[0].rstrip(")"))

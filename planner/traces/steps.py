@@ -15,7 +15,12 @@ Sequences arrive in the order of their first token in the file; a sequence's tok
   A teacher-forced trace routes token t as decoding it after the same prefix would, so every
   token is a decode token. A server at steady state keeps its batch full; a finite trace ends
   with a drain (slots idle once no sequence waits): steps in which fewer than half the slots are
-  busy are dropped, and a batch larger than the trace's sequences is cut to their number.
+  busy are dropped. A batch larger than the trace's sequences is cut to their number, or, with
+  ``split`` (what a workload does, :func:`workload_steps`), each sequence is cut into
+  consecutive parts of at most ``T // batch`` tokens (the steps the trace makes at that batch)
+  decoded as requests of their own, so that every step holds the batch's tokens (a server's
+  batch holds that many requests, each at its own position; parts of one request share its
+  topic, so such steps are somewhat more skewed than steps of as many independent requests).
 
 Ranks (data-parallel attention ranks, the ``source_rank`` a token starts on), ``deal``:
 
@@ -76,10 +81,13 @@ def sequences(trace: Trace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return order, starts, lengths.astype(np.int64)
 
 
-def _build(trace: Trace, order: np.ndarray, step_T: np.ndarray, rank_T: np.ndarray) -> Trace:
-    """The trace's tokens ``order``-ed with their step and rank, sorted by (step, rank, order)."""
+def _build(
+    trace: Trace, order: np.ndarray, step_T: np.ndarray, rank_T: np.ndarray, seq_T: np.ndarray | None = None
+) -> Trace:
+    """The trace's tokens ``order``-ed with their step and rank, sorted by (step, rank, order);
+    ``seq_T`` renumbers their requests."""
     k = np.lexsort((np.arange(order.size), rank_T, step_T))
-    return trace.take(order[k], step=step_T[k], source_rank=rank_T[k])
+    return trace.take(order[k], step=step_T[k], source_rank=rank_T[k], seq_id=None if seq_T is None else seq_T[k])
 
 
 def prefill_steps(trace: Trace, token_budget: int, ranks: int = 1, deal: Deal = "round-robin") -> Trace:
@@ -110,10 +118,13 @@ def prefill_steps(trace: Trace, token_budget: int, ranks: int = 1, deal: Deal = 
     return _build(trace, order, step_T, rank_T)
 
 
-def decode_steps(trace: Trace, batch: int, ranks: int = 1, deal: Deal = "round-robin") -> Trace:
+def decode_steps(trace: Trace, batch: int, ranks: int = 1, deal: Deal = "round-robin", split: bool = False) -> Trace:
     """Decode steps of ``batch`` concurrent sequences, one token each (module docstring)."""
     _check(trace, "decode", batch, "batch", ranks, deal)
     order, starts, lengths = sequences(trace)
+    parted = split and int(batch) > starts.size
+    if parted:  # the parts are requests of their own: seq_id numbers them
+        starts, lengths = split_sequences(starts, lengths, part_length(order.size, int(batch)))
     R = int(ranks)
     batch = min(int(batch), int(starts.size))
     slots = [(0, s) for s in range(batch)]  # (step the slot is free from, slot)
@@ -128,7 +139,29 @@ def decode_steps(trace: Trace, batch: int, ranks: int = 1, deal: Deal = "round-r
     rank_S = np.arange(starts.size, dtype=np.int64) % R if deal == "round-robin" else slot_of % R
     busy = np.bincount(step_T)
     keep = busy[step_T] * 2 >= batch  # the drain: fewer than half the slots busy (module docstring)
-    return _build(trace, order[keep], step_T[keep], rank_S[seq_T][keep])
+    return _build(trace, order[keep], step_T[keep], rank_S[seq_T][keep], seq_T[keep] if parted else None)
+
+
+def part_length(tokens: int, batch: int) -> int:
+    """Longest part when sequences are split for a decode batch (:func:`decode_steps`): the steps
+    ``tokens`` make at ``batch``, so that a slot runs several parts one after another and stays
+    busy until the trace's end."""
+    return max(1, int(tokens) // max(1, int(batch)))
+
+
+def split_sequences(starts: np.ndarray, lengths: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each sequence (``starts`` / ``lengths`` as :func:`sequences` gives them) cut into
+    ``ceil(length / max_len)`` consecutive parts of near-equal length, the longer first:
+    (part starts, part lengths), parts of a sequence adjacent and in order."""
+    if max_len <= 0:
+        raise InputError(f"max_len must be > 0 (got {max_len})", field="max_len")
+    p_N = -(-lengths // int(max_len))
+    seq_P = np.repeat(np.arange(lengths.size), p_N)
+    i_P = np.arange(seq_P.size) - np.repeat(np.cumsum(p_N) - p_N, p_N)  # index of a part in its sequence
+    base, extra = (lengths // p_N)[seq_P], (lengths % p_N)[seq_P]
+    part_len = base + (i_P < extra)
+    part_start = starts[seq_P] + i_P * base + np.minimum(i_P, extra)
+    return part_start.astype(np.int64), part_len.astype(np.int64)
 
 
 #: Training token budget per step across the cluster when the workload gives none.
@@ -141,6 +174,9 @@ DEFAULT_STEP_TOKENS = 4096
 CHUNKED_PREFILL_TOKENS = 8192
 #: Concurrent decode sequences across the cluster when the workload gives none.
 DEFAULT_DECODE_BATCH = 256
+#: Fewest decode steps a trace with sequences is formed into: a batch larger than its tokens
+#: allow is cut to ``tokens // MIN_DECODE_STEPS`` (planned on some, scored on the others).
+MIN_DECODE_STEPS = 4
 #: Steps drawn when a trace without sequences holds fewer tokens than one step of the workload.
 RESAMPLED_STEPS = 4
 
@@ -226,11 +262,23 @@ def workload_steps(
                      f"{file_size:.0f} tokens on average)")
     n_seq = int(np.unique(trace.seq_id).size)
     if kind == "decode":
-        out = decode_steps(trace, size, ranks)
-        n_seq_b = min(size, n_seq)
-        how = f"decode steps of {n_seq_b} concurrent sequences (one token each; the drain at the end dropped)"
-        if n_seq_b < size:
-            how += f"; the batch {size} is cut to the trace's {n_seq} sequences"
+        # a batch the trace's sequences cannot fill: split them, but keep MIN_DECODE_STEPS steps
+        room = max(n_seq, trace.num_tokens // MIN_DECODE_STEPS)
+        run = min(size, room)
+        out = decode_steps(trace, run, ranks, split=True)
+        how = f"decode steps of {run} concurrent sequences (one token each; the drain at the end dropped)"
+        if run > n_seq:
+            _, starts, lengths = sequences(trace)
+            longest = part_length(trace.num_tokens, run)
+            n_req = int(split_sequences(starts, lengths, longest)[0].size)
+            how += (f"; the batch {size} is larger than the trace's {n_seq} sequences: each is cut into parts of at "
+                    f"most {longest} tokens decoded as requests of their own ({n_req} in all; parts of one request "
+                    "share its topic, so these steps are somewhat more skewed than the batch's independent requests "
+                    "would be)")
+        if run < size:
+            why = (f"its {trace.num_tokens} tokens make {MIN_DECODE_STEPS} steps" if room > n_seq
+                   else f"the trace's {n_seq} sequences")
+            how += f"; the batch {size} is cut to {run} ({why})"
     else:
         out = prefill_steps(trace, size, ranks)
         how = f"{kind} steps of whole prompts up to {words}"

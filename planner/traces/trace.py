@@ -308,11 +308,13 @@ class Trace:
     # ---- selections ---------------------------------------------------------------------
 
     def take(
-        self, index: np.ndarray, *, step: np.ndarray | None = None, source_rank: np.ndarray | None = None
+        self, index: np.ndarray, *, step: np.ndarray | None = None, source_rank: np.ndarray | None = None,
+        seq_id: np.ndarray | None = None,
     ) -> Trace:
         """The tokens ``index`` selects (integer positions [T'] in the order given, or a boolean
-        mask [T]) with every per-token array (weights, ranks, sequences) kept; ``step`` and
-        ``source_rank`` [T'] replace the selected ones when given (a new step layout)."""
+        mask [T]) with every per-token array (weights, ranks, sequences) kept; ``step``,
+        ``source_rank`` and ``seq_id`` [T'] replace the selected ones when given (a new step
+        layout; requests renumbered)."""
         def sel(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else a[index]
 
@@ -320,7 +322,7 @@ class Trace:
             self.topk_ids[:, index], self.num_experts, topk_weights=None if self.topk_weights is None else
             self.topk_weights[:, index], step=self.step[index] if step is None else step,
             source_rank=sel(self.source_rank) if source_rank is None else source_rank, model=self.model,
-            source=self.source, seq_id=sel(self.seq_id), pos=sel(self.pos),
+            source=self.source, seq_id=sel(self.seq_id) if seq_id is None else seq_id, pos=sel(self.pos),
         )
 
     def _take_tokens(self, token_mask: np.ndarray) -> Trace:

@@ -7,6 +7,7 @@ import pytest
 
 import planner
 from planner.cli import main
+from planner.traces.steps import workload_steps
 
 TRACE = "planner/data/traces/mixtral-8x7b.npz"
 
@@ -25,11 +26,18 @@ def run(capsys, *args):
     return code, out, err
 
 
+def _formed(plan_file):
+    """The steps the plan's decode batch (found by the search) forms from the trace's sequences."""
+    plan = planner.Plan.load(plan_file)
+    return workload_steps(planner.load_trace(TRACE), plan.workload, plan.cluster.num_gpus)[0], plan
+
+
 def test_table(capsys, plan_file):
     code, out, err = run(capsys, "simulate", "--plan", str(plan_file), "--trace", TRACE)
     assert code == 0, err
     assert "moe-planner simulate: mixtral-8x7b on 1 x 8 h100-sxm" in out
-    assert "16 steps, 512 tokens per step" in out
+    formed, plan = _formed(plan_file)
+    assert f"{formed.num_steps} steps, {plan.workload.batch} tokens per step" in out
     assert "all MoE layers per step" in out and "p99" in out and "busiest GPU" in out
     assert len([ln for ln in out.splitlines() if ln.strip() and ln.split()[0].isdigit()]) == 32  # a row per layer
 
@@ -38,12 +46,13 @@ def test_json_figures_match_the_api(capsys, plan_file):
     code, out, err = run(capsys, "simulate", "--plan", str(plan_file), "--trace", TRACE, "--json")
     assert code == 0, err
     s = json.loads(out)
-    assert s["steps"] == 16 and len(s["layers"]) == 32
+    formed, _ = _formed(plan_file)
+    assert s["steps"] == formed.num_steps and len(s["layers"]) == 32
     assert set(s["moe_time_per_step_ms"]) == {"mean", "p50", "p99"}
     lay = s["layers"][0]
     assert len(lay["gpu_tokens"]) == 4  # ep 4
     # each token's 2 choices are counted once per expert-parallel rank that serves them
-    assert sum(lay["gpu_tokens"]) == pytest.approx(512 * 2)
+    assert sum(lay["gpu_tokens"]) == pytest.approx(formed.num_tokens / formed.num_steps * 2)
     assert s["imbalance"] >= 1.0 and s["inter_node_bytes_per_step"] == 0.0
     rep = planner.simulate(planner.Plan.load(plan_file), TRACE)
     assert rep.summary()["moe_time_per_step_ms"]["mean"] == pytest.approx(s["moe_time_per_step_ms"]["mean"])

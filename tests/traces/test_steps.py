@@ -7,6 +7,7 @@ import pytest
 
 from planner.errors import InputError
 from planner.traces import Trace, decode_steps, prefill_steps
+from planner.traces.steps import split_sequences
 
 
 def _trace(seq_id, pos=None):
@@ -111,3 +112,32 @@ def test_decode_drops_the_drain_and_cuts_a_batch_larger_than_the_trace():
     assert 9 in tr.seq_id.tolist() and tr.num_tokens == 9  # seq 9's last token (pos 3) fell in the drain
     # batch 10 > 4 sequences: cut to 4, the same steps
     assert decode_steps(_trace(SEQ, POS), batch=10).step.tolist() == tr.step.tolist()
+
+
+def test_split_sequences_into_consecutive_parts():
+    # lengths 5, 2, 1 into parts of at most 2: 5 -> 2 + 2 + 1, 2 -> 2, 1 -> 1
+    starts, lengths = split_sequences(np.array([0, 5, 7]), np.array([5, 2, 1]), 2)
+    assert starts.tolist() == [0, 2, 4, 5, 7]
+    assert lengths.tolist() == [2, 2, 1, 2, 1]
+    # at most 3: 5 -> 3 + 2 (near-equal, the longer first)
+    assert split_sequences(np.array([0]), np.array([5]), 3)[1].tolist() == [3, 2]
+    with pytest.raises(InputError, match="max_len must be > 0"):
+        split_sequences(np.array([0]), np.array([3]), 0)
+
+
+def test_decode_splits_sequences_when_the_batch_is_larger_than_the_trace():
+    # batch 8 > 4 sequences, 10 tokens: parts of at most 10 // 8 = 1 token, so every token is a
+    # request: parts 0-2 = seq 5 (pos 0-2), 3-4 = seq 2, 5-8 = seq 9, 9 = seq 1. Parts 0-7 fill
+    # the 8 slots at step 0; step 1 holds parts 8 and 9 (2 of 8 busy: the drain, dropped)
+    tr = decode_steps(_trace(SEQ, POS), batch=8, ranks=2, split=True)
+    # parts renumbered in arrival order and dealt round-robin: rank 0 holds parts 0, 2, 4, 6
+    assert _steps(tr) == [
+        (0, 0, 0, 0), (0, 0, 2, 2), (0, 0, 4, 1), (0, 0, 6, 1),
+        (0, 1, 1, 1), (0, 1, 3, 0), (0, 1, 5, 0), (0, 1, 7, 2),
+    ]
+    # the tokens are the trace's own (expert = file index mod 8): (seq 5, pos 2) is token 5,
+    # (seq 2, pos 1) token 4, (seq 9, pos 1) token 6, ...
+    assert tr.topk_ids[0, :, 0].tolist() == [0, 5, 4, 6, 2, 1, 3, 7]
+    # a batch the sequences fill is not split
+    same = decode_steps(_trace(SEQ, POS), batch=2, split=True)
+    assert _steps(same) == _steps(decode_steps(_trace(SEQ, POS), batch=2))

@@ -98,3 +98,23 @@ def test_prefill_default_budget_is_sglang_chunked_prefill():
     out, note = workload_steps(tr, Workload(mode="prefill"), ranks=8)
     assert np.bincount(out.step_index).max() <= 8192 < tr.num_tokens
     assert "up to 8192 tokens (SGLang's default --chunked-prefill-size)" in note
+
+
+def test_decode_batch_larger_than_the_trace_splits_its_sequences():
+    m = make_model()
+    tr = _seq_trace(m)  # 24 sequences of 8-39 tokens
+    T = tr.num_tokens
+    dec, note = workload_steps(tr, Workload(mode="decode", batch=60), ranks=4)
+    sizes = np.bincount(dec.step_index)
+    # parts of at most T // 60 tokens keep the 60 slots busy until the drain
+    assert sizes.max() == 60 and (sizes == 60).sum() >= T // 60 - T // 60 // 2
+    assert "the batch 60 is larger than the trace's 24 sequences" in note
+    assert f"parts of at most {T // 60} tokens" in note
+    # a part is a request: consecutive positions of one sequence, one per step
+    for part in np.unique(dec.seq_id)[:5]:
+        sel = dec.seq_id == part
+        assert np.all(np.diff(dec.step[sel]) == 1) and np.all(np.diff(dec.pos[sel]) == 1)
+    # a batch the trace cannot make 4 steps of is cut to T // 4 (planned on some, scored on others)
+    big, note = workload_steps(tr, Workload(mode="decode", batch=10_000), ranks=4)
+    assert np.bincount(big.step_index).max() == T // 4 and big.num_steps >= 3
+    assert f"the batch 10000 is cut to {T // 4} (its {T} tokens make 4 steps)" in note
