@@ -473,12 +473,7 @@ def _latent_preferences(u_nd: np.ndarray, st: _Structure, layer: int, scale: flo
     """Preference of each centre for each cluster, ``scale · sqrt(d) · <u, x_c>`` (standard
     deviation ``scale`` over uniform centres), float32 [n, C]."""
     w_dC = st.pos_LCd[layer].T * np.float32(scale * np.sqrt(LATENT_DIM))
-    # LATENT_DIM multiply-adds instead of a matrix product: a BLAS call this thin costs more in
-    # thread wake-ups than in arithmetic (2-3x the generator's time on a busy 2-core machine)
-    out = u_nd[:, :1] * w_dC[0]
-    for d in range(1, LATENT_DIM):
-        out += u_nd[:, d : d + 1] * w_dC[d]
-    return out
+    return sum(u_nd[:, d : d + 1] * w_dC[d] for d in range(LATENT_DIM))  # a BLAS product this thin waits on threads
 
 
 def _depth(layer: int, L: int) -> float:
@@ -499,8 +494,7 @@ def _even_latent(
     solves mean over centres of softmax(w + pref + b)_c = P_c by fixed-point steps
     b <- b - log(mean share / P) on
     :data:`_EVEN_SAMPLES` sampled pairs of a token centre (scale ``coactivation``) and a
-    request centre (scale ``seq_scale_L[l]``), as ``follow_LE`` is compensated in
-    :func:`_structure`.
+    request centre (scale ``seq_scale_L[l]``).
     """
     out = np.zeros((L, st.C), dtype=np.float32)
     if _EVEN_STEPS and (coactivation > 0.0 or max(seq_scale_L, default=0.0) > 0.0):
@@ -512,8 +506,7 @@ def _even_latent(
             w_C = _cluster_logsumexp(st.logpop_LE[layer], st)
             target = np.exp(w_C - w_C.max())
             target /= target.sum()
-            # softmax(pref + a)_c = P_c · exp(a_c) / (P · exp(a)) with P = exp(pref) taken once:
-            # each step is two products with P instead of an exp over every sample and cluster
+            # softmax(pref + a)_c = P_c exp(a_c) / (P · exp(a)), P = exp(pref) once per layer
             P = np.exp(pref - pref.max(axis=1, keepdims=True), dtype=np.float64)
             b = out[layer]
             for _ in range(_EVEN_STEPS):
