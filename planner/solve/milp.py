@@ -9,7 +9,9 @@ warm start in place, each with a logged warning.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import time
 
 import highspy
@@ -87,7 +89,38 @@ class WarmHiGHS(pulp.HiGHS):
             return pulp.LpStatusOptimal, pulp.LpSolutionIntegerFeasible
 
 
+_banner_swallowed = False
+
+
+def _swallow_highs_banner() -> None:
+    """HiGHS writes a copyright banner to descriptor 1 when a process makes its first solver,
+    before PuLP can turn its output off: a library call from a trainer would print it. Make that
+    first solver here, once, with descriptor 1 on the null device (the CLI also keeps solver
+    output off stdout, :mod:`planner.cli.output`)."""
+    global _banner_swallowed
+    if _banner_swallowed:
+        return
+    _banner_swallowed = True
+    try:
+        saved = os.dup(1)
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no descriptor 1: nothing to protect
+        return
+    try:
+        os.dup2(null, 1)
+        highspy.Highs()
+        try:
+            ctypes.CDLL(None).fflush(None)  # C stdio may hold the banner in its buffer
+        except (OSError, AttributeError):
+            pass
+    finally:
+        os.dup2(saved, 1)
+        os.close(null)
+        os.close(saved)
+
+
 def _solve_highs(prob, time_limit: float, node_limit: int | None) -> tuple[str, float | None]:
+    _swallow_highs_banner()
     solver = WarmHiGHS(msg=_MILP_LOG, timeLimit=time_limit, threads=1, gapRel=MILP_GAP)
     if node_limit is not None:
         solver.optionsDict["mip_max_nodes"] = int(node_limit)

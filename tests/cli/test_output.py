@@ -10,10 +10,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from planner.cli import main
+from planner.solve import milp
 from planner.specs.plan import Plan
 
 BANNER = "Running HiGHS 9.9.9 (fake banner written on descriptor 1)"
@@ -126,6 +128,28 @@ def test_progress_goes_to_stderr_only(capsys):
     # stderr is not a terminal here: no progress unless asked for
     code, out, err = run(capsys, "plan", "--model", "mixtral-8x7b", "--json")
     assert code == 0 and "plan [" not in err and "plan [" not in out
+
+
+def test_a_library_milp_solve_prints_nothing_on_stdout():
+    """HiGHS's banner (written on descriptor 1 by the first solver a process makes) is swallowed:
+    a trainer calling the planner gets no stray output."""
+    script = (
+        "import pulp\n"
+        "from planner.solve import milp\n"
+        "prob = pulp.LpProblem('x', pulp.LpMinimize)\n"
+        "x = milp.variable(prob, 'x', 0, 3, 'Integer')\n"
+        "prob += x\n"
+        "prob += x >= 1\n"
+        "x.setInitialValue(2)\n"
+        "status, bound = milp.solve_milp(prob, 5.0)\n"
+        "assert status == 'optimal' and x.varValue == 1, (status, x.varValue)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "", res.stdout
+    if milp.milp_solver_name() == "HiGHS":  # the banner went nowhere, not to stderr either
+        assert "Running HiGHS" not in res.stderr
 
 
 def test_library_is_silent_and_the_reporter_renders_a_bar_on_a_terminal():
