@@ -23,6 +23,14 @@ def test_measure_two_gpus_by_hand():
     assert expert_imbalance(np.array([[0, 1]]), 1, ids, np.array([[3, 1, 1, 1]]), 2) == pytest.approx(5 / 3)
     # a replicated expert's tokens split over its replicas: expert 0 on both GPUs, 3 tokens each way 1.5
     assert expert_imbalance(np.array([[0, 1, 0, 1]]), 2, ids, np.ones((1, 4)), 2) == pytest.approx(1.0)
+    # a step holding few of the trace's tokens (the path that bins only them), a null choice among
+    # them: 10 tokens, k = 2, token 9 picks nothing at its second slot; the step takes token 0 three
+    # times and token 9 once: expert 0 gets 3 (both replicas on GPU 0), expert 1 gets 3 + 1 = 4,
+    # expert 2 none (GPU 1 holds experts 1 and 2): GPU 0 3, GPU 1 4, busiest over mean 4 / 3.5
+    ids10 = np.array([[[0, 1]] * 9 + [[1, -1]]])
+    mult = np.zeros((1, 10))
+    mult[0, 0], mult[0, 9] = 3, 1
+    assert expert_imbalance(np.array([[0, 0, 1, 2]]), 2, ids10, mult, 3) == pytest.approx(4 / 3.5)
     # balanced routing: both figures are 1
     even = measure(np.array([[0, 1]]), 1, np.array([[[0], [1], [0], [1]]]), np.zeros(4, np.int64),
                    np.array([0, 0, 1, 1]), num_experts=2, gpus_per_node=2, num_steps=1)

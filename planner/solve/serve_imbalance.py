@@ -138,17 +138,26 @@ def expert_imbalance(phy2log_LP: np.ndarray, slots_per_gpu: int, ids_LTk: np.nda
     over its replicas: the simulator's ``even`` rule in closed form (exact when every replica
     count divides the expert's tokens, else within one token per replica), so its cost does not
     grow with the step's tokens. Null choices (-1) go nowhere."""
-    ids = np.asarray(ids_LTk, dtype=np.int64)
-    L, _, k = ids.shape
+    ids = np.asarray(ids_LTk)
+    L, T, _ = ids.shape
     E = int(num_experts)
     P = phy2log_LP.shape[1]
     G = P // slots_per_gpu
     rep_LE = np.stack([np.bincount(phy2log_LP[layer], minlength=E) for layer in range(L)])
-    key = np.where(ids >= 0, ids + (np.arange(L) * E)[:, None, None], 0).ravel()
+    offset = (np.arange(L, dtype=np.int64) * E)[:, None, None]
+    full = None
     out = []
     for mult in np.asarray(mult_ST, dtype=np.float64):
-        w = np.where(ids >= 0, np.broadcast_to(mult[None, :, None], ids.shape), 0.0).ravel()
-        c_LE = np.bincount(key, weights=w, minlength=L * E).reshape(L, E)
+        t = np.flatnonzero(mult)
+        if 2 * t.size < T:  # a small step (decode): bin only its tokens, nulls in a bin of their own
+            sub = ids[:, t, :]
+            key = np.where(sub >= 0, sub + offset, L * E).ravel()
+            w = np.broadcast_to(mult[t][None, :, None], sub.shape).ravel()
+            c_LE = np.bincount(key, weights=w, minlength=L * E + 1)[: L * E].reshape(L, E)
+        else:  # most of the trace: weight every token by its multiplicity (nulls weigh 0)
+            full = np.where(ids >= 0, ids + offset, 0).ravel() if full is None else full
+            w = np.where(ids >= 0, np.broadcast_to(mult[None, :, None], ids.shape), 0.0).ravel()
+            c_LE = np.bincount(full, weights=w, minlength=L * E).reshape(L, E)
         share_LP = np.take_along_axis(c_LE / np.maximum(rep_LE, 1), phy2log_LP, axis=1)
         g_LG = share_LP.reshape(L, G, slots_per_gpu).sum(-1)
         mean = g_LG.mean(axis=1)
