@@ -10,6 +10,7 @@ warm start in place, each with a logged warning.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import time
@@ -89,18 +90,12 @@ class WarmHiGHS(pulp.HiGHS):
             return pulp.LpStatusOptimal, pulp.LpSolutionIntegerFeasible
 
 
-_banner_swallowed = False
-
-
+@functools.cache
 def _swallow_highs_banner() -> None:
     """HiGHS writes a copyright banner to descriptor 1 when a process makes its first solver,
     before PuLP can turn its output off: a library call from a trainer would print it. Make that
     first solver here, once, with descriptor 1 on the null device (the CLI also keeps solver
     output off stdout, :mod:`planner.cli.output`)."""
-    global _banner_swallowed
-    if _banner_swallowed:
-        return
-    _banner_swallowed = True
     try:
         saved = os.dup(1)
         null = os.open(os.devnull, os.O_WRONLY)

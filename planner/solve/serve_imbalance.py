@@ -145,19 +145,22 @@ def expert_imbalance(phy2log_LP: np.ndarray, slots_per_gpu: int, ids_LTk: np.nda
     G = P // slots_per_gpu
     rep_LE = np.stack([np.bincount(phy2log_LP[layer], minlength=E) for layer in range(L)])
     offset = (np.arange(L, dtype=np.int64) * E)[:, None, None]
+    null = L * E  # null choices: a bin of their own, dropped
+
+    def bins(sub: np.ndarray) -> np.ndarray:
+        return np.where(sub >= 0, sub + offset, null).ravel()
+
     full = None
     out = []
     for mult in np.asarray(mult_ST, dtype=np.float64):
         t = np.flatnonzero(mult)
-        if 2 * t.size < T:  # a small step (decode): bin only its tokens, nulls in a bin of their own
-            sub = ids[:, t, :]
-            key = np.where(sub >= 0, sub + offset, L * E).ravel()
-            w = np.broadcast_to(mult[t][None, :, None], sub.shape).ravel()
-            c_LE = np.bincount(key, weights=w, minlength=L * E + 1)[: L * E].reshape(L, E)
-        else:  # most of the trace: weight every token by its multiplicity (nulls weigh 0)
-            full = np.where(ids >= 0, ids + offset, 0).ravel() if full is None else full
-            w = np.where(ids >= 0, np.broadcast_to(mult[None, :, None], ids.shape), 0.0).ravel()
-            c_LE = np.bincount(full, weights=w, minlength=L * E).reshape(L, E)
+        if 2 * t.size < T:  # a small step (decode): bin only its own tokens
+            key, w = bins(ids[:, t, :]), mult[t]
+        else:  # most of the trace: every token, weighted by its multiplicity
+            full = bins(ids) if full is None else full
+            key, w = full, mult
+        w_all = np.broadcast_to(w[None, :, None], (L, w.size, ids.shape[2])).ravel()
+        c_LE = np.bincount(key, weights=w_all, minlength=null + 1)[:null].reshape(L, E)
         share_LP = np.take_along_axis(c_LE / np.maximum(rep_LE, 1), phy2log_LP, axis=1)
         g_LG = share_LP.reshape(L, G, slots_per_gpu).sum(-1)
         mean = g_LG.mean(axis=1)

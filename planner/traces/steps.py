@@ -260,7 +260,8 @@ def workload_steps(
         out, how = regroup_tokens(trace, stated, ranks, seed)
         return out, (f"the trace has no sequences: {how} ({kind} steps of {words}; its file's steps held "
                      f"{file_size:.0f} tokens on average)")
-    n_seq = int(np.unique(trace.seq_id).size)
+    lengths = np.unique(trace.seq_id, return_counts=True)[1]  # tokens per sequence
+    n_seq = int(lengths.size)
     if kind == "decode":
         # a batch the trace's sequences cannot fill: split them, but keep MIN_DECODE_STEPS steps
         room = max(n_seq, trace.num_tokens // MIN_DECODE_STEPS)
@@ -268,9 +269,8 @@ def workload_steps(
         out = decode_steps(trace, run, ranks, split=True)
         how = f"decode steps of {run} concurrent sequences (one token each; the drain at the end dropped)"
         if run > n_seq:
-            _, starts, lengths = sequences(trace)
             longest = part_length(trace.num_tokens, run)
-            n_req = int(split_sequences(starts, lengths, longest)[0].size)
+            n_req = int((-(-lengths // longest)).sum())  # the parts split_sequences makes
             how += (f"; the batch {size} is larger than the trace's {n_seq} sequences: each is cut into parts of at "
                     f"most {longest} tokens decoded as requests of their own ({n_req} in all; parts of one request "
                     "share its topic, so these steps are somewhat more skewed than the batch's independent requests "
