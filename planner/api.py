@@ -45,6 +45,7 @@ from planner.simulator import DEFAULT_RELAY, DISPATCH, SimResult, check_relay, d
 from planner.solve import parallel as parallel_search
 from planner.solve.degrees import resolve_degrees
 from planner.solve.placement import PlacementInputs, PlacementResult, solve_placement
+from planner.solve.search_train import check_a2a_overlap
 from planner.specs.base import format_validation_error
 from planner.specs.cluster import ClusterSpec
 from planner.specs.hardware import HardwareProfile
@@ -254,15 +255,16 @@ def prepare(
     pp_last: int | None = None,
     two_batch_overlap: str | None = None,
     routing: str | None = None,
+    a2a_overlap: str | None = None,
 ) -> Problem | OffloadProblem:
     """Load and check every input of a planning run; raises :class:`InputError` on bad input.
 
     The keywords and their defaults are :class:`planner.specs.options.PlanOptions`' (a test keeps
     them equal). For ``train``, ``prefill`` and ``decode`` the degrees given are fixed and the rest
     chosen by the parallelism search (:mod:`planner.solve.parallel`; ``cp``, ``recompute``,
-    ``distributed_optimizer``, ``latency_target_ms`` and ``cross_node`` are its options). Serving
-    is stated by ``prompt_len``, ``output_len``, ``batch``, ``request_rate``, ``kv_dtype``,
-    ``ttft_ms`` and ``tpot_ms`` (:class:`~planner.specs.workload.Workload`), its step priced with
+    ``distributed_optimizer``, ``latency_target_ms``, ``cross_node``, in training ``a2a_overlap``,
+    are its options). Serving is stated by ``prompt_len``, ``output_len``, ``batch``,
+    ``request_rate``, ``kv_dtype``, ``ttft_ms``, ``tpot_ms`` (the Workload), its step priced with
     ``two_batch_overlap`` (default off) and ``routing`` (default uniform); an omitted decode
     batch is the largest that fits memory and meets the targets, and the steps the placement is
     planned and scored on hold that batch (:func:`planner.traces.steps.workload_steps`).
@@ -272,9 +274,9 @@ def prepare(
         raise InputError("mode 'serve' plans a prefill and a decode pool: call planner.plan_serving", field="mode")
     check_pool_options(mode, prefill_nodes, decode_nodes, prefill_tokens)
     parallel_search.check_serving_pricing(mode, two_batch_overlap, routing)
+    check_a2a_overlap(mode, a2a_overlap)
     _check_options(time_limit, train_fraction, dispatch, baseline, nodes, gpus_per_node)
-    m = resolve_model(model)
-    hw = resolve_hardware(hardware)
+    m, hw = resolve_model(model), resolve_hardware(hardware)
     cluster = ClusterSpec(hardware=hw.name, num_nodes=nodes, gpus_per_node=gpus_per_node)
     try:
         workload = Workload(
@@ -289,8 +291,7 @@ def prepare(
         tr, trace_label, _recorded = resolve_trace(trace, m, seed, tokens_per_step)
         return prepare_offload(
             m, hw, tr, trace_label, gpu_memory_gb=gpu_memory_gb, batch=micro_batch if micro_batch is not None else batch,
-            seq_len=seq_len, seed=seed,
-            time_limit=time_limit, train_fraction=train_fraction, workload=workload,
+            seq_len=seq_len, seed=seed, time_limit=time_limit, train_fraction=train_fraction, workload=workload,
             notes=trace_notes(tr, trace_label), expert_precisions=expert_precisions, max_accuracy_cost=max_accuracy_cost,
         )
     if expert_precisions is not None or max_accuracy_cost is not None:
@@ -300,14 +301,14 @@ def prepare(
     tr, trace_label, recorded_counts = resolve_trace(trace, m, seed, tokens_per_step)
     # parallelism search (planner.solve.parallel): the degrees given are fixed, the rest searched;
     # serving: it also finds the batch, which then decides the steps the placement is planned on
-    fixed = {
-        "tp": tp, "pp": pp, "dp": dp, "ep": ep, "etp": etp, "vpp": vpp, "cp": cp, "micro_batch": micro_batch,
-        "recompute": recompute, "distributed_optimizer": distributed_optimizer, "pp_first": pp_first, "pp_last": pp_last,
-    }
+    fixed = {"tp": tp, "pp": pp, "dp": dp, "ep": ep, "etp": etp, "vpp": vpp, "cp": cp, "micro_batch": micro_batch,
+             "recompute": recompute, "distributed_optimizer": distributed_optimizer, "pp_first": pp_first,
+             "pp_last": pp_last}
     stage("parallelism search")
     found, workload = parallel_search.search_workload(
         m, hw, cluster, workload, fixed=fixed, redundant=redundant_experts, latency_target_ms=latency_target_ms,
-        cross_node=cross_node, two_batch_overlap=two_batch_overlap, routing=routing, trace=tr if trace is not None else None,
+        cross_node=cross_node, two_batch_overlap=two_batch_overlap, routing=routing, a2a_overlap=a2a_overlap,
+        trace=tr if trace is not None else None,
     )  # output length: stated or the default, not the trace's sequences (those are whole requests)
     tr, steps_note = workload_steps(tr, workload, cluster.num_gpus, seed, regroup=recorded_counts is None)
     plan_tr, eval_tr, evaluated_on, plan_counts = _split_trace(tr, train_fraction, recorded_counts)
@@ -319,7 +320,7 @@ def prepare(
         latency_target_ms, "cross_node": cross_node, "batch": batch, "ep": ep, "tp": tp, "pp": pp, "dp": dp, "etp": etp,
         "vpp": vpp, "redundant_experts": redundant_experts, "baseline": baseline, "dispatch": dispatch,
         "seed": seed, "train_fraction": train_fraction, "two_batch_overlap": two_batch_overlap, "routing": routing,
-    }
+        "a2a_overlap": a2a_overlap}
     return Problem(
         model=m, hardware=hw, cluster=cluster, workload=workload, parallel=par, trace=tr,
         trace_label=trace_label, plan_trace=plan_tr, plan_counts_LE=plan_counts, eval_trace=eval_tr, evaluated_on=evaluated_on,

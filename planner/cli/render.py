@@ -58,7 +58,8 @@ def render_launch(plan: Plan) -> list[str]:
         ]
         for i, a in enumerate(s.alternatives):
             extra = (f" mb {a.micro_batch} {a.recompute}{' distopt' if a.distributed_optimizer else ''}"
-                     f" cp {a.cp} vpp {a.vpp}") if a.micro_batch else f" batch {a.sequences}"
+                     f" cp {a.cp} vpp {a.vpp}{' a2a-overlap' if a.a2a_overlap else ''}") if a.micro_batch \
+                else f" batch {a.sequences}"
             fig = _figure(a, plan.workload.mode)
             lines.append(
                 f"  {'*' if i == 0 else ' '} dp {a.dp} tp {a.tp} pp {a.pp} ep {a.ep} etp {a.etp}{extra}: "

@@ -171,11 +171,17 @@ def training_memory(
     train_dtype: str = "bf16",
     pp_first: int | None = None,
     pp_last: int | None = None,
+    a2a_overlap: bool = False,
 ) -> MemoryBreakdown:
     """Bytes per GPU in Megatron-style training, the weights in ``train_dtype`` (``bf16`` or
     ``fp8``; module docstring): weights, gradients and optimizer of a stage of ⌈L/pp⌉ layers,
     activations of the pipeline rank holding the most (its layers of the pipeline layout,
-    ``pp_first`` / ``pp_last`` as :func:`planner.specs.degrees.pipeline_layout` takes them)."""
+    ``pp_first`` / ``pp_last`` as :func:`planner.specs.degrees.pipeline_layout` takes them).
+    ``a2a_overlap`` (Megatron's combined 1F1B): with pp > 1 the schedule moves one more model
+    chunk's forward into warm-up (Megatron-LM docs/user-guide/features/moe_a2a_overlap.md), so
+    every rank holds one more chunk of a micro-batch; without pipelining a forward runs beside
+    another micro-batch's backward layer by layer (one more layer at the peak). The allocator's
+    extra reserve across the two streams that the same page describes is not priced."""
     _positive(slots_per_gpu=slots_per_gpu, tp=tp, pp=pp, dp=dp, ep=ep, etp=etp, vpp=vpp)
     if (dp * tp) % (ep * etp):
         raise InputError(f"ep × etp ({ep} × {etp}) must divide dp × tp ({dp} × {tp}): experts shard inside a stage")
@@ -190,7 +196,7 @@ def training_memory(
     else:
         optim = OPTIMIZER_BYTES * (expert_params + other_params)
     mbs = pp if num_microbatches is None else max(1, num_microbatches)
-    activations = _activations(model, seq_len, micro_batch, tp, pp, vpp, mbs, recompute, pp_first, pp_last)
+    activations = _activations(model, seq_len, micro_batch, tp, pp, vpp, mbs, recompute, pp_first, pp_last, a2a_overlap)
     return MemoryBreakdown(weights=weights, gradients=grads, optimizer=optim, activations=activations)
 
 
@@ -198,7 +204,7 @@ def training_memory(
 @functools.lru_cache(maxsize=65536)
 def _activations(
     model: ModelSpec, seq_len: int, micro_batch: int, tp: int, pp: int, vpp: int, mbs: int, recompute: Recompute,
-    pp_first: int | None, pp_last: int | None,
+    pp_first: int | None, pp_last: int | None, a2a_overlap: bool = False,
 ) -> float:
     """Activation bytes of the fullest pipeline rank (:func:`training_memory`); memoized, since
     the parallelism search asks for the same pipeline under many expert layouts."""
@@ -215,7 +221,8 @@ def _activations(
         else:
             n_moe, n_dense = counts[r]
         per_mb = n_moe * act_moe + n_dense * act_dense
-        activations = max(activations, per_mb * min(pp - r, mbs) * interleave)
+        extra = (per_mb / vpp if pp > 1 else per_mb / max(1, n_moe + n_dense)) if a2a_overlap else 0.0
+        activations = max(activations, per_mb * min(pp - r, mbs) * interleave + extra)
     return activations
 
 def kv_bytes_per_token(model: ModelSpec, tp: int = 1, pp: int = 1, kv_dtype: str = "bf16") -> float:

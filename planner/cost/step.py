@@ -16,6 +16,11 @@ layouts, so a step is a few sums over per-layer pieces that :class:`StepModel` m
   forward, the attention core its own, plus fp32 main-gradient accumulation and recompute;
 - **pipeline** (1F1B, interleaved with vpp; Narayanan et al. 2021):
   ``t_pipe = (m + (pp − 1)/vpp) · t_stage`` plus exposed p2p when not interleaved;
+- **EP all-to-all overlap** (``a2a_overlap``: Megatron's combined 1F1B,
+  ``--overlap-moe-expert-parallel-comm``): in the steady state the forward of one micro-batch
+  and the backward of another run layer by layer on a compute and a communication stream, so
+  each all-to-all phase hides behind the other micro-batch's work (:func:`paired_layer_ms`);
+  the warm-up forwards and cool-down backwards stay exposed (:func:`paired_fraction`);
 - **data-parallel sync** (Megatron DDP with overlap): reduce-scatter + all-gather (distributed
   optimizer) or all-reduce, exposed beyond the last / first micro-batch's backward / forward;
   optimizer ≈ 30 B per local parameter shard;
@@ -84,6 +89,54 @@ MAIN_GRAD_BYTES = 8.0
 #: fixed cost of small GEMMs; training's experts see thousands of tokens each (M = k·b·s·ep/E), where
 #: the tables run at 400-650 TFLOP/s and the overlap is small, so it is not credited.
 TRAIN_EXPERT_KERNEL = "loop"
+
+
+#: Slow-down of compute while an all-to-all runs beside it: Megatron Core's report (arXiv
+#: 2603.07685 §4.2.3, as summarised in Megatron-LM docs/user-guide/features/moe_a2a_overlap.md,
+#: "Performance results") has DeepEP reserve 20 SMs per H100 and observe about a 20% loss of GEMM
+#: efficiency. Applied to the compute that shares time with a communication phase.
+OVERLAP_GEMM_SLOWDOWN = 0.20
+
+
+def paired_layer_ms(attn_f: float, expert_f: float, attn_b: float, expert_b: float, a2a: float) -> float:
+    """Forward of one micro-batch's MoE layer paired with the backward of another's, under
+    Megatron's combined 1F1B (``--overlap-moe-expert-parallel-comm``). The schedule issues, on a
+    compute and a communication stream, ``F.attn``, ``B.combine``, ``F.dispatch``,
+    ``B.expert``, ``B.dispatch``, ``F.expert``, ``F.combine``, ``B.attn``, each node waiting for
+    the one it depends on (Megatron-LM docs/user-guide/features/moe_a2a_overlap.md, "Fine-grained
+    execution"), so the pair takes four windows, each the longer of a compute node and one
+    all-to-all phase ``a2a``::
+
+        max(attn_f, a2a) + max(expert_b, a2a) + max(expert_f, a2a) + max(attn_b, a2a)
+
+    against ``attn_f + expert_f + attn_b + expert_b + 4·a2a`` run one after the other. The
+    communication kernels' use of SMs (which slows the GEMMs they overlap) is not priced."""
+    g = OVERLAP_GEMM_SLOWDOWN
+    return sum(max(x + g * min(x, a2a), a2a) for x in (attn_f, expert_b, expert_f, attn_b))
+
+
+def paired_fraction(pp: int, vpp: int, micro_batches: int) -> float:
+    """Share of the first pipeline rank's model-chunk passes that combined 1F1B pairs: of its
+    ``m·vpp`` forwards, the warm-up ones (Megatron's interleaved schedule: ``2(pp − 1) +
+    (vpp − 1)·pp``, plus the one forward the overlap moves into warm-up; without pipelining the
+    first forward) run alone, and as many backwards at the end. The first rank has the longest
+    warm-up and starts and ends the step."""
+    chunks = micro_batches * vpp
+    warm = 1 if pp == 1 else 2 * (pp - 1) + (vpp - 1) * pp + 1
+    return max(0, chunks - warm) / chunks
+
+
+def overlap_problem(*, ep: int, pp: int, vpp: int, mtp_layers: int) -> str | None:
+    """Why Megatron refuses ``--overlap-moe-expert-parallel-comm`` for a layout, or None
+    (moe_a2a_overlap.md, "Hard requirements": EP > 1; PP > 1 needs virtual pipeline stages;
+    at most one MTP layer)."""
+    if ep <= 1:
+        return f"a2a_overlap needs ep > 1 (got ep {ep}): there is no expert all-to-all to overlap"
+    if pp > 1 and vpp <= 1:
+        return f"a2a_overlap with pp {pp} needs vpp > 1 (Megatron runs it on the interleaved schedule only)"
+    if mtp_layers > 1:
+        return f"a2a_overlap allows at most one MTP layer (the model has {mtp_layers})"
+    return None
 
 
 # ---- links ------------------------------------------------------------------------------------
@@ -185,7 +238,7 @@ class StepModel:
         #: the dtype the linear layers compute in (the training dtype, never the checkpoint's)
         self.gemm_dtype = train_dtype
         for name in ("_attention", "_moe_block", "_tok_ops", "_experts", "_dense", "_head", "_train_layers",
-                     "_split", "link", "_casts", "_mtp_proj", "_flops", "_sort"):
+                     "_split", "link", "_casts", "_mtp_proj", "_flops", "_sort", "_a2a_hidden"):
             setattr(self, name, functools.cache(getattr(self, name)))
 
     # per-layer pieces -----------------------------------------------------------------------
@@ -337,6 +390,26 @@ class StepModel:
                                        c_dense, 0.0)
         return t_attn, t_moe, t_dense, training_ms(lt.head_compute), lt
 
+    def _a2a_hidden(self, tp: int, cp: int, b: int, s: int, ep: int, etp: int, dispatcher: str) -> float:
+        """Time (ms) combined 1F1B hides in one MoE layer's forward + backward of a steady-state
+        pair (:func:`paired_layer_ms`): the attention node is the attention block with the router
+        and the permutation before dispatch, the expert node the rest of the MoE block; their
+        backwards are the training model's (2 × forward, the attention core its own, the
+        dispatcher's sort once). ETP and TP collectives stay where they are, exposed."""
+        m, hw = self.model, self.hw
+        t_gpu = b * s / cp / tp
+        a2a = alltoall_ms(hw, m, t_gpu, ep, etp, self.gpn, dispatcher)
+        if a2a <= 0.0 or not m.num_moe_layers:
+            return 0.0
+        lt = self.layer_times(tp=tp, cp=cp, b=b, s=s, ep=ep, etp=etp, dispatcher=dispatcher)
+        pre = router_ms(hw, m, t_gpu) + permute_ms(hw, m, t_gpu)
+        attn_f = lt.attn_compute + lt.attn_comm + pre
+        expert_f = lt.moe_compute - pre
+        attn_b = 2.0 * (lt.attn_compute - lt.attn_core) + lt.attn_core_bwd + lt.attn_comm + 2.0 * pre
+        expert_b = 2.0 * expert_f - lt.moe_sort
+        alone = attn_f + expert_f + attn_b + expert_b + 4.0 * a2a
+        return alone - paired_layer_ms(attn_f, expert_f, attn_b, expert_b, a2a)
+
     def _split(self, pp: int, vpp: int, first: int | None, last: int | None) -> tuple[PipelineLayout, list[tuple[int, int]]]:
         """The pipeline layout (specs.degrees.pipeline_layout) and the (MoE, dense) decoder-layer
         counts of each pipeline rank."""
@@ -382,11 +455,13 @@ class StepModel:
         dispatcher: str = "pairs",
         pp_first: int | None = None,
         pp_last: int | None = None,
+        a2a_overlap: bool = False,
     ) -> TrainStep:
         """Predicted step of Megatron-style training (docs/cost_model.md §5); ``pp_first`` /
         ``pp_last``: decoder layers of the first / last pipeline rank (default: the layout of
         :func:`planner.specs.degrees.pipeline_layout`). ``dispatcher``: ``pairs`` (Megatron's
-        ``alltoall``) or ``deepep`` (``flex`` with DeepEP)."""
+        ``alltoall``) or ``deepep`` (``flex`` with DeepEP). ``a2a_overlap``: combined 1F1B
+        (module docstring); a layout Megatron cannot run it on raises :class:`InputError`."""
         m, hw = self.model, self.hw
         if recompute not in RECOMPUTE:
             raise InputError(f"recompute must be one of {', '.join(RECOMPUTE)} (got {recompute!r})")
@@ -401,6 +476,10 @@ class StepModel:
                 f"global batch ({global_batch}) must be a multiple of dp × micro-batch ({dp} × {micro_batch})"
             )
         mbs = global_batch // (dp * micro_batch)
+        if a2a_overlap:
+            problem = overlap_problem(ep=ep, pp=pp, vpp=vpp, mtp_layers=m.mtp_layers)
+            if problem:
+                raise InputError(problem, field="a2a_overlap")
         t_attn, t_moe, t_dense, head, lt = self._train_layers(tp, cp, micro_batch, seq_len, ep, etp, dispatcher, recompute)
         T = micro_batch * seq_len / cp
         embed = memory_pass_ms(hw, 2.0 * 2.0 * T * m.hidden_size * ACTIVATION_BYTES / tp)  # lookup + grad scatter
@@ -411,6 +490,14 @@ class StepModel:
         stages = self._stage_times(pp, vpp, pp_first, pp_last, t_moe, t_dense, head, embed, mtp)
         stage = max(stages)
         pipe = (mbs + (pp - 1) / vpp) * stage
+        hidden, paired = 0.0, 0.0
+        if a2a_overlap:  # steady-state pairs run at the paired stage time; fill and drain as before
+            saved = self._a2a_hidden(tp, cp, micro_batch, seq_len, ep, etp, dispatcher)
+            mtp_ov = mtp - (m.mtp_layers * saved if m.mtp_layers and (m.num_layers - 1) in set(m.moe_layers) else 0.0)
+            stage_ov = max(self._stage_times(pp, vpp, pp_first, pp_last, t_moe - saved, t_dense, head, embed, mtp_ov))
+            paired = paired_fraction(pp, vpp, mbs)
+            hidden = mbs * paired * (stage - stage_ov)
+            pipe -= hidden
         bubble = (pp - 1) / (vpp * mbs) if pp > 1 else 0.0
         # pipeline p2p
         p2p = 0.0
@@ -447,6 +534,6 @@ class StepModel:
                 "moe_compute_fwd_ms": lt.moe_compute, "moe_comm_fwd_ms": lt.moe_comm,
                 "moe_layer_train_ms": t_moe, "dp_reduce_ms": red, "dp_gather_ms": gat,
                 "attention_core_fwd_ms": lt.attn_core, "attention_core_bwd_ms": lt.attn_core_bwd,
-                "moe_sort_fwd_ms": lt.moe_sort,
+                "moe_sort_fwd_ms": lt.moe_sort, "a2a_hidden_ms": hidden, "a2a_paired_fraction": paired,
             },
         )

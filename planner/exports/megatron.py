@@ -13,7 +13,10 @@ training ``--fp8-format e4m3 --fp8-recipe tensorwise --fp8-param-gather``, the M
 ``--moe-router-topk``, ``--moe-ffn-hidden-size``, ``--moe-layer-freq`` as a Python list pattern
 when the model has dense layers, ``--moe-router-num-groups``/``--moe-router-group-topk`` for
 group-limited routing, ``--moe-router-score-function``), ``--moe-grouped-gemm``,
-``--moe-token-dispatcher-type alltoall`` and ``--use-distributed-optimizer`` (docs/facts.md §4).
+``--moe-token-dispatcher-type alltoall`` and ``--use-distributed-optimizer`` (docs/facts.md §4);
+``--overlap-moe-expert-parallel-comm`` where the step was priced with combined 1F1B (with full
+recompute also ``--attention-dropout 0 --hidden-dropout 0``, which that schedule's replay needs:
+Megatron-LM docs/user-guide/features/moe_a2a_overlap.md).
 
 **Permutation.** Megatron places experts contiguously: EP rank ``r`` holds global experts
 ``[r·E/G, (r+1)·E/G)`` (``num_experts % EP == 0``). A placement without replicas (P = E) is a
@@ -187,6 +190,10 @@ def args(plan: Plan) -> list[str]:
         elif chosen.recompute == "full":
             out += ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
         out += ["--overlap-grad-reduce"] + (["--overlap-param-gather"] if chosen.distributed_optimizer else [])
+        if chosen.a2a_overlap:  # combined 1F1B, as priced; its full recompute needs dropout off
+            out += ["--overlap-moe-expert-parallel-comm"]
+            if chosen.recompute == "full":
+                out += ["--attention-dropout", "0", "--hidden-dropout", "0"]
     return out
 
 

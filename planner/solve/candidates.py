@@ -3,7 +3,7 @@
 The step-time model is good to ~10% (benchmarks/parallelism.py), so figures within
 :data:`TIE_RELATIVE` (1%) of the fastest count as tied, and among those the simplest wins:
 smallest cp, then tp, pp, vpp, etp, ep, then the largest micro-batch, the lightest recompute, the
-distributed optimizer, then the figure itself and the degrees in a fixed order, so that the
+distributed optimizer, no all-to-all overlap, then the figure itself and the degrees in a fixed order, so that the
 choice is deterministic. Training ranks by step time; serving by throughput.
 """
 
@@ -37,6 +37,7 @@ class Candidate:
     distributed_optimizer: bool = True
     pp_first: int | None = None  #: train: decoder layers of the first pipeline rank (None: the default layout)
     pp_last: int | None = None  #: train: decoder layers of the last pipeline rank
+    a2a_overlap: bool = False  #: train: priced with Megatron's combined 1F1B (planner.cost.step)
     sequences: int = 0  #: serving: sequences in one step across the cluster
     step_ms: float = math.inf
     tokens_per_s: float = 0.0
@@ -67,6 +68,7 @@ class Candidate:
             s += " distopt" if self.distributed_optimizer else " no-distopt"
             if self.pp_first is not None or self.pp_last is not None:
                 s += f" pp-first {self.pp_first or '-'} pp-last {self.pp_last or '-'}"
+            s += " a2a-overlap" if self.a2a_overlap else ""
         elif self.sequences:
             s += f" batch {self.sequences}"
         return s
@@ -74,14 +76,14 @@ class Candidate:
     def simplicity_key(self) -> tuple:
         return (
             self.cp, self.tp, self.pp, self.vpp, self.etp, self.ep, -self.micro_batch,
-            RECOMPUTE.index(self.recompute), not self.distributed_optimizer, self.sort_key(),
+            RECOMPUTE.index(self.recompute), not self.distributed_optimizer, self.a2a_overlap, self.sort_key(),
         )
 
     def sort_key(self) -> tuple:
         primary = round(self.step_ms, 6) if self.mode == "train" else -round(self.tokens_per_s, 3)
         return (
             primary, self.tp, self.cp, self.pp, self.vpp, self.ep, self.etp, -self.micro_batch,
-            RECOMPUTE.index(self.recompute), not self.distributed_optimizer,
+            RECOMPUTE.index(self.recompute), not self.distributed_optimizer, self.a2a_overlap,
         )
 
 

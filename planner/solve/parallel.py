@@ -63,13 +63,13 @@ from planner.solve.search_memory import (
     memory_reason,
 )
 from planner.solve.search_report import predicted_figures, to_report
+from planner.solve.search_train import check_a2a_overlap, train_notes, train_variants
 from planner.solve.serve_imbalance import IMBALANCE_NOTE, ROUTINGS, imbalance_fn
 from planner.specs.cluster import ClusterSpec
 from planner.specs.degrees import (
     Degrees,
     divisors,
     iter_degree_problems,
-    pipeline_layout,
     require_positive,
     require_redundant,
 )
@@ -191,6 +191,7 @@ def search(
     request_rate: float | None = None,
     two_batch_overlap: str = "off",
     imbalance: Any = 1.0,
+    a2a_overlap: str = "off",
 ) -> SearchResult:
     """Search the parallel configuration of ``mode`` (module docstring).
 
@@ -204,11 +205,12 @@ def search(
     cache's dtype, ``request_rate`` a rate to report the plan against, ``two_batch_overlap`` the
     serving step's two-batch overlap (``off``, ``on``, ``auto``: the faster; planner.cost.serve_step), ``imbalance`` its routing imbalance (serve_step's). Training: ``train_dtype``
     (``bf16`` or ``fp8``) prices GEMMs, casts and memory; ``dispatcher`` (:data:`DISPATCHERS`) the
-    token all-to-all. Raises :class:`InputError` when a fixed degree breaks a rule and
+    token all-to-all; ``a2a_overlap`` Megatron's combined 1F1B (:mod:`planner.solve.search_train`). Raises :class:`InputError` when a fixed degree breaks a rule and
     :class:`InfeasibleError` when nothing fits, naming the binding constraint.
     """
     t0 = time.perf_counter()
     fixed = _checked_fixed(mode, fixed, seq_len, latency_target_ms, redundant)
+    check_a2a_overlap(mode, None if a2a_overlap == "off" else a2a_overlap)
     require_positive(output_len=output_len, ttft_ms=ttft_ms, request_rate=request_rate)
     sv = ServeSpec(output_len=output_len, kv_dtype=kv_dtype, ttft_ms=ttft_ms, request_rate=request_rate,
                    two_batch_overlap=two_batch_overlap, imbalance=imbalance)
@@ -265,9 +267,9 @@ def search(
                                     t.reject_rule(base, *v)
                                     continue
                                 if mode == "train":
-                                    t.evaluated += _train_variants(
+                                    t.evaluated += train_variants(
                                         sm, model, hw, N, base, gb, seq_len, rc_opts, do_opts, budget, t.feasible, t.mem_rejected,
-                                        train_dtype, DISPATCHERS[dispatcher],
+                                        train_dtype, DISPATCHERS[dispatcher], a2a_overlap,
                                     )
                                 else:
                                     t.evaluated += _serve_variants(
@@ -276,7 +278,8 @@ def search(
                                     )
     result = _finish(t, model, hw, N, mode, fixed, budget, top_n, max_rejected, t0)
     if mode == "train":
-        result.notes.extend(_train_notes(result.best, model, cluster, fixed, cross_node, dispatcher, train_dtype))
+        result.notes.extend(train_notes(result.best, model, cluster, fixed, cross_node, dispatcher, train_dtype,
+                                        a2a_overlap))
     else:
         result.notes.extend(_serve_notes(result.best, mode, seq_len, sv, N))
     return result
@@ -295,31 +298,6 @@ def _serve_notes(best: Candidate, mode: str, seq_len: int, sv: ServeSpec, N: int
             f"each); {sv.request_rate:g} requests/s need {copies} such deployment(s), {copies * N} GPUs"
             + (" (this one suffices)" if copies <= 1 else "")
         )
-    return notes
-
-
-def _train_notes(
-    best: Candidate, model: ModelSpec, cluster: ClusterSpec, fixed: dict[str, Any], cross_node: bool, dispatcher: str,
-    train_dtype: str,
-) -> list[str]:
-    """The chosen training layout's caveats: an uneven pipeline and how Megatron sets it, a
-    fixed degree that spans nodes and how it is priced, the dispatcher and dtype assumed."""
-    notes = []
-    layout = pipeline_layout(model.num_layers, best.pp, best.vpp, mtp=model.mtp_layers, first=best.pp_first,
-                             last=best.pp_last)
-    if not isinstance(layout, str) and layout.note():
-        notes.append(layout.note())
-    n = cluster.gpus_per_node
-    if not cross_node and best.ep * best.etp > n and {"ep", "etp"} & set(fixed):
-        notes.append(
-            f"ep × etp ({best.ep} × {best.etp} = {best.ep * best.etp}) as fixed spans "
-            f"{best.ep * best.etp // n} nodes: the expert all-to-all crosses the network, priced at the "
-            f"inter-node all-to-all bandwidth of the profile ({dispatcher} dispatcher)")
-    if not cross_node and best.tp > n and "tp" in fixed:
-        notes.append(f"tp {best.tp} as fixed spans nodes: its collectives are priced over the network")
-    if train_dtype == "fp8":
-        notes.append("fp8 training: GEMMs priced on the fp8 tables with Transformer Engine's casts; "
-                     "dispatch/combine moved in bf16; fp8 weights, fp32 gradients, master weights and Adam states")
     return notes
 
 
@@ -370,48 +348,6 @@ def _finish(
         best=best, alternatives=feasible[:top_n], rejected=rej, rule_counts=dict(sorted(rule_counts.items())),
         evaluated=t.evaluated, enumerated=t.enumerated, time_s=time.perf_counter() - t0, budget_gib=budget / GIB, notes=notes,
     )
-
-
-def _train_variants(
-    sm: StepModel, model: ModelSpec, hw: HardwareProfile, N: int, base: Candidate, gb: int, seq_len: int,
-    rc_opts: list[str], do_opts: list[bool], budget: float, feasible: list[Candidate], mem_rejected: list[Rejected],
-    train_dtype: str = "bf16", dispatcher: str = "pairs",
-) -> int:
-    timed = 0
-    for do in do_opts:
-        fit = None
-        lean = None
-        for rc in rc_opts:  # none < selective < full in time: the first that fits dominates
-            c = Candidate(mode="train", dp=base.dp, tp=base.tp, pp=base.pp, ep=base.ep, etp=base.etp, cp=base.cp,
-                          vpp=base.vpp, micro_batch=base.micro_batch, recompute=rc, distributed_optimizer=do,
-                          pp_first=base.pp_first, pp_last=base.pp_last)
-            mem = candidate_memory(model, c, seq_len=seq_len, global_batch=gb, train_dtype=train_dtype)
-            object.__setattr__(c, "memory", mem)  # c is local until appended
-            if mem.total <= budget:
-                fit = c
-                break
-            lean = c
-        if fit is None:
-            if lean is not None and lean.memory is not None and lean.memory.total <= 1.5 * budget:
-                st = sm.train_step(num_gpus=N, tp=lean.tp, pp=lean.pp, ep=lean.ep, etp=lean.etp, cp=lean.cp, vpp=lean.vpp,
-                                   micro_batch=lean.micro_batch, global_batch=gb, seq_len=seq_len, recompute=lean.recompute,
-                                   distributed_optimizer=do, dispatcher=dispatcher, pp_first=lean.pp_first,
-                                   pp_last=lean.pp_last)
-                timed += 1
-                lean = replace(lean, step_ms=st.step_ms, tokens_per_s=st.tokens_per_s, tflops_per_gpu=st.tflops_per_gpu)
-            if lean is not None:
-                mem_rejected.append(Rejected(lean, "memory", ""))  # reason written for the few reported
-            continue
-        st = sm.train_step(num_gpus=N, tp=fit.tp, pp=fit.pp, ep=fit.ep, etp=fit.etp, cp=fit.cp, vpp=fit.vpp,
-                           micro_batch=fit.micro_batch, global_batch=gb, seq_len=seq_len, recompute=fit.recompute,
-                           distributed_optimizer=do, dispatcher=dispatcher, pp_first=fit.pp_first, pp_last=fit.pp_last)
-        timed += 1
-        feasible.append(replace(
-            fit, step_ms=st.step_ms, tokens_per_s=st.tokens_per_s, tflops_per_gpu=st.tflops_per_gpu,
-            detail={"bubble_fraction": st.bubble_fraction, "micro_batches": st.micro_batches, "global_batch": gb,
-                    "dp_exposed_ms": st.dp_exposed_ms, "p2p_ms": st.p2p_ms, **st.parts},
-        ))
-    return timed
 
 
 @dataclass(frozen=True)
@@ -555,24 +491,26 @@ def search_workload(
     model: ModelSpec, hw: HardwareProfile, cluster: ClusterSpec, workload: Workload, *, fixed: dict[str, Any],
     redundant: int = 0, latency_target_ms: float | None = None, cross_node: bool = False,
     mean_sequence_len: float | None = None, two_batch_overlap: str | None = None, routing: str | None = None,
-    trace: Any = None,
+    trace: Any = None, a2a_overlap: str | None = None,
 ) -> tuple[SearchResult | None, Workload]:
     """:func:`search` for ``workload`` (``None`` for the modes it does not serve), and the workload
     with what serving resolved written in — prompt and output lengths
     (:func:`~planner.specs.workload.serving_lengths`; ``mean_sequence_len``: the trace's, when it
     has sequences) and the batch found — so that the plan records them and simulate and validate
-    form the same steps. Serving steps are priced with ``two_batch_overlap`` (default ``off``) and
+    form the same steps. Training steps are priced with ``a2a_overlap`` (default ``off``), serving
+    steps with ``two_batch_overlap`` (default ``off``) and
     ``routing`` (default ``uniform``; ``eplb``: the busiest GPU under EPLB, derived from ``trace``
     or the model's, :func:`planner.solve.serve_imbalance.imbalance_fn`)."""
     mode = workload.mode
     check_serving_pricing(mode, two_batch_overlap, routing)
+    check_a2a_overlap(mode, a2a_overlap)
     if mode not in MODES:
         return None, workload
     if mode == "train":
         found = search(
             model, hw, cluster, mode=mode, seq_len=workload.seq_len, global_batch=workload.global_batch, fixed=fixed,
             redundant=redundant, latency_target_ms=latency_target_ms, cross_node=cross_node,
-            train_dtype=workload.train_dtype,
+            train_dtype=workload.train_dtype, a2a_overlap=a2a_overlap or "off",
         )
         return found, workload
     target, ttft = _serving_targets(mode, latency_target_ms, workload.tpot_ms, workload.ttft_ms)

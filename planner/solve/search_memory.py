@@ -36,7 +36,7 @@ def candidate_memory(
             vpp=c.vpp, seq_len=seq_len // c.cp, micro_batch=c.micro_batch,
             num_microbatches=global_batch // (c.dp * c.micro_batch) if global_batch else None,
             distributed_optimizer=c.distributed_optimizer, recompute=c.recompute,  # type: ignore[arg-type]
-            train_dtype=train_dtype, pp_first=c.pp_first, pp_last=c.pp_last,
+            train_dtype=train_dtype, pp_first=c.pp_first, pp_last=c.pp_last, a2a_overlap=c.a2a_overlap,
         )
     per_rank = math.ceil(c.sequences / c.dp)
     new = 1 if c.mode == "decode" else seq_len

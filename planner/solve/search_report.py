@@ -25,6 +25,7 @@ def _alternative(c: Candidate, global_batch: int | None) -> Alternative:
         sequences=c.sequences if not train and c.sequences else None,
         step_ms=c.step_ms, tokens_per_s=c.tokens_per_s, tflops_per_gpu=c.tflops_per_gpu, latency_ms=c.latency_ms,
         two_batch_overlap=bool(c.detail.get("two_batch_overlap")) if not train else None,
+        a2a_overlap=c.a2a_overlap if train else None,
         memory_gib=c.memory.total_gib if c.memory is not None else 0.0,
     )
 

@@ -100,6 +100,11 @@ class PlanOptions(BaseModel):
     prefill_tokens: int = _opt(
         DEFAULT_PREFILL_TOKENS, "Serve: prefill tokens per GPU in one prefill step (SGLang --max-prefill-tokens per DP rank)"
     )
+    a2a_overlap: Literal["off", "on", "auto"] | None = _opt(
+        None, "Train: price Megatron's combined 1F1B, the expert all-to-all overlapped with another micro-batch's "
+        "compute (--overlap-moe-expert-parallel-comm): on (where Megatron runs it), off, or auto (whichever step is "
+        "faster); omitted: off"
+    )
     two_batch_overlap: Literal["off", "on", "auto"] | None = _opt(
         None, "Serving: price the MoE layers as SGLang's two-batch overlap (--enable-two-batch-overlap): on, off, or "
         "auto (whichever step is faster); omitted: auto in serve mode, off in prefill and decode"

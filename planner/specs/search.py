@@ -31,6 +31,7 @@ class Alternative(Spec):
     tflops_per_gpu: float | None = Field(default=None, ge=0, description="Train: model TFLOP/s per GPU (Megatron's FLOP count)")
     latency_ms: float | None = Field(default=None, ge=0, description="Serving: per-token latency (decode) or time to first token (prefill), ms")
     two_batch_overlap: bool | None = Field(default=None, description="Serving: the step is priced with SGLang's two-batch overlap (--enable-two-batch-overlap)")
+    a2a_overlap: bool | None = Field(default=None, description="Train: the step is priced with Megatron's combined 1F1B, the expert all-to-all overlapped with another micro-batch's compute (--overlap-moe-expert-parallel-comm)")
     memory_gib: float = Field(ge=0, description="Predicted memory per GPU for the mode, GiB")
 
 
