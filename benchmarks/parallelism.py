@@ -19,7 +19,8 @@ Megatron-Bridge publishes the same configuration again with each NeMo release; t
 identical configurations move between releases, and that spread (max / min − 1) is reported: it
 bounds how closely any model can match "the published run".
 
-Then the full search for DeepSeek-V3 on 1024 H100 (128 × 8), timed (target: 10 s on 2 cores).
+Then the full search for DeepSeek-V3 on 1024 H100 (128 × 8), timed (target: 10 s on 2 cores), also
+with Megatron's combined 1F1B priced both ways for every candidate that can run it.
 ``--quick`` times the 1024-GPU search once instead of three times.
 """
 
@@ -101,8 +102,8 @@ OSS = "scripts/performance/configs/gpt_oss/gpt_oss_workload_base_configs.py, gpt
 OSS_NOTE = (f"alltoall (the GPT-OSS provider's default); recompute_modules layernorm, moe_act (elementwise, not "
             f"priced: recompute none asked); {FORCE}; trained in bf16 (the checkpoint's mxfp4 experts are "
             f"serving's); sliding-window attention priced as full")
-Q235_NOTE = (f"alltoall (moe_token_dispatcher_type set to alltoall for H100) with moe_a2a_overlap (1F1B all-to-all "
-             f"overlap, not priced); {NONE_RC}; 94 layers over 8 × 4 virtual stages with embedding and loss counted; "
+Q235_NOTE = (f"alltoall (moe_token_dispatcher_type set to alltoall for H100) with moe_a2a_overlap (combined 1F1B, "
+             f"priced: a2a_overlap on); {NONE_RC}; 94 layers over 8 × 4 virtual stages with embedding and loss counted; "
              f"EP32 spans 4 nodes (inter-node all-to-all); {FORCE}")
 Q30_EP16 = (f"EP16 PP1, flex dispatcher with the HybridEP backend (NVLink domain 8, so RDMA across the 2 nodes): "
             f"priced with DeepEP, the nearest the planner has; moe_a2a_overlap off; {NONE_RC}; EP16 spans 2 nodes; "
@@ -140,6 +141,10 @@ PUBLISHED = [
          "seq 4096; 94 layers over 8 × 4 virtual stages with embedding and loss counted (the run's "
          "--account-for-embedding/loss-in-pipeline-split); EP32 spans 4 nodes (inter-node all-to-all); recompute "
          "selective (the run recomputes norms and activations); force-balanced routing", legacy=True),
+    _row("Qwen3-235B-A22B, 256 H100, BF16, TP2 PP8 VPP4 EP32 MBS1 GBS2048, DeepEP, 1F1B A2A overlap", "qwen3-235b-a22b",
+         32, 2048, dict(tp=2, pp=8, cp=1, vpp=4, ep=32, etp=1, micro_batch=1), "bf16", "deepep", TFL, 276.0,
+         MZ + " best_practice/Qwen3/readme.md (the row above with 1F1B A2A overlap: 276)",
+         "the row above with --overlap-moe-expert-parallel-comm (a2a_overlap on); same assumptions", overlap=True),
     _row("DeepSeek-V3, 1024 H100, TP1 PP16 (first 4, last 1) EP64 MBS1 GBS8192, MTP 1, DeepEP", "deepseek-v3", 128, 8192,
          dict(tp=1, pp=16, cp=1, vpp=1, ep=64, etp=1, micro_batch=1, pp_first=4, pp_last=1), "bf16", "deepep", TFL,
          None, MZ + " runtime_configs/benchmarking/runtime.conf (configuration only: no figure published)",
@@ -147,12 +152,12 @@ PUBLISHED = [
          "blockwise recipe); plannable as published; the H100 figure is Megatron-Bridge's 25.09 row below"),
     # ---- Megatron-Bridge, NeMo 25.09 (no precision column; see P2509) ----
     bridge("25.09", "deepseek-v3", 1024, "FP8-CS", 8192, 1, 2, 8, 4, 64, 1297, "338 (330 blockwise)",
-           dtype="fp8", disp="deepep", recompute=None, exact=False, alt=dict(recompute="full"),
+           dtype="fp8", disp="deepep", recompute=None, exact=False, alt=dict(recompute="full"), overlap=True,
            recipe="scripts/performance/run_script.py, configs/deepseek/deepseek_v3_llm_pretrain.yaml: dropless, flex "
            "dispatcher with DeepEP and force-balanced routing on H100; layout Et|(tt|)*30mL, its 'm' one MTP layer (the "
            "model file's mtp_layers 1; the planner's own PP8 VP4 layout is the same); recompute_modules mla_up_proj, "
            "mlp: not one of none / selective / full, so searched, and full in 'alt'; 1F1B all-to-all overlap "
-           f"(overlap_moe_expert_parallel_comm) not priced; overlap_grad_reduce off; EP64 spans 8 nodes; {P2509}; {CS}"),
+           f"(overlap_moe_expert_parallel_comm) priced: a2a_overlap on; overlap_grad_reduce off; EP64 spans 8 nodes; {P2509}; {CS}"),
     _row("DeepSeek-V3, 1024 H100, FP8 blockwise, TP2 PP8 VP4 EP64 MBS1 GBS8192 (NeMo 25.09)", "deepseek-v3", 128,
          8192, dict(tp=2, pp=8, cp=1, vpp=4, ep=64, etp=1, micro_batch=1), "fp8", "deepep", TFL, 330.0,
          BRIDGE.format("25.09"), "the figure in parentheses of the row above",
@@ -171,23 +176,25 @@ PUBLISHED = [
            legacy=True, recipe=f"{OSS} (H100: PP4 EP8 GBS 512, MBS 1 — the table says 4, and its GA 2 fits "
            f"neither: 512 / (4 × 16) = 8); the table's MBS 4 priced; {OSS_NOTE}"),
     bridge("25.11", "qwen3-30b-a3b", 16, "FP8-CS", 512, 2, 1, 2, 24, 8, 5275, "121", dtype="fp8", disp="alltoall",
-           legacy=True, recipe=f"{Q3} (H100 FP8_CS: PP2 VP12 MBS1 GBS512, alltoall with moe_a2a_overlap; the table's "
+           legacy=True, overlap=True,
+           recipe=f"{Q3} (H100 FP8_CS: PP2 VP12 MBS1 GBS512, alltoall with moe_a2a_overlap, priced; the table's "
            f"VP24 MBS2 are the 25.09 recipe's, so probably carried over): the table's priced; {NONE_RC}; {FORCE}; {CS}"),
     bridge("25.11", "qwen3-235b-a22b", 256, "FP8-CS", 2048, 1, 2, 8, 4, 32, 1575, "233", dtype="fp8",
-           disp="alltoall", legacy=True,
+           disp="alltoall", legacy=True, overlap=True,
            recipe=f"{Q3} (H100 FP8_CS: TP2 PP8 VP4 EP32 GBS2048, no flex backend: the Qwen3 provider's alltoall); "
            f"{Q235_NOTE}; {CS}; this row was TFLOP/s 233 with DeepEP assumed before the recipe was read"),
     # ---- 26.02 / 26.02.01 (same degrees; the 26.02.01 figures are the patch container's) ----
     *[bridge(rel, "qwen3-30b-a3b", 16, "FP8", 1024, 1, 1, 2, 12, 8, tok, tfl, dtype="fp8", disp="deepep",
+             overlap=True,
              recipe=f"{Q3}: the table's degrees are the H100 recipe of 2026-02-13 (c4cc63bac: PP2 VP12 GBS1024, flex "
-             f"with DeepEP, moe_a2a_overlap, not priced); from 2026-02-23 (4a6450755) the recipe is EP16 PP1 HybridEP"
+             f"with DeepEP, moe_a2a_overlap, priced); from 2026-02-23 (4a6450755) the recipe is EP16 PP1 HybridEP"
              f"{note}; {NONE_RC}; {FORCE}; {CS}")
       for rel, tok, tfl, note in (
           ("26.02", 5113, "118", ""),
           ("26.02.01", 9058, "208", ", and 9,058 is within 2% of the EP16 rows of 26.04-26.06: this table's degrees "
            "are probably carried over from 26.02"))],
     *[bridge(rel, "qwen3-235b-a22b", 256, "FP8", 8192, 1, 2, 8, 4, 32, tok, tfl, dtype="fp8", disp="alltoall",
-             recipe=f"{Q3} (H100 FP8_CS V2: V1 with GBS 8192); {Q235_NOTE}; {CS}")
+             overlap=True, recipe=f"{Q3} (H100 FP8_CS V2: V1 with GBS 8192); {Q235_NOTE}; {CS}")
       for rel, tok, tfl in (("26.02", 1633, "242"), ("26.02.01", 1611, "238"), ("26.04", 1686, "250"),
                             ("26.04.01", 1712, "253"))],
     *[bridge(rel, "gpt-oss-120b", 64, "BF16", 1280, 1, 1, 4, 1, 8, tok, tfl, dtype="bf16", disp="alltoall",
@@ -231,19 +238,25 @@ def rows() -> list[dict]:
             out.append(dict(base, predicted=None, not_plannable=p["not_plannable"], assumptions=p["assumptions"]))
             continue
         m, nodes, gpus = load_model(p["model"]), p["nodes"], p["nodes"] * 8
-        kw = dict(mode="train", seq_len=4096, global_batch=p["gb"], train_dtype=p["dtype"], dispatcher=p["disp"])
+        kw = dict(mode="train", seq_len=4096, global_batch=p["gb"], train_dtype=p["dtype"], dispatcher=p["disp"],
+                  a2a_overlap="on" if p.get("overlap") else "off")
         r, gave_up = _fixed_search(m, hw, nodes, p["fixed"], kw)
-        key = (p["model"], nodes, p["gb"], p["dtype"], p["disp"])
+        key = (p["model"], nodes, p["gb"], p["dtype"], p["disp"], kw["a2a_overlap"])
         if key not in own_cache:
             own_cache[key] = search(m, hw, cluster(nodes), **kw)
         own = own_cache[key]
-        text = f"{p['assumptions']}; {p['dtype']}, {p['disp']} dispatcher"
+        text = f"{p['assumptions']}; {p['dtype']}, {p['disp']} dispatcher" + (", a2a overlap" if p.get("overlap") else "")
         if gave_up:
             text += f"; {gave_up}"
         row = dict(base, predicted=_metric(r, p["metric"], gpus), config=r.best.label(),
                    memory_gib=r.best.memory.total_gib if r.best.memory else None,
                    search_predicted=_metric(own, p["metric"], gpus), search_config=own.best.label(),
                    notes=r.notes, recompute_searched=bool(gave_up))
+        fx = p["fixed"]
+        if row["search_predicted"] < row["predicted"] * 0.99 and fx.get("ep", 1) * fx.get("etp", 1) > 8:
+            # the published EP spans nodes, which the search keeps in a node unless told: --cross-node
+            x = search(m, hw, cluster(nodes), cross_node=True, **kw)
+            row.update(search_cross_node_predicted=_metric(x, p["metric"], gpus), search_cross_node_config=x.best.label())
         if p.get("alt"):
             a, _ = _fixed_search(m, hw, nodes, {**p["fixed"], **p["alt"]}, kw)
             fig = _metric(a, p["metric"], gpus)
@@ -317,7 +330,9 @@ def summary(res: list[dict]) -> dict:
         legacy=_errors([r for r in train if r["legacy"]]),
         per_model={m: _errors([r for r in train if r["run"].split(",")[0] == m]) for m in models},
         recompute_refused=sum(r["recompute_searched"] for r in train),
-        search_slower=[dict(run=r["run"], search_vs_published_pct=100.0 * (r["search_predicted"] / r["predicted"] - 1))
+        search_slower=[dict(run=r["run"], search_vs_published_pct=100.0 * (r["search_predicted"] / r["predicted"] - 1),
+                            cross_node_pct=100.0 * (r["search_cross_node_predicted"] / r["predicted"] - 1)
+                            if "search_cross_node_predicted" in r else None, cross_node_config=r.get("search_cross_node_config"))
                        for r in train if r["search_predicted"] < r["predicted"] * (1 - 1e-9)],
         not_plannable=[dict(run=r["run"], reason=r["not_plannable"]) for r in res if r.get("not_plannable")],
         search_not_slower=sum(r["search_predicted"] >= r["predicted"] * (1 - 1e-9) for r in train),
@@ -339,7 +354,12 @@ def search_timing(repeats: int) -> dict:
     t_in = time.perf_counter()
     r_in = search(ds, hw, cluster(128), mode="train", seq_len=4096)
     t_in = time.perf_counter() - t_in
+    t_ov = time.perf_counter()  # every candidate Megatron can overlap priced both ways
+    r_ov = search(ds, hw, cluster(128), mode="train", seq_len=4096, cross_node=True, a2a_overlap="auto")
+    t_ov = time.perf_counter() - t_ov
     return dict(
+        overlap_s=t_ov, overlap_evaluated=r_ov.evaluated, overlap_best=r_ov.best.label(),
+        overlap_tflops=r_ov.best.tflops_per_gpu,
         model="deepseek-v3", gpus=1024, median_s=statistics.median(times), runs=len(times), enumerated=r.enumerated,
         evaluated=r.evaluated, best=r.best.label(), best_tflops=r.best.tflops_per_gpu, rule_counts=r.rule_counts,
         within_node_s=t_in, within_node_best=r_in.best.label(), within_node_tflops=r_in.best.tflops_per_gpu,
@@ -380,7 +400,9 @@ def main() -> None:
     print(f"search's choice at least as fast in {s['search_not_slower']} of {s['all']['rows']} "
           f"({s['search_within_tie']} within the 1% tie)")
     for x in s["search_slower"]:
-        print(f"  slower: {x['run']}: {x['search_vs_published_pct']:+.1f}%")
+        xn = (f" (its EP spans nodes; with cross_node the search chooses {x['cross_node_config']}: "
+              f"{x['cross_node_pct']:+.1f}%)") if x["cross_node_pct"] is not None else ""
+        print(f"  slower: {x['run']}: {x['search_vs_published_pct']:+.1f}%{xn}")
     for n in s["not_plannable"]:
         print(f"not plannable: {n['run']}: {n['reason']}")
     print("\nrelease-to-release spread of the published figures (max / min - 1):")
@@ -398,6 +420,8 @@ def main() -> None:
           f"| {t['median_s']:.2f} s ({t['runs']} runs) | {t['best']} | {t['best_tflops']:.0f} |")
     print(f"| DeepSeek-V3 train, TP and EP inside a node | {t['gpus']} | | | {t['within_node_s']:.2f} s "
           f"| {t['within_node_best']} | {t['within_node_tflops']:.0f} |")
+    print(f"| DeepSeek-V3 train, EP may span nodes, a2a overlap auto | {t['gpus']} | {t['enumerated']:,} "
+          f"| {t['overlap_evaluated']:,} | {t['overlap_s']:.2f} s | {t['overlap_best']} | {t['overlap_tflops']:.0f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps({"rows": res, "summary": s, "search": t}, indent=1) + "\n")
     print(f"\nwrote {args.out}")
