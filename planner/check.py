@@ -41,6 +41,7 @@ from typing import Any
 from pydantic import create_model
 
 from planner.cost.memory import GIB, train_weight_bytes, weights_per_gpu_bytes
+from planner.cost.step import overlap_problem
 from planner.errors import InputError
 from planner.offload import cache_memory_problems
 from planner.specs.base import Spec, parse, read_mapping
@@ -161,8 +162,16 @@ def _short(v: Any) -> str:
 
 
 def parallel_problems(parts: Any, m: ModelSpec) -> list[str]:
-    """The degrees' rules (:func:`planner.specs.degrees.degree_problems`), every one broken."""
-    return [f"parallel: {p}" for p in degree_problems(m, parts.cluster, parts.parallel)]
+    """The degrees' rules (:func:`planner.specs.degrees.degree_problems`), every one broken, and a
+    step priced with Megatron's combined 1F1B on degrees Megatron refuses it for."""
+    out = [f"parallel: {p}" for p in degree_problems(m, parts.cluster, parts.parallel)]
+    chosen = parts.search.chosen if parts.search is not None else None
+    if chosen is not None and chosen.a2a_overlap:
+        par = parts.parallel
+        why = overlap_problem(ep=par.ep, pp=par.pp, vpp=par.vpp, mtp_layers=m.mtp_layers)
+        if why:
+            out.append(f"search.chosen.a2a_overlap: {why}")
+    return out
 
 
 # ---- placement -------------------------------------------------------------------------------

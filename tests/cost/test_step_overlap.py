@@ -125,3 +125,11 @@ def test_search_modes_plan_and_megatron_line(hw):
                          pp=1, ep=16, cp=1, micro_batch=1, recompute="none")
     assert "--overlap-moe-expert-parallel-comm" not in megatron_args(plain)
     assert plain.search.chosen.a2a_overlap is False
+    # check: a plan priced with the overlap on degrees Megatron refuses it for
+    from planner.check import check_plan
+
+    assert check_plan(plan) == []
+    raw = plan.model_dump(mode="json")
+    raw["search"]["chosen"]["ep"] = raw["parallel"]["ep"] = 1
+    raw["parallel"]["dp"] = 16
+    assert any(p.startswith("search.chosen.a2a_overlap: a2a_overlap needs ep > 1") for p in check_plan(raw))
