@@ -43,7 +43,7 @@ def cli(argv, capsys):
     [
         ("grid: {epp: [1, 2]}\n", "grid.epp: unknown plan option 'epp'; did you mean"),
         ("grid: {gpus-per-node: [4]}\n", "did you mean gpus_per_node"),
-        ("base: {flux: 3}\ngrid: {ep: [8]}\n", "base.flux: unknown plan option 'flux' (options: baseline,"),
+        ("base: {flux: 3}\ngrid: {ep: [8]}\n", "base.flux: unknown plan option 'flux' (options: a2a_overlap, baseline,"),
         ("grid: {nodes: []}\n", "grid.nodes: the list of values is empty"),
         ("grid: {}\n", "grid: must name at least one option"),
         ("base: {model: olmoe-1b-7b}\n", "grid is required"),
