@@ -96,6 +96,18 @@ def test_combinations_in_grid_order(tmp_path):
     ]
 
 
+def test_unquoted_on_off_are_the_words_not_booleans(tmp_path):
+    # YAML 1.1 reads on / off as booleans; for options whose choices are on / off they are the words
+    sp = check_spec_file(write(tmp_path, "base: {mode: train, two_batch_overlap: null}\n"
+                                         "grid: {a2a_overlap: [off, on, auto]}\n"))
+    assert [c["a2a_overlap"] for c in sp.combinations()] == ["off", "on", "auto"]
+    sp = check_spec_file(write(tmp_path, "base: {mode: decode, two_batch_overlap: on}\ngrid: {nodes: [1]}\n"))
+    assert sp.base["two_batch_overlap"] == "on"
+    # a boolean option keeps its boolean
+    sp = check_spec_file(write(tmp_path, "grid: {cross_node: [off, on]}\n"))
+    assert [c["cross_node"] for c in sp.combinations()] == [False, True]
+
+
 # ---- running -------------------------------------------------------------------------------
 
 

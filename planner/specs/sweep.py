@@ -40,7 +40,7 @@ from pydantic import Field, model_validator
 
 from planner.errors import InputError
 from planner.specs.base import Spec, parse, read_mapping, show
-from planner.specs.options import check_name, check_value, option_kinds
+from planner.specs.options import check_name, check_value, option_kinds, yaml_choice
 
 #: Options whose value may name a file next to the spec.
 PATH_OPTIONS = ("model", "hardware", "trace", "previous")
@@ -79,6 +79,7 @@ class SweepSpec(Spec):
     def _check(self) -> SweepSpec:
         for opt, value in self.base.items():
             check_name(opt, f"base.{opt}")
+            self.base[opt] = value = yaml_choice(opt, value)
             check_value(opt, value, f"base.{opt}")
         if not self.grid:
             raise ValueError("grid: must name at least one option with a list of values")
@@ -90,6 +91,7 @@ class SweepSpec(Spec):
                 raise ValueError(f"grid.{opt}: the list of values is empty (give at least one value)")
             seen: list[Any] = []
             for i, v in enumerate(values):
+                values[i] = v = yaml_choice(opt, v)
                 check_value(opt, v, f"grid.{opt}[{i}]")
                 if any(v == s and type(v) is type(s) for s in seen):
                     raise ValueError(f"grid.{opt}[{i}]: value {show(v)} is repeated")
