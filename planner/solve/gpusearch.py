@@ -22,6 +22,11 @@ from planner.solve.problem import PlacementCost
 #: Smallest relative gain of the node objective for the swap search to take a move (smaller
 #: gains are noise on a held-out trace and only cost time).
 MIN_GAIN = 2e-5
+#: Most candidates one position pass scores: every pair of up to 16 GPUs; with more GPUs (a
+#: search over a whole cluster whose experts do not split over its nodes, e.g. DeepSeek-V3's 256
+#: experts on 9 nodes) the costliest GPUs are each paired with every other GPU instead, since
+#: scoring all g·(g−1)/2 pairs of 72 GPUs took ~7 s per pass and a 60 s plan ran out of time.
+MAX_POSITION_PAIRS = 120
 #: Array elements the search processes per second on one core (measured on a 2-core x86 VM);
 #: converts the search's time budget into a deterministic number of evaluations.
 ELEMENTS_PER_S = 5e7
@@ -443,12 +448,23 @@ class NodeSearch:
             self.gpos = best.copy()
             self._recompute()
 
+    def position_pairs(self) -> list[tuple[int, int]]:
+        """The position swaps a pass tries: every pair when there are at most
+        :data:`MAX_POSITION_PAIRS`; else each of the costliest GPUs (:meth:`_position_order`)
+        with every other GPU, as many of them as keep the pass within that count."""
+        g = self.g
+        if g * (g - 1) // 2 <= MAX_POSITION_PAIRS:
+            return list(itertools.combinations(range(g), 2))
+        top = self._position_order()[: max(1, MAX_POSITION_PAIRS // (g - 1))]
+        return sorted({(min(p, q), max(p, q)) for p in top for q in range(g) if q != p})
+
     def position_pass(self) -> bool:
-        """Try every swap of two positions' whole slot sets; take the best if it improves."""
+        """Try swapping two positions' whole slot sets (:meth:`position_pairs`); take the best if
+        it improves."""
         g = self.g
         if g < 2:
             return False
-        pairs = list(itertools.combinations(range(g), 2))
+        pairs = self.position_pairs()
         cand = np.repeat(self.gpos[None], len(pairs), axis=0)
         for m, (p, q) in enumerate(pairs):
             row = cand[m]

@@ -151,6 +151,50 @@ def test_swap_tables_match_full_evaluation(seed):
             assert ns.evaluate(gp[None])[0][0] == pytest.approx(val)
 
 
+def _node_problem(rng, g, S, nS=2, K=4, n_rows=30):
+    nl, nT = g * S, 1
+
+    def rows(n):
+        sig = np.full((n, K), nl)
+        for i in range(n):
+            m = rng.integers(2, min(K, nl) + 1)
+            sig[i, :m] = np.sort(rng.choice(nl, m, replace=False))
+        return sig
+
+    return NodeProblem(
+        gpu_I=rng.permutation(np.repeat(np.arange(g), S)), gpus=g, compute_ms_IS=rng.random((nl, nS)),
+        tokens_IS=rng.random((nl, nS)), remote_single_IT=rng.random((nl, nT)), remote_rows_RK=rows(n_rows),
+        remote_step_R=np.zeros(n_rows, dtype=int), remote_weight_R=rng.random(n_rows),
+        intra_single_IgT=rng.random((nl, g, nT)), intra_rows_RK=rows(n_rows), intra_src_R=rng.integers(0, g, n_rows),
+        intra_step_R=np.zeros(n_rows, dtype=int), intra_weight_R=rng.random(n_rows), fixed_nic_Tg=rng.random((nT, g)),
+    )
+
+
+def test_position_pass_tries_every_pair_up_to_16_gpus_then_the_costliest_with_all():
+    from planner.solve.gpusearch import MAX_POSITION_PAIRS
+
+    cost = linear_cost(nvlink_gbps=100.0, nvlink_us=10.0, nic_gbps=10.0, nic_us=20.0)
+    rng = np.random.default_rng(0)
+    for g in (2, 8, 16):
+        ns = NodeSearch(_node_problem(rng, g, 2), cost)
+        assert ns.position_pairs() == [(p, q) for p in range(g) for q in range(p + 1, g)]
+    ns = NodeSearch(_node_problem(rng, 72, 1), cost)
+    pairs = ns.position_pairs()
+    top = ns._position_order()[:MAX_POSITION_PAIRS // 71]  # one GPU: 71 pairs
+    assert len(pairs) == len(set(pairs)) <= MAX_POSITION_PAIRS
+    assert pairs == sorted((min(p, q), max(p, q)) for p in top for q in range(72) if q != p)
+    # the pass takes the best of those swaps when it improves, scored by the full evaluation
+    before = ns.value
+    cand = []
+    for p, q in pairs:
+        gp = ns.gpos.copy()
+        gp[ns.gpos == p], gp[ns.gpos == q] = q, p
+        cand.append(gp)
+    best = float(np.min(ns._feasible(*ns.evaluate(np.array(cand)))))
+    moved = ns.position_pass()
+    assert moved == (best < before) and (ns.value == pytest.approx(best) if moved else ns.value == before)
+
+
 # ---- stage 1 --------------------------------------------------------------------------------------
 
 
