@@ -104,13 +104,14 @@ def paired_layer_ms(attn_f: float, expert_f: float, attn_b: float, expert_b: flo
     compute and a communication stream, ``F.attn``, ``B.combine``, ``F.dispatch``,
     ``B.expert``, ``B.dispatch``, ``F.expert``, ``F.combine``, ``B.attn``, each node waiting for
     the one it depends on (Megatron-LM docs/user-guide/features/moe_a2a_overlap.md, "Fine-grained
-    execution"), so the pair takes four windows, each the longer of a compute node and one
-    all-to-all phase ``a2a``::
+    execution"), so the pair takes four windows, each the longer of a compute node ``x`` and one
+    all-to-all phase ``a2a``, the compute slowed by ``g`` (:data:`OVERLAP_GEMM_SLOWDOWN`) for the
+    time it shares with the phase::
 
-        max(attn_f, a2a) + max(expert_b, a2a) + max(expert_f, a2a) + max(attn_b, a2a)
+        Σ over x in (attn_f, expert_b, expert_f, attn_b) of max(x + g·min(x, a2a), a2a)
 
-    against ``attn_f + expert_f + attn_b + expert_b + 4·a2a`` run one after the other. The
-    communication kernels' use of SMs (which slows the GEMMs they overlap) is not priced."""
+    against ``attn_f + expert_f + attn_b + expert_b + 4·a2a`` run one after the other (never
+    more while g < 1). The all-to-all's own slow-down beside the GEMMs is not priced."""
     g = OVERLAP_GEMM_SLOWDOWN
     return sum(max(x + g * min(x, a2a), a2a) for x in (attn_f, expert_b, expert_f, attn_b))
 
