@@ -205,7 +205,8 @@ def search(
     cache's dtype, ``request_rate`` a rate to report the plan against, ``two_batch_overlap`` the
     serving step's two-batch overlap (``off``, ``on``, ``auto``: the faster; planner.cost.serve_step), ``imbalance`` its routing imbalance (serve_step's). Training: ``train_dtype``
     (``bf16`` or ``fp8``) prices GEMMs, casts and memory; ``dispatcher`` (:data:`DISPATCHERS`) the
-    token all-to-all; ``a2a_overlap`` Megatron's combined 1F1B (:mod:`planner.solve.search_train`). Raises :class:`InputError` when a fixed degree breaks a rule and
+    token all-to-all; ``a2a_overlap`` Megatron's combined 1F1B (:mod:`planner.solve.search_train`).
+    Raises :class:`InputError` when a fixed degree breaks a rule and
     :class:`InfeasibleError` when nothing fits, naming the binding constraint.
     """
     t0 = time.perf_counter()
