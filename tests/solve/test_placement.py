@@ -110,6 +110,15 @@ def test_lower_bound_is_below_every_placement():
 # ---- the search's tables against a full evaluation ---------------------------------------------
 
 
+def _item_rows(rng, n, nl, K):
+    """``n`` rows of 2..K distinct sorted item ids out of ``nl``, padded with ``nl``."""
+    sig = np.full((n, K), nl)
+    for i in range(n):
+        m = rng.integers(2, min(K, nl) + 1)
+        sig[i, :m] = np.sort(rng.choice(nl, m, replace=False))
+    return sig
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_swap_tables_match_full_evaluation(seed):
     rng = np.random.default_rng(seed)
@@ -118,11 +127,7 @@ def test_swap_tables_match_full_evaluation(seed):
     nl, nT = g * S, int(rng.choice([1, nS]))
 
     def rows(n):
-        sig = np.full((n, K), nl)
-        for i in range(n):
-            m = rng.integers(2, min(K, nl) + 1)
-            sig[i, :m] = np.sort(rng.choice(nl, m, replace=False))
-        return sig
+        return _item_rows(rng, n, nl, K)
 
     problem = NodeProblem(
         gpu_I=rng.permutation(np.repeat(np.arange(g), S)), gpus=g, compute_ms_IS=rng.random((nl, nS)),
@@ -155,11 +160,7 @@ def _node_problem(rng, g, S, nS=2, K=4, n_rows=30):
     nl, nT = g * S, 1
 
     def rows(n):
-        sig = np.full((n, K), nl)
-        for i in range(n):
-            m = rng.integers(2, min(K, nl) + 1)
-            sig[i, :m] = np.sort(rng.choice(nl, m, replace=False))
-        return sig
+        return _item_rows(rng, n, nl, K)
 
     return NodeProblem(
         gpu_I=rng.permutation(np.repeat(np.arange(g), S)), gpus=g, compute_ms_IS=rng.random((nl, nS)),
