@@ -52,13 +52,13 @@ def case(model: str, mode: str, nodes: int, extra: tuple[str, ...] = ()) -> dict
     solver = re.search(r"^  solver +(\S+) \((\w+)\)", out, re.M)
     solved = re.search(r"solved in ([0-9.]+) s", out)
     unscored = "ran out before the solver's own placement could be scored" in out
+    baseline_kept = re.search(r"the (\S+) placement \([0-9.]+ ms\) (?:was better and )?is kept", out)
     row = dict(model=model, mode=mode, nodes=nodes, gpus=8 * nodes, args=" ".join(extra), rc=done.returncode,
                wall_s=round(wall, 1),
                peak_rss_gib=round(int(rss.group(1)) / 2**20, 2) if rss else None,
                solver_status=solver.group(2) if solver else None,
                solve_s=float(solved.group(1)) if solved else None, own_placement_scored=not unscored,
-               kept=(re.search(r"the (\S+) placement \([0-9.]+ ms\) (?:was better and )?is kept", out) or [None, None])[1]
-               or (solver.group(1) if solver else None))
+               kept=baseline_kept.group(1) if baseline_kept else (solver.group(1) if solver else None))
     row["passes"] = bool(done.returncode == 0 and not unscored and row["solve_s"] is not None
                          and row["solve_s"] <= TIME_LIMIT_S)
     if done.returncode:

@@ -485,8 +485,8 @@ class StepModel:
         T = micro_batch * seq_len / cp
         embed = memory_pass_ms(hw, 2.0 * 2.0 * T * m.hidden_size * ACTIVATION_BYTES / tp)  # lookup + grad scatter
         mtp = 0.0
-        if m.mtp_layers:  # one more layer of the last layer's kind, its 2h -> h projection, one more head
-            last_moe = (m.num_layers - 1) in set(m.moe_layers)
+        last_moe = (m.num_layers - 1) in set(m.moe_layers)  # an MTP layer is one more of the last layer's kind
+        if m.mtp_layers:  # that layer, its 2h -> h projection, one more head
             mtp = m.mtp_layers * ((t_moe if last_moe else t_dense) + self._mtp_proj(tp, T) + head)
         stages = self._stage_times(pp, vpp, pp_first, pp_last, t_moe, t_dense, head, embed, mtp)
         stage = max(stages)
@@ -494,7 +494,7 @@ class StepModel:
         hidden, paired = 0.0, 0.0
         if a2a_overlap:  # steady-state pairs run at the paired stage time; fill and drain as before
             saved = self._a2a_hidden(tp, cp, micro_batch, seq_len, ep, etp, dispatcher)
-            mtp_ov = mtp - (m.mtp_layers * saved if m.mtp_layers and (m.num_layers - 1) in set(m.moe_layers) else 0.0)
+            mtp_ov = mtp - (m.mtp_layers * saved if last_moe else 0.0)
             stage_ov = max(self._stage_times(pp, vpp, pp_first, pp_last, t_moe - saved, t_dense, head, embed, mtp_ov))
             paired = paired_fraction(pp, vpp, mbs)
             hidden = mbs * paired * (stage - stage_ov)

@@ -231,9 +231,9 @@ def value_problem(option: str, value: Any, *, lenient: bool = False) -> str | No
 def yaml_choice(option: str, value: Any) -> Any:
     """``value`` with YAML 1.1's reading of ``on`` / ``off`` undone: a boolean given to an option
     whose choices are ``on`` and ``off`` (``--two-batch-overlap``, ``--a2a-overlap``) is that word,
-    so that a sweep file may write ``[off, on, auto]`` unquoted."""
-    choices = option_kinds()[option][1] if option in option_kinds() else None
-    if isinstance(value, bool) and choices is not None and {"on", "off"} <= set(choices):
+    so that a sweep file may write ``[off, on, auto]`` unquoted. ``option`` is a known option."""
+    choices = option_kinds()[option][1] or ()
+    if isinstance(value, bool) and {"on", "off"} <= set(choices):
         return "on" if value else "off"
     return value
 

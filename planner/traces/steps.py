@@ -149,13 +149,19 @@ def part_length(tokens: int, batch: int) -> int:
     return max(1, int(tokens) // max(1, int(batch)))
 
 
-def split_sequences(starts: np.ndarray, lengths: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each sequence (``starts`` / ``lengths`` as :func:`sequences` gives them) cut into
-    ``ceil(length / max_len)`` consecutive parts of near-equal length, the longer first:
-    (part starts, part lengths), parts of a sequence adjacent and in order."""
+def parts_per_sequence(lengths: np.ndarray, max_len: int) -> np.ndarray:
+    """How many parts :func:`split_sequences` cuts each sequence of ``lengths`` into:
+    ``ceil(length / max_len)``."""
     if max_len <= 0:
         raise InputError(f"max_len must be > 0 (got {max_len})", field="max_len")
-    p_N = -(-lengths // int(max_len))
+    return -(-np.asarray(lengths) // int(max_len))
+
+
+def split_sequences(starts: np.ndarray, lengths: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each sequence (``starts`` / ``lengths`` as :func:`sequences` gives them) cut into
+    :func:`parts_per_sequence` consecutive parts of near-equal length, the longer first:
+    (part starts, part lengths), parts of a sequence adjacent and in order."""
+    p_N = parts_per_sequence(lengths, max_len)
     seq_P = np.repeat(np.arange(lengths.size), p_N)
     i_P = np.arange(seq_P.size) - np.repeat(np.cumsum(p_N) - p_N, p_N)  # index of a part in its sequence
     base, extra = (lengths // p_N)[seq_P], (lengths % p_N)[seq_P]
@@ -270,7 +276,7 @@ def workload_steps(
         how = f"decode steps of {run} concurrent sequences (one token each; the drain at the end dropped)"
         if run > n_seq:
             longest = part_length(trace.num_tokens, run)
-            n_req = int((-(-lengths // longest)).sum())  # the parts split_sequences makes
+            n_req = int(parts_per_sequence(lengths, longest).sum())
             how += (f"; the batch {size} is larger than the trace's {n_seq} sequences: each is cut into parts of at "
                     f"most {longest} tokens decoded as requests of their own ({n_req} in all; parts of one request "
                     "share its topic, so these steps are somewhat more skewed than the batch's independent requests "
