@@ -10,7 +10,7 @@ objective, constraints, what is exact and what heuristic, the bound — is docs/
   :mod:`planner.solve.milp`, swaps through :mod:`planner.solve.nodeswap`);
 - §5.2-§5.4 replicas inside nodes and their GPUs: :mod:`planner.solve.gpus`,
   :mod:`planner.solve.gpusearch`;
-- §5.5 replicas on other nodes (``nearest`` dispatch): :mod:`planner.solve.xnode`, with the
+- §5.5 replicas on other nodes (``nearest`` and ``static`` dispatch): :mod:`planner.solve.xnode`, with the
   node sets that keep whole tokens on their node from :mod:`planner.solve.cover`;
 - §5.6 the final choice among candidates: :mod:`planner.solve.scoring`;
 - §6 the bound: :mod:`planner.solve.bound`; migration (§3): :mod:`planner.solve.migration`.
@@ -49,7 +49,7 @@ from planner.solve.problem import (
     search_sample,
 )
 from planner.solve.scoring import SOLVER, planning_objective, reserve_s, score_candidates
-from planner.solve.xnode import XNodeStats, nearest_replicas
+from planner.solve.xnode import NODE_LOCAL_DISPATCH, XNodeStats, nearest_replicas
 from planner.specs.options import require_migration_weight, require_time_limit
 
 __all__ = [
@@ -66,7 +66,7 @@ class PlacementStats:
     gpus_per_node: int
     stage1: Stage1Stats
     search: SearchStats
-    cross_node_replicas: XNodeStats | None = None  #: only under ``nearest`` dispatch with nodes
+    cross_node_replicas: XNodeStats | None = None  #: only under ``nearest`` / ``static`` dispatch with nodes
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"nodes": self.nodes, "gpus_per_node": self.gpus_per_node,
@@ -136,8 +136,8 @@ def solve_placement(
     search.time_s = round(clock.elapsed() - s1.time_s, 3)
     N = nodes_of(G, inp.gpus_per_node)
     stats = PlacementStats(nodes=N, gpus_per_node=G // N, stage1=s1, search=search)
-    # §5.5: replicas on other nodes (nearest dispatch)
-    if inp.dispatch == "nearest" and node_LE is not None and P > E:
+    # §5.5: replicas on other nodes (dispatch that prefers the token's node)
+    if inp.dispatch in NODE_LOCAL_DISPATCH and node_LE is not None and P > E:
         new, stats.cross_node_replicas = nearest_replicas(new, inp, sample, deadline, time_limit, warm)
     # §5.6: the best candidate on the planning objective
     placements = {SOLVER: new, "eplb": warm, **({"previous": previous_LP} if previous_LP is not None else {})}

@@ -1,8 +1,11 @@
-"""Replicas on other nodes for ``nearest`` dispatch: redundant slots placed for traffic.
+"""Replicas on other nodes for ``nearest`` and ``static`` dispatch: redundant slots placed for traffic.
 
 Under ``nearest`` dispatch (:func:`planner.simulator.choose_slots`; SGLang's
-``--ep-dispatch-algorithm static``) a token uses a replica of its expert on its own GPU, else
-on its own node, else any replica. A replica of expert ``e`` on node ``v`` then serves every
+``--ep-dispatch-algorithm dynamic`` with DeepEP) a token uses a replica of its expert on its own
+GPU, else on its own node, else any replica. ``static`` (SGLang's static table, its default when
+it loads a placement under DeepEP: :func:`planner.simulator.static_table`) prefers the same
+replicas, pinning one per rank: own GPU, else the first on the node when the node holds some
+but not all of them. A replica of expert ``e`` on node ``v`` then serves every
 token of ``v`` that picks ``e`` without crossing the network, and a token's copy to ``e``'s home
 node ``h`` is saved when every expert it picks on ``h`` is replicated on ``v``. EPLB and the
 node-level stages of :mod:`planner.solve.placement` put every replica on its expert's node (with
@@ -57,6 +60,8 @@ from planner.solve.nodeswap import sole_needs
 from planner.solve.problem import SEARCH_MAX_TOKENS, PlacementInputs, TokenSample
 from planner.solve.scoring import simulated_time_imbalance
 
+#: Dispatch rules under which a replica on a token's own node serves it (this stage runs for them).
+NODE_LOCAL_DISPATCH = ("nearest", "static")
 #: Rounds of the cover search per layer and weighting (:func:`planner.solve.cover.cover_sets`)
 #: when no time limit sets them (:func:`cover_rounds`).
 COVER_ROUNDS = 64

@@ -67,7 +67,7 @@ def test_cross_node_replicas_never_worse_per_layer():
     assert st.layers_changed == 1 and set(seen) == {0, 1, 2}
 
 
-def test_solver_places_a_replica_where_the_tokens_are_under_nearest_dispatch():
+def test_solver_places_a_replica_where_the_tokens_are_under_nearest_and_static_dispatch():
     # 2 nodes × 2 GPUs × 3 slots, 8 experts (4 per node) + 4 redundant. Every token of node 1
     # picks expert 0 (homed on node 0) and one of node 1's experts: a replica of 0 on node 1
     # saves all of node 1's inter-node copies. Even dispatch cannot use it.
@@ -86,11 +86,12 @@ def test_solver_places_a_replica_where_the_tokens_are_under_nearest_dispatch():
                                num_experts=8, num_gpus=4, gpus_per_node=2, slots_per_gpu=3, cost=cost,
                                n_group=2, topk_group=2, dispatch=dispatch)
 
-    near = solve_placement(inp("nearest"))
-    row = near.phy2log_LP[0]
-    assert 0 in row[6:].tolist()  # expert 0 replicated on node 1
-    assert near.objective < near.candidates["eplb"]
-    assert near.stages.cross_node_replicas.layers_changed == 1
+    for dispatch in ("nearest", "static"):  # SGLang's static table also prefers the node's replica
+        near = solve_placement(inp(dispatch))
+        row = near.phy2log_LP[0]
+        assert 0 in row[6:].tolist(), dispatch  # expert 0 replicated on node 1
+        assert near.objective < near.candidates["eplb"]
+        assert near.stages.cross_node_replicas.layers_changed == 1
     even = solve_placement(inp("even"))
     assert even.stages.cross_node_replicas is None
 
