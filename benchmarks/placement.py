@@ -36,8 +36,11 @@ placement by the simulator on the second half:
     planned on the scored steps themselves (an in-sample reference for the target, not a plan), the
     solver re-planned on each scored step alone (a clairvoyant per-step reference: what a placement
     that knew every step's routing could reach), the held-out figure on the scored prompts re-dealt
-    8 times (other steps, other ranks), and ``nearest`` and ``static`` with experts priced as one
-    grouped-GEMM launch per GPU. Time limit 300 s, a safety stop only (the solver's budgets are
+    8 times (other steps, other ranks), ``nearest`` and ``static`` with experts priced as one
+    grouped-GEMM launch per GPU, and ``even`` and ``static`` with steps formed as SGLang forms them
+    under ``--enable-dp-attention`` (``prefill_budget="per-rank"``: 256 tokens a rank a step from
+    its own queue, long prompts chunked over steps; the planning and scored halves are then 11
+    steps each). Time limit 300 s, a safety stop only (the solver's budgets are
     counts, so on a loaded machine the figures stay those of an idle one).
     Writes ``benchmarks/results/placement-real.json``.
 
@@ -281,6 +284,21 @@ def real_cases(out: Path = REAL_OUT) -> None:
             if dispatch == "nearest":
                 rows[IN_SAMPLE] = in_sample(pr)
             label = f"(r) DeepSeek-V2-Lite real routing, {nodes}×8 H100, EP {gpus}, grouped kernel, {dispatch} dispatch"
+            results.append(real_table(label, rows, f"EPLB (R={red})", pr))
+        # SGLang under --enable-dp-attention divides the budget over the ranks: 256 tokens a rank a step
+        for dispatch in ("even", "static") if nodes == 2 else ():
+            pr = prepare(m, "h100-sxm", redundant_experts=red, dispatch=dispatch, **{**kw, "prefill_budget": "per-rank"})
+            pr0d = prepare(m, "h100-sxm", redundant_experts=0, dispatch=dispatch, **{**kw, "prefill_budget": "per-rank"})
+            t0 = time.perf_counter()
+            plan = solve(pr, relay="same-rank")
+            rows = {f"EPLB (R={red})": (score(baseline_placement("eplb", pr.plan_counts_LE.astype(float), m, pr.cluster,
+                                                                 pr.parallel, red), pr, "same-rank"), None, ""),
+                    f"**placement solver** (R={red})": (plan.predicted, time.perf_counter() - t0, plan.solver.status)}
+            t0 = time.perf_counter()
+            plan0 = solve(pr0d, relay="same-rank")
+            rows["placement solver (no replicas)"] = (plan0.predicted, time.perf_counter() - t0, plan0.solver.status)
+            label = (f"(r) DeepSeek-V2-Lite real routing, {nodes}×8 H100, EP {gpus}, per-rank budget (SGLang DP "
+                     f"attention), {dispatch} dispatch")
             results.append(real_table(label, rows, f"EPLB (R={red})", pr))
     real_targets(results)
     out.parent.mkdir(parents=True, exist_ok=True)

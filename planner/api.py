@@ -256,6 +256,7 @@ def prepare(
     two_batch_overlap: str | None = None,
     routing: str | None = None,
     a2a_overlap: str | None = None,
+    prefill_budget: str = "engine",
 ) -> Problem | OffloadProblem:
     """Load and check every input of a planning run; raises :class:`InputError` on bad input.
 
@@ -265,9 +266,9 @@ def prepare(
     ``distributed_optimizer``, ``latency_target_ms``, ``cross_node``, in training ``a2a_overlap``,
     are its options). Serving is stated by ``prompt_len``, ``output_len``, ``batch``,
     ``request_rate``, ``kv_dtype``, ``ttft_ms``, ``tpot_ms`` (the Workload), its step priced with
-    ``two_batch_overlap`` (default off) and ``routing`` (default uniform); an omitted decode
-    batch is the largest that fits memory and meets the targets, and the steps the placement is
-    planned and scored on hold that batch (:func:`planner.traces.steps.workload_steps`).
+    ``two_batch_overlap`` (default off) and ``routing`` (default uniform); an omitted decode batch
+    is the largest that fits memory and meets the targets, and the steps the placement is planned
+    and scored on hold that batch (prefill: ``prefill_budget``; :func:`~planner.traces.steps.workload_steps`).
     :class:`InfeasibleError` when nothing fits.
     """
     if mode == "serve":  # two pools, each a plan of its own: planner.serve_plan
@@ -283,8 +284,7 @@ def prepare(
             mode=mode, seq_len=seq_len, micro_batch=micro_batch, global_batch=global_batch,
             tokens_per_step=tokens_per_step, gpu_memory_gb=gpu_memory_gb, expert_kernel=expert_kernel,
             train_dtype=train_dtype, batch=batch, prompt_len=prompt_len, output_len=output_len,
-            request_rate=request_rate, kv_dtype=kv_dtype, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
-        )
+            request_rate=request_rate, kv_dtype=kv_dtype, ttft_ms=ttft_ms, tpot_ms=tpot_ms, prefill_budget=prefill_budget)
     except ValidationError as e:
         raise InputError(format_validation_error("workload", e)) from None
     if mode == "offload":  # one GPU, experts in host memory: planner.offload

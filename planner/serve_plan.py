@@ -186,6 +186,7 @@ def plan_serving(
     placement_workers: int = 0,
     two_batch_overlap: str | None = None,
     routing: str | None = None,
+    prefill_budget: str = "engine",
     **unused: Any,
 ) -> Plan:
     """Plan a prefill pool and a decode pool on ``nodes × gpus_per_node`` GPUs (module docstring).
@@ -198,7 +199,8 @@ def plan_serving(
     ``on`` / ``off`` force it (omitted: ``auto``). ``routing`` (omitted: ``eplb``): ``eplb`` prices each pool's step at its busiest GPU,
     the imbalance derived from routing (``trace``, else the model's) at the step's tokens per GPU
     with EPLB and ``redundant_experts`` (:mod:`planner.solve.serve_imbalance`); ``uniform`` at the mean.
-    Keywords of :data:`SERVE_UNUSED` given a value are an
+    ``prefill_budget``: how the prefill pool's steps are formed from the trace's requests
+    (:class:`~planner.specs.workload.Workload`). Keywords of :data:`SERVE_UNUSED` given a value are an
     :class:`InputError`; :class:`InfeasibleError` when no split serves a request within the targets.
     """
     for k, v in unused.items():
@@ -240,7 +242,7 @@ def plan_serving(
     common = dict(trace=trace, time_limit=time_limit, seed=seed, dispatch=dispatch, expert_kernel=expert_kernel,
                   train_fraction=train_fraction, redundant_experts=redundant_experts, kv_dtype=kv_dtype,
                   prompt_len=t.prompt_len, cross_node=cross_node, baseline=baseline,
-                  placement_workers=placement_workers)
+                  placement_workers=placement_workers, prefill_budget=prefill_budget)
     plans = {}
     for role, f, units in (("prefill", pf, split.prefill_units), ("decode", df, split.decode_units)):
         stage(f"{role} pool: placement and scoring")

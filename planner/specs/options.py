@@ -133,6 +133,11 @@ class PlanOptions(BaseModel):
         "SGLang --ep-dispatch-algorithm dynamic with deepep), or static (one replica pinned per rank: "
         "SGLang --ep-dispatch-algorithm static)",
     )
+    prefill_budget: Literal["engine", "per-rank"] = _opt(
+        "engine",
+        "Prefill steps from a trace's requests: the token budget is the engine's, whole prompts on a rank (engine), or "
+        "divided over the data-parallel ranks, long prompts chunked (per-rank: SGLang --enable-dp-attention)",
+    )
     expert_kernel: Literal["loop", "grouped"] = _opt(
         "loop",
         "Placement figures with experts run one after another (loop, the profiled kernels) or as one grouped GEMM per GPU",

@@ -72,6 +72,13 @@ class Workload(Spec):
         default=None, gt=0, description="Tokens in one step across the cluster when the trace does not mark steps"
     )
     gpu_memory_gb: float | None = Field(default=None, gt=0, description="GPU memory budget in GB for offload mode")
+    prefill_budget: Literal["engine", "per-rank"] = Field(
+        default="engine",
+        description="Prefill steps formed from a trace's requests: 'engine' (the step's token budget is the whole "
+        "engine's; a data-parallel rank may take whole prompts up to it) or 'per-rank' (each rank takes budget / ranks "
+        "tokens of its own queue a step, a longer prompt chunked over steps: SGLang with --enable-dp-attention divides "
+        "--chunked-prefill-size by dp)",
+    )
     expert_kernel: Literal["loop", "grouped"] = Field(
         default="loop",
         description="How a GPU's local experts run in the placement figures: 'loop' (one FFN after another, the "

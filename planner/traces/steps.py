@@ -9,7 +9,13 @@ Sequences arrive in the order of their first token in the file; a sequence's tok
   tokens across the cluster (SGLang ``--max-prefill-tokens``, vLLM
   ``--max-num-batched-tokens``). A prompt that does not fit the room left starts the next step;
   a prompt longer than the budget is cut into budget-sized chunks, one step each (chunked
-  prefill), its last chunk opening a step the next prompts may join.
+  prefill), its last chunk opening a step the next prompts may join. With ``per_rank`` the
+  budget is divided over the ranks, as SGLang does under ``--enable-dp-attention``
+  (``chunked_prefill_size // dp_size``, sgl-project/sglang ``python/sglang/srt/server_args.py``):
+  every rank keeps its own queue of the prompts dealt to it and takes ``token_budget // ranks``
+  of its queue's tokens a step, so a long prompt is chunked over several steps on its rank
+  instead of filling one step on one rank; steps in which fewer than half the ranks still have
+  tokens (the drain at the end of a finite trace) are dropped.
 - :func:`decode_steps` — ``batch`` concurrent sequences (slots); each step runs one token of every
   active sequence; when a sequence ends its slot takes the next waiting sequence at the next step.
   A teacher-forced trace routes token t as decoding it after the same prefix would, so every
@@ -90,11 +96,16 @@ def _build(
     return trace.take(order[k], step=step_T[k], source_rank=rank_T[k], seq_id=None if seq_T is None else seq_T[k])
 
 
-def prefill_steps(trace: Trace, token_budget: int, ranks: int = 1, deal: Deal = "round-robin") -> Trace:
-    """Prefill steps of whole prompts up to ``token_budget`` tokens (module docstring)."""
+def prefill_steps(
+    trace: Trace, token_budget: int, ranks: int = 1, deal: Deal = "round-robin", per_rank: bool = False
+) -> Trace:
+    """Prefill steps of whole prompts up to ``token_budget`` tokens, or with ``per_rank`` of
+    ``token_budget // ranks`` tokens from each rank's own queue (module docstring)."""
     _check(trace, "prefill", token_budget, "token_budget", ranks, deal)
     order, starts, lengths = sequences(trace)
     B, R = int(token_budget), int(ranks)
+    if per_rank:
+        return _per_rank_steps(trace, order, lengths, max(1, B // R), R, deal)
     step_T = np.empty(order.size, dtype=np.int64)
     rank_T = np.empty(order.size, dtype=np.int64)
     step, used = 0, 0
@@ -116,6 +127,30 @@ def prefill_steps(trace: Trace, token_budget: int, ranks: int = 1, deal: Deal = 
                 step, used = step + 1, 0
                 load[:] = 0
     return _build(trace, order, step_T, rank_T)
+
+
+def _per_rank_steps(trace: Trace, order: np.ndarray, lengths: np.ndarray, cap: int, R: int, deal: str) -> Trace:
+    """:func:`prefill_steps` with ``per_rank``: prompts are dealt to ranks in arrival order (round
+    robin, or to the rank with the fewest tokens dealt so far), and every step each rank takes
+    the next ``cap`` tokens of its own queue, so the ``i``-th token of a rank's queue runs at step
+    ``i // cap``; the drain at the end (fewer than half the ranks busy) is dropped."""
+    N = lengths.size
+    if deal == "round-robin":
+        rank_N = np.arange(N, dtype=np.int64) % R
+    else:
+        rank_N, load = np.empty(N, dtype=np.int64), np.zeros(R, dtype=np.int64)
+        for j, n in enumerate(lengths.tolist()):
+            rank_N[j] = int(np.argmin(load))
+            load[rank_N[j]] += n
+    rank_T = np.repeat(rank_N, lengths)  # tokens in ``order``: sequence by sequence
+    by_rank = np.argsort(rank_T, kind="stable")
+    first_R = np.concatenate([[0], np.cumsum(np.bincount(rank_T, minlength=R))[:-1]])
+    queue_T = np.empty(order.size, dtype=np.int64)
+    queue_T[by_rank] = np.arange(order.size) - first_R[rank_T[by_rank]]
+    step_T = queue_T // cap
+    busy_S = np.bincount(np.unique(step_T * R + rank_T) // R)
+    keep = busy_S[step_T] * 2 >= min(R, N)
+    return _build(trace, order[keep], step_T[keep], rank_T[keep])
 
 
 def decode_steps(trace: Trace, batch: int, ranks: int = 1, deal: Deal = "round-robin", split: bool = False) -> Trace:
@@ -232,7 +267,8 @@ def workload_steps(
     unchanged, when the mode is offload — offload forms its own decode steps).
 
     With sequences: ``prefill`` — :func:`prefill_steps` with the workload's ``tokens_per_step``,
-    else :data:`CHUNKED_PREFILL_TOKENS` (SGLang's chunked prefill); ``train`` — the same with
+    else :data:`CHUNKED_PREFILL_TOKENS` (SGLang's chunked prefill), divided over the ranks when
+    its ``prefill_budget`` is ``per-rank``; ``train`` — the same with
     ``tokens_per_step``, else ``global_batch · seq_len``, else :data:`DEFAULT_STEP_TOKENS`;
     ``decode`` — :func:`decode_steps` with ``batch`` concurrent sequences (stated or found by
     the parallelism search), else ``tokens_per_step``, else :data:`DEFAULT_DECODE_BATCH`.
@@ -285,6 +321,11 @@ def workload_steps(
             why = (f"its {trace.num_tokens} tokens make {MIN_DECODE_STEPS} steps" if room > n_seq
                    else f"the trace's {n_seq} sequences")
             how += f"; the batch {size} is cut to {run} ({why})"
+    elif kind == "prefill" and workload.prefill_budget == "per-rank" and ranks > 1:
+        cap = max(1, size // ranks)
+        out = prefill_steps(trace, size, ranks, per_rank=True)
+        how = (f"prefill steps of {words} divided over the ranks: each rank takes {cap} tokens of its own queue a step "
+               "(a longer prompt chunked over steps; the drain at the end dropped)")
     else:
         out = prefill_steps(trace, size, ranks)
         how = f"{kind} steps of whole prompts up to {words}"

@@ -55,6 +55,35 @@ def test_prefill_deals_prompts_to_ranks():
     assert [(r, q) for _, r, q, _ in _steps(ll)] == [(0, 5)] * 3 + [(0, 1)] + [(1, 2)] * 2 + [(1, 9)] * 4
 
 
+def test_prefill_per_rank_queues_chunk_a_long_prompt_over_steps():
+    # budget 4 over 2 ranks: 2 tokens per rank a step. Round-robin: rank 0 queues seq 5 (3) then
+    # seq 9 (4), rank 1 seq 2 (2) then seq 1 (1). Rank 0: step 0 = 5:0,1; step 1 = 5:2, 9:0;
+    # step 2 = 9:1,2; step 3 = 9:3. Rank 1: step 0 = 2:0,1; step 1 = 1:0; then idle. Steps 2
+    # and 3 have one rank of two busy: half, kept (the drain is fewer than half).
+    tr = prefill_steps(_trace(SEQ, POS), token_budget=4, ranks=2, per_rank=True)
+    assert _steps(tr) == [
+        (0, 0, 5, 0), (0, 0, 5, 1), (0, 1, 2, 0), (0, 1, 2, 1),
+        (1, 0, 5, 2), (1, 0, 9, 0), (1, 1, 1, 0),
+        (2, 0, 9, 1), (2, 0, 9, 2), (3, 0, 9, 3),
+    ]
+    # least-loaded: 5 -> 0, 2 -> 1, 9 -> 1 (3 vs 2 tokens dealt), 1 -> 0 (3 vs 6). Rank 0 queues
+    # 5:0-2, 1:0 (two steps); rank 1 queues 2:0-1, 9:0-3 (three steps).
+    ll = prefill_steps(_trace(SEQ, POS), token_budget=4, ranks=2, deal="least-loaded", per_rank=True)
+    assert _steps(ll) == [
+        (0, 0, 5, 0), (0, 0, 5, 1), (0, 1, 2, 0), (0, 1, 2, 1),
+        (1, 0, 5, 2), (1, 0, 1, 0), (1, 1, 9, 0), (1, 1, 9, 1),
+        (2, 1, 9, 2), (2, 1, 9, 3),
+    ]
+
+
+def test_prefill_per_rank_drops_the_drain():
+    # 4 ranks, 1 token each a step: seq 0 (5 tokens) keeps rank 0 busy for 5 steps, the others
+    # finish at step 0; steps 1-4 have 1 of 4 ranks busy (fewer than half): dropped
+    tr = prefill_steps(_trace([0] * 5 + [1, 2, 3]), token_budget=4, ranks=4, per_rank=True)
+    assert tr.num_steps == 1 and tr.num_tokens == 4
+    assert sorted(zip(tr.source_rank.tolist(), tr.seq_id.tolist(), strict=True)) == [(0, 0), (1, 1), (2, 2), (3, 3)]
+
+
 def test_decode_replaces_a_finished_sequence():
     tr = decode_steps(_trace(SEQ, POS), batch=2)
     # slots: seq 5 in slot 0 at steps 0-2, seq 2 in slot 1 at steps 0-1; seq 9 takes slot 1 at

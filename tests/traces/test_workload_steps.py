@@ -118,3 +118,18 @@ def test_decode_batch_larger_than_the_trace_splits_its_sequences():
     big, note = workload_steps(tr, Workload(mode="decode", batch=10_000), ranks=4)
     assert np.bincount(big.step_index).max() == T // 4 and big.num_steps >= 3
     assert f"the batch 10000 is cut to {T // 4} (its {T} tokens make 4 steps)" in note
+
+
+def test_prefill_budget_per_rank_caps_every_rank_and_reaches_the_plan():
+    m = make_model()
+    tr = _seq_trace(m)  # 24 prompts of 8-39 tokens
+    out, note = workload_steps(tr, Workload(mode="prefill", tokens_per_step=40, prefill_budget="per-rank"), ranks=4)
+    per_rank = np.bincount(out.step_index * 4 + out.source_rank)
+    assert per_rank.max() == 10  # 40 tokens over 4 ranks: 10 a rank a step, full while queues last
+    assert "each rank takes 10 tokens of its own queue a step" in note
+    whole, _ = workload_steps(tr, Workload(mode="prefill", tokens_per_step=40), ranks=4)
+    assert np.bincount(whole.step_index * 4 + whole.source_rank).max() > 10  # a whole prompt on one rank
+    p = planner.plan(m, trace=tr, ep=4, mode="prefill", tokens_per_step=40, prefill_budget="per-rank", time_limit=20)
+    assert p.workload.prefill_budget == "per-rank"
+    sim = planner.simulate(p, trace=tr)  # simulate forms the plan's steps again: 8 GPUs, 5 tokens a rank
+    assert sim.result.tokens_S.max() == 40 and any("each rank takes 5 tokens" in n for n in sim.notes)
