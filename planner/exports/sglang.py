@@ -119,6 +119,9 @@ def flags(plan: Plan, path: str | Path | None) -> list[str]:
     ]
     if par.dp > 1:
         out += ["--dp-size", str(par.dp), "--enable-dp-attention"]
+        w = plan.workload
+        if w.mode == "prefill" and w.prefill_budget == "per-rank" and w.tokens_per_step is not None:
+            out += ["--chunked-prefill-size", str(w.tokens_per_step)]  # SGLang divides it by dp: the plan's steps
     if par.pp > 1:
         out += ["--pp-size", str(par.pp)]
     out += dispatch_flags(plan)

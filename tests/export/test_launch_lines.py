@@ -30,3 +30,15 @@ def test_one_node_lines_have_no_node_flags_or_notes(plan_replicas):
     la = launch_args(plan_replicas)
     assert "--data-parallel-address" not in la.vllm and "--dist-init-addr" not in la.sglang
     assert launch_notes(plan_replicas) == []
+
+
+def test_prefill_per_rank_budget_sets_sglang_chunked_prefill(plan_replicas_2n):
+    # SGLang under --enable-dp-attention divides --chunked-prefill-size by dp: the line states the
+    # budget the plan's per-rank steps were formed with; whole-prompt steps state none
+    w = plan_replicas_2n.workload
+    per_rank = plan_replicas_2n.model_copy(update={"workload": w.model_copy(
+        update={"mode": "prefill", "tokens_per_step": 4096, "prefill_budget": "per-rank"})})
+    assert plan_replicas_2n.parallel.dp > 1
+    assert _value(launch_args(per_rank).sglang, "--chunked-prefill-size") == "4096"
+    engine = per_rank.model_copy(update={"workload": per_rank.workload.model_copy(update={"prefill_budget": "engine"})})
+    assert "--chunked-prefill-size" not in launch_args(engine).sglang
