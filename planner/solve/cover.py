@@ -1,4 +1,4 @@
-"""Node expert sets that keep whole tokens on their node under ``nearest`` dispatch (stage 5, "cover").
+"""Node expert sets that keep whole tokens on their node under ``nearest`` (and ``static``) dispatch (stage 5, "cover").
 
 Under ``nearest`` dispatch (:func:`planner.simulator.choose_slots`) a token uses a replica of its
 expert on its own node whenever the node holds one, so a token of node ``v`` causes no
