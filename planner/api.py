@@ -21,7 +21,7 @@ from planner.cost.memory import GIB, train_weight_bytes, weights_per_gpu_bytes
 from planner.errors import InfeasibleError, InputError
 from planner.exports.launch import launch_args
 from planner.offload import OffloadProblem, OffloadSimulationReport, prepare_offload, solve_offload
-from planner.plan_notes import group_routing_note, replica_cost_note
+from planner.plan_notes import group_routing_note, prefill_step_note, replica_cost_note
 from planner.progress import stage
 from planner.provenance import array_hash, input_hash, make_provenance
 from planner.ray_map import ray_map
@@ -459,8 +459,11 @@ def solve(
     sim = simulate_stage(p2l, pr.eval_trace, m, hw, cluster, par, pr.dispatch, relay, pr.workload.expert_kernel)
     if relay != DEFAULT_RELAY:
         notes.append(f"traffic scored with the simulator's {relay!r} relay convention")
-    predicted = summarize(sim, pr.evaluated_on, mem / GIB, notes)
     search_report = None
+    if pr.search is not None:
+        notes += prefill_step_note(pr.workload.mode, pr.search.best.sequences, pr.workload.prompt_len,
+                                   float(sim.tokens_S.mean()) if sim.tokens_S.size else 0.0, pr.trace.num_tokens)
+    predicted = summarize(sim, pr.evaluated_on, mem / GIB, notes)
     if pr.search is not None:
         predicted = predicted.model_copy(update=parallel_search.predicted_figures(pr.search))
         search_report = parallel_search.to_report(pr.search, pr.fixed or {}, pr.workload.mode)

@@ -1,5 +1,6 @@
 """Notes a placement plan carries about its inputs: routing that breaks the model's group limit,
-and redundant slots that cost more than they balance. Each is a pure function of the planning
+redundant slots that cost more than they balance, and prefill steps the whole-step model and the
+trace replay size differently. Each is a pure function of the planning
 steps and the placement; :func:`planner.api.solve` adds what they return to the plan's notes."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from planner.specs.model import ModelSpec
 from planner.specs.plan import Parallel
 from planner.traces import Trace
 from planner.traces.stats import group_limit_excess
+from planner.traces.steps import CHUNKED_PREFILL_TOKENS
 
 #: Share of tokens breaking the model's group-limited routing above which the plan says so.
 GROUP_EXCESS_NOTE = 0.01
@@ -59,3 +61,24 @@ def replica_cost_note(plan_trace: Trace, plan_counts_LE: np.ndarray, m: ModelSpe
         f"{t_plain:.3f} ms of MoE time per step against {t_plan:.3f} ms with {redundant}: at these token "
         "counts a replica costs another read of its weights more than it balances; consider --redundant-experts 0"
     ]
+
+
+#: Relative difference of the two prefill step sizes above which the plan says so.
+STEP_SIZE_NOTE = 0.10
+
+
+def prefill_step_note(mode: str, prompts: int, prompt_len: int | None, replay_tokens: float,
+                      trace_tokens: int) -> list[str]:
+    """A note when a prefill plan's whole-step figures (the parallelism search's step: ``prompts``
+    prompts of ``prompt_len`` tokens) and its MoE figures (the trace's steps, ``replay_tokens``
+    tokens on average, from a trace of ``trace_tokens``) are for steps of different sizes."""
+    if mode != "prefill" or not prompts or not prompt_len or replay_tokens <= 0:
+        return []
+    model_tokens = prompts * prompt_len
+    if abs(model_tokens / replay_tokens - 1) <= STEP_SIZE_NOTE:
+        return []
+    fix = (f"state --tokens-per-step {model_tokens} to replay steps of the same size" if model_tokens < trace_tokens
+           else f"the trace's {trace_tokens} tokens make no step of that size: give a longer trace")
+    return [f"the whole-step figures are for {prompts} prompts of {prompt_len} tokens ({model_tokens} tokens a step); "
+            f"the MoE figures replay the trace's steps of {replay_tokens:.0f} tokens on average (--tokens-per-step, "
+            f"else {CHUNKED_PREFILL_TOKENS}): {fix}"]
