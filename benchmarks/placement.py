@@ -233,6 +233,19 @@ def own_trace(args) -> None:
     check_targets(res_near, "nearest dispatch")
 
 
+def timed_solve(pr):
+    """The solver's plan for ``pr`` (same-rank relay) and its table row (figures, seconds, status)."""
+    t0 = time.perf_counter()
+    plan = solve(pr, relay="same-rank")
+    return plan, (plan.predicted, time.perf_counter() - t0, plan.solver.status)
+
+
+def eplb_row(pr, red: int):
+    """EPLB with ``red`` redundant slots fitted on ``pr``'s planning counts: (placement, table row)."""
+    p2l = baseline_placement("eplb", pr.plan_counts_LE.astype(float), pr.model, pr.cluster, pr.parallel, red)
+    return p2l, (score(p2l, pr, "same-rank"), None, "")
+
+
 def real_cases(out: Path = REAL_OUT) -> None:
     """Cases (r): DeepSeek-V2-Lite real routing, held-out prefill steps (module docstring)."""
     m = load_model("deepseek-v2-lite")
@@ -241,65 +254,48 @@ def real_cases(out: Path = REAL_OUT) -> None:
     for nodes in (2, 4):
         gpus = 8 * nodes
         red = gpus  # one redundant slot per GPU: 16 on 2 × 8, 32 on 4 × 8
+        eplb_name, solver_name = f"EPLB (R={red})", f"**placement solver** (R={red})"
         # prepare forms these steps itself from the trace's sequences (prefill_steps(raw, 4096, ranks=gpus))
         kw = dict(nodes=nodes, gpus_per_node=8, mode="prefill", trace=raw, ep=gpus, etp=1, tp=1, pp=1,
                   tokens_per_step=4096, train_fraction=0.5, time_limit=300.0)
-        pr0 = prepare(m, "h100-sxm", redundant_experts=0, dispatch="even", **kw)
-        t0 = time.perf_counter()
-        plan0 = solve(pr0, relay="same-rank")
-        solved0 = (plan0.predicted, time.perf_counter() - t0, plan0.solver.status)
-        w = pr0.plan_counts_LE.astype(float)
+        _, solved0 = timed_solve(prepare(m, "h100-sxm", redundant_experts=0, dispatch="even", **kw))
         for dispatch in ("even", "nearest", "static"):
             pr = prepare(m, "h100-sxm", redundant_experts=red, dispatch=dispatch, **kw)
             pr0d = prepare(m, "h100-sxm", redundant_experts=0, dispatch=dispatch, **kw)
-            rows = {
-                "contiguous (no replicas)": (score(baseline_placement("contiguous", w, m, pr0d.cluster, pr0d.parallel, 0),
-                                                   pr0d, "same-rank"), None, ""),
-                "round-robin (no replicas)": (score(baseline_placement("round-robin", w, m, pr0d.cluster,
-                                                                       pr0d.parallel, 0), pr0d, "same-rank"), None, ""),
-                f"EPLB (R={red})": (score(baseline_placement("eplb", w, m, pr.cluster, pr.parallel, red), pr,
-                                          "same-rank"), None, ""),
-            }
-            t0 = time.perf_counter()
-            plan = solve(pr, relay="same-rank")
-            rows[f"**placement solver** (R={red})"] = (plan.predicted, time.perf_counter() - t0, plan.solver.status)
+            w = pr0d.plan_counts_LE.astype(float)
+            eplb, rows = eplb_row(pr, red), {}
+            for name in ("contiguous", "round-robin"):
+                rows[f"{name} (no replicas)"] = (score(baseline_placement(name, w, m, pr0d.cluster, pr0d.parallel, 0),
+                                                       pr0d, "same-rank"), None, "")
+            rows[eplb_name] = eplb[1]
+            plan, rows[solver_name] = timed_solve(pr)
             rows["placement solver (no replicas)"] = solved0
             if nodes == 2 and dispatch != "static":
                 rows[IN_SAMPLE] = in_sample(pr)
                 if dispatch == "nearest":
                     rows[CLAIRVOYANT] = clairvoyant(pr)
             label = f"(r) DeepSeek-V2-Lite real routing, {nodes}×8 H100, EP {gpus}, {dispatch} dispatch"
-            results.append(real_table(label, rows, f"EPLB (R={red})", pr))
+            results.append(real_table(label, rows, eplb_name, pr))
             if nodes == 2:
-                eplb = baseline_placement("eplb", w, m, pr.cluster, pr.parallel, red)
-                results[-1]["redealt_vs_eplb"] = redealt(pr, plan.placement.physical_to_logical, eplb)
+                results[-1]["redealt_vs_eplb"] = redealt(pr, plan.placement.physical_to_logical, eplb[0])
         # engines run local experts as one grouped GEMM (SGLang/DeepEP, vLLM fused MoE)
         for dispatch in ("nearest", "static") if nodes == 2 else ():
             pr = prepare(m, "h100-sxm", redundant_experts=red, dispatch=dispatch, expert_kernel="grouped", **kw)
-            t0 = time.perf_counter()
-            plan = solve(pr, relay="same-rank")
-            rows = {f"EPLB (R={red})": (score(baseline_placement("eplb", w, m, pr.cluster, pr.parallel, red), pr,
-                                              "same-rank"), None, ""),
-                    f"**placement solver** (R={red})": (plan.predicted, time.perf_counter() - t0, plan.solver.status)}
+            rows = {eplb_name: eplb_row(pr, red)[1], solver_name: timed_solve(pr)[1]}
             if dispatch == "nearest":
                 rows[IN_SAMPLE] = in_sample(pr)
             label = f"(r) DeepSeek-V2-Lite real routing, {nodes}×8 H100, EP {gpus}, grouped kernel, {dispatch} dispatch"
-            results.append(real_table(label, rows, f"EPLB (R={red})", pr))
+            results.append(real_table(label, rows, eplb_name, pr))
         # SGLang under --enable-dp-attention divides the budget over the ranks: 256 tokens a rank a step
         for dispatch in ("even", "static") if nodes == 2 else ():
-            pr = prepare(m, "h100-sxm", redundant_experts=red, dispatch=dispatch, **{**kw, "prefill_budget": "per-rank"})
-            pr0d = prepare(m, "h100-sxm", redundant_experts=0, dispatch=dispatch, **{**kw, "prefill_budget": "per-rank"})
-            t0 = time.perf_counter()
-            plan = solve(pr, relay="same-rank")
-            rows = {f"EPLB (R={red})": (score(baseline_placement("eplb", pr.plan_counts_LE.astype(float), m, pr.cluster,
-                                                                 pr.parallel, red), pr, "same-rank"), None, ""),
-                    f"**placement solver** (R={red})": (plan.predicted, time.perf_counter() - t0, plan.solver.status)}
-            t0 = time.perf_counter()
-            plan0 = solve(pr0d, relay="same-rank")
-            rows["placement solver (no replicas)"] = (plan0.predicted, time.perf_counter() - t0, plan0.solver.status)
+            per_rank = {**kw, "prefill_budget": "per-rank"}
+            pr = prepare(m, "h100-sxm", redundant_experts=red, dispatch=dispatch, **per_rank)
+            rows = {eplb_name: eplb_row(pr, red)[1], solver_name: timed_solve(pr)[1],
+                    "placement solver (no replicas)": timed_solve(prepare(m, "h100-sxm", redundant_experts=0,
+                                                                          dispatch=dispatch, **per_rank))[1]}
             label = (f"(r) DeepSeek-V2-Lite real routing, {nodes}×8 H100, EP {gpus}, per-rank budget (SGLang DP "
                      f"attention), {dispatch} dispatch")
-            results.append(real_table(label, rows, f"EPLB (R={red})", pr))
+            results.append(real_table(label, rows, eplb_name, pr))
     real_targets(results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"trace": real_trace_path().name, "steps": "prefill_steps(trace, 4096, ranks=GPUs), "
@@ -317,25 +313,23 @@ def in_sample(pr):
     ids = pr.eval_trace.topk_ids
     counts = np.stack([np.bincount(ids[layer].ravel(), minlength=E) for layer in range(L)])
     oracle = dataclasses.replace(pr, plan_trace=pr.eval_trace, plan_counts_LE=counts.astype(pr.plan_counts_LE.dtype))
-    t0 = time.perf_counter()
-    plan = solve(oracle, relay="same-rank")
-    return plan.predicted, time.perf_counter() - t0, plan.solver.status
+    return timed_solve(oracle)[1]
 
 
 #: Re-dealings of the scored prompts (:func:`redealt`).
 REDEALS = 8
 
 
-def redeal(trace, seed: int):
+def redeal(trace, seed: int, ranks: int):
     """The trace's prompts in another arrival order (a seeded permutation), formed into steps and
-    dealt to ranks as the benchmark's own steps are: the same prompts, other steps and ranks."""
+    dealt to ``ranks`` ranks as the benchmark's own steps are: the same prompts, other steps and ranks."""
     sid = trace.seq_id
     ids = np.unique(sid)
     arrival = np.empty(int(ids.max()) + 1, dtype=np.int64)
     arrival[np.random.default_rng(seed).permutation(ids)] = np.arange(ids.size)
     order = np.lexsort((trace.pos, arrival[sid]))
     again = trace.take(order, step=np.zeros(order.size, dtype=np.int64), seq_id=arrival[sid][order])
-    return prefill_steps(again, 4096, ranks=int(trace.source_rank.max()) + 1)
+    return prefill_steps(again, 4096, ranks=ranks)
 
 
 def redealt(pr, p2l, eplb) -> list[float]:
@@ -344,7 +338,7 @@ def redealt(pr, p2l, eplb) -> list[float]:
     rank (the busiest GPU holds one long prompt per step)."""
     out = []
     for seed in range(REDEALS):
-        again = dataclasses.replace(pr, eval_trace=redeal(pr.eval_trace, 1000 + seed))
+        again = dataclasses.replace(pr, eval_trace=redeal(pr.eval_trace, 1000 + seed, pr.cluster.num_gpus))
         out.append(score(p2l, again, "same-rank").moe_layer_ms / score(eplb, again, "same-rank").moe_layer_ms - 1)
     return out
 
