@@ -45,7 +45,7 @@ placement by the simulator on the second half:
     Writes ``benchmarks/results/placement-real.json``.
 
     python benchmarks/placement.py            # prints the Markdown tables (~16 minutes on 2 cores)
-    python benchmarks/placement.py --real-only   # only the real-routing cases (r) (~6.5 minutes)
+    python benchmarks/placement.py --real-only   # only the real-routing cases (r) (~7 minutes)
 
     python benchmarks/placement.py --quick    # smaller traces, for a smoke run
     python benchmarks/placement.py --trace my.npz [--model deepseek-v3 --nodes 8 --gpus-per-node 8 --redundant 64]
